@@ -1,0 +1,52 @@
+# Statehold: two set-up commands, `make demo` and `make test`, on a fresh Debian 12 host as root.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := xfsprogs btrfs-progs e2fsprogs util-linux fio restic sqlite3 iproute2 attr quota \
+                glusterfs-server glusterfs-client postgresql
+PYTEST_ARGS ?=
+
+.PHONY: demo test deps apt venv proto proto-check lint unit integration bench clean-venv
+
+demo: deps
+	$(VENV)/bin/statehold demo
+
+test: deps proto-check lint
+	@bash scripts/pytest-strict.sh $(PY) -m pytest $(PYTEST_ARGS)
+
+deps: apt venv
+
+# Installs only what is missing, so a second run costs a few dpkg queries.
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt: installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@# the Debian packages start these services; our tests start their own instances by pid
+	@-systemctl disable --now glusterd >/dev/null 2>&1 || true
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -c requirements.lock -e '.[dev]'
+	touch $@
+
+proto:
+	$(PY) -m statehold.csi.codegen
+
+proto-check:
+	@if [ -f src/statehold/csi/csi.proto ]; then $(PY) -m statehold.csi.codegen --check; fi
+
+lint:
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+unit: deps
+	@bash scripts/pytest-strict.sh $(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

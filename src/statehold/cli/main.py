@@ -1,0 +1,63 @@
+"""The ``statehold`` command (also installed as ``kubectl-statehold``).
+
+Only wiring: each area registers its commands from its own module, so areas stay apart.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import typer
+
+from statehold import __version__
+from statehold.settings import Settings
+
+# Each module exposes ``register(app: typer.Typer) -> None``.
+AREAS = (
+    "statehold.cli.pool",
+    "statehold.cli.volume",
+    "statehold.cli.snapshot",
+    "statehold.cli.demo",
+    "statehold.cli.backup",
+    "statehold.cli.csi",
+    "statehold.cli.kubectl",
+    "statehold.cli.operator",
+    "statehold.cli.scheduler",
+    "statehold.cli.shared",
+)
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(
+        name="statehold",
+        help="Stateful storage for Kubernetes: pools, volumes, snapshots, backups.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    @app.callback()
+    def _root() -> None:
+        """Stateful storage for Kubernetes: pools, volumes, snapshots, backups."""
+
+    @app.command()
+    def version() -> None:
+        """Print the Statehold version."""
+        typer.echo(__version__)
+
+    for name in AREAS:
+        importlib.import_module(name).register(app)
+    return app
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    logging.basicConfig(
+        level=settings.log_level, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s"
+    )
+    build_app()()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from statehold.cli.main import build_app
+from statehold.errors import CommandError
+from statehold.runner import run
+from statehold.settings import Settings
+
+
+def test_settings_read_home_from_environment() -> None:
+    assert Settings.from_env({"STATEHOLD_HOME": "/srv/sh"}).home == Path("/srv/sh")
+
+
+def test_runner_raises_command_error_with_exit_code_and_stderr() -> None:
+    try:
+        run(["sh", "-c", "echo boom >&2; exit 3"])
+    except CommandError as exc:
+        assert exc.code == 3 and exc.stderr == "boom"
+    else:
+        raise AssertionError("no CommandError")
+
+
+def test_cli_without_arguments_prints_help() -> None:
+    result = CliRunner().invoke(build_app(), [])
+    assert "Usage" in result.output
