@@ -1,0 +1,19 @@
+"""statehold.kube: the only package that talks to the Kubernetes API.
+
+* :mod:`statehold.kube.facade`  the ``Kube`` Protocol and its written contract (no
+  Kubernetes import: type against it from anywhere).
+* :mod:`statehold.kube.kinds`   the kinds we use (our CRDs and the built-ins).
+* :mod:`statehold.kube.memory`  ``MemoryKube``, the in-memory stand-in used by tests.
+* :mod:`statehold.kube.client`  ``ApiKube``, the official client (kubeconfig/in-cluster).
+* :mod:`statehold.kube.operator` the kopf handler registration (imports kopf).
+
+Usage::
+
+    from statehold.kube.facade import Kube
+    from statehold.kube.kinds import PVC
+    from statehold.kube.memory import MemoryKube   # tests
+    kube: Kube = MemoryKube()
+    kube.list(PVC, "default", label_selector="app=db")
+
+This ``__init__`` imports nothing heavy, so importing the facade does not load kubernetes.
+"""

@@ -1,0 +1,202 @@
+"""ApiKube: the facade over the official Kubernetes client (kubeconfig or in-cluster).
+
+Paths are built from :class:`Kind` and sent through the client's ``ApiClient.call_api``
+unparsed (``_preload_content=False``): we want the API's JSON as dicts, not generated model
+classes. Every client exception is translated once, in :func:`_translated`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import kubernetes
+import urllib3
+
+from statehold.errors import (
+    Aborted,
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    StateholdError,
+    Unavailable,
+)
+from statehold.kube import selectors
+from statehold.kube.events import build_event
+from statehold.kube.facade import Obj, ObjList, Selector, WatchEvent
+from statehold.kube.kinds import EVENT, Kind, kind_of
+
+MERGE_PATCH = "application/merge-patch+json"
+
+
+@contextlib.contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """Map client and transport errors into the Statehold error tree."""
+    try:
+        yield
+    except kubernetes.client.ApiException as exc:
+        reason, message = "", str(exc.reason)
+        with contextlib.suppress(ValueError, TypeError):
+            body = json.loads(exc.body or "{}")
+            reason, message = body.get("reason", ""), body.get("message", message)
+        text = f"{what}: {message}"
+        if exc.status == 404:
+            raise NotFound(text) from exc
+        if exc.status == 409:
+            raise (AlreadyExists(text) if reason == "AlreadyExists" else Aborted(text)) from exc
+        if exc.status in (400, 422):
+            raise InvalidArgument(text) from exc
+        if exc.status in (401, 403):
+            raise PermissionDenied(text) from exc
+        raise Unavailable(f"{text} (HTTP {exc.status})") from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise Unavailable(f"{what}: {exc}") from exc
+
+
+class ApiKube:
+    """The real :class:`statehold.kube.facade.Kube`."""
+
+    def __init__(self, api: Any, *, request_timeout: float = 30.0) -> None:
+        self._api = api  # kubernetes.client.ApiClient
+        self._timeout = request_timeout
+
+    @classmethod
+    def from_kubeconfig(cls, path: str | None = None, *, context: str | None = None) -> ApiKube:
+        """From a kubeconfig file (None: $KUBECONFIG or ~/.kube/config)."""
+        with _translated("load kubeconfig"):
+            cfg = kubernetes.client.Configuration()
+            kubernetes.config.load_kube_config(config_file=path, context=context,
+                                               client_configuration=cfg)
+        return cls(kubernetes.client.ApiClient(cfg))
+
+    @classmethod
+    def in_cluster(cls) -> ApiKube:
+        """From the pod's service account."""
+        try:
+            cfg = kubernetes.client.Configuration()
+            kubernetes.config.load_incluster_config(client_configuration=cfg)
+        except kubernetes.config.ConfigException as exc:
+            raise Unavailable(f"not running in a cluster: {exc}") from exc
+        return cls(kubernetes.client.ApiClient(cfg))
+
+    @classmethod
+    def connect(cls, kubeconfig: str | None = None) -> ApiKube:
+        """Kubeconfig when given, else in-cluster, else the default kubeconfig."""
+        if kubeconfig:
+            return cls.from_kubeconfig(kubeconfig)
+        try:
+            return cls.in_cluster()
+        except Unavailable:
+            return cls.from_kubeconfig(None)
+
+    def _call(self, method: str, path: str, *, query: list[tuple[str, str]] | None = None,
+              body: Any = None, content_type: str = "application/json",
+              stream: bool = False, timeout: float | None = None) -> Any:
+        resp = self._api.call_api(
+            path, method, query_params=query or [],
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            body=body, auth_settings=["BearerToken"], _preload_content=False,
+            _return_http_data_only=True,
+            _request_timeout=timeout if timeout is not None else self._timeout)
+        if stream:
+            return resp
+        return json.loads(resp.data or b"null")
+
+    def get(self, kind: Kind, name: str, namespace: str | None = None) -> Obj:
+        with _translated(f"get {kind.kind} {name}"):
+            return dict(self._call("GET", kind.path(namespace, name)))
+
+    def list(self, kind: Kind, namespace: str | None = None, *,
+             label_selector: Selector = None) -> ObjList:
+        query = []
+        if sel := selectors.render(label_selector):
+            query.append(("labelSelector", sel))
+        with _translated(f"list {kind.plural}"):
+            data = self._call("GET", kind.path(namespace), query=query)
+        items: ObjList = []
+        for item in data.get("items", []):
+            item.setdefault("apiVersion", kind.api_version)
+            item.setdefault("kind", kind.kind)
+            items.append(item)
+        items.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
+        return items
+
+    def watch(self, kind: Kind, namespace: str | None = None, *, label_selector: Selector = None,
+              resource_version: str | None = None, timeout: float = 60.0) -> Iterator[WatchEvent]:
+        query = [("watch", "true"), ("timeoutSeconds", str(max(1, int(timeout))))]
+        if sel := selectors.render(label_selector):
+            query.append(("labelSelector", sel))
+        if resource_version is not None:
+            query.append(("resourceVersion", resource_version))
+        with _translated(f"watch {kind.plural}"):
+            resp = self._call("GET", kind.path(namespace), query=query, stream=True,
+                              timeout=timeout + 10)
+        try:
+            buf = b""
+            with _translated(f"watch {kind.plural}"):
+                for chunk in resp.stream(4096, decode_content=True):
+                    buf += chunk
+                    while b"\n" in buf:
+                        line, buf = buf.split(b"\n", 1)
+                        if not line.strip():
+                            continue
+                        ev = json.loads(line)
+                        if ev.get("type") == "ERROR":
+                            status = ev.get("object", {})
+                            if status.get("code") == 410:
+                                raise Aborted(f"watch {kind.plural}: {status.get('message')}")
+                            raise Unavailable(f"watch {kind.plural}: {status.get('message')}")
+                        if ev.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                            yield WatchEvent(ev["type"], ev["object"])
+        finally:
+            resp.release_conn()
+
+    def create(self, obj: Obj) -> Obj:
+        kind = kind_of(obj)
+        meta = obj.get("metadata", {})
+        with _translated(f"create {kind.kind} {meta.get('name') or meta.get('generateName')}"):
+            return dict(self._call("POST", kind.path(meta.get("namespace")), body=obj))
+
+    def replace(self, obj: Obj) -> Obj:
+        kind = kind_of(obj)
+        meta = obj.get("metadata", {})
+        if not meta.get("resourceVersion"):
+            raise InvalidArgument("replace needs metadata.resourceVersion")
+        with _translated(f"replace {kind.kind} {meta.get('name')}"):
+            return dict(self._call("PUT", kind.path(meta.get("namespace"), meta["name"]), body=obj))
+
+    def patch(self, kind: Kind, name: str, patch: Obj, namespace: str | None = None) -> Obj:
+        with _translated(f"patch {kind.kind} {name}"):
+            return dict(self._call("PATCH", kind.path(namespace, name), body=patch,
+                                   content_type=MERGE_PATCH))
+
+    def patch_status(self, kind: Kind, name: str, status: Obj,
+                     namespace: str | None = None) -> Obj:
+        with _translated(f"patch status of {kind.kind} {name}"):
+            return dict(self._call("PATCH", kind.path(namespace, name) + "/status",
+                                   body={"status": status}, content_type=MERGE_PATCH))
+
+    def delete(self, kind: Kind, name: str, namespace: str | None = None) -> None:
+        with _translated(f"delete {kind.kind} {name}"):
+            self._call("DELETE", kind.path(namespace, name))
+
+    def record_event(self, involved: Obj, *, type: Literal["Normal", "Warning"], reason: str,
+                     message: str, component: str = "statehold") -> Obj:
+        ev = build_event(involved, type=type, reason=reason, message=message,
+                         component=component, now=datetime.now(UTC))
+        meta = ev["metadata"]
+        try:
+            return self.create(ev)
+        except AlreadyExists:
+            old = self.get(EVENT, meta["name"], meta["namespace"])
+            return self.patch(EVENT, meta["name"], {
+                "count": int(old.get("count", 1)) + 1,
+                "lastTimestamp": ev["lastTimestamp"]}, meta["namespace"])
+
+    def close(self) -> None:
+        with contextlib.suppress(StateholdError, OSError):
+            self._api.close()

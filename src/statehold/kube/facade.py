@@ -1,0 +1,99 @@
+"""The Kube facade: the one interface through which Statehold talks to a Kubernetes API.
+
+Contract (held by both implementations and checked by one shared test suite,
+``tests/unit/kube/test_facade_contract.py``):
+
+* Objects are plain ``dict`` (the API's JSON); every call returns a deep copy, so callers
+  may mutate what they get.
+* ``get`` / ``patch`` / ``patch_status`` / ``replace`` / ``delete`` of a missing object
+  raise :class:`statehold.errors.NotFound`.
+* ``create`` of a taken name raises :class:`statehold.errors.AlreadyExists`.
+* Every write that changes an object gives it a new ``metadata.resourceVersion``. A write
+  that carries a stale ``metadata.resourceVersion`` (``replace`` always carries one; a
+  ``patch`` may) raises :class:`statehold.errors.Aborted` (HTTP 409 Conflict): re-read and
+  retry. A patch that changes nothing changes no resourceVersion and emits no event.
+* For kinds with a status subresource, ``patch``/``replace`` ignore ``.status`` and
+  ``patch_status`` changes only ``.status``.
+* ``delete`` of an object with finalizers only sets ``metadata.deletionTimestamp``; the
+  object goes away when a patch empties ``metadata.finalizers``.
+* ``watch`` yields :class:`WatchEvent` (``ADDED``/``MODIFIED``/``DELETED``) in the order the
+  writes happened. Without ``resource_version`` it first yields ``ADDED`` for every
+  existing object; with one, only events after it. It returns after ``timeout`` seconds
+  without events.
+* A rejected object (schema, validation) raises :class:`statehold.errors.InvalidArgument`;
+  forbidden raises :class:`PermissionDenied`; an unreachable server :class:`Unavailable`.
+
+Implementations: :class:`statehold.kube.memory.MemoryKube` (in memory, for tests and for
+other areas' tests) and :class:`statehold.kube.client.ApiKube` (the official client, from
+a kubeconfig or in-cluster). This module imports no Kubernetes library, so any adapter
+may type against it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from statehold.kube.kinds import Kind
+
+Obj = dict[str, Any]
+"""A Kubernetes object as JSON."""
+
+ObjList = list[Obj]
+
+Selector = str | Mapping[str, str] | None
+"""A label selector: the API's string form (``"a=b,c in (x,y)"``) or an equality mapping."""
+
+EventType = Literal["ADDED", "MODIFIED", "DELETED"]
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    type: EventType
+    object: Obj
+
+
+class Kube(Protocol):
+    """Typed access to the Kubernetes API for the kinds in :mod:`statehold.kube.kinds`."""
+
+    def get(self, kind: Kind, name: str, namespace: str | None = None) -> Obj:
+        """The object, or NotFound."""
+        ...
+
+    def list(self, kind: Kind, namespace: str | None = None, *,
+             label_selector: Selector = None) -> ObjList:
+        """Objects of kind (all namespaces when namespace is None), sorted by namespace/name."""
+        ...
+
+    def watch(self, kind: Kind, namespace: str | None = None, *, label_selector: Selector = None,
+              resource_version: str | None = None, timeout: float = 60.0) -> Iterator[WatchEvent]:
+        """Changes in write order; see the module contract."""
+        ...
+
+    def create(self, obj: Obj) -> Obj:
+        """Create obj (its kind from apiVersion/kind); AlreadyExists if the name is taken.
+        ``metadata.generateName`` without a name gets a fresh name."""
+        ...
+
+    def replace(self, obj: Obj) -> Obj:
+        """Write the whole object (not status); Aborted when its resourceVersion is stale."""
+        ...
+
+    def patch(self, kind: Kind, name: str, patch: Obj, namespace: str | None = None) -> Obj:
+        """JSON merge patch (RFC 7386) of everything but status."""
+        ...
+
+    def patch_status(self, kind: Kind, name: str, status: Obj,
+                     namespace: str | None = None) -> Obj:
+        """JSON merge patch of ``.status`` only (``status`` is the patch of the status)."""
+        ...
+
+    def delete(self, kind: Kind, name: str, namespace: str | None = None) -> None:
+        """Delete (or mark for deletion when finalizers remain); NotFound if absent."""
+        ...
+
+    def record_event(self, involved: Obj, *, type: Literal["Normal", "Warning"], reason: str,
+                     message: str, component: str = "statehold") -> Obj:
+        """Record a core/v1 Event about involved (in its namespace, else ``default``)."""
+        ...

@@ -1,0 +1,184 @@
+"""The Kube facade contract, run against every implementation (see tests/fixtures/kube.py).
+
+The in-memory run is always on; the real-server run needs STATEHOLD_TEST_KUBECONFIG.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from statehold.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
+from statehold.kube.facade import Kube
+from statehold.kube.kinds import CONFIG_MAP, EVENT, PVC
+
+
+def cm(ns: str, name: str, data: dict[str, str] | None = None, **labels: str) -> dict:
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": ns, "labels": labels}, "data": data or {}}
+
+
+def pvc(ns: str, name: str) -> dict:
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "statehold-contract",
+                     "resources": {"requests": {"storage": "1Gi"}}}}
+
+
+def test_create_then_get_returns_the_object_with_server_fields(kube_impl: tuple[Kube, str]) -> None:
+    kube, ns = kube_impl
+    made = kube.create(cm(ns, "a", {"k": "v"}))
+    got = kube.get(CONFIG_MAP, "a", ns)
+    assert got["data"] == {"k": "v"}
+    assert got["metadata"]["uid"] == made["metadata"]["uid"]
+    assert got["metadata"]["resourceVersion"] == made["metadata"]["resourceVersion"]
+    assert got["metadata"]["creationTimestamp"]
+
+
+def test_get_missing_is_not_found(kube_impl: tuple[Kube, str]) -> None:
+    kube, ns = kube_impl
+    with pytest.raises(NotFound):
+        kube.get(CONFIG_MAP, "nope", ns)
+
+
+def test_create_taken_name_is_already_exists_and_keeps_the_first(kube_impl: tuple[Kube, str]) -> None:
+    kube, ns = kube_impl
+    kube.create(cm(ns, "a", {"k": "1"}))
+    with pytest.raises(AlreadyExists):
+        kube.create(cm(ns, "a", {"k": "2"}))
+    assert kube.get(CONFIG_MAP, "a", ns)["data"] == {"k": "1"}
+
+
+def test_generate_name_gives_a_fresh_name(kube_impl: tuple[Kube, str]) -> None:
+    kube, ns = kube_impl
+    obj = cm(ns, "")
+    del obj["metadata"]["name"]
+    obj["metadata"]["generateName"] = "gen-"
+    a, b = kube.create(obj), kube.create(obj)
+    assert a["metadata"]["name"].startswith("gen-")
+    assert a["metadata"]["name"] != b["metadata"]["name"]
+
+
+def test_returned_objects_are_copies(kube_impl: tuple[Kube, str]) -> None:
+    kube, ns = kube_impl
+    made = kube.create(cm(ns, "a", {"k": "v"}))
+    made["data"]["k"] = "changed"
+    kube.get(CONFIG_MAP, "a", ns)["data"]["k"] = "changed"
+    assert kube.get(CONFIG_MAP, "a", ns)["data"] == {"k": "v"}
+
+
+def test_list_filters_by_label_selector(kube_impl: tuple[Kube, str]) -> None:
+    kube, ns = kube_impl
+    kube.create(cm(ns, "a", app="db", tier="x"))
+    kube.create(cm(ns, "b", app="db"))
+    kube.create(cm(ns, "c", app="web"))
+
+    def names(sel: object) -> list[str]:
+        return sorted(o["metadata"]["name"] for o in kube.list(CONFIG_MAP, ns, label_selector=sel))  # type: ignore[arg-type]
+
+    assert names({"app": "db"}) == ["a", "b"]
+    assert names("app in (db,web),!tier") == ["b", "c"]
+    assert names("app!=db") == [n for n in names(None) if n not in ("a", "b")]
+    assert names("tier") == ["a"]
+
+
+def test_bad_label_selector_is_invalid_argument(kube_impl: tuple[Kube, str]) -> None:
+    kube, ns = kube_impl
+    with pytest.raises(InvalidArgument):
+        kube.list(CONFIG_MAP, ns, label_selector="app in db)(")
+
+
+def test_patch_merges_and_bumps_resource_version(kube_impl: tuple[Kube, str]) -> None:
+    kube, ns = kube_impl
+    made = kube.create(cm(ns, "a", {"k": "v", "gone": "x"}))
+    patched = kube.patch(CONFIG_MAP, "a", {"data": {"n": "1", "gone": None}}, ns)
+    assert patched["data"] == {"k": "v", "n": "1"}
+    assert patched["metadata"]["resourceVersion"] != made["metadata"]["resourceVersion"]
+
+
+def test_patch_with_stale_resource_version_is_aborted_and_changes_nothing(
+        kube_impl: tuple[Kube, str]) -> None:
+    kube, ns = kube_impl
+    made = kube.create(cm(ns, "a", {"k": "v"}))
+    kube.patch(CONFIG_MAP, "a", {"data": {"k": "w"}}, ns)
+    stale = {"metadata": {"resourceVersion": made["metadata"]["resourceVersion"]}, "data": {"k": "x"}}
+    with pytest.raises(Aborted):
+        kube.patch(CONFIG_MAP, "a", stale, ns)
+    assert kube.get(CONFIG_MAP, "a", ns)["data"] == {"k": "w"}
+
+
+def test_replace_with_stale_resource_version_is_aborted(kube_impl: tuple[Kube, str]) -> None:
+    kube, ns = kube_impl
+    first = kube.create(cm(ns, "a", {"k": "v"}))
+    second = dict(first, data={"k": "mine"})
+    kube.replace(second)
+    with pytest.raises(Aborted):
+        kube.replace(dict(first, data={"k": "theirs"}))
+    assert kube.get(CONFIG_MAP, "a", ns)["data"] == {"k": "mine"}
+
+
+def test_patch_missing_is_not_found(kube_impl: tuple[Kube, str]) -> None:
+    kube, ns = kube_impl
+    with pytest.raises(NotFound):
+        kube.patch(CONFIG_MAP, "nope", {"data": {"k": "v"}}, ns)
+    with pytest.raises(NotFound):
+        kube.delete(CONFIG_MAP, "nope", ns)
+
+
+def test_status_is_only_written_through_patch_status(kube_impl: tuple[Kube, str]) -> None:
+    kube, ns = kube_impl
+    kube.create(pvc(ns, "data"))
+    kube.patch(PVC, "data", {"metadata": {"labels": {"x": "1"}}, "status": {"phase": "Lost"}}, ns)
+    assert kube.get(PVC, "data", ns).get("status", {}).get("phase") != "Lost"
+    got = kube.patch_status(PVC, "data", {"phase": "Lost"}, ns)
+    assert got["status"]["phase"] == "Lost"
+    assert got["metadata"]["labels"] == {"x": "1"}
+
+
+def test_delete_with_finalizer_waits_for_the_finalizer(kube_impl: tuple[Kube, str]) -> None:
+    kube, ns = kube_impl
+    obj = cm(ns, "a")
+    obj["metadata"]["finalizers"] = ["statehold.io/test"]
+    kube.create(obj)
+    kube.delete(CONFIG_MAP, "a", ns)
+    assert kube.get(CONFIG_MAP, "a", ns)["metadata"]["deletionTimestamp"]
+    kube.patch(CONFIG_MAP, "a", {"metadata": {"finalizers": None}}, ns)
+    with pytest.raises(NotFound):
+        kube.get(CONFIG_MAP, "a", ns)
+
+
+def test_watch_from_a_resource_version_yields_later_writes_in_order(
+        kube_impl: tuple[Kube, str]) -> None:
+    kube, ns = kube_impl
+    start = kube.create(cm(ns, "before"))["metadata"]["resourceVersion"]
+    kube.create(cm(ns, "a", {"k": "1"}))
+    kube.patch(CONFIG_MAP, "a", {"data": {"k": "2"}}, ns)
+    kube.delete(CONFIG_MAP, "a", ns)
+    seen = []
+    for ev in kube.watch(CONFIG_MAP, ns, resource_version=start, timeout=2):
+        seen.append((ev.type, ev.object["metadata"]["name"], ev.object.get("data", {}).get("k")))
+        if len(seen) == 3:
+            break
+    assert seen == [("ADDED", "a", "1"), ("MODIFIED", "a", "2"), ("DELETED", "a", "2")]
+
+
+def test_watch_without_resource_version_starts_with_existing_objects(
+        kube_impl: tuple[Kube, str]) -> None:
+    kube, ns = kube_impl
+    kube.create(cm(ns, "a", app="db"))
+    kube.create(cm(ns, "b", app="web"))
+    seen = []
+    for ev in kube.watch(CONFIG_MAP, ns, label_selector={"app": "db"}, timeout=1):
+        seen.append((ev.type, ev.object["metadata"]["name"]))
+        break
+    assert seen == [("ADDED", "a")]
+
+
+def test_record_event_twice_counts_instead_of_duplicating(kube_impl: tuple[Kube, str]) -> None:
+    kube, ns = kube_impl
+    obj = kube.create(cm(ns, "a"))
+    kube.record_event(obj, type="Warning", reason="MissingSecret", message="secret s not found")
+    ev = kube.record_event(obj, type="Warning", reason="MissingSecret", message="secret s not found")
+    assert ev["count"] == 2
+    mine = [e for e in kube.list(EVENT, ns)
+            if e["involvedObject"].get("uid") == obj["metadata"]["uid"]]
+    assert [(e["reason"], e["type"], e["count"]) for e in mine] == [("MissingSecret", "Warning", 2)]
