@@ -1,0 +1,116 @@
+"""A store in a directory: any mount (local disk, NFS, a USB drive).
+
+Each object is one file at ``<root>/<key>``. Atomic visibility comes from writing a
+temporary file next to the target (``<name>~<random>``, a name no key can have), fsyncing
+it, renaming it over the target and fsyncing the directory: a crash leaves either the old
+object, the new one, or a stray temporary that ``list`` ignores.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from statehold.backup.store import ObjectInfo, check_key
+from statehold.errors import NotFound, OutOfCapacity, PermissionDenied, StateholdError, Unavailable
+
+_TMP_MARK = "~"
+
+
+def _translate(exc: OSError, what: str) -> StateholdError:
+    if exc.errno == errno.ENOENT:
+        return NotFound(f"{what}: not found")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return PermissionDenied(f"{what}: {exc.strerror}")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutOfCapacity(f"{what}: {exc.strerror}")
+    return Unavailable(f"{what}: {exc.strerror or exc}")
+
+
+class DirectoryStore:
+    def __init__(self, root: Path, *, create: bool = True) -> None:
+        self.root = Path(root)
+        try:
+            if create:
+                self.root.mkdir(parents=True, exist_ok=True)
+            elif not self.root.is_dir():
+                raise NotFound(f"backup directory {self.root} does not exist")
+        except OSError as exc:
+            raise _translate(exc, f"directory {self.root}") from exc
+        self._made: set[Path] = set()
+
+    def describe(self) -> str:
+        return f"dir://{self.root}"
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def put(self, key: str, data: bytes | memoryview) -> None:
+        path = self._path(key)
+        parent = path.parent
+        tmp = parent / f"{path.name}{_TMP_MARK}{secrets.token_hex(6)}"
+        try:
+            if parent not in self._made:
+                parent.mkdir(parents=True, exist_ok=True)
+                self._made.add(parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, path)
+            dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise _translate(exc, f"put {key} into {self.describe()}") from exc
+
+    def get(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise _translate(exc, f"object {key} in {self.describe()}") from exc
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        head, _, _ = prefix.rpartition("/")
+        if head:
+            check_key(head)
+        base = self.root / head if head else self.root
+        if not base.is_dir():
+            return
+        try:
+            for dirpath, _dirs, files in os.walk(base):
+                rel_dir = os.path.relpath(dirpath, self.root)
+                for name in files:
+                    if _TMP_MARK in name:
+                        continue
+                    key = name if rel_dir == "." else f"{rel_dir}/{name}"
+                    if not key.startswith(prefix):
+                        continue
+                    try:
+                        st = os.stat(os.path.join(dirpath, name))
+                    except FileNotFoundError:
+                        continue  # deleted while listing
+                    yield ObjectInfo(key, st.st_size, st.st_mtime)
+        except OSError as exc:
+            raise _translate(exc, f"list {prefix} in {self.describe()}") from exc
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise _translate(exc, f"delete {key} in {self.describe()}") from exc

@@ -1,0 +1,216 @@
+"""A store in an S3 bucket (any S3-compatible server: AWS, SeaweedFS, MinIO, Ceph RGW).
+
+botocore's own retries are switched off: transient faults (connection errors, timeouts,
+HTTP 5xx, throttling) are retried here through :class:`~.retry.Backoff`, so the policy is
+one object tests can drive without sleeping, and the final error is :class:`Unavailable`.
+Objects above ``multipart_threshold`` go up as multipart uploads.
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from statehold.backup.retry import Backoff, TransientError
+from statehold.backup.store import ObjectInfo, check_key
+from statehold.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
+
+T = TypeVar("T")
+
+_TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout",
+                    "Throttling", "ThrottlingException", "RequestTimeTooSkewed"}
+_DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"}
+
+
+@dataclass(frozen=True, slots=True)
+class S3Config:
+    bucket: str
+    prefix: str = ""
+    endpoint: str | None = None
+    """URL of an S3-compatible server; None means AWS."""
+    region: str = "us-east-1"
+    access_key: str | None = None
+    secret_key: str | None = field(default=None, repr=False)
+    credentials_file: Path | None = None
+    """AWS shared-credentials format file ([default] aws_access_key_id=...)."""
+    profile: str = "default"
+    parallelism: int = 16
+    """Connection pool size: the most requests in flight at once."""
+    multipart_threshold: int = 64 * 1024 * 1024
+    part_size: int = 16 * 1024 * 1024
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+
+
+def _read_credentials(path: Path, profile: str) -> tuple[str, str]:
+    parser = configparser.ConfigParser()
+    try:
+        with open(path) as f:
+            parser.read_file(f)
+        section = parser[profile]
+        return section["aws_access_key_id"], section["aws_secret_access_key"]
+    except (OSError, KeyError, configparser.Error) as exc:
+        raise InvalidArgument(f"S3 credentials file {path}: no usable [{profile}] keys ({exc})") from exc
+
+
+class S3Store:
+    def __init__(self, config: S3Config, *, backoff: Backoff | None = None) -> None:
+        if not config.bucket:
+            raise InvalidArgument("S3 bucket name is empty")
+        self.config = config
+        self.backoff = backoff or Backoff()
+        self._prefix = config.prefix.strip("/") + "/" if config.prefix.strip("/") else ""
+        access, secret = config.access_key, config.secret_key
+        if config.credentials_file is not None:
+            access, secret = _read_credentials(config.credentials_file, config.profile)
+        session = boto3.session.Session()
+        self._client: Any = session.client(
+            "s3",
+            endpoint_url=config.endpoint,
+            region_name=config.region,
+            aws_access_key_id=access,
+            aws_secret_access_key=secret,
+            config=botocore.config.Config(
+                retries={"max_attempts": 1, "mode": "standard"},
+                max_pool_connections=max(1, config.parallelism),
+                connect_timeout=config.connect_timeout,
+                read_timeout=config.read_timeout,
+                s3={"addressing_style": "path"},
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            ),
+        )
+        self._tls = threading.local()
+
+    def describe(self) -> str:
+        where = self.config.endpoint or "aws"
+        return f"s3://{self.config.bucket}/{self._prefix} ({where})"
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        def attempt() -> T:
+            try:
+                return fn()
+            except botocore.exceptions.ClientError as exc:
+                err = exc.response.get("Error", {})
+                code = str(err.get("Code", ""))
+                status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+                if code in ("NoSuchKey", "404", "NotFound"):
+                    raise NotFound(f"{what}: not found in {self.describe()}") from exc
+                if code == "NoSuchBucket":
+                    raise NotFound(f"{what}: bucket {self.config.bucket} does not exist") from exc
+                if code in _DENIED_CODES or status == 403:
+                    raise PermissionDenied(f"{what}: S3 refused the credentials ({code})") from exc
+                if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+                    raise TransientError(f"{code or status}") from exc
+                raise Unavailable(f"{what}: S3 error {code} (HTTP {status})") from exc
+            except (botocore.exceptions.EndpointConnectionError,
+                    botocore.exceptions.ConnectionClosedError,
+                    botocore.exceptions.ConnectTimeoutError,
+                    botocore.exceptions.ReadTimeoutError,
+                    botocore.exceptions.ResponseStreamingError,
+                    botocore.exceptions.HTTPClientError) as exc:
+                raise TransientError(str(exc)) from exc
+            except botocore.exceptions.NoCredentialsError as exc:
+                raise PermissionDenied(f"{what}: no S3 credentials configured") from exc
+
+        return self.backoff.call(f"{what} ({self.describe()})", attempt)
+
+    def _key(self, key: str) -> str:
+        return self._prefix + check_key(key)
+
+    def put(self, key: str, data: bytes | memoryview) -> None:
+        full = self._key(key)
+        body = bytes(data) if isinstance(data, memoryview) else data
+        if len(body) <= self.config.multipart_threshold:
+            self._call(f"put {key}", lambda: self._client.put_object(
+                Bucket=self.config.bucket, Key=full, Body=body))
+            return
+        self._put_multipart(key, full, body)
+
+    def _put_multipart(self, key: str, full: str, body: bytes) -> None:
+        bucket = self.config.bucket
+        upload = self._call(f"start multipart {key}", lambda: self._client.create_multipart_upload(
+            Bucket=bucket, Key=full))
+        upload_id = upload["UploadId"]
+        try:
+            parts = []
+            step = self.config.part_size
+            for number, start in enumerate(range(0, len(body), step), start=1):
+                piece = body[start : start + step]
+
+                def send(n: int = number, p: bytes = piece) -> Any:
+                    return self._client.upload_part(Bucket=bucket, Key=full, UploadId=upload_id,
+                                                    PartNumber=n, Body=p)
+
+                resp = self._call(f"put part {number} of {key}", send)
+                parts.append({"PartNumber": number, "ETag": resp["ETag"]})
+            self._call(f"complete multipart {key}", lambda: self._client.complete_multipart_upload(
+                Bucket=bucket, Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts}))
+        except BaseException:
+            # best effort: a bucket lifecycle rule cleans abandoned uploads
+            with contextlib.suppress(botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+                self._client.abort_multipart_upload(Bucket=bucket, Key=full, UploadId=upload_id)
+            raise
+
+    def get(self, key: str) -> bytes:
+        full = self._key(key)
+
+        def fetch() -> bytes:
+            resp = self._client.get_object(Bucket=self.config.bucket, Key=full)
+            data: bytes = resp["Body"].read()
+            return data
+
+        return self._call(f"get {key}", fetch)
+
+    def exists(self, key: str) -> bool:
+        full = self._key(key)
+        try:
+            self._call(f"head {key}", lambda: self._client.head_object(Bucket=self.config.bucket, Key=full))
+        except NotFound:
+            return False
+        return True
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        token: str | None = None
+        full_prefix = self._prefix + prefix
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.config.bucket, "Prefix": full_prefix}
+            if token:
+                kwargs["ContinuationToken"] = token
+
+            def page_of(kw: dict[str, Any] = kwargs) -> Any:
+                return self._client.list_objects_v2(**kw)
+
+            page = self._call(f"list {prefix}", page_of)
+            for item in page.get("Contents", []):
+                key = item["Key"][len(self._prefix):]
+                yield ObjectInfo(key, int(item["Size"]), item["LastModified"].timestamp())
+            if not page.get("IsTruncated"):
+                return
+            token = page.get("NextContinuationToken")
+
+    def delete(self, key: str) -> None:
+        full = self._key(key)
+        with contextlib.suppress(NotFound):
+            self._call(f"delete {key}",
+                       lambda: self._client.delete_object(Bucket=self.config.bucket, Key=full))
+
+    def create_bucket(self) -> None:
+        """Create the bucket if missing (used by `target add --create-bucket` and tests)."""
+        def make() -> None:
+            try:
+                self._client.create_bucket(Bucket=self.config.bucket)
+            except botocore.exceptions.ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+        self._call(f"create bucket {self.config.bucket}", make)

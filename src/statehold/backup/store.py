@@ -1,0 +1,109 @@
+"""The store contract: the only thing a repository needs from where it keeps its objects.
+
+Contract (every implementation, and the shared suite in tests/integration/backup):
+
+- ``put(key, data)`` is atomic and idempotent: readers see no object or all of ``data``;
+  when it returns the object is durable. Re-putting a key replaces it atomically.
+- ``get(key)`` returns the whole object; a missing key raises :class:`NotFound`.
+- ``list(prefix)`` yields :class:`ObjectInfo` for every key starting with ``prefix`` that was
+  completely put before the call started; order unspecified.
+- ``delete(key)`` is idempotent (a missing key is fine). ``exists(key)`` never raises
+  NotFound.
+- Permanent errors: NotFound, PermissionDenied (credentials refused), InvalidArgument (bad
+  key). Transient faults are retried inside the store (see :mod:`.retry`) and surface as
+  :class:`Unavailable` once the retry budget is spent.
+- Every method is safe to call from several threads at once.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from statehold.errors import InvalidArgument, NotFound
+
+_KEY = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str
+    size: int
+    mtime: float
+    """Seconds since the epoch at which the store last wrote the object (its own clock)."""
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A flat key -> bytes map; see the module docstring for the contract."""
+
+    def put(self, key: str, data: bytes | memoryview) -> None: ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def describe(self) -> str:
+        """Where the store is, for messages (never credentials)."""
+        ...
+
+
+def check_key(key: str) -> str:
+    """Keys are relative, '/'-separated, of a safe alphabet: no '..', no empty parts."""
+    if not _KEY.match(key) or any(part in (".", "..") for part in key.split("/")):
+        raise InvalidArgument(f"invalid store key {key!r}")
+    return key
+
+
+class MemoryStore:
+    """An in-process store: the reference implementation of the contract, for tests."""
+
+    def __init__(self) -> None:
+        self._objects: dict[str, tuple[bytes, float]] = {}
+        self._lock = threading.Lock()
+
+    def put(self, key: str, data: bytes | memoryview) -> None:
+        check_key(key)
+        with self._lock:
+            self._objects[key] = (bytes(data), time.time())
+
+    def get(self, key: str) -> bytes:
+        check_key(key)
+        with self._lock:
+            try:
+                return self._objects[key][0]
+            except KeyError:
+                raise NotFound(f"object {key} not found in {self.describe()}") from None
+
+    def exists(self, key: str) -> bool:
+        check_key(key)
+        with self._lock:
+            return key in self._objects
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        with self._lock:
+            items = [(k, v) for k, v in self._objects.items() if k.startswith(prefix)]
+        for key, (data, mtime) in items:
+            yield ObjectInfo(key, len(data), mtime)
+
+    def delete(self, key: str) -> None:
+        check_key(key)
+        with self._lock:
+            self._objects.pop(key, None)
+
+    def describe(self) -> str:
+        return "memory://"
+
+    def set_mtime(self, key: str, mtime: float) -> None:
+        """Test hook: age an object (gc grace periods) without waiting."""
+        with self._lock:
+            data, _ = self._objects[key]
+            self._objects[key] = (data, mtime)

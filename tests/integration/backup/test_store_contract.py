@@ -1,0 +1,121 @@
+"""The one store suite: every Store implementation must pass it (memory, directory, S3)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from statehold.backup.dirstore import DirectoryStore
+from statehold.backup.retry import Backoff
+from statehold.backup.s3store import S3Config, S3Store
+from statehold.backup.store import MemoryStore, Store
+from statehold.errors import InvalidArgument, NotFound, Unavailable
+
+
+@pytest.fixture(params=["memory", "directory", "s3"])
+def store(request: pytest.FixtureRequest, scratch: Path) -> Iterator[Store]:
+    if request.param == "memory":
+        yield MemoryStore()
+    elif request.param == "directory":
+        yield DirectoryStore(scratch / "repo")
+    else:
+        config: S3Config = request.getfixturevalue("s3_config")
+        # small multipart threshold so the suite exercises multipart uploads too
+        yield S3Store(dataclasses.replace(config, multipart_threshold=6 << 20, part_size=5 << 20))
+
+
+def test_put_then_get_returns_the_same_bytes(store: Store) -> None:
+    store.put("chunks/ab/abcdef", b"hello")
+    assert store.get("chunks/ab/abcdef") == b"hello"
+    assert store.exists("chunks/ab/abcdef")
+
+
+def test_get_of_a_missing_key_is_not_found(store: Store) -> None:
+    with pytest.raises(NotFound):
+        store.get("manifests/nothing-here")
+    assert not store.exists("manifests/nothing-here")
+
+
+def test_put_is_idempotent_and_replaces(store: Store) -> None:
+    store.put("config", b"one")
+    store.put("config", b"one")
+    store.put("config", b"two")
+    assert store.get("config") == b"two"
+    assert [i.key for i in store.list("config")] == ["config"]
+
+
+def test_put_accepts_a_memoryview(store: Store) -> None:
+    buf = bytearray(b"0123456789")
+    store.put("locks/x", memoryview(buf)[2:6])
+    assert store.get("locks/x") == b"2345"
+
+
+def test_list_returns_exactly_the_keys_under_a_prefix_with_sizes(store: Store) -> None:
+    store.put("chunks/aa/aa1", b"1")
+    store.put("chunks/aa/aa2", b"22")
+    store.put("chunks/bb/bb1", b"333")
+    store.put("manifests/m1", b"4444")
+    got = {i.key: i.size for i in store.list("chunks/")}
+    assert got == {"chunks/aa/aa1": 1, "chunks/aa/aa2": 2, "chunks/bb/bb1": 3}
+    assert {i.key for i in store.list("chunks/aa/")} == {"chunks/aa/aa1", "chunks/aa/aa2"}
+    assert {i.key for i in store.list("")} == {"chunks/aa/aa1", "chunks/aa/aa2", "chunks/bb/bb1",
+                                               "manifests/m1"}
+    assert list(store.list("nothing/")) == []
+    assert all(i.mtime > 0 for i in store.list(""))
+
+
+def test_delete_is_idempotent(store: Store) -> None:
+    store.put("manifests/m", b"x")
+    store.delete("manifests/m")
+    store.delete("manifests/m")
+    with pytest.raises(NotFound):
+        store.get("manifests/m")
+
+
+@pytest.mark.parametrize("key", ["", "/abs", "a//b", "../escape", "a/../b", "sp ace", "a/"])
+def test_bad_keys_are_invalid_argument(store: Store, key: str) -> None:
+    with pytest.raises(InvalidArgument):
+        store.put(key, b"x")
+
+
+def test_large_objects_round_trip(store: Store) -> None:
+    data = os.urandom(13 << 20)
+    store.put("manifests/big", data)
+    assert store.get("manifests/big") == data
+
+
+def test_concurrent_puts_and_gets_from_threads(store: Store) -> None:
+    blobs = {f"chunks/{i:02x}/{i:064x}": os.urandom(1000 + i) for i in range(48)}
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda kv: store.put(*kv), blobs.items()))
+        got = dict(zip(blobs, pool.map(store.get, blobs), strict=True))
+    assert got == blobs
+    assert {i.key for i in store.list("chunks/")} == set(blobs)
+
+
+def test_directory_store_ignores_interrupted_writes(scratch: Path) -> None:
+    store = DirectoryStore(scratch / "repo")
+    store.put("chunks/aa/aa1", b"1")
+    (scratch / "repo" / "chunks" / "aa" / "aa2~deadbeef").write_bytes(b"partial")
+    assert [i.key for i in store.list("chunks/")] == ["chunks/aa/aa1"]
+
+
+def test_unreachable_s3_is_retried_with_backoff_then_unavailable() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    slept: list[float] = []
+    store = S3Store(S3Config(bucket="b", endpoint=f"http://127.0.0.1:{port}", access_key="a",
+                             secret_key="s", connect_timeout=1),
+                    backoff=Backoff(attempts=5, base=0.5, cap=3.0, sleep=slept.append))
+    with pytest.raises(Unavailable, match="gave up after 5 attempts"):
+        store.get("config")
+    assert len(slept) == 4
+    nominal = [0.5, 1.0, 2.0, 3.0]
+    assert all(n / 2 <= d <= n for d, n in zip(slept, nominal, strict=True))
