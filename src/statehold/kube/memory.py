@@ -4,7 +4,8 @@ Used by every test that needs a cluster (there is none on a build host) and by o
 tests. It keeps what the real server guarantees and our code relies on: resourceVersions
 that grow with each write, 409 Conflict (``Aborted``) on stale writes, NotFound and
 AlreadyExists, status subresource separation, finalizers delaying deletion, and an ordered
-watch stream. An optional ``validate`` hook lets tests apply our CRD schemas on admission.
+watch stream. An optional ``admit(new, old)`` hook returns the object to store or raises
+(InvalidArgument): tests plug in our CRD schemas (defaults, validation, CEL) there.
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ class MemoryKube:
     """In-memory :class:`statehold.kube.facade.Kube`. Thread-safe."""
 
     def __init__(self, *, now: Callable[[], datetime] | None = None,
-                 validate: Callable[[Obj], None] | None = None) -> None:
+                 admit: Callable[[Obj, Obj | None], Obj] | None = None) -> None:
         self._now = now or (lambda: datetime.now(UTC))
-        self._validate = validate
+        self._admit = admit
         self._objects: dict[Key, Obj] = {}
         self._log: list[tuple[int, Kind, str, WatchEvent]] = []
         self._rv = itertools.count(1)
@@ -80,8 +81,8 @@ class MemoryKube:
         deletionTimestamp is set and no finalizers remain."""
         if new == old:
             return copy.deepcopy(old)
-        if self._validate is not None:
-            self._validate(copy.deepcopy(new))
+        if self._admit is not None:
+            new = self._admit(copy.deepcopy(new), copy.deepcopy(old))
         if _spec_part(new) != _spec_part(old):
             new["metadata"]["generation"] = int(old["metadata"].get("generation", 1)) + 1
         self._bump(new)
@@ -160,8 +161,9 @@ class MemoryKube:
                 meta.pop("namespace", None)
             if key in self._objects:
                 raise AlreadyExists(f"{kind.kind} {meta['name']} already exists")
-            if self._validate is not None:
-                self._validate(copy.deepcopy(new))
+            if self._admit is not None:
+                new = self._admit(copy.deepcopy(new), None)
+                meta = new["metadata"]
             meta.update(uid=str(uuid.uuid4()), generation=1,
                         creationTimestamp=rfc3339(self._now()))
             meta.pop("deletionTimestamp", None)

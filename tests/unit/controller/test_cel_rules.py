@@ -1,0 +1,66 @@
+"""Every CEL rule in our CRDs, evaluated by a real CEL interpreter (cel-python) and by its
+Python twin on the same table of inputs: they must agree.
+
+The inputs are what the API server hands CEL: the object after defaulting.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from statehold.controller import crds
+from statehold.controller.cel_rules import RULES
+
+celpy = pytest.importorskip("celpy", reason="cel-python not installed")
+
+POOL = {"node": "n", "filesystem": "xfs", "profile": "single", "importExisting": False}
+CASES: dict[str, list[Any]] = {
+    crds.ONE_OF_DEVICES_DIRECTORY: [POOL, {**POOL, "devices": ["/dev/a"]},
+                                    {**POOL, "directory": "/d"},
+                                    {**POOL, "devices": ["/dev/a"], "directory": "/d"}],
+    crds.RAID_NEEDS_BTRFS: [POOL, {**POOL, "profile": "raid1"},
+                            {**POOL, "profile": "raid1", "filesystem": "btrfs"},
+                            {**POOL, "filesystem": "btrfs"}],
+    crds.DIRECTORY_NEEDS_SIZE: [POOL, {**POOL, "directory": "/d"},
+                                {**POOL, "directory": "/d", "imageSize": "1Gi"},
+                                {**POOL, "directory": "/d", "importExisting": True}],
+    crds.ONE_OF_S3_PATH: [{}, {"s3": {}}, {"path": {}}, {"s3": {}, "path": {}}],
+    crds.SELECTOR_NOT_EMPTY: [{}, {"matchLabels": {}}, {"matchLabels": {"a": "b"}},
+                              {"matchExpressions": []},
+                              {"matchExpressions": [{"key": "a", "operator": "Exists"}]}],
+    crds.VALUES_MATCH_OPERATOR: [{"key": "a", "operator": "In"},
+                                 {"key": "a", "operator": "In", "values": ["x"]},
+                                 {"key": "a", "operator": "NotIn", "values": []},
+                                 {"key": "a", "operator": "Exists"},
+                                 {"key": "a", "operator": "Exists", "values": ["x"]},
+                                 {"key": "a", "operator": "DoesNotExist", "values": []}],
+}
+TRANSITIONS = {"self == oldSelf": [("a", "a"), ("a", "b"), ({"x": 1}, {"x": 1}), ({"x": 1}, {"x": 2})]}
+
+
+def cel(rule: str, self_: Any, old: Any = None) -> bool:
+    env = celpy.Environment()
+    prog = env.program(env.compile(rule))
+    act = {"self": celpy.json_to_cel(self_)}
+    if old is not None:
+        act["oldSelf"] = celpy.json_to_cel(old)
+    return bool(prog.evaluate(act))
+
+
+def test_every_twin_has_a_table() -> None:
+    assert set(RULES) == set(CASES) | set(TRANSITIONS)
+
+
+@pytest.mark.parametrize("rule", sorted(CASES))
+def test_cel_and_python_twin_agree(rule: str) -> None:
+    results = [(cel(rule, case), RULES[rule](case, None)) for case in CASES[rule]]
+    assert all(a == b for a, b in results), results
+    assert {a for a, _ in results} == {True, False}, "each table must hit both outcomes"
+
+
+@pytest.mark.parametrize("rule", sorted(TRANSITIONS))
+def test_transition_rules_agree(rule: str) -> None:
+    for new, old in TRANSITIONS[rule]:
+        assert cel(rule, new, old) == RULES[rule](new, old)
