@@ -80,14 +80,16 @@ def secret_key_ref(desc: str, default_key: str) -> Schema:
 
 def label_selector(desc: str) -> Schema:
     """metav1.LabelSelector."""
-    return obj({
+    s = obj({
         "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
         "matchExpressions": array(obj({
             "key": string(minLength=1),
             "operator": string(enum=["In", "NotIn", "Exists", "DoesNotExist"]),
             "values": array(string()),
         }, required=("key", "operator"))),
-    }, desc=desc, **{"x-kubernetes-map-type": "atomic"})
+    }, desc=desc)
+    s["x-kubernetes-map-type"] = "atomic"
+    return s
 
 
 CONDITIONS: Schema = array(obj({
