@@ -1,0 +1,269 @@
+"""Placement decisions of the scheduler extender: pure functions over frozen values.
+
+Nothing here does I/O, reads a clock or knows about HTTP or Kubernetes objects: the
+service resolves a pod's claims into :class:`PodVolumes`, gathers the pools of the
+candidate nodes and the ledger's reservations, and asks :func:`filter_nodes` and
+:func:`score_nodes`. Every decision is deterministic for the same input, so the filter
+and the score the scheduler sees, and the node the ledger reserves on, always agree.
+
+Why every refusal is *unresolvable*: kube-scheduler calls preemption only for nodes where
+removing pods could help. Evicting pods frees no pool space and moves no data, so a node
+without a copy or without room is never a preemption candidate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+MIN_SCORE = 0
+MAX_SCORE = 10
+"""``MinExtenderPriority`` / ``MaxExtenderPriority`` of kube-scheduler's extender/v1 API."""
+
+HEADROOM_MAX_SCORE = MAX_SCORE - 1
+"""Capacity headroom never reaches 10: the top score belongs to the primary copy's node."""
+
+GiB = 1 << 30
+MiB = 1 << 20
+
+Placement = tuple[tuple[str, int], ...]
+"""Bytes to take from each pool of one node: ``((pool, bytes), ...)``, sorted by pool."""
+
+PoolKey = tuple[str, str]
+"""``(node, pool)``: how reservations are indexed."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimKey:
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class BoundVolume:
+    """A claim already bound to a node-local Statehold volume."""
+
+    claim: ClaimKey
+    volume: str
+    nodes: frozenset[str]
+    """Nodes that hold a copy (primary or replica); the pod can only run on one of them."""
+    primary: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingClaim:
+    """An unbound WaitForFirstConsumer claim: its volume is created where the pod lands."""
+
+    claim: ClaimKey
+    request: int
+    """Bytes, already rounded up to what the pool really allocates (1 MiB)."""
+    pool: str | None = None
+    """The pool its StorageClass names, or None for any pool of the node."""
+    selected_node: str | None = None
+    """Set once the scheduler chose a node and provisioning started there."""
+
+
+@dataclass(frozen=True, slots=True)
+class PodVolumes:
+    """What the extender needs to know about one pod's storage."""
+
+    pod: str
+    bound: tuple[BoundVolume, ...] = ()
+    pending: tuple[PendingClaim, ...] = ()
+    problems: tuple[str, ...] = ()
+    """Claims that could not be resolved (unknown PVC, missing PV): every node fails."""
+
+    @property
+    def concerns_us(self) -> bool:
+        return bool(self.bound or self.pending or self.problems)
+
+    @property
+    def needs_capacity(self) -> bool:
+        return any(c.selected_node is None for c in self.pending)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolState:
+    """One pool of one node as its StoragePool status reports it."""
+
+    node: str
+    name: str
+    capacity: int
+    allocated: int
+    overprovision: float = 1.0
+    """Thin provisioning ratio: the pool may promise ``capacity * overprovision`` bytes."""
+
+    @property
+    def limit(self) -> int:
+        return int(self.capacity * self.overprovision)
+
+    def free(self, reserved: int = 0) -> int:
+        return self.limit - self.allocated - reserved
+
+
+@dataclass(frozen=True, slots=True)
+class NodeVerdict:
+    node: str
+    ok: bool
+    reason: str = ""
+    placement: Placement = ()
+    headroom: int = 0
+    """Bytes left after placing the pod's claims (tightest pool used), or the node's
+    largest free pool when the pod needs no new space."""
+
+
+@dataclass(frozen=True, slots=True)
+class FilterOutcome:
+    passed: tuple[str, ...]
+    unresolvable: Mapping[str, str]
+    verdicts: Mapping[str, NodeVerdict]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeScore:
+    node: str
+    score: int
+    headroom: int
+    fits: bool = True
+    """False when the node cannot take the pod (it then scores 0)."""
+
+
+def human(n: int) -> str:
+    """Bytes for a reason string: ``12.0GiB``."""
+    if abs(n) >= GiB:
+        return f"{n / GiB:.1f}GiB"
+    return f"{n / MiB:.1f}MiB"
+
+
+def place(pending: Sequence[PendingClaim], pools: Sequence[PoolState],
+          reserved: Mapping[PoolKey, int]) -> Placement | str:
+    """Assign each claim that still needs space to one pool of the node.
+
+    Largest claim first, each into the pool with the most room left (worst fit): it keeps
+    the node's headroom even and is exact for the common one-pool node, where it reduces
+    to "the sum of the requests fits". Returns the placement or the reason it fails.
+    """
+    room = {p.name: p.free(reserved.get((p.node, p.name), 0)) for p in pools}
+    take: dict[str, int] = {}
+    todo = sorted((c for c in pending if c.selected_node is None),
+                  key=lambda c: (-c.request, str(c.claim)))
+    for claim in todo:
+        names = [claim.pool] if claim.pool is not None else sorted(room)
+        names = [n for n in names if n in room]
+        if not names:
+            if claim.pool is not None:
+                return f"claim {claim.claim} needs pool {claim.pool!r}, which this node lacks"
+            return "no Statehold pool on this node"
+        best = max(names, key=lambda n: (room[n], _neg(n)))
+        if room[best] < claim.request:
+            return (f"not enough free space for claim {claim.claim} ({human(claim.request)}): "
+                    f"pool {best} has {human(max(room[best], 0))} free after reservations")
+        room[best] -= claim.request
+        take[best] = take.get(best, 0) + claim.request
+    return tuple(sorted(take.items()))
+
+
+def _neg(name: str) -> tuple[int, ...]:
+    """Sort key that makes ``max`` prefer the alphabetically first name among equals."""
+    return tuple(-ord(ch) for ch in name)
+
+
+def judge_node(pod: PodVolumes, node: str, pools: Sequence[PoolState] | None,
+               reserved: Mapping[PoolKey, int]) -> NodeVerdict:
+    """Can the pod's storage live on node? Pure; see :func:`filter_nodes`."""
+    if pod.problems:
+        return NodeVerdict(node, False, "; ".join(pod.problems))
+    for vol in pod.bound:
+        if node not in vol.nodes:
+            where = ", ".join(sorted(vol.nodes)) or "no node"
+            return NodeVerdict(node, False, f"claim {vol.claim} is bound to local volume "
+                               f"{vol.volume}, whose data is on {where}, not on this node")
+    for claim in pod.pending:
+        if claim.selected_node is not None and claim.selected_node != node:
+            return NodeVerdict(node, False, f"claim {claim.claim} is being provisioned on "
+                               f"node {claim.selected_node}")
+    if not pod.needs_capacity:
+        return NodeVerdict(node, True, headroom=_largest_free(pools, reserved))
+    if pools is None:
+        return NodeVerdict(node, False, "no capacity data for this node (no StoragePool "
+                           "status reported)")
+    placed = place(pod.pending, pools, reserved)
+    if isinstance(placed, str):
+        return NodeVerdict(node, False, placed)
+    by_name = {p.name: p for p in pools}
+    headroom = min(by_name[name].free(reserved.get((node, name), 0)) - used
+                   for name, used in placed)
+    return NodeVerdict(node, True, placement=placed, headroom=headroom)
+
+
+def _largest_free(pools: Sequence[PoolState] | None, reserved: Mapping[PoolKey, int]) -> int:
+    if not pools:
+        return 0
+    return max(p.free(reserved.get((p.node, p.name), 0)) for p in pools)
+
+
+def filter_nodes(pod: PodVolumes, nodes: Sequence[str],
+                 pools: Mapping[str, Sequence[PoolState]],
+                 reserved: Mapping[PoolKey, int]) -> FilterOutcome:
+    """Keep the nodes where the pod's Statehold volumes can be used.
+
+    * a bound local volume: only nodes holding a copy of it;
+    * an unbound WaitForFirstConsumer claim: only nodes whose pools have room for all of
+      the pod's new claims together, after the over-provisioning ratio and after the
+      capacity other pods have reserved (``reserved``, excluding this pod's own);
+    * a pod without Statehold claims: every node, untouched.
+
+    ``pools`` maps a node to its pools; a node missing from it has no capacity data.
+    """
+    if not pod.concerns_us:
+        return FilterOutcome(tuple(nodes), {}, {})
+    verdicts = {n: judge_node(pod, n, pools.get(n), reserved) for n in nodes}
+    passed = tuple(n for n in nodes if verdicts[n].ok)
+    failed = {n: v.reason for n, v in verdicts.items() if not v.ok}
+    return FilterOutcome(passed, failed, verdicts)
+
+
+def headroom_score(headroom: int) -> int:
+    """Free bytes on a log scale: <1 GiB → 0, 1 GiB → 1, 2 GiB → 2, 4 GiB → 3, ...,
+    ≥256 GiB → 9 (never 10)."""
+    if headroom < GiB:
+        return MIN_SCORE
+    return min(HEADROOM_MAX_SCORE, int(math.log2(headroom / GiB)) + 1)
+
+
+def score_nodes(pod: PodVolumes, nodes: Sequence[str],
+                pools: Mapping[str, Sequence[PoolState]],
+                reserved: Mapping[PoolKey, int]) -> tuple[NodeScore, ...]:
+    """Score each node 0..10, in the order given.
+
+    The node holding the primary copy of every bound volume scores 10. Any other node
+    scores its capacity headroom on a log scale (at most 9); a node that cannot take the
+    pod scores 0. A pod without Statehold claims scores 0 everywhere, which leaves the
+    other plugins' ranking alone.
+    """
+    if not pod.concerns_us:
+        return tuple(NodeScore(n, MIN_SCORE, 0) for n in nodes)
+    return tuple(score_verdict(pod, judge_node(pod, n, pools.get(n), reserved)) for n in nodes)
+
+
+def score_verdict(pod: PodVolumes, verdict: NodeVerdict) -> NodeScore:
+    """The score of one judged node (see :func:`score_nodes`)."""
+    if not verdict.ok:
+        return NodeScore(verdict.node, MIN_SCORE, 0, fits=False)
+    primaries = {v.primary for v in pod.bound if v.primary is not None}
+    if primaries and primaries == {verdict.node}:
+        return NodeScore(verdict.node, MAX_SCORE, verdict.headroom)
+    return NodeScore(verdict.node, headroom_score(verdict.headroom), verdict.headroom)
+
+
+def best_node(scores: Sequence[NodeScore]) -> str | None:
+    """The node a reservation goes to: highest score, then most headroom, then the
+    alphabetically first name, so ties are broken the same way on every call."""
+    fitting = [s for s in scores if s.fits]
+    if not fitting:
+        return None
+    return min(fitting, key=lambda s: (-s.score, -s.headroom, s.node)).node
