@@ -1,0 +1,115 @@
+"""Loop devices, through ``losetup`` (the ``LOOP_*`` ioctls' one user-space driver).
+
+Every volume is attached with direct I/O (the loop driver then submits I/O to the backing
+file with O_DIRECT, so pages are not cached twice) and 4096-byte logical blocks (matching
+the pool filesystem's block size, which direct I/O needs to stay aligned). Devices are
+found by *exact* backing-file path, read from ``/sys/block/loopN/loop/backing_file``;
+nothing here ever acts on a device it did not find that way.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from statehold.errors import CommandError, StateholdError
+from statehold.runner import run
+
+SYS_BLOCK = Path("/sys/block")
+SECTOR_SIZE = 4096
+_DELETED = " (deleted)"
+
+
+def backing_files() -> dict[str, str]:
+    """Map every bound loop device (``/dev/loopN``) to its backing file path.
+
+    A backing file that was unlinked while attached keeps its old path plus the kernel's
+    `` (deleted)`` suffix; it is reported with that suffix so it never matches a live path.
+    """
+    result: dict[str, str] = {}
+    try:
+        entries = list(SYS_BLOCK.iterdir())
+    except OSError:
+        return result
+    for entry in entries:
+        if not entry.name.startswith("loop"):
+            continue
+        try:
+            backing = (entry / "loop" / "backing_file").read_text().rstrip("\n")
+        except OSError:
+            continue  # not bound
+        if backing:
+            result[f"/dev/{entry.name}"] = backing
+    return result
+
+
+def find(path: Path | str) -> list[str]:
+    """Loop devices whose backing file is exactly ``path`` (absolute), sorted."""
+    wanted = os.path.abspath(str(path))
+    return sorted(dev for dev, backing in backing_files().items() if backing == wanted)
+
+
+def under(root: Path | str, *, include_deleted: bool = True) -> dict[str, str]:
+    """Loop devices whose backing file lies under directory ``root`` (exact prefix)."""
+    prefix = os.path.abspath(str(root)).rstrip("/") + "/"
+    out: dict[str, str] = {}
+    for dev, backing in backing_files().items():
+        live = backing[: -len(_DELETED)] if backing.endswith(_DELETED) else backing
+        if live is not backing and not include_deleted:
+            continue
+        if live.startswith(prefix):
+            out[dev] = backing
+    return out
+
+
+def attach(path: Path | str, *, readonly: bool = False) -> str:
+    """Attach ``path`` (or return the device it is already attached to)."""
+    existing = find(path)
+    if existing:
+        return existing[0]
+    argv = [
+        "losetup",
+        "--find",
+        "--show",
+        "--direct-io=on",
+        "--sector-size",
+        str(SECTOR_SIZE),
+    ]
+    if readonly:
+        argv.append("--read-only")
+    argv.append(os.path.abspath(str(path)))
+    proc = run(argv, timeout=60)
+    device = proc.stdout.strip()
+    if not device.startswith("/dev/loop"):
+        raise StateholdError(f"losetup returned no device for {path}: {proc.stdout!r}")
+    return device
+
+
+def refresh_capacity(device: str) -> None:
+    """Tell the loop driver that the backing file changed size (``LOOP_SET_CAPACITY``)."""
+    run(["losetup", "-c", device], timeout=60)
+
+
+def detach(device: str) -> None:
+    """Detach ``device``; a device that is already gone counts as detached."""
+    try:
+        run(["losetup", "-d", device], timeout=60)
+    except CommandError as exc:
+        name = device.removeprefix("/dev/")
+        if not (SYS_BLOCK / name / "loop" / "backing_file").exists():
+            return
+        raise exc
+
+
+def detach_file(path: Path | str) -> list[str]:
+    """Detach every loop device backed by exactly ``path``; returns the devices."""
+    devices = find(path)
+    for dev in devices:
+        detach(dev)
+    return devices
+
+
+def size_of(device: str) -> int:
+    """Size of a block device in bytes (from sysfs, in 512-byte units)."""
+    name = device.removeprefix("/dev/")
+    return int((SYS_BLOCK / name / "size").read_text()) * 512

@@ -1,0 +1,290 @@
+"""The pools of one host, registered in ``<home>/node.json``.
+
+The registry only says where each pool's disks are (device paths or image files); all
+other state lives inside the pool. Opening a Node re-attaches image files, mounts pools at
+``<home>/pools/<name>`` and reconciles each one, so a restart (or a crash) ends with every
+pool usable and consistent. A pool whose disks are missing is reported by ``errors`` and
+raises Unavailable from ``pool(name)``; it never stops the other pools from opening.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from statehold.engine import fs, lifecycle, loop, pooldisk
+from statehold.engine.metadata import Metadata, PoolRecord
+from statehold.engine.names import check_size, validate_name
+from statehold.engine.pool import META_DIR, SNAPSHOTS_DIR, VOLUMES_DIR, Pool
+from statehold.engine.steps import FaultHook
+from statehold.engine.types import FsType, PoolSpec, RaidProfile
+from statehold.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    StateholdError,
+    Unavailable,
+)
+
+log = logging.getLogger("statehold.engine.node")
+
+REGISTRY = "node.json"
+REGISTRY_VERSION = 1
+META_DB = "meta.db"
+
+
+def spec_to_dict(spec: PoolSpec) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "devices": list(spec.devices),
+        "images": list(spec.images),
+        "image_size": spec.image_size,
+        "profile": str(spec.profile),
+        "overprovision_ratio": float(spec.overprovision_ratio),
+    }
+
+
+class Node:
+    """The pools of one host. Not a daemon: several short-lived Nodes may open one home."""
+
+    def __init__(self, home: Path, *, fault_hook: FaultHook | None = None) -> None:
+        self.home = Path(os.path.abspath(home))
+        self.fault_hook = fault_hook
+        self._lock = threading.RLock()
+        self._pools: dict[str, Pool] = {}
+        self.errors: dict[str, str] = {}
+        """Pools that are registered but could not be opened, with the reason."""
+        self.recovered: dict[str, list[str]] = {}
+        """What recovery did per pool when this Node opened it."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        for name, entry in self._registry()["pools"].items():
+            try:
+                pool = self._open(name, entry["sources"])
+            except StateholdError as exc:
+                log.error("pool unavailable pool=%s error=%s", name, exc)
+                self.errors[name] = str(exc)
+                continue
+            self._pools[name] = pool
+            self.recovered[name] = pool.reconcile()
+
+    # -- registry --------------------------------------------------------------------------
+    @property
+    def pools_dir(self) -> Path:
+        return self.home / "pools"
+
+    @property
+    def disks_dir(self) -> Path:
+        return self.home / "disks"
+
+    def _registry(self) -> dict[str, Any]:
+        path = self.home / REGISTRY
+        if not path.exists():
+            return {"version": REGISTRY_VERSION, "pools": {}}
+        data: dict[str, Any] = json.loads(path.read_text())
+        if int(data.get("version", 0)) > REGISTRY_VERSION:
+            raise FailedPrecondition(f"{path} has version {data.get('version')}, too new")
+        data.setdefault("pools", {})
+        return data
+
+    def _save_registry(self, data: dict[str, Any]) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.home, prefix=".node.json.")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.home / REGISTRY)
+
+    def _register(self, name: str, sources: Sequence[str], spec: dict[str, Any]) -> None:
+        data = self._registry()
+        data["pools"][name] = {"sources": list(sources), "spec": spec, "registered_at": time.time()}
+        self._save_registry(data)
+
+    def _unregister(self, name: str) -> None:
+        data = self._registry()
+        data["pools"].pop(name, None)
+        self._save_registry(data)
+
+    # -- opening ---------------------------------------------------------------------------
+    def _open(self, name: str, sources: Sequence[str]) -> Pool:
+        devices = pooldisk.attach_sources(sources)
+        mountpoint = self.pools_dir / name
+        pooldisk.mount(devices, mountpoint)
+        db = Metadata(mountpoint / META_DIR / META_DB)
+        record = db.pool()
+        if record.name != name:
+            db.close()
+            raise FailedPrecondition(
+                f"{', '.join(sources)} hold pool {record.name!r}, registered here as {name!r}")
+        return Pool(name, mountpoint, db, fault_hook=self.fault_hook, devices=devices,
+                    sources=sources)
+
+    def pools(self) -> list[Pool]:
+        with self._lock:
+            return [self._pools[n] for n in sorted(self._pools)]
+
+    def pool(self, name: str) -> Pool:
+        with self._lock:
+            if name in self._pools:
+                return self._pools[name]
+            if name in self.errors:
+                raise Unavailable(f"pool {name!r} is unavailable: {self.errors[name]}")
+            raise NotFound(f"pool {name!r} not found")
+
+    # -- create / import -------------------------------------------------------------------
+    def _sources_for(self, spec: PoolSpec) -> tuple[list[str], bool]:
+        if spec.devices and spec.images:
+            raise InvalidArgument("a pool is made of devices or of images, not both")
+        if spec.devices:
+            return [str(d) for d in spec.devices], False
+        images = list(spec.images) or [str(self.disks_dir / f"{spec.name}-0.img")]
+        return [os.path.abspath(self.disks_dir / i) if not os.path.isabs(i) else i
+                for i in images], True
+
+    def create_pool(self, spec: PoolSpec) -> Pool:
+        """Create (or, for the same name and spec, return) a pool."""
+        with self._lock:
+            validate_name(spec.name, what="pool name")
+            lifecycle.check_ratio(spec.overprovision_ratio)
+            try:
+                profile = RaidProfile(spec.profile)
+            except ValueError as exc:
+                raise InvalidArgument(f"unknown RAID profile {spec.profile!r}") from exc
+            wanted = spec_to_dict(spec)
+            registered = self._registry()["pools"].get(spec.name)
+            if registered is not None:
+                if registered.get("spec") == wanted:
+                    return self.pool(spec.name)
+                raise AlreadyExists(f"pool {spec.name!r} exists with another spec")
+            sources, images = self._sources_for(spec)
+            if len(sources) == 1 and profile is not RaidProfile.SINGLE:
+                raise InvalidArgument(f"profile {profile} needs at least two devices")
+            if len(sources) < pooldisk.MIN_DEVICES[profile]:
+                raise InvalidArgument(f"profile {profile} needs at least "
+                                      f"{pooldisk.MIN_DEVICES[profile]} devices")
+            if len(set(sources)) != len(sources):
+                raise InvalidArgument("a device or image is listed twice")
+            minimum = fs.MIN_SIZE[FsType.XFS if len(sources) == 1 else FsType.BTRFS]
+            if images:
+                size = check_size(spec.image_size, what="image_size")
+                if size < minimum:
+                    raise InvalidArgument(f"image_size must be at least {minimum} bytes")
+            else:
+                for dev in sources:
+                    pooldisk.check_device(dev, force=spec.force)
+            return self._build(spec, profile, sources, images, wanted)
+
+    def _build(self, spec: PoolSpec, profile: RaidProfile, sources: list[str], images: bool,
+               wanted: dict[str, Any]) -> Pool:
+        created: list[Path] = []
+        mountpoint = self.pools_dir / spec.name
+        try:
+            if images:
+                size = check_size(spec.image_size)
+                for image in sources:
+                    if pooldisk.make_image(Path(image), size, force=spec.force):
+                        created.append(Path(image))
+            devices = pooldisk.attach_sources(sources)
+            fstype = pooldisk.mkfs(devices, profile)
+            pooldisk.mount(devices, mountpoint)
+            for sub in (META_DIR, VOLUMES_DIR, SNAPSHOTS_DIR):
+                (mountpoint / sub).mkdir(exist_ok=True)
+            db = Metadata(mountpoint / META_DIR / META_DB, create=True)
+            db.init_pool(PoolRecord(spec.name, str(uuid.uuid4()), fstype, str(profile),
+                                    float(spec.overprovision_ratio), wanted, time.time()))
+            pool = Pool(spec.name, mountpoint, db, fault_hook=self.fault_hook,
+                        devices=devices, sources=sources)
+            self._register(spec.name, sources, wanted)
+        except BaseException:
+            pooldisk.release(mountpoint, sources if images else [])
+            for made in created:
+                made.unlink(missing_ok=True)
+            if mountpoint.is_dir() and not os.path.ismount(mountpoint):
+                shutil.rmtree(mountpoint, ignore_errors=True)
+            raise
+        self._pools[spec.name] = pool
+        log.info("pool created pool=%s fs=%s sources=%s", spec.name, fstype, ",".join(sources))
+        return pool
+
+    def import_pool(self, sources: Sequence[str], *, name: str | None = None) -> Pool:
+        """Adopt a pool made elsewhere from its devices or image files (metadata inside)."""
+        with self._lock:
+            if not sources:
+                raise InvalidArgument("import needs at least one device or image")
+            srcs = [os.path.abspath(s) for s in sources]
+            if name is not None:
+                validate_name(name, what="pool name")
+            devices = pooldisk.attach_sources(srcs)
+            images = [s for s, d in zip(srcs, devices, strict=True) if s != d]
+            self.pools_dir.mkdir(parents=True, exist_ok=True)
+            probe = Path(tempfile.mkdtemp(prefix=".import-", dir=self.pools_dir))
+            try:
+                pooldisk.mount(devices, probe)
+                try:
+                    db = Metadata(probe / META_DIR / META_DB)
+                except FailedPrecondition as exc:
+                    raise InvalidArgument(f"{', '.join(srcs)} hold no Statehold pool") from exc
+                stored = db.pool()
+                final = name or stored.name
+                if final in self._registry()["pools"] or final in self._pools:
+                    db.close()
+                    raise AlreadyExists(f"a pool named {final!r} is already registered here")
+                if final != stored.name:
+                    db.rename_pool(final)
+                db.close()
+            except BaseException:
+                pooldisk.release(probe, images)
+                probe.rmdir()
+                raise
+            fs.umount(probe)
+            probe.rmdir()
+            spec = dict(stored.spec)
+            spec["name"] = final
+            pool = self._open(final, srcs)
+            self._register(final, srcs, spec)
+            self._pools[final] = pool
+            self.recovered[final] = pool.reconcile()
+            return pool
+
+    # -- export / destroy ------------------------------------------------------------------
+    def export_pool(self, name: str) -> None:
+        """Unmount and detach a pool and forget it here; its disks keep everything."""
+        with self._lock:
+            pool = self.pool(name)
+            busy = loop.under(pool.volumes_dir) | loop.under(pool.snapshots_dir)
+            if busy:
+                raise FailedPrecondition(
+                    f"pool {name!r} has attached volumes or snapshots: {', '.join(sorted(busy))}")
+            pool.close()
+            images = [s for s, d in zip(pool.sources, pool.devices, strict=True) if s != d]
+            pooldisk.release(pool.mountpoint, images)
+            if pool.mountpoint.is_dir() and not os.path.ismount(pool.mountpoint):
+                pool.mountpoint.rmdir()
+            self._unregister(name)
+            del self._pools[name]
+
+    def destroy_pool(self, name: str) -> None:
+        """Export the pool, then delete the image files it was made of (devices are kept)."""
+        with self._lock:
+            pool = self.pool(name)
+            images = [s for s, d in zip(pool.sources, pool.devices, strict=True) if s != d]
+            self.export_pool(name)
+            for img in images:
+                Path(img).unlink(missing_ok=True)
+            log.info("pool destroyed pool=%s", name)
+
+    def close(self) -> None:
+        """Release database handles; leaves pools mounted and volumes attached."""
+        with self._lock:
+            for pool in self._pools.values():
+                pool.close()
+            self._pools.clear()

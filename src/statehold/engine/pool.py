@@ -1,0 +1,296 @@
+"""One pool: a reflink-capable filesystem holding volumes, snapshots and its own metadata.
+
+Layout inside the pool mount (see docs/design/pool-metadata.md)::
+
+    .statehold/meta.db     SQLite (WAL): pool, volumes, snapshots, intents
+    volumes/<name>.img     sparse backing file of each volume
+    snapshots/<name>.img   read-only reflink of a volume at one instant
+
+The database says what exists; the kernel says what is attached and mounted (loop devices
+are found by exact backing-file path, mounts by device in /proc/self/mountinfo), so a
+crash can never leave the two disagreeing about attachment. Every public method holds the
+pool's lock: calls from several threads (a CSI server) are serialised per pool.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from statehold.engine import fs, lifecycle, loop, mounts, recovery, snapshotting
+from statehold.engine.metadata import Metadata, SnapshotRecord, VolumeRecord
+from statehold.engine.names import validate_name
+from statehold.engine.steps import FaultHook, no_fault
+from statehold.engine.types import (
+    Capacity,
+    ExpandResult,
+    FsType,
+    Snapshot,
+    Source,
+    SourceKind,
+    Volume,
+    VolumeMode,
+)
+from statehold.errors import FailedPrecondition, NotFound
+
+log = logging.getLogger("statehold.engine.pool")
+
+META_DIR = ".statehold"
+VOLUMES_DIR = "volumes"
+SNAPSHOTS_DIR = "snapshots"
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _locked(method: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        self = args[0]
+        assert isinstance(self, Pool)
+        with self._lock:
+            return method(*args, **kwargs)
+
+    return wrapper
+
+
+class Pool:
+    """A mounted pool. Obtain one from :class:`statehold.engine.node.Node`."""
+
+    def __init__(
+        self,
+        name: str,
+        mountpoint: Path,
+        db: Metadata,
+        *,
+        fault_hook: FaultHook | None = None,
+        devices: Sequence[str] = (),
+        sources: Sequence[str] = (),
+    ) -> None:
+        self.name = name
+        self.mountpoint = mountpoint
+        self.db = db
+        self.fault = fault_hook or no_fault
+        self.devices = tuple(devices)
+        """Block devices the pool filesystem sits on (loop devices for images)."""
+        self.sources = tuple(sources)
+        """What the pool was made from: device paths or image files."""
+        self._lock = threading.RLock()
+        record = db.pool()
+        self.uuid = record.uuid
+        self.fs = record.fs
+        self.profile = record.profile
+
+    # -- paths -----------------------------------------------------------------------------
+    @property
+    def meta_dir(self) -> Path:
+        return self.mountpoint / META_DIR
+
+    @property
+    def volumes_dir(self) -> Path:
+        return self.mountpoint / VOLUMES_DIR
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.mountpoint / SNAPSHOTS_DIR
+
+    def volume_path(self, name: str) -> Path:
+        return self.volumes_dir / f"{name}.img"
+
+    def snapshot_path(self, name: str) -> Path:
+        return self.snapshots_dir / f"{name}.img"
+
+    # -- conversions -----------------------------------------------------------------------
+    def _to_volume(self, rec: VolumeRecord) -> Volume:
+        path = self.volume_path(rec.name)
+        devices = loop.find(path)
+        device = devices[0] if devices else None
+        targets: list[str] = []
+        for dev in devices:
+            targets += mounts.targets_of(dev)
+        source = (
+            Source(SourceKind(rec.source_kind), rec.source_name)
+            if rec.source_kind and rec.source_name
+            else None
+        )
+        return Volume(
+            pool=self.name,
+            name=rec.name,
+            size=rec.size,
+            mode=VolumeMode(rec.mode),
+            fs=FsType(rec.fs) if rec.fs else None,
+            path=path,
+            created_at=rec.created_at,
+            source=source,
+            device=device,
+            mounts=tuple(targets),
+            formatted=rec.formatted,
+            labels=dict(rec.labels),
+        )
+
+    def _to_snapshot(self, rec: SnapshotRecord) -> Snapshot:
+        return Snapshot(
+            pool=self.name,
+            name=rec.name,
+            source_volume=rec.source_volume,
+            size=rec.size,
+            path=self.snapshot_path(rec.name),
+            created_at=rec.created_at,
+            frozen=rec.frozen,
+        )
+
+    def _record(self, name: str) -> VolumeRecord:
+        rec = self.db.volume(name)
+        if rec is None:
+            raise NotFound(f"volume {name!r} not found in pool {self.name!r}")
+        return rec
+
+    # -- capacity --------------------------------------------------------------------------
+    @_locked
+    def capacity(self) -> Capacity:
+        st = os.statvfs(self.mountpoint)
+        total = st.f_blocks * st.f_frsize
+        free = st.f_bavail * st.f_frsize
+        used = (st.f_blocks - st.f_bfree) * st.f_frsize
+        provisioned = self.db.provisioned()
+        ratio = self.db.pool().overprovision_ratio
+        allocatable = max(0, int(total * ratio) - provisioned) if free > 0 else 0
+        return Capacity(total=total, used=used, provisioned=provisioned, free=free,
+                        overprovision_ratio=ratio, allocatable=allocatable)
+
+    @_locked
+    def set_overprovision_ratio(self, ratio: float) -> None:
+        lifecycle.check_ratio(ratio)
+        self.db.set_overprovision_ratio(ratio)
+
+    # -- volumes ---------------------------------------------------------------------------
+    @_locked
+    def create_volume(
+        self,
+        name: str,
+        size: int,
+        *,
+        mode: VolumeMode = VolumeMode.FILESYSTEM,
+        fs: FsType | None = FsType.XFS,
+        source: Source | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> Volume:
+        rec = lifecycle.create_volume(self, name, size, mode=mode, fs=fs, source=source,
+                                      labels=labels)
+        return self._to_volume(rec)
+
+    @_locked
+    def get_volume(self, name: str) -> Volume:
+        return self._to_volume(self._record(name))
+
+    @_locked
+    def list_volumes(self) -> list[Volume]:
+        return [self._to_volume(r) for r in self.db.volumes()]
+
+    @_locked
+    def delete_volume(self, name: str) -> None:
+        lifecycle.delete_volume(self, name)
+
+    @_locked
+    def expand(self, name: str, new_size: int) -> ExpandResult:
+        rec, grow = lifecycle.expand(self, name, new_size)
+        return ExpandResult(volume=self._to_volume(rec), grow=grow)
+
+    @_locked
+    def is_formatted(self, name: str) -> bool:
+        rec = self._record(name)
+        if rec.formatted:
+            return True
+        found = fs.fs_type(self.volume_path(name)) is not None
+        if found:
+            self.db.set_volume_flags(name, formatted=True)
+        return found
+
+    # -- attachment ------------------------------------------------------------------------
+    @_locked
+    def attach(self, name: str) -> str:
+        self._record(name)
+        return loop.attach(self.volume_path(name))
+
+    @_locked
+    def detach(self, name: str) -> None:
+        self._record(name)
+        for dev in loop.find(self.volume_path(name)):
+            targets = mounts.targets_of(dev)
+            if targets:
+                raise FailedPrecondition(
+                    f"volume {name!r} is mounted at {', '.join(targets)}; unmount it first")
+            loop.detach(dev)
+
+    @_locked
+    def mount(self, name: str, target: Path, *, options: Sequence[str] = (),
+              readonly: bool = False) -> Volume:
+        rec = self._record(name)
+        lifecycle.mount(self, rec, Path(os.path.abspath(target)), options, readonly)
+        return self._to_volume(self._record(name))
+
+    @_locked
+    def unmount(self, name: str, target: Path) -> Volume:
+        rec = self._record(name)
+        wanted = os.path.abspath(target)
+        current = mounts.mount_at(wanted)
+        if current is not None:
+            ours = loop.find(self.volume_path(name))
+            if current.source not in ours:
+                raise FailedPrecondition(
+                    f"{wanted} holds {current.source}, not volume {name!r}")
+            fs.umount(wanted)
+        return self._to_volume(rec)
+
+    # -- snapshots -------------------------------------------------------------------------
+    @_locked
+    def create_snapshot(self, volume: str, name: str, *, freeze: bool = True) -> Snapshot:
+        return self._to_snapshot(snapshotting.create(self, volume, name, freeze=freeze))
+
+    @_locked
+    def get_snapshot(self, name: str) -> Snapshot:
+        validate_name(name, what="snapshot name")
+        rec = self.db.snapshot(name)
+        if rec is None:
+            raise NotFound(f"snapshot {name!r} not found in pool {self.name!r}")
+        return self._to_snapshot(rec)
+
+    @_locked
+    def list_snapshots(self, volume: str | None = None) -> list[Snapshot]:
+        return [self._to_snapshot(r) for r in self.db.snapshots(volume)]
+
+    @_locked
+    def delete_snapshot(self, name: str) -> None:
+        snapshotting.delete(self, name)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @_locked
+    def reconcile(self) -> list[str]:
+        return recovery.reconcile(self)
+
+    @_locked
+    def close(self) -> None:
+        self.db.close()
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able summary (CLI ``describe``)."""
+        cap = self.capacity()
+        return {
+            "name": self.name,
+            "uuid": self.uuid,
+            "fs": self.fs,
+            "profile": self.profile,
+            "mountpoint": str(self.mountpoint),
+            "sources": list(self.sources),
+            "devices": list(self.devices),
+            "capacity": {
+                "total": cap.total, "used": cap.used, "provisioned": cap.provisioned,
+                "free": cap.free, "overprovision_ratio": cap.overprovision_ratio,
+                "allocatable": cap.allocatable,
+            },
+        }

@@ -1,0 +1,153 @@
+"""Crash recovery: make a pool's database, files, loop devices and mounts agree again.
+
+Runs when a Node opens a pool (and on demand via ``Pool.reconcile``). Rules, in order
+(normative text in docs/design/pool-metadata.md):
+
+1. Every unfinished intent is finished or rolled back:
+   create/clone -> rolled back (file removed); snapshot -> filesystem thawed, rolled back;
+   expand -> finished (file grown, size recorded, filesystem growth pending);
+   delete (volume or snapshot) -> finished, unless the file is attached again (rolled back).
+2. Loop devices backed by a file of this pool that no row names (or that was unlinked)
+   are unmounted and detached: nothing else could be using them.
+3. Backing files no row names are moved to ``.statehold/orphans/`` (never deleted: they
+   were not made by a recorded operation); rows whose file is missing are reported.
+4. Snapshot files are made read-only again if something changed their mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from statehold.engine import freeze, fs, lifecycle, loop, mounts
+from statehold.engine.ficlone import fsync_dir
+from statehold.engine.metadata import Intent, Metadata
+from statehold.errors import StateholdError
+
+if TYPE_CHECKING:
+    from statehold.engine.pool import Pool
+
+log = logging.getLogger("statehold.engine.recovery")
+
+ORPHANS = "orphans"
+
+
+def _release(path: Path | str, done: list[str]) -> None:
+    """Unmount and detach every loop device backed by exactly ``path``."""
+    for dev in loop.find(path):
+        for target in reversed(mounts.targets_of(dev)):
+            freeze.thaw(target)
+            fs.umount(target)
+            done.append(f"unmounted {target} ({dev})")
+        loop.detach(dev)
+        done.append(f"detached {dev} from {path}")
+
+
+def _finish_intent(pool: Pool, it: Intent, done: list[str]) -> None:
+    db = pool.db
+    name = it.target
+    if it.op in ("create_volume", "clone"):
+        if db.volume(name) is None:
+            path = pool.volume_path(name)
+            _release(path, done)
+            path.unlink(missing_ok=True)
+            fsync_dir(pool.volumes_dir)
+            done.append(f"rolled back {it.op} of volume {name}")
+    elif it.op == "snapshot":
+        target = it.payload.get("frozen")
+        if target and mounts.mount_at(target) is not None and freeze.thaw(str(target)):
+            done.append(f"thawed {target}")
+        if db.snapshot(name) is None:
+            path = pool.snapshot_path(name)
+            path.unlink(missing_ok=True)
+            fsync_dir(pool.snapshots_dir)
+            done.append(f"rolled back snapshot {name}")
+    elif it.op == "expand":
+        rec = db.volume(name)
+        new = int(it.payload["new"])
+        if rec is not None:
+            path = pool.volume_path(name)
+            if path.exists() and path.stat().st_size < new:
+                os.truncate(path, new)
+            for dev in loop.find(path):
+                loop.refresh_capacity(dev)
+            with db.transaction() as tx:
+                tx.execute("UPDATE volumes SET size=?, grow_pending=? WHERE name=?",
+                           (max(new, rec.size), int(rec.formatted or rec.grow_pending), name))
+            done.append(f"finished expand of volume {name} to {new}")
+            try:
+                lifecycle.grow_pending_fs(pool, name)
+            except StateholdError as exc:
+                done.append(f"filesystem of volume {name} not grown yet: {exc}")
+    elif it.op in ("delete_volume", "delete_snapshot"):
+        is_vol = it.op == "delete_volume"
+        path = pool.volume_path(name) if is_vol else pool.snapshot_path(name)
+        if loop.find(path):
+            done.append(f"rolled back {it.op} of {name}: it is attached")
+        else:
+            path.unlink(missing_ok=True)
+            fsync_dir(path.parent)
+            with db.transaction() as tx:
+                table = "volumes" if is_vol else "snapshots"
+                tx.execute(f"DELETE FROM {table} WHERE name=?", (name,))
+            done.append(f"finished {it.op} of {name}")
+    else:
+        done.append(f"left unknown intent {it.id} ({it.op} {name}) in place")
+        return
+    with db.transaction() as tx:
+        Metadata.end_intent(tx, it.id)
+
+
+def _stale_loops(pool: Pool, done: list[str]) -> None:
+    known = {str(pool.volume_path(v.name)) for v in pool.db.volumes()}
+    known |= {str(pool.snapshot_path(s.name)) for s in pool.db.snapshots()}
+    for directory in (pool.volumes_dir, pool.snapshots_dir):
+        for dev, backing in loop.under(directory).items():
+            if backing in known:
+                continue
+            for target in reversed(mounts.targets_of(dev)):
+                freeze.thaw(target)
+                fs.umount(target)
+                done.append(f"unmounted {target} ({dev}, stale)")
+            loop.detach(dev)
+            done.append(f"detached stale {dev} backed by {backing}")
+
+
+def _files(pool: Pool, done: list[str]) -> None:
+    orphans = pool.meta_dir / ORPHANS
+    vols = {v.name for v in pool.db.volumes()}
+    snaps = {s.name for s in pool.db.snapshots()}
+    for directory, names in ((pool.volumes_dir, vols), (pool.snapshots_dir, snaps)):
+        present = set()
+        for entry in sorted(directory.iterdir()):
+            stem = entry.name.removesuffix(".img")
+            if entry.name.endswith(".img") and stem in names:
+                present.add(stem)
+                continue
+            if loop.find(entry):
+                done.append(f"left unknown file {entry}: it is attached")
+                continue
+            orphans.mkdir(exist_ok=True)
+            os.replace(entry, orphans / f"{directory.name}-{entry.name}")
+            done.append(f"moved unknown file {entry} to {orphans}")
+        for missing in sorted(names - present):
+            done.append(f"{directory.name[:-1]} {missing}: backing file is missing")
+    for snap in pool.db.snapshots():
+        path = pool.snapshot_path(snap.name)
+        if path.exists() and path.stat().st_mode & 0o222:
+            os.chmod(path, 0o444)
+            done.append(f"made snapshot {snap.name} read-only again")
+
+
+def reconcile(pool: Pool) -> list[str]:
+    """Bring the pool back to a consistent state; one line per action taken."""
+    done: list[str] = []
+    for it in pool.db.intents():
+        _finish_intent(pool, it, done)
+    _stale_loops(pool, done)
+    _files(pool, done)
+    for line in done:
+        log.warning("recovery pool=%s %s", pool.name, line)
+    return done

@@ -1,0 +1,98 @@
+"""Snapshots: a read-only reflink of a volume's backing file at one instant.
+
+When the volume is mounted and ``freeze`` is asked for, the filesystem is frozen around the
+``FICLONE`` (flushes dirty data through the direct-I/O loop device into the file). When it
+is mounted without freeze, ``syncfs`` still pushes what the filesystem has; an attached
+block volume gets its buffer cache flushed. Snapshot files are chmod 0444 and are
+independent files: deleting the source volume leaves them intact.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING
+
+from statehold.engine import freeze as freezing
+from statehold.engine import loop, mounts
+from statehold.engine.ficlone import fsync_dir, reflink
+from statehold.engine.metadata import Metadata, SnapshotRecord
+from statehold.engine.names import validate_name
+from statehold.errors import AlreadyExists, FailedPrecondition, NotFound
+from statehold.runner import run
+
+if TYPE_CHECKING:
+    from statehold.engine.pool import Pool
+
+log = logging.getLogger("statehold.engine.snapshotting")
+
+READ_ONLY = 0o444
+
+
+def _flush(device: str | None, target: str | None) -> None:
+    if target is not None:
+        run(["sync", "-f", target], timeout=300)
+    elif device is not None:
+        run(["blockdev", "--flushbufs", device], timeout=300)
+
+
+def create(pool: Pool, volume: str, name: str, *, freeze: bool) -> SnapshotRecord:
+    validate_name(volume, what="volume name")
+    validate_name(name, what="snapshot name")
+    existing = pool.db.snapshot(name)
+    if existing is not None:
+        if existing.source_volume == volume:
+            return existing
+        raise AlreadyExists(
+            f"snapshot {name!r} exists in pool {pool.name!r} for volume {existing.source_volume!r}")
+    rec = pool.db.volume(volume)
+    if rec is None:
+        raise NotFound(f"volume {volume!r} not found in pool {pool.name!r}")
+    src = pool.volume_path(volume)
+    devices = loop.find(src)
+    targets: list[str] = []
+    for dev in devices:
+        targets += mounts.targets_of(dev)
+    freeze_target = targets[0] if (freeze and targets) else None
+    dst = pool.snapshot_path(name)
+    intent = pool.db.begin_intent("snapshot", name, {"volume": volume, "frozen": freeze_target})
+    pool.fault("snapshot.intent")
+    if freeze_target is None:
+        _flush(devices[0] if devices else None, targets[0] if targets else None)
+    with freezing.frozen(freeze_target):
+        pool.fault("snapshot.frozen")
+        reflink(src, dst, mode=READ_ONLY)
+        pool.fault("snapshot.cloned")
+    os.chmod(dst, READ_ONLY)
+    fsync_dir(pool.snapshots_dir)
+    snap = SnapshotRecord(name=name, source_volume=volume, size=rec.size, mode=rec.mode,
+                          fs=rec.fs, formatted=rec.formatted or freeze_target is not None,
+                          frozen=freeze_target is not None, created_at=time.time())
+    with pool.db.transaction() as db:
+        Metadata.insert_snapshot(db, snap)
+        Metadata.end_intent(db, intent)
+    pool.fault("snapshot.commit")
+    log.info("snapshot created snapshot=%s/%s volume=%s frozen=%s", pool.name, name, volume,
+             snap.frozen)
+    return snap
+
+
+def delete(pool: Pool, name: str) -> None:
+    validate_name(name, what="snapshot name")
+    if pool.db.snapshot(name) is None:
+        raise NotFound(f"snapshot {name!r} not found in pool {pool.name!r}")
+    path = pool.snapshot_path(name)
+    devices = loop.find(path)
+    if devices:
+        raise FailedPrecondition(f"snapshot {name!r} is attached as {devices[0]}; detach it first")
+    intent = pool.db.begin_intent("delete_snapshot", name, {})
+    pool.fault("delete_snapshot.intent")
+    path.unlink(missing_ok=True)
+    fsync_dir(pool.snapshots_dir)
+    pool.fault("delete_snapshot.unlinked")
+    with pool.db.transaction() as db:
+        db.execute("DELETE FROM snapshots WHERE name=?", (name,))
+        Metadata.end_intent(db, intent)
+    pool.fault("delete_snapshot.commit")
+    log.info("snapshot deleted snapshot=%s/%s", pool.name, name)
