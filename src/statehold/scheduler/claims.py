@@ -30,8 +30,9 @@ class ClaimPolicy:
     """Provisioner / CSI driver names that are ours."""
     pool_parameters: tuple[str, ...] = ("pool", "statehold.io/pool")
     """StorageClass parameters naming the pool a class allocates from (first one wins)."""
-    mode_parameters: tuple[str, ...] = ("mode", "statehold.io/mode")
-    """StorageClass parameters giving the mode; ``shared`` classes are not node-local."""
+    mode_parameters: tuple[str, ...] = ("type", "mode", "statehold.io/mode")
+    """StorageClass parameters giving the mode (the CSI driver reads ``type``: local or
+    shared); ``shared`` classes are not node-local."""
 
 
 def round_up(n: int, unit: int = MiB) -> int:
