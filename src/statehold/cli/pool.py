@@ -1,9 +1,174 @@
-"""CLI commands: pool (placeholder until the area lands)."""
+"""``statehold pool create|get|describe|import``: the node's disk pools."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import typer
+
+from statehold.cli.output import (
+    Format,
+    HomeOption,
+    OutputOption,
+    describe,
+    done,
+    emit,
+    failures,
+    human,
+    node,
+    settings_for,
+    size_arg,
+)
+from statehold.engine.types import PoolSpec, RaidProfile
+
+if TYPE_CHECKING:
+    from statehold.engine.pool import Pool
+
+
+def pool_view(p: Pool) -> dict[str, Any]:
+    """What ``get -o json`` shows for a pool: its name, mount point and capacity."""
+    c = p.capacity()
+    info = p.describe()
+    return {
+        "name": p.name,
+        "uuid": info.get("uuid"),
+        "fs": info.get("fs"),
+        "profile": info.get("profile"),
+        "sources": list(info.get("sources", [])),
+        "mountpoint": str(p.mountpoint),
+        "capacity": {
+            "total": c.total,
+            "used": c.used,
+            "provisioned": c.provisioned,
+            "free": c.free,
+            "allocatable": c.allocatable,
+            "overprovisionRatio": c.overprovision_ratio,
+        },
+    }
+
+
+COLUMNS = [
+    ("NAME", lambda v: v["name"]),
+    ("TOTAL", lambda v: human(v["capacity"]["total"])),
+    ("USED", lambda v: human(v["capacity"]["used"])),
+    ("PROVISIONED", lambda v: human(v["capacity"]["provisioned"])),
+    ("FREE", lambda v: human(v["capacity"]["free"])),
+]
+WIDE = [
+    ("FS", lambda v: v["fs"] or "-"),
+    ("PROFILE", lambda v: v["profile"] or "-"),
+    ("ALLOCATABLE", lambda v: human(v["capacity"]["allocatable"])),
+    ("RATIO", lambda v: f"{v['capacity']['overprovisionRatio']:g}"),
+    ("MOUNTPOINT", lambda v: v["mountpoint"]),
+]
+
+
+def _identity(v: Any) -> Any:
+    return v
+
+
+def create(
+    name: str = typer.Argument(..., help="Pool name (DNS-1123 label)."),
+    device: list[str] = typer.Option([], "--device", "-d", help="Block device; repeat for several."),
+    images: int = typer.Option(0, "--images", help="File-backed disk images to create (default 1)."),
+    image_size: str = typer.Option("10Gi", "--image-size", help="Size of each image, e.g. 10Gi."),
+    profile: RaidProfile = typer.Option(RaidProfile.SINGLE, "--profile", help="btrfs data profile."),
+    overprovision: float = typer.Option(10.0, "--overprovision", help="Thin provisioning ratio."),
+    force: bool = typer.Option(False, "--force", help="Use devices holding a filesystem."),
+    home: Path | None = HomeOption,
+    output: Format = OutputOption,
+) -> None:
+    """Create a pool from block devices or (the default) file-backed images under the home.
+
+    One disk becomes XFS with reflink; several become one btrfs filesystem.
+    """
+    with failures():
+        size = size_arg(image_size)
+        count = images or (0 if device else 1)
+        disks = settings_for(home).home.resolve() / "disks"
+        spec = PoolSpec(
+            name=name,
+            devices=tuple(device),
+            images=tuple(str(disks / f"{name}-{i}.img") for i in range(count)),
+            image_size=size if count else 0,
+            profile=profile,
+            overprovision_ratio=overprovision,
+            force=force,
+        )
+    with node(home) as n:
+        existed = any(p.name == name for p in n.pools())
+        p = n.create_pool(spec)
+        view = pool_view(p)
+    if output in (Format.JSON, Format.YAML):
+        emit(view, output, COLUMNS, plain_of=_identity)
+    else:
+        done("pool", name, "unchanged" if existed else "created")
+
+
+def get(
+    name: str | None = typer.Argument(None, help="One pool; all when omitted."),
+    home: Path | None = HomeOption,
+    output: Format = OutputOption,
+) -> None:
+    """List pools with capacity (total, physically used, provisioned, free)."""
+    with node(home) as n:
+        views: Any = pool_view(n.pool(name)) if name else [pool_view(p) for p in n.pools()]
+    emit(views, output, COLUMNS, WIDE, plain_of=_identity)
+
+
+def describe_cmd(
+    name: str = typer.Argument(..., help="Pool name."),
+    home: Path | None = HomeOption,
+) -> None:
+    """Show a pool in detail: capacity, volumes and snapshots."""
+    with node(home) as n:
+        p = n.pool(name)
+        v = pool_view(p)
+        vols = [f"{x.name}  {human(x.size)}  {x.mode.value}" for x in p.list_volumes()]
+        snaps = [f"{s.name}  (of {s.source_volume})" for s in p.list_snapshots()]
+    c = v["capacity"]
+    describe(
+        [
+            ("Name", name),
+            ("UUID", v["uuid"]),
+            ("Filesystem", f"{v['fs']} ({v['profile']})"),
+            ("Disks", v["sources"]),
+            ("Mountpoint", v["mountpoint"]),
+            ("Total", human(c["total"])),
+            ("Used", human(c["used"])),
+            ("Provisioned", human(c["provisioned"])),
+            ("Free", human(c["free"])),
+            ("Allocatable", human(c["allocatable"])),
+            ("Overprovision ratio", f"{c['overprovisionRatio']:g}"),
+            ("Volumes", vols),
+            ("Snapshots", snaps),
+        ],
+    )
+
+
+def import_cmd(
+    sources: list[str] = typer.Argument(..., help="Devices or image files holding the pool."),
+    name: str | None = typer.Option(None, "--name", help="Expected pool name."),
+    home: Path | None = HomeOption,
+    output: Format = OutputOption,
+) -> None:
+    """Import a pool made elsewhere (its metadata lives inside it)."""
+    with node(home) as n:
+        p = n.import_pool([str(Path(s).resolve()) if Path(s).exists() else s for s in sources],
+                          name=name)
+        view = pool_view(p)
+    if output in (Format.JSON, Format.YAML):
+        emit(view, output, COLUMNS, plain_of=_identity)
+    else:
+        done("pool", view["name"], "imported")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to app."""
+    """Add ``statehold pool ...`` to app."""
+    sub = typer.Typer(help="Disk pools of this node.", no_args_is_help=True)
+    sub.command("create")(create)
+    sub.command("get")(get)
+    sub.command("describe")(describe_cmd)
+    sub.command("import")(import_cmd)
+    app.add_typer(sub, name="pool")

@@ -1,9 +1,262 @@
-"""CLI commands: volume (placeholder until the area lands)."""
+"""``statehold volume ...``: thin volumes of a pool (create, get, describe, delete, expand,
+attach, detach, mount, unmount, clone)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from statehold.cli.output import (
+    Format,
+    HomeOption,
+    OutputOption,
+    PoolOption,
+    age,
+    describe,
+    done,
+    emit,
+    failures,
+    human,
+    node,
+    pick_pool,
+    size_arg,
+)
+from statehold.engine.types import FsType, Source, SourceKind, Volume, VolumeMode
+from statehold.errors import InvalidArgument
+
+COLUMNS = [
+    ("NAME", lambda v: v.name),
+    ("POOL", lambda v: v.pool),
+    ("SIZE", lambda v: human(v.size)),
+    ("MODE", lambda v: v.mode.value),
+    ("FS", lambda v: v.fs.value if v.fs else "-"),
+    ("DEVICE", lambda v: v.device or "-"),
+    ("MOUNTS", lambda v: ",".join(v.mounts) or "-"),
+    ("AGE", lambda v: age(v.created_at)),
+]
+WIDE = [
+    ("FORMATTED", lambda v: "yes" if v.formatted else "no"),
+    ("SOURCE", lambda v: f"{v.source.kind.value}/{v.source.name}" if v.source else "-"),
+    ("PATH", lambda v: str(v.path)),
+]
+
+
+def _labels(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f"label {pair!r} is not key=value")
+        out[key] = value
+    return out
+
+
+def _source(from_snapshot: str | None, from_volume: str | None) -> Source | None:
+    if from_snapshot and from_volume:
+        raise InvalidArgument("give --from-snapshot or --from-volume, not both")
+    if from_snapshot:
+        return Source(SourceKind.SNAPSHOT, from_snapshot)
+    if from_volume:
+        return Source(SourceKind.VOLUME, from_volume)
+    return None
+
+
+def _created(v: Volume, existed: bool, output: Format) -> None:
+    if output in (Format.JSON, Format.YAML):
+        emit(v, output, COLUMNS)
+    else:
+        done("volume", v.name, "unchanged" if existed else "created")
+
+
+def create(
+    name: str = typer.Argument(..., help="Volume name (DNS-1123 label)."),
+    size: str = typer.Option(..., "--size", "-s", help="Size, e.g. 10Gi (rounded up to 1Mi)."),
+    mode: VolumeMode = typer.Option(VolumeMode.FILESYSTEM, "--mode", help="filesystem or block."),
+    fs: FsType = typer.Option(FsType.XFS, "--fs", help="Filesystem made on first mount."),
+    from_snapshot: str | None = typer.Option(None, "--from-snapshot", help="Clone a snapshot."),
+    from_volume: str | None = typer.Option(None, "--from-volume", help="Clone a volume."),
+    label: list[str] = typer.Option([], "--label", "-l", help="key=value; repeat for several."),
+    pool: str | None = PoolOption,
+    home: Path | None = HomeOption,
+    output: Format = OutputOption,
+) -> None:
+    """Create a thin volume (idempotent: the same spec again is not an error)."""
+    with failures():
+        nbytes = size_arg(size)
+        labels = _labels(label)
+        source = _source(from_snapshot, from_volume)
+    with node(home) as n:
+        p = pick_pool(n, pool)
+        existed = any(v.name == name for v in p.list_volumes())
+        v = p.create_volume(
+            name, nbytes, mode=mode, fs=None if mode is VolumeMode.BLOCK else fs,
+            source=source, labels=labels,
+        )
+    _created(v, existed, output)
+
+
+def clone(
+    name: str = typer.Argument(..., help="Name of the new volume."),
+    from_snapshot: str | None = typer.Option(None, "--from-snapshot", help="Source snapshot."),
+    from_volume: str | None = typer.Option(None, "--from-volume", help="Source volume."),
+    size: str | None = typer.Option(None, "--size", "-s", help="Larger size (default: source's)."),
+    pool: str | None = PoolOption,
+    home: Path | None = HomeOption,
+    output: Format = OutputOption,
+) -> None:
+    """Clone a volume or snapshot into a new volume (O(1) reflink, copy on write)."""
+    with failures():
+        source = _source(from_snapshot, from_volume)
+        if source is None:
+            raise InvalidArgument("clone needs --from-snapshot or --from-volume")
+        nbytes = size_arg(size) if size else None
+    with node(home) as n:
+        p = pick_pool(n, pool)
+        if source.kind is SourceKind.SNAPSHOT:
+            snap = p.get_snapshot(source.name)
+            origin = p.get_volume(snap.source_volume) if any(
+                v.name == snap.source_volume for v in p.list_volumes()) else None
+            base_size = snap.size
+        else:
+            origin = p.get_volume(source.name)
+            base_size = origin.size
+        mode = origin.mode if origin else VolumeMode.FILESYSTEM
+        fs = origin.fs if origin else FsType.XFS
+        existed = any(v.name == name for v in p.list_volumes())
+        v = p.create_volume(name, nbytes or base_size, mode=mode, fs=fs, source=source)
+    _created(v, existed, output)
+
+
+def get(
+    name: str | None = typer.Argument(None, help="One volume; all when omitted."),
+    pool: str | None = PoolOption,
+    home: Path | None = HomeOption,
+    output: Format = OutputOption,
+) -> None:
+    """List volumes (or show one)."""
+    with node(home) as n:
+        p = pick_pool(n, pool)
+        items: Volume | list[Volume] = p.get_volume(name) if name else p.list_volumes()
+    emit(items, output, COLUMNS, WIDE)
+
+
+def describe_cmd(
+    name: str = typer.Argument(..., help="Volume name."),
+    pool: str | None = PoolOption,
+    home: Path | None = HomeOption,
+) -> None:
+    """Show a volume in detail, with its snapshots."""
+    with node(home) as n:
+        p = pick_pool(n, pool)
+        v = p.get_volume(name)
+        snaps = [f"{s.name}  {human(s.size)}  {age(s.created_at)}" for s in p.list_snapshots(name)]
+    describe(
+        [
+            ("Name", v.name),
+            ("Id", v.id),
+            ("Pool", v.pool),
+            ("Size", f"{human(v.size)} ({v.size} bytes)"),
+            ("Mode", v.mode.value),
+            ("Filesystem", v.fs.value if v.fs else None),
+            ("Formatted", "yes" if v.formatted else "no"),
+            ("Device", v.device),
+            ("Mounts", list(v.mounts)),
+            ("Source", f"{v.source.kind.value}/{v.source.name}" if v.source else None),
+            ("Labels", [f"{k}={val}" for k, val in sorted(v.labels.items())]),
+            ("Backing file", str(v.path)),
+            ("Snapshots", snaps),
+        ],
+    )
+
+
+def delete(
+    name: str = typer.Argument(..., help="Volume name."),
+    pool: str | None = PoolOption,
+    home: Path | None = HomeOption,
+) -> None:
+    """Delete a volume (refused while attached or mounted; its snapshots survive)."""
+    with node(home) as n:
+        pick_pool(n, pool).delete_volume(name)
+    done("volume", name, "deleted")
+
+
+def expand(
+    name: str = typer.Argument(..., help="Volume name."),
+    size: str = typer.Option(..., "--size", "-s", help="New, larger size, e.g. 20Gi."),
+    pool: str | None = PoolOption,
+    home: Path | None = HomeOption,
+    output: Format = OutputOption,
+) -> None:
+    """Grow a volume, online when mounted (xfs, btrfs); shrinking is refused."""
+    with failures():
+        nbytes = size_arg(size)
+    with node(home) as n:
+        result = pick_pool(n, pool).expand(name, nbytes)
+    if output in (Format.JSON, Format.YAML):
+        emit(result, output, COLUMNS)
+    else:
+        typer.echo(f"volume/{name} expanded to {human(result.volume.size)} (filesystem: {result.grow.value})")
+
+
+def attach(
+    name: str = typer.Argument(..., help="Volume name."),
+    pool: str | None = PoolOption,
+    home: Path | None = HomeOption,
+) -> None:
+    """Attach a volume as a loop device and print the device node."""
+    with node(home) as n:
+        device = pick_pool(n, pool).attach(name)
+    typer.echo(device)
+
+
+def detach(
+    name: str = typer.Argument(..., help="Volume name."),
+    pool: str | None = PoolOption,
+    home: Path | None = HomeOption,
+) -> None:
+    """Detach a volume's loop device (refused while mounted)."""
+    with node(home) as n:
+        pick_pool(n, pool).detach(name)
+    done("volume", name, "detached")
+
+
+def mount(
+    name: str = typer.Argument(..., help="Volume name."),
+    target: Path = typer.Argument(..., help="Directory to mount on (created if missing)."),
+    option: list[str] = typer.Option([], "--option", "-O", help="Mount option; repeat for several."),
+    readonly: bool = typer.Option(False, "--readonly", help="Mount read-only."),
+    pool: str | None = PoolOption,
+    home: Path | None = HomeOption,
+) -> None:
+    """Attach, format if blank, and mount a filesystem volume."""
+    with failures():
+        target = target.resolve()
+        target.mkdir(parents=True, exist_ok=True)
+    with node(home) as n:
+        pick_pool(n, pool).mount(name, target, options=option, readonly=readonly)
+    done("volume", name, f"mounted at {target}")
+
+
+def unmount(
+    name: str = typer.Argument(..., help="Volume name."),
+    target: Path = typer.Argument(..., help="Mount point."),
+    pool: str | None = PoolOption,
+    home: Path | None = HomeOption,
+) -> None:
+    """Unmount a volume from a target (it stays attached until `volume detach`)."""
+    with node(home) as n:
+        pick_pool(n, pool).unmount(name, target.resolve())
+    done("volume", name, f"unmounted from {target.resolve()}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to app."""
+    """Add ``statehold volume ...`` to app."""
+    sub = typer.Typer(help="Thin volumes of a pool.", no_args_is_help=True)
+    for cmd_name, fn in (
+        ("create", create), ("get", get), ("describe", describe_cmd), ("delete", delete),
+        ("expand", expand), ("attach", attach), ("detach", detach), ("mount", mount),
+        ("unmount", unmount), ("clone", clone),
+    ):
+        sub.command(cmd_name)(fn)
+    app.add_typer(sub, name="volume")

@@ -1,0 +1,50 @@
+"""``statehold demo`` (what ``make demo`` runs): twice in a fresh home, nothing left attached."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.integration.cli.helpers import cli, loops_backed_under, subprocess_run
+
+pytestmark = pytest.mark.root
+
+
+def _rows(stdout: str) -> dict[str, str]:
+    """The summary table as {step: row text}."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip("│┃ ").split("│")]
+        if len(cells) == 3 and cells[2] in ("ok", "FAILED"):
+            rows[cells[0]] = f"{cells[1]} [{cells[2]}]"
+    return rows
+
+
+def _mounts_under(root: Path) -> list[str]:
+    prefix = str(root.resolve()) + "/"
+    return [
+        line.split()[4]
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if line.split()[4].startswith(prefix)
+    ]
+
+
+def test_demo_runs_twice_and_detaches_everything(engine_home: Path) -> None:
+    first = cli(engine_home, "demo")
+    assert first.exit_code == 0, (first.stdout, first.stderr, first.exception)
+    second = subprocess_run(engine_home, "demo")
+    assert second.returncode == 0, (second.stdout, second.stderr)
+    for out in (first.stdout, second.stdout):
+        rows = _rows(out)
+        assert set(rows) >= {"volume", "write", "snapshot", "modify", "clone", "expand", "diff"}
+        assert all(r.endswith("[ok]") for r in rows.values()), rows
+        original = rows["write"].split("sha256 ")[1].split()[0]
+        assert f"sha256 {original} == original" in rows["clone"]
+        assert "(online)" in rows["expand"]
+    assert loops_backed_under(engine_home) == []
+    assert _mounts_under(engine_home) == []
+    # the pool stays on its image for the next run (exported, not destroyed)
+    assert (engine_home / "disks" / "demo-0.img").exists()
+    assert os.path.getsize(engine_home / "disks" / "demo-0.img") > 0
