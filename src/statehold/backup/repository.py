@@ -1,0 +1,195 @@
+"""A repository: a store prefix plus the keys that open it (format §2, §5).
+
+``Repository.init`` creates the master secret and writes ``config``; ``Repository.open``
+unwraps it with the password. Everything else goes through the blob codec.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from statehold.backup import manifest as manifest_mod
+from statehold.backup.crypto import Codec, ScryptParams, derive_kek, unwrap, wrap
+from statehold.backup.manifest import Manifest
+from statehold.backup.store import Store
+from statehold.errors import AlreadyExists, Corrupt, FailedPrecondition, InvalidArgument, NotFound
+
+FORMAT = "statehold-backup"
+VERSION = 1
+DEFAULT_CHUNK_SIZE = 1 << 20
+CONFIG_KEY = "config"
+
+
+def chunk_key(cid: bytes) -> str:
+    h = cid.hex()
+    return f"chunks/{h[:2]}/{h}"
+
+
+def manifest_key(backup_id: str) -> str:
+    return f"manifests/{backup_id}"
+
+
+def new_backup_id(now: float | None = None) -> str:
+    t = time.gmtime(time.time() if now is None else now)
+    return time.strftime("%Y%m%dT%H%M%SZ", t) + "-" + secrets.token_hex(4)
+
+
+@dataclass(frozen=True, slots=True)
+class RepoConfig:
+    id: str
+    chunk_size: int
+    created: str
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()
+
+
+class Repository:
+    def __init__(self, store: Store, config: RepoConfig, master: bytes, *, level: int = 1) -> None:
+        self.store = store
+        self.config = config
+        self.codec = Codec(master, level=level)
+
+    @property
+    def chunk_size(self) -> int:
+        return self.config.chunk_size
+
+    @classmethod
+    def init(cls, store: Store, password: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+             scrypt_n: int = 1 << 15) -> Repository:
+        if not password:
+            raise InvalidArgument("a repository password is required (there is no default)")
+        if chunk_size & (chunk_size - 1) or not (64 << 10) <= chunk_size <= (16 << 20):
+            raise InvalidArgument(f"chunk size {chunk_size} must be a power of two in 64KiB..16MiB")
+        if scrypt_n < (1 << 15):
+            raise InvalidArgument("scrypt n must be at least 2^15")
+        if store.exists(CONFIG_KEY):
+            raise AlreadyExists(f"{store.describe()} already holds a backup repository")
+        repo_id = secrets.token_hex(16)
+        master = os.urandom(64)
+        params = ScryptParams(n=scrypt_n, salt=os.urandom(16))
+        nonce, wrapped = wrap(derive_kek(password.encode(), params), master, repo_id)
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        doc = {
+            "format": FORMAT, "version": VERSION, "id": repo_id, "chunk_size": chunk_size,
+            "kdf": {"name": "scrypt", "n": params.n, "r": params.r, "p": params.p, "salt": _b64(params.salt)},
+            "key": {"nonce": _b64(nonce), "wrapped": _b64(wrapped)}, "created": created,
+        }
+        store.put(CONFIG_KEY, json.dumps(doc, indent=1).encode())
+        return cls(store, RepoConfig(repo_id, chunk_size, created), master)
+
+    @classmethod
+    def open(cls, store: Store, password: str, *, level: int = 1) -> Repository:
+        try:
+            raw = store.get(CONFIG_KEY)
+        except NotFound:
+            raise NotFound(f"no backup repository at {store.describe()} (run init / target add)") from None
+        try:
+            doc = json.loads(raw)
+            if doc.get("format") != FORMAT:
+                raise Corrupt(f"{store.describe()}: config is not a Statehold repository")
+            if int(doc["version"]) > VERSION:
+                raise FailedPrecondition(f"repository format {doc['version']} is newer than supported "
+                                         f"({VERSION}); upgrade Statehold")
+            kdf = doc["kdf"]
+            if kdf["name"] != "scrypt":
+                raise FailedPrecondition(f"unsupported key derivation {kdf['name']}")
+            params = ScryptParams(int(kdf["n"]), int(kdf["r"]), int(kdf["p"]), base64.b64decode(kdf["salt"]))
+            nonce = base64.b64decode(doc["key"]["nonce"])
+            wrapped = base64.b64decode(doc["key"]["wrapped"])
+            config = RepoConfig(str(doc["id"]), int(doc["chunk_size"]), str(doc.get("created", "")))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise Corrupt(f"{store.describe()}: config does not parse: {exc}") from exc
+        master = unwrap(derive_kek(password.encode(), params), nonce, wrapped, config.id)
+        return cls(store, config, master, level=level)
+
+    # blobs -----------------------------------------------------------------------------
+    def put_blob(self, key: str, body: bytes | bytearray | memoryview) -> int:
+        blob = self.codec.encode(key, body)
+        self.store.put(key, blob)
+        return len(blob)
+
+    def get_blob(self, key: str) -> bytes:
+        return self.codec.decode(key, self.store.get(key))
+
+    def read_chunk(self, cid: bytes, length: int) -> bytes:
+        """A chunk's plaintext, checked against its id and expected length (Corrupt otherwise)."""
+        key = chunk_key(cid)
+        try:
+            data = self.get_blob(key)
+        except NotFound:
+            raise NotFound(f"chunk {cid.hex()} is missing from {self.store.describe()}") from None
+        if len(data) != length or self.codec.chunk_id(data) != cid:
+            raise Corrupt(f"chunk {cid.hex()}: content does not match its id (length {len(data)}, "
+                          f"expected {length})")
+        return data
+
+    def known_chunks(self) -> set[bytes]:
+        """Ids of every chunk stored now (call only while holding a lock: format §7)."""
+        out: set[bytes] = set()
+        for info in self.store.list("chunks/"):
+            name = info.key.rpartition("/")[2]
+            try:
+                out.add(bytes.fromhex(name))
+            except ValueError:
+                continue
+        return out
+
+    # manifests -------------------------------------------------------------------------
+    def save_manifest(self, m: Manifest) -> None:
+        self.put_blob(manifest_key(m.backup_id), m.encode())
+
+    def load_manifest(self, backup_id: str) -> Manifest:
+        key = manifest_key(backup_id)
+        try:
+            data = self.get_blob(key)
+        except NotFound:
+            raise NotFound(f"backup {backup_id} not found in {self.store.describe()}") from None
+        m = manifest_mod.decode(data, key)
+        if m.backup_id != backup_id:
+            raise Corrupt(f"{key}: names backup {m.backup_id}")
+        return m
+
+    def backup_ids(self) -> list[str]:
+        return sorted(i.key.rpartition("/")[2] for i in self.store.list("manifests/"))
+
+    def manifests(self, *, on_error: Callable[[str, Exception], None] | None = None,
+                  parallel: int = 8) -> Iterator[Manifest]:
+        """Every manifest, oldest first, loaded in parallel. A manifest that fails to load
+        raises unless ``on_error`` takes it (verify reports it instead)."""
+        ids = self.backup_ids()
+
+        def load(bid: str) -> Manifest | Exception:
+            try:
+                return self.load_manifest(bid)
+            except (Corrupt, NotFound, FailedPrecondition) as exc:
+                return exc
+
+        with ThreadPoolExecutor(max(1, parallel)) as pool:
+            for bid, got in zip(ids, pool.map(load, ids), strict=True):
+                if isinstance(got, Exception):
+                    if on_error is None:
+                        raise got
+                    on_error(bid, got)
+                    continue
+                yield got
+
+    def resolve(self, ref: str) -> str:
+        """A backup id from a full id or a unique prefix of one."""
+        ids = self.backup_ids()
+        if ref in ids:
+            return ref
+        hits = [i for i in ids if i.startswith(ref) or i.endswith(ref)]
+        if len(hits) == 1:
+            return hits[0]
+        if not hits:
+            raise NotFound(f"backup {ref} not found in {self.store.describe()}")
+        raise InvalidArgument(f"backup {ref} is ambiguous: {', '.join(hits[:5])}")
