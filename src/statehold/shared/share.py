@@ -1,0 +1,209 @@
+"""Mounting a share (native style): once per node, shared by every volume on it.
+
+A :class:`ShareSpec` names a share the way ``mount`` does (source, filesystem type,
+options). The :class:`ShareMounter` mounts it at ``<state>/shares/<key>`` where ``key`` is
+a digest of the spec, so two StorageClasses naming the same share share one mount. Users
+(volume ids staged on this node) are counted in ``<key>.json``; the share is unmounted when
+the last one leaves. The kernel's mount table, not the file, says whether it is mounted:
+after a crash the count is trusted, the mount state is re-read.
+
+Errors: nothing listening at the server → Unavailable (checked with a TCP connect before
+``mount``, so a dead server fails in seconds and leaves no mount or directory behind);
+a filesystem this node has no client for → FailedPrecondition; any other refusal by
+``mount`` (wrong options, no such export) → InvalidArgument with mount's own words.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from statehold.errors import CommandError, FailedPrecondition, InvalidArgument, Unavailable
+from statehold.runner import run
+from statehold.shared.metadata import locked, write_json
+from statehold.shared.mountinfo import mount_at, read_mounts
+
+FS_TYPES = {"glusterfs": "glusterfs", "nfs": "nfs", "nfs4": "nfs4", "cephfs": "ceph", "ceph": "ceph"}
+DEFAULT_PORTS = {"glusterfs": (24007,), "nfs": (2049,), "nfs4": (2049,), "ceph": (3300, 6789)}
+FORBIDDEN_OPTIONS = frozenset({"bind", "rbind", "remount", "move", "make-shared", "make-private"})
+_OPTION = re.compile(r"^[A-Za-z0-9_.:/=@+-]+$")
+MOUNT_TIMEOUT = 60.0
+PROBE_TIMEOUT = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class ShareSpec:
+    """A share to mount: ``mount -t <fstype> -o <options> <source> <target>``."""
+
+    source: str
+    fstype: str
+    options: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def parse(cls, source: str, fstype: str, options: str | Sequence[str] = ()) -> ShareSpec:
+        """Validate StorageClass-style parameters; InvalidArgument with the reason."""
+        if not source or ":" not in source or any(c.isspace() for c in source):
+            raise InvalidArgument(f"share source {source!r} is not server:/path")
+        kernel_type = FS_TYPES.get(fstype)
+        if kernel_type is None:
+            raise InvalidArgument(f"fsType {fstype!r} is not one of {sorted(FS_TYPES)}")
+        opts = tuple(o.strip() for o in options.split(",")) if isinstance(options, str) else tuple(options)
+        opts = tuple(o for o in opts if o)
+        for opt in opts:
+            if not _OPTION.match(opt):
+                raise InvalidArgument(f"mount option {opt!r} has characters a mount option cannot have")
+            if opt.split("=", 1)[0] in FORBIDDEN_OPTIONS:
+                raise InvalidArgument(f"mount option {opt!r} is not allowed for a share")
+        return cls(source=source, fstype=kernel_type, options=opts)
+
+    @property
+    def key(self) -> str:
+        canon = json.dumps([self.source, self.fstype, sorted(self.options)])
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+    def servers(self) -> list[tuple[str, int]]:
+        """(host, port) pairs to probe, from the source and port options."""
+        hosts_part = self.source.rsplit(":/", 1)[0] if ":/" in self.source else self.source.split(":")[0]
+        ports = list(DEFAULT_PORTS.get(self.fstype, ()))
+        for opt in self.options:
+            name, _, value = opt.partition("=")
+            if name in ("volfile-server-port", "port") and value.isdigit():
+                ports = [int(value)]
+        result: list[tuple[str, int]] = []
+        for host in hosts_part.split(","):
+            host, _, port = host.partition(":")
+            if host:
+                result.extend([(host, int(port))] if port.isdigit() else [(host, p) for p in ports])
+        return result
+
+
+def probe(spec: ShareSpec, timeout: float = PROBE_TIMEOUT) -> None:
+    """Unavailable unless at least one server of the share accepts a TCP connection."""
+    servers = spec.servers()
+    errors = []
+    for host, port in servers:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                return
+        except OSError as exc:
+            errors.append(f"{host}:{port}: {exc.strerror or exc}")
+    raise Unavailable(f"share {spec.source} is unreachable ({'; '.join(errors) or 'no server'})")
+
+
+def mount_share(spec: ShareSpec, target: Path, *, readonly: bool = False) -> None:
+    """Mount ``spec`` at ``target`` (created if needed); already mounted there is fine."""
+    if mount_at(read_mounts(), target) is not None:
+        return
+    probe(spec)
+    created = not target.exists()
+    target.mkdir(parents=True, exist_ok=True)
+    options = [*spec.options, *(["ro"] if readonly else [])]
+    argv = ["mount", "-t", spec.fstype, *(["-o", ",".join(options)] if options else []),
+            spec.source, str(target)]
+    try:
+        run(argv, timeout=MOUNT_TIMEOUT)
+    except CommandError as exc:
+        if created:
+            with contextlib.suppress(OSError):
+                target.rmdir()
+        text = exc.stderr.lower()
+        if exc.code == -1:
+            raise Unavailable(f"mount of {spec.source} timed out") from exc
+        if "unknown filesystem type" in text or "helper program" in text or exc.code == 127:
+            raise FailedPrecondition(f"this node cannot mount {spec.fstype}: {exc.stderr}") from exc
+        raise InvalidArgument(
+            f"mount -t {spec.fstype} {spec.source} refused (check source and mountOptions): {exc.stderr}"
+        ) from exc
+    if mount_at(read_mounts(), target) is None:
+        # mount.glusterfs can exit 0 when its client died right after starting.
+        with contextlib.suppress(OSError):
+            target.rmdir()
+        raise InvalidArgument(f"mount -t {spec.fstype} {spec.source} did not produce a mount")
+
+
+def unmount(target: Path, *, remove_dir: bool = True) -> None:
+    """Unmount exactly ``target`` (every stacked mount there); absent is fine."""
+    while mount_at(read_mounts(), target) is not None:
+        try:
+            run(["umount", str(target)], timeout=MOUNT_TIMEOUT)
+        except CommandError as exc:
+            raise FailedPrecondition(f"cannot unmount {target}: {exc.stderr}") from exc
+    if remove_dir:
+        with contextlib.suppress(OSError):
+            target.rmdir()
+
+
+def bind_mount(src: Path, target: Path, *, readonly: bool = False) -> None:
+    """Bind ``src`` onto ``target`` (a directory, created if needed); idempotent."""
+    if mount_at(read_mounts(), target) is None:
+        if not src.is_dir():
+            raise FailedPrecondition(f"{src} is not a directory")
+        target.mkdir(parents=True, exist_ok=True)
+        try:
+            run(["mount", "--bind", str(src), str(target)], timeout=MOUNT_TIMEOUT)
+        except CommandError as exc:
+            raise FailedPrecondition(f"bind mount of {src} failed: {exc.stderr}") from exc
+    entry = mount_at(read_mounts(), target)
+    if readonly and entry is not None and "ro" not in entry.options:
+        try:
+            run(["mount", "-o", "remount,bind,ro", str(target)], timeout=MOUNT_TIMEOUT)
+        except CommandError as exc:
+            unmount(target, remove_dir=False)
+            raise FailedPrecondition(f"read-only remount of {target} failed: {exc.stderr}") from exc
+
+
+class ShareMounter:
+    """Ref-counted native mounts of shares on this node, under ``state_dir/shares``."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.base = state_dir / "shares"
+
+    def target(self, spec: ShareSpec) -> Path:
+        return self.base / spec.key
+
+    def _users_file(self, spec: ShareSpec) -> Path:
+        return self.base / f"{spec.key}.json"
+
+    def _read_users(self, spec: ShareSpec) -> set[str]:
+        try:
+            data = json.loads(self._users_file(spec).read_text())
+            return {str(u) for u in data.get("users", [])}
+        except (FileNotFoundError, ValueError):
+            return set()
+
+    def users(self, spec: ShareSpec) -> set[str]:
+        return self._read_users(spec)
+
+    def acquire(self, spec: ShareSpec, user: str) -> Path:
+        """Mount the share if needed and count ``user``; returns the mount point."""
+        self.base.mkdir(parents=True, exist_ok=True)
+        (self.base / ".statehold").mkdir(exist_ok=True)
+        with locked(self.base):
+            target = self.target(spec)
+            mount_share(spec, target)
+            users = self._read_users(spec) | {user}
+            write_json(self._users_file(spec), {"version": 1, "source": spec.source,
+                                                "fstype": spec.fstype, "users": sorted(users)})
+            return target
+
+    def release(self, spec: ShareSpec, user: str) -> bool:
+        """Forget ``user``; unmount when nobody is left. True when it was unmounted."""
+        if not self.base.exists():
+            return False
+        (self.base / ".statehold").mkdir(exist_ok=True)
+        with locked(self.base):
+            users = self._read_users(spec) - {user}
+            if users:
+                write_json(self._users_file(spec), {"version": 1, "source": spec.source,
+                                                    "fstype": spec.fstype, "users": sorted(users)})
+                return False
+            unmount(self.target(spec))
+            with contextlib.suppress(FileNotFoundError):
+                self._users_file(spec).unlink()
+            return True
