@@ -1,0 +1,152 @@
+"""deploy/ and examples/: generated files are fresh, every object is valid, and the
+workloads have what a CSI driver on local disks needs."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import pytest
+
+from tests.unit.kube.validation import ROOT, load_all, validate_object, yaml_blocks
+
+spec = importlib.util.spec_from_file_location("deploy_render", ROOT / "deploy" / "render.py")
+assert spec and spec.loader
+render = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(render)
+
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict[str, Any]]:
+    return list(render.render_chart())
+
+
+def by(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    (obj,) = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    return obj
+
+
+def containers(workload: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in workload["spec"]["template"]["spec"]["containers"]}
+
+
+def test_generated_crds_and_manifests_are_fresh() -> None:
+    assert render.stale() == [], "run: .venv/bin/python deploy/render.py"
+
+
+def test_every_rendered_manifest_is_valid() -> None:
+    docs = load_all(render.MANIFESTS)
+    assert len(docs) > 20
+    for doc in docs:
+        validate_object(doc)
+
+
+@pytest.mark.parametrize("values", [
+    {"storageClass": {"isDefault": True}, "namespace": {"create": False}},
+    {"volumeSnapshotClass": {"create": False}, "storageClass": {"create": False},
+     "node": {"nodeSelector": {"statehold.io/storage": "true"}, "tolerations": []},
+     "operator": {"resources": {"limits": {"memory": "256Mi"}}}},
+])
+def test_chart_output_with_other_values_is_valid(values: dict[str, Any]) -> None:
+    docs = render.render_chart(values, name="sh", namespace="storage")
+    for doc in docs:
+        validate_object(doc)
+    assert all(d["metadata"].get("namespace") in (None, "storage") for d in docs)
+
+
+def test_csidriver_declares_attach_pod_info_capacity_and_fsgroup(rendered: list) -> None:
+    spec = by(rendered, "CSIDriver", "csi.statehold.io")["spec"]
+    assert spec["attachRequired"] is True
+    assert spec["podInfoOnMount"] is True
+    assert spec["storageCapacity"] is True
+    assert spec["fsGroupPolicy"] == "File"
+
+
+def test_storage_class_is_xfs_wait_for_first_consumer_expandable(rendered: list) -> None:
+    sc = by(rendered, "StorageClass", "statehold-local")
+    assert sc["provisioner"] == "csi.statehold.io"
+    assert sc["parameters"]["csi.storage.k8s.io/fstype"] == "xfs"
+    assert sc["volumeBindingMode"] == "WaitForFirstConsumer"
+    assert sc["allowVolumeExpansion"] is True
+    assert by(rendered, "VolumeSnapshotClass", "statehold-snapshot")["driver"] == "csi.statehold.io"
+
+
+def test_namespace_allows_the_privileged_node_pods(rendered: list) -> None:
+    labels = by(rendered, "Namespace", "statehold-system")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "privileged"
+    assert labels["pod-security.kubernetes.io/warn"] == "baseline"
+
+
+def test_node_daemonset_has_host_access_and_the_node_sidecars(rendered: list) -> None:
+    ds = by(rendered, "DaemonSet", "statehold-node")
+    c = containers(ds)
+    assert {"statehold-plugin", "statehold-agent", "node-driver-registrar", "liveness-probe",
+            "csi-provisioner", "csi-snapshotter"} <= set(c)
+    plugin = c["statehold-plugin"]
+    assert plugin["securityContext"]["privileged"] is True
+    mounts = {m["mountPath"]: m for m in plugin["volumeMounts"]}
+    assert mounts["/var/lib/kubelet"]["mountPropagation"] == "Bidirectional"
+    assert "/dev" in mounts
+    volumes = {v["name"]: v for v in ds["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["dev"]["hostPath"]["path"] == "/dev"
+    prov = c["csi-provisioner"]["args"]
+    for flag in ("--node-deployment=true", "--feature-gates=Topology=true", "--enable-capacity=true",
+                 "--capacity-ownerref-level=1", "--extra-create-metadata=true"):
+        assert flag in prov
+    assert "--node-deployment=true" in c["csi-snapshotter"]["args"]
+    for sidecar in ("csi-provisioner", "csi-snapshotter", "node-driver-registrar", "liveness-probe"):
+        assert c[sidecar]["securityContext"]["capabilities"]["drop"] == ["ALL"]
+
+
+def test_controller_and_operator_are_leader_elected_and_unprivileged(rendered: list) -> None:
+    ctrl = containers(by(rendered, "Deployment", "statehold-controller"))
+    assert {"statehold-plugin", "csi-attacher", "csi-resizer"} <= set(ctrl)
+    for name in ("csi-attacher", "csi-resizer"):
+        assert "--leader-election=true" in ctrl[name]["args"]
+    op = containers(by(rendered, "Deployment", "statehold-operator"))["operator"]
+    assert "--leader-election" in op["args"]
+    for c in [*ctrl.values(), op]:
+        assert c["securityContext"]["runAsNonRoot"] is True
+        assert not c["securityContext"].get("privileged")
+
+
+def test_rbac_is_least_privilege(rendered: list) -> None:
+    roles = [d for d in rendered if d["kind"] in ("ClusterRole", "Role")]
+    for role in roles:
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"], role["metadata"]["name"]
+            if "secrets" in rule["resources"]:
+                assert rule["verbs"] == ["get"]
+    bound = {(b["roleRef"]["name"], s["name"]) for b in rendered
+             if b["kind"] in ("ClusterRoleBinding", "RoleBinding") for s in b["subjects"]}
+    assert {r["metadata"]["name"] for r in roles} == {name for name, _ in bound}
+    accounts = {d["metadata"]["name"] for d in rendered if d["kind"] == "ServiceAccount"}
+    for kind in ("DaemonSet", "Deployment"):
+        for w in (d for d in rendered if d["kind"] == kind):
+            sa = w["spec"]["template"]["spec"]["serviceAccountName"]
+            assert sa in accounts and any(s == sa for _, s in bound)
+
+
+def test_chart_crds_are_the_generated_ones() -> None:
+    from helm_python import Chart
+
+    with Chart.load(render.CHART) as chart:
+        names = sorted(c["name"] for c in chart.crds)
+    assert len(names) == 5
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_examples_are_valid(path: Any) -> None:
+    docs = load_all(path)
+    assert docs
+    for doc in docs:
+        validate_object(doc)
+
+
+def test_install_guide_yaml_is_valid() -> None:
+    docs = yaml_blocks(ROOT / "docs" / "install.md")
+    assert docs
+    for doc in docs:
+        validate_object(doc)
