@@ -1,9 +1,63 @@
-"""CLI commands: csi (placeholder until the area lands)."""
+"""CLI: ``statehold csi`` runs the CSI driver on a unix socket until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
 import typer
+
+from statehold.errors import StateholdError
+from statehold.settings import Settings
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to app."""
+
+    @app.command("csi")
+    def csi(
+        endpoint: str = typer.Option(..., help="unix:///path/csi.sock"),
+        node_id: str = typer.Option(..., "--node-id", help="this node's CSI node id (topology value)"),
+        mode: str = typer.Option("all", help="controller | node | all"),
+        home: Path | None = typer.Option(None, help="Statehold home (default: STATEHOLD_HOME or .statehold)"),
+        allowed_root: list[Path] = typer.Option(
+            [], "--allowed-root", help="directory under which staging/target paths may lie (repeatable; "
+            "default /var/lib/kubelet)"
+        ),
+        max_volumes: int = typer.Option(256, help="max_volumes_per_node reported by NodeGetInfo"),
+        grace: float = typer.Option(10.0, help="seconds in-flight calls get on shutdown"),
+    ) -> None:
+        """Serve the CSI Identity, Controller and/or Node services (driver csi.statehold.io)."""
+        from statehold.csi.server import MODES, CsiServer, ServerConfig
+
+        if mode not in MODES:
+            typer.echo(f"error: --mode must be one of {', '.join(MODES)}", err=True)
+            raise typer.Exit(2)
+        settings = Settings.from_env()
+        roots = tuple(p.resolve() for p in allowed_root) or (Path("/var/lib/kubelet"),)
+        config = ServerConfig(
+            endpoint=endpoint, node_id=node_id, mode=mode,  # checked above
+            home=(home or settings.home).resolve(), allowed_roots=roots,
+            max_volumes=max_volumes, grace=grace,
+        )
+        try:
+            server = CsiServer(config)
+            server.start()
+        except StateholdError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+
+        def _shutdown(signum: int, _frame: FrameType | None) -> None:
+            # grpc's stop() must not run inside the signal handler's frame while the main
+            # thread sits in wait(); a helper thread does it and wait() returns.
+            import threading
+
+            threading.Thread(target=server.stop, name="csi-shutdown", daemon=True).start()
+
+        signal.signal(signal.SIGTERM, _shutdown)
+        signal.signal(signal.SIGINT, _shutdown)
+        print(f"serving {endpoint}", file=sys.stderr, flush=True)
+        while not server.wait(1.0):
+            pass

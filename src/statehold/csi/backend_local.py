@@ -1,0 +1,332 @@
+"""LocalBackend: CSI volumes as thin volumes of this node's engine pools.
+
+Ids are the engine's: volume ``"<pool>/<name>"``, snapshot ``"<pool>/<snapname>"``. The
+controller half lives here; the node half (stage, publish, stats) in
+:mod:`statehold.csi.local_node`. The engine is thread-safe, so gRPC worker threads call it
+directly; the servicers' per-volume locks keep two calls off one volume.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from statehold.csi import local_node, naming
+from statehold.csi.backend import (
+    SINGLE_NODE_MODES,
+    TOPOLOGY_KEY,
+    BackendConfig,
+    CapacityInfo,
+    ContentSource,
+    ExpandInfo,
+    PublishRequest,
+    SnapshotInfo,
+    StageRequest,
+    VolumeInfo,
+    VolumeRequest,
+    VolumeStats,
+)
+from statehold.csi.requests import LOCAL_FS_TYPES, fs_parameter
+from statehold.engine.node import Node
+from statehold.engine.pool import Pool
+from statehold.engine.types import FsType, MiB, Snapshot, Source, SourceKind, Volume, VolumeMode
+from statehold.errors import AlreadyExists, InvalidArgument, NotFound, OutOfCapacity, OutOfRange
+
+log = logging.getLogger("statehold.csi")
+
+DEFAULT_SIZE = 1024 * MiB
+"""Size of a volume created without a capacity range."""
+
+DEFAULT_FS = "xfs"
+MIN_SIZE = {"xfs": 300 * MiB, "btrfs": 128 * MiB, "ext4": 16 * MiB, "": MiB}
+"""Smallest volume each filesystem can be made on (mkfs refuses less); "" = block."""
+
+NAME_LABEL = "csi.statehold.io/name"
+POOL_PARAMETER = "pool"
+FREEZE_PARAMETER = "freeze"
+
+
+def _round_up(n: int) -> int:
+    return -(-n // MiB) * MiB
+
+
+def choose_size(required: int, limit: int, floor: int) -> int:
+    """The size to provision: >= required and the fs minimum, whole MiB, <= limit.
+
+    Pure, so the capacity rules are tested without a pool. OutOfRange when no whole-MiB
+    size fits (e.g. a limit under the filesystem's minimum)."""
+    if required:
+        size = _round_up(max(required, floor))
+    else:
+        size = max(floor, min(DEFAULT_SIZE, limit) // MiB * MiB if limit else DEFAULT_SIZE)
+        size = _round_up(size)
+    if limit and size > limit:
+        raise OutOfRange(
+            f"no size in [{required}, {limit}] bytes fits: volumes are whole MiB of at least {floor} bytes"
+        )
+    return size
+
+
+class LocalBackend:
+    kind = "local"
+    access_modes = SINGLE_NODE_MODES
+    supports_block = True
+    needs_staging = True
+
+    def __init__(self, config: BackendConfig, node: Node | None = None) -> None:
+        self.config = config
+        self.node = node if node is not None else Node(config.home)
+        self.segment = {TOPOLOGY_KEY: config.node_id}
+
+    # ---- lookups -------------------------------------------------------------------------
+    def _pool(self, name: str) -> Pool:
+        return self.node.pool(name)
+
+    def _volume(self, volume_id: str) -> tuple[Pool, Volume]:
+        pool_name, name = naming.split_id(volume_id)
+        try:
+            pool = self._pool(pool_name)
+            return pool, pool.get_volume(name)
+        except (NotFound, InvalidArgument) as exc:
+            raise NotFound(f"volume {volume_id!r} does not exist") from exc
+
+    def _snapshot(self, snapshot_id: str) -> tuple[Pool, Snapshot]:
+        pool_name, name = naming.split_id(snapshot_id)
+        try:
+            pool = self._pool(pool_name)
+            return pool, pool.get_snapshot(name)
+        except (NotFound, InvalidArgument) as exc:
+            raise NotFound(f"snapshot {snapshot_id!r} does not exist") from exc
+
+    def _info(self, vol: Volume) -> VolumeInfo:
+        source = None
+        if vol.source is not None:
+            source = ContentSource(vol.source.kind.value, naming.join_id(vol.pool, vol.source.name))
+        missing = not vol.path.exists()
+        return VolumeInfo(
+            volume_id=vol.id,
+            capacity_bytes=vol.size,
+            block=vol.mode is VolumeMode.BLOCK,
+            fs_type=vol.fs.value if vol.fs else "",
+            context={
+                "statehold.io/type": "local",
+                "statehold.io/pool": vol.pool,
+                "statehold.io/fs": vol.fs.value if vol.fs else "",
+            },
+            source=source,
+            topology=(dict(self.segment),),
+            abnormal=missing,
+            message=f"backing file {vol.path} is missing" if missing else "",
+        )
+
+    def _snapinfo(self, snap: Snapshot) -> SnapshotInfo:
+        return SnapshotInfo(
+            snapshot_id=snap.id,
+            source_volume_id=naming.join_id(snap.pool, snap.source_volume),
+            size_bytes=snap.size,
+            created_at=snap.created_at,
+            ready=snap.ready,
+        )
+
+    def _serves(self, segment: Mapping[str, str]) -> bool:
+        return dict(segment) == self.segment
+
+    # ---- create --------------------------------------------------------------------------
+    def _fs_type(self, req: VolumeRequest) -> str:
+        if req.block:
+            return ""
+        asked = req.fs_type
+        param = fs_parameter(req.parameters)
+        if asked and param and asked != param:
+            raise InvalidArgument(f"capability fs_type {asked!r} conflicts with parameter {param!r}")
+        fs = asked or param or DEFAULT_FS
+        if fs not in LOCAL_FS_TYPES:
+            raise InvalidArgument(f"fs type {fs!r} is not one of {sorted(LOCAL_FS_TYPES)}")
+        return fs
+
+    def _source(self, src: ContentSource) -> tuple[Pool, Source, int]:
+        if src.kind == "snapshot":
+            pool, snap = self._snapshot(src.id)
+            return pool, Source(SourceKind.SNAPSHOT, snap.name), snap.size
+        pool, vol = self._volume(src.id)
+        return pool, Source(SourceKind.VOLUME, vol.name), vol.size
+
+    def _find(self, name: str) -> Volume | None:
+        for pool in self.node.pools():
+            try:
+                return pool.get_volume(name)
+            except NotFound:
+                continue
+        return None
+
+    def _choose_pool(self, parameters: Mapping[str, str], size: int) -> Pool:
+        wanted = parameters.get(POOL_PARAMETER, "")
+        if wanted:
+            try:
+                return self._pool(wanted)
+            except NotFound as exc:
+                raise InvalidArgument(f"parameter pool={wanted!r}: no such pool on this node") from exc
+        pools = self.node.pools()
+        if not pools:
+            raise OutOfCapacity("this node has no storage pool")
+        best = max(pools, key=lambda p: p.capacity().allocatable)
+        if best.capacity().allocatable < size:
+            raise OutOfCapacity(f"no pool has room for {size} bytes")
+        return best
+
+    def create_volume(self, req: VolumeRequest) -> VolumeInfo:
+        if req.requisite and not any(self._serves(s) for s in req.requisite):
+            raise OutOfCapacity(f"this driver can only provision on {self.segment}")
+        fs = self._fs_type(req)
+        name = naming.engine_name(req.name)
+        src_pool: Pool | None = None
+        source: Source | None = None
+        src_size = 0
+        if req.source is not None:
+            src_pool, source, src_size = self._source(req.source)
+        floor = max(MIN_SIZE[fs], src_size if not req.required_bytes else 0)
+        size = choose_size(req.required_bytes, req.limit_bytes, floor)
+        existing = self._find(name)
+        if existing is not None:
+            return self._same_or_conflict(existing, req, fs, source, size)
+        if src_pool is not None:
+            wanted = req.parameters.get(POOL_PARAMETER, "")
+            if wanted and wanted != src_pool.name:
+                raise InvalidArgument(
+                    f"source {req.source.id if req.source else ''!r} is in pool {src_pool.name!r}; "
+                    f"a clone must stay in its source's pool, not {wanted!r}"
+                )
+            if size < src_size:
+                raise OutOfRange(f"a clone needs at least its source's {src_size} bytes")
+            pool = src_pool
+        else:
+            pool = self._choose_pool(req.parameters, size)
+        vol = pool.create_volume(
+            name,
+            size,
+            mode=VolumeMode.BLOCK if req.block else VolumeMode.FILESYSTEM,
+            fs=FsType(fs) if fs else None,
+            source=source,
+            labels={NAME_LABEL: req.name[:253]},
+        )
+        log.info("csi volume created volume=%s size=%d", vol.id, vol.size)
+        return self._info(vol)
+
+    def _same_or_conflict(
+        self, vol: Volume, req: VolumeRequest, fs: str, source: Source | None, size: int
+    ) -> VolumeInfo:
+        """CreateVolume retried: the existing volume if it satisfies the request."""
+        problems = []
+        if vol.size < req.required_bytes or (req.limit_bytes and vol.size > req.limit_bytes):
+            problems.append(f"size {vol.size} is outside the requested range")
+        if (vol.mode is VolumeMode.BLOCK) != req.block:
+            problems.append(f"mode is {vol.mode.value}")
+        if not req.block and (vol.fs.value if vol.fs else "") != fs:
+            problems.append(f"filesystem is {vol.fs}")
+        if vol.source != source:
+            problems.append("content source differs")
+        wanted_pool = req.parameters.get(POOL_PARAMETER, "")
+        if wanted_pool and wanted_pool != vol.pool:
+            problems.append(f"it lives in pool {vol.pool!r}")
+        if problems:
+            raise AlreadyExists(f"volume {req.name!r} exists with another spec: {'; '.join(problems)}")
+        return self._info(vol)
+
+    # ---- the rest of the controller side ---------------------------------------------------
+    def delete_volume(self, volume_id: str) -> None:
+        pool, vol = self._volume(volume_id)
+        pool.delete_volume(vol.name)
+
+    def get_volume(self, volume_id: str) -> VolumeInfo:
+        return self._info(self._volume(volume_id)[1])
+
+    def list_volumes(self) -> Sequence[VolumeInfo]:
+        infos = [self._info(v) for p in self.node.pools() for v in p.list_volumes()]
+        return sorted(infos, key=lambda i: i.volume_id)
+
+    def capacity(self, parameters: Mapping[str, str], segment: Mapping[str, str] | None) -> CapacityInfo:
+        if segment is not None and not self._serves(segment):
+            return CapacityInfo(available=0, maximum_volume_size=0)
+        wanted = parameters.get(POOL_PARAMETER, "")
+        pools = [p for p in self.node.pools() if not wanted or p.name == wanted]
+        best = max((p.capacity().allocatable for p in pools), default=0)
+        best = best // MiB * MiB
+        fs = "" if parameters.get("volumeMode") == "Block" else (fs_parameter(parameters) or DEFAULT_FS)
+        return CapacityInfo(
+            available=best, maximum_volume_size=best, minimum_volume_size=MIN_SIZE.get(fs, MiB)
+        )
+
+    def expand_volume(self, volume_id: str, required_bytes: int, limit_bytes: int) -> ExpandInfo:
+        pool, vol = self._volume(volume_id)
+        if limit_bytes and vol.size > limit_bytes:
+            raise OutOfRange(f"volume is already {vol.size} bytes, above limit {limit_bytes}")
+        if required_bytes <= vol.size:
+            return ExpandInfo(capacity_bytes=vol.size, node_expansion_required=False)
+        size = _round_up(required_bytes)
+        if limit_bytes and size > limit_bytes:
+            raise OutOfRange(f"{size} bytes (whole MiB) exceeds limit {limit_bytes}")
+        result = pool.expand(vol.name, size)
+        pending = result.grow.value == "at-next-mount"
+        return ExpandInfo(capacity_bytes=result.volume.size, node_expansion_required=pending)
+
+    def create_snapshot(
+        self, source_volume_id: str, name: str, parameters: Mapping[str, str]
+    ) -> SnapshotInfo:
+        pool, vol = self._volume(source_volume_id)
+        snap_name = naming.engine_name(name)
+        for other in self.node.pools():
+            try:
+                found = other.get_snapshot(snap_name)
+            except NotFound:
+                continue
+            if other.name == pool.name and found.source_volume == vol.name:
+                return self._snapinfo(found)
+            raise AlreadyExists(f"snapshot {name!r} exists for another volume ({found.source_volume})")
+        freeze = parameters.get(FREEZE_PARAMETER, "true").lower() not in ("false", "0", "no")
+        return self._snapinfo(pool.create_snapshot(vol.name, snap_name, freeze=freeze))
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        pool, snap = self._snapshot(snapshot_id)
+        pool.delete_snapshot(snap.name)
+
+    def get_snapshot(self, snapshot_id: str) -> SnapshotInfo:
+        return self._snapinfo(self._snapshot(snapshot_id)[1])
+
+    def list_snapshots(self, source_volume_id: str | None = None) -> Sequence[SnapshotInfo]:
+        if source_volume_id is None:
+            snaps = [s for p in self.node.pools() for s in p.list_snapshots()]
+        else:
+            try:
+                pool_name, name = naming.split_id(source_volume_id)
+                snaps = list(self._pool(pool_name).list_snapshots(name))
+            except (NotFound, InvalidArgument):
+                snaps = []
+        return sorted((self._snapinfo(s) for s in snaps), key=lambda i: i.snapshot_id)
+
+    # ---- node side -----------------------------------------------------------------------
+    def node_stage(self, req: StageRequest) -> None:
+        pool, vol = self._volume(req.volume_id)
+        local_node.stage(pool, vol, req)
+
+    def node_unstage(self, volume_id: str, staging_path: Path) -> None:
+        pool, vol = self._volume(volume_id)
+        local_node.unstage(pool, vol, staging_path)
+
+    def node_publish(self, req: PublishRequest) -> None:
+        pool, vol = self._volume(req.volume_id)
+        local_node.publish(pool, vol, req)
+
+    def node_unpublish(self, volume_id: str, target_path: Path) -> None:
+        _pool, vol = self._volume(volume_id)
+        local_node.unpublish(vol, target_path)
+
+    def node_stats(self, volume_id: str, volume_path: Path) -> VolumeStats:
+        return local_node.stats(self._volume(volume_id)[1], volume_path)
+
+    def node_expand(self, volume_id: str, volume_path: Path, required_bytes: int) -> int:
+        pool, vol = self._volume(volume_id)
+        local_node.stats(vol, volume_path)  # NotFound unless published/staged there
+        if required_bytes > vol.size:
+            vol = pool.expand(vol.name, _round_up(required_bytes)).volume
+        return vol.size

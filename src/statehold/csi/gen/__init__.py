@@ -1,0 +1,1 @@
+"""Code generated from csi.proto by statehold.csi.codegen; do not edit."""

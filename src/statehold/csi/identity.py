@@ -1,0 +1,46 @@
+"""CSI Identity service: who the plugin is, what it can do, whether it is ready."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+from google.protobuf import wrappers_pb2
+
+from statehold import __version__
+from statehold.csi.gen import csi_pb2, csi_pb2_grpc
+from statehold.csi.status import VolumeLocks, rpc
+
+DRIVER_NAME = "csi.statehold.io"
+
+_Service = csi_pb2.PluginCapability.Service
+_Expansion = csi_pb2.PluginCapability.VolumeExpansion
+
+
+class IdentityServicer(csi_pb2_grpc.IdentityServicer):
+    def __init__(self, *, controller: bool, ready: Callable[[], bool] = lambda: True) -> None:
+        self.locks = VolumeLocks()
+        self._controller = controller
+        self._ready = ready
+
+    @rpc()
+    def GetPluginInfo(
+        self, request: csi_pb2.GetPluginInfoRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.GetPluginInfoResponse:
+        return csi_pb2.GetPluginInfoResponse(name=DRIVER_NAME, vendor_version=__version__)
+
+    @rpc()
+    def GetPluginCapabilities(
+        self, request: csi_pb2.GetPluginCapabilitiesRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.GetPluginCapabilitiesResponse:
+        caps = [
+            csi_pb2.PluginCapability(service=_Service(type=_Service.VOLUME_ACCESSIBILITY_CONSTRAINTS)),
+            csi_pb2.PluginCapability(volume_expansion=_Expansion(type=_Expansion.ONLINE)),
+        ]
+        if self._controller:
+            caps.insert(0, csi_pb2.PluginCapability(service=_Service(type=_Service.CONTROLLER_SERVICE)))
+        return csi_pb2.GetPluginCapabilitiesResponse(capabilities=caps)
+
+    @rpc()
+    def Probe(self, request: csi_pb2.ProbeRequest, context: grpc.ServicerContext) -> csi_pb2.ProbeResponse:
+        return csi_pb2.ProbeResponse(ready=wrappers_pb2.BoolValue(value=self._ready()))

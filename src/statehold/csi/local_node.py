@@ -1,0 +1,172 @@
+"""Node-side operations on local engine volumes: stage, publish, stats.
+
+Idempotency comes from the kernel's mount table (``mounts.table()``), never from memory, so
+a restarted driver answers a retried call correctly.
+
+* Filesystem volume: stage = engine ``mount`` (loop attach, mkfs if blank, mount at the
+  staging path); publish = bind mount of the staging path onto the target directory.
+* Block volume: stage = engine ``attach``; publish = bind mount of the loop device node onto
+  a regular file at the target path (what kubelet expects for ``volumeDevices``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from statehold.csi import mounts
+from statehold.csi.backend import AccessMode, PublishRequest, StageRequest, VolumeStats
+from statehold.engine.pool import Pool
+from statehold.engine.types import Volume, VolumeMode
+from statehold.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+
+READ_ONLY_MODES = frozenset({AccessMode.SINGLE_NODE_READER_ONLY, AccessMode.MULTI_NODE_READER_ONLY})
+
+
+def _check_kind(vol: Volume, block: bool, fs_type: str) -> None:
+    if (vol.mode is VolumeMode.BLOCK) != block:
+        raise InvalidArgument(
+            f"volume {vol.id} is a {vol.mode.value} volume; the capability asks for "
+            f"{'block' if block else 'mount'} access"
+        )
+    if fs_type and vol.fs is not None and fs_type != vol.fs.value:
+        raise InvalidArgument(f"volume {vol.id} is {vol.fs.value}, not {fs_type}")
+
+
+def stage(pool: Pool, vol: Volume, req: StageRequest) -> None:
+    cap = req.capability
+    _check_kind(vol, cap.block, cap.fs_type)
+    if cap.block:
+        pool.attach(vol.name)
+        return
+    table = mounts.table()
+    current = mounts.at(req.staging_path, table)
+    if current is not None:
+        if vol.device is None or current.source != vol.device:
+            raise AlreadyExists(f"{req.staging_path} already holds {current.source}, not volume {vol.id}")
+        return
+    if vol.mounts and str(req.staging_path) not in vol.mounts:
+        raise FailedPrecondition(f"volume {vol.id} is already staged at {', '.join(vol.mounts)}")
+    req.staging_path.mkdir(parents=True, exist_ok=True)
+    pool.mount(vol.name, req.staging_path, options=cap.mount_flags)
+
+
+def unstage(pool: Pool, vol: Volume, staging: Path) -> None:
+    if vol.mode is VolumeMode.BLOCK:
+        if vol.device is not None and _device_binds(vol.device):
+            raise FailedPrecondition(f"volume {vol.id} is still published; unpublish it first")
+        pool.detach(vol.name)
+        return
+    current = mounts.at(staging)
+    if current is not None and vol.device is not None and current.source == vol.device:
+        pool.unmount(vol.name, staging)
+    fresh = pool.get_volume(vol.name)
+    if not fresh.mounts:
+        pool.detach(vol.name)
+
+
+def _device_binds(device: str) -> list[mounts.MountEntry]:
+    """Mounts of a device node itself (block publications): devtmpfs binds of /loopN."""
+    leaf = "/" + os.path.basename(device)
+    return [e for e in mounts.table() if e.fstype == "devtmpfs" and e.root == leaf]
+
+
+def publish(pool: Pool, vol: Volume, req: PublishRequest) -> None:
+    cap = req.capability
+    _check_kind(vol, cap.block, cap.fs_type)
+    readonly = req.readonly or cap.mode in READ_ONLY_MODES
+    table = mounts.table()
+    if cap.block:
+        _publish_block(vol, req, readonly, table)
+        return
+    if req.staging_path is None:
+        raise FailedPrecondition("staging_target_path is required")
+    staged = mounts.at(req.staging_path, table)
+    if staged is None or vol.device is None or staged.source != vol.device:
+        raise FailedPrecondition(f"volume {vol.id} is not staged at {req.staging_path}")
+    current = mounts.at(req.target_path, table)
+    if current is not None:
+        if current.device != staged.device:
+            raise AlreadyExists(f"{req.target_path} already holds another filesystem")
+        if current.readonly != readonly:
+            raise AlreadyExists(
+                f"volume {vol.id} is published at {req.target_path} with readonly={current.readonly}"
+            )
+        return
+    others = [e for e in table if e.device == staged.device and e.target != req.staging_path]
+    if cap.mode is AccessMode.SINGLE_NODE_SINGLE_WRITER and others:
+        raise FailedPrecondition(f"volume {vol.id} is single-writer, already published at {others[0].target}")
+    req.target_path.mkdir(parents=True, exist_ok=True)
+    mounts.bind(req.staging_path, req.target_path, readonly=readonly)
+
+
+def _publish_block(vol: Volume, req: PublishRequest, readonly: bool, table: list[mounts.MountEntry]) -> None:
+    if vol.device is None:
+        raise FailedPrecondition(f"block volume {vol.id} is not staged (no device attached)")
+    current = mounts.at(req.target_path, table)
+    if current is not None:
+        if os.stat(req.target_path).st_rdev != os.stat(vol.device).st_rdev:
+            raise AlreadyExists(f"{req.target_path} already holds another device")
+        if current.readonly != readonly:
+            raise AlreadyExists(
+                f"volume {vol.id} is published at {req.target_path} with readonly={current.readonly}"
+            )
+        return
+    binds = _device_binds(vol.device)
+    if req.capability.mode is AccessMode.SINGLE_NODE_SINGLE_WRITER and binds:
+        raise FailedPrecondition(f"volume {vol.id} is single-writer, already published at {binds[0].target}")
+    if binds and mounts.device_readonly(vol.device) != readonly:
+        raise FailedPrecondition(
+            f"block volume {vol.id} is published {'read-only' if not readonly else 'read-write'} "
+            "elsewhere; a device is either read-only or not"
+        )
+    mounts.set_device_readonly(vol.device, readonly)
+    req.target_path.parent.mkdir(parents=True, exist_ok=True)
+    if req.target_path.is_dir():
+        raise AlreadyExists(f"{req.target_path} is a directory; a block target must be a file")
+    req.target_path.touch(mode=0o600, exist_ok=True)
+    mounts.bind(vol.device, req.target_path, readonly=readonly)
+
+
+def unpublish(vol: Volume, target: Path) -> None:
+    entry = mounts.at(target)
+    if entry is not None and not _is_ours(vol, entry) and vol.device is not None:
+        raise FailedPrecondition(f"{target} holds something other than volume {vol.id}")
+    for _ in range(8):  # stacked mounts from an earlier crash: peel them all
+        if mounts.at(target) is None:
+            break
+        mounts.unmount(target)
+    mounts.remove_target(target)
+    if vol.mode is VolumeMode.BLOCK and vol.device is not None and not _device_binds(vol.device):
+        mounts.set_device_readonly(vol.device, False)  # the last reader is gone
+
+
+def _is_ours(vol: Volume, entry: mounts.MountEntry) -> bool:
+    if vol.device is None:
+        return False
+    if vol.mode is VolumeMode.BLOCK:
+        return entry.fstype == "devtmpfs" and entry.root == "/" + os.path.basename(vol.device)
+    return entry.source == vol.device
+
+
+def stats(vol: Volume, path: Path) -> VolumeStats:
+    entry = mounts.at(path)
+    if entry is None or not _is_ours(vol, entry):
+        raise NotFound(f"volume {vol.id} is not mounted at {path}")
+    missing = not vol.path.exists()
+    message = f"backing file {vol.path} is missing" if missing else ""
+    if vol.mode is VolumeMode.BLOCK:
+        return VolumeStats(
+            bytes_total=vol.size, bytes_used=0, bytes_available=0, abnormal=missing, message=message
+        )
+    st = os.statvfs(path)
+    return VolumeStats(
+        bytes_total=st.f_blocks * st.f_frsize,
+        bytes_used=(st.f_blocks - st.f_bfree) * st.f_frsize,
+        bytes_available=st.f_bavail * st.f_frsize,
+        inodes_total=st.f_files,
+        inodes_used=st.f_files - st.f_ffree,
+        inodes_available=st.f_favail,
+        abnormal=missing,
+        message=message,
+    )

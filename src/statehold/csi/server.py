@@ -1,0 +1,150 @@
+"""The CSI gRPC server on a unix socket: which services run, socket hygiene, shutdown.
+
+``mode`` picks the services: ``controller`` (Identity + Controller), ``node`` (Identity +
+Node) or ``all`` (all three on one socket, for a single host). The socket is created
+0600 (only root — kubelet and the sidecars — may talk to a driver that mounts things),
+a stale socket left by a crash is removed, a live one is never stolen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import socket
+import stat
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import grpc
+
+from statehold.csi.backend import BackendConfig, VolumeBackend
+from statehold.csi.controller import ControllerServicer
+from statehold.csi.gen import csi_pb2_grpc
+from statehold.csi.identity import IdentityServicer
+from statehold.csi.node import DEFAULT_MAX_VOLUMES, NodeServicer
+from statehold.csi.router import Router, load_shared
+from statehold.csi.status import VolumeLocks
+from statehold.errors import FailedPrecondition, InvalidArgument
+
+log = logging.getLogger("statehold.csi")
+
+Mode = Literal["controller", "node", "all"]
+MODES: tuple[Mode, ...] = ("controller", "node", "all")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    endpoint: str                           # unix:///path/csi.sock
+    node_id: str
+    mode: Mode = "all"
+    home: Path = Path(".statehold")
+    allowed_roots: tuple[Path, ...] = (Path("/var/lib/kubelet"),)
+    max_volumes: int = DEFAULT_MAX_VOLUMES
+    workers: int = 8
+    grace: float = 10.0                     # seconds in-flight calls get on shutdown
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def backend_config(self) -> BackendConfig:
+        return BackendConfig(home=self.home, node_id=self.node_id, allowed_roots=self.allowed_roots)
+
+
+def socket_path(endpoint: str) -> Path:
+    """``unix:///abs/path`` (or ``unix:/abs/path``) -> the path. Other schemes are refused:
+    a CSI driver that mounts filesystems must not listen on the network."""
+    if not endpoint.startswith("unix:"):
+        raise InvalidArgument(f"endpoint {endpoint!r} must be unix:///absolute/path")
+    raw = endpoint[len("unix:"):]
+    if raw.startswith("//"):
+        raw = raw[2:]
+    if not raw.startswith("/"):
+        raise InvalidArgument(f"endpoint {endpoint!r} must name an absolute socket path")
+    return Path(raw)
+
+
+def clear_stale_socket(path: Path) -> None:
+    """Remove a socket nobody listens on; refuse to touch a live one or a non-socket."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise FailedPrecondition(f"{path} exists and is not a socket; refusing to remove it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise FailedPrecondition(f"cannot probe {path}: {exc}") from exc
+        path.unlink(missing_ok=True)
+        log.info("removed stale socket path=%s", path)
+        return
+    finally:
+        probe.close()
+    raise FailedPrecondition(f"another process is serving on {path}")
+
+
+class CsiServer:
+    """Build, start and stop the gRPC server. ``local`` may be injected (tests, bench)."""
+
+    def __init__(self, config: ServerConfig, local: VolumeBackend | None = None,
+                 shared: VolumeBackend | None = None, *, with_shared: bool = True) -> None:
+        if config.mode not in MODES:
+            raise InvalidArgument(f"mode {config.mode!r} is not one of {list(MODES)}")
+        self.config = config
+        self.path = socket_path(config.endpoint)
+        if local is None:
+            from statehold.csi.backend_local import LocalBackend
+
+            local = LocalBackend(config.backend_config())
+        if shared is None and with_shared:
+            shared = load_shared(config.backend_config())
+        self.router = Router(local, shared)
+        self.locks = VolumeLocks()
+        self._server: grpc.Server | None = None
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        cfg = self.config
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="csi"))
+        controller = cfg.mode in ("controller", "all")
+        add = csi_pb2_grpc  # generated, untyped
+        add.add_IdentityServicer_to_server(IdentityServicer(controller=controller), server)  # type: ignore[no-untyped-call]
+        if controller:
+            add.add_ControllerServicer_to_server(  # type: ignore[no-untyped-call]
+                ControllerServicer(self.router, self.locks), server
+            )
+        if cfg.mode in ("node", "all"):
+            node = NodeServicer(
+                self.router, self.locks, node_id=cfg.node_id,
+                allowed_roots=cfg.allowed_roots, max_volumes=cfg.max_volumes,
+            )
+            add.add_NodeServicer_to_server(node, server)  # type: ignore[no-untyped-call]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        clear_stale_socket(self.path)
+        old = os.umask(0o177)  # the socket is born 0600: no window where others can connect
+        try:
+            server.add_insecure_port(f"unix://{self.path}")
+            server.start()
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+        self._server = server
+        log.info("csi serving endpoint=%s mode=%s node=%s", cfg.endpoint, cfg.mode, cfg.node_id)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop accepting calls, let in-flight ones finish for ``grace`` s, remove the socket."""
+        if self._server is not None:
+            self._server.stop(self.config.grace if grace is None else grace).wait()
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            if self.path.is_socket():
+                self.path.unlink()
+        self._stopped.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
