@@ -1,0 +1,133 @@
+"""Restoring a backup into a new file or into a fresh volume's (blank) backing file.
+
+Sparse: chunks absent from the manifest are zeros and are never written. Every chunk is
+decrypted, re-hashed and length-checked before it is written (``Repository.read_chunk``);
+the first mismatch stops the restore with Corrupt naming the chunk, and the target is
+removed (new file) or blanked (existing file): a restore either completes or leaves
+nothing that could be mistaken for the data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+
+from statehold.backup import extents
+from statehold.backup.locks import Lock
+from statehold.backup.manifest import Manifest
+from statehold.backup.repository import Repository
+from statehold.errors import AlreadyExists, FailedPrecondition, InvalidArgument, OutOfRange
+
+log = logging.getLogger("statehold.backup.restore")
+
+Progress = Callable[[int, int], None]
+
+
+def restore_image(repo: Repository, backup_id: str, target: Path, *, existing: bool = False,
+                  parallel: int = 8, progress: Progress | None = None) -> Manifest:
+    """Restore ``backup_id`` into ``target``.
+
+    ``existing=False``: target must not exist; the data goes to a temporary name beside it
+    and is renamed into place only when complete. ``existing=True``: target is a new
+    volume's backing file, which must hold no data yet and be at least the backup's size.
+    """
+    with Lock(repo, "shared"):
+        m = repo.load_manifest(backup_id)
+        if m.kind != "image":
+            raise InvalidArgument(f"backup {backup_id} is a {m.kind} backup, not a volume image")
+        if existing:
+            _check_blank(target, m.size)
+            _write_all(repo, m, target, parallel, progress, on_fail=lambda: _blank(target))
+        else:
+            if target.exists():
+                raise AlreadyExists(f"restore target {target} already exists")
+            partial = target.with_name(target.name + ".partial")
+            if partial.exists():
+                raise AlreadyExists(f"{partial} exists: an earlier restore was interrupted; remove it")
+            try:
+                fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                os.ftruncate(fd, m.size)
+                os.close(fd)
+            except OSError as exc:
+                partial.unlink(missing_ok=True)
+                raise InvalidArgument(f"cannot create {partial}: {exc.strerror}") from exc
+            _write_all(repo, m, partial, parallel, progress, on_fail=lambda: partial.unlink(missing_ok=True))
+            os.rename(partial, target)
+        log.info("restore id=%s volume=%s target=%s size=%d", m.backup_id, m.volume, target, m.size)
+        return m
+
+
+def _check_blank(target: Path, size: int) -> None:
+    try:
+        have = target.stat().st_size
+    except FileNotFoundError:
+        raise FailedPrecondition(f"restore target {target} does not exist") from None
+    if have < size:
+        raise OutOfRange(f"restore target {target} holds {have} bytes, the backup needs {size}")
+    if extents.data_ranges(target):
+        raise FailedPrecondition(f"restore target {target} already holds data; "
+                                 "restore only into a new volume")
+
+
+def _blank(target: Path) -> None:
+    """Punch out everything written so far: a failed restore leaves a blank volume."""
+    size = target.stat().st_size
+    with open(target, "r+b") as f:
+        f.truncate(0)
+        f.truncate(size)
+        os.fsync(f.fileno())
+
+
+def _write_all(repo: Repository, m: Manifest, path: Path, parallel: int, progress: Progress | None,
+               on_fail: Callable[[], None]) -> None:
+    total = sum(m.chunk_length(off) for off in m.offsets)
+    done = 0
+    lock = threading.Lock()
+    if progress is not None:
+        progress(0, total)
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        def one(off: int, cid: bytes) -> None:
+            nonlocal done
+            length = m.chunk_length(off)
+            data = repo.read_chunk(cid, length)  # Corrupt / NotFound name the chunk
+            view = memoryview(data)
+            pos = 0
+            while pos < length:
+                pos += os.pwrite(fd, view[pos:], off + pos)
+            with lock:
+                done += length
+                if progress is not None:
+                    progress(done, total)
+
+        window = max(2, 2 * parallel)
+        with ThreadPoolExecutor(max(1, parallel), thread_name_prefix="restore") as pool:
+            running: set[Future[None]] = set()
+            try:
+                for off, cid in m.entries():
+                    if len(running) >= window:
+                        finished, running = wait(running, return_when=FIRST_EXCEPTION)
+                        for f in finished:
+                            f.result()
+                    running.add(pool.submit(one, off, cid))
+                for f in running:
+                    f.result()
+            except BaseException:
+                for f in running:
+                    f.cancel()
+                raise
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        fd = -1
+        with contextlib.suppress(OSError):
+            on_fail()
+        raise
+    finally:
+        if fd >= 0:
+            os.close(fd)

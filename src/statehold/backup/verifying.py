@@ -1,0 +1,98 @@
+"""Verify a repository: quick (every chunk a manifest names exists) or deep (every chunk
+downloaded, decrypted and re-hashed). Problems are reported with the backups they break.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from statehold.backup.locks import Lock
+from statehold.backup.repository import Repository
+from statehold.errors import Corrupt, NotFound, StateholdError
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    what: str
+    """'missing' or 'corrupt' (a chunk), or 'manifest' (a backup that cannot be read)."""
+    name: str
+    """Chunk id (hex) or backup id."""
+    detail: str
+    backups: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    deep: bool
+    backups: int
+    chunks: int
+    bytes_checked: int
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def affected(self) -> list[str]:
+        return sorted({b for p in self.problems for b in p.backups})
+
+
+def verify(repo: Repository, *, deep: bool = False, parallel: int = 8,
+           progress: Progress | None = None) -> VerifyReport:
+    problems: list[Problem] = []
+    with Lock(repo, "shared"):
+        users: dict[bytes, list[str]] = {}
+        lengths: dict[bytes, int] = {}
+
+        def bad_manifest(bid: str, exc: Exception) -> None:
+            problems.append(Problem("manifest", bid, str(exc), (bid,)))
+
+        count = 0
+        for m in repo.manifests(on_error=bad_manifest):
+            count += 1
+            for off, cid in m.entries():
+                users.setdefault(cid, []).append(m.backup_id)
+                lengths[cid] = m.chunk_length(off)
+            for entry in m.tree or ():
+                for off, hexid in entry.get("chunks", ()):
+                    cid = bytes.fromhex(hexid)
+                    users.setdefault(cid, []).append(m.backup_id)
+                    lengths[cid] = min(m.chunk_size, int(entry["size"]) - int(off))
+        present = repo.known_chunks()
+        for cid in sorted(users):
+            if cid not in present:
+                problems.append(Problem("missing", cid.hex(), "chunk object not in the store",
+                                        tuple(sorted(set(users[cid])))))
+        checked = 0
+        if deep:
+            todo = [cid for cid in users if cid in present]
+            total = sum(lengths[c] for c in todo)
+            done = 0
+            lock = threading.Lock()
+            if progress is not None:
+                progress(0, total)
+
+            def check(cid: bytes) -> None:
+                nonlocal done
+                try:
+                    repo.read_chunk(cid, lengths[cid])
+                except (Corrupt, NotFound) as exc:
+                    kind = "missing" if isinstance(exc, NotFound) else "corrupt"
+                    with lock:
+                        problems.append(Problem(kind, cid.hex(), str(exc), tuple(sorted(set(users[cid])))))
+                except StateholdError:
+                    raise
+                with lock:
+                    done += lengths[cid]
+                    if progress is not None:
+                        progress(done, total)
+
+            with ThreadPoolExecutor(max(1, parallel), thread_name_prefix="verify") as pool:
+                list(pool.map(check, todo))
+            checked = done
+        return VerifyReport(deep, count, len(users), checked, problems)

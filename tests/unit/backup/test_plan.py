@@ -1,0 +1,53 @@
+"""The incremental plan: which chunks are read and which are copied from the parent."""
+
+from __future__ import annotations
+
+from array import array
+
+from statehold.backup.imagebackup import plan
+from statehold.backup.manifest import Manifest
+
+C = 1 << 20
+
+
+def parent(size: int, idxs: list[int]) -> Manifest:
+    return Manifest(backup_id="p", volume="v", size=size, chunk_size=C, created=0,
+                    offsets=array("Q", [i * C for i in idxs]), ids=b"".join(bytes([i]) * 32 for i in idxs))
+
+
+def test_without_a_parent_every_chunk_with_data_is_read() -> None:
+    p = plan(10 * C, C, [(0, 100), (3 * C - 1, 2), (9 * C, C)], None, None)
+    assert p.read == [0, 2, 3, 9] and p.copied == {}
+
+
+def test_only_chunks_touching_changes_are_read() -> None:
+    par = parent(10 * C, [0, 1, 2, 5, 9])
+    p = plan(10 * C, C, [(0, 3 * C), (5 * C, C), (9 * C, C)], [(C + 4096, 4096), (9 * C, 8192)], par)
+    assert p.read == [1, 9]
+    assert sorted(p.copied) == [0, 2, 5]
+    assert p.copied[5] == bytes([5]) * 32
+
+
+def test_a_chunk_changed_into_a_hole_disappears() -> None:
+    par = parent(4 * C, [0, 1])
+    p = plan(4 * C, C, [(0, C)], [(C, C)], par)
+    assert p.read == [0] or p.read == []
+    assert 1 not in p.copied and 1 not in p.read
+
+
+def test_growth_rereads_the_old_last_chunk() -> None:
+    par = parent(2 * C + 10, [0, 2])
+    p = plan(3 * C, C, [(0, 3 * C)], [(2 * C + 4096, C - 4096)], par)
+    assert 2 in p.read and 0 in p.copied
+
+
+def test_shrink_drops_entries_past_the_end() -> None:
+    par = parent(4 * C, [0, 1, 3])
+    p = plan(2 * C, C, [(0, 2 * C)], [], par)
+    assert sorted(p.copied) == [0] and p.read == [1]
+
+
+def test_untouched_data_the_parent_lacks_is_read_not_trusted() -> None:
+    par = parent(4 * C, [0])
+    p = plan(4 * C, C, [(0, C), (2 * C, C)], [], par)
+    assert p.read == [2] and sorted(p.copied) == [0]
