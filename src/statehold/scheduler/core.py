@@ -267,3 +267,28 @@ def best_node(scores: Sequence[NodeScore]) -> str | None:
     if not fitting:
         return None
     return min(fitting, key=lambda s: (-s.score, -s.headroom, s.node)).node
+
+
+def unique_top(scores: Sequence[NodeScore]) -> tuple[NodeScore, ...]:
+    """Make :func:`best_node` the only node with the top score.
+
+    kube-scheduler picks at random among nodes with equal totals; the ledger reserved on
+    :func:`best_node`, so an equal score elsewhere would let the scheduler pick a node the
+    ledger did not reserve on. Nodes tied with it drop one point (it rises to 1 when the
+    tie is at 0).
+    """
+    best = best_node(scores)
+    if best is None:
+        return tuple(scores)
+    top = next(s.score for s in scores if s.node == best)
+    ties = [s.node for s in scores if s.fits and s.score == top and s.node != best]
+    if not ties:
+        return tuple(scores)
+    out = []
+    for s in scores:
+        if s.node == best and top == MIN_SCORE:
+            s = NodeScore(s.node, top + 1, s.headroom, s.fits)
+        elif s.node in ties and top > MIN_SCORE:
+            s = NodeScore(s.node, top - 1, s.headroom, s.fits)
+        out.append(s)
+    return tuple(out)

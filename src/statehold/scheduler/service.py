@@ -32,6 +32,7 @@ from statehold.scheduler.core import (
     judge_node,
     score_nodes,
     score_verdict,
+    unique_top,
 )
 from statehold.scheduler.ledger import Ledger, Reservation
 from statehold.scheduler.metrics import ExtenderMetrics
@@ -133,6 +134,7 @@ class Extender:
                 reserved = self.ledger.reserved(exclude=args.pod.key)
                 scores = score_nodes(pod, args.node_names, pools, reserved)
                 if pod.needs_capacity:
+                    scores = unique_top(scores)
                     self._reserve(args.pod, pod, scores,
                                   _placements(pod, scores, pools, reserved))
         self.metrics.requests.labels("prioritize", "ok").inc()

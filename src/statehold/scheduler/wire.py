@@ -77,7 +77,8 @@ def decode_pod(raw: Any) -> PodRef:
     spec = raw.get("spec") or {}
     if not isinstance(spec, Mapping):
         raise InvalidArgument("Pod spec must be an object")
-    volumes = spec.get("volumes") or []
+    volumes = spec.get("volumes")
+    volumes = [] if volumes is None else volumes
     if not isinstance(volumes, list):
         raise InvalidArgument("Pod spec.volumes must be a list")
     claims: list[ClaimKey] = []
