@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from statehold.scheduler.core import (
-    GiB,
-    MiB,
     BoundVolume,
     ClaimKey,
+    GiB,
+    MiB,
     NodeScore,
     PendingClaim,
     PodVolumes,

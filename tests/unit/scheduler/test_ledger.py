@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from statehold.scheduler.core import GiB, ClaimKey, PoolState
+from statehold.scheduler.core import ClaimKey, GiB, PoolState
 from statehold.scheduler.ledger import Ending, Ledger
 from statehold.scheduler.view import ClaimInfo, MemoryClusterView
 

@@ -6,7 +6,7 @@ import pytest
 
 from statehold.errors import InvalidArgument
 from statehold.scheduler.claims import ClaimPolicy, resolve
-from statehold.scheduler.core import GiB, MiB, BoundVolume, ClaimKey, PendingClaim
+from statehold.scheduler.core import BoundVolume, ClaimKey, GiB, MiB, PendingClaim
 from statehold.scheduler.objects import (
     claim_info,
     memory_view,

@@ -173,7 +173,7 @@ def test_without_reservations_the_same_burst_overcommits() -> None:
 
 
 def test_reservation_expires_when_the_pod_never_lands() -> None:
-    view, claims_of = _burst_cluster(1, 10, 1, 15)
+    view, _ = _burst_cluster(1, 10, 1, 15)
     clock = Clock()
     ext = extender(view, clock)
     first = shapes.pod("pg-0", ["data-pg-0"])
