@@ -42,6 +42,8 @@ VERSION = "v1alpha1"
 ONE_OF_DEVICES_DIRECTORY = "has(self.devices) != has(self.directory)"
 RAID_NEEDS_BTRFS = "self.profile == 'single' || self.filesystem == 'btrfs'"
 DIRECTORY_NEEDS_SIZE = "!has(self.directory) || self.importExisting || has(self.imageSize)"
+FS_MATCHES_DISKS = ("(self.filesystem == 'btrfs') == "
+                    "(has(self.devices) ? size(self.devices) > 1 : self.imageCount > 1)")
 ONE_OF_S3_PATH = "has(self.s3) != has(self.path)"
 SELECTOR_NOT_EMPTY = (
     "(has(self.matchLabels) && size(self.matchLabels) > 0) || "
@@ -78,6 +80,7 @@ def storage_pool_schema() -> Schema:
         (ONE_OF_DEVICES_DIRECTORY, "exactly one of devices or directory must be set"),
         (RAID_NEEDS_BTRFS, "RAID profiles other than single need filesystem btrfs"),
         (DIRECTORY_NEEDS_SIZE, "directory pools need imageSize (unless importExisting)"),
+        (FS_MATCHES_DISKS, "filesystem must be xfs for one disk and btrfs for several"),
     ))
     st = status({
         "phase": string(enum=["Pending", "Ready", "Failed"]),

@@ -15,7 +15,8 @@ from statehold.controller.cel_rules import RULES
 
 celpy = pytest.importorskip("celpy", reason="cel-python not installed")
 
-POOL = {"node": "n", "filesystem": "xfs", "profile": "single", "importExisting": False}
+POOL = {"node": "n", "filesystem": "xfs", "profile": "single", "importExisting": False,
+        "imageCount": 1}
 CASES: dict[str, list[Any]] = {
     crds.ONE_OF_DEVICES_DIRECTORY: [POOL, {**POOL, "devices": ["/dev/a"]},
                                     {**POOL, "directory": "/d"},
@@ -26,6 +27,11 @@ CASES: dict[str, list[Any]] = {
     crds.DIRECTORY_NEEDS_SIZE: [POOL, {**POOL, "directory": "/d"},
                                 {**POOL, "directory": "/d", "imageSize": "1Gi"},
                                 {**POOL, "directory": "/d", "importExisting": True}],
+    crds.FS_MATCHES_DISKS: [{**POOL, "devices": ["/dev/a"]},
+                            {**POOL, "devices": ["/dev/a", "/dev/b"]},
+                            {**POOL, "devices": ["/dev/a", "/dev/b"], "filesystem": "btrfs"},
+                            {**POOL, "directory": "/d", "filesystem": "btrfs"},
+                            {**POOL, "directory": "/d", "imageCount": 2, "filesystem": "btrfs"}],
     crds.ONE_OF_S3_PATH: [{}, {"s3": {}}, {"path": {}}, {"s3": {}, "path": {}}],
     crds.SELECTOR_NOT_EMPTY: [{}, {"matchLabels": {}}, {"matchLabels": {"a": "b"}},
                               {"matchExpressions": []},

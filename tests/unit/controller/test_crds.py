@@ -91,6 +91,7 @@ def test_good_resources_are_admitted_with_defaults(kind: str, spec: dict[str, An
     ("StoragePool", {"node": "n1", "devices": ["/dev/sdb"], "profile": "raid1"}, "need filesystem btrfs"),
     ("StoragePool", {"node": "n1", "directory": "/var/x"}, "need imageSize"),
     ("StoragePool", {"node": "n1", "devices": ["sdb"]}, "does not match"),
+    ("StoragePool", {"node": "n1", "devices": ["/dev/sdb", "/dev/sdc"]}, "btrfs for several"),
     ("StoragePool", {"node": "n1", "devices": ["/dev/sdb"], "overprovisionRatio": 0.5}, "minimum"),
     ("BackupTarget", {"passwordSecretRef": SECRET_REF}, "exactly one target type"),
     ("BackupTarget", {"s3": GOOD_S3, "path": {"path": "/x"}, "passwordSecretRef": SECRET_REF},
