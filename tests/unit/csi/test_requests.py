@@ -1,0 +1,144 @@
+"""Request decoding and validation (pure): malformed input is InvalidArgument."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from statehold.csi import requests
+from statehold.csi.backend import SINGLE_NODE_MODES, AccessMode, Capability
+from statehold.csi.gen import csi_pb2 as pb
+from statehold.errors import InvalidArgument
+
+Mode = pb.VolumeCapability.AccessMode
+
+
+def cap(kind: str = "mount", mode: int = Mode.SINGLE_NODE_WRITER, fs: str = "") -> pb.VolumeCapability:
+    c = pb.VolumeCapability(access_mode=pb.VolumeCapability.AccessMode(mode=mode))
+    if kind == "mount":
+        c.mount.fs_type = fs
+    elif kind == "block":
+        c.block.SetInParent()
+    return c
+
+
+class Local:
+    kind = "local"
+    access_modes = SINGLE_NODE_MODES
+    supports_block = True
+
+
+def test_capability_decodes_mount_and_block() -> None:
+    assert requests.capability(cap("mount", fs="xfs")) == Capability(
+        AccessMode.SINGLE_NODE_WRITER, False, "xfs"
+    )
+    assert requests.capability(cap("block", Mode.SINGLE_NODE_MULTI_WRITER)).block
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        cap("none"),
+        cap("mount", Mode.UNKNOWN),
+        pb.VolumeCapability(mount=pb.VolumeCapability.MountVolume()),  # no access mode
+        pb.VolumeCapability(
+            mount=pb.VolumeCapability.MountVolume(mount_flags=["x" * 5000]),
+            access_mode=pb.VolumeCapability.AccessMode(mode=Mode.SINGLE_NODE_WRITER),
+        ),
+        pb.VolumeCapability(
+            mount=pb.VolumeCapability.MountVolume(mount_flags=[""]),
+            access_mode=pb.VolumeCapability.AccessMode(mode=Mode.SINGLE_NODE_WRITER),
+        ),
+    ],
+)
+def test_malformed_capability_is_invalid_argument(bad: pb.VolumeCapability) -> None:
+    with pytest.raises(InvalidArgument):
+        requests.capability(bad)
+
+
+def test_empty_capabilities_is_invalid_argument() -> None:
+    with pytest.raises(InvalidArgument):
+        requests.capabilities([])
+
+
+@pytest.mark.parametrize(
+    "mode", [Mode.MULTI_NODE_READER_ONLY, Mode.MULTI_NODE_SINGLE_WRITER, Mode.MULTI_NODE_MULTI_WRITER]
+)
+def test_multi_node_modes_are_unsupported_for_local_volumes(mode: int) -> None:
+    why = requests.unsupported(Local(), [requests.capability(cap("mount", mode))])  # type: ignore[arg-type]
+    assert "not supported" in why
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        Mode.SINGLE_NODE_WRITER,
+        Mode.SINGLE_NODE_READER_ONLY,
+        Mode.SINGLE_NODE_SINGLE_WRITER,
+        Mode.SINGLE_NODE_MULTI_WRITER,
+    ],
+)
+def test_single_node_modes_are_supported(mode: int) -> None:
+    assert requests.unsupported(Local(), [requests.capability(cap("mount", mode))]) == ""  # type: ignore[arg-type]
+
+
+def test_unknown_fs_and_conflicts_are_unsupported() -> None:
+    local = Local()
+    assert requests.unsupported(local, [requests.capability(cap(fs="zfs"))])  # type: ignore[arg-type]
+    both = [requests.capability(cap("block")), requests.capability(cap("mount"))]
+    assert requests.unsupported(local, both)  # type: ignore[arg-type]
+    two_fs = [requests.capability(cap(fs="xfs")), requests.capability(cap(fs="ext4"))]
+    assert requests.unsupported(local, two_fs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("req", "lim"), [(0, 0), (-1, 0), (0, -5), (10, 5)])
+def test_bad_capacity_range_is_invalid_argument(req: int, lim: int) -> None:
+    with pytest.raises(InvalidArgument):
+        requests.capacity_range(True, req, lim)
+
+
+def test_capacity_range_absent_or_one_sided() -> None:
+    assert requests.capacity_range(False, 0, 0) == (0, 0)
+    assert requests.capacity_range(True, 5, 0) == (5, 0)
+    assert requests.capacity_range(True, 0, 7) == (0, 7)
+    assert requests.capacity_range(True, 7, 7) == (7, 7)
+
+
+ROOTS = (Path("/var/lib/kubelet"),)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "relative/path",
+        "/etc/passwd",
+        "/var/lib/kubelet",
+        "/var/lib/kubelet/../../etc",
+        "/var/lib/kubelet/pods/./x",
+        "/var/lib/kubeletx/pods",
+        "/var/lib/kubelet/pods/a\x00b",
+    ],
+)
+def test_paths_outside_allowed_roots_are_invalid_argument(value: str) -> None:
+    with pytest.raises(InvalidArgument):
+        requests.path(value, "target_path", ROOTS)
+
+
+def test_path_inside_root_is_accepted() -> None:
+    assert requests.path("/var/lib/kubelet/pods/u/volumes/v/mount", "t", ROOTS) == Path(
+        "/var/lib/kubelet/pods/u/volumes/v/mount"
+    )
+
+
+def test_required_field_rejects_control_characters() -> None:
+    with pytest.raises(InvalidArgument):
+        requests.require("pvc-\x07", "name")
+    assert requests.require("pvc-ünïcode name", "name") == "pvc-ünïcode name"
+
+
+def test_fs_parameter_reads_both_keys() -> None:
+    assert requests.fs_parameter({"fsType": "ext4"}) == "ext4"
+    assert requests.fs_parameter({"csi.storage.k8s.io/fstype": "btrfs"}) == "btrfs"
+    assert requests.fs_parameter({}) == ""
