@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from statehold.engine import fs, lifecycle, loop, pooldisk
+from statehold.engine import fs, lifecycle, loop, mounts, pooldisk
 from statehold.engine.metadata import Metadata, PoolRecord
 from statehold.engine.names import check_size, validate_name
 from statehold.engine.pool import META_DIR, SNAPSHOTS_DIR, VOLUMES_DIR, Pool
@@ -223,6 +223,7 @@ class Node:
             srcs = [os.path.abspath(s) for s in sources]
             if name is not None:
                 validate_name(name, what="pool name")
+            self._check_not_in_use(srcs)
             devices = pooldisk.attach_sources(srcs)
             images = [s for s, d in zip(srcs, devices, strict=True) if s != d]
             self.pools_dir.mkdir(parents=True, exist_ok=True)
@@ -255,10 +256,27 @@ class Node:
             self.recovered[final] = pool.reconcile()
             return pool
 
+    def _check_not_in_use(self, sources: Sequence[str]) -> None:
+        """Refuse sources that back a mounted filesystem (another pool, here or not)."""
+        for src in sources:
+            for dev in loop.find(src) if os.path.isfile(src) else [src]:
+                targets = mounts.targets_of(dev)
+                if not targets:
+                    continue
+                for pool in self._pools.values():
+                    if str(pool.mountpoint) in targets:
+                        raise AlreadyExists(f"{src} is already imported here as pool {pool.name!r}")
+                raise FailedPrecondition(f"{src} is in use: mounted at {', '.join(targets)}")
+
     # -- export / destroy ------------------------------------------------------------------
     def export_pool(self, name: str) -> None:
         """Unmount and detach a pool and forget it here; its disks keep everything."""
         with self._lock:
+            if name in self.errors and name not in self._pools:
+                # its disks are gone: forgetting it is all that can be done
+                self._unregister(name)
+                del self.errors[name]
+                return
             pool = self.pool(name)
             busy = loop.under(pool.volumes_dir) | loop.under(pool.snapshots_dir)
             if busy:
@@ -275,6 +293,9 @@ class Node:
     def destroy_pool(self, name: str) -> None:
         """Export the pool, then delete the image files it was made of (devices are kept)."""
         with self._lock:
+            if name in self.errors and name not in self._pools:
+                self.export_pool(name)
+                return
             pool = self.pool(name)
             images = [s for s, d in zip(pool.sources, pool.devices, strict=True) if s != d]
             self.export_pool(name)
