@@ -151,6 +151,8 @@ def place(pending: Sequence[PendingClaim], pools: Sequence[PoolState],
     take: dict[str, int] = {}
     todo = sorted((c for c in pending if c.selected_node is None),
                   key=lambda c: (-c.request, str(c.claim)))
+    total = (f"the pod's new claims need {human(sum(c.request for c in todo))} in total; "
+             if len(todo) > 1 else "")
     for claim in todo:
         names = [claim.pool] if claim.pool is not None else sorted(room)
         names = [n for n in names if n in room]
@@ -160,8 +162,9 @@ def place(pending: Sequence[PendingClaim], pools: Sequence[PoolState],
             return "no Statehold pool on this node"
         best = max(names, key=lambda n: (room[n], _neg(n)))
         if room[best] < claim.request:
-            return (f"not enough free space for claim {claim.claim} ({human(claim.request)}): "
-                    f"pool {best} has {human(max(room[best], 0))} free after reservations")
+            return (f"not enough free space: {total}claim {claim.claim} "
+                    f"({human(claim.request)}) does not fit, pool {best} has "
+                    f"{human(max(room[best], 0))} free after reservations")
         room[best] -= claim.request
         take[best] = take.get(best, 0) + claim.request
     return tuple(sorted(take.items()))

@@ -40,7 +40,8 @@ class ExtenderServer(ThreadingHTTPServer):
 
     def start(self) -> threading.Thread:
         """Serve in a background thread (tests, embedding); stop with :meth:`stop`."""
-        t = threading.Thread(target=self.serve_forever, name="statehold-extender", daemon=True)
+        t = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05},
+                             name="statehold-extender", daemon=True)
         t.start()
         return t
 
@@ -51,6 +52,9 @@ class ExtenderServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body are separate writes: with Nagle on, the body waits for the
+    # client's delayed ACK (40 ms per answer on Linux).
+    disable_nagle_algorithm = True
     server: ExtenderServer
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -60,6 +64,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 
@@ -83,13 +89,13 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(n)
 
     def do_POST(self) -> None:
+        body = self._read_body()  # always read it: the connection is kept alive
+        if body is None:
+            return
         verb = self.path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
         if verb not in ("filter", "prioritize"):
             self._json(404, {"Error": f"statehold: no verb at {self.path}; use filter or "
                              "prioritize"})
-            return
-        body = self._read_body()
-        if body is None:
             return
         try:
             ext = self.server.extender
@@ -111,6 +117,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, {"Error": f"statehold: nothing at {self.path}"})
 
     def _not_allowed(self) -> None:
+        self.close_connection = True  # its body, if any, is left unread
         self._json(405, {"Error": f"statehold: {self.command} not allowed"})
 
     do_PUT = do_DELETE = do_PATCH = _not_allowed

@@ -83,7 +83,7 @@ def test_pod_that_fits_nowhere_gets_reasons_and_drops_its_reservation() -> None:
     view.put_claim(ClaimInfo("default", "data", "statehold-local", 50 * GiB))
     out = ext.filter(body(shapes.args(pod, ["n0", "n1"])))[1]
     assert out["NodeNames"] == []
-    assert "not enough free space for claim default/data" in out["FailedAndUnresolvableNodes"]["n0"]
+    assert "claim default/data (50.0GiB) does not fit" in out["FailedAndUnresolvableNodes"]["n0"]
     assert ext.ledger.all() == ()
 
 
