@@ -1,9 +1,377 @@
-"""CLI commands: backup (placeholder until the area lands)."""
+"""``statehold backup|restore|target ...``: backups of volumes to a directory or S3.
+
+Secrets never go into the targets file: the repository password comes from
+``$STATEHOLD_REPO_PASSWORD`` or ``--password-file``; S3 keys from ``$AWS_ACCESS_KEY_ID`` /
+``$AWS_SECRET_ACCESS_KEY`` or the target's credentials file. Progress bars (bytes, rate,
+ETA) go to stderr, results to stdout.
+"""
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
 import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from statehold.backup.collecting import gc, prune
+from statehold.backup.manifest import Manifest
+from statehold.backup.repository import Repository
+from statehold.backup.restoring import restore_image
+from statehold.backup.retention import Policy
+from statehold.backup.targets import Target, TargetBook, open_store
+from statehold.backup.verifying import verify
+from statehold.cli.output import (
+    Format,
+    HomeOption,
+    OutputOption,
+    PoolOption,
+    age,
+    console,
+    describe,
+    done,
+    emit,
+    failures,
+    human,
+    node,
+    pick_pool,
+    settings_for,
+)
+from statehold.errors import Corrupt, InvalidArgument
+
+backup_app = typer.Typer(help="Backups of volumes: create, list, verify, prune, gc.", no_args_is_help=True)
+target_app = typer.Typer(help="Backup targets (a directory or an S3 bucket).", no_args_is_help=True)
+
+TargetOption = typer.Option(..., "--target", "-t", help="Backup target name (statehold target add).")
+PasswordFileOption = typer.Option(
+    None, "--password-file", help="File holding the repository password (default: $STATEHOLD_REPO_PASSWORD)."
+)
+
+
+# ---- shared plumbing -------------------------------------------------------------------
+
+def _password(password_file: Path | None) -> str:
+    if password_file is not None:
+        try:
+            return password_file.read_text().rstrip("\n")
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read password file {password_file}: {exc.strerror}") from exc
+    pw = os.environ.get("STATEHOLD_REPO_PASSWORD", "")
+    if not pw:
+        raise InvalidArgument("no repository password: set STATEHOLD_REPO_PASSWORD or pass --password-file")
+    return pw
+
+
+def _s3_keys() -> tuple[str | None, str | None]:
+    return os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+
+
+def _book(home: Path | None) -> TargetBook:
+    return TargetBook(settings_for(home).home)
+
+
+def _open_repo(home: Path | None, target: str, password_file: Path | None) -> Repository:
+    t = _book(home).get(target)
+    access, secret = _s3_keys()
+    return Repository.open(open_store(t, access_key=access, secret_key=secret), _password(password_file))
+
+
+@contextmanager
+def _bar(label: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar on stderr; yields the (done, total) callback the core calls."""
+    if not enabled:
+        yield lambda done, total: None
+        return
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
+        TransferSpeedColumn(), TimeRemainingColumn(), console=console(err=True), transient=False,
+    )
+    task = progress.add_task(label, total=None)
+    with progress:
+        yield lambda done, total: progress.update(task, completed=done, total=total)
+
+
+def _ref(pool_opt: str | None, ref: str) -> tuple[str | None, str]:
+    """POOL/NAME or NAME (with --pool or the only pool)."""
+    pool, sep, name = ref.partition("/")
+    return (pool, name) if sep else (pool_opt, ref)
+
+
+COLUMNS: list[tuple[str, Callable[[Any], str]]] = [
+    ("ID", lambda m: m.backup_id),
+    ("VOLUME", lambda m: m.volume),
+    ("SIZE", lambda m: human(m.size)),
+    ("STORED-NEW", lambda m: human(m.stats.stored_new) or "0"),
+    ("TYPE", lambda m: "incremental" if m.parent else "full"),
+    ("AGE", lambda m: age(m.created)),
+]
+WIDE: list[tuple[str, Callable[[Any], str]]] = [
+    ("CHUNKS", lambda m: str(m.stats.chunks)),
+    ("READ", lambda m: human(m.stats.bytes_read) or "0"),
+    ("PARENT", lambda m: m.parent or "-"),
+    ("SNAPSHOT", lambda m: m.snapshot or "-"),
+]
+
+
+def _plain(m: Manifest) -> dict[str, Any]:
+    head = m.header()
+    head.pop("format", None)
+    head.pop("entries", None)
+    return head
+
+
+# ---- backup ------------------------------------------------------------------------------
+
+@backup_app.command("create")
+def create_cmd(
+    volume: str = typer.Argument(..., help="Volume to back up: POOL/NAME, or NAME with --pool."),
+    target: str = TargetOption,
+    pool: str | None = PoolOption,
+    no_freeze: bool = typer.Option(False, "--no-freeze", help="Do not fsfreeze a mounted volume."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    password_file: Path | None = PasswordFileOption,
+    home: Path | None = HomeOption,
+    output: Format = OutputOption,
+) -> None:
+    """Snapshot a volume and back the snapshot up (incremental after the first time)."""
+    from statehold.backup.volumes import backup_volume
+
+    pool_name, name = _ref(pool, volume)
+    with failures():
+        repo = _open_repo(home, target, password_file)
+    with node(home) as n:
+        p = pick_pool(n, pool_name)
+        start = time.monotonic()
+        with _bar(f"backup {p.name}/{name}", not quiet) as bar:
+            m = backup_volume(repo, p, name, freeze=not no_freeze, progress=bar)
+        secs = time.monotonic() - start
+    if output in (Format.JSON, Format.YAML):
+        emit(m, output, COLUMNS, plain_of=_plain)
+        return
+    done("backup", m.backup_id, "created")
+    typer.echo(f"volume {m.volume}: {human(m.size)}, read {human(m.stats.bytes_read) or 0}, "
+               f"new {human(m.stats.bytes_new) or 0} stored as {human(m.stats.stored_new) or 0}, "
+               f"{'incremental from ' + m.parent if m.parent else 'full'}, {secs:.1f}s")
+
+
+@backup_app.command("get")
+def get_cmd(
+    backup: str | None = typer.Argument(None, help="One backup id (or unique part); all when omitted."),
+    target: str = TargetOption,
+    volume: str | None = typer.Option(None, "--volume", help="Only backups of this volume (POOL/NAME)."),
+    password_file: Path | None = PasswordFileOption,
+    home: Path | None = HomeOption,
+    output: Format = OutputOption,
+) -> None:
+    """List backups in a target (or show one)."""
+    with failures():
+        repo = _open_repo(home, target, password_file)
+        items: Manifest | list[Manifest]
+        if backup:
+            items = repo.load_manifest(repo.resolve(backup))
+        else:
+            items = sorted((m for m in repo.manifests() if volume is None or m.volume == volume),
+                           key=lambda m: (m.created, m.backup_id))
+    emit(items, output, COLUMNS, WIDE, plain_of=_plain)
+
+
+@backup_app.command("describe")
+def describe_cmd(
+    backup: str = typer.Argument(..., help="Backup id (or a unique part of it)."),
+    target: str = TargetOption,
+    password_file: Path | None = PasswordFileOption,
+    home: Path | None = HomeOption,
+) -> None:
+    """Show everything a backup's manifest records."""
+    with failures():
+        repo = _open_repo(home, target, password_file)
+        m = repo.load_manifest(repo.resolve(backup))
+    s = m.stats
+    describe([
+        ("ID", m.backup_id), ("Volume", m.volume), ("Kind", m.kind), ("Size", f"{human(m.size)} ({m.size})"),
+        ("Created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(m.created)) + f" ({age(m.created)} ago)"),
+        ("Type", f"incremental from {m.parent}" if m.parent else "full"),
+        ("Snapshot", m.snapshot), ("Host", m.host), ("Chunk size", human(m.chunk_size)),
+        ("Chunks", f"{len(m)} ({s.chunks_new} new)"),
+        ("Read", human(s.bytes_read) or "0"), ("New data", human(s.bytes_new) or "0"),
+        ("Stored", human(s.stored_new) or "0"),
+        ("Labels", [f"{k}={v}" for k, v in sorted(m.labels.items())]),
+    ])
+
+
+@backup_app.command("verify")
+def verify_cmd(
+    target: str = TargetOption,
+    deep: bool = typer.Option(False, "--deep", help="Download, decrypt and re-hash every chunk."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    password_file: Path | None = PasswordFileOption,
+    home: Path | None = HomeOption,
+    output: Format = OutputOption,
+) -> None:
+    """Check that every backup can be restored; exits 1 and lists the affected backups if not."""
+    with failures():
+        repo = _open_repo(home, target, password_file)
+        with _bar("verify", deep and not quiet) as bar:
+            report = verify(repo, deep=deep, progress=bar)
+    if output in (Format.JSON, Format.YAML):
+        emit(report, output, [])
+    else:
+        mode = "deep" if deep else "quick"
+        typer.echo(f"verify ({mode}): {report.backups} backups, {report.chunks} chunks"
+                   + (f", {human(report.bytes_checked)} checked" if deep else "")
+                   + (": ok" if report.ok else f": {len(report.problems)} problems"))
+        for p in report.problems:
+            typer.echo(f"{p.what} {p.name}: {p.detail}; affects {', '.join(p.backups)}")
+    if not report.ok:
+        with failures():
+            raise Corrupt(f"{len(report.problems)} problems; affected backups: "
+                          + ", ".join(report.affected()))
+
+
+@backup_app.command("prune")
+def prune_cmd(
+    target: str = TargetOption,
+    keep_last: int = typer.Option(0, "--keep-last", help="Keep the N newest backups of each volume."),
+    hourly: int = typer.Option(0, "--hourly", help="Keep the newest backup of each of the last N hours."),
+    daily: int = typer.Option(0, "--daily", help="... of each of the last N days."),
+    weekly: int = typer.Option(0, "--weekly", help="... of each of the last N ISO weeks."),
+    monthly: int = typer.Option(0, "--monthly", help="... of each of the last N months."),
+    volume: str | None = typer.Option(None, "--volume", help="Only this volume's backups (POOL/NAME)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be removed."),
+    password_file: Path | None = PasswordFileOption,
+    home: Path | None = HomeOption,
+) -> None:
+    """Remove backups a retention policy does not keep (then run `backup gc`)."""
+    with failures():
+        policy = Policy(keep_last, hourly, daily, weekly, monthly)
+        repo = _open_repo(home, target, password_file)
+        result = prune(repo, policy, volume=volume, dry_run=dry_run)
+    verb = "would be removed" if dry_run else "removed"
+    for bid in result.removed:
+        done("backup", bid, verb)
+    typer.echo(f"{len(result.kept)} kept, {len(result.removed)} {verb}")
+
+
+@backup_app.command("gc")
+def gc_cmd(
+    target: str = TargetOption,
+    grace: float = typer.Option(3600.0, "--grace", help="Spare unreferenced chunks younger than this (s)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Count, delete nothing."),
+    password_file: Path | None = PasswordFileOption,
+    home: Path | None = HomeOption,
+) -> None:
+    """Delete chunks no backup references (mark and sweep, under the exclusive lock)."""
+    with failures():
+        if grace < 0:
+            raise InvalidArgument("--grace must not be negative")
+        repo = _open_repo(home, target, password_file)
+        r = gc(repo, grace=grace, dry_run=dry_run)
+    typer.echo(f"gc: {r.chunks_total} chunks, {r.chunks_referenced} referenced, "
+               f"{r.chunks_deleted} {'to delete' if dry_run else 'deleted'} ({human(r.bytes_deleted) or 0}), "
+               f"{r.chunks_in_grace} in grace, {r.locks_removed} stale locks removed")
+
+
+# ---- restore -----------------------------------------------------------------------------
+
+def restore_cmd(
+    backup: str = typer.Argument(..., help="Backup id (or a unique part of it)."),
+    target: str = TargetOption,
+    to: str | None = typer.Option(None, "--to", help="New volume POOL/NAME (or NAME with --pool)."),
+    to_file: Path | None = typer.Option(None, "--to-file", help="Restore into a new image file instead."),
+    pool: str | None = PoolOption,
+    parallel: int = typer.Option(8, "--parallel", help="Concurrent chunk downloads."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    password_file: Path | None = PasswordFileOption,
+    home: Path | None = HomeOption,
+) -> None:
+    """Restore a backup into a new volume (created here) or a new image file."""
+    from statehold.backup.volumes import restore_volume
+
+    with failures():
+        if (to is None) == (to_file is None):
+            raise InvalidArgument("give exactly one of --to POOL/NAME or --to-file PATH")
+        if parallel < 1:
+            raise InvalidArgument("--parallel must be at least 1")
+        repo = _open_repo(home, target, password_file)
+        bid = repo.resolve(backup)
+        if to_file is not None:
+            with _bar(f"restore {bid}", not quiet) as bar:
+                restore_image(repo, bid, to_file.resolve(), parallel=parallel, progress=bar)
+            done("backup", bid, f"restored to {to_file.resolve()}")
+            return
+    pool_name, name = _ref(pool, to or "")
+    with node(home) as n:
+        p = pick_pool(n, pool_name)
+        with _bar(f"restore {bid}", not quiet) as bar:
+            vol = restore_volume(repo, bid, p, name, progress=bar, parallel=parallel)
+    done("volume", vol.id, f"restored from backup {bid}")
+
+
+# ---- targets -----------------------------------------------------------------------------
+
+@target_app.command("add")
+def target_add(
+    name: str = typer.Argument(..., help="Target name (DNS-1123 label)."),
+    path: Path | None = typer.Option(None, "--path", help="Directory target (any mount)."),
+    s3_bucket: str | None = typer.Option(None, "--s3-bucket", help="S3 bucket."),
+    s3_prefix: str = typer.Option("", "--s3-prefix", help="Key prefix inside the bucket."),
+    s3_endpoint: str | None = typer.Option(None, "--s3-endpoint", help="S3-compatible server URL."),
+    s3_region: str = typer.Option("us-east-1", "--s3-region", help="S3 region."),
+    s3_credentials_file: Path | None = typer.Option(
+        None, "--s3-credentials-file", help="AWS shared-credentials file (default: $AWS_* keys)."),
+    create_bucket: bool = typer.Option(False, "--create-bucket", help="Create the S3 bucket if missing."),
+    chunk_size: int = typer.Option(1 << 20, "--chunk-size", help="Chunk size of a new repository, bytes."),
+    password_file: Path | None = PasswordFileOption,
+    home: Path | None = HomeOption,
+) -> None:
+    """Define a target and initialise its repository (or open the existing one to check the password)."""
+    with failures():
+        if (path is None) == (s3_bucket is None):
+            raise InvalidArgument("give exactly one of --path or --s3-bucket")
+        creds = str(s3_credentials_file.resolve()) if s3_credentials_file else None
+        t = Target(name=name, kind="dir", path=str(path.resolve())) if path is not None else Target(
+            name=name, kind="s3", bucket=s3_bucket, prefix=s3_prefix, endpoint=s3_endpoint,
+            region=s3_region, credentials_file=creds)
+        t.validate()
+        password = _password(password_file)
+        access, secret = _s3_keys()
+        store = open_store(t, access_key=access, secret_key=secret, create=create_bucket or t.kind == "dir")
+        if store.exists("config"):
+            Repository.open(store, password)
+            state = "opened existing repository"
+        else:
+            Repository.init(store, password, chunk_size=chunk_size)
+            state = "initialised repository"
+        changed = _book(home).add(t)
+    done("target", name, f"{'added' if changed else 'unchanged'} ({state} at {t.url()})")
+
+
+@target_app.command("get")
+def target_get(
+    name: str | None = typer.Argument(None, help="One target; all when omitted."),
+    home: Path | None = HomeOption,
+    output: Format = OutputOption,
+) -> None:
+    """List backup targets."""
+    with failures():
+        book = _book(home)
+        items: Target | list[Target] = book.get(name) if name else book.all()
+    emit(items, output, [("NAME", lambda t: t.name), ("KIND", lambda t: t.kind), ("URL", lambda t: t.url())])
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to app."""
+    """Add ``statehold backup ...``, ``statehold restore`` and ``statehold target ...`` to app."""
+    app.add_typer(backup_app, name="backup")
+    app.add_typer(target_app, name="target")
+    app.command("restore")(restore_cmd)
