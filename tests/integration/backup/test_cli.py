@@ -56,7 +56,8 @@ def test_backup_incremental_restore_verify_prune_gc_through_the_cli(engine_home:
     assert [b["backup_id"] for b in listed] == [first["backup_id"], second["backup_id"]]
     assert "incremental from" in ok(home, "backup", "describe", second["backup_id"][-8:], "-t", "t1")
 
-    assert "restored from backup" in ok(home, "restore", second["backup_id"], "-t", "t1", "--to", "p/copy", "-q")
+    restored = ok(home, "restore", second["backup_id"], "-t", "t1", "--to", "p/copy", "-q")
+    assert "restored from backup" in restored
     copy = home / "pools" / "p" / "volumes" / "copy.img"
     with open(img, "rb") as a, open(copy, "rb") as b:
         assert a.read() == b.read()
