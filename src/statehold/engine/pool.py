@@ -14,6 +14,7 @@ pool's lock: calls from several threads (a CSI server) are serialised per pool.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import logging
 import os
@@ -43,18 +44,35 @@ log = logging.getLogger("statehold.engine.pool")
 META_DIR = ".statehold"
 VOLUMES_DIR = "volumes"
 SNAPSHOTS_DIR = "snapshots"
+LOCK_FILE = "lock"
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
 def _locked(method: Callable[P, R]) -> Callable[P, R]:
+    """Serialise on the pool: a thread lock, plus ``flock`` on ``.statehold/lock``.
+
+    The flock keeps other processes on this host (a CLI beside the agent) out while an
+    operation runs, so their start-up recovery never mistakes a live intent for a crashed
+    one. The kernel drops it when a process dies, so a crash never leaves the pool locked.
+    """
+
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         self = args[0]
         assert isinstance(self, Pool)
         with self._lock:
-            return method(*args, **kwargs)
+            outer = self._depth == 0
+            if outer and self._lock_fd is not None:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            self._depth += 1
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self._depth -= 1
+                if outer and self._lock_fd is not None:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     return wrapper
 
@@ -81,6 +99,9 @@ class Pool:
         self.sources = tuple(sources)
         """What the pool was made from: device paths or image files."""
         self._lock = threading.RLock()
+        self._depth = 0
+        self._lock_fd: int | None = os.open(
+            self.meta_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         record = db.pool()
         self.uuid = record.uuid
         self.fs = record.fs
@@ -273,9 +294,12 @@ class Pool:
     def reconcile(self) -> list[str]:
         return recovery.reconcile(self)
 
-    @_locked
     def close(self) -> None:
-        self.db.close()
+        with self._lock:
+            self.db.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary (CLI ``describe``)."""

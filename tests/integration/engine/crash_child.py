@@ -1,7 +1,8 @@
 """Child process of the crash test: run one engine operation, SIGKILL itself at one step.
 
 Usage: crash_child.py HOME POOL STEP OP JSON_ARGS. Exits 0 if the operation finished
-without reaching STEP (the test treats that as a failure of the step table).
+without reaching STEP (the test treats that as a failure of the step table). With
+``pause:STEP`` the child prints ``paused`` at STEP and waits for a line on stdin.
 """
 
 from __future__ import annotations
@@ -20,9 +21,17 @@ def main() -> int:
     home, pool_name, step, op, raw = sys.argv[1:6]
     args = json.loads(raw)
 
+    pause = step.startswith("pause:")
+    wanted = step.removeprefix("pause:")
+
     def hook(name: str) -> None:
-        if name == step:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if name != wanted:
+            return
+        if pause:  # hold the operation (and the pool lock) until the parent says go
+            print("paused", flush=True)
+            sys.stdin.readline()
+            return
+        os.kill(os.getpid(), signal.SIGKILL)
 
     node = Node(Path(home), fault_hook=hook)
     pool = node.pool(pool_name)

@@ -11,6 +11,7 @@ reads back with the same checksum.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -274,3 +275,34 @@ def test_restart_after_crash_keeps_committed_volumes_of_other_names(env: Env) ->
         assert any(victim in line for line in lines)
         assert_consistent(env.pool)
         assert _checksum(mnt) == digest
+
+
+def test_live_operation_in_another_process_holds_the_pool_lock(env: Env) -> None:
+    """A second process never runs recovery over an intent that is still in flight."""
+    name = "inflight"
+    with _cleanup(env, name):
+        child = subprocess.Popen(
+            [sys.executable, str(CHILD), str(env.home), POOL, "pause:create_volume.file",
+             "create_volume", json.dumps({"name": name, "size": SMALL, "fs": "ext4"})],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout is not None and child.stdin is not None
+            assert child.stdout.readline().strip() == "paused"
+            lock = env.pool.meta_dir / "lock"
+            fd = os.open(lock, os.O_RDWR)
+            try:
+                with pytest.raises(BlockingIOError):
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            finally:
+                os.close(fd)
+            assert [i.target for i in env.pool.db.intents()] == [name]
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            assert child.wait(timeout=60) == 0
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        assert env.restart() == []
+        assert env.pool.get_volume(name).size == SMALL
+        assert_consistent(env.pool)
