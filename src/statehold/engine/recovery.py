@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from statehold.engine import freeze, fs, lifecycle, loop, mounts
 from statehold.engine.ficlone import fsync_dir
 from statehold.engine.metadata import Intent, Metadata
-from statehold.errors import StateholdError
+from statehold.errors import FailedPrecondition, StateholdError
 
 if TYPE_CHECKING:
     from statehold.engine.pool import Pool
@@ -143,6 +143,9 @@ def _files(pool: Pool, done: list[str]) -> None:
 
 def reconcile(pool: Pool) -> list[str]:
     """Bring the pool back to a consistent state; one line per action taken."""
+    if not os.path.ismount(pool.mountpoint):
+        # an empty directory would look like a pool whose files were all deleted
+        raise FailedPrecondition(f"pool {pool.name!r} is not mounted at {pool.mountpoint}")
     done: list[str] = []
     for it in pool.db.intents():
         _finish_intent(pool, it, done)
