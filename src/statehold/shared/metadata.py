@@ -12,14 +12,20 @@ Layout (format version 1), all under ``<root>/.statehold/``::
 Sidecars live outside the volume's directory so a pod can neither read nor corrupt them and
 they do not count against the volume's quota. Each write goes to a temporary file, is
 fsynced and renamed over the old one: a reader sees the old or the new file, never half.
+
+Across nodes a reader is only as fresh as its client's caches: on GlusterFS set the volume
+options in :data:`statehold.shared.share.GLUSTER_CONSISTENT_OPTIONS` (docs/shared.md), or a
+node may read a sidecar up to the caches' timeout (1 s by default) late.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -39,6 +45,7 @@ from statehold.shared.types import (
 
 FORMAT_VERSION = 1
 META_DIR = ".statehold"
+STALE_RETRY_SECONDS = 3.0
 
 
 def meta_dir(root: Path) -> Path:
@@ -67,12 +74,20 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 def read_json(path: Path) -> dict[str, Any] | None:
     """The file's object, or None when absent; Corrupt when it is not our JSON."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise Unavailable(f"cannot read {path}: {exc}") from exc
+    deadline = time.monotonic() + STALE_RETRY_SECONDS
+    while True:
+        try:
+            text = path.read_text(encoding="utf-8")
+            break
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            # Another node replaced the file (rename): a FUSE client may hold the old
+            # handle for a moment. A fresh lookup soon succeeds.
+            if exc.errno == errno.ESTALE and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            raise Unavailable(f"cannot read {path}: {exc}") from exc
     try:
         data = json.loads(text)
     except ValueError as exc:

@@ -81,7 +81,11 @@ class SharedRoot:
 
     def _read(self, name: str) -> SharedVolume | None:
         data = md.read_json(self._sidecar(name))
-        return md.volume_from_json(data) if data is not None else None
+        if data is None:
+            return None
+        # The stored path is where the creating node saw it; each node mounts the share at
+        # its own place, so the path is always derived from this root.
+        return replace(md.volume_from_json(data), path=self.path / name)
 
     def _write(self, vol: SharedVolume) -> None:
         md.write_json(self._sidecar(vol.name), md.volume_to_json(vol))
@@ -165,11 +169,11 @@ class SharedRoot:
         if source.kind == SourceKind.VOLUME:
             vol = self.get_volume(source.name)
             return vol.path, vol.size
-        data = md.read_json(self.meta / "snapshots" / f"{validate_name(source.name, what='snapshot')}.json")
-        if data is None:
+        snap_name = validate_name(source.name, what="snapshot")
+        data = md.read_json(self.meta / "snapshots" / f"{snap_name}.json")
+        if data is None or not data.get("ready", True):
             raise NotFound(f"snapshot {source.name} not found in {self.path}")
-        snap = md.snapshot_from_json(data)
-        return snap.path, snap.size
+        return self.meta / "snapshots" / snap_name, md.snapshot_from_json(data).size
 
     def _rollback(self, vol: SharedVolume) -> None:
         with contextlib.suppress(StateholdError, OSError):

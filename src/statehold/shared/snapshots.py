@@ -39,7 +39,9 @@ class SnapshotStore:
 
     def _read(self, name: str) -> SharedSnapshot | None:
         data = md.read_json(self._sidecar(name))
-        return md.snapshot_from_json(data) if data is not None else None
+        if data is None:
+            return None
+        return replace(md.snapshot_from_json(data), path=self.dir / name)  # this node's view
 
     def create(self, volume: str, name: str) -> SharedSnapshot:
         """Snapshot ``volume`` as ``name``; the same pair again returns the existing one."""
