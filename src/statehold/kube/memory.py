@@ -10,6 +10,7 @@ watch stream. An optional ``admit(new, old)`` hook returns the object to store o
 
 from __future__ import annotations
 
+import base64
 import copy
 import itertools
 import threading
@@ -23,7 +24,7 @@ from statehold.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
 from statehold.kube import selectors
 from statehold.kube.events import build_event, rfc3339
 from statehold.kube.facade import EventType, Obj, ObjList, Selector, WatchEvent
-from statehold.kube.kinds import EVENT, Kind, kind_of
+from statehold.kube.kinds import EVENT, SECRET, Kind, kind_of
 from statehold.kube.merge import merge_patch
 
 Key = tuple[Kind, str, str]  # kind, namespace ("" when cluster-scoped), name
@@ -32,6 +33,15 @@ Key = tuple[Kind, str, str]  # kind, namespace ("" when cluster-scoped), name
 def _spec_part(obj: Obj) -> Obj:
     """What a change of bumps metadata.generation: everything but metadata and status."""
     return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+
+
+def _string_data(kind: Kind, obj: Obj) -> Obj:
+    """Secrets: the API server folds ``stringData`` into base64 ``data`` on write."""
+    if kind == SECRET and "stringData" in obj:
+        data = obj.setdefault("data", {})
+        for k, v in obj.pop("stringData").items():
+            data[k] = base64.b64encode(str(v).encode()).decode()
+    return obj
 
 
 class MemoryKube:
@@ -149,7 +159,7 @@ class MemoryKube:
 
     def create(self, obj: Obj) -> Obj:
         kind = kind_of(obj)
-        new = copy.deepcopy(obj)
+        new = _string_data(kind, copy.deepcopy(obj))
         meta = new.setdefault("metadata", {})
         with self._cond:
             if not meta.get("name"):
@@ -183,7 +193,7 @@ class MemoryKube:
             if not meta.get("resourceVersion"):
                 raise InvalidArgument("replace needs metadata.resourceVersion")
             self._check_rv(old, obj)
-            new = copy.deepcopy(obj)
+            new = _string_data(kind, copy.deepcopy(obj))
             new["metadata"] = {**copy.deepcopy(old["metadata"]),
                                **{k: v for k, v in new["metadata"].items()
                                   if k in ("labels", "annotations", "finalizers", "ownerReferences")}}

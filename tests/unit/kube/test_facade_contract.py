@@ -182,3 +182,14 @@ def test_record_event_twice_counts_instead_of_duplicating(kube_impl: tuple[Kube,
     mine = [e for e in kube.list(EVENT, ns)
             if e["involvedObject"].get("uid") == obj["metadata"]["uid"]]
     assert [(e["reason"], e["type"], e["count"]) for e in mine] == [("MissingSecret", "Warning", 2)]
+
+
+def test_secret_string_data_is_stored_as_base64_data(kube_impl: tuple[Kube, str]) -> None:
+    from statehold.kube.kinds import SECRET
+
+    kube, ns = kube_impl
+    kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": ns},
+                 "stringData": {"password": "hunter2"}})
+    got = kube.get(SECRET, "s", ns)
+    assert got["data"] == {"password": "aHVudGVyMg=="}
+    assert "stringData" not in got

@@ -1,0 +1,107 @@
+"""The backup engine, as the operator uses it: back up a volume (snapshot -> incremental
+backup against the previous one), restore a backup into a volume's backing file.
+
+The parent of an incremental backup is the newest backup of the same volume whose engine
+snapshot still exists on this node: the FIEMAP diff between the two snapshots says what to
+read. So after each backup the operator keeps exactly one backup snapshot per volume (the
+newest) and deletes the older ones it made (names start with ``SNAPSHOT_PREFIX``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from statehold.backup.collecting import prune
+from statehold.backup.dirstore import DirectoryStore
+from statehold.backup.imagebackup import Parent, create_backup, latest_backup
+from statehold.backup.repository import Repository
+from statehold.backup.restoring import restore_image
+from statehold.backup.retention import Policy
+from statehold.backup.s3store import S3Config, S3Store
+from statehold.backup.store import Store
+from statehold.controller.targets import TargetConfig
+from statehold.engine.pool import Pool
+from statehold.errors import AlreadyExists, NotFound
+
+log = logging.getLogger("statehold.controller.backup")
+
+SNAPSHOT_PREFIX = "vb-"
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BackupDone:
+    backup_id: str
+    parent_id: str | None
+    size: int
+    bytes_read: int
+    bytes_uploaded: int
+    snapshot: str
+
+
+def open_store(target: TargetConfig) -> Store:
+    if target.kind == "s3":
+        return S3Store(S3Config(bucket=target.bucket, prefix=target.prefix,
+                                endpoint=target.endpoint or None, region=target.region,
+                                access_key=target.access_key or None,
+                                secret_key=target.secret_key or None))
+    return DirectoryStore(Path(target.path))
+
+
+def open_repository(target: TargetConfig) -> Repository:
+    """Open the target's repository, creating it on first use."""
+    store = open_store(target)
+    try:
+        return Repository.open(store, target.password)
+    except NotFound:
+        try:
+            return Repository.init(store, target.password)
+        except AlreadyExists:  # another node created it meanwhile
+            return Repository.open(store, target.password)
+
+
+def snapshot_name(uid: str) -> str:
+    return SNAPSHOT_PREFIX + uid.replace("-", "")[:24]
+
+
+def back_up_volume(pool: Pool, volume: str, target: TargetConfig, *, snapshot: str,
+                   labels: Mapping[str, str] | None = None, progress: Progress | None = None,
+                   keep_last: int = 0) -> BackupDone:
+    """Snapshot ``volume`` (frozen if mounted), back it up incrementally, keep only this
+    snapshot as the next parent, and prune the volume's backups to ``keep_last`` if set."""
+    repo = open_repository(target)
+    volume_id = f"{pool.name}/{volume}"
+    snap = pool.create_snapshot(volume, snapshot)  # idempotent: a retry reuses it
+    parent = None
+    previous = latest_backup(repo, volume_id)
+    if previous is not None and previous.snapshot and previous.snapshot != snapshot:
+        try:
+            parent = Parent(previous, pool.get_snapshot(previous.snapshot).path)
+        except NotFound:
+            parent = None
+    m = create_backup(repo, snap.path, volume=volume_id, parent=parent, snapshot=snapshot,
+                      labels=labels, progress=progress)
+    for old in pool.list_snapshots(volume):
+        if old.name.startswith(SNAPSHOT_PREFIX) and old.name != snapshot:
+            with contextlib.suppress(NotFound):
+                pool.delete_snapshot(old.name)
+    if keep_last > 0:
+        prune(repo, Policy(keep_last=keep_last), volume=volume_id)
+    return BackupDone(backup_id=m.backup_id, parent_id=m.parent, size=m.size,
+                      bytes_read=m.stats.bytes_read, bytes_uploaded=m.stats.stored_new,
+                      snapshot=snapshot)
+
+
+def backup_size(target: TargetConfig, backup_id: str) -> int:
+    return open_repository(target).load_manifest(backup_id).size
+
+
+def restore_into(target: TargetConfig, backup_id: str, image: Path, *,
+                 progress: Progress | None = None) -> int:
+    """Restore into a new volume's blank backing file; returns the bytes of the backup."""
+    m = restore_image(open_repository(target), backup_id, image, existing=True, progress=progress)
+    return m.size

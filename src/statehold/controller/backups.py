@@ -1,0 +1,158 @@
+"""VolumeBackup handlers.
+
+Two halves, because the data is on one node and the checks are cluster-wide:
+
+* :func:`assign_backup` (cluster operator): target and Secrets exist, the PVC is bound to a
+  Statehold local volume -> label the VolumeBackup with its node. Anything wrong: a
+  condition with the reason and a Warning Event; nothing is created.
+* :func:`run_backup` (the agent on that node): snapshot, back up, report phase, bytes and
+  progress.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from statehold.controller import backup_runner
+from statehold.controller.locate import check_pvc_bound, locate
+from statehold.controller.problems import Problem, Result
+from statehold.controller.report import Clock, Reporter
+from statehold.controller.targets import resolve_target
+from statehold.engine.node import Node
+from statehold.errors import (
+    Corrupt,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfCapacity,
+    PermissionDenied,
+    StateholdError,
+)
+from statehold.kube.events import rfc3339
+from statehold.kube.facade import Kube, Obj
+from statehold.kube.kinds import PV, PVC, VOLUME_BACKUP
+
+NODE_LABEL = "statehold.io/node"
+PVC_LABEL = "statehold.io/pvc"
+SCHEDULE_LABEL = "statehold.io/schedule"
+KEEP_LAST_ANNOTATION = "statehold.io/keep-last"
+FINAL = ("Completed", "Failed")
+PERMANENT_ENGINE_ERRORS = (InvalidArgument, PermissionDenied, Corrupt, NotFound)
+
+
+def report_problem(rep: Reporter, p: Problem, *, condition: str = "Ready",
+                   failed_phase: str = "Failed", pending_phase: str = "Pending") -> Result:
+    """A Problem -> condition + Warning Event (+ phase); permanent ones end the object."""
+    rep.update({"phase": failed_phase if p.permanent else pending_phase},
+               condition=(condition, False, p.reason, p.message))
+    rep.event("Warning", p.reason, p.message)
+    return Result.failed(p.message) if p.permanent else Result.retry(p.message, p.retry_after)
+
+
+def assign_backup(kube: Kube, obj: Obj, now: Clock) -> Result:
+    """Cluster side: validate and pin the VolumeBackup to the node holding the volume."""
+    rep = Reporter(kube, obj, now)
+    st = rep.status
+    if st.get("phase") in FINAL or (obj["metadata"].get("labels") or {}).get(NODE_LABEL):
+        return Result("skipped")
+    ns, spec = obj["metadata"]["namespace"], obj["spec"]
+    try:
+        resolve_target(kube, ns, spec["target"])
+        try:
+            pvc = kube.get(PVC, spec["persistentVolumeClaimName"], ns)
+        except NotFound:
+            raise Problem("PVCNotFound", f"PVC {ns}/{spec['persistentVolumeClaimName']} does "
+                          "not exist") from None
+        pv = kube.get(PV, check_pvc_bound(pvc))
+        loc = locate(pvc, pv)
+    except Problem as p:
+        return report_problem(rep, p)
+    kube.patch(VOLUME_BACKUP, obj["metadata"]["name"], {"metadata": {"labels": {
+        NODE_LABEL: loc.node, PVC_LABEL: pvc["metadata"]["name"]}}}, ns)
+    rep.update({"phase": "Pending", "node": loc.node, "volumeHandle": loc.handle,
+                "bytesTotal": loc.size, "progress": 0},
+               condition=("Ready", False, "Scheduled", f"waiting for the agent on {loc.node}"))
+    rep.event("Normal", "Scheduled", f"volume {loc.handle} is on node {loc.node}")
+    return Result()
+
+
+class _Progress:
+    """Throttled progress reports into status (every 5% or 10 s)."""
+
+    def __init__(self, rep: Reporter, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rep, self.clock = rep, clock
+        self.last_pct, self.last_t = -100, 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        pct = 100 if total <= 0 else min(99, done * 100 // total)
+        t = self.clock()
+        if pct - self.last_pct >= 5 or t - self.last_t >= 10:
+            self.last_pct, self.last_t = pct, t
+            # a lost progress report must not fail the backup
+            with contextlib.suppress(StateholdError):
+                self.rep.update({"progress": pct, "bytesDone": done})
+
+
+def run_backup(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock) -> Result:
+    """Node side: snapshot the volume and back it up; idempotent (a retry reuses the
+    snapshot and writes a complete new backup)."""
+    rep = Reporter(kube, obj, now, component=f"statehold-agent/{node_name}")
+    st = rep.status
+    if st.get("phase") in FINAL:
+        return Result("skipped")
+    if (obj["metadata"].get("labels") or {}).get(NODE_LABEL) != node_name:
+        return Result("skipped")
+    ns, spec, meta = obj["metadata"]["namespace"], obj["spec"], obj["metadata"]
+    try:
+        target = resolve_target(kube, ns, spec["target"])
+        pool_name, _, volume = str(st.get("volumeHandle", "")).partition("/")
+        try:
+            pool = node.pool(pool_name)
+            pool.get_volume(volume)
+        except NotFound as exc:
+            raise Problem("VolumeNotFound", f"volume {pool_name}/{volume} is not on node "
+                          f"{node_name}: {exc}", permanent=True) from exc
+    except Problem as p:
+        return report_problem(rep, p)
+    snapshot = backup_runner.snapshot_name(meta["uid"])
+    rep.update({"phase": "Running", "startTime": st.get("startTime") or rfc3339(now()),
+                "node": node_name, "snapshot": snapshot},
+               condition=("Ready", False, "Running", "backing up"))
+    if st.get("phase") != "Running":
+        rep.event("Normal", "Started", f"backing up {pool_name}/{volume} to {target.describe()}")
+    keep = int((meta.get("annotations") or {}).get(KEEP_LAST_ANNOTATION, "0") or 0)
+    try:
+        done = backup_runner.back_up_volume(
+            pool, volume, target, snapshot=snapshot, progress=_Progress(rep), keep_last=keep,
+            labels={"namespace": ns, "pvc": spec["persistentVolumeClaimName"],
+                    "volumebackup": meta["name"]})
+    except (FailedPrecondition, OutOfCapacity) as exc:
+        return report_problem(rep, Problem("BackupFailed", str(exc), retry_after=60),
+                              pending_phase="Running")
+    except PERMANENT_ENGINE_ERRORS as exc:
+        return report_problem(rep, Problem(type(exc).__name__, str(exc), permanent=True))
+    except StateholdError as exc:  # Unavailable, Temporary, CommandError, Aborted
+        return report_problem(rep, Problem("BackupRetrying", str(exc), retry_after=30),
+                              pending_phase="Running")
+    rep.update({"phase": "Completed", "backupId": done.backup_id,
+                "parentBackupId": done.parent_id, "bytesTotal": done.size,
+                "bytesDone": done.bytes_read, "bytesUploaded": done.bytes_uploaded,
+                "progress": 100, "completionTime": rfc3339(now())},
+               condition=("Ready", True, "Completed", f"backup {done.backup_id}"))
+    kind = "incremental" if done.parent_id else "full"
+    rep.event("Normal", "Completed", f"{kind} backup {done.backup_id}: read {done.bytes_read} "
+              f"bytes, uploaded {done.bytes_uploaded}")
+    return Result()
+
+
+def summary(obj: dict[str, Any]) -> dict[str, Any]:
+    """The fields `kubectl statehold get backups` shows."""
+    st = obj.get("status") or {}
+    return {"name": obj["metadata"]["name"], "namespace": obj["metadata"].get("namespace"),
+            "pvc": obj["spec"]["persistentVolumeClaimName"], "target": obj["spec"]["target"],
+            "phase": st.get("phase", "Pending"), "progress": st.get("progress", 0),
+            "bytes": st.get("bytesTotal", 0), "node": st.get("node", ""),
+            "backupId": st.get("backupId", "")}

@@ -1,0 +1,100 @@
+"""StoragePool: the agent of ``spec.node`` creates or imports the pool and reports capacity.
+
+:func:`plan_pool` (pure) turns the spec into the engine call; :func:`reconcile_pool` acts on
+the node's engine and reports. Deleting a StoragePool object never destroys the pool (its
+disks keep the data and can be imported again); that is a deliberate, documented choice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from statehold.controller.backups import report_problem
+from statehold.controller.problems import Problem, Result
+from statehold.controller.report import Clock, Reporter
+from statehold.engine.names import parse_size
+from statehold.engine.node import Node
+from statehold.engine.pool import Pool
+from statehold.engine.types import PoolSpec, RaidProfile
+from statehold.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    StateholdError,
+)
+from statehold.kube.facade import Kube, Obj
+
+
+@dataclass(frozen=True, slots=True)
+class PoolPlan:
+    action: Literal["create", "import"]
+    spec: PoolSpec
+    sources: tuple[str, ...]
+
+
+def plan_pool(name: str, spec: dict[str, Any]) -> PoolPlan:
+    """The engine call a (schema-valid, defaulted) StoragePool spec asks for."""
+    try:
+        if "devices" in spec:
+            devices = tuple(spec["devices"])
+            images: tuple[str, ...] = ()
+            size = 0
+        else:
+            count = int(spec.get("imageCount", 1))
+            images = tuple(str(Path(spec["directory"]) / f"{name}-{i}.img") for i in range(count))
+            devices = ()
+            size = parse_size(str(spec["imageSize"])) if "imageSize" in spec else 0
+        pool_spec = PoolSpec(name=name, devices=devices, images=images, image_size=size,
+                             profile=RaidProfile(spec.get("profile", "single")),
+                             overprovision_ratio=float(spec.get("overprovisionRatio", 10)),
+                             force=bool(spec.get("force", False)))
+    except (InvalidArgument, OutOfRange, ValueError, KeyError) as exc:
+        raise Problem("InvalidSpec", f"StoragePool {name}: {exc}", permanent=True) from exc
+    action: Literal["create", "import"] = "import" if spec.get("importExisting") else "create"
+    return PoolPlan(action, pool_spec, devices or images)
+
+
+def capacity_status(pool: Pool) -> dict[str, Any]:
+    cap = pool.capacity()
+    return {"capacity": cap.total, "allocated": cap.used, "provisioned": cap.provisioned,
+            "free": cap.free, "allocatable": max(0, cap.allocatable),
+            "volumes": len(pool.list_volumes()), "mountpoint": str(pool.mountpoint)}
+
+
+def reconcile_pool(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock) -> Result:
+    """Create/import the pool if this node does not have it yet; report capacity."""
+    if obj["spec"].get("node") != node_name:
+        return Result("skipped")
+    rep = Reporter(kube, obj, now, component=f"statehold-agent/{node_name}")
+    name = obj["metadata"]["name"]
+    try:
+        plan = plan_pool(name, obj["spec"])
+        try:
+            pool = node.pool(name)
+            made = ""
+        except NotFound:
+            if plan.action == "import":
+                pool = node.import_pool(plan.sources, name=name)
+                made = "Imported"
+            else:
+                pool = node.create_pool(plan.spec)
+                made = "Created"
+        if abs(pool.capacity().overprovision_ratio - plan.spec.overprovision_ratio) > 1e-9:
+            pool.set_overprovision_ratio(plan.spec.overprovision_ratio)
+        fields = capacity_status(pool)
+    except Problem as p:
+        return report_problem(rep, p)
+    except (InvalidArgument, AlreadyExists, FailedPrecondition, OutOfRange) as exc:
+        return report_problem(rep, Problem(f"{type(exc).__name__}", str(exc), permanent=True))
+    except StateholdError as exc:  # Unavailable, CommandError, Temporary: disks may come back
+        return report_problem(rep, Problem("PoolUnavailable", str(exc), retry_after=30))
+    rep.update({**fields, "phase": "Ready"},
+               condition=("Ready", True, "PoolReady", f"pool mounted at {fields['mountpoint']}"))
+    if made:
+        rep.event("Normal", made, f"{made.lower()} pool {name} on {node_name}: "
+                  f"{fields['capacity']} bytes")
+    return Result()
