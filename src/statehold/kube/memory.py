@@ -268,9 +268,11 @@ class MemoryKube:
         """Events recorded about involved, oldest first (a test convenience)."""
         uid = involved["metadata"].get("uid")
         name = involved["metadata"]["name"]
-        return [e for e in self.list(EVENT)
-                if e["involvedObject"]["name"] == name and e["involvedObject"].get("uid") == uid
-                and e["involvedObject"]["kind"] == involved["kind"]]
+        with self._cond:  # the store keeps insertion (creation) order
+            return [copy.deepcopy(e) for (k, _, _), e in self._objects.items()
+                    if k == EVENT and e["involvedObject"]["name"] == name
+                    and e["involvedObject"].get("uid") == uid
+                    and e["involvedObject"]["kind"] == involved["kind"]]
 
     def dump(self) -> ObjList:
         """Every stored object (a test convenience)."""
