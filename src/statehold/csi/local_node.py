@@ -18,7 +18,7 @@ from statehold.csi import mounts
 from statehold.csi.backend import AccessMode, PublishRequest, StageRequest, VolumeStats
 from statehold.engine.pool import Pool
 from statehold.engine.types import Volume, VolumeMode
-from statehold.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from statehold.errors import AlreadyExists, CommandError, FailedPrecondition, InvalidArgument, NotFound
 
 READ_ONLY_MODES = frozenset({AccessMode.SINGLE_NODE_READER_ONLY, AccessMode.MULTI_NODE_READER_ONLY})
 
@@ -48,7 +48,14 @@ def stage(pool: Pool, vol: Volume, req: StageRequest) -> None:
     if vol.mounts and str(req.staging_path) not in vol.mounts:
         raise FailedPrecondition(f"volume {vol.id} is already staged at {', '.join(vol.mounts)}")
     req.staging_path.mkdir(parents=True, exist_ok=True)
-    pool.mount(vol.name, req.staging_path, options=cap.mount_flags)
+    try:
+        pool.mount(vol.name, req.staging_path, options=cap.mount_flags)
+    except CommandError as exc:
+        if not cap.mount_flags:
+            raise
+        # the CO's mount flags are the likeliest culprit; the spec calls that a bad argument
+        flags = list(cap.mount_flags)
+        raise InvalidArgument(f"mount with flags {flags} failed: {exc.stderr[-300:]}") from exc
 
 
 def unstage(pool: Pool, vol: Volume, staging: Path) -> None:
@@ -151,9 +158,11 @@ def _is_ours(vol: Volume, entry: mounts.MountEntry) -> bool:
 
 def stats(vol: Volume, path: Path) -> VolumeStats:
     entry = mounts.at(path)
-    if entry is None or not _is_ours(vol, entry):
-        raise NotFound(f"volume {vol.id} is not mounted at {path}")
     missing = not vol.path.exists()
+    # with its backing file gone the engine can no longer name the volume's loop device;
+    # whatever is mounted at the path is then reported, flagged abnormal
+    if entry is None or not (_is_ours(vol, entry) or missing):
+        raise NotFound(f"volume {vol.id} is not mounted at {path}")
     message = f"backing file {vol.path} is missing" if missing else ""
     if vol.mode is VolumeMode.BLOCK:
         return VolumeStats(
