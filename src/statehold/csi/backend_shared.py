@@ -162,8 +162,9 @@ class SharedBackend:
     def delete_volume(self, volume_id: str) -> None:
         key, name = split_id(volume_id)
         root = self._root(key)
-        root.get_volume(name)
-        root.delete_volume(name)
+        if not root.exists(name):
+            raise NotFound(f"volume {volume_id} does not exist")
+        root.delete_volume(name)  # also finishes a crashed create or delete
 
     def get_volume(self, volume_id: str) -> VolumeInfo:
         key, name = split_id(volume_id)

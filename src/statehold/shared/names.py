@@ -30,10 +30,10 @@ def validate_name(name: str, *, what: str = "volume") -> str:
         raise InvalidArgument(f"{what} name {name!r} contains NUL")
     if name.startswith("/"):
         raise InvalidArgument(f"{what} name {name!r} is an absolute path; a name is one path component")
+    if name == "." or ".." in name:
+        raise InvalidArgument(f"{what} name {name!r} contains '..' (path traversal)")
     if "/" in name or "\\" in name:
         raise InvalidArgument(f"{what} name {name!r} contains a path separator")
-    if name in (".", "..") or ".." in name:
-        raise InvalidArgument(f"{what} name {name!r} contains '..' (path traversal)")
     if len(name) > MAX_NAME:
         raise InvalidArgument(f"{what} name is {len(name)} characters; at most {MAX_NAME}")
     if not _NAME.match(name):

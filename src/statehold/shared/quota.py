@@ -42,6 +42,11 @@ class Enforcer(Protocol):
         """Remove the volume directory and its content; absent is fine."""
         ...
 
+    def assign(self, path: Path, project_id: int | None) -> None:
+        """Make the new volume directory (and anything already in it, for clones) one unit
+        of accounting. Called once, at create."""
+        ...
+
     def apply(self, path: Path, size: int, project_id: int | None) -> None:
         """Set (or raise, online) the limit of the volume at ``path`` to ``size`` bytes."""
         ...
@@ -73,6 +78,9 @@ class Accounting:
 
     def remove_dir(self, path: Path) -> None:
         remove_tree(path)
+
+    def assign(self, path: Path, project_id: int | None) -> None:
+        return None
 
     def apply(self, path: Path, size: int, project_id: int | None) -> None:
         return None

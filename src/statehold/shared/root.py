@@ -143,6 +143,7 @@ class SharedRoot:
             self._write(vol)
             try:
                 method = self._materialise(vol, src_path)
+                self.enforcer.assign(path, vol.project_id)
                 self.enforcer.apply(path, size, vol.project_id)
                 vol = replace(vol, state=VolumeState.READY, copy_method=method)
                 self._write(vol)
@@ -210,6 +211,11 @@ class SharedRoot:
         if vol is None or vol.state != VolumeState.READY:
             raise NotFound(f"volume {name} not found in {self.path}")
         return vol
+
+    def exists(self, name: str) -> bool:
+        """Whether anything of the name is recorded (ready, half-made, half-deleted, retained)."""
+        validate_name(name)
+        return self._read(name) is not None
 
     def list_volumes(self) -> list[SharedVolume]:
         return [v for v in self._all() if v.state == VolumeState.READY]

@@ -63,10 +63,15 @@ class XfsProject(Accounting):
         except CommandError as exc:
             raise FailedPrecondition(f"xfs_quota refused on {self.mountpoint}: {exc.stderr}") from exc
 
-    def apply(self, path: Path, size: int, project_id: int | None) -> None:
+    def assign(self, path: Path, project_id: int | None) -> None:
+        # Tags the whole tree once (a clone arrives full); later files inherit the id.
         if project_id is None:
             raise FailedPrecondition(f"{path}: an XFS project quota needs a project id")
         self._xfs_quota(project_argv(self.mountpoint, path, project_id))
+
+    def apply(self, path: Path, size: int, project_id: int | None) -> None:
+        if project_id is None:
+            raise FailedPrecondition(f"{path}: an XFS project quota needs a project id")
         self._xfs_quota(limit_argv(self.mountpoint, project_id, size))
 
     def release(self, path: Path, project_id: int | None) -> None:

@@ -12,8 +12,8 @@ from statehold.shared.names import format_size, parse_size, validate_name
     ("name", "reason"),
     [
         ("..", ".."),
-        ("../etc", "separator"),
-        ("a/../../b", "separator"),
+        ("../etc", "traversal"),
+        ("a/../../b", "traversal"),
         ("/etc/passwd", "absolute"),
         ("a/b", "separator"),
         ("a..b", ".."),
