@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from statehold.engine import freeze, fs, loop, mounts
+from statehold.engine import freeze, fs, loop, mounts, snapshotting
 from statehold.engine.ficlone import fsync_dir, reflink
 from statehold.engine.metadata import Metadata, VolumeRecord
 from statehold.engine.names import check_size, validate_name
@@ -130,7 +130,10 @@ def create_volume(pool: Pool, name: str, size: int, *, mode: VolumeMode | str,
     intent = pool.db.begin_intent(op, name, {"size": size})
     pool.fault(f"{op}.intent")
     if src_path is not None:
-        mounted = _mounted_targets(src_path) if src_vol is not None else []
+        mounted: list[str] = []
+        if src_vol is not None:
+            for dev in loop.find(src_path):
+                mounted += snapshotting.writable_targets(dev)
         with freeze.frozen(mounted[0] if mounted else None):
             reflink(src_path, path)
         if size > src_size:
@@ -259,7 +262,20 @@ def mount(pool: Pool, rec: VolumeRecord, target: Path, options: Sequence[str],
     if rec.mode == VolumeMode.BLOCK or rec.fs is None:
         raise FailedPrecondition(f"volume {rec.name!r} is a block volume: use attach, not mount")
     fstype = FsType(rec.fs)
-    device = loop.attach(pool.volume_path(rec.name))
+    path = pool.volume_path(rec.name)
+    was_attached = bool(loop.find(path))
+    device = loop.attach(path)
+    try:
+        _mount_device(pool, rec, fstype, device, target, options, readonly)
+    except BaseException:
+        # leave the volume as we found it: a failed first mount must not pin a loop device
+        if not was_attached and not mounts.targets_of(device):
+            loop.detach(device)
+        raise
+
+
+def _mount_device(pool: Pool, rec: VolumeRecord, fstype: FsType, device: str, target: Path,
+                  options: Sequence[str], readonly: bool) -> None:
     current = mounts.mount_at(target)
     if current is not None:
         if current.source == device:

@@ -54,6 +54,11 @@ def spec_to_dict(spec: PoolSpec) -> dict[str, Any]:
     }
 
 
+def _identity(spec: dict[str, Any]) -> dict[str, Any]:
+    """What makes two pool specs the same pool (the overprovision ratio may change)."""
+    return {k: v for k, v in spec.items() if k != "overprovision_ratio"}
+
+
 class Node:
     """The pools of one host. Not a daemon: several short-lived Nodes may open one home."""
 
@@ -162,9 +167,13 @@ class Node:
             wanted = spec_to_dict(spec)
             registered = self._registry()["pools"].get(spec.name)
             if registered is not None:
-                if registered.get("spec") == wanted:
-                    return self.pool(spec.name)
-                raise AlreadyExists(f"pool {spec.name!r} exists with another spec")
+                if _identity(registered.get("spec", {})) != _identity(wanted):
+                    raise AlreadyExists(f"pool {spec.name!r} exists with another spec")
+                pool = self.pool(spec.name)
+                # the ratio is a tunable, not part of the pool's identity
+                if pool.capacity().overprovision_ratio != wanted["overprovision_ratio"]:
+                    pool.set_overprovision_ratio(wanted["overprovision_ratio"])
+                return pool
             sources, images = self._sources_for(spec)
             if len(sources) == 1 and profile is not RaidProfile.SINGLE:
                 raise InvalidArgument(f"profile {profile} needs at least two devices")

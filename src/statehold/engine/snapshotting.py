@@ -37,6 +37,12 @@ def _flush(device: str | None, target: str | None) -> None:
         run(["blockdev", "--flushbufs", device], timeout=300)
 
 
+def writable_targets(device: str) -> list[str]:
+    """Read-write mounts of ``device``: a read-only mount has nothing to flush or freeze."""
+    return [m.target for m in mounts.mounts()
+            if m.source == device and "rw" in m.options.split(",")]
+
+
 def create(pool: Pool, volume: str, name: str, *, freeze: bool) -> SnapshotRecord:
     validate_name(volume, what="volume name")
     validate_name(name, what="snapshot name")
@@ -53,7 +59,7 @@ def create(pool: Pool, volume: str, name: str, *, freeze: bool) -> SnapshotRecor
     devices = loop.find(src)
     targets: list[str] = []
     for dev in devices:
-        targets += mounts.targets_of(dev)
+        targets += writable_targets(dev)
     freeze_target = targets[0] if (freeze and targets) else None
     dst = pool.snapshot_path(name)
     intent = pool.db.begin_intent("snapshot", name, {"volume": volume, "frozen": freeze_target})

@@ -49,6 +49,10 @@ def test_create_pool_is_idempotent_and_other_spec_is_already_exists(node: Node) 
     assert first.sources == (str(node.home / "disks" / "p-0.img"),)
     with pytest.raises(AlreadyExists):
         node.create_pool(PoolSpec(name="p", image_size=2 * GiB))
+    # the overprovision ratio is a tunable: same pool, ratio updated
+    assert node.create_pool(PoolSpec(name="p", image_size=GiB, overprovision_ratio=2.0)) is first
+    assert first.capacity().overprovision_ratio == 2.0
+    assert node.create_pool(PoolSpec(name="p", image_size=GiB, force=True)) is first
     assert [p.name for p in node.pools()] == ["p"]
     assert node.pool("p") is first
     with pytest.raises(NotFound):

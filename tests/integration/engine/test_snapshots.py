@@ -149,3 +149,14 @@ def test_delete_snapshot_keeps_clones_and_source(pool: Pool, scratch: Path) -> N
     cm = scratch / "c"
     pool.mount("c", cm)
     assert (cm / "f").read_bytes() == b"before" * 4096
+
+
+def test_snapshot_of_read_only_mounted_volume_needs_no_freeze(pool: Pool, scratch: Path) -> None:
+    mnt = _filled(pool, scratch)
+    pool.unmount("src", mnt)
+    pool.mount("src", mnt, readonly=True)
+    snap = pool.create_snapshot("src", "ro")
+    assert not snap.frozen
+    pool.create_volume("c", 64 * MiB, fs=FsType.EXT4, source=Source(SourceKind.SNAPSHOT, "ro"))
+    pool.mount("c", scratch / "c")
+    assert (scratch / "c" / "f").read_bytes() == b"before" * 4096

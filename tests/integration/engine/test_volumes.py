@@ -16,6 +16,7 @@ from statehold.errors import (
     InvalidArgument,
     NotFound,
     OutOfCapacity,
+    StateholdError,
 )
 
 pytestmark = pytest.mark.root
@@ -192,3 +193,12 @@ def test_delete_of_mounted_or_attached_volume_is_failed_precondition(pool: Pool,
     pool.delete_volume("busy")
     _nothing_created(pool)
     assert pool.capacity().provisioned == 0
+
+
+def test_failed_first_mount_leaves_nothing_attached(pool: Pool, scratch: Path) -> None:
+    pool.create_volume("v", 64 * MiB, fs=FsType.EXT4)
+    with pytest.raises(StateholdError):
+        pool.mount("v", scratch / "m", options=["no-such-option-statehold"])
+    assert pool.get_volume("v").device is None
+    assert loop.find(pool.volume_path("v")) == []
+    assert mounts.mount_at(scratch / "m") is None
