@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 MIN_SCORE = 0
 MAX_SCORE = 10
@@ -96,10 +96,12 @@ class PoolState:
     allocated: int
     overprovision: float = 1.0
     """Thin provisioning ratio: the pool may promise ``capacity * overprovision`` bytes."""
+    limit: int = field(init=False, repr=False, compare=False)
+    """``capacity * overprovision``, computed once: it is read for every node of every
+    request."""
 
-    @property
-    def limit(self) -> int:
-        return int(self.capacity * self.overprovision)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "limit", int(self.capacity * self.overprovision))
 
     def free(self, reserved: int = 0) -> int:
         return self.limit - self.allocated - reserved
@@ -139,29 +141,50 @@ def human(n: int) -> str:
     return f"{n / MiB:.1f}MiB"
 
 
-def place(pending: Sequence[PendingClaim], pools: Sequence[PoolState],
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a pod asks of every node, worked out once per request, not once per node."""
+
+    todo: tuple[PendingClaim, ...]
+    """Claims that still need space, largest first (ties by name)."""
+    total: int
+    any_pool: bool
+    """True when no claim names a pool: a one-pool node then needs only one comparison."""
+
+    @classmethod
+    def of(cls, pending: Sequence[PendingClaim]) -> Plan:
+        todo = tuple(sorted((c for c in pending if c.selected_node is None),
+                            key=lambda c: (-c.request, str(c.claim))))
+        return cls(todo, sum(c.request for c in todo), all(c.pool is None for c in todo))
+
+
+def place(pending: Sequence[PendingClaim] | Plan, pools: Sequence[PoolState],
           reserved: Mapping[PoolKey, int]) -> Placement | str:
     """Assign each claim that still needs space to one pool of the node.
 
-    Largest claim first, each into the pool with the most room left (worst fit): it keeps
-    the node's headroom even and is exact for the common one-pool node, where it reduces
-    to "the sum of the requests fits". Returns the placement or the reason it fails.
+    Largest claim first, each into the pool with the most room left (worst fit; the
+    alphabetically first pool among equals): it keeps the node's headroom even and is
+    exact for the common one-pool node, where it reduces to "the sum of the requests
+    fits". Returns the placement or the reason it fails.
     """
+    plan = pending if isinstance(pending, Plan) else Plan.of(pending)
+    if plan.any_pool and len(pools) == 1:
+        only = pools[0]
+        if only.free(reserved.get((only.node, only.name), 0)) >= plan.total:
+            return ((only.name, plan.total),) if plan.total else ()
     room = {p.name: p.free(reserved.get((p.node, p.name), 0)) for p in pools}
+    ordered = sorted(room)
     take: dict[str, int] = {}
-    todo = sorted((c for c in pending if c.selected_node is None),
-                  key=lambda c: (-c.request, str(c.claim)))
-    total = (f"the pod's new claims need {human(sum(c.request for c in todo))} in total; "
-             if len(todo) > 1 else "")
-    for claim in todo:
-        names = [claim.pool] if claim.pool is not None else sorted(room)
-        names = [n for n in names if n in room]
+    for claim in plan.todo:
+        names = ordered if claim.pool is None else [n for n in (claim.pool,) if n in room]
         if not names:
             if claim.pool is not None:
                 return f"claim {claim.claim} needs pool {claim.pool!r}, which this node lacks"
             return "no Statehold pool on this node"
-        best = max(names, key=lambda n: (room[n], _neg(n)))
+        best = max(names, key=room.__getitem__)
         if room[best] < claim.request:
+            total = (f"the pod's new claims need {human(plan.total)} in total; "
+                     if len(plan.todo) > 1 else "")
             return (f"not enough free space: {total}claim {claim.claim} "
                     f"({human(claim.request)}) does not fit, pool {best} has "
                     f"{human(max(room[best], 0))} free after reservations")
@@ -170,13 +193,8 @@ def place(pending: Sequence[PendingClaim], pools: Sequence[PoolState],
     return tuple(sorted(take.items()))
 
 
-def _neg(name: str) -> tuple[int, ...]:
-    """Sort key that makes ``max`` prefer the alphabetically first name among equals."""
-    return tuple(-ord(ch) for ch in name)
-
-
 def judge_node(pod: PodVolumes, node: str, pools: Sequence[PoolState] | None,
-               reserved: Mapping[PoolKey, int]) -> NodeVerdict:
+               reserved: Mapping[PoolKey, int], plan: Plan | None = None) -> NodeVerdict:
     """Can the pod's storage live on node? Pure; see :func:`filter_nodes`."""
     if pod.problems:
         return NodeVerdict(node, False, "; ".join(pod.problems))
@@ -189,17 +207,22 @@ def judge_node(pod: PodVolumes, node: str, pools: Sequence[PoolState] | None,
         if claim.selected_node is not None and claim.selected_node != node:
             return NodeVerdict(node, False, f"claim {claim.claim} is being provisioned on "
                                f"node {claim.selected_node}")
-    if not pod.needs_capacity:
+    plan = plan or Plan.of(pod.pending)
+    if not plan.todo:
         return NodeVerdict(node, True, headroom=_largest_free(pools, reserved))
     if pools is None:
         return NodeVerdict(node, False, "no capacity data for this node (no StoragePool "
                            "status reported)")
-    placed = place(pod.pending, pools, reserved)
+    placed = place(plan, pools, reserved)
     if isinstance(placed, str):
         return NodeVerdict(node, False, placed)
-    by_name = {p.name: p for p in pools}
-    headroom = min(by_name[name].free(reserved.get((node, name), 0)) - used
-                   for name, used in placed)
+    if len(pools) == 1 and len(placed) == 1:
+        p = pools[0]
+        headroom = p.free(reserved.get((node, p.name), 0)) - placed[0][1]
+    else:
+        by_name = {p.name: p for p in pools}
+        headroom = min(by_name[name].free(reserved.get((node, name), 0)) - used
+                       for name, used in placed)
     return NodeVerdict(node, True, placement=placed, headroom=headroom)
 
 
@@ -224,7 +247,8 @@ def filter_nodes(pod: PodVolumes, nodes: Sequence[str],
     """
     if not pod.concerns_us:
         return FilterOutcome(tuple(nodes), {}, {})
-    verdicts = {n: judge_node(pod, n, pools.get(n), reserved) for n in nodes}
+    plan = Plan.of(pod.pending)
+    verdicts = {n: judge_node(pod, n, pools.get(n), reserved, plan) for n in nodes}
     passed = tuple(n for n in nodes if verdicts[n].ok)
     failed = {n: v.reason for n, v in verdicts.items() if not v.ok}
     return FilterOutcome(passed, failed, verdicts)
@@ -250,15 +274,26 @@ def score_nodes(pod: PodVolumes, nodes: Sequence[str],
     """
     if not pod.concerns_us:
         return tuple(NodeScore(n, MIN_SCORE, 0) for n in nodes)
-    return tuple(score_verdict(pod, judge_node(pod, n, pools.get(n), reserved)) for n in nodes)
+    plan = Plan.of(pod.pending)
+    primary = primary_node(pod)
+    return tuple(score_verdict(pod, judge_node(pod, n, pools.get(n), reserved, plan), primary)
+                 for n in nodes)
 
 
-def score_verdict(pod: PodVolumes, verdict: NodeVerdict) -> NodeScore:
-    """The score of one judged node (see :func:`score_nodes`)."""
+def primary_node(pod: PodVolumes) -> str | None:
+    """The node holding the primary copy of every bound volume, if one node does."""
+    primaries = {v.primary for v in pod.bound if v.primary is not None}
+    return primaries.pop() if len(primaries) == 1 else None
+
+
+def score_verdict(pod: PodVolumes, verdict: NodeVerdict, primary: str | None = None) -> NodeScore:
+    """The score of one judged node (see :func:`score_nodes`); pass ``primary`` (from
+    :func:`primary_node`) when scoring many nodes."""
     if not verdict.ok:
         return NodeScore(verdict.node, MIN_SCORE, 0, fits=False)
-    primaries = {v.primary for v in pod.bound if v.primary is not None}
-    if primaries and primaries == {verdict.node}:
+    if primary is None and pod.bound:
+        primary = primary_node(pod)
+    if primary is not None and primary == verdict.node:
         return NodeScore(verdict.node, MAX_SCORE, verdict.headroom)
     return NodeScore(verdict.node, headroom_score(verdict.headroom), verdict.headroom)
 
@@ -284,7 +319,7 @@ def unique_top(scores: Sequence[NodeScore]) -> tuple[NodeScore, ...]:
     if best is None:
         return tuple(scores)
     top = next(s.score for s in scores if s.node == best)
-    ties = [s.node for s in scores if s.fits and s.score == top and s.node != best]
+    ties = {s.node for s in scores if s.fits and s.score == top and s.node != best}
     if not ties:
         return tuple(scores)
     out = []
@@ -295,3 +330,16 @@ def unique_top(scores: Sequence[NodeScore]) -> tuple[NodeScore, ...]:
             s = NodeScore(s.node, top - 1, s.headroom, s.fits)
         out.append(s)
     return tuple(out)
+
+
+def best_verdict(pod: PodVolumes, verdicts: Mapping[str, NodeVerdict],
+                 nodes: Sequence[str]) -> str | None:
+    """:func:`best_node` straight from verdicts, without building scores: the score is
+    10 on the primary's node and grows with headroom elsewhere, so the order is the same."""
+    fitting = [n for n in nodes if verdicts[n].ok]
+    if not fitting:
+        return None
+    primary = primary_node(pod)
+    if primary is not None and primary in fitting:
+        return primary
+    return min(fitting, key=lambda n: (-verdicts[n].headroom, n))

@@ -24,12 +24,16 @@ from statehold.scheduler import wire
 from statehold.scheduler.claims import ClaimPolicy, resolve
 from statehold.scheduler.core import (
     NodeScore,
+    NodeVerdict,
     Placement,
     PodVolumes,
+    PoolKey,
     PoolState,
     best_node,
+    best_verdict,
     filter_nodes,
     judge_node,
+    primary_node,
     score_nodes,
     score_verdict,
     unique_top,
@@ -64,6 +68,7 @@ class Extender:
         self._clock = clock
         self._lock = threading.Lock()
         self._last_sweep = float("-inf")
+        self._last: _Judged | None = None
         self.metrics = ExtenderMetrics(lambda: len(self.ledger.all()),
                                        lambda: self.ledger.total())
 
@@ -105,10 +110,11 @@ class Extender:
             pools = self.view.pools()
             reserved = self.ledger.reserved(exclude=args.pod.key)
             out = filter_nodes(pod, args.node_names, pools, reserved)
+            self._last = _Judged(args.pod.key, pod, pools, reserved, out.verdicts)
             if pod.needs_capacity:
-                scores = [score_verdict(pod, out.verdicts[n]) for n in out.passed]
-                self._reserve(args.pod, pod, scores, {n: out.verdicts[n].placement
-                                                      for n in out.passed})
+                best = best_verdict(pod, out.verdicts, out.passed)
+                self._reserve(args.pod, pod, best,
+                              out.verdicts[best].placement if best is not None else ())
         self.metrics.requests.labels("filter", "ok").inc()
         self.metrics.nodes_rejected.inc(len(out.unresolvable))
         log.debug("event=filter pod=%s passed=%d rejected=%d", args.pod, len(out.passed),
@@ -132,23 +138,37 @@ class Extender:
             else:
                 pools = self.view.pools()
                 reserved = self.ledger.reserved(exclude=args.pod.key)
-                scores = score_nodes(pod, args.node_names, pools, reserved)
+                scores = self._scores(args, pod, pools, reserved)
                 if pod.needs_capacity:
                     scores = unique_top(scores)
-                    self._reserve(args.pod, pod, scores,
-                                  _placements(pod, scores, pools, reserved))
+                    best = best_node(scores)
+                    placement = () if best is None else judge_node(
+                        pod, best, pools.get(best), reserved).placement
+                    self._reserve(args.pod, pod, best, placement)
         self.metrics.requests.labels("prioritize", "ok").inc()
         return scores
 
-    def _reserve(self, ref: wire.PodRef, pod: PodVolumes, scores: Sequence[NodeScore],
-                 placements: Mapping[str, Placement]) -> None:
-        node = best_node(scores)
+    def _scores(self, args: wire.ExtenderArgs, pod: PodVolumes,
+                pools: Mapping[str, Sequence[PoolState]],
+                reserved: dict[PoolKey, int]) -> tuple[NodeScore, ...]:
+        """Scores from the verdicts of this pod's filter call when nothing changed since
+        (the usual filter → prioritize sequence), else judged afresh."""
+        last = self._last
+        if (last is None or last.pod_key != args.pod.key or last.pod != pod
+                or last.pools is not pools or last.reserved != reserved
+                or not all(n in last.verdicts for n in args.node_names)):
+            return score_nodes(pod, args.node_names, pools, reserved)
+        primary = primary_node(pod)
+        return tuple(score_verdict(pod, last.verdicts[n], primary) for n in args.node_names)
+
+    def _reserve(self, ref: wire.PodRef, pod: PodVolumes, node: str | None,
+                 placement: Placement) -> None:
         if node is None:
             if self.ledger.release(ref.key) is not None:
                 log.info("event=reservation_released pod=%s why=no_node_fits", ref)
             return
         claims = tuple(c.claim for c in pod.pending if c.selected_node is None)
-        r = self.ledger.reserve(ref.key, str(ref), node, placements[node], claims)
+        r = self.ledger.reserve(ref.key, str(ref), node, placement, claims)
         log.info("event=reserved pod=%s node=%s bytes=%d", ref, node, r.size)
 
     def _sweep(self) -> None:
@@ -174,11 +194,12 @@ class Extender:
         return (("", r.size),)
 
 
-def _placements(pod: PodVolumes, scores: Sequence[NodeScore],
-                pools: Mapping[str, Sequence[PoolState]],
-                reserved: Mapping[tuple[str, str], int]) -> dict[str, Placement]:
-    """Placement of the best node only (the one the ledger needs)."""
-    node = best_node(scores)
-    if node is None:
-        return {}
-    return {node: judge_node(pod, node, pools.get(node), reserved).placement}
+@dataclass(frozen=True, slots=True)
+class _Judged:
+    """The verdicts of the last filter call and the state they were made from."""
+
+    pod_key: str
+    pod: PodVolumes
+    pools: Mapping[str, Sequence[PoolState]]
+    reserved: dict[PoolKey, int]
+    verdicts: Mapping[str, NodeVerdict]
