@@ -127,14 +127,17 @@ def create_volume(pool: Pool, name: str, size: int, *, mode: VolumeMode | str,
 
     op = "clone" if source is not None else "create_volume"
     path = pool.volume_path(name)
-    intent = pool.db.begin_intent(op, name, {"size": size})
+    mounted: list[str] = []
+    if src_path is not None and src_vol is not None:
+        for dev in loop.find(src_path):
+            mounted += snapshotting.writable_targets(dev)
+    freeze_target = mounted[0] if mounted else None
+    # the frozen mount point is part of the intent: recovery must thaw it after a crash
+    intent = pool.db.begin_intent(op, name, {"size": size, "frozen": freeze_target})
     pool.fault(f"{op}.intent")
     if src_path is not None:
-        mounted: list[str] = []
-        if src_vol is not None:
-            for dev in loop.find(src_path):
-                mounted += snapshotting.writable_targets(dev)
-        with freeze.frozen(mounted[0] if mounted else None):
+        with freeze.frozen(freeze_target):
+            pool.fault(f"{op}.frozen")
             reflink(src_path, path)
         if size > src_size:
             os.truncate(path, size)

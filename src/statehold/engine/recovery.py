@@ -4,7 +4,8 @@ Runs when a Node opens a pool (and on demand via ``Pool.reconcile``). Rules, in 
 (normative text in docs/design/pool-metadata.md):
 
 1. Every unfinished intent is finished or rolled back:
-   create/clone -> rolled back (file removed); snapshot -> filesystem thawed, rolled back;
+   create/clone -> source thawed, rolled back (file removed); snapshot -> filesystem
+   thawed, rolled back;
    expand -> finished (file grown, size recorded, filesystem growth pending);
    delete (volume or snapshot) -> finished, unless the file is attached again (rolled back).
 2. Loop devices backed by a file of this pool that no row names (or that was unlinked)
@@ -45,10 +46,18 @@ def _release(path: Path | str, done: list[str]) -> None:
         done.append(f"detached {dev} from {path}")
 
 
+def _thaw(it: Intent, done: list[str]) -> None:
+    """Thaw the mount an unfinished operation froze (a frozen fs blocks every writer)."""
+    target = it.payload.get("frozen")
+    if target and mounts.mount_at(target) is not None and freeze.thaw(str(target)):
+        done.append(f"thawed {target}")
+
+
 def _finish_intent(pool: Pool, it: Intent, done: list[str]) -> None:
     db = pool.db
     name = it.target
     if it.op in ("create_volume", "clone"):
+        _thaw(it, done)
         if db.volume(name) is None:
             path = pool.volume_path(name)
             _release(path, done)
@@ -56,9 +65,7 @@ def _finish_intent(pool: Pool, it: Intent, done: list[str]) -> None:
             fsync_dir(pool.volumes_dir)
             done.append(f"rolled back {it.op} of volume {name}")
     elif it.op == "snapshot":
-        target = it.payload.get("frozen")
-        if target and mounts.mount_at(target) is not None and freeze.thaw(str(target)):
-            done.append(f"thawed {target}")
+        _thaw(it, done)
         if db.snapshot(name) is None:
             path = pool.snapshot_path(name)
             path.unlink(missing_ok=True)

@@ -14,7 +14,7 @@ FaultHook = Callable[[str], None]
 
 STEPS: dict[str, tuple[str, ...]] = {
     "create_volume": ("create_volume.intent", "create_volume.file", "create_volume.commit"),
-    "clone": ("clone.intent", "clone.file", "clone.commit"),
+    "clone": ("clone.intent", "clone.frozen", "clone.file", "clone.commit"),
     "create_snapshot": ("snapshot.intent", "snapshot.frozen", "snapshot.cloned",
                         "snapshot.commit"),
     "expand": ("expand.intent", "expand.truncated", "expand.refreshed", "expand.commit",

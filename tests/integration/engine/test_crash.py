@@ -154,9 +154,11 @@ def test_crash_during_create_volume(env: Env, i: int, step: str) -> None:
         assert again.size == SMALL
 
 
+@pytest.mark.parametrize("kind", [SourceKind.SNAPSHOT, SourceKind.VOLUME])
 @pytest.mark.parametrize(("i", "step"), _cases("clone"))
-def test_crash_during_clone(env: Env, i: int, step: str) -> None:
-    src, snap, name = f"cls{i}", f"clsnap{i}", f"cl{i}"
+def test_crash_during_clone(env: Env, i: int, step: str, kind: SourceKind) -> None:
+    """From a snapshot, or from a mounted volume (frozen around the reflink)."""
+    src, snap, name = f"cls{i}{kind[0]}", f"clsnap{i}{kind[0]}", f"cl{i}{kind[0]}"
     with _cleanup(env, src, snap, name):
         pool = env.pool
         pool.create_volume(src, SMALL, fs=FsType.EXT4)
@@ -164,16 +166,20 @@ def test_crash_during_clone(env: Env, i: int, step: str) -> None:
         pool.mount(src, mnt)
         digest = _write_data(mnt, src)
         pool.create_snapshot(src, snap)
-        _write_data(mnt, "changed-after-snapshot")
+        origin = snap if kind is SourceKind.SNAPSHOT else src
+        if kind is SourceKind.SNAPSHOT:
+            _write_data(mnt, "changed-after-snapshot")
         _run_child(env, step, "clone",
-                   {"name": name, "size": SMALL, "fs": "ext4", "kind": "snapshot", "source": snap})
+                   {"name": name, "size": SMALL, "fs": "ext4", "kind": kind.value,
+                    "source": origin})
         env.restart()
         pool = env.pool
         assert_consistent(pool)
+        assert _not_frozen(str(mnt))
+        assert _checksum(mnt) == digest or kind is SourceKind.SNAPSHOT
         names = {v.name for v in pool.list_volumes()}
         assert (name in names) == (step == "clone.commit")
-        pool.create_volume(name, SMALL, fs=FsType.EXT4,
-                           source=Source(SourceKind.SNAPSHOT, snap))
+        pool.create_volume(name, SMALL, fs=FsType.EXT4, source=Source(kind, origin))
         cmnt = env.home / "mnt" / name
         pool.mount(name, cmnt)
         assert _checksum(cmnt) == digest
