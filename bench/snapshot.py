@@ -1,0 +1,141 @@
+"""Snapshot and clone latency: does the cost stay flat as the volume grows?
+
+Two block-mode volumes in one file-backed XFS pool, attached as the engine attaches them
+(loop, direct I/O), filled with real data written through the loop device (fio, 4 MiB
+sequential writes; a sparse or fallocated file would make the test trivially cheap):
+a small one (default 1 GiB) and a large one (default 32 GiB). Then, alternating small and
+large so drift hits both alike, ``runs`` times each:
+
+* snapshot: ``Pool.create_snapshot`` of the attached volume (buffer flush + FICLONE +
+  fsync + metadata commit), timed;
+* clone:    ``Pool.create_volume(source=snapshot)`` (FICLONE + metadata commit), timed;
+* then the clone and the snapshot are deleted (untimed) so every run starts alike.
+
+Prints p50/p99/max per size and operation, the extent count of each volume file (FICLONE
+work grows with extents, not bytes), and last ``ratio=<p99 large / p99 small>`` for the
+worse of the two operations.
+
+Usage: ``.venv/bin/python bench/snapshot.py [--small 1Gi] [--large 32Gi] [--runs 30]``.
+Runs as root; everything lives under its own home in /var/tmp and is removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from statehold.engine import loop
+from statehold.engine.fiemap import file_extents
+from statehold.engine.names import parse_size
+from statehold.engine.node import Node
+from statehold.engine.pool import Pool
+from statehold.engine.types import GiB, PoolSpec, Source, SourceKind, VolumeMode
+from statehold.runner import run
+
+
+def fill(device: str, size: int) -> float:
+    """Write ``size`` bytes of data through the device; returns MiB/s."""
+    t0 = time.perf_counter()
+    run(["fio", "--name", "fill", "--filename", device, "--size", str(size), "--rw=write",
+         "--bs=4M", "--ioengine=libaio", "--iodepth=8", "--direct=1", "--output-format=json"],
+        timeout=1800)
+    return size / (1 << 20) / (time.perf_counter() - t0)
+
+
+def pct(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (p99 of 30 samples is the largest, honestly)."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * p // 100))
+    return ordered[int(rank) - 1]
+
+
+def measure(pool: Pool, volume: str, size: int, i: int) -> tuple[float, float]:
+    snap, clone = f"{volume}-s{i}", f"{volume}-c{i}"
+    t0 = time.perf_counter()
+    pool.create_snapshot(volume, snap)
+    t1 = time.perf_counter()
+    pool.create_volume(clone, size, mode=VolumeMode.BLOCK, fs=None,
+                       source=Source(SourceKind.SNAPSHOT, snap))
+    t2 = time.perf_counter()
+    pool.delete_volume(clone)
+    pool.delete_snapshot(snap)
+    return (t1 - t0) * 1000, (t2 - t1) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--small", default="1Gi")
+    parser.add_argument("--large", default="32Gi")
+    parser.add_argument("--runs", type=int, default=30)
+    args = parser.parse_args()
+    sizes = {"small": parse_size(args.small), "large": parse_size(args.large)}
+
+    home = Path(tempfile.mkdtemp(prefix="statehold-bench-snap-", dir="/var/tmp"))
+    node = Node(home)
+    pool: Pool | None = None
+    ratio = float("nan")
+    try:
+        image_size = sum(sizes.values()) + 4 * GiB
+        pool = node.create_pool(PoolSpec(
+            name="bench", images=(str(home / "disks" / "bench-0.img"),),
+            image_size=image_size, overprovision_ratio=float(len(sizes) + 2),
+        ))
+        for label, size in sizes.items():
+            pool.create_volume(label, size, mode=VolumeMode.BLOCK, fs=None)
+            device = pool.attach(label)
+            rate = fill(device, size)
+            extents = len(file_extents(pool.get_volume(label).path))
+            print(f"{label}: {size / GiB:g} GiB on {device}, filled at {rate:.0f} MiB/s, "
+                  f"{extents} extents", flush=True)
+
+        times: dict[tuple[str, str], list[float]] = {}
+        for i in range(args.runs):
+            for label in (("small", "large") if i % 2 == 0 else ("large", "small")):
+                snap_ms, clone_ms = measure(pool, label, sizes[label], i)
+                times.setdefault((label, "snapshot"), []).append(snap_ms)
+                times.setdefault((label, "clone"), []).append(clone_ms)
+
+        print(f"{'volume':<8}{'op':<10}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}   ({args.runs} runs)")
+        for (label, op), vals in sorted(times.items()):
+            print(f"{label:<8}{op:<10}{statistics.median(vals):>9.2f}{pct(vals, 99):>9.2f}"
+                  f"{max(vals):>9.2f}")
+        ratios = {
+            op: pct(times[("large", op)], 99) / pct(times[("small", op)], 99)
+            for op in ("snapshot", "clone")
+        }
+        for op, r in ratios.items():
+            print(f"{op}: p99 large / p99 small = {r:.3f}")
+        ratio = max(ratios.values())
+    finally:
+        cleanup(node, pool, home, list(sizes))
+    print(f"ratio={ratio:.3f}")
+
+
+def cleanup(node: Node, pool: Pool | None, home: Path, volumes: list[str]) -> None:
+    """Detach and delete our volumes, destroy the pool, and check nothing stays attached."""
+    try:
+        if pool is not None:
+            for name in volumes:
+                try:
+                    pool.detach(name)
+                    pool.delete_volume(name)
+                except Exception as exc:  # keep cleaning: report, then fall through
+                    print(f"warning: {name}: {exc}", file=sys.stderr)
+            node.destroy_pool(pool.name)
+    finally:
+        node.close()
+        for dev in loop.under(home):  # only devices backed by files under our own home
+            print(f"warning: detaching leftover {dev}", file=sys.stderr)
+            loop.detach(dev)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
