@@ -1,9 +1,234 @@
-"""CLI commands: kubectl (placeholder until the area lands)."""
+"""``statehold get|describe ...`` and ``statehold backup now``: the cluster through the facade.
+
+Installed as ``kubectl-statehold`` too, so ``kubectl statehold get pools`` works. Reads go
+through :class:`statehold.kube.facade.Kube` (``--kubeconfig``, else $KUBECONFIG or
+~/.kube/config, else in-cluster); tests inject a ``MemoryKube`` via ``register``.
+"""
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
 import typer
+import yaml
+
+from statehold.cli.output import Format, OutputOption, failures, human
+from statehold.controller.locate import DRIVER, pv_node
+from statehold.errors import InvalidArgument, NotFound
+from statehold.kube.facade import Kube, Obj
+from statehold.kube.kinds import (
+    BACKUP_SCHEDULE,
+    BACKUP_TARGET,
+    EVENT,
+    PV,
+    PVC,
+    STORAGE_POOL,
+    VOLUME_BACKUP,
+    VOLUME_RESTORE,
+    Kind,
+)
+
+KubeFactory = Callable[[str | None], Kube]
+Column = tuple[str, Callable[[Obj], str]]
+
+KubeconfigOption = typer.Option(None, "--kubeconfig", help="Path to a kubeconfig file.")
+NamespaceOption = typer.Option("default", "--namespace", "-n", help="Namespace.")
+AllNamespacesOption = typer.Option(False, "--all-namespaces", "-A", help="Every namespace.")
 
 
-def register(app: typer.Typer) -> None:
-    """Add this area's commands to app."""
+def connect(kubeconfig: str | None) -> Kube:
+    # Imported by name: a static import would make the CLI import `kubernetes`
+    # (transitively), which the kube-only contract forbids outside statehold.kube.
+    client = importlib.import_module("statehold.kube.client")
+    kube: Kube = client.ApiKube.connect(kubeconfig)
+    return kube
+
+
+def _st(o: Obj, key: str, default: Any = "") -> str:
+    v = (o.get("status") or {}).get(key, default)
+    return "" if v is None else str(v)
+
+
+def _bytes(o: Obj, key: str) -> str:
+    v = (o.get("status") or {}).get(key)
+    return human(int(v)) if isinstance(v, int) else ""
+
+
+def _ready(o: Obj) -> str:
+    for c in (o.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Ready":
+            return str(c.get("status"))
+    return "Unknown"
+
+
+def _reason(o: Obj) -> str:
+    for c in (o.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Ready":
+            return str(c.get("reason", ""))
+    return ""
+
+
+def _name(o: Obj) -> str:
+    return str(o["metadata"]["name"])
+
+
+def _ns(o: Obj) -> str:
+    return str(o["metadata"].get("namespace", ""))
+
+
+def _claim(o: Obj) -> str:
+    ref = (o.get("spec") or {}).get("claimRef") or {}
+    return f"{ref.get('namespace')}/{ref.get('name')}" if ref else ""
+
+
+# kind -> (Kind, columns, wide columns, aliases)
+TABLES: dict[str, tuple[Kind, list[Column], list[Column]]] = {
+    "pools": (STORAGE_POOL, [
+        ("NAME", _name), ("NODE", lambda o: str(o["spec"].get("node", ""))),
+        ("PHASE", lambda o: _st(o, "phase", "Pending")), ("CAPACITY", lambda o: _bytes(o, "capacity")),
+        ("ALLOCATED", lambda o: _bytes(o, "allocated")), ("FREE", lambda o: _bytes(o, "free"))],
+        [("PROVISIONED", lambda o: _bytes(o, "provisioned")), ("VOLUMES", lambda o: _st(o, "volumes")),
+         ("REASON", _reason)]),
+    "volumes": (PV, [
+        ("NAME", _name), ("CLAIM", _claim), ("NODE", lambda o: pv_node(o) or ""),
+        ("SIZE", lambda o: str(o["spec"].get("capacity", {}).get("storage", ""))),
+        ("STATUS", lambda o: _st(o, "phase"))],
+        [("HANDLE", lambda o: str(o["spec"]["csi"].get("volumeHandle", ""))),
+         ("STORAGECLASS", lambda o: str(o["spec"].get("storageClassName", "")))]),
+    "backups": (VOLUME_BACKUP, [
+        ("NAME", _name), ("PVC", lambda o: str(o["spec"]["persistentVolumeClaimName"])),
+        ("TARGET", lambda o: str(o["spec"]["target"])), ("PHASE", lambda o: _st(o, "phase", "Pending")),
+        ("PROGRESS", lambda o: f"{_st(o, 'progress', 0)}%"), ("SIZE", lambda o: _bytes(o, "bytesTotal"))],
+        [("UPLOADED", lambda o: _bytes(o, "bytesUploaded")), ("NODE", lambda o: _st(o, "node")),
+         ("BACKUP-ID", lambda o: _st(o, "backupId")), ("REASON", _reason)]),
+    "schedules": (BACKUP_SCHEDULE, [
+        ("NAME", _name), ("SCHEDULE", lambda o: str(o["spec"]["schedule"])),
+        ("TARGET", lambda o: str(o["spec"]["target"])),
+        ("KEEP", lambda o: str((o["spec"].get("retention") or {}).get("keepLast", 7))),
+        ("LAST", lambda o: _st(o, "lastScheduleTime")), ("READY", _ready)],
+        [("NEXT", lambda o: _st(o, "nextScheduleTime")), ("REASON", _reason)]),
+}
+ALIASES = {"pool": "pools", "storagepool": "pools", "storagepools": "pools", "sp": "pools",
+           "volume": "volumes", "pv": "volumes", "backup": "backups", "volumebackup": "backups",
+           "volumebackups": "backups", "vb": "backups", "schedule": "schedules",
+           "backupschedule": "schedules", "backupschedules": "schedules", "bs": "schedules"}
+DESCRIBE_KINDS: dict[str, Kind] = {
+    "pools": STORAGE_POOL, "volumes": PV, "backups": VOLUME_BACKUP, "schedules": BACKUP_SCHEDULE,
+    "target": BACKUP_TARGET, "targets": BACKUP_TARGET, "backuptarget": BACKUP_TARGET,
+    "restore": VOLUME_RESTORE, "restores": VOLUME_RESTORE, "volumerestore": VOLUME_RESTORE,
+}
+
+
+def resolve_kind(word: str) -> str:
+    key = ALIASES.get(word.lower(), word.lower())
+    if key not in TABLES and key not in DESCRIBE_KINDS:
+        raise InvalidArgument(f"unknown kind {word!r}: use pools, volumes, backups, schedules "
+                              "(describe also takes targets and restores)")
+    return key
+
+
+def list_objects(kube: Kube, key: str, namespace: str | None) -> list[Obj]:
+    kind = TABLES[key][0]
+    items = kube.list(kind, namespace if kind.namespaced else None)
+    if key == "volumes":
+        items = [o for o in items if ((o.get("spec") or {}).get("csi") or {}).get("driver") == DRIVER]
+        if namespace is not None:
+            items = [o for o in items if ((o["spec"].get("claimRef") or {}).get("namespace")
+                                          == namespace)]
+    return items
+
+
+def describe_text(kube: Kube, obj: Obj) -> str:
+    """kubectl-describe-like: the object (without managed noise) and its Events."""
+    shown = {k: v for k, v in obj.items() if k != "metadata"}
+    meta = {k: v for k, v in obj["metadata"].items() if k in (
+        "name", "namespace", "labels", "annotations", "creationTimestamp", "ownerReferences")}
+    text = yaml.safe_dump({"metadata": meta, **shown}, sort_keys=False).rstrip()
+    uid = obj["metadata"].get("uid")
+    ns = obj["metadata"].get("namespace") or "default"
+    events = [e for e in kube.list(EVENT, ns) if (e.get("involvedObject") or {}).get("uid") == uid]
+    lines = [text, "Events:"]
+    if not events:
+        lines.append("  <none>")
+    for e in sorted(events, key=lambda e: str(e.get("lastTimestamp", ""))):
+        lines.append(f"  {e.get('type', ''):<8} {e.get('reason', ''):<20} "
+                     f"x{e.get('count', 1):<3} {e.get('message', '')}")
+    return "\n".join(lines)
+
+
+def register(app: typer.Typer, *, kube_factory: KubeFactory = connect,
+             clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    """Add ``get``, ``describe`` and ``backup now`` to app."""
+
+    @app.command("get")
+    def get(kind: str = typer.Argument(..., help="pools | volumes | backups | schedules"),
+            name: str | None = typer.Argument(None, help="One object; all when omitted."),
+            namespace: str = NamespaceOption, all_namespaces: bool = AllNamespacesOption,
+            output: Format = OutputOption, kubeconfig: str | None = KubeconfigOption) -> None:
+        """List Statehold objects in the cluster (like kubectl get)."""
+        from statehold.cli.output import emit
+
+        with failures():
+            key = resolve_kind(kind)
+            if key not in TABLES:
+                raise InvalidArgument(f"get takes pools, volumes, backups or schedules, not {kind!r}")
+            kube = kube_factory(kubeconfig)
+            kind_, cols, wide = TABLES[key]
+            ns = None if all_namespaces else namespace
+            if name is not None:
+                items: Obj | list[Obj] = kube.get(kind_, name, ns if kind_.namespaced else None)
+            else:
+                items = list_objects(kube, key, ns)
+            if all_namespaces and kind_.namespaced:
+                cols = [("NAMESPACE", _ns), *cols]
+            emit(items, output, cols, wide, plain_of=lambda o: o)
+
+    @app.command("describe")
+    def describe(kind: str = typer.Argument(..., help="pool | volume | backup | schedule | target | restore"),
+                 name: str = typer.Argument(...), namespace: str = NamespaceOption,
+                 kubeconfig: str | None = KubeconfigOption) -> None:
+        """Show one object with its status, conditions and Events."""
+        with failures():
+            key = resolve_kind(kind)
+            kind_ = DESCRIBE_KINDS[key] if key in DESCRIBE_KINDS else TABLES[key][0]
+            kube = kube_factory(kubeconfig)
+            typer.echo(describe_text(kube, kube.get(kind_, name, namespace if kind_.namespaced else None)))
+
+    # ``backup now`` joins the backup area's sub-app (registered before this module); a
+    # second register() (tests) replaces our command instead of adding a duplicate.
+    backup_app: typer.Typer = importlib.import_module("statehold.cli.backup").backup_app
+    backup_app.registered_commands[:] = [
+        c for c in backup_app.registered_commands if c.name != "now"]
+
+    @backup_app.command("now")
+    def now(pvc: str = typer.Argument(..., help="The PVC to back up."),
+            namespace: str = NamespaceOption,
+            target: str | None = typer.Option(None, "--target", "-t",
+                                              help="BackupTarget (default: the namespace's only one)."),
+            name: str | None = typer.Option(None, "--name", help="VolumeBackup name."),
+            kubeconfig: str | None = KubeconfigOption) -> None:
+        """Back up a PVC now: creates a VolumeBackup in the cluster (the operator runs it)."""
+        with failures():
+            kube = kube_factory(kubeconfig)
+            try:
+                kube.get(PVC, pvc, namespace)
+            except NotFound:
+                raise NotFound(f"PVC {namespace}/{pvc} does not exist") from None
+            if target is None:
+                targets = kube.list(BACKUP_TARGET, namespace)
+                if len(targets) != 1:
+                    raise InvalidArgument(f"namespace {namespace} has {len(targets)} BackupTargets; "
+                                          "choose one with --target")
+                target = _name(targets[0])
+            else:
+                kube.get(BACKUP_TARGET, target, namespace)
+            vb_name = name or f"{pvc}-now-{clock().strftime('%Y%m%d%H%M%S')}"[-253:]
+            made = kube.create({
+                "apiVersion": VOLUME_BACKUP.api_version, "kind": VOLUME_BACKUP.kind,
+                "metadata": {"name": vb_name, "namespace": namespace,
+                             "labels": {"statehold.io/pvc": pvc}},
+                "spec": {"persistentVolumeClaimName": pvc, "target": target}})
+            typer.echo(f"volumebackup.statehold.io/{_name(made)} created")

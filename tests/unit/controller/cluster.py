@@ -30,6 +30,7 @@ def bound_pvc(kube: MemoryKube, name: str, *, node: str = "n1", pool: str = "fas
     pv_name = f"pv-{name}"
     kube.create({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv_name},
                  "spec": {"capacity": {"storage": size}, "accessModes": ["ReadWriteOnce"],
+                          "claimRef": {"namespace": NS, "name": name},
                           "csi": {"driver": driver, "volumeHandle": f"{pool}/{volume or name}",
                                   "fsType": "xfs"},
                           "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [

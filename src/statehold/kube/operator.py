@@ -1,0 +1,129 @@
+"""The kopf registration: each handler re-reads its object through the facade, calls the
+pure-core reconciler in :mod:`statehold.controller`, and translates its Result into kopf's
+retry model (``TemporaryError(delay)`` with exponential backoff, ``PermanentError``).
+
+Two roles, one process each:
+
+* ``node`` (in the DaemonSet, one per node): StoragePools whose ``spec.node`` is this node,
+  VolumeBackups and VolumeRestores labelled ``statehold.io/node=<this node>``. kopf keeps its
+  progress in annotations prefixed with the node name, so agents never fight over them.
+* ``cluster`` (the operator Deployment, behind a Lease): BackupTargets, BackupSchedules
+  (on a timer) and the cluster half of VolumeBackups and VolumeRestores (checks, then pin to
+  a node).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from statehold.controller import backups, pools, restores, schedules, target_status
+from statehold.controller.problems import Result, backoff
+from statehold.controller.report import Clock
+from statehold.engine.node import Node
+from statehold.errors import NotFound
+from statehold.kube.facade import Kube, Obj
+from statehold.kube.kinds import (
+    BACKUP_SCHEDULE,
+    BACKUP_TARGET,
+    GROUP,
+    STORAGE_POOL,
+    VERSION,
+    VOLUME_BACKUP,
+    VOLUME_RESTORE,
+    Kind,
+)
+
+log = logging.getLogger("statehold.operator")
+Reconcile = Callable[[Obj], Result]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def outcome(result: Result, retry: int) -> None:
+    """Result -> kopf's vocabulary (raises for retry/failed)."""
+    if result.outcome == "retry":
+        raise kopf.TemporaryError(result.message, delay=max(result.retry_after, backoff(retry)))
+    if result.outcome == "failed":
+        raise kopf.PermanentError(result.message)
+
+
+def _handler(kube: Kube, kind: Kind, reconcile: Reconcile) -> Callable[..., None]:
+    def handle(name: str, namespace: str | None, retry: int = 0, **_: Any) -> None:
+        try:
+            obj = kube.get(kind, name, namespace)
+        except NotFound:
+            return  # deleted meanwhile: nothing to do
+        outcome(reconcile(obj), retry)
+
+    return handle
+
+
+def _on_changes(registry: kopf.OperatorRegistry, kind: Kind, fn: Callable[..., None], *,
+                id: str, **filters: Any) -> None:
+    for deco in (kopf.on.create, kopf.on.update, kopf.on.resume):
+        deco(GROUP, VERSION, kind.plural, id=id, registry=registry, backoff=5.0, **filters)(fn)
+
+
+def node_registry(kube: Kube, node: Node, node_name: str, now: Clock = utcnow,
+                  *, capacity_interval: float = 60.0) -> kopf.OperatorRegistry:
+    reg = kopf.OperatorRegistry()
+    mine = {"labels": {backups.NODE_LABEL: node_name}}
+
+    def on_node(spec: Any, **_: Any) -> bool:
+        return bool(spec.get("node") == node_name)
+
+    pool = _handler(kube, STORAGE_POOL, lambda o: pools.reconcile_pool(kube, o, node, node_name, now))
+    _on_changes(reg, STORAGE_POOL, pool, id="pool", when=on_node)
+    kopf.timer(GROUP, VERSION, STORAGE_POOL.plural, id="capacity", interval=capacity_interval,
+               when=on_node, registry=reg)(pool)
+    _on_changes(reg, VOLUME_BACKUP, _handler(
+        kube, VOLUME_BACKUP, lambda o: backups.run_backup(kube, o, node, node_name, now)),
+        id="backup", **mine)
+    _on_changes(reg, VOLUME_RESTORE, _handler(
+        kube, VOLUME_RESTORE, lambda o: restores.run_restore(kube, o, node, node_name, now)),
+        id="restore", **mine)
+    return reg
+
+
+def cluster_registry(kube: Kube, now: Clock = utcnow, *,
+                     schedule_interval: float = 30.0) -> kopf.OperatorRegistry:
+    reg = kopf.OperatorRegistry()
+    target = _handler(kube, BACKUP_TARGET, lambda o: target_status.reconcile_target(kube, o, now))
+    _on_changes(reg, BACKUP_TARGET, target, id="target")
+    sched = _handler(kube, BACKUP_SCHEDULE, lambda o: schedules.reconcile_schedule(kube, o, now))
+    _on_changes(reg, BACKUP_SCHEDULE, sched, id="schedule")
+    kopf.timer(GROUP, VERSION, BACKUP_SCHEDULE.plural, id="tick", interval=schedule_interval,
+               registry=reg)(sched)
+    _on_changes(reg, VOLUME_BACKUP, _handler(
+        kube, VOLUME_BACKUP, lambda o: backups.assign_backup(kube, o, now)), id="assign")
+    _on_changes(reg, VOLUME_RESTORE, _handler(
+        kube, VOLUME_RESTORE, lambda o: restores.assign_restore(kube, o, now)), id="assign")
+    return reg
+
+
+def settings_for(role: str, node_name: str | None) -> kopf.OperatorSettings:
+    s = kopf.OperatorSettings()
+    s.posting.enabled = False  # we record our own Events, with reasons users can act on
+    prefix = f"{node_name}.agent.statehold.io" if role == "node" else "operator.statehold.io"
+    s.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
+    s.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=prefix)
+    s.persistence.finalizer = f"{prefix}/finalizer"
+    s.execution.max_workers = 4
+    return s
+
+
+def run(registry: kopf.OperatorRegistry, settings: kopf.OperatorSettings,
+        stop: threading.Event) -> None:
+    """Run kopf (cluster-wide, standalone: leadership is ours, not kopf's peering) until
+    stop is set."""
+    asyncio.run(kopf.operator(registry=registry, settings=settings, standalone=True,
+                              clusterwide=True, stop_flag=stop))
