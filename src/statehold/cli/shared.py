@@ -10,6 +10,7 @@ Commands work on a host-based root (``--root /mnt/share``) or a native share
     statehold shared delete NAME --root /mnt/share
     statehold shared snapshot VOLUME SNAP --root /mnt/share
     statehold shared discover --node n1 --dir /mnt/disks [--storage-class local-disks]
+    statehold shared monitor        # OverSize Warning events on PVs of over-size volumes
 
 Errors go to stderr with a non-zero exit code (2 bad input, 3 not found, 1 otherwise).
 """
@@ -24,6 +25,8 @@ from typing import Any
 
 import typer
 
+from statehold.csi.backend import BackendConfig
+from statehold.csi.backend_shared import SharedBackend, make_id
 from statehold.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -38,7 +41,7 @@ from statehold.shared.registry import NATIVE, RootSpec
 from statehold.shared.root import SharedRoot
 from statehold.shared.share import ShareMounter
 from statehold.shared.snapshots import SnapshotStore
-from statehold.shared.types import DeletionPolicy
+from statehold.shared.types import DeletionPolicy, VolumeEvent
 
 RootOpt = typer.Option(None, "--root", help="host-based shared root (an existing directory)")
 SourceOpt = typer.Option(None, "--source", help="native share, server:/path")
@@ -76,6 +79,26 @@ class KubePvApi:
             return
         self.kube.record_event(obj, type="Warning", reason="DiskMissing", message=message,
                                component="statehold-local-discovery")
+
+
+def report_oversize(backend: SharedBackend, kube: Any) -> list[tuple[str, VolumeEvent]]:
+    """Measure every shared volume this host knows; a Warning ``OverSize`` Event on the PV
+    (found by its CSI volume handle) for each one holding more than its size. Returns
+    (volume id, event) pairs. The periodic half of accounting: NodeGetVolumeStats reports
+    the condition to kubelet, this tells the humans."""
+    from statehold.kube.kinds import PV
+
+    handles = {pv.get("spec", {}).get("csi", {}).get("volumeHandle"): pv for pv in kube.list(PV)}
+    found: list[tuple[str, VolumeEvent]] = []
+    for key in backend.registry.known():
+        for event in backend.root_for(key).check_all():
+            volume_id = make_id(key, event.volume)
+            found.append((volume_id, event))
+            pv = handles.get(volume_id)
+            if pv is not None:
+                kube.record_event(pv, type="Warning", reason=event.reason, message=event.message,
+                                  component="statehold-shared")
+    return found
 
 
 def _fail(exc: StateholdError) -> typer.Exit:
@@ -188,6 +211,19 @@ def register(app: typer.Typer) -> None:
         except StateholdError as exc:
             raise _fail(exc) from exc
         typer.echo(f"snapshot {snap.name} of {volume} created ({snap.copy_method})")
+
+    @shared.command("monitor")
+    def monitor(kubeconfig: str | None = typer.Option(None, "--kubeconfig"),
+                node: str = typer.Option("", "--node", help="this node's name (for the record)")) -> None:
+        """One pass: Warning events on the PVs of shared volumes that exceed their size."""
+        try:
+            client = importlib.import_module("statehold.kube.client")
+            backend = SharedBackend(BackendConfig(home=Settings.from_env().home, node_id=node))
+            found = report_oversize(backend, client.ApiKube.connect(kubeconfig))
+        except StateholdError as exc:
+            raise _fail(exc) from exc
+        for volume_id, event in found:
+            typer.echo(f"{volume_id}: {event.message}")
 
     @shared.command("discover")
     def discover(node: str = typer.Option(..., "--node"), directory: Path = typer.Option(..., "--dir"),

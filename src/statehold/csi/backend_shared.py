@@ -113,6 +113,10 @@ class SharedBackend:
     def _root(self, key: str) -> SharedRoot:
         return self._open(self.registry.lookup(key))
 
+    def root_for(self, key: str) -> SharedRoot:
+        """The root of a registered key, as this host sees it (the monitor's entry)."""
+        return self._root(key)
+
     def _node_root(self, key: str) -> SharedRoot:
         """The root as this node sees it, without taking a new mount reference."""
         spec = self.registry.lookup(key)

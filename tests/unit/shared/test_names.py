@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from statehold.errors import InvalidArgument
 from statehold.shared.names import format_size, parse_size, validate_name
@@ -60,3 +64,15 @@ def test_negative_int_size_is_invalid() -> None:
 def test_format_size_uses_binary_units() -> None:
     assert format_size(10 * 1024**3) == "10.0Gi"
     assert format_size(512) == "512B"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ab0.-/\\~ \x00A_"), max_size=12) | st.text(max_size=12))
+def test_an_accepted_name_is_always_one_child_of_the_root(name: str) -> None:
+    try:
+        validate_name(name)
+    except InvalidArgument:
+        return
+    root = "/srv/share"
+    joined = os.path.normpath(os.path.join(root, name))
+    assert os.path.dirname(joined) == root and os.path.basename(joined) == name
