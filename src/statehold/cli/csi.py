@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -11,6 +12,10 @@ import typer
 
 from statehold.errors import StateholdError
 from statehold.settings import Settings
+
+DEFAULT_ROOTS = (Path("/var/lib/kubelet"),)
+ROOTS_ENV = "STATEHOLD_CSI_ALLOWED_ROOTS"
+"""Colon-separated extra allowed roots (for conformance suites that use their own dirs)."""
 
 
 def register(app: typer.Typer) -> None:
@@ -23,8 +28,8 @@ def register(app: typer.Typer) -> None:
         mode: str = typer.Option("all", help="controller | node | all"),
         home: Path | None = typer.Option(None, help="Statehold home (default: STATEHOLD_HOME or .statehold)"),
         allowed_root: list[Path] = typer.Option(
-            [], "--allowed-root", help="directory under which staging/target paths may lie (repeatable; "
-            "default /var/lib/kubelet)"
+            [], "--allowed-root", help="directory under which staging/target paths may lie (repeatable; also "
+            f"{ROOTS_ENV}=a:b; /var/lib/kubelet always is one)"
         ),
         max_volumes: int = typer.Option(256, help="max_volumes_per_node reported by NodeGetInfo"),
         grace: float = typer.Option(10.0, help="seconds in-flight calls get on shutdown"),
@@ -36,7 +41,8 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"error: --mode must be one of {', '.join(MODES)}", err=True)
             raise typer.Exit(2)
         settings = Settings.from_env()
-        roots = tuple(p.resolve() for p in allowed_root) or (Path("/var/lib/kubelet"),)
+        env_roots = [Path(r) for r in os.environ.get(ROOTS_ENV, "").split(":") if r]
+        roots = tuple(dict.fromkeys(p.absolute() for p in (*DEFAULT_ROOTS, *allowed_root, *env_roots)))
         config = ServerConfig(
             endpoint=endpoint, node_id=node_id, mode=mode,  # checked above
             home=(home or settings.home).resolve(), allowed_roots=roots,

@@ -151,7 +151,11 @@ def path(value: str, field: str, roots: Sequence[Path]) -> Path:
     if norm != value.rstrip("/") or "/../" in value or value.endswith("/.."):
         raise InvalidArgument(f"{field} must be a normalised path (no '.', '..' or '//')")
     p = Path(norm)
+    # compare real paths: a symlink inside a root must not lead out of it, and a root that
+    # is itself a symlink (kubelet dir moved to another disk) still matches its own paths
+    real = Path(os.path.realpath(p))
     for root in roots:
-        if p != root and p.is_relative_to(root):
+        real_root = Path(os.path.realpath(root))
+        if real != real_root and real.is_relative_to(real_root):
             return p
     raise InvalidArgument(f"{field} {value!r} is outside the allowed roots")

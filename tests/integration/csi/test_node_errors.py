@@ -365,3 +365,12 @@ def test_identity(driver: Driver) -> None:
         pb.PluginCapability.VolumeExpansion.ONLINE
     ]
     assert driver.identity.Probe(pb.ProbeRequest()).ready.value is True
+
+
+def test_stats_and_expand_at_a_path_where_the_volume_is_not_are_not_found(driver: Driver) -> None:
+    vol = make(driver)
+    for path in ("some/path", "/etc", "/nonexistent/x"):
+        stats = pb.NodeGetVolumeStatsRequest(volume_id=vol.volume_id, volume_path=path)
+        assert code_of(driver.node.NodeGetVolumeStats, stats) == C.NOT_FOUND
+        expand = pb.NodeExpandVolumeRequest(volume_id=vol.volume_id, volume_path=path)
+        assert code_of(driver.node.NodeExpandVolume, expand) == C.NOT_FOUND

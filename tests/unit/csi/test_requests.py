@@ -142,3 +142,21 @@ def test_fs_parameter_reads_both_keys() -> None:
     assert requests.fs_parameter({"fsType": "ext4"}) == "ext4"
     assert requests.fs_parameter({"csi.storage.k8s.io/fstype": "btrfs"}) == "btrfs"
     assert requests.fs_parameter({}) == ""
+
+
+def test_symlink_out_of_a_root_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "kubelet"
+    (root / "pods").mkdir(parents=True)
+    (root / "pods" / "escape").symlink_to("/etc")
+    with pytest.raises(InvalidArgument):
+        requests.path(str(root / "pods" / "escape" / "x"), "target_path", (root,))
+
+
+def test_root_reached_through_a_symlink_still_matches(tmp_path: Path) -> None:
+    real = tmp_path / "disk" / "kubelet"
+    real.mkdir(parents=True)
+    link = tmp_path / "kubelet"
+    link.symlink_to(real)
+    target = str(link / "pods" / "p" / "mount")
+    assert requests.path(target, "target_path", (link,)) == Path(target)
+    assert requests.path(target, "target_path", (real,)) == Path(target)
