@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from statehold.engine import fs, lifecycle, loop, mounts, pooldisk
+from statehold.engine import fs, lifecycle, loop, mounts, pooldir, pooldisk
 from statehold.engine.metadata import Metadata, PoolRecord
 from statehold.engine.names import check_size, validate_name
 from statehold.engine.pool import META_DIR, SNAPSHOTS_DIR, VOLUMES_DIR, Pool
@@ -41,6 +41,8 @@ log = logging.getLogger("statehold.engine.node")
 REGISTRY = "node.json"
 REGISTRY_VERSION = 1
 META_DB = "meta.db"
+DISKS = "disks"
+DIRECTORY = "directory"
 
 
 def spec_to_dict(spec: PoolSpec) -> dict[str, Any]:
@@ -51,7 +53,7 @@ def spec_to_dict(spec: PoolSpec) -> dict[str, Any]:
         "image_size": spec.image_size,
         "profile": str(spec.profile),
         "overprovision_ratio": float(spec.overprovision_ratio),
-    }
+    } | ({"directory": os.path.abspath(spec.directory)} if spec.directory else {})
 
 
 def _identity(spec: dict[str, Any]) -> dict[str, Any]:
@@ -74,7 +76,7 @@ class Node:
         self.home.mkdir(parents=True, exist_ok=True)
         for name, entry in self._registry()["pools"].items():
             try:
-                pool = self._open(name, entry["sources"])
+                pool = self._open(name, entry["sources"], entry.get("kind", DISKS))
             except StateholdError as exc:
                 log.error("pool unavailable pool=%s error=%s", name, exc)
                 self.errors[name] = str(exc)
@@ -109,9 +111,11 @@ class Node:
             os.fsync(fh.fileno())
         os.replace(tmp, self.home / REGISTRY)
 
-    def _register(self, name: str, sources: Sequence[str], spec: dict[str, Any]) -> None:
+    def _register(self, name: str, sources: Sequence[str], spec: dict[str, Any],
+                  kind: str = DISKS) -> None:
         data = self._registry()
-        data["pools"][name] = {"sources": list(sources), "spec": spec, "registered_at": time.time()}
+        data["pools"][name] = {"sources": list(sources), "spec": spec, "kind": kind,
+                               "registered_at": time.time()}
         self._save_registry(data)
 
     def _unregister(self, name: str) -> None:
@@ -120,10 +124,16 @@ class Node:
         self._save_registry(data)
 
     # -- opening ---------------------------------------------------------------------------
-    def _open(self, name: str, sources: Sequence[str]) -> Pool:
-        devices = pooldisk.attach_sources(sources)
-        mountpoint = self.pools_dir / name
-        pooldisk.mount(devices, mountpoint)
+    def _open(self, name: str, sources: Sequence[str], kind: str = DISKS) -> Pool:
+        if kind == DIRECTORY:
+            mountpoint = Path(sources[0])
+            devices: list[str] = []
+            if not (mountpoint / META_DIR / META_DB).exists():
+                raise NotFound(f"directory pool {name!r}: no pool metadata in {mountpoint}")
+        else:
+            devices = pooldisk.attach_sources(sources)
+            mountpoint = self.pools_dir / name
+            pooldisk.mount(devices, mountpoint)
         db = Metadata(mountpoint / META_DIR / META_DB)
         record = db.pool()
         if record.name != name:
@@ -131,7 +141,7 @@ class Node:
             raise FailedPrecondition(
                 f"{', '.join(sources)} hold pool {record.name!r}, registered here as {name!r}")
         return Pool(name, mountpoint, db, fault_hook=self.fault_hook, devices=devices,
-                    sources=sources)
+                    sources=sources, directory=kind == DIRECTORY)
 
     def pools(self) -> list[Pool]:
         with self._lock:
@@ -147,8 +157,8 @@ class Node:
 
     # -- create / import -------------------------------------------------------------------
     def _sources_for(self, spec: PoolSpec) -> tuple[list[str], bool]:
-        if spec.devices and spec.images:
-            raise InvalidArgument("a pool is made of devices or of images, not both")
+        if sum(map(bool, (spec.devices, spec.images, spec.directory))) > 1:
+            raise InvalidArgument("a pool is made of devices, images or a directory: one kind")
         if spec.devices:
             return [str(d) for d in spec.devices], False
         images = list(spec.images) or [str(self.disks_dir / f"{spec.name}-0.img")]
@@ -175,6 +185,10 @@ class Node:
                     pool.set_overprovision_ratio(wanted["overprovision_ratio"])
                 return pool
             sources, images = self._sources_for(spec)
+            if spec.directory:
+                if profile is not RaidProfile.SINGLE:
+                    raise InvalidArgument("a directory pool has no RAID profile")
+                return self._build_directory(spec, wanted)
             if len(sources) == 1 and profile is not RaidProfile.SINGLE:
                 raise InvalidArgument(f"profile {profile} needs at least two devices")
             if len(sources) < pooldisk.MIN_DEVICES[profile]:
@@ -224,6 +238,51 @@ class Node:
         log.info("pool created pool=%s fs=%s sources=%s", spec.name, fstype, ",".join(sources))
         return pool
 
+    def _build_directory(self, spec: PoolSpec, wanted: dict[str, Any]) -> Pool:
+        directory = Path(os.path.abspath(spec.directory))
+        fstype = pooldir.check(directory)
+        made = [directory / sub for sub in (META_DIR, VOLUMES_DIR, SNAPSHOTS_DIR)
+                if not (directory / sub).exists()]
+        try:
+            for sub in made:
+                sub.mkdir()
+            db = Metadata(directory / META_DIR / META_DB, create=True)
+            db.init_pool(PoolRecord(spec.name, str(uuid.uuid4()), fstype, "single",
+                                    float(spec.overprovision_ratio), wanted, time.time()))
+            pool = Pool(spec.name, directory, db, fault_hook=self.fault_hook,
+                        sources=[str(directory)], directory=True)
+            self._register(spec.name, [str(directory)], wanted, DIRECTORY)
+        except BaseException:
+            for sub in made:
+                shutil.rmtree(sub, ignore_errors=True)
+            raise
+        self._pools[spec.name] = pool
+        log.info("pool created pool=%s fs=%s directory=%s", spec.name, fstype, directory)
+        return pool
+
+    def _import_directory(self, directory: Path, name: str | None) -> Pool:
+        if not (directory / META_DIR / META_DB).exists():
+            raise InvalidArgument(f"{directory} holds no Statehold pool")
+        for pool in self._pools.values():
+            if pool.mountpoint == directory:
+                raise AlreadyExists(f"{directory} is already imported here as pool {pool.name!r}")
+        db = Metadata(directory / META_DIR / META_DB)
+        try:
+            stored = db.pool()
+            final = name or stored.name
+            if final in self._registry()["pools"] or final in self._pools:
+                raise AlreadyExists(f"a pool named {final!r} is already registered here")
+            if final != stored.name:
+                db.rename_pool(final)
+        finally:
+            db.close()
+        spec = dict(stored.spec) | {"name": final}
+        pool = self._open(final, [str(directory)], DIRECTORY)
+        self._register(final, [str(directory)], spec, DIRECTORY)
+        self._pools[final] = pool
+        self.recovered[final] = pool.reconcile()
+        return pool
+
     def import_pool(self, sources: Sequence[str], *, name: str | None = None) -> Pool:
         """Adopt a pool made elsewhere from its devices or image files (metadata inside)."""
         with self._lock:
@@ -232,6 +291,8 @@ class Node:
             srcs = [os.path.abspath(s) for s in sources]
             if name is not None:
                 validate_name(name, what="pool name")
+            if len(srcs) == 1 and os.path.isdir(srcs[0]):
+                return self._import_directory(Path(srcs[0]), name)
             self._check_not_in_use(srcs)
             devices = pooldisk.attach_sources(srcs)
             images = [s for s, d in zip(srcs, devices, strict=True) if s != d]
@@ -292,10 +353,10 @@ class Node:
                 raise FailedPrecondition(
                     f"pool {name!r} has attached volumes or snapshots: {', '.join(sorted(busy))}")
             pool.close()
-            images = [s for s, d in zip(pool.sources, pool.devices, strict=True) if s != d]
-            pooldisk.release(pool.mountpoint, images)
-            if pool.mountpoint.is_dir() and not os.path.ismount(pool.mountpoint):
-                pool.mountpoint.rmdir()
+            if not pool.is_directory:
+                pooldisk.release(pool.mountpoint, pool.image_files)
+                if pool.mountpoint.is_dir() and not os.path.ismount(pool.mountpoint):
+                    pool.mountpoint.rmdir()
             self._unregister(name)
             del self._pools[name]
 
@@ -306,10 +367,13 @@ class Node:
                 self.export_pool(name)
                 return
             pool = self.pool(name)
-            images = [s for s, d in zip(pool.sources, pool.devices, strict=True) if s != d]
+            images = pool.image_files
             self.export_pool(name)
             for img in images:
                 Path(img).unlink(missing_ok=True)
+            if pool.is_directory:  # only what the pool made; the directory itself stays
+                for sub in (VOLUMES_DIR, SNAPSHOTS_DIR, META_DIR):
+                    shutil.rmtree(pool.mountpoint / sub, ignore_errors=True)
             log.info("pool destroyed pool=%s", name)
 
     def close(self) -> None:

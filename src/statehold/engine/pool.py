@@ -89,6 +89,7 @@ class Pool:
         fault_hook: FaultHook | None = None,
         devices: Sequence[str] = (),
         sources: Sequence[str] = (),
+        directory: bool = False,
     ) -> None:
         self.name = name
         self.mountpoint = mountpoint
@@ -98,6 +99,8 @@ class Pool:
         """Block devices the pool filesystem sits on (loop devices for images)."""
         self.sources = tuple(sources)
         """What the pool was made from: device paths or image files."""
+        self.is_directory = directory
+        """True for a pool made in an existing directory (no disks, nothing to mount)."""
         self._lock = threading.RLock()
         self._depth = 0
         self._lock_fd: int | None = os.open(
@@ -106,6 +109,13 @@ class Pool:
         self.uuid = record.uuid
         self.fs = record.fs
         self.profile = record.profile
+
+    @property
+    def image_files(self) -> list[str]:
+        """Sources that are image files (each loop-attached as one of ``devices``)."""
+        if self.is_directory:
+            return []
+        return [s for s, d in zip(self.sources, self.devices, strict=True) if s != d]
 
     # -- paths -----------------------------------------------------------------------------
     @property
@@ -311,6 +321,7 @@ class Pool:
             "profile": self.profile,
             "mountpoint": str(self.mountpoint),
             "sources": list(self.sources),
+            "directory": self.is_directory,
             "devices": list(self.devices),
             "capacity": {
                 "total": cap.total, "used": cap.used, "provisioned": cap.provisioned,

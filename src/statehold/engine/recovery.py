@@ -150,7 +150,8 @@ def _files(pool: Pool, done: list[str]) -> None:
 
 def reconcile(pool: Pool) -> list[str]:
     """Bring the pool back to a consistent state; one line per action taken."""
-    if not os.path.ismount(pool.mountpoint):
+    present = pool.meta_dir.is_dir() if pool.is_directory else os.path.ismount(pool.mountpoint)
+    if not present:
         # an empty directory would look like a pool whose files were all deleted
         raise FailedPrecondition(f"pool {pool.name!r} is not mounted at {pool.mountpoint}")
     done: list[str] = []

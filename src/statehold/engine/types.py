@@ -67,6 +67,7 @@ class PoolSpec:
     profile: RaidProfile = RaidProfile.SINGLE
     overprovision_ratio: float = 10.0
     force: bool = False                    # accept devices holding a filesystem/partition table
+    directory: str = ""                    # or: an existing directory on a reflink-capable fs
 
 
 @dataclass(frozen=True, slots=True)
