@@ -16,8 +16,11 @@ a filesystem this node has no client for → FailedPrecondition; any other refus
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import logging
+import os
 import re
 import socket
 from collections.abc import Sequence
@@ -29,6 +32,7 @@ from statehold.runner import run
 from statehold.shared.metadata import locked, write_json
 from statehold.shared.mountinfo import mount_at, read_mounts
 
+log = logging.getLogger("statehold.shared")
 FS_TYPES = {"glusterfs": "glusterfs", "nfs": "nfs", "nfs4": "nfs4", "cephfs": "ceph", "ceph": "ceph"}
 DEFAULT_PORTS = {"glusterfs": (24007,), "nfs": (2049,), "nfs4": (2049,), "ceph": (3300, 6789)}
 FORBIDDEN_OPTIONS = frozenset({"bind", "rbind", "remount", "move", "make-shared", "make-private"})
@@ -110,9 +114,15 @@ def probe(spec: ShareSpec, timeout: float = PROBE_TIMEOUT) -> None:
 
 
 def mount_share(spec: ShareSpec, target: Path, *, readonly: bool = False) -> None:
-    """Mount ``spec`` at ``target`` (created if needed); already mounted there is fine."""
+    """Mount ``spec`` at ``target`` (created if needed); already mounted there is fine.
+
+    A mount whose client died (FUSE: ``ENOTCONN``, "transport endpoint is not connected")
+    is still in the mount table but useless: it is unmounted and mounted again."""
     if mount_at(read_mounts(), target) is not None:
-        return
+        if _alive(target):
+            return
+        log.warning("share mount is dead, remounting target=%s source=%s", target, spec.source)
+        unmount(target, remove_dir=False)
     probe(spec)
     created = not target.exists()
     target.mkdir(parents=True, exist_ok=True)
@@ -138,6 +148,17 @@ def mount_share(spec: ShareSpec, target: Path, *, readonly: bool = False) -> Non
         with contextlib.suppress(OSError):
             target.rmdir()
         raise InvalidArgument(f"mount -t {spec.fstype} {spec.source} did not produce a mount")
+
+
+def _alive(target: Path) -> bool:
+    # statvfs always reaches the filesystem's server side; stat may be answered from cache.
+    try:
+        os.statvfs(target)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTCONN, errno.EIO, errno.ESTALE):
+            return False
+        raise Unavailable(f"cannot stat {target}: {exc}") from exc
+    return True
 
 
 def unmount(target: Path, *, remove_dir: bool = True) -> None:

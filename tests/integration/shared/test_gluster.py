@@ -3,9 +3,12 @@ accounting, deletion policies, ref-counted native mounts and bad shares."""
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -196,3 +199,46 @@ def test_missing_gluster_volume_is_invalid(scratch: Path, gluster_server: Gluste
     with pytest.raises(InvalidArgument):
         mounter.acquire(spec, "vol-1")
     assert not mounter.target(spec).exists()
+
+
+def _client_pid(target: Path) -> int:
+    """The glusterfs FUSE client serving exactly ``target`` (started by this test)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"glusterfs") and str(target).encode() in argv:
+            return int(proc.name)
+    raise AssertionError(f"no glusterfs client for {target}")
+
+
+def _running(pid: int) -> bool:
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+def test_dead_client_mount_is_remounted(scratch: Path, spec: ShareSpec, mounts: list[Path]) -> None:
+    mounter = ShareMounter(scratch / "node-g")
+    target = mounter.target(spec)
+    mounts.append(target)
+    mounter.acquire(spec, "vol-1")
+    (target / scratch.name).mkdir(exist_ok=True)
+    (target / scratch.name / "f").write_bytes(b"survives")
+    pid = _client_pid(target)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while _running(pid):
+        assert time.monotonic() < deadline, "client did not die"
+        time.sleep(0.05)
+    with pytest.raises(OSError) as err:
+        os.statvfs(target)
+    assert err.value.errno == errno.ENOTCONN
+    assert mounter.acquire(spec, "vol-2") == target
+    assert (target / scratch.name / "f").read_bytes() == b"survives"
+    assert mounter.release(spec, "vol-1") is False
+    assert mounter.release(spec, "vol-2") is True
