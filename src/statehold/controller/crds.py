@@ -57,10 +57,10 @@ def storage_pool_schema() -> Schema:
     spec = obj({
         "node": immutable(string("Name of the Node whose agent owns this pool.", minLength=1,
                                  maxLength=253), "node"),
-        "devices": array(string(pattern="^/dev/.+"), "Whole block devices for the pool "
+        "devices": array(string(pattern="^/dev/.+", maxLength=4096), "Whole block devices for the pool "
                          "(wiped unless importExisting).", minItems=1, maxItems=16),
         "directory": string("A host directory for file-backed disk images (for nodes "
-                            "without spare disks).", pattern="^/.+"),
+                            "without spare disks).", pattern="^/.+", maxLength=4096),
         "imageSize": quantity("Size of each disk image in directory mode."),
         "imageCount": integer("How many images in directory mode (RAID needs >1).",
                               minimum=1, maximum=16, default=1),
@@ -182,7 +182,7 @@ def volume_restore_schema() -> Schema:
         "node": string("Node to restore onto (default: the node the backup came from).",
                        minLength=1, maxLength=253),
         "accessModes": array(string(enum=["ReadWriteOnce", "ReadWriteOncePod"]),
-                             default=["ReadWriteOnce"], minItems=1),
+                             default=["ReadWriteOnce"], minItems=1, maxItems=2),
     }, required=("backup", "persistentVolumeClaimName")), "spec")
     st = status({
         "phase": string(enum=["Pending", "Running", "Completed", "Failed"]),

@@ -60,7 +60,7 @@ def quantity(desc: str) -> Schema:
     """A resource quantity ("10Gi", "512M" or a byte count)."""
     return {"description": desc, "x-kubernetes-int-or-string": True,
             "anyOf": [{"type": "integer", "minimum": 1},
-                      {"type": "string", "pattern": QUANTITY_PATTERN}]}
+                      {"type": "string", "pattern": QUANTITY_PATTERN, "maxLength": 64}]}
 
 
 def immutable(s: Schema, what: str) -> Schema:
@@ -81,12 +81,14 @@ def secret_key_ref(desc: str, default_key: str) -> Schema:
 def label_selector(desc: str) -> Schema:
     """metav1.LabelSelector."""
     s = obj({
-        "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "matchLabels": {"type": "object", "maxProperties": 64,
+                        "additionalProperties": {"type": "string", "maxLength": 63}},
+        # bounded, so the API server's CEL cost estimate for the rules below stays small
         "matchExpressions": array(obj({
-            "key": string(minLength=1),
+            "key": string(minLength=1, maxLength=317),
             "operator": string(enum=["In", "NotIn", "Exists", "DoesNotExist"]),
-            "values": array(string()),
-        }, required=("key", "operator"))),
+            "values": array(string(maxLength=63), maxItems=64),
+        }, required=("key", "operator")), maxItems=32),
     }, desc=desc)
     s["x-kubernetes-map-type"] = "atomic"
     return s

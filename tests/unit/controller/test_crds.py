@@ -125,3 +125,32 @@ def test_storage_pool_node_is_immutable() -> None:
     moved = cr("StoragePool", {"node": "n2", "devices": ["/dev/sdb"]}, ns=None)
     with pytest.raises(InvalidArgument, match="node is immutable"):
         validate_custom_resource(moved, old)
+
+
+def test_values_under_cel_rules_are_bounded_so_the_cost_estimate_stays_small() -> None:
+    """The API server rejects a CRD whose CEL rules may cost too much; the estimate is
+    bounded by maxLength/maxItems/maxProperties of what a rule can see (and of the lists
+    the rule is repeated for)."""
+    def unbounded(node: dict[str, Any], path: str) -> list[str]:
+        out = []
+        for p, n in walk(node, path):
+            if n.get("type") == "string" and "maxLength" not in n and "enum" not in n:
+                out.append(p)
+            if n.get("type") == "array" and "maxItems" not in n:
+                out.append(p)
+            if isinstance(n.get("additionalProperties"), dict) and "maxProperties" not in n:
+                out.append(p)
+            for alt in n.get("anyOf", []):
+                if alt.get("type") == "string" and "maxLength" not in alt:
+                    out.append(p)
+        return out
+
+    for crd in all_crds():
+        root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        for path, node in walk(root["properties"]["spec"], "spec"):
+            rules = [r["rule"] for r in node.get("x-kubernetes-validations", [])]
+            if any("oldSelf" in r or "size(" in r for r in rules):
+                assert unbounded(node, path) == [], (crd["metadata"]["name"], path)
+        for path, node in walk(root["properties"]["spec"], "spec"):
+            if node.get("type") == "array" and "x-kubernetes-validations" in node.get("items", {}):
+                assert "maxItems" in node, path
