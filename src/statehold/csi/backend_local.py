@@ -327,6 +327,6 @@ class LocalBackend:
     def node_expand(self, volume_id: str, volume_path: Path, required_bytes: int) -> int:
         pool, vol = self._volume(volume_id)
         local_node.stats(vol, volume_path)  # NotFound unless published/staged there
-        if required_bytes > vol.size:
-            vol = pool.expand(vol.name, _round_up(required_bytes)).volume
-        return vol.size
+        # expanding to the current size is a no-op for the device but retries a pending
+        # filesystem grow, which is exactly NodeExpandVolume's job
+        return pool.expand(vol.name, max(vol.size, _round_up(required_bytes))).volume.size
