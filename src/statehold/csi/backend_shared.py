@@ -233,8 +233,8 @@ class SharedBackend:
         if req.capability.block:
             raise InvalidArgument("shared volumes are directories: block mode is not offered")
         key, name = split_id(req.volume_id)
-        spec = RootSpec.from_parameters(req.context) if req.context.get("rootKey") else \
-            self.registry.lookup(key)
+        described = any(req.context.get(k) for k in ("sharedRoot", "source", "server"))
+        spec = RootSpec.from_parameters(req.context) if described else self.registry.lookup(key)
         if spec.key != key:
             raise InvalidArgument(f"volume context describes root {spec.key}, the id names {key}")
         self.registry.remember(spec)
