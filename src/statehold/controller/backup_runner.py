@@ -15,14 +15,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from statehold.backup import targets
 from statehold.backup.collecting import prune
-from statehold.backup.dirstore import DirectoryStore
 from statehold.backup.imagebackup import Parent, create_backup, latest_backup
 from statehold.backup.repository import Repository
 from statehold.backup.restoring import restore_image
 from statehold.backup.retention import Policy
-from statehold.backup.s3store import S3Config, S3Store
 from statehold.backup.store import Store
+from statehold.backup.targets import Target
 from statehold.controller.targets import TargetConfig
 from statehold.engine.pool import Pool
 from statehold.errors import AlreadyExists, NotFound
@@ -44,12 +44,14 @@ class BackupDone:
 
 
 def open_store(target: TargetConfig) -> Store:
-    if target.kind == "s3":
-        return S3Store(S3Config(bucket=target.bucket, prefix=target.prefix,
-                                endpoint=target.endpoint or None, region=target.region,
-                                access_key=target.access_key or None,
-                                secret_key=target.secret_key or None))
-    return DirectoryStore(Path(target.path))
+    """The target's store, through the backup engine's own target model."""
+    # the name is only a label in the engine's model (ours may be a dotted subdomain)
+    t = Target(name="cluster", kind="s3" if target.kind == "s3" else "dir",
+               path=target.path or None, bucket=target.bucket or None, prefix=target.prefix,
+               endpoint=target.endpoint or None, region=target.region)
+    # a directory target's root may be new (first backup); an S3 bucket must exist
+    return targets.open_store(t.validate(), access_key=target.access_key or None,
+                              secret_key=target.secret_key or None, create=t.kind == "dir")
 
 
 def open_repository(target: TargetConfig) -> Repository:
