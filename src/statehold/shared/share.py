@@ -138,7 +138,8 @@ def mount_share(spec: ShareSpec, target: Path, *, readonly: bool = False) -> Non
         text = exc.stderr.lower()
         if exc.code == -1:
             raise Unavailable(f"mount of {spec.source} timed out") from exc
-        if "unknown filesystem type" in text or "helper program" in text or exc.code == 127:
+        if any(m in text for m in ("unknown filesystem type", "helper program", "no such device")) \
+                or exc.code == 127:
             raise FailedPrecondition(f"this node cannot mount {spec.fstype}: {exc.stderr}") from exc
         raise InvalidArgument(
             f"mount -t {spec.fstype} {spec.source} refused (check source and mountOptions): {exc.stderr}"
