@@ -101,6 +101,16 @@ def create_volume(pool: Pool, name: str, size: int, *, mode: VolumeMode | str,
     size = check_size(size)
     if vfs is not None:
         size = max(size, fs_min(vfs))
+    # idempotency first: a retried clone must succeed even if its source is gone by now
+    existing = pool.db.volume(name)
+    if existing is not None:
+        same = (existing.size == size and existing.mode == vmode.value
+                and existing.fs == (vfs.value if vfs else None)
+                and existing.source_kind == (source.kind if source else None)
+                and existing.source_name == (source.name if source else None))
+        if same:
+            return existing
+        raise AlreadyExists(f"volume {name!r} exists in pool {pool.name!r} with another spec")
     src_path: Path | None = None
     src_vol: VolumeRecord | None = None
     src_size = 0
@@ -114,15 +124,6 @@ def create_volume(pool: Pool, name: str, size: int, *, mode: VolumeMode | str,
         if size < src_size:
             raise OutOfRange(f"a clone must be at least as large as its source ({src_size} bytes)")
 
-    existing = pool.db.volume(name)
-    if existing is not None:
-        same = (existing.size == size and existing.mode == vmode.value
-                and existing.fs == (vfs.value if vfs else None)
-                and existing.source_kind == (source.kind if source else None)
-                and existing.source_name == (source.name if source else None))
-        if same:
-            return existing
-        raise AlreadyExists(f"volume {name!r} exists in pool {pool.name!r} with another spec")
     _check_room(pool, size)
 
     op = "clone" if source is not None else "create_volume"
@@ -153,7 +154,9 @@ def create_volume(pool: Pool, name: str, size: int, *, mode: VolumeMode | str,
     rec = VolumeRecord(
         name=name, size=size, mode=vmode.value, fs=vfs.value if vfs else None,
         source_kind=source.kind if source else None, source_name=source.name if source else None,
-        formatted=src_formatted, grow_pending=src_formatted and size > src_size,
+        # a blank clone's first mkfs clears grow_pending, so it is safe to set it whenever
+        # the clone is larger than its source (the flag may lag behind the real content)
+        formatted=src_formatted, grow_pending=source is not None and size > src_size,
         labels=dict(labels or {}), created_at=time.time())
     with pool.db.transaction() as db:
         Metadata.insert_volume(db, rec)
@@ -216,7 +219,7 @@ def expand(pool: Pool, name: str, new_size: int) -> tuple[VolumeRecord, GrowResu
         pool.fault("expand.refreshed")
         with pool.db.transaction() as db:
             db.execute("UPDATE volumes SET size=?, grow_pending=? WHERE name=?",
-                       (new_size, int(rec.formatted or rec.grow_pending), name))
+                       (new_size, int(rec.mode == VolumeMode.FILESYSTEM), name))
             Metadata.end_intent(db, intent)
         pool.fault("expand.commit")
         log.info("volume expanded volume=%s/%s size=%d", pool.name, name, new_size)

@@ -82,7 +82,7 @@ def _finish_intent(pool: Pool, it: Intent, done: list[str]) -> None:
                 loop.refresh_capacity(dev)
             with db.transaction() as tx:
                 tx.execute("UPDATE volumes SET size=?, grow_pending=? WHERE name=?",
-                           (max(new, rec.size), int(rec.formatted or rec.grow_pending), name))
+                           (max(new, rec.size), int(rec.mode == "filesystem"), name))
             done.append(f"finished expand of volume {name} to {new}")
             try:
                 lifecycle.grow_pending_fs(pool, name)

@@ -160,3 +160,12 @@ def test_snapshot_of_read_only_mounted_volume_needs_no_freeze(pool: Pool, scratc
     pool.create_volume("c", 64 * MiB, fs=FsType.EXT4, source=Source(SourceKind.SNAPSHOT, "ro"))
     pool.mount("c", scratch / "c")
     assert (scratch / "c" / "f").read_bytes() == b"before" * 4096
+
+
+def test_retried_clone_is_idempotent_after_its_snapshot_is_deleted(pool: Pool, scratch: Path) -> None:
+    _filled(pool, scratch)
+    pool.create_snapshot("src", "s")
+    src = Source(SourceKind.SNAPSHOT, "s")
+    first = pool.create_volume("c", 64 * MiB, fs=FsType.EXT4, source=src)
+    pool.delete_snapshot("s")
+    assert pool.create_volume("c", 64 * MiB, fs=FsType.EXT4, source=src) == first
