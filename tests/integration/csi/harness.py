@@ -50,7 +50,7 @@ class Driver:
 
 
 @contextlib.contextmanager
-def running_driver(node: Node, root: Path, *, mode: str = "all") -> Iterator[Driver]:
+def running_driver(node: Node, root: Path, *, mode: str = "all", shared: bool = False) -> Iterator[Driver]:
     kubelet = root / "kubelet"
     kubelet.mkdir(parents=True, exist_ok=True)
     sock = root / "csi" / "csi.sock"
@@ -62,8 +62,9 @@ def running_driver(node: Node, root: Path, *, mode: str = "all") -> Iterator[Dri
         allowed_roots=(kubelet,),
         grace=2.0,
     )
-    local = LocalBackend(BackendConfig(home=node.home, node_id=NODE_ID, allowed_roots=(kubelet,)), node=node)
-    server = CsiServer(cfg, local=local, with_shared=False)
+    bcfg = BackendConfig(home=node.home, node_id=NODE_ID, allowed_roots=(kubelet,))
+    local = LocalBackend(bcfg, node=node)
+    server = CsiServer(cfg, local=local, with_shared=shared)
     server.start()
     channel = grpc.insecure_channel(f"unix://{sock}")
     try:
