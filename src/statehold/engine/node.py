@@ -29,6 +29,7 @@ from statehold.engine.steps import FaultHook
 from statehold.engine.types import FsType, PoolSpec, RaidProfile
 from statehold.errors import (
     AlreadyExists,
+    Corrupt,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -97,7 +98,12 @@ class Node:
         path = self.home / REGISTRY
         if not path.exists():
             return {"version": REGISTRY_VERSION, "pools": {}}
-        data: dict[str, Any] = json.loads(path.read_text())
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise Corrupt(f"{path} is unreadable: {exc}") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("pools", {}), dict):
+            raise Corrupt(f"{path} is not a Statehold node registry")
         if int(data.get("version", 0)) > REGISTRY_VERSION:
             raise FailedPrecondition(f"{path} has version {data.get('version')}, too new")
         data.setdefault("pools", {})

@@ -25,7 +25,6 @@ from typing import Any, ParamSpec, TypeVar
 
 from statehold.engine import fs, lifecycle, loop, mounts, recovery, snapshotting
 from statehold.engine.metadata import Metadata, SnapshotRecord, VolumeRecord
-from statehold.engine.names import validate_name
 from statehold.engine.steps import FaultHook, no_fault
 from statehold.engine.types import (
     Capacity,
@@ -285,7 +284,6 @@ class Pool:
 
     @_locked
     def get_snapshot(self, name: str) -> Snapshot:
-        validate_name(name, what="snapshot name")
         rec = self.db.snapshot(name)
         if rec is None:
             raise NotFound(f"snapshot {name!r} not found in pool {self.name!r}")
