@@ -157,3 +157,34 @@ def test_wrong_repository_password_fails_the_backup(
     bad = memory_kube.get(VOLUME_BACKUP, "bad", NS)
     assert bad["status"]["phase"] == "Failed"
     assert ready(bad)["reason"] == "PermissionDenied"
+
+
+def test_backup_to_an_s3_target_uses_the_credentials_secret(
+        memory_kube: MemoryKube, node: Node, pool_obj: dict, s3_config: Any, fake_clock: Any) -> None:
+    pool = node.pool("fast")
+    vol = pool.create_volume("pvc-s3", 16 * MiB, mode=VolumeMode.BLOCK, fs=None)
+    data = write_pattern(vol.path, 5, [0, 4 * MiB])
+    secret(memory_kube, "pw", password="s3 password")
+    secret(memory_kube, "s3-creds", accessKeyId=s3_config.access_key,
+           secretAccessKey=s3_config.secret_key)
+    memory_kube.create({"apiVersion": "statehold.io/v1alpha1", "kind": "BackupTarget",
+                        "metadata": {"name": "s3", "namespace": NS},
+                        "spec": {"s3": {"endpoint": s3_config.endpoint, "bucket": s3_config.bucket,
+                                        "prefix": "cluster", "credentialsSecretRef": {"name": "s3-creds"}},
+                                 "passwordSecretRef": {"name": "pw"}}})
+    storage_class(memory_kube)
+    bound_pvc(memory_kube, "data", node=NODE, pool="fast", volume="pvc-s3", size="16Mi")
+    vb = volume_backup(memory_kube, "b1", "data", target="s3")
+    assert assign_backup(memory_kube, vb, fake_clock).outcome == "done"
+    result = run_backup(memory_kube, memory_kube.get(VOLUME_BACKUP, "b1", NS), node, NODE, fake_clock)
+    assert result.outcome == "done", result
+    r = memory_kube.create({"apiVersion": "statehold.io/v1alpha1", "kind": "VolumeRestore",
+                            "metadata": {"name": "r1", "namespace": NS},
+                            "spec": {"backup": "b1", "persistentVolumeClaimName": "copy"}})
+    assign_restore(memory_kube, r, fake_clock)
+    result = run_restore(memory_kube, memory_kube.get(VOLUME_RESTORE, "r1", NS), node, NODE, fake_clock)
+    assert result.outcome == "done", result
+    handle = memory_kube.get(VOLUME_RESTORE, "r1", NS)["status"]["volumeHandle"]
+    restored = node.pool(handle.partition("/")[0]).get_volume(handle.partition("/")[2])
+    for off, block in data.items():
+        assert read_at(restored.path, off, len(block)) == block
