@@ -25,7 +25,7 @@ from statehold.shared.mountinfo import MountEntry, mount_of, read_mounts
 from statehold.shared.types import CopyMethod, QuotaKind
 from statehold.shared.usage import TreeUsage, tree_usage
 
-XFS_QUOTA_OPTIONS = frozenset({"prjquota", "pquota", "pqnoenforce"})
+XFS_QUOTA_OPTIONS = frozenset({"prjquota", "pquota"})  # pqnoenforce accounts, never refuses
 
 
 class Enforcer(Protocol):
