@@ -19,6 +19,7 @@ import functools
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -36,7 +37,7 @@ from statehold.engine.types import (
     Volume,
     VolumeMode,
 )
-from statehold.errors import FailedPrecondition, NotFound
+from statehold.errors import Aborted, FailedPrecondition, NotFound
 
 log = logging.getLogger("statehold.engine.pool")
 
@@ -47,6 +48,22 @@ LOCK_FILE = "lock"
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+LOCK_TIMEOUT = 300.0
+"""Seconds to wait for another process's operation on the pool before giving up (Aborted)."""
+
+
+def _flock(fd: int, name: str) -> None:
+    deadline = time.monotonic() + LOCK_TIMEOUT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise Aborted(f"pool {name!r} is busy with another process's operation") from None
+            time.sleep(0.05)
 
 
 def _locked(method: Callable[P, R]) -> Callable[P, R]:
@@ -64,7 +81,7 @@ def _locked(method: Callable[P, R]) -> Callable[P, R]:
         with self._lock:
             outer = self._depth == 0
             if outer and self._lock_fd is not None:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+                _flock(self._lock_fd, self.name)
             self._depth += 1
             try:
                 return method(*args, **kwargs)

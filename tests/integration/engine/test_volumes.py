@@ -202,3 +202,22 @@ def test_failed_first_mount_leaves_nothing_attached(pool: Pool, scratch: Path) -
     assert pool.get_volume("v").device is None
     assert loop.find(pool.volume_path("v")) == []
     assert mounts.mount_at(scratch / "m") is None
+
+
+def test_pool_held_by_another_process_is_aborted_after_the_timeout(
+        pool: Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fcntl
+
+    from statehold.engine import pool as pool_module
+    from statehold.errors import Aborted
+
+    monkeypatch.setattr(pool_module, "LOCK_TIMEOUT", 0.2)
+    fd = os.open(pool.meta_dir / "lock", os.O_RDWR)  # another open file: another holder
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(Aborted):
+            pool.create_volume("v", 64 * MiB, fs=FsType.EXT4)
+    finally:
+        os.close(fd)
+    _nothing_created(pool)
+    assert pool.create_volume("v", 64 * MiB, fs=FsType.EXT4).size == 64 * MiB
