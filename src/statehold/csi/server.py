@@ -16,7 +16,7 @@ import socket
 import stat
 import threading
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -47,7 +47,6 @@ class ServerConfig:
     max_volumes: int = DEFAULT_MAX_VOLUMES
     workers: int = 8
     grace: float = 10.0                     # seconds in-flight calls get on shutdown
-    extra: dict[str, str] = field(default_factory=dict)
 
     def backend_config(self) -> BackendConfig:
         return BackendConfig(home=self.home, node_id=self.node_id, allowed_roots=self.allowed_roots)
