@@ -149,15 +149,18 @@ def test_http_edges(client: Client, server: ExtenderServer) -> None:
     pod = json.dumps(shapes.args(shapes.pod("web-0", []), ["n0"])).encode()
     status, _, raw = client.call("POST", "/statehold/scheduler/filter", pod)
     assert status == 200 and json.loads(raw)["NodeNames"] == ["n0"]
-    # no Content-Length
-    c = Client(server)
-    try:
-        c.conn.putrequest("POST", "/filter")
-        c.conn.endheaders()
-        r = c.conn.getresponse()
-        assert r.status == 411 and "Content-Length" in json.loads(r.read())["Error"]
-    finally:
-        c.close()
+    # no Content-Length; a body over the limit (refused before it is read)
+    for length, code, fragment in ((None, 411, "Content-Length"), (1 << 30, 413, "larger")):
+        c = Client(server)
+        try:
+            c.conn.putrequest("POST", "/filter")
+            if length is not None:
+                c.conn.putheader("Content-Length", str(length))
+            c.conn.endheaders()
+            r = c.conn.getresponse()
+            assert r.status == code and fragment in json.loads(r.read())["Error"]
+        finally:
+            c.close()
 
 
 def test_metrics_count_requests_and_reservations(client: Client) -> None:
