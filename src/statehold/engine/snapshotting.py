@@ -20,7 +20,6 @@ from statehold.engine.ficlone import fsync_dir, reflink
 from statehold.engine.metadata import Metadata, SnapshotRecord
 from statehold.engine.names import validate_name
 from statehold.errors import AlreadyExists, FailedPrecondition, NotFound
-from statehold.runner import run
 
 if TYPE_CHECKING:
     from statehold.engine.pool import Pool
@@ -32,9 +31,9 @@ READ_ONLY = 0o444
 
 def _flush(device: str | None, target: str | None) -> None:
     if target is not None:
-        run(["sync", "-f", target], timeout=300)
+        freezing.syncfs(target)
     elif device is not None:
-        run(["blockdev", "--flushbufs", device], timeout=300)
+        freezing.flush_device(device)
 
 
 def writable_targets(device: str) -> list[str]:
