@@ -18,9 +18,8 @@ _Expansion = csi_pb2.PluginCapability.VolumeExpansion
 
 
 class IdentityServicer(csi_pb2_grpc.IdentityServicer):
-    def __init__(self, *, controller: bool, ready: Callable[[], bool] = lambda: True) -> None:
+    def __init__(self, *, ready: Callable[[], bool] = lambda: True) -> None:
         self.locks = VolumeLocks()
-        self._controller = controller
         self._ready = ready
 
     @rpc()
@@ -33,12 +32,14 @@ class IdentityServicer(csi_pb2_grpc.IdentityServicer):
     def GetPluginCapabilities(
         self, request: csi_pb2.GetPluginCapabilitiesRequest, context: grpc.ServicerContext
     ) -> csi_pb2.GetPluginCapabilitiesResponse:
+        # the spec: the capabilities of the plugin "as a whole", the same from every instance
+        # whichever services it serves (a node-mode instance still belongs to a plugin that
+        # has a controller)
         caps = [
+            csi_pb2.PluginCapability(service=_Service(type=_Service.CONTROLLER_SERVICE)),
             csi_pb2.PluginCapability(service=_Service(type=_Service.VOLUME_ACCESSIBILITY_CONSTRAINTS)),
             csi_pb2.PluginCapability(volume_expansion=_Expansion(type=_Expansion.ONLINE)),
         ]
-        if self._controller:
-            caps.insert(0, csi_pb2.PluginCapability(service=_Service(type=_Service.CONTROLLER_SERVICE)))
         return csi_pb2.GetPluginCapabilitiesResponse(capabilities=caps)
 
     @rpc()

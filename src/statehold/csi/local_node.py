@@ -21,6 +21,17 @@ from statehold.engine.types import Volume, VolumeMode
 from statehold.errors import AlreadyExists, CommandError, FailedPrecondition, InvalidArgument, NotFound
 
 READ_ONLY_MODES = frozenset({AccessMode.SINGLE_NODE_READER_ONLY, AccessMode.MULTI_NODE_READER_ONLY})
+MANY_TARGET_MODES = frozenset(
+    {
+        AccessMode.SINGLE_NODE_MULTI_WRITER,
+        AccessMode.MULTI_NODE_READER_ONLY,
+        AccessMode.MULTI_NODE_SINGLE_WRITER,
+        AccessMode.MULTI_NODE_MULTI_WRITER,
+    }
+)
+"""Modes the spec lets a CO publish at several target paths of one node; for the others a
+second target is "exceeds capabilities" (FAILED_PRECONDITION), per the spec's table for a
+second NodePublishVolume on the same node."""
 
 
 def _check_kind(vol: Volume, block: bool, fs_type: str) -> None:
@@ -44,6 +55,10 @@ def stage(pool: Pool, vol: Volume, req: StageRequest) -> None:
     if current is not None:
         if vol.device is None or current.source != vol.device:
             raise AlreadyExists(f"{req.staging_path} already holds {current.source}, not volume {vol.id}")
+        if ("ro" in cap.mount_flags) != current.readonly:
+            raise AlreadyExists(
+                f"volume {vol.id} is staged at {req.staging_path} with readonly={current.readonly}"
+            )
         return
     if vol.mounts and str(req.staging_path) not in vol.mounts:
         raise FailedPrecondition(f"volume {vol.id} is already staged at {', '.join(vol.mounts)}")
@@ -101,8 +116,10 @@ def publish(pool: Pool, vol: Volume, req: PublishRequest) -> None:
             )
         return
     others = [e for e in table if e.device == staged.device and e.target != req.staging_path]
-    if cap.mode is AccessMode.SINGLE_NODE_SINGLE_WRITER and others:
-        raise FailedPrecondition(f"volume {vol.id} is single-writer, already published at {others[0].target}")
+    if cap.mode not in MANY_TARGET_MODES and others:
+        raise FailedPrecondition(
+            f"{cap.mode.value} volume {vol.id} is already published at {others[0].target}"
+        )
     req.target_path.mkdir(parents=True, exist_ok=True)
     mounts.bind(req.staging_path, req.target_path, readonly=readonly)
 
@@ -120,8 +137,10 @@ def _publish_block(vol: Volume, req: PublishRequest, readonly: bool, table: list
             )
         return
     binds = _device_binds(vol.device)
-    if req.capability.mode is AccessMode.SINGLE_NODE_SINGLE_WRITER and binds:
-        raise FailedPrecondition(f"volume {vol.id} is single-writer, already published at {binds[0].target}")
+    if req.capability.mode not in MANY_TARGET_MODES and binds:
+        raise FailedPrecondition(
+            f"{req.capability.mode.value} volume {vol.id} is already published at {binds[0].target}"
+        )
     if binds and mounts.device_readonly(vol.device) != readonly:
         raise FailedPrecondition(
             f"block volume {vol.id} is published {'read-only' if not readonly else 'read-write'} "

@@ -30,13 +30,20 @@ _MODES = {
 }
 
 
+def _banned(c: str) -> bool:
+    """The spec's banned characters: U+0000-0008, 000B, 000C, 000E-001F, 007F-009F
+    (control characters other than tab, newline and carriage return)."""
+    o = ord(c)
+    return o <= 0x08 or o in (0x0B, 0x0C) or 0x0E <= o <= 0x1F or 0x7F <= o <= 0x9F
+
+
 def require(value: str, field: str) -> str:
-    """A REQUIRED string field: non-empty, bounded, no NUL or other control characters."""
+    """A REQUIRED string field: non-empty, bounded, none of the spec's banned characters."""
     if not value:
         raise InvalidArgument(f"{field} is required")
     if len(value) > MAX_ID:
         raise InvalidArgument(f"{field} is longer than {MAX_ID} characters")
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value):
+    if any(_banned(c) for c in value):
         raise InvalidArgument(f"{field} contains control characters")
     return value
 

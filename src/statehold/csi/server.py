@@ -112,7 +112,7 @@ class CsiServer:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="csi"))
         controller = cfg.mode in ("controller", "all")
         add = csi_pb2_grpc  # generated, untyped
-        add.add_IdentityServicer_to_server(IdentityServicer(controller=controller), server)  # type: ignore[no-untyped-call]
+        add.add_IdentityServicer_to_server(IdentityServicer(), server)  # type: ignore[no-untyped-call]
         if controller:
             add.add_ControllerServicer_to_server(  # type: ignore[no-untyped-call]
                 ControllerServicer(self.router, self.locks), server

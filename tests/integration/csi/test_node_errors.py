@@ -187,29 +187,33 @@ def test_publish_unknown_volume_is_not_found(driver: Driver) -> None:
 
 
 def test_publish_read_only_is_honoured_and_mismatch_is_already_exists(driver: Driver) -> None:
-    vol = make(driver)
-    staging = stage(driver, vol, "ro")
+    cap = mount_cap(mode=Mode.SINGLE_NODE_MULTI_WRITER)
+    vol = make(driver, cap=cap)
+    staging = stage(driver, vol, "ro", cap)
     rw_target, ro_target = driver.target("rw"), driver.target("ro")
     try:
-        driver.node.NodePublishVolume(publish_req(vol, staging, rw_target))
+        driver.node.NodePublishVolume(publish_req(vol, staging, rw_target, cap))
         (rw_target / "f").write_text("hello")
-        driver.node.NodePublishVolume(publish_req(vol, staging, ro_target, ro=True))
+        driver.node.NodePublishVolume(publish_req(vol, staging, ro_target, cap, ro=True))
         assert (ro_target / "f").read_text() == "hello"
         with pytest.raises(OSError):
             (ro_target / "g").write_text("nope")
-        assert (
-            code_of(driver.node.NodePublishVolume, publish_req(vol, staging, ro_target)) == C.ALREADY_EXISTS
-        )
-        assert code_of(driver.node.NodePublishVolume, publish_req(vol, staging, rw_target, ro=True)) == (
-            C.ALREADY_EXISTS
-        )
+        again_rw = publish_req(vol, staging, ro_target, cap)
+        assert code_of(driver.node.NodePublishVolume, again_rw) == C.ALREADY_EXISTS
+        again_ro = publish_req(vol, staging, rw_target, cap, ro=True)
+        assert code_of(driver.node.NodePublishVolume, again_ro) == C.ALREADY_EXISTS
     finally:
         cleanup(driver, vol, staging, rw_target, ro_target)
     assert not rw_target.exists() and not ro_target.exists()
 
 
-def test_single_node_single_writer_publishes_once(driver: Driver) -> None:
-    cap = mount_cap(mode=Mode.SINGLE_NODE_SINGLE_WRITER)
+@pytest.mark.parametrize(
+    "mode", [Mode.SINGLE_NODE_SINGLE_WRITER, Mode.SINGLE_NODE_WRITER, Mode.SINGLE_NODE_READER_ONLY]
+)
+def test_single_target_modes_publish_once(driver: Driver, mode: int) -> None:
+    """The spec's table for a second NodePublishVolume on one node: a non-MULTI mode at
+    another target path "exceeds capabilities"."""
+    cap = mount_cap(mode=mode)
     vol = make(driver, cap=cap)
     staging = stage(driver, vol, "rwop", cap)
     first, second = driver.target("one"), driver.target("two")
@@ -374,3 +378,31 @@ def test_stats_and_expand_at_a_path_where_the_volume_is_not_are_not_found(driver
         assert code_of(driver.node.NodeGetVolumeStats, stats) == C.NOT_FOUND
         expand = pb.NodeExpandVolumeRequest(volume_id=vol.volume_id, volume_path=path)
         assert code_of(driver.node.NodeExpandVolume, expand) == C.NOT_FOUND
+
+
+def test_restage_with_other_readonly_flag_is_already_exists(driver: Driver) -> None:
+    vol = make(driver)
+    staging = stage(driver, vol, "flagged")
+    try:
+        ro = pb.NodeStageVolumeRequest(
+            volume_id=vol.volume_id,
+            staging_target_path=str(staging),
+            volume_capability=mount_cap(flags=("ro",)),
+        )
+        assert code_of(driver.node.NodeStageVolume, ro) == C.ALREADY_EXISTS
+    finally:
+        cleanup(driver, vol, staging)
+
+
+def test_stage_at_a_second_path_exceeds_capabilities(driver: Driver) -> None:
+    vol = make(driver)
+    staging = stage(driver, vol, "first")
+    try:
+        second = pb.NodeStageVolumeRequest(
+            volume_id=vol.volume_id,
+            staging_target_path=str(driver.staging("second")),
+            volume_capability=mount_cap(),
+        )
+        assert code_of(driver.node.NodeStageVolume, second) == C.FAILED_PRECONDITION
+    finally:
+        cleanup(driver, vol, staging)

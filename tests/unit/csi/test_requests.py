@@ -160,3 +160,10 @@ def test_root_reached_through_a_symlink_still_matches(tmp_path: Path) -> None:
     target = str(link / "pods" / "p" / "mount")
     assert requests.path(target, "target_path", (link,)) == Path(target)
     assert requests.path(target, "target_path", (real,)) == Path(target)
+
+
+def test_tab_newline_and_return_are_allowed_other_controls_are_not() -> None:
+    assert requests.require("a\tb\nc\rd", "name") == "a\tb\nc\rd"
+    for c in ("\x00", "\x08", "\x0b", "\x0c", "\x0e", "\x1f", "\x7f", "\x9f"):
+        with pytest.raises(InvalidArgument):
+            requests.require(f"pvc{c}", "name")
