@@ -23,7 +23,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command("csi")
     def csi(
-        endpoint: str = typer.Option(..., help="unix:///path/csi.sock"),
+        endpoint: str = typer.Option(
+            ..., envvar="CSI_ENDPOINT", help="unix:///path/csi.sock (the spec's CSI_ENDPOINT works too)"
+        ),
         node_id: str = typer.Option(..., "--node-id", help="this node's CSI node id (topology value)"),
         mode: str = typer.Option("all", help="controller | node | all"),
         home: Path | None = typer.Option(None, help="Statehold home (default: STATEHOLD_HOME or .statehold)"),

@@ -146,3 +146,13 @@ def test_bad_mode_and_endpoint_exit_non_zero(proc_env) -> None:  # type: ignore[
         timeout=60,
     )
     assert bad_ep.returncode == 1 and b"unix" in bad_ep.stderr
+
+
+def test_endpoint_from_csi_endpoint_environment(proc_env) -> None:  # type: ignore[no-untyped-def]
+    home, sock, procs = proc_env
+    argv = [STATEHOLD, "csi", "--node-id", "n1", "--home", str(home)]
+    p = subprocess.Popen(argv, env={**os.environ, "CSI_ENDPOINT": f"unix://{sock}"}, stderr=subprocess.PIPE)
+    procs.append(p)  # type: ignore[arg-type]
+    wait_for(lambda: serving(sock))
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(20) == 0
