@@ -205,3 +205,29 @@ def test_other_filesystems_expand_and_keep_data(driver: Driver, fs: str) -> None
     assert (target / "keep").read_bytes() == b"k" * 65536
     _unpublish_unstage(d, vol, fs)
     d.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vol.volume_id))
+
+
+def test_restarted_driver_answers_retries_from_the_mount_table(driver: Driver) -> None:
+    """Kubelet retries after a driver restart: the new process (fresh engine Node on the
+    same home) must see the staged and published volume as done, and undo it."""
+    from statehold.engine.node import Node
+    from tests.integration.csi.harness import running_driver
+
+    d = driver
+    cap = mount_cap("xfs")
+    vol = _create(d, "pvc-restart", 400 * 1024 * 1024, cap)
+    target = _stage_publish(d, vol, cap, "restart")
+    (target / "f").write_text("before restart")
+    d.server.stop(0)
+    fresh = Node(d.server.config.home)
+    try:
+        with running_driver(fresh, d.server.config.home) as d2:
+            again = _stage_publish(d2, vol, cap, "restart")  # retried: OK, nothing new mounted
+            assert again == target and (target / "f").read_text() == "before restart"
+            mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+            assert sum(line.split()[4] == str(target) for line in mounts) == 1  # not stacked
+            _unpublish_unstage(d2, vol, "restart")
+            d2.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=vol.volume_id))
+            assert list(d2.controller.ListVolumes(pb.ListVolumesRequest()).entries) == []
+    finally:
+        fresh.close()
