@@ -73,8 +73,10 @@ def run(role: str = typer.Option("cluster", "--role", help="node | cluster"),
 
             engine = Node(settings_for(home).home)
             registry = op.node_registry(kube, engine, node_name)
+            tickers = op.node_tickers(kube, engine, node_name)
         else:
             registry = op.cluster_registry(kube)
+            tickers = op.cluster_tickers(kube)
         settings = op.settings_for(role, node_name)
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -100,7 +102,7 @@ def run(role: str = typer.Option("cluster", "--role", help="node | cluster"),
     try:
         if not stop.is_set():
             typer.echo(f"statehold operator running role={role}", err=True)
-            op.run(registry, settings, stop)
+            op.run(registry, settings, stop, tickers)
     finally:
         if elector is not None and not lost.is_set():
             elector.release()

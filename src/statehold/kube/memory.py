@@ -263,6 +263,11 @@ class MemoryKube:
                     "count": int(old.get("count", 1)) + 1,
                     "lastTimestamp": ev["lastTimestamp"]}, meta["namespace"])
 
+    def current_resource_version(self) -> str:
+        """The resourceVersion of the last write (what a list reports, to watch from)."""
+        with self._cond:
+            return str(self._last_rv)
+
     # -- test helpers ----------------------------------------------------------------
     def events_for(self, involved: Obj) -> ObjList:
         """Events recorded about involved, oldest first (a test convenience)."""

@@ -8,8 +8,12 @@ Two roles, one process each:
   VolumeBackups and VolumeRestores labelled ``statehold.io/node=<this node>``. kopf keeps its
   progress in annotations prefixed with the node name, so agents never fight over them.
 * ``cluster`` (the operator Deployment, behind a Lease): BackupTargets, BackupSchedules
-  (on a timer) and the cluster half of VolumeBackups and VolumeRestores (checks, then pin to
-  a node).
+  and the cluster half of VolumeBackups and VolumeRestores (checks, then pin to a node).
+
+Periodic work (pool capacity every minute, schedule ticks every 30 s) runs in plain threads
+(:class:`Ticker`) rather than kopf timers: kopf puts a finalizer on every object with a
+timer, so deleting a StoragePool of a dead node, or any schedule while the operator is
+down, would hang.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -73,8 +77,8 @@ def _on_changes(registry: kopf.OperatorRegistry, kind: Kind, fn: Callable[..., N
         deco(GROUP, VERSION, kind.plural, id=id, registry=registry, backoff=5.0, **filters)(fn)
 
 
-def node_registry(kube: Kube, node: Node, node_name: str, now: Clock = utcnow,
-                  *, capacity_interval: float = 60.0) -> kopf.OperatorRegistry:
+def node_registry(kube: Kube, node: Node, node_name: str,
+                  now: Clock = utcnow) -> kopf.OperatorRegistry:
     reg = kopf.OperatorRegistry()
     mine = {"labels": {backups.NODE_LABEL: node_name}}
 
@@ -83,8 +87,6 @@ def node_registry(kube: Kube, node: Node, node_name: str, now: Clock = utcnow,
 
     pool = _handler(kube, STORAGE_POOL, lambda o: pools.reconcile_pool(kube, o, node, node_name, now))
     _on_changes(reg, STORAGE_POOL, pool, id="pool", when=on_node)
-    kopf.timer(GROUP, VERSION, STORAGE_POOL.plural, id="capacity", interval=capacity_interval,
-               when=on_node, registry=reg)(pool)
     _on_changes(reg, VOLUME_BACKUP, _handler(
         kube, VOLUME_BACKUP, lambda o: backups.run_backup(kube, o, node, node_name, now)),
         id="backup", **mine)
@@ -94,20 +96,57 @@ def node_registry(kube: Kube, node: Node, node_name: str, now: Clock = utcnow,
     return reg
 
 
-def cluster_registry(kube: Kube, now: Clock = utcnow, *,
-                     schedule_interval: float = 30.0) -> kopf.OperatorRegistry:
+def cluster_registry(kube: Kube, now: Clock = utcnow) -> kopf.OperatorRegistry:
     reg = kopf.OperatorRegistry()
     target = _handler(kube, BACKUP_TARGET, lambda o: target_status.reconcile_target(kube, o, now))
     _on_changes(reg, BACKUP_TARGET, target, id="target")
     sched = _handler(kube, BACKUP_SCHEDULE, lambda o: schedules.reconcile_schedule(kube, o, now))
     _on_changes(reg, BACKUP_SCHEDULE, sched, id="schedule")
-    kopf.timer(GROUP, VERSION, BACKUP_SCHEDULE.plural, id="tick", interval=schedule_interval,
-               registry=reg)(sched)
     _on_changes(reg, VOLUME_BACKUP, _handler(
         kube, VOLUME_BACKUP, lambda o: backups.assign_backup(kube, o, now)), id="assign")
     _on_changes(reg, VOLUME_RESTORE, _handler(
         kube, VOLUME_RESTORE, lambda o: restores.assign_restore(kube, o, now)), id="assign")
     return reg
+
+
+class Ticker:
+    """Calls ``tick`` every ``interval`` seconds in a thread until stopped; a failing tick
+    is logged and retried at the next interval."""
+
+    def __init__(self, name: str, interval: float, tick: Callable[[], None]) -> None:
+        self.name, self.interval, self.tick = name, interval, tick
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.interval):
+            try:
+                self.tick()
+            except Exception:  # a periodic refresh must survive anything one round throws
+                log.exception("ticker=%s failed; next try in %ss", self.name, self.interval)
+
+
+def _each(kube: Kube, kind: Kind, reconcile: Reconcile) -> Callable[[], None]:
+    def tick() -> None:
+        for obj in kube.list(kind):
+            result = reconcile(obj)
+            if result.outcome in ("retry", "failed"):
+                log.info("kind=%s name=%s outcome=%s %s", kind.kind, obj["metadata"]["name"],
+                         result.outcome, result.message)
+
+    return tick
+
+
+def node_tickers(kube: Kube, node: Node, node_name: str, now: Clock = utcnow, *,
+                 capacity_interval: float = 60.0) -> list[Ticker]:
+    """Capacity of this node's pools into their StoragePool status."""
+    return [Ticker("capacity", capacity_interval, _each(
+        kube, STORAGE_POOL, lambda o: pools.reconcile_pool(kube, o, node, node_name, now)))]
+
+
+def cluster_tickers(kube: Kube, now: Clock = utcnow, *,
+                    schedule_interval: float = 30.0) -> list[Ticker]:
+    """Every BackupSchedule, so slots come due without a change to the object."""
+    return [Ticker("schedules", schedule_interval, _each(
+        kube, BACKUP_SCHEDULE, lambda o: schedules.reconcile_schedule(kube, o, now)))]
 
 
 def settings_for(role: str, node_name: str | None) -> kopf.OperatorSettings:
@@ -122,8 +161,17 @@ def settings_for(role: str, node_name: str | None) -> kopf.OperatorSettings:
 
 
 def run(registry: kopf.OperatorRegistry, settings: kopf.OperatorSettings,
-        stop: threading.Event) -> None:
-    """Run kopf (cluster-wide, standalone: leadership is ours, not kopf's peering) until
-    stop is set."""
-    asyncio.run(kopf.operator(registry=registry, settings=settings, standalone=True,
-                              clusterwide=True, stop_flag=stop))
+        stop: threading.Event, tickers: Sequence[Ticker] = ()) -> None:
+    """Run kopf (cluster-wide, standalone: leadership is ours, not kopf's peering) and the
+    tickers until stop is set."""
+    threads = [threading.Thread(target=t.run, args=(stop,), name=f"ticker-{t.name}", daemon=True)
+               for t in tickers]
+    for th in threads:
+        th.start()
+    try:
+        asyncio.run(kopf.operator(registry=registry, settings=settings, standalone=True,
+                                  clusterwide=True, stop_flag=stop))
+    finally:
+        stop.set()
+        for th in threads:
+            th.join(timeout=5)

@@ -11,7 +11,7 @@ import pytest
 from statehold.controller.problems import Result, backoff
 from statehold.kube.kinds import VOLUME_BACKUP
 from statehold.kube.memory import MemoryKube
-from statehold.kube.operator import cluster_registry, outcome, settings_for
+from statehold.kube.operator import cluster_registry, cluster_tickers, outcome, settings_for
 from tests.unit.controller.cluster import NS, bound_pvc, path_target, secret
 
 
@@ -45,10 +45,10 @@ def test_cluster_role_registers_targets_schedules_and_assignment(fake_clock: Any
     found = handlers(cluster_registry(kube, fake_clock))
     plurals = {p for p, _ in found}
     assert plurals == {"backuptargets", "backupschedules", "volumebackups", "volumerestores"}
-    assert ("backupschedules", "tick") in found
 
 
-def test_registered_schedule_handler_creates_backups(memory_kube: MemoryKube, fake_clock: Any) -> None:
+def test_schedule_ticker_creates_backups_when_a_slot_comes_due(memory_kube: MemoryKube,
+                                                               fake_clock: Any) -> None:
     secret(memory_kube, "pw", password="x")
     path_target(memory_kube)
     bound_pvc(memory_kube, "data-0", labels={"backup": "nightly"})
@@ -56,12 +56,19 @@ def test_registered_schedule_handler_creates_backups(memory_kube: MemoryKube, fa
                         "metadata": {"name": "hourly", "namespace": NS},
                         "spec": {"schedule": "0 * * * *", "target": "t",
                                  "selector": {"matchLabels": {"backup": "nightly"}}}})
-    tick = handlers(cluster_registry(memory_kube, fake_clock))[("backupschedules", "tick")]
+    (ticker,) = cluster_tickers(memory_kube, fake_clock)
+    ticker.tick()
+    assert memory_kube.list(VOLUME_BACKUP, NS) == []
     fake_clock.advance(hours=1)
-    tick.fn(name="hourly", namespace=NS, retry=0)
+    ticker.tick()
     assert [o["metadata"]["name"] for o in memory_kube.list(VOLUME_BACKUP, NS)] == [
         "hourly-data-0-202601051100"]
-    tick.fn(name="gone", namespace=NS, retry=0)  # deleted meanwhile: no error
+
+
+def test_registered_schedule_handler_ignores_a_deleted_object(memory_kube: MemoryKube,
+                                                              fake_clock: Any) -> None:
+    sched = handlers(cluster_registry(memory_kube, fake_clock))[("backupschedules", "schedule")]
+    sched.fn(name="gone", namespace=NS, retry=0)  # deleted meanwhile: no error
 
 
 def test_registered_assign_handler_raises_permanent_for_a_foreign_pvc(

@@ -1,0 +1,228 @@
+"""MemoryKube served over HTTP with the Kubernetes REST layout, for clients we did not write
+(kopf, the official client) in tests: discovery (/version, /api, /apis, per-version resource
+lists), get/list/create/replace/merge-patch/delete, the status subresource, and chunked
+watch streams. Errors are Status objects with the API's codes (404, 409 AlreadyExists or
+Conflict, 422 Invalid).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from statehold.errors import Aborted, AlreadyExists, InvalidArgument, NotFound, StateholdError
+from statehold.kube import kinds
+from statehold.kube.kinds import Kind
+from statehold.kube.memory import MemoryKube
+
+BY_PLURAL: dict[tuple[str, str], Kind] = {(k.api_version, k.plural): k for k in kinds.ALL}
+
+
+def _status(code: int, reason: str, message: str) -> dict[str, Any]:
+    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
+            "reason": reason, "message": message}
+
+
+def _resources(api_version: str) -> dict[str, Any]:
+    out = []
+    for k in kinds.ALL:
+        if k.api_version != api_version:
+            continue
+        out.append({"name": k.plural, "singularName": k.kind.lower(), "namespaced": k.namespaced,
+                    "kind": k.kind, "verbs": ["create", "delete", "get", "list", "patch",
+                                              "update", "watch"]})
+        if k.status_subresource:
+            out.append({"name": f"{k.plural}/status", "singularName": "", "kind": k.kind,
+                        "namespaced": k.namespaced, "verbs": ["get", "patch", "update"]})
+    return {"kind": "APIResourceList", "groupVersion": api_version, "resources": out}
+
+
+def _route(path: str) -> tuple[Kind, str | None, str | None, bool] | None:
+    """(kind, namespace, name, status?) of a resource path, None if not one."""
+    parts = [p for p in path.split("/") if p]
+    if parts[:2] == ["api", "v1"]:
+        api_version, rest = "v1", parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) >= 3:
+        api_version, rest = f"{parts[1]}/{parts[2]}", parts[3:]
+    else:
+        return None
+    ns = None
+    if len(rest) >= 3 and rest[0] == "namespaces" and (api_version, rest[2]) in BY_PLURAL:
+        ns, rest = rest[1], rest[2:]
+    if not rest or (api_version, rest[0]) not in BY_PLURAL:
+        return None
+    kind = BY_PLURAL[(api_version, rest[0])]
+    name = rest[1] if len(rest) > 1 else None
+    return kind, ns, name, len(rest) > 2 and rest[2] == "status"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    kube: MemoryKube
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _send(self, code: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self) -> Any:
+        n = int(self.headers.get("Content-Length") or 0)
+        return json.loads(self.rfile.read(n)) if n else None
+
+    def _handle(self) -> None:
+        url = urlparse(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        self.body = self._body()  # always consumed, so the connection stays usable
+        try:
+            if self.command == "GET" and self._discovery(url.path):
+                return
+            route = _route(url.path)
+            if route is None:
+                self._send(404, _status(404, "NotFound", f"no route {url.path}"))
+                return
+            kind, ns, name, status = route
+            self._resource(kind, ns, name, status, query)
+        except NotFound as exc:
+            self._send(404, _status(404, "NotFound", str(exc)))
+        except AlreadyExists as exc:
+            self._send(409, _status(409, "AlreadyExists", str(exc)))
+        except Aborted as exc:
+            self._send(409, _status(409, "Conflict", str(exc)))
+        except InvalidArgument as exc:
+            self._send(422, _status(422, "Invalid", str(exc)))
+        except StateholdError as exc:
+            self._send(500, _status(500, "InternalError", str(exc)))
+
+    def _discovery(self, path: str) -> bool:
+        groups = sorted({k.group for k in kinds.ALL if k.group})
+        if path == "/version":
+            self._send(200, {"major": "1", "minor": "30", "gitVersion": "v1.30.0-statehold-memory"})
+        elif path == "/api":
+            self._send(200, {"kind": "APIVersions", "versions": ["v1"]})
+        elif path == "/apis":
+            listed = []
+            for g in groups:
+                versions = sorted({k.version for k in kinds.ALL if k.group == g})
+                listed.append({"name": g, "versions": [
+                    {"groupVersion": f"{g}/{v}", "version": v} for v in versions],
+                    "preferredVersion": {"groupVersion": f"{g}/{versions[0]}",
+                                         "version": versions[0]}})
+            self._send(200, {"kind": "APIGroupList", "groups": listed})
+        elif path == "/api/v1":
+            self._send(200, _resources("v1"))
+        elif path.startswith("/apis/") and len([p for p in path.split("/") if p]) == 3:
+            _, group, version = [p for p in path.split("/") if p]
+            self._send(200, _resources(f"{group}/{version}"))
+        else:
+            return False
+        return True
+
+    def _resource(self, kind: Kind, ns: str | None, name: str | None, status: bool,
+                  query: dict[str, str]) -> None:
+        k = self.kube
+        if self.command == "GET" and name is None and query.get("watch") in ("true", "1"):
+            self._watch(kind, ns, query)
+        elif self.command == "GET" and name is None:
+            items = k.list(kind, ns, label_selector=query.get("labelSelector") or None)
+            self._send(200, {"apiVersion": kind.api_version, "kind": f"{kind.kind}List",
+                             "metadata": {"resourceVersion": k.current_resource_version()},
+                             "items": items})
+        elif self.command == "GET" and name is not None:
+            self._send(200, k.get(kind, name, ns))
+        elif self.command == "POST":
+            body = self.body
+            if ns and kind.namespaced:
+                body.setdefault("metadata", {}).setdefault("namespace", ns)
+            self._send(201, k.create(body))
+        elif self.command == "PUT" and name is not None:
+            self._send(200, k.replace(self.body))
+        elif self.command == "PATCH" and name is not None and "json-patch" in (
+                self.headers.get("Content-Type") or ""):
+            self._json_patch(kind, ns, name, status)
+        elif self.command == "PATCH" and name is not None:
+            if "merge-patch" not in (self.headers.get("Content-Type") or ""):
+                self._send(415, _status(415, "UnsupportedMediaType", "merge or JSON patches only"))
+                return
+            body = self.body
+            if status:
+                self._send(200, k.patch_status(kind, name, body.get("status") or {}, ns))
+            else:
+                self._send(200, k.patch(kind, name, body, ns))
+        elif self.command == "DELETE" and name is not None:
+            k.delete(kind, name, ns)
+            self._send(200, _status(200, "", "deleted") | {"status": "Success"})
+        else:
+            self._send(405, _status(405, "MethodNotAllowed", self.command))
+
+    def _json_patch(self, kind: Kind, ns: str | None, name: str, status: bool) -> None:
+        """RFC 6902 (test/add/replace/remove), as kopf uses for finalizers: applied to a copy,
+        then written with the copy's resourceVersion (a concurrent write is a 409)."""
+        obj = self.kube.get(kind, name, ns)
+        for op in self.body:
+            keys = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+            parent: Any = obj
+            for key in keys[:-1]:
+                parent = parent[int(key)] if isinstance(parent, list) else parent.setdefault(key, {})
+            last = keys[-1]
+            if op["op"] == "test":
+                current = parent[int(last)] if isinstance(parent, list) else parent.get(last)
+                if current != op["value"]:
+                    self._send(422, _status(422, "Invalid", f"test failed at {op['path']}"))
+                    return
+            elif op["op"] in ("add", "replace"):
+                if isinstance(parent, list):
+                    parent.insert(len(parent) if last == "-" else int(last), op["value"])
+                else:
+                    parent[last] = op["value"]
+            elif op["op"] == "remove":
+                del parent[int(last) if isinstance(parent, list) else last]
+        if status:
+            self._send(200, self.kube.patch_status(kind, name, obj.get("status") or {}, ns))
+        else:
+            self._send(200, self.kube.replace(obj))
+
+    def _watch(self, kind: Kind, ns: str | None, query: dict[str, str]) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        timeout = min(float(query.get("timeoutSeconds", "5")), 5.0)
+        try:
+            for ev in self.kube.watch(kind, ns, label_selector=query.get("labelSelector") or None,
+                                      resource_version=query.get("resourceVersion") or None,
+                                      timeout=timeout):
+                line = json.dumps({"type": ev.type, "object": ev.object}).encode() + b"\n"
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+
+@contextmanager
+def serve(kube: MemoryKube) -> Iterator[str]:
+    """Serve kube on 127.0.0.1 (a free port); yields the base URL."""
+    handler = type("Handler", (_Handler,), {"kube": kube})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
