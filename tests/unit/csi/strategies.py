@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 F = FieldDescriptor
 
 
-def _strings(pool: Sequence[str]) -> st.SearchStrategy[str]:
-    return st.one_of(st.sampled_from(list(pool) or [""]), st.text(max_size=20))
+def _strings(pool: Sequence[str], weight: int = 1) -> st.SearchStrategy[str]:
+    plausible = st.sampled_from(list(pool) or [""])
+    return st.one_of(*([plausible] * weight), st.text(max_size=20))
 
 
 def _scalar(field: FieldDescriptor, strings: st.SearchStrategy[str]) -> st.SearchStrategy[Any]:
@@ -45,16 +46,26 @@ def _scalar(field: FieldDescriptor, strings: st.SearchStrategy[str]) -> st.Searc
 
 
 def messages(
-    descriptor: Descriptor, cls: type[Message], strings: Sequence[str] = (), depth: int = 3
+    descriptor: Descriptor,
+    cls: type[Message],
+    strings: Sequence[str] = (),
+    depth: int = 3,
+    *,
+    present: int = 50,
+    weight: int = 1,
 ) -> st.SearchStrategy[Message]:
-    """Random instances of ``cls`` (whose descriptor is ``descriptor``)."""
-    text = _strings(strings)
+    """Random instances of ``cls`` (whose descriptor is ``descriptor``).
+
+    ``present``: percent chance each field is set; ``weight``: how much more often a string
+    comes from ``strings`` than from random text. Raising both drives requests past the
+    first validation into the backend."""
+    text = _strings(strings, weight)
 
     @st.composite
     def build(draw: st.DrawFn, desc: Descriptor = descriptor, level: int = depth) -> Message:
         msg = desc._concrete_class()
         for field in desc.fields:
-            if not draw(st.booleans()):
+            if draw(st.integers(0, 99)) >= present:
                 continue
             if field.message_type is not None and field.message_type.GetOptions().map_entry:
                 key_f, val_f = (
