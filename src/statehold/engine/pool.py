@@ -37,7 +37,7 @@ from statehold.engine.types import (
     Volume,
     VolumeMode,
 )
-from statehold.errors import Aborted, FailedPrecondition, NotFound
+from statehold.errors import Aborted, FailedPrecondition, NotFound, Unavailable
 
 log = logging.getLogger("statehold.engine.pool")
 
@@ -200,7 +200,15 @@ class Pool:
     # -- capacity --------------------------------------------------------------------------
     @_locked
     def capacity(self) -> Capacity:
-        st = os.statvfs(self.mountpoint)
+        """Physical (statvfs of the pool fs) and thin (sum of volume sizes) accounting.
+
+        ``allocatable`` = total x overprovision ratio - provisioned (0 when the pool is
+        physically full): what ``create_volume`` and ``expand`` may still add.
+        """
+        try:
+            st = os.statvfs(self.mountpoint)
+        except OSError as exc:
+            raise Unavailable(f"pool {self.name!r} at {self.mountpoint}: {exc}") from exc
         total = st.f_blocks * st.f_frsize
         free = st.f_bavail * st.f_frsize
         used = (st.f_blocks - st.f_bfree) * st.f_frsize
@@ -212,6 +220,7 @@ class Pool:
 
     @_locked
     def set_overprovision_ratio(self, ratio: float) -> None:
+        """Change the ratio (>= 1.0; InvalidArgument otherwise); existing volumes stay."""
         lifecycle.check_ratio(ratio)
         self.db.set_overprovision_ratio(ratio)
 
@@ -227,6 +236,15 @@ class Pool:
         source: Source | None = None,
         labels: Mapping[str, str] | None = None,
     ) -> Volume:
+        """Create a thin volume (sparse file), or a clone of ``source`` (FICLONE, O(1)).
+
+        ``size`` is rounded up to 1 MiB and, for filesystem volumes, to the filesystem's
+        minimum (xfs 300 MiB, btrfs 128 MiB, ext4 16 MiB); ``Volume.size`` is the result.
+        Same name and spec returns the existing volume; another spec is AlreadyExists.
+        Bad name/size/mode/fs: InvalidArgument; no room: OutOfCapacity; a clone smaller
+        than its source: OutOfRange; missing source: NotFound. Nothing is formatted here:
+        the first ``mount`` does it.
+        """
         rec = lifecycle.create_volume(self, name, size, mode=mode, fs=fs, source=source,
                                       labels=labels)
         return self._to_volume(rec)
@@ -241,15 +259,27 @@ class Pool:
 
     @_locked
     def delete_volume(self, name: str) -> None:
+        """Delete a volume (NotFound; FailedPrecondition while attached or mounted).
+
+        Its snapshots are independent files and stay.
+        """
         lifecycle.delete_volume(self, name)
 
     @_locked
     def expand(self, name: str, new_size: int) -> ExpandResult:
+        """Grow a volume: truncate, ``losetup -c``, grow the filesystem; ``grow`` says how.
+
+        Online for mounted xfs and btrfs; a mounted ext4 is refused by this kernel, so it is
+        grown before its next mount (AT_NEXT_MOUNT); an unmounted ext4 is grown now
+        (OFFLINE); unmounted xfs/btrfs grow right after their next mount. Smaller:
+        OutOfRange; beyond ``allocatable``: OutOfCapacity; same size: no-op.
+        """
         rec, grow = lifecycle.expand(self, name, new_size)
         return ExpandResult(volume=self._to_volume(rec), grow=grow)
 
     @_locked
     def is_formatted(self, name: str) -> bool:
+        """True once the volume holds a filesystem (checked with blkid when not recorded)."""
         rec = self._record(name)
         if rec.formatted:
             return True
@@ -261,11 +291,13 @@ class Pool:
     # -- attachment ------------------------------------------------------------------------
     @_locked
     def attach(self, name: str) -> str:
+        """Attach as a loop device (direct I/O, 4096-byte blocks); idempotent: same device."""
         self._record(name)
         return loop.attach(self.volume_path(name))
 
     @_locked
     def detach(self, name: str) -> None:
+        """Detach every loop device of the volume; idempotent; FailedPrecondition if mounted."""
         self._record(name)
         for dev in loop.find(self.volume_path(name)):
             targets = mounts.targets_of(dev)
@@ -277,12 +309,18 @@ class Pool:
     @_locked
     def mount(self, name: str, target: Path, *, options: Sequence[str] = (),
               readonly: bool = False) -> Volume:
+        """Attach, mkfs if blank (never over an existing signature), grow if pending, mount.
+
+        Idempotent for the same target; FailedPrecondition for block volumes or a target
+        holding something else. XFS is always mounted ``nouuid`` (clones share the UUID).
+        """
         rec = self._record(name)
         lifecycle.mount(self, rec, Path(os.path.abspath(target)), options, readonly)
         return self._to_volume(self._record(name))
 
     @_locked
     def unmount(self, name: str, target: Path) -> Volume:
+        """Unmount ``target`` (idempotent); the device stays attached (``detach`` frees it)."""
         rec = self._record(name)
         wanted = os.path.abspath(target)
         current = mounts.mount_at(wanted)
@@ -297,6 +335,12 @@ class Pool:
     # -- snapshots -------------------------------------------------------------------------
     @_locked
     def create_snapshot(self, volume: str, name: str, *, freeze: bool = True) -> Snapshot:
+        """Reflink the volume's file to ``snapshots/<name>.img`` (0444).
+
+        Mounted read-write and ``freeze``: FIFREEZE around the clone; otherwise syncfs (or a
+        buffer flush for an attached block volume). Idempotent for the same volume; the
+        name used for another volume's snapshot is AlreadyExists.
+        """
         return self._to_snapshot(snapshotting.create(self, volume, name, freeze=freeze))
 
     @_locked
@@ -317,6 +361,7 @@ class Pool:
     # -- lifecycle -------------------------------------------------------------------------
     @_locked
     def reconcile(self) -> list[str]:
+        """Crash recovery (see ``recovery``): one line per action taken."""
         return recovery.reconcile(self)
 
     def close(self) -> None:
