@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
 import pytest
 
 from statehold.engine import loop, mounts
+from statehold.engine import pool as pool_module
 from statehold.engine.pool import Pool
 from statehold.engine.types import FsType, GiB, MiB, VolumeMode
 from statehold.errors import (
+    Aborted,
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
@@ -206,11 +209,6 @@ def test_failed_first_mount_leaves_nothing_attached(pool: Pool, scratch: Path) -
 
 def test_pool_held_by_another_process_is_aborted_after_the_timeout(
         pool: Pool, monkeypatch: pytest.MonkeyPatch) -> None:
-    import fcntl
-
-    from statehold.engine import pool as pool_module
-    from statehold.errors import Aborted
-
     monkeypatch.setattr(pool_module, "LOCK_TIMEOUT", 0.2)
     fd = os.open(pool.meta_dir / "lock", os.O_RDWR)  # another open file: another holder
     try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from statehold.engine.names import MAX_SIZE, parse_size, round_up_mib, validate_name
 from statehold.engine.types import GiB, MiB
@@ -57,3 +59,16 @@ def test_sizes_parse_and_round_up_to_a_mib(text: str | int, expected: int) -> No
 def test_bad_sizes_are_invalid_argument(text: object) -> None:
     with pytest.raises(InvalidArgument):
         parse_size(text)  # type: ignore[arg-type]
+
+
+@given(st.integers(min_value=1, max_value=MAX_SIZE))
+def test_any_positive_byte_count_rounds_up_to_the_next_mib(n: int) -> None:
+    got = parse_size(n)
+    assert got % MiB == 0 and n <= got < n + MiB
+    assert parse_size(str(n)) == got
+
+
+@given(st.from_regex(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", fullmatch=True))
+def test_every_dns_label_is_accepted_and_is_a_safe_file_name(name: str) -> None:
+    assert validate_name(name) == name
+    assert "/" not in name and not name.startswith(".")
