@@ -11,8 +11,11 @@ a restarted driver answers a retried call correctly.
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from statehold.csi import mounts
 from statehold.csi.backend import AccessMode, PublishRequest, StageRequest, VolumeStats
@@ -34,6 +37,25 @@ second target is "exceeds capabilities" (FAILED_PRECONDITION), per the spec's ta
 second NodePublishVolume on the same node."""
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _os_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """OSError (a target that is a file where a directory is needed, a directory that is
+    not empty after unmount, ...) becomes FailedPrecondition: the path is in a state this
+    call cannot fix, and nothing is removed recursively to force it."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except OSError as exc:
+            raise FailedPrecondition(f"{fn.__name__}: {exc}") from exc
+
+    return wrapper
+
+
 def _check_kind(vol: Volume, block: bool, fs_type: str) -> None:
     if (vol.mode is VolumeMode.BLOCK) != block:
         raise InvalidArgument(
@@ -44,6 +66,7 @@ def _check_kind(vol: Volume, block: bool, fs_type: str) -> None:
         raise InvalidArgument(f"volume {vol.id} is {vol.fs.value}, not {fs_type}")
 
 
+@_os_errors
 def stage(pool: Pool, vol: Volume, req: StageRequest) -> None:
     cap = req.capability
     _check_kind(vol, cap.block, cap.fs_type)
@@ -73,6 +96,7 @@ def stage(pool: Pool, vol: Volume, req: StageRequest) -> None:
         raise InvalidArgument(f"mount with flags {flags} failed: {exc.stderr[-300:]}") from exc
 
 
+@_os_errors
 def unstage(pool: Pool, vol: Volume, staging: Path) -> None:
     if vol.mode is VolumeMode.BLOCK:
         if vol.device is not None and _device_binds(vol.device):
@@ -93,6 +117,7 @@ def _device_binds(device: str) -> list[mounts.MountEntry]:
     return [e for e in mounts.table() if e.fstype == "devtmpfs" and e.root == leaf]
 
 
+@_os_errors
 def publish(pool: Pool, vol: Volume, req: PublishRequest) -> None:
     cap = req.capability
     _check_kind(vol, cap.block, cap.fs_type)
@@ -154,6 +179,7 @@ def _publish_block(vol: Volume, req: PublishRequest, readonly: bool, table: list
     mounts.bind(vol.device, req.target_path, readonly=readonly)
 
 
+@_os_errors
 def unpublish(vol: Volume, target: Path) -> None:
     entry = mounts.at(target)
     if entry is not None and not _is_ours(vol, entry) and vol.device is not None:
@@ -187,7 +213,13 @@ def stats(vol: Volume, path: Path) -> VolumeStats:
         return VolumeStats(
             bytes_total=vol.size, bytes_used=0, bytes_available=0, abnormal=missing, message=message
         )
-    st = os.statvfs(path)
+    try:
+        st = os.statvfs(path)
+    except OSError as exc:  # e.g. EIO from a filesystem shut down after I/O errors
+        return VolumeStats(
+            bytes_total=vol.size, bytes_used=0, bytes_available=0, abnormal=True,
+            message=f"statvfs {path} failed: {exc.strerror or exc}",
+        )
     return VolumeStats(
         bytes_total=st.f_blocks * st.f_frsize,
         bytes_used=(st.f_blocks - st.f_bfree) * st.f_frsize,

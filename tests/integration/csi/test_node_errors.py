@@ -406,3 +406,24 @@ def test_stage_at_a_second_path_exceeds_capabilities(driver: Driver) -> None:
         assert code_of(driver.node.NodeStageVolume, second) == C.FAILED_PRECONDITION
     finally:
         cleanup(driver, vol, staging)
+
+
+def test_target_in_a_state_the_driver_cannot_fix_is_failed_precondition_and_untouched(driver: Driver) -> None:
+    vol = make(driver)
+    staging = stage(driver, vol, "odd")
+    try:
+        as_file = driver.target("file")
+        as_file.write_text("not a directory")
+        assert (
+            code_of(driver.node.NodePublishVolume, publish_req(vol, staging, as_file))
+            == C.FAILED_PRECONDITION
+        )
+        assert as_file.read_text() == "not a directory"
+        full = driver.target("full")
+        full.mkdir()
+        (full / "precious").write_text("data written beside any mount")
+        unpub = pb.NodeUnpublishVolumeRequest(volume_id=vol.volume_id, target_path=str(full))
+        assert code_of(driver.node.NodeUnpublishVolume, unpub) == C.FAILED_PRECONDITION
+        assert (full / "precious").read_text() == "data written beside any mount"
+    finally:
+        cleanup(driver, vol, staging)
