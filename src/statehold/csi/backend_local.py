@@ -47,6 +47,21 @@ POOL_PARAMETER = "pool"
 FREEZE_PARAMETER = "freeze"
 
 
+KUBE_METADATA = (
+    "csi.storage.k8s.io/pvc/name",
+    "csi.storage.k8s.io/pvc/namespace",
+    "csi.storage.k8s.io/pv/name",
+)
+"""What the external-provisioner adds with --extra-create-metadata: kept as volume labels so
+`statehold get volumes` can say which claim a volume serves."""
+
+
+def _labels(req: VolumeRequest) -> dict[str, str]:
+    labels = {NAME_LABEL: req.name[:253]}
+    labels.update({k: req.parameters[k][:253] for k in KUBE_METADATA if req.parameters.get(k)})
+    return labels
+
+
 def _round_up(n: int) -> int:
     return -(-n // MiB) * MiB
 
@@ -208,7 +223,7 @@ class LocalBackend:
             mode=VolumeMode.BLOCK if req.block else VolumeMode.FILESYSTEM,
             fs=FsType(fs) if fs else None,
             source=source,
-            labels={NAME_LABEL: req.name[:253]},
+            labels=_labels(req),
         )
         log.info("csi volume created volume=%s size=%d", vol.id, vol.size)
         return self._info(vol)

@@ -393,3 +393,11 @@ def test_controller_publish_is_not_offered(driver: Driver) -> None:
         volume_id="test/x", node_id=NODE_ID, volume_capability=mount_cap()
     )
     assert code_of(driver.controller.ControllerPublishVolume, req) == C.UNIMPLEMENTED
+
+
+def test_kubernetes_metadata_parameters_become_labels(driver: Driver) -> None:
+    params = {"csi.storage.k8s.io/pvc/name": "data-db-0", "csi.storage.k8s.io/pvc/namespace": "prod"}
+    vol = driver.controller.CreateVolume(create_req(parameters=params)).volume
+    labels = driver.server.router.local.node.pool("test").get_volume("pvc-a").labels  # type: ignore[attr-defined]
+    assert labels["csi.storage.k8s.io/pvc/name"] == "data-db-0" and labels["csi.statehold.io/name"] == "pvc-a"
+    assert vol.volume_id == "test/pvc-a"
