@@ -78,6 +78,7 @@ def run(role: str = typer.Option("cluster", "--role", help="node | cluster"),
             registry = op.cluster_registry(kube)
             tickers = op.cluster_tickers(kube)
         settings = op.settings_for(role, node_name)
+        op.login_like(registry, kube.configuration)
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         stop.set()

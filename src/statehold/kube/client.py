@@ -93,6 +93,11 @@ class ApiKube:
         except Unavailable:
             return cls.from_kubeconfig(None)
 
+    @property
+    def configuration(self) -> Any:
+        """The client's Configuration (host, TLS, token): kopf logs in with the same."""
+        return self._api.configuration
+
     def _call(self, method: str, path: str, *, query: list[tuple[str, str]] | None = None,
               body: Any = None, content_type: str = "application/json",
               stream: bool = False, timeout: float | None = None) -> Any:

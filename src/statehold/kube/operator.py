@@ -19,6 +19,7 @@ down, would hang.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -149,6 +150,24 @@ def cluster_tickers(kube: Kube, now: Clock = utcnow, *,
         kube, BACKUP_SCHEDULE, lambda o: schedules.reconcile_schedule(kube, o, now)))]
 
 
+def login_like(registry: kopf.OperatorRegistry, configuration: Any) -> None:
+    """Make kopf connect exactly as the facade does (same kubeconfig or in-cluster account),
+    instead of kopf's default guess. Called again by kopf on 401: the client's refresh hook
+    re-reads a rotated service-account token."""
+
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        header = (configuration.get_api_key_with_prefix("BearerToken")
+                  or configuration.get_api_key_with_prefix("authorization") or "")
+        scheme, _, token = header.partition(" ") if " " in header else ("", "", header)
+        return kopf.ConnectionInfo(
+            server=configuration.host, ca_path=configuration.ssl_ca_cert,
+            insecure=not configuration.verify_ssl, scheme=scheme or None, token=token or None,
+            username=configuration.username or None, password=configuration.password or None,
+            certificate_path=configuration.cert_file, private_key_path=configuration.key_file)
+
+    kopf.on.login(registry=registry, id="statehold")(login)
+
+
 def settings_for(role: str, node_name: str | None) -> kopf.OperatorSettings:
     s = kopf.OperatorSettings()
     s.posting.enabled = False  # we record our own Events, with reasons users can act on
@@ -160,6 +179,24 @@ def settings_for(role: str, node_name: str | None) -> kopf.OperatorSettings:
     return s
 
 
+async def _operate(registry: kopf.OperatorRegistry, settings: kopf.OperatorSettings,
+                   stop: threading.Event) -> None:
+    # kopf waits on a threading.Event in an executor thread that never ends if kopf stops
+    # for another reason (SIGTERM in the main thread), and asyncio.run then waits for that
+    # thread forever; so bridge the Event into an asyncio.Event from a daemon thread.
+    loop = asyncio.get_running_loop()
+    flag = asyncio.Event()
+
+    def bridge() -> None:
+        stop.wait()
+        with contextlib.suppress(RuntimeError):  # the loop may be closed by then
+            loop.call_soon_threadsafe(flag.set)
+
+    threading.Thread(target=bridge, name="stop-bridge", daemon=True).start()
+    await kopf.operator(registry=registry, settings=settings, standalone=True,
+                        clusterwide=True, stop_flag=flag)
+
+
 def run(registry: kopf.OperatorRegistry, settings: kopf.OperatorSettings,
         stop: threading.Event, tickers: Sequence[Ticker] = ()) -> None:
     """Run kopf (cluster-wide, standalone: leadership is ours, not kopf's peering) and the
@@ -169,8 +206,7 @@ def run(registry: kopf.OperatorRegistry, settings: kopf.OperatorSettings,
     for th in threads:
         th.start()
     try:
-        asyncio.run(kopf.operator(registry=registry, settings=settings, standalone=True,
-                                  clusterwide=True, stop_flag=stop))
+        asyncio.run(_operate(registry, settings, stop))
     finally:
         stop.set()
         for th in threads:
