@@ -155,10 +155,10 @@ def login_like(registry: kopf.OperatorRegistry, configuration: Any) -> None:
     instead of kopf's default guess. Called again by kopf on 401: the client's refresh hook
     re-reads a rotated service-account token."""
 
-    def login(**_: Any) -> kopf.ConnectionInfo:
+    def login(**_kw: Any) -> kopf.ConnectionInfo:
         header = (configuration.get_api_key_with_prefix("BearerToken")
                   or configuration.get_api_key_with_prefix("authorization") or "")
-        scheme, _, token = header.partition(" ") if " " in header else ("", "", header)
+        scheme, _sep, token = header.partition(" ") if " " in header else ("", "", header)
         return kopf.ConnectionInfo(
             server=configuration.host, ca_path=configuration.ssl_ca_cert,
             insecure=not configuration.verify_ssl, scheme=scheme or None, token=token or None,
