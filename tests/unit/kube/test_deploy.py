@@ -150,3 +150,11 @@ def test_install_guide_yaml_is_valid() -> None:
     assert docs
     for doc in docs:
         validate_object(doc)
+
+
+def test_chart_lints_clean_for_kubernetes_1_30() -> None:
+    from helm_python.chart import lint
+
+    report = lint(render.CHART, namespace="statehold-system", strict=True, kube_version="v1.30.0")
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
