@@ -47,7 +47,8 @@ def render_chart(values: dict[str, Any] | None = None, *, name: str = RELEASE,
 
     with Chart.load(CHART) as chart:
         rendered = chart.render(values or {}, name=name, namespace=namespace)
-    docs = [d for text in rendered.values() for d in yaml.safe_load_all(text) if d]
+    docs = [d for path, text in rendered.items() if path.endswith((".yaml", ".yml"))
+            for d in yaml.safe_load_all(text) if d]
     return sorted(docs, key=lambda d: (KIND_ORDER.index(d["kind"]) if d["kind"] in KIND_ORDER
                                        else len(KIND_ORDER), d["metadata"]["name"]))
 
