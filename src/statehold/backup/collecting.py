@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from statehold.backup import retention
+from statehold.backup.dirstore import DirectoryStore
 from statehold.backup.locks import Lock, remove_expired
 from statehold.backup.repository import Repository, manifest_key
 
@@ -76,6 +77,8 @@ def gc(repo: Repository, *, grace: float = 3600.0, clock: Callable[[], float] = 
             deleted += 1
             freed += info.size
         locks = 0 if dry_run else remove_expired(repo, now)
+        if not dry_run and isinstance(repo.store, DirectoryStore):
+            repo.store.remove_stale(grace)  # temporaries of writers that died before commit
         log.info("gc chunks=%d referenced=%d deleted=%d bytes=%d grace=%d", total, len(marked), deleted,
                  freed, in_grace)
         return GcResult(total, len(marked), deleted, freed, in_grace, locks)

@@ -8,9 +8,13 @@ object, the new one, or a stray temporary that ``list`` ignores.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import os
 import secrets
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +22,18 @@ from statehold.backup.store import ObjectInfo, check_key
 from statehold.errors import NotFound, OutOfCapacity, PermissionDenied, StateholdError, Unavailable
 
 _TMP_MARK = "~"
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _syncfs(path: Path) -> None:
+    """One barrier for the whole filesystem holding ``path`` (Python has no os.syncfs)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        os.close(fd)
 
 
 def _translate(exc: OSError, what: str) -> StateholdError:
@@ -28,6 +44,14 @@ def _translate(exc: OSError, what: str) -> StateholdError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return OutOfCapacity(f"{what}: {exc.strerror}")
     return Unavailable(f"{what}: {exc.strerror or exc}")
+
+
+def _fsync_dir(path: Path) -> None:
+    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 class DirectoryStore:
@@ -41,6 +65,9 @@ class DirectoryStore:
         except OSError as exc:
             raise _translate(exc, f"directory {self.root}") from exc
         self._made: set[Path] = set()
+        self._staged: list[tuple[Path, Path]] = []
+        self._staged_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
 
     def describe(self) -> str:
         return f"dir://{self.root}"
@@ -48,7 +75,7 @@ class DirectoryStore:
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
-    def put(self, key: str, data: bytes | memoryview) -> None:
+    def _write_tmp(self, key: str, data: bytes | memoryview, *, sync: bool) -> tuple[Path, Path]:
         path = self._path(key)
         parent = path.parent
         tmp = parent / f"{path.name}{_TMP_MARK}{secrets.token_hex(6)}"
@@ -61,18 +88,63 @@ class DirectoryStore:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
-                os.fsync(fd)
+                if sync:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
-            os.rename(tmp, path)
-            dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise _translate(exc, f"put {key} into {self.describe()}") from exc
+        return tmp, path
+
+    def put(self, key: str, data: bytes | memoryview) -> None:
+        tmp, path = self._write_tmp(key, data, sync=True)
+        try:
+            os.rename(tmp, path)
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise _translate(exc, f"put {key} into {self.describe()}") from exc
+
+    def put_later(self, key: str, data: bytes | memoryview) -> None:
+        """Write without a barrier; invisible (a temporary name) until commit()."""
+        staged = self._write_tmp(key, data, sync=False)
+        with self._staged_lock:
+            self._staged.append(staged)
+
+    def commit(self) -> int:
+        """syncfs once (every staged file durable), rename them into place, sync again."""
+        # One commit at a time: a commit that finds nothing staged must still wait for one
+        # in progress, which may be publishing this caller's objects.
+        with self._commit_lock:
+            with self._staged_lock:
+                staged, self._staged = self._staged, []
+            if not staged:
+                return 0
+            try:
+                _syncfs(self.root)
+                for tmp, path in staged:
+                    os.rename(tmp, path)
+                _syncfs(self.root)
+            except OSError as exc:
+                raise _translate(exc, f"commit to {self.describe()}") from exc
+            return len(staged)
+
+    def remove_stale(self, older_than: float) -> int:
+        """Delete temporaries of writers that died before commit (gc calls this)."""
+        n = 0
+        cutoff = time.time() - older_than
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                if _TMP_MARK in name:
+                    p = Path(dirpath) / name
+                    try:
+                        if p.stat().st_mtime < cutoff:
+                            p.unlink()
+                            n += 1
+                    except FileNotFoundError:
+                        continue
+        return n
 
     def get(self, key: str) -> bytes:
         path = self._path(key)

@@ -21,7 +21,7 @@ from pathlib import Path
 from statehold.backup import extents
 from statehold.backup.locks import Lock
 from statehold.backup.manifest import Manifest, Stats
-from statehold.backup.pipeline import FaultHook, Progress, run_pipeline
+from statehold.backup.pipeline import COMMIT_EVERY, FaultHook, Progress, run_pipeline
 from statehold.backup.repository import Repository, new_backup_id
 from statehold.errors import InvalidArgument, NotFound
 
@@ -75,7 +75,8 @@ def plan(size: int, chunk_size: int, data: list[tuple[int, int]],
 def create_backup(repo: Repository, image: Path, *, volume: str, parent: Parent | None = None,
                   snapshot: str | None = None, labels: Mapping[str, str] | None = None,
                   workers: int | None = None, progress: Progress | None = None,
-                  fault: FaultHook | None = None, lock_ttl: float = 30 * 60.0) -> Manifest:
+                  fault: FaultHook | None = None, lock_ttl: float = 30 * 60.0,
+                  commit_every: int = COMMIT_EVERY) -> Manifest:
     """Back up ``image`` (a snapshot's backing file) and return the committed manifest."""
     if not volume:
         raise InvalidArgument("a backup needs the volume name it belongs to")
@@ -99,7 +100,7 @@ def create_backup(repo: Repository, image: Path, *, volume: str, parent: Parent 
                 progress(0, total)
             nworkers = workers or max(4, 2 * (os.cpu_count() or 2))
             res = run_pipeline(repo, fd, size, p.read, total=total, known=known, workers=nworkers,
-                               progress=progress, fault=fault)
+                               progress=progress, fault=fault, commit_every=commit_every)
             ids = dict(p.copied)
             ids.update(res.ids)
             offsets: array[int] = array("Q")

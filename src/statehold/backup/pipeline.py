@@ -17,10 +17,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from statehold.backup.repository import Repository, chunk_key
+from statehold.backup.store import BatchingStore
 from statehold.errors import Unavailable
 
 Progress = Callable[[int, int], None]
 """progress(done_bytes, total_bytes); called from worker threads, serialised by a lock."""
+COMMIT_EVERY = 256 << 20
+"""Batching stores publish staged chunks after this many stored bytes: a killed backup
+loses at most this much work (the next run reuses everything committed before)."""
 FaultHook = Callable[[str], None]
 """fault(point) for failure tests: points are 'chunk-stored' and 'before-manifest'."""
 
@@ -51,7 +55,7 @@ class _Shared:
 
 def run_pipeline(repo: Repository, fd: int, size: int, indices: Iterable[int], *, total: int,
                  known: set[bytes], workers: int, progress: Progress | None = None,
-                 fault: FaultHook | None = None) -> PipelineResult:
+                 fault: FaultHook | None = None, commit_every: int = COMMIT_EVERY) -> PipelineResult:
     """Back up the chunks ``indices`` (sorted) of the image open as ``fd``."""
     cs = repo.chunk_size
     codec = repo.codec
@@ -60,6 +64,22 @@ def run_pipeline(repo: Repository, fd: int, size: int, indices: Iterable[int], *
     for _ in range(workers + 2):
         free.put(bytearray(cs))
     failure: list[BaseException] = []
+    store = repo.store
+    batching = store if isinstance(store, BatchingStore) else None
+    since_commit = [0]
+
+    def put(key: str, blob: bytes) -> None:
+        if batching is None:
+            store.put(key, blob)
+            return
+        batching.put_later(key, blob)
+        with st.lock:
+            since_commit[0] += len(blob)
+            due = since_commit[0] >= commit_every
+            if due:
+                since_commit[0] = 0
+        if due:
+            batching.commit()
 
     def work(idx: int, buf: bytearray, length: int) -> None:
         try:
@@ -78,7 +98,7 @@ def run_pipeline(repo: Repository, fd: int, size: int, indices: Iterable[int], *
                 view.release()
                 free.put(buf)
                 buf = None  # type: ignore[assignment]
-                repo.store.put(key, blob)
+                put(key, blob)
                 with st.lock:
                     st.known.add(cid)
                     st.pending.discard(cid)
@@ -118,6 +138,8 @@ def run_pipeline(repo: Repository, fd: int, size: int, indices: Iterable[int], *
                 f.exception()  # wait for all
     if failure:
         raise failure[0]
+    if batching is not None:
+        batching.commit()  # every chunk durable and visible before the caller's manifest
     return PipelineResult(st.ids, bytes_read, st.bytes_new, st.stored_new, st.chunks_new)
 
 

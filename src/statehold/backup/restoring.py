@@ -10,6 +10,7 @@ nothing that could be mistaken for the data.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -21,7 +22,15 @@ from statehold.backup import extents
 from statehold.backup.locks import Lock
 from statehold.backup.manifest import Manifest
 from statehold.backup.repository import Repository
-from statehold.errors import AlreadyExists, FailedPrecondition, InvalidArgument, OutOfRange
+from statehold.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    OutOfCapacity,
+    OutOfRange,
+    StateholdError,
+    Unavailable,
+)
 
 log = logging.getLogger("statehold.backup.restore")
 
@@ -74,6 +83,12 @@ def _check_blank(target: Path, size: int) -> None:
                                  "restore only into a new volume")
 
 
+def _write_error(exc: OSError, path: Path, offset: int) -> StateholdError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutOfCapacity(f"restore target {path}: no space left at offset {offset}")
+    return Unavailable(f"restore target {path}: write failed at offset {offset}: {exc.strerror}")
+
+
 def _blank(target: Path) -> None:
     """Punch out everything written so far: a failed restore leaves a blank volume."""
     size = target.stat().st_size
@@ -98,8 +113,11 @@ def _write_all(repo: Repository, m: Manifest, path: Path, parallel: int, progres
             data = repo.read_chunk(cid, length)  # Corrupt / NotFound name the chunk
             view = memoryview(data)
             pos = 0
-            while pos < length:
-                pos += os.pwrite(fd, view[pos:], off + pos)
+            try:
+                while pos < length:
+                    pos += os.pwrite(fd, view[pos:], off + pos)
+            except OSError as exc:
+                raise _write_error(exc, path, off + pos) from exc
             with lock:
                 done += length
                 if progress is not None:
@@ -121,7 +139,10 @@ def _write_all(repo: Repository, m: Manifest, path: Path, parallel: int, progres
                 for f in running:
                     f.cancel()
                 raise
-        os.fsync(fd)
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise _write_error(exc, path, 0) from exc
     except BaseException:
         os.close(fd)
         fd = -1

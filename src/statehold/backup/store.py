@@ -56,6 +56,23 @@ class Store(Protocol):
         ...
 
 
+@runtime_checkable
+class BatchingStore(Protocol):
+    """Optional: stores where one durability barrier for many objects is much cheaper than
+    one per object (a directory: one ``syncfs`` instead of two fsyncs per file).
+
+    ``put_later(key, data)`` writes the object but does not make it visible yet;
+    ``commit()`` makes every object put_later'd so far durable, then visible (atomically
+    per object), and returns how many it published. Objects never committed (the writer
+    died) stay invisible and are removed by gc. Writers MUST commit before relying on the
+    objects (format §7: before the manifest).
+    """
+
+    def put_later(self, key: str, data: bytes | memoryview) -> None: ...
+
+    def commit(self) -> int: ...
+
+
 def check_key(key: str) -> str:
     """Keys are relative, '/'-separated, of a safe alphabet: no '..', no empty parts."""
     if not _KEY.match(key) or any(part in (".", "..") for part in key.split("/")):

@@ -119,3 +119,18 @@ def test_unreachable_s3_is_retried_with_backoff_then_unavailable() -> None:
     assert len(slept) == 4
     nominal = [0.5, 1.0, 2.0, 3.0]
     assert all(n / 2 <= d <= n for d, n in zip(slept, nominal, strict=True))
+
+
+def test_directory_batches_are_invisible_until_commit_and_stale_ones_are_removed(scratch: Path) -> None:
+    store = DirectoryStore(scratch / "repo")
+    store.put_later("chunks/aa/aa1", b"1")
+    store.put_later("chunks/bb/bb1", b"2")
+    assert list(store.list("chunks/")) == [] and not store.exists("chunks/aa/aa1")
+    assert store.commit() == 2
+    assert store.get("chunks/aa/aa1") == b"1" and store.get("chunks/bb/bb1") == b"2"
+    assert store.commit() == 0
+    store.put_later("chunks/cc/cc1", b"3")  # a writer that dies before commit
+    fresh = DirectoryStore(scratch / "repo")
+    assert fresh.remove_stale(older_than=3600) == 0
+    assert fresh.remove_stale(older_than=-1) == 1
+    assert {i.key for i in fresh.list("")} == {"chunks/aa/aa1", "chunks/bb/bb1"}

@@ -29,7 +29,7 @@ CHILD = textwrap.dedent("""
             if stored == 4:
                 os.kill(os.getpid(), signal.SIGKILL)
     repo = Repository.open(DirectoryStore(Path(sys.argv[1])), "pw")
-    create_backup(repo, Path(sys.argv[2]), volume="p/v", workers=2, fault=fault)
+    create_backup(repo, Path(sys.argv[2]), volume="p/v", workers=2, fault=fault, commit_every=1)
 """)
 
 
