@@ -14,15 +14,16 @@ one transaction that records the result and deletes the intent. Decisions record
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from statehold.engine import freeze, fs, loop, mounts, snapshotting
+from statehold.engine import freeze, fs, loop, mounts
 from statehold.engine.ficlone import fsync_dir, reflink
 from statehold.engine.metadata import Metadata, VolumeRecord
 from statehold.engine.names import check_size, validate_name
@@ -40,6 +41,20 @@ if TYPE_CHECKING:
     from statehold.engine.pool import Pool
 
 log = logging.getLogger("statehold.engine.lifecycle")
+
+
+@contextlib.contextmanager
+def acting(pool: Pool, intent: int) -> Iterator[None]:
+    """The file-changing part of an operation: on any error, settle the intent at once.
+
+    A crash leaves the intent to start-up recovery; an error (a tool failed, the disk is
+    full) must not leave it lying around in a process that keeps running.
+    """
+    try:
+        yield
+    except BaseException:
+        pool.settle(intent)
+        raise
 
 
 def check_ratio(ratio: float) -> float:
@@ -131,26 +146,10 @@ def create_volume(pool: Pool, name: str, size: int, *, mode: VolumeMode | str,
     mounted: list[str] = []
     if src_path is not None and src_vol is not None:
         for dev in loop.find(src_path):
-            mounted += snapshotting.writable_targets(dev)
+            mounted += mounts.writable_targets(dev)
     freeze_target = mounted[0] if mounted else None
     # the frozen mount point is part of the intent: recovery must thaw it after a crash
     intent = pool.db.begin_intent(op, name, {"size": size, "frozen": freeze_target})
-    pool.fault(f"{op}.intent")
-    if src_path is not None:
-        with freeze.frozen(freeze_target):
-            pool.fault(f"{op}.frozen")
-            reflink(src_path, path)
-        if size > src_size:
-            os.truncate(path, size)
-    else:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.ftruncate(fd, size)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    fsync_dir(pool.volumes_dir)
-    pool.fault(f"{op}.file")
     rec = VolumeRecord(
         name=name, size=size, mode=vmode.value, fs=vfs.value if vfs else None,
         source_kind=source.kind if source else None, source_name=source.name if source else None,
@@ -158,12 +157,33 @@ def create_volume(pool: Pool, name: str, size: int, *, mode: VolumeMode | str,
         # the clone is larger than its source (the flag may lag behind the real content)
         formatted=src_formatted, grow_pending=source is not None and size > src_size,
         labels=dict(labels or {}), created_at=time.time())
-    with pool.db.transaction() as db:
-        Metadata.insert_volume(db, rec)
-        Metadata.end_intent(db, intent)
+    with acting(pool, intent):
+        pool.fault(f"{op}.intent")
+        if src_path is not None:
+            with freeze.frozen(freeze_target):
+                pool.fault(f"{op}.frozen")
+                reflink(src_path, path)
+            if size > src_size:
+                os.truncate(path, size)
+        else:
+            _new_sparse_file(path, size)
+        fsync_dir(pool.volumes_dir)
+        pool.fault(f"{op}.file")
+        with pool.db.transaction() as db:
+            Metadata.insert_volume(db, rec)
+            Metadata.end_intent(db, intent)
     pool.fault(f"{op}.commit")
     log.info("volume created volume=%s/%s size=%d op=%s", pool.name, name, size, op)
     return rec
+
+
+def _new_sparse_file(path: Path, size: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fs_min(fstype: FsType) -> int:
@@ -188,13 +208,14 @@ def delete_volume(pool: Pool, name: str) -> None:
         where = f"mounted at {', '.join(targets)}" if targets else f"attached as {devices[0]}"
         raise FailedPrecondition(f"volume {name!r} is {where}; unmount and detach it first")
     intent = pool.db.begin_intent("delete_volume", name, {})
-    pool.fault("delete_volume.intent")
-    path.unlink(missing_ok=True)
-    fsync_dir(pool.volumes_dir)
-    pool.fault("delete_volume.unlinked")
-    with pool.db.transaction() as db:
-        db.execute("DELETE FROM volumes WHERE name=?", (name,))
-        Metadata.end_intent(db, intent)
+    with acting(pool, intent):
+        pool.fault("delete_volume.intent")
+        path.unlink(missing_ok=True)
+        fsync_dir(pool.volumes_dir)
+        pool.fault("delete_volume.unlinked")
+        with pool.db.transaction() as db:
+            db.execute("DELETE FROM volumes WHERE name=?", (name,))
+            Metadata.end_intent(db, intent)
     pool.fault("delete_volume.commit")
     log.info("volume deleted volume=%s/%s", pool.name, name)
 
@@ -211,16 +232,17 @@ def expand(pool: Pool, name: str, new_size: int) -> tuple[VolumeRecord, GrowResu
         _check_room(pool, new_size - rec.size)
         path = pool.volume_path(name)
         intent = pool.db.begin_intent("expand", name, {"old": rec.size, "new": new_size})
-        pool.fault("expand.intent")
-        os.truncate(path, new_size)
-        pool.fault("expand.truncated")
-        for dev in loop.find(path):
-            loop.refresh_capacity(dev)
-        pool.fault("expand.refreshed")
-        with pool.db.transaction() as db:
-            db.execute("UPDATE volumes SET size=?, grow_pending=? WHERE name=?",
-                       (new_size, int(rec.mode == VolumeMode.FILESYSTEM), name))
-            Metadata.end_intent(db, intent)
+        with acting(pool, intent):
+            pool.fault("expand.intent")
+            os.truncate(path, new_size)
+            pool.fault("expand.truncated")
+            for dev in loop.find(path):
+                loop.refresh_capacity(dev)
+            pool.fault("expand.refreshed")
+            with pool.db.transaction() as db:
+                db.execute("UPDATE volumes SET size=?, grow_pending=? WHERE name=?",
+                           (new_size, int(rec.mode == VolumeMode.FILESYSTEM), name))
+                Metadata.end_intent(db, intent)
         pool.fault("expand.commit")
         log.info("volume expanded volume=%s/%s size=%d", pool.name, name, new_size)
     grow = grow_pending_fs(pool, name)

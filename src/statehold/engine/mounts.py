@@ -57,6 +57,11 @@ def targets_of(device: str) -> list[str]:
     return [m.target for m in mounts() if m.source == device]
 
 
+def writable_targets(device: str) -> list[str]:
+    """Read-write mounts of ``device``: a read-only mount has nothing to flush or freeze."""
+    return [m.target for m in mounts() if m.source == device and "rw" in m.options.split(",")]
+
+
 def mount_at(target: Path | str) -> Mount | None:
     """The top-most mount exactly at ``target``, or None."""
     wanted = str(target)

@@ -359,6 +359,10 @@ class Pool:
         snapshotting.delete(self, name)
 
     # -- lifecycle -------------------------------------------------------------------------
+    def settle(self, intent_id: int) -> list[str]:
+        """Finish or roll back one intent of an operation that failed midway (not crashed)."""
+        return recovery.settle(self, intent_id)
+
     @_locked
     def reconcile(self) -> list[str]:
         """Crash recovery (see ``recovery``): one line per action taken."""

@@ -76,8 +76,15 @@ def _finish_intent(pool: Pool, it: Intent, done: list[str]) -> None:
         new = int(it.payload["new"])
         if rec is not None:
             path = pool.volume_path(name)
-            if path.exists() and path.stat().st_size < new:
-                os.truncate(path, new)
+            try:
+                if path.exists() and path.stat().st_size < new:
+                    os.truncate(path, new)
+            except OSError as exc:
+                # the file could not grow (so it did not): the expand never happened
+                with db.transaction() as tx:
+                    Metadata.end_intent(tx, it.id)
+                done.append(f"rolled back expand of volume {name}: {exc}")
+                return
             for dev in loop.find(path):
                 loop.refresh_capacity(dev)
             with db.transaction() as tx:
@@ -148,6 +155,23 @@ def _files(pool: Pool, done: list[str]) -> None:
             done.append(f"made snapshot {snap.name} read-only again")
 
 
+def settle(pool: Pool, intent_id: int) -> list[str]:
+    """Finish or roll back one intent right away: an operation failed (not crashed) midway.
+
+    Best effort: what cannot be settled now is left for the next ``reconcile``.
+    """
+    done: list[str] = []
+    for it in pool.db.intents():
+        if it.id == intent_id:
+            try:
+                _finish_intent(pool, it, done)
+            except (StateholdError, OSError) as exc:
+                done.append(f"could not settle intent {it.id} ({it.op} {it.target}): {exc}")
+    for line in done:
+        log.warning("settle pool=%s %s", pool.name, line)
+    return done
+
+
 def reconcile(pool: Pool) -> list[str]:
     """Bring the pool back to a consistent state; one line per action taken."""
     present = pool.meta_dir.is_dir() if pool.is_directory else os.path.ismount(pool.mountpoint)
@@ -156,7 +180,11 @@ def reconcile(pool: Pool) -> list[str]:
         raise FailedPrecondition(f"pool {pool.name!r} is not mounted at {pool.mountpoint}")
     done: list[str] = []
     for it in pool.db.intents():
-        _finish_intent(pool, it, done)
+        try:
+            _finish_intent(pool, it, done)
+        except (StateholdError, OSError) as exc:
+            # one stuck intent must not keep the pool from opening: report, retry next time
+            done.append(f"could not finish intent {it.id} ({it.op} {it.target}): {exc}")
     _stale_loops(pool, done)
     _files(pool, done)
     for line in done:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from statehold.engine import freeze as freezing
 from statehold.engine import loop, mounts
 from statehold.engine.ficlone import fsync_dir, reflink
+from statehold.engine.lifecycle import acting
 from statehold.engine.metadata import Metadata, SnapshotRecord
 from statehold.engine.names import validate_name
 from statehold.errors import AlreadyExists, FailedPrecondition, NotFound
@@ -36,12 +37,6 @@ def _flush(device: str | None, target: str | None) -> None:
         freezing.flush_device(device)
 
 
-def writable_targets(device: str) -> list[str]:
-    """Read-write mounts of ``device``: a read-only mount has nothing to flush or freeze."""
-    return [m.target for m in mounts.mounts()
-            if m.source == device and "rw" in m.options.split(",")]
-
-
 def create(pool: Pool, volume: str, name: str, *, freeze: bool) -> SnapshotRecord:
     validate_name(volume, what="volume name")
     validate_name(name, what="snapshot name")
@@ -58,25 +53,26 @@ def create(pool: Pool, volume: str, name: str, *, freeze: bool) -> SnapshotRecor
     devices = loop.find(src)
     targets: list[str] = []
     for dev in devices:
-        targets += writable_targets(dev)
+        targets += mounts.writable_targets(dev)
     freeze_target = targets[0] if (freeze and targets) else None
     dst = pool.snapshot_path(name)
     intent = pool.db.begin_intent("snapshot", name, {"volume": volume, "frozen": freeze_target})
-    pool.fault("snapshot.intent")
-    if freeze_target is None:
-        _flush(devices[0] if devices else None, targets[0] if targets else None)
-    with freezing.frozen(freeze_target):
-        pool.fault("snapshot.frozen")
-        reflink(src, dst, mode=READ_ONLY)
-        pool.fault("snapshot.cloned")
-    os.chmod(dst, READ_ONLY)
-    fsync_dir(pool.snapshots_dir)
     snap = SnapshotRecord(name=name, source_volume=volume, size=rec.size, mode=rec.mode,
                           fs=rec.fs, formatted=rec.formatted or freeze_target is not None,
                           frozen=freeze_target is not None, created_at=time.time())
-    with pool.db.transaction() as db:
-        Metadata.insert_snapshot(db, snap)
-        Metadata.end_intent(db, intent)
+    with acting(pool, intent):
+        pool.fault("snapshot.intent")
+        if freeze_target is None:
+            _flush(devices[0] if devices else None, targets[0] if targets else None)
+        with freezing.frozen(freeze_target):
+            pool.fault("snapshot.frozen")
+            reflink(src, dst, mode=READ_ONLY)
+            pool.fault("snapshot.cloned")
+        os.chmod(dst, READ_ONLY)
+        fsync_dir(pool.snapshots_dir)
+        with pool.db.transaction() as db:
+            Metadata.insert_snapshot(db, snap)
+            Metadata.end_intent(db, intent)
     pool.fault("snapshot.commit")
     log.info("snapshot created snapshot=%s/%s volume=%s frozen=%s", pool.name, name, volume,
              snap.frozen)
@@ -92,12 +88,13 @@ def delete(pool: Pool, name: str) -> None:
     if devices:
         raise FailedPrecondition(f"snapshot {name!r} is attached as {devices[0]}; detach it first")
     intent = pool.db.begin_intent("delete_snapshot", name, {})
-    pool.fault("delete_snapshot.intent")
-    path.unlink(missing_ok=True)
-    fsync_dir(pool.snapshots_dir)
-    pool.fault("delete_snapshot.unlinked")
-    with pool.db.transaction() as db:
-        db.execute("DELETE FROM snapshots WHERE name=?", (name,))
-        Metadata.end_intent(db, intent)
+    with acting(pool, intent):
+        pool.fault("delete_snapshot.intent")
+        path.unlink(missing_ok=True)
+        fsync_dir(pool.snapshots_dir)
+        pool.fault("delete_snapshot.unlinked")
+        with pool.db.transaction() as db:
+            db.execute("DELETE FROM snapshots WHERE name=?", (name,))
+            Metadata.end_intent(db, intent)
     pool.fault("delete_snapshot.commit")
     log.info("snapshot deleted snapshot=%s/%s", pool.name, name)
