@@ -248,10 +248,40 @@ def filter_nodes(pod: PodVolumes, nodes: Sequence[str],
     if not pod.concerns_us:
         return FilterOutcome(tuple(nodes), {}, {})
     plan = Plan.of(pod.pending)
-    verdicts = {n: judge_node(pod, n, pools.get(n), reserved, plan) for n in nodes}
+    if _simple(pod, plan):
+        verdicts = _judge_simple(pod, nodes, pools, reserved, plan)
+    else:
+        verdicts = {n: judge_node(pod, n, pools.get(n), reserved, plan) for n in nodes}
     passed = tuple(n for n in nodes if verdicts[n].ok)
     failed = {n: v.reason for n, v in verdicts.items() if not v.ok}
     return FilterOutcome(passed, failed, verdicts)
+
+
+def _simple(pod: PodVolumes, plan: Plan) -> bool:
+    """The common case: only new claims, none tied to a pool or a node already."""
+    return (bool(plan.todo) and plan.any_pool and not pod.problems and not pod.bound
+            and len(plan.todo) == len(pod.pending))
+
+
+def _judge_simple(pod: PodVolumes, nodes: Sequence[str],
+                  pools: Mapping[str, Sequence[PoolState]],
+                  reserved: Mapping[PoolKey, int], plan: Plan) -> dict[str, NodeVerdict]:
+    """:func:`judge_node` for every node, with the one-pool node inlined (one comparison
+    instead of a placement): the filter's cost over 1,000 nodes is this loop. Any other
+    node, and every refusal (for its reason), goes through :func:`judge_node`; the result
+    is the same, as a property test checks."""
+    total = plan.total
+    out: dict[str, NodeVerdict] = {}
+    for n in nodes:
+        ps = pools.get(n)
+        if ps is not None and len(ps) == 1:
+            p = ps[0]
+            free = p.limit - p.allocated - reserved.get((n, p.name), 0)
+            if free >= total:
+                out[n] = NodeVerdict(n, True, "", ((p.name, total),), free - total)
+                continue
+        out[n] = judge_node(pod, n, ps, reserved, plan)
+    return out
 
 
 def headroom_score(headroom: int) -> int:

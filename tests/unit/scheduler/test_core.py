@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from statehold.scheduler.core import (
     BoundVolume,
@@ -16,6 +18,7 @@ from statehold.scheduler.core import (
     best_node,
     filter_nodes,
     headroom_score,
+    judge_node,
     place,
     score_nodes,
     unique_top,
@@ -175,3 +178,33 @@ def test_unique_top_leaves_one_node_with_the_top_score(scores, expected) -> None
     got = unique_top([NodeScore(n, s, h) for n, s, h in scores])
     assert [s.score for s in got] == expected
     assert [s.node for s in got] == [n for n, _, _ in scores]
+
+
+_claims = st.lists(st.tuples(st.integers(1, 64), st.sampled_from([None, None, "x", "y"]),
+                             st.sampled_from([None, None, None, "n1"])),
+                   min_size=0, max_size=4)
+_pools = st.lists(st.tuples(st.sampled_from(["n0", "n1", "n2", "n3"]), st.sampled_from(["x", "y"]),
+                            st.integers(0, 128), st.integers(0, 128),
+                            st.sampled_from([1.0, 1.5, 2.0])), max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(claims=_claims, pool_specs=_pools, bound=st.booleans(),
+       reserve=st.dictionaries(st.sampled_from([("n0", "x"), ("n1", "y"), ("n2", "x")]),
+                               st.integers(0, 64 * GiB)))
+def test_filter_fast_path_agrees_with_judge_node(claims, pool_specs, bound, reserve) -> None:
+    pending = tuple(PendingClaim(ClaimKey("d", f"c{i}"), size * GiB, pool, sel)
+                    for i, (size, pool, sel) in enumerate(claims))
+    vols = (BoundVolume(A, "pv", frozenset({"n1", "n2"}), "n1"),) if bound else ()
+    pod = PodVolumes("d/p", vols, pending)
+    by_node: dict[str, dict[str, PoolState]] = {}
+    for node, name, cap, used, ratio in pool_specs:
+        by_node.setdefault(node, {})[name] = PoolState(node, name, cap * GiB, used * GiB, ratio)
+    pool_map = {n: tuple(v[k] for k in sorted(v)) for n, v in by_node.items()}
+    nodes = ["n0", "n1", "n2", "n3", "n4"]
+    out = filter_nodes(pod, nodes, pool_map, reserve)
+    if not pod.concerns_us:
+        assert out.passed == tuple(nodes)
+        return
+    for n in nodes:
+        assert out.verdicts[n] == judge_node(pod, n, pool_map.get(n), reserve), n
