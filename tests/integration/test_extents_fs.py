@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from statehold.engine.extents import changed_ranges, data_ranges, total
+from statehold.engine.fiemap import ExtentFlag, file_extents
 from statehold.runner import run
 
 pytestmark = pytest.mark.root
@@ -277,3 +278,22 @@ def test_holes_in_both_files_are_unchanged_and_data_ranges_skip_them(workdir: Pa
         f.write(b"y" * BS)
     reflink(live, workdir / "b")
     assert check_diff(workdir / "a", workdir / "b", None) == [(20 << 20, BS)]
+
+
+@pytest.mark.parametrize("fs", ["btrfs"], indirect=True)
+def test_compressed_extents_are_reported_changed_but_never_missed(fs: Fs, workdir: Path) -> None:
+    """btrfs compression: FIEMAP's address names a compressed extent, not the bytes, so the
+    diff must not trust it (ENCODED); every byte stays covered."""
+    live = workdir / "live"
+    live.touch()
+    run(["btrfs", "property", "set", str(live), "compression", "zstd"])
+    with open(live, "wb") as f:
+        f.write(b"compressible " * 400_000)  # ~5 MiB
+    reflink(live, workdir / "a")
+    with open(live, "r+b") as f:
+        f.seek(1 << 20)
+        f.write(b"changed " * 1000)
+    reflink(live, workdir / "b")
+    assert any(e.flags & ExtentFlag.ENCODED for e in file_extents(workdir / "b"))
+    got = check_diff(workdir / "a", workdir / "b", None)
+    assert covered(got, 1 << 20, (1 << 20) + 8000)
