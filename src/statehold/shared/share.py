@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,7 @@ is seen by the next open on every other client. With the defaults, client-side c
 and a file replaced by rename can return ESTALE until the lookup is redone. Measured on
 GlusterFS 10.3: with these options, 0 of 20 cross-client re-reads were stale; without, 19."""
 PROBE_TIMEOUT = 3.0
+FAILED_MOUNT_SETTLE = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +134,7 @@ def mount_share(spec: ShareSpec, target: Path, *, readonly: bool = False) -> Non
     try:
         run(argv, timeout=MOUNT_TIMEOUT)
     except CommandError as exc:
-        if created:
-            with contextlib.suppress(OSError):
-                target.rmdir()
+        _clean_failed_mount(target, created)
         text = exc.stderr.lower()
         if exc.code == -1:
             raise Unavailable(f"mount of {spec.source} timed out") from exc
@@ -151,12 +151,28 @@ def mount_share(spec: ShareSpec, target: Path, *, readonly: bool = False) -> Non
         raise InvalidArgument(f"mount -t {spec.fstype} {spec.source} did not produce a mount")
 
 
+def _clean_failed_mount(target: Path, created: bool) -> None:
+    """Leave nothing after a failed mount. A FUSE client that fails early (GlusterFS: no
+    such volume) can leave its dead mount in the table for a moment after ``mount``
+    returned; watch briefly and unmount it by its exact path."""
+    deadline = time.monotonic() + FAILED_MOUNT_SETTLE
+    while time.monotonic() < deadline:
+        if mount_at(read_mounts(), target) is not None:
+            with contextlib.suppress(FailedPrecondition):
+                unmount(target, remove_dir=False)
+        time.sleep(0.1)
+    unmount(target, remove_dir=False)  # still there: a real error, said so
+    if created:
+        with contextlib.suppress(OSError):
+            target.rmdir()
+
+
 def _alive(target: Path) -> bool:
     # statvfs always reaches the filesystem's server side; stat may be answered from cache.
     try:
         os.statvfs(target)
     except OSError as exc:
-        if exc.errno in (errno.ENOTCONN, errno.EIO, errno.ESTALE):
+        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO, errno.ESTALE):
             return False
         raise Unavailable(f"cannot stat {target}: {exc}") from exc
     return True

@@ -237,7 +237,7 @@ def test_dead_client_mount_is_remounted(scratch: Path, spec: ShareSpec, mounts: 
         time.sleep(0.05)
     with pytest.raises(OSError) as err:
         os.statvfs(target)
-    assert err.value.errno == errno.ENOTCONN
+    assert err.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)  # the FUSE daemon is gone
     assert mounter.acquire(spec, "vol-2") == target
     assert (target / scratch.name / "f").read_bytes() == b"survives"
     assert mounter.release(spec, "vol-1") is False
