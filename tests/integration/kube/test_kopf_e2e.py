@@ -24,6 +24,8 @@ from statehold.kube.kinds import BACKUP_SCHEDULE, PVC, STORAGE_POOL, VOLUME_BACK
 from statehold.kube.memory import MemoryKube
 from tests.unit.controller.cluster import NS, bound_pvc, path_target, secret, storage_class
 from tests.unit.kube.apiserver import serve
+from tests.unit.kube.rbac import RbacKube, rules_for
+from tests.unit.kube.validation import render
 
 pytestmark = pytest.mark.root
 NODE = "n1"
@@ -60,12 +62,17 @@ def test_schedule_to_backup_to_restore_through_kopf(memory_kube: MemoryKube, nod
                                                     engine_home: Path, scratch: Path,
                                                     fake_clock: Any) -> None:
     kube = memory_kube
+    # each role's handlers act only with what the chart grants its ServiceAccount
+    docs = render.render_chart()
+    as_operator = RbacKube(kube, rules_for(docs, "statehold-operator"))
+    as_node = RbacKube(kube, rules_for(docs, "statehold-node"))
     with serve(kube) as url, \
-            operator_running(url, op.cluster_registry(kube, fake_clock), op.settings_for("cluster", None),
-                             op.cluster_tickers(kube, fake_clock, schedule_interval=0.2)), \
-            operator_running(url, op.node_registry(kube, node, NODE, fake_clock),
+            operator_running(url, op.cluster_registry(as_operator, fake_clock),
+                             op.settings_for("cluster", None),
+                             op.cluster_tickers(as_operator, fake_clock, schedule_interval=0.2)), \
+            operator_running(url, op.node_registry(as_node, node, NODE, fake_clock),
                              op.settings_for("node", NODE),
-                             op.node_tickers(kube, node, NODE, fake_clock, capacity_interval=0.5)):
+                             op.node_tickers(as_node, node, NODE, fake_clock, capacity_interval=0.5)):
         kube.create({"apiVersion": "statehold.io/v1alpha1", "kind": "StoragePool",
                      "metadata": {"name": "fast"},
                      "spec": {"node": NODE, "directory": str(engine_home / "images"),
@@ -112,3 +119,4 @@ def test_schedule_to_backup_to_restore_through_kopf(memory_kube: MemoryKube, nod
         with pytest.raises(NotFound):
             kube.get(STORAGE_POOL, "fast")
         assert node.pool("fast").name == "fast"  # the pool itself stays on its disks
+    assert as_operator.denied == [] and as_node.denied == []

@@ -3,17 +3,11 @@ workloads have what a CSI driver on local disks needs."""
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 import pytest
 
-from tests.unit.kube.validation import ROOT, load_all, validate_object, yaml_blocks
-
-spec = importlib.util.spec_from_file_location("deploy_render", ROOT / "deploy" / "render.py")
-assert spec and spec.loader
-render = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(render)
+from tests.unit.kube.validation import ROOT, load_all, render, validate_object, yaml_blocks
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 

@@ -6,6 +6,7 @@ snapshot.storage.k8s.io kinds against a small schema written from their API refe
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,18 @@ from statehold.controller.schemas import validate_custom_resource
 
 K8S_VERSIONS = ("1.30", kubernetes_validate.latest_version())
 ROOT = Path(__file__).resolve().parents[3]
+
+
+def _load_render() -> Any:
+    """deploy/render.py (a script, not a package module) loaded by path."""
+    spec = importlib.util.spec_from_file_location("deploy_render", ROOT / "deploy" / "render.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+render = _load_render()
 
 _META = {"type": "object", "required": ["name"], "properties": {
     "name": {"type": "string", "minLength": 1}, "namespace": {"type": "string"},

@@ -1,0 +1,82 @@
+"""RbacKube: a facade that allows only what a ServiceAccount's rendered RBAC rules allow.
+
+Handlers run through it in tests, so a missing grant in the chart fails a test instead of
+a cluster (and an unused grant is visible in ``used``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from statehold.errors import PermissionDenied
+from statehold.kube.facade import Kube, Obj, ObjList, Selector, WatchEvent
+from statehold.kube.kinds import EVENT, Kind, kind_of
+
+
+def rules_for(docs: list[dict[str, Any]], account: str) -> list[dict[str, Any]]:
+    """Every rule bound to ServiceAccount ``account`` (ClusterRoles and Roles alike)."""
+    roles = {(d["kind"], d["metadata"]["name"]): d for d in docs if d["kind"] in ("ClusterRole", "Role")}
+    rules: list[dict[str, Any]] = []
+    for b in docs:
+        if b["kind"] in ("ClusterRoleBinding", "RoleBinding") and any(
+                s["kind"] == "ServiceAccount" and s["name"] == account for s in b["subjects"]):
+            rules += roles[(b["roleRef"]["kind"], b["roleRef"]["name"])]["rules"]
+    return rules
+
+
+class RbacKube:
+    def __init__(self, inner: Kube, rules: list[dict[str, Any]]) -> None:
+        self.inner, self.rules = inner, rules
+        self.denied: list[tuple[str, str, str]] = []
+        self.used: set[tuple[str, str, str]] = set()
+
+    def _check(self, kind: Kind, verb: str, sub: str = "") -> None:
+        resource = kind.plural + (f"/{sub}" if sub else "")
+        for r in self.rules:
+            if kind.group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]:
+                self.used.add((kind.group, resource, verb))
+                return
+        self.denied.append((kind.group, resource, verb))
+        raise PermissionDenied(f"forbidden: {verb} {kind.group or 'core'}/{resource}")
+
+    def get(self, kind: Kind, name: str, namespace: str | None = None) -> Obj:
+        self._check(kind, "get")
+        return self.inner.get(kind, name, namespace)
+
+    def list(self, kind: Kind, namespace: str | None = None, *,
+             label_selector: Selector = None) -> ObjList:
+        self._check(kind, "list")
+        return self.inner.list(kind, namespace, label_selector=label_selector)
+
+    def watch(self, kind: Kind, namespace: str | None = None, *, label_selector: Selector = None,
+              resource_version: str | None = None, timeout: float = 60.0) -> Iterator[WatchEvent]:
+        self._check(kind, "watch")
+        return self.inner.watch(kind, namespace, label_selector=label_selector,
+                                resource_version=resource_version, timeout=timeout)
+
+    def create(self, obj: Obj) -> Obj:
+        self._check(kind_of(obj), "create")
+        return self.inner.create(obj)
+
+    def replace(self, obj: Obj) -> Obj:
+        self._check(kind_of(obj), "update")
+        return self.inner.replace(obj)
+
+    def patch(self, kind: Kind, name: str, patch: Obj, namespace: str | None = None) -> Obj:
+        self._check(kind, "patch")
+        return self.inner.patch(kind, name, patch, namespace)
+
+    def patch_status(self, kind: Kind, name: str, status: Obj, namespace: str | None = None) -> Obj:
+        self._check(kind, "patch", "status")
+        return self.inner.patch_status(kind, name, status, namespace)
+
+    def delete(self, kind: Kind, name: str, namespace: str | None = None) -> None:
+        self._check(kind, "delete")
+        self.inner.delete(kind, name, namespace)
+
+    def record_event(self, involved: Obj, *, type: Literal["Normal", "Warning"], reason: str,
+                     message: str, component: str = "statehold") -> Obj:
+        for verb in ("create", "get", "patch"):  # a repeated event is read and its count bumped
+            self._check(EVENT, verb)
+        return self.inner.record_event(involved, type=type, reason=reason, message=message,
+                                       component=component)

@@ -1,0 +1,51 @@
+"""The chart's RBAC is enough for the cluster operator's handlers (and used by them): the
+handlers run through a facade that allows only the statehold-operator account's rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from statehold.controller.backups import assign_backup
+from statehold.controller.restores import assign_restore
+from statehold.controller.schedules import reconcile_schedule
+from statehold.controller.target_status import reconcile_target
+from statehold.kube.kinds import BACKUP_SCHEDULE, BACKUP_TARGET, VOLUME_BACKUP, VOLUME_RESTORE
+from statehold.kube.memory import MemoryKube
+from tests.unit.controller.cluster import NS, bound_pvc, path_target, secret, storage_class
+from tests.unit.kube.rbac import RbacKube, rules_for
+from tests.unit.kube.validation import render
+
+
+def test_cluster_operator_rbac_covers_its_handlers(memory_kube: MemoryKube, fake_clock: Any) -> None:
+    rbac = RbacKube(memory_kube, rules_for(render.render_chart(), "statehold-operator"))
+    secret(memory_kube, "pw", password="x")
+    path_target(memory_kube)
+    storage_class(memory_kube)
+    bound_pvc(memory_kube, "data-0", labels={"backup": "nightly"})
+    bound_pvc(memory_kube, "ebs", driver="ebs.csi.aws.com")
+    memory_kube.create({"apiVersion": "statehold.io/v1alpha1", "kind": "BackupSchedule",
+                        "metadata": {"name": "nightly", "namespace": NS},
+                        "spec": {"schedule": "0 3 * * *", "target": "t", "retention": {"keepLast": 1},
+                                 "selector": {"matchLabels": {"backup": "nightly"}}}})
+    reconcile_target(rbac, memory_kube.get(BACKUP_TARGET, "t", NS), fake_clock)
+    for day in range(3):
+        fake_clock.advance(days=1)
+        reconcile_schedule(rbac, memory_kube.get(BACKUP_SCHEDULE, "nightly", NS), fake_clock)
+        for vb in memory_kube.list(VOLUME_BACKUP, NS):
+            assign_backup(rbac, vb, fake_clock)
+            memory_kube.patch_status(VOLUME_BACKUP, vb["metadata"]["name"], {
+                "phase": "Completed", "backupId": f"id{day}",
+                "completionTime": f"2026-01-0{6 + day}T03:10:00Z"}, NS)
+    memory_kube.create({"apiVersion": "statehold.io/v1alpha1", "kind": "VolumeBackup",
+                        "metadata": {"name": "foreign", "namespace": NS},
+                        "spec": {"persistentVolumeClaimName": "ebs", "target": "t"}})
+    assign_backup(rbac, memory_kube.get(VOLUME_BACKUP, "foreign", NS), fake_clock)
+    backup = memory_kube.list(VOLUME_BACKUP, NS, label_selector="statehold.io/schedule")[0]
+    memory_kube.create({"apiVersion": "statehold.io/v1alpha1", "kind": "VolumeRestore",
+                        "metadata": {"name": "r", "namespace": NS},
+                        "spec": {"backup": backup["metadata"]["name"],
+                                 "persistentVolumeClaimName": "copy"}})
+    assign_restore(rbac, memory_kube.get(VOLUME_RESTORE, "r", NS), fake_clock)
+    assert rbac.denied == []
+    assert ("statehold.io", "volumebackups", "delete") in rbac.used      # pruning ran
+    assert memory_kube.get(VOLUME_RESTORE, "r", NS)["status"]["phase"] == "Pending"
