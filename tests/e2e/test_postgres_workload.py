@@ -184,8 +184,10 @@ def test_postgres_snapshot_taken_under_load_clones_into_a_consistent_database(dr
             accounts = int(replica.sql("SELECT count(*) FROM pgbench_accounts"))
             assert accounts == 100_000
             # (the snapshot may land before pgbench's first transaction: empty sums are 0)
-            balance = replica.sql("SELECT coalesce(sum(abalance), 0) = "
-                                  "(SELECT coalesce(sum(delta), 0) FROM pgbench_history) FROM pgbench_accounts")
+            balance = replica.sql(
+                "SELECT coalesce(sum(abalance), 0) = "
+                "(SELECT coalesce(sum(delta), 0) FROM pgbench_history) FROM pgbench_accounts"
+            )
             assert balance == "t"
         finally:
             replica.stop()
