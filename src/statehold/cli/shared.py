@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -228,16 +229,28 @@ def register(app: typer.Typer) -> None:
     @shared.command("discover")
     def discover(node: str = typer.Option(..., "--node"), directory: Path = typer.Option(..., "--dir"),
                  storage_class: str = typer.Option("statehold-local-disks", "--storage-class"),
-                 kubeconfig: str | None = typer.Option(None, "--kubeconfig")) -> None:
-        """One discovery pass: offer disks under --dir as Local PVs, recycle Released ones."""
+                 kubeconfig: str | None = typer.Option(None, "--kubeconfig"),
+                 interval: float = typer.Option(0.0, "--interval",
+                                                help="repeat every N seconds (0: one pass)")) -> None:
+        """Offer disks under --dir as Local PVs and recycle Released ones (one pass, or a loop)."""
         try:
             # Imported by name: a static import would make this module import `kubernetes`
             # (transitively), which the kube-only contract forbids outside statehold.kube.
             client = importlib.import_module("statehold.kube.client")
-            kube = client.ApiKube.connect(kubeconfig)
-            done = Discoverer(KubePvApi(kube), node=node, directory=directory,
-                              storage_class=storage_class).run_once()
+            discoverer = Discoverer(KubePvApi(client.ApiKube.connect(kubeconfig)), node=node,
+                                    directory=directory, storage_class=storage_class)
         except StateholdError as exc:
             raise _fail(exc) from exc
-        for action in done:
-            typer.echo(f"{action.kind} {action.pv or (action.disk.path if action.disk else '')}")
+        while True:
+            try:
+                done = discoverer.run_once()
+            except StateholdError as exc:
+                if interval <= 0:
+                    raise _fail(exc) from exc
+                typer.echo(f"error: {exc}", err=True)  # a loop survives a bad pass
+                done = []
+            for action in done:
+                typer.echo(f"{action.kind} {action.pv or (action.disk.path if action.disk else '')}")
+            if interval <= 0:
+                return
+            time.sleep(interval)
