@@ -32,9 +32,9 @@ NODE = "n1"
 
 
 @contextlib.contextmanager
-def operator_running(url: str, registry: kopf.OperatorRegistry, settings: kopf.OperatorSettings,
-                     tickers: list[op.Ticker]) -> Iterator[None]:
-    kopf.on.login(registry=registry)(lambda **_: kopf.ConnectionInfo(server=url))
+def operator_running(url: str, token: str, registry: kopf.OperatorRegistry,
+                     settings: kopf.OperatorSettings, tickers: list[op.Ticker]) -> Iterator[None]:
+    kopf.on.login(registry=registry)(lambda **_: kopf.ConnectionInfo(server=url, token=token))
     settings.scanning.disabled = True  # no CRD watching: the served API is fixed
     stop = threading.Event()
     thread = threading.Thread(target=op.run, args=(registry, settings, stop, tickers), daemon=True)
@@ -66,11 +66,14 @@ def test_schedule_to_backup_to_restore_through_kopf(memory_kube: MemoryKube, nod
     docs = render.render_chart()
     as_operator = RbacKube(kube, rules_for(docs, "statehold-operator"))
     as_node = RbacKube(kube, rules_for(docs, "statehold-node"))
-    with serve(kube) as url, \
-            operator_running(url, op.cluster_registry(as_operator, fake_clock),
+    # and kopf's own requests (list, watch, annotation patches) are checked the same way
+    tokens = {"operator": as_operator.rules, "node": as_node.rules}
+    refused: list[str] = []
+    with serve(kube, tokens=tokens, denied=refused) as url, \
+            operator_running(url, "operator", op.cluster_registry(as_operator, fake_clock),
                              op.settings_for("cluster", None),
                              op.cluster_tickers(as_operator, fake_clock, schedule_interval=0.2)), \
-            operator_running(url, op.node_registry(as_node, node, NODE, fake_clock),
+            operator_running(url, "node", op.node_registry(as_node, node, NODE, fake_clock),
                              op.settings_for("node", NODE),
                              op.node_tickers(as_node, node, NODE, fake_clock, capacity_interval=0.5)):
         kube.create({"apiVersion": "statehold.io/v1alpha1", "kind": "StoragePool",
@@ -119,4 +122,4 @@ def test_schedule_to_backup_to_restore_through_kopf(memory_kube: MemoryKube, nod
         with pytest.raises(NotFound):
             kube.get(STORAGE_POOL, "fast")
         assert node.pool("fast").name == "fast"  # the pool itself stays on its disks
-    assert as_operator.denied == [] and as_node.denied == []
+    assert as_operator.denied == [] and as_node.denied == [] and refused == []

@@ -61,8 +61,16 @@ def _route(path: str) -> tuple[Kind, str | None, str | None, bool] | None:
     return kind, ns, name, len(rest) > 2 and rest[2] == "status"
 
 
+def allowed(rules: list[dict[str, Any]], kind: Kind, verb: str, status: bool) -> bool:
+    resource = kind.plural + ("/status" if status else "")
+    return any(kind.group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]
+               for r in rules)
+
+
 class _Handler(BaseHTTPRequestHandler):
     kube: MemoryKube
+    tokens: dict[str, list[dict[str, Any]]] | None = None  # bearer token -> RBAC rules
+    denied: list[str]
     protocol_version = "HTTP/1.1"
 
     def log_message(self, *args: Any) -> None:
@@ -92,6 +100,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(404, _status(404, "NotFound", f"no route {url.path}"))
                 return
             kind, ns, name, status = route
+            if not self._authorized(kind, name, status, query):
+                return
             self._resource(kind, ns, name, status, query)
         except NotFound as exc:
             self._send(404, _status(404, "NotFound", str(exc)))
@@ -103,6 +113,25 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(422, _status(422, "Invalid", str(exc)))
         except StateholdError as exc:
             self._send(500, _status(500, "InternalError", str(exc)))
+
+    def _authorized(self, kind: Kind, name: str | None, status: bool, query: dict[str, str]) -> bool:
+        """With tokens configured, a request is allowed only by its token's RBAC rules."""
+        if self.tokens is None:
+            return True
+        token = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(
+            self.command) or ("get" if name else "watch" if query.get("watch") in ("true", "1")
+                              else "list")
+        rules = self.tokens.get(token)
+        if rules is None:
+            self._send(401, _status(401, "Unauthorized", "unknown token"))
+            return False
+        if not allowed(rules, kind, verb, status):
+            what = f"{token}: {verb} {kind.group or 'core'}/{kind.plural}{'/status' if status else ''}"
+            self.denied.append(what)
+            self._send(403, _status(403, "Forbidden", what))
+            return False
+        return True
 
     def _discovery(self, path: str) -> bool:
         groups = sorted({k.group for k in kinds.ALL if k.group})
@@ -213,9 +242,13 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def serve(kube: MemoryKube) -> Iterator[str]:
-    """Serve kube on 127.0.0.1 (a free port); yields the base URL."""
-    handler = type("Handler", (_Handler,), {"kube": kube})
+def serve(kube: MemoryKube, *, tokens: dict[str, list[dict[str, Any]]] | None = None,
+          denied: list[str] | None = None) -> Iterator[str]:
+    """Serve kube on 127.0.0.1 (a free port); yields the base URL. With ``tokens``, every
+    resource request must carry one of them and is checked against its RBAC rules (refusals
+    are appended to ``denied``)."""
+    handler = type("Handler", (_Handler,), {"kube": kube, "tokens": tokens,
+                                            "denied": denied if denied is not None else []})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
