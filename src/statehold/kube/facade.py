@@ -19,13 +19,16 @@ Contract (held by both implementations and checked by one shared test suite,
 * ``watch`` yields :class:`WatchEvent` (``ADDED``/``MODIFIED``/``DELETED``) in the order the
   writes happened. Without ``resource_version`` it first yields ``ADDED`` for every
   existing object; with one, only events after it. It returns after ``timeout`` seconds
-  without events.
+  without events. A resourceVersion the server no longer remembers (HTTP 410 Gone) raises
+  Aborted: list again and watch from the list's version.
 * A rejected object (schema, validation) raises :class:`statehold.errors.InvalidArgument`;
   forbidden raises :class:`PermissionDenied`; an unreachable server :class:`Unavailable`.
 
 Implementations: :class:`statehold.kube.memory.MemoryKube` (in memory, for tests and for
 other areas' tests) and :class:`statehold.kube.client.ApiKube` (the official client, from
-a kubeconfig or in-cluster). This module imports no Kubernetes library, so any adapter
+a kubeconfig or in-cluster). The contract suite runs against MemoryKube, against ApiKube
+talking HTTP to a MemoryKube (``tests/unit/kube/apiserver.py``), and against a real API
+server when ``STATEHOLD_TEST_KUBECONFIG`` is set. This module imports no Kubernetes library, so any adapter
 may type against it.
 """
 
