@@ -140,8 +140,8 @@ class Extender:
                 reserved = self.ledger.reserved(exclude=args.pod.key)
                 scores = self._scores(args, pod, pools, reserved)
                 if pod.needs_capacity:
-                    scores = unique_top(scores)
                     best = best_node(scores)
+                    scores = unique_top(scores, best)
                     placement = () if best is None else judge_node(
                         pod, best, pools.get(best), reserved).placement
                     self._reserve(args.pod, pod, best, placement)
