@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,13 +71,32 @@ def snapshot_name(uid: str) -> str:
     return SNAPSHOT_PREFIX + uid.replace("-", "")[:24]
 
 
+_volume_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _volume_lock(volume_id: str) -> threading.Lock:
+    """One backup of a volume at a time on this node: each keeps only its own snapshot as
+    the next parent, so two at once would delete each other's parent."""
+    with _locks_guard:
+        return _volume_locks.setdefault(volume_id, threading.Lock())
+
+
 def back_up_volume(pool: Pool, volume: str, target: TargetConfig, *, snapshot: str,
                    labels: Mapping[str, str] | None = None, progress: Progress | None = None,
                    keep_last: int = 0) -> BackupDone:
     """Snapshot ``volume`` (frozen if mounted), back it up incrementally, keep only this
     snapshot as the next parent, and prune the volume's backups to ``keep_last`` if set."""
-    repo = open_repository(target)
     volume_id = f"{pool.name}/{volume}"
+    with _volume_lock(volume_id):
+        return _back_up(pool, volume, volume_id, target, snapshot=snapshot, labels=labels,
+                        progress=progress, keep_last=keep_last)
+
+
+def _back_up(pool: Pool, volume: str, volume_id: str, target: TargetConfig, *, snapshot: str,
+             labels: Mapping[str, str] | None, progress: Progress | None,
+             keep_last: int) -> BackupDone:
+    repo = open_repository(target)
     snap = pool.create_snapshot(volume, snapshot)  # idempotent: a retry reuses it
     parent = None
     previous = latest_backup(repo, volume_id)

@@ -75,21 +75,24 @@ def backup_name(schedule: str, pvc: str, slot: datetime) -> str:
 
 
 def to_prune(backups: list[dict[str, Any]], keep_last: int) -> list[str]:
-    """Names of one PVC's schedule-made VolumeBackups beyond the newest keep_last completed
-    ones. Running and pending backups are never pruned; failed ones older than the newest
-    kept backup go too (they hold no data)."""
+    """Names of one PVC's schedule-made VolumeBackups to delete: completed ones beyond the
+    newest keep_last; failed ones older than the oldest kept completed backup (they hold no
+    data) and, so they cannot pile up when nothing ever completes, beyond the newest
+    keep_last failed ones. Running and pending backups are never pruned."""
     def when(o: dict[str, Any]) -> str:
         st = o.get("status") or {}
         return str(st.get("completionTime") or o["metadata"].get("creationTimestamp") or "")
 
-    done = sorted((b for b in backups if (b.get("status") or {}).get("phase") == "Completed"),
-                  key=when, reverse=True)
-    kept = done[:keep_last]
-    doomed = [b["metadata"]["name"] for b in done[keep_last:]]
-    if kept:
-        oldest_kept = when(kept[-1])
-        doomed += [b["metadata"]["name"] for b in backups
-                   if (b.get("status") or {}).get("phase") == "Failed" and when(b) < oldest_kept]
+    def phase(o: dict[str, Any]) -> str:
+        return str((o.get("status") or {}).get("phase", ""))
+
+    done = sorted((b for b in backups if phase(b) == "Completed"), key=when, reverse=True)
+    failed = sorted((b for b in backups if phase(b) == "Failed"), key=when, reverse=True)
+    doomed = {b["metadata"]["name"] for b in done[keep_last:]}
+    doomed |= {b["metadata"]["name"] for b in failed[keep_last:]}
+    if done[:keep_last]:
+        oldest_kept = when(done[:keep_last][-1])
+        doomed |= {b["metadata"]["name"] for b in failed if when(b) < oldest_kept}
     return sorted(doomed)
 
 

@@ -74,6 +74,9 @@ def vb(name: str, phase: str, done: str = "") -> dict[str, Any]:
     ([vb("a", "Completed", "2026-01-01T03:00:00Z"), vb("r", "Running"), vb("p", "Pending")], 1, []),
     ([vb("f", "Failed", "2026-01-01T03:00:00Z"), vb("b", "Completed", "2026-01-02T03:00:00Z")], 1, ["f"]),
     ([vb("b", "Completed", "2026-01-02T03:00:00Z"), vb("f", "Failed", "2026-01-03T03:00:00Z")], 1, []),
+    # nothing ever completes (e.g. a PVC of another driver): failures do not pile up
+    ([vb("f1", "Failed", "2026-01-01T03:00:00Z"), vb("f2", "Failed", "2026-01-02T03:00:00Z"),
+      vb("f3", "Failed", "2026-01-03T03:00:00Z")], 2, ["f1"]),
 ])
 def test_prune_keeps_the_newest_completed_and_never_running(backups: list, keep: int,
                                                             pruned: list[str]) -> None:
