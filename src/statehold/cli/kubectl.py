@@ -195,7 +195,17 @@ def register(app: typer.Typer, *, kube_factory: KubeFactory = connect,
             key = resolve_kind(kind)
             kind_ = DESCRIBE_KINDS[key] if key in DESCRIBE_KINDS else TABLES[key][0]
             kube = kube_factory(kubeconfig)
-            typer.echo(describe_text(kube, kube.get(kind_, name, namespace if kind_.namespaced else None)))
+            try:
+                obj = kube.get(kind_, name, namespace if kind_.namespaced else None)
+            except NotFound:
+                if kind_ != PV:
+                    raise
+                # a volume may be named by its claim, as users know it
+                pv_name = (kube.get(PVC, name, namespace).get("spec") or {}).get("volumeName")
+                if not pv_name:
+                    raise NotFound(f"PVC {namespace}/{name} is not bound to a volume") from None
+                obj = kube.get(PV, pv_name)
+            typer.echo(describe_text(kube, obj))
 
     # ``backup now`` joins the backup area's sub-app (registered before this module); a
     # second register() (tests) replaces our command instead of adding a duplicate.

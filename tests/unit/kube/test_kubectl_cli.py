@@ -89,6 +89,14 @@ def test_describe_shows_status_and_events(app: typer.Typer, cluster: MemoryKube)
     assert res.exit_code != 0 and "not found" in res.output
 
 
+def test_describe_volume_by_pv_or_by_claim_name(app: typer.Typer, cluster: MemoryKube) -> None:
+    by_pv = runner.invoke(app, ["describe", "volume", "pv-data"])
+    by_claim = runner.invoke(app, ["describe", "volume", "data", "-n", NS])
+    assert by_pv.exit_code == by_claim.exit_code == 0, by_claim.output
+    assert by_pv.stdout == by_claim.stdout
+    assert yaml.safe_load(by_pv.stdout.partition("Events:")[0])["spec"]["csi"]["volumeHandle"] == "fast/data"
+
+
 def test_backup_now_creates_a_volume_backup(app: typer.Typer, cluster: MemoryKube) -> None:
     res = runner.invoke(app, ["backup", "now", "data", "-n", NS])
     assert res.exit_code == 0, res.output
