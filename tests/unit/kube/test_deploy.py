@@ -152,3 +152,15 @@ def test_chart_lints_clean_for_kubernetes_1_30() -> None:
     report = lint(render.CHART, namespace="statehold-system", strict=True, kube_version="v1.30.0")
     assert report["errors"] == []
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_values_schema_accepts_the_defaults_and_refuses_typos() -> None:
+    from helm_python import Chart
+    from helm_python.errors import HelmValuesError
+
+    with Chart.load(render.CHART) as chart:
+        chart.validate_schema(chart.values)
+        with pytest.raises(HelmValuesError):
+            chart.validate_schema({**chart.values, "storageClas": {"name": "x"}})
+        with pytest.raises(HelmValuesError):
+            chart.validate_schema({**chart.values, "storageClass": {"fsType": "zfs"}})
