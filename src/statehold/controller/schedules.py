@@ -130,11 +130,9 @@ def reconcile_schedule(kube: Kube, obj: Obj, now: Clock) -> Result:
                     "metadata": {
                         "name": vb, "namespace": ns,
                         "labels": {SCHEDULE_LABEL: name, PVC_LABEL: pvc_name},
-                        "annotations": {KEEP_LAST_ANNOTATION: str(keep)},
-                        "ownerReferences": [{
-                            "apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": name,
-                            "uid": meta["uid"], "controller": True,
-                            "blockOwnerDeletion": False}]},
+                        # no ownerReference: deleting a schedule must not delete the
+                        # backups it made (they are what a VolumeRestore names)
+                        "annotations": {KEEP_LAST_ANNOTATION: str(keep)}},
                     "spec": {"persistentVolumeClaimName": pvc_name, "target": spec["target"]}})
                 made.append(vb)
             except AlreadyExists:

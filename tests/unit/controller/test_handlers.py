@@ -161,7 +161,8 @@ def test_schedule_creates_backups_on_time_and_prunes_by_retention(memory_kube: M
     assert run() == ["nightly-data-0-202601060300", "nightly-data-1-202601060300"]
     assert run() == ["nightly-data-0-202601060300", "nightly-data-1-202601060300"]  # idempotent
     made = memory_kube.get(VOLUME_BACKUP, "nightly-data-0-202601060300", NS)
-    assert made["metadata"]["ownerReferences"][0]["kind"] == "BackupSchedule"
+    assert made["metadata"]["labels"]["statehold.io/schedule"] == "nightly"
+    assert "ownerReferences" not in made["metadata"]  # deleting the schedule keeps backups
     assert made["metadata"]["annotations"]["statehold.io/keep-last"] == "2"
 
     for day in ("06", "07", "08"):
