@@ -75,6 +75,7 @@ class Node:
         self.recovered: dict[str, list[str]] = {}
         """What recovery did per pool when this Node opened it."""
         self.home.mkdir(parents=True, exist_ok=True)
+        self._recover_registry()
         for name, entry in self._registry()["pools"].items():
             try:
                 pool = self._open(name, entry["sources"], entry.get("kind", DISKS))
@@ -83,7 +84,7 @@ class Node:
                 self.errors[name] = str(exc)
                 continue
             self._pools[name] = pool
-            self.recovered[name] = pool.reconcile()
+            self.recovered[name] = self.recovered.get(name, []) + pool.reconcile()
 
     # -- registry --------------------------------------------------------------------------
     @property
@@ -214,17 +215,28 @@ class Node:
 
     def _build(self, spec: PoolSpec, profile: RaidProfile, sources: list[str], images: bool,
                wanted: dict[str, Any]) -> Pool:
-        created: list[Path] = []
         mountpoint = self.pools_dir / spec.name
+        # intent first (in the registry: there is no pool database yet): a crash from here
+        # on is rolled back by the next Node, so no loop device or mount is leaked
+        intent = {"sources": sources, "images": images,
+                  "new_images": [i for i in sources if images and not os.path.exists(i)]}
+        data = self._registry()
+        data.setdefault("creating", {})[spec.name] = intent
+        self._save_registry(data)
+        fault = self.fault_hook or (lambda step: None)
+        db: Metadata | None = None
+        pool: Pool | None = None
         try:
+            fault("create_pool.intent")
             if images:
                 size = check_size(spec.image_size)
                 for image in sources:
-                    if pooldisk.make_image(Path(image), size, force=spec.force):
-                        created.append(Path(image))
+                    pooldisk.make_image(Path(image), size, force=spec.force)
             devices = pooldisk.attach_sources(sources)
+            fault("create_pool.attached")
             fstype = pooldisk.mkfs(devices, profile)
             pooldisk.mount(devices, mountpoint)
+            fault("create_pool.mounted")
             for sub in (META_DIR, VOLUMES_DIR, SNAPSHOTS_DIR):
                 (mountpoint / sub).mkdir(exist_ok=True)
             db = Metadata(mountpoint / META_DIR / META_DB, create=True)
@@ -232,17 +244,63 @@ class Node:
                                     float(spec.overprovision_ratio), wanted, time.time()))
             pool = Pool(spec.name, mountpoint, db, fault_hook=self.fault_hook,
                         devices=devices, sources=sources)
-            self._register(spec.name, sources, wanted)
+            fault("create_pool.database")
+            data = self._registry()
+            data["pools"][spec.name] = {"sources": list(sources), "spec": wanted, "kind": DISKS,
+                                        "registered_at": time.time()}
+            data["creating"].pop(spec.name, None)
+            self._save_registry(data)
+            fault("create_pool.commit")
         except BaseException:
-            pooldisk.release(mountpoint, sources if images else [])
-            for made in created:
-                made.unlink(missing_ok=True)
-            if mountpoint.is_dir() and not os.path.ismount(mountpoint):
-                shutil.rmtree(mountpoint, ignore_errors=True)
+            if spec.name in self._registry()["pools"] and pool is not None:
+                self._pools[spec.name] = pool  # committed: only the step after failed
+                raise
+            if pool is not None:
+                pool.close()
+            elif db is not None:
+                db.close()
+            self._roll_back_create(spec.name, intent)
             raise
         self._pools[spec.name] = pool
         log.info("pool created pool=%s fs=%s sources=%s", spec.name, fstype, ",".join(sources))
         return pool
+
+    def _roll_back_create(self, name: str, intent: dict[str, Any]) -> None:
+        """Undo an unfinished pool creation: unmount, detach its images, delete new ones."""
+        mountpoint = self.pools_dir / name
+        try:
+            fs.umount(mountpoint)
+        except StateholdError as exc:
+            log.error("pool rollback cannot unmount pool=%s error=%s", name, exc)
+        if intent.get("images"):
+            for image in intent.get("sources", []):
+                loop.detach_file(image)
+        for image in intent.get("new_images", []):
+            Path(image).unlink(missing_ok=True)
+        if mountpoint.is_dir() and not os.path.ismount(mountpoint):
+            shutil.rmtree(mountpoint, ignore_errors=True)
+        data = self._registry()
+        data.get("creating", {}).pop(name, None)
+        self._save_registry(data)
+        log.warning("pool creation rolled back pool=%s", name)
+
+    def _recover_registry(self) -> None:
+        """Roll back pool creations and imports a crash interrupted (before opening pools)."""
+        for name, intent in list(self._registry().get("creating", {}).items()):
+            self._roll_back_create(name, intent)
+            self.recovered.setdefault(name, []).append(f"rolled back creation of pool {name}")
+        if not self.pools_dir.is_dir():
+            return
+        registered = {s for e in self._registry()["pools"].values() for s in e["sources"]}
+        for probe in sorted(self.pools_dir.glob(".import-*")):
+            current = mounts.mount_at(probe)
+            if current is not None:
+                fs.umount(probe)
+                backing = loop.backing_files().get(current.source)
+                if backing is not None and backing not in registered:
+                    loop.detach(current.source)
+            shutil.rmtree(probe, ignore_errors=True)
+            log.warning("removed interrupted import probe path=%s", probe)
 
     def _build_directory(self, spec: PoolSpec, wanted: dict[str, Any]) -> Pool:
         directory = Path(os.path.abspath(spec.directory))
@@ -306,6 +364,8 @@ class Node:
             probe = Path(tempfile.mkdtemp(prefix=".import-", dir=self.pools_dir))
             try:
                 pooldisk.mount(devices, probe)
+                if self.fault_hook is not None:
+                    self.fault_hook("import_pool.probed")
                 try:
                     db = Metadata(probe / META_DIR / META_DB)
                 except FailedPrecondition as exc:

@@ -1,9 +1,12 @@
 """Names of the crash-injection points of each mutating operation, in execution order.
 
 ``Node(fault_hook=...)`` calls the hook with each name right after that step is done (and
-durable). The crash test kills the process at every one of them and checks that recovery
-leaves a consistent pool. Keep this table in step with the code: a step that is not listed
-here is a step nobody has shown to be crash-safe.
+durable). Volume and snapshot operations record an intent in the pool database first;
+``create_pool`` records its intent in the node registry; an interrupted ``import_pool``
+leaves only a probe mount, which the next Node removes. The crash test kills the process
+at every one of them and checks that recovery leaves a consistent pool. Keep this table in
+step with the code: a step that is not listed here is a step nobody has shown to be
+crash-safe.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ STEPS: dict[str, tuple[str, ...]] = {
     "expand": ("expand.intent", "expand.truncated", "expand.refreshed", "expand.commit",
                "expand.grown"),
     "delete_volume": ("delete_volume.intent", "delete_volume.unlinked", "delete_volume.commit"),
+    "create_pool": ("create_pool.intent", "create_pool.attached", "create_pool.mounted",
+                    "create_pool.database", "create_pool.commit"),
+    "import_pool": ("import_pool.probed",),
     "delete_snapshot": ("delete_snapshot.intent", "delete_snapshot.unlinked",
                         "delete_snapshot.commit"),
 }

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from statehold.engine.node import Node
-from statehold.engine.types import Source, SourceKind
+from statehold.engine.types import PoolSpec, Source, SourceKind
 
 
 def main() -> int:
@@ -34,6 +34,12 @@ def main() -> int:
         os.kill(os.getpid(), signal.SIGKILL)
 
     node = Node(Path(home), fault_hook=hook)
+    if op == "create_pool":
+        node.create_pool(PoolSpec(name=args["name"], image_size=args["size"]))
+        return 0
+    if op == "import_pool":
+        node.import_pool([args["image"]])
+        return 0
     pool = node.pool(pool_name)
     if op == "create_volume":
         pool.create_volume(args["name"], args["size"], fs=args["fs"])

@@ -312,3 +312,41 @@ def test_live_operation_in_another_process_holds_the_pool_lock(env: Env) -> None
         assert env.restart() == []
         assert env.pool.get_volume(name).size == SMALL
         assert_consistent(env.pool)
+
+
+@pytest.mark.parametrize(("i", "step"), _cases("create_pool"))
+def test_crash_during_create_pool_leaks_nothing(env: Env, i: int, step: str) -> None:
+    name = f"np{i}"
+    image = env.home / "disks" / f"{name}-0.img"
+    _run_child(env, step, "create_pool", {"name": name, "size": GiB})
+    env.restart()
+    committed = step == "create_pool.commit"
+    try:
+        assert (name in {p.name for p in env.node.pools()}) == committed
+        assert "creating" not in json.loads((env.home / "node.json").read_text()) or \
+            json.loads((env.home / "node.json").read_text())["creating"] == {}
+        if committed:
+            assert env.node.pool(name).create_volume("v", SMALL, fs=FsType.EXT4).size == SMALL
+        else:
+            assert loop.find(image) == []
+            assert not image.exists()
+            assert mounts.mount_at(env.home / "pools" / name) is None
+            assert not (env.home / "pools" / name).exists()
+    finally:
+        if committed:
+            env.node.destroy_pool(name)
+    assert env.pool.db.intents() == []  # the module's pool is untouched
+
+
+def test_crash_during_import_leaves_no_probe_mount(env: Env) -> None:
+    pool = env.node.create_pool(PoolSpec(name="exported", image_size=GiB))
+    image = pool.sources[0]
+    env.node.export_pool("exported")
+    _run_child(env, "import_pool.probed", "import_pool", {"image": image})
+    lines = env.restart()
+    assert lines == [] or all("exported" not in line for line in lines)
+    assert list((env.home / "pools").glob(".import-*")) == []
+    assert loop.find(image) == []
+    imported = env.node.import_pool([image])
+    assert imported.name == "exported"
+    env.node.destroy_pool("exported")

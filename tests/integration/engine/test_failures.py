@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from statehold.engine import loop, mounts
 from statehold.engine.node import Node
 from statehold.engine.pool import Pool
 from statehold.engine.steps import STEPS
@@ -36,26 +37,58 @@ class Faults:
 
 
 @pytest.fixture
-def faulty(engine_home: Path) -> Iterator[tuple[Pool, Faults]]:
+def faulty(engine_home: Path) -> Iterator[tuple[Node, Pool, Faults]]:
     faults = Faults()
     node = Node(engine_home, fault_hook=faults)
     try:
         pool = node.create_pool(PoolSpec(name="f", image_size=2 * GiB))
         pool.create_volume("base", 64 * MiB, fs=FsType.EXT4)
         pool.create_snapshot("base", "base-snap")
-        yield pool, faults
+        yield node, pool, faults
     finally:
         close_node(node)
 
 
-def _all_steps() -> list[tuple[str, str]]:
-    return [(op, step) for op, steps in STEPS.items() for step in steps]
+POOL_OPS = ("create_pool", "import_pool")
 
 
-@pytest.mark.parametrize(("op", "step"), _all_steps())
-def test_failure_at_any_step_leaves_a_consistent_pool(faulty: tuple[Pool, Faults], op: str,
-                                                      step: str) -> None:
-    pool, faults = faulty
+def _volume_steps() -> list[tuple[str, str]]:
+    return [(op, step) for op, steps in STEPS.items() for step in steps if op not in POOL_OPS]
+
+
+def _pool_steps() -> list[tuple[str, str]]:
+    return [(op, step) for op, steps in STEPS.items() for step in steps if op in POOL_OPS]
+
+
+@pytest.mark.parametrize(("op", "step"), _pool_steps())
+def test_failure_while_creating_or_importing_a_pool_leaks_nothing(
+        faulty: tuple[Node, Pool, Faults], op: str, step: str) -> None:
+    node, _, faults = faulty
+    image = node.home / "disks" / "np-0.img"
+    spec = PoolSpec(name="np", image_size=GiB)
+    if op == "import_pool":
+        node.create_pool(spec)
+        node.export_pool("np")
+    faults.step = step
+    with pytest.raises(Boom):
+        node.create_pool(spec) if op == "create_pool" else node.import_pool([str(image)])
+    committed = step == "create_pool.commit"
+    if not committed:
+        assert "np" not in {p.name for p in node.pools()}
+        assert loop.find(image) == []
+        assert mounts.mount_at(node.home / "pools" / "np") is None
+        assert list((node.home / "pools").glob(".import-*")) == []
+        assert image.exists() == (op == "import_pool")
+        pool = node.create_pool(spec) if op == "create_pool" else node.import_pool([str(image)])
+    else:
+        pool = node.pool("np")
+    assert pool.create_volume("v", 64 * MiB, fs=FsType.EXT4).size == 64 * MiB
+
+
+@pytest.mark.parametrize(("op", "step"), _volume_steps())
+def test_failure_at_any_step_leaves_a_consistent_pool(
+        faulty: tuple[Node, Pool, Faults], op: str, step: str) -> None:
+    _, pool, faults = faulty
     actions = {
         "create_volume": lambda: pool.create_volume("new", 64 * MiB, fs=FsType.EXT4),
         "clone": lambda: pool.create_volume("new", 64 * MiB, fs=FsType.EXT4,
