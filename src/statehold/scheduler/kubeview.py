@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -20,6 +20,9 @@ from statehold.kube.kinds import PV, PVC, STORAGE_CLASS, STORAGE_POOL
 from statehold.scheduler.core import PoolState
 from statehold.scheduler.objects import claim_info, pools_by_node, storage_class_info, volume_info
 from statehold.scheduler.view import ClaimInfo, StorageClassInfo, VolumeInfo
+
+BULK_THRESHOLD = 8
+"""Up to this many claims are read with GETs; more with a LIST per namespace."""
 
 
 class KubeClusterView:
@@ -41,6 +44,20 @@ class KubeClusterView:
     def claim(self, namespace: str, name: str) -> ClaimInfo | None:
         obj = self._get(PVC, name, namespace)
         return claim_info(obj) if obj is not None else None
+
+    def claims(self, keys: Collection[tuple[str, str]]) -> Mapping[tuple[str, str], ClaimInfo]:
+        """A few claims are fetched one by one; more, with one list per namespace."""
+        if len(keys) <= BULK_THRESHOLD:
+            found = ((k, self.claim(*k)) for k in keys)
+            return {k: c for k, c in found if c is not None}
+        wanted = set(keys)
+        out: dict[tuple[str, str], ClaimInfo] = {}
+        for ns in sorted({ns for ns, _ in wanted}):
+            for obj in self.kube.list(PVC, ns):
+                info = claim_info(obj)
+                if (info.namespace, info.name) in wanted:
+                    out[(info.namespace, info.name)] = info
+        return out
 
     def volume(self, name: str) -> VolumeInfo | None:
         obj = self._get(PV, name)

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
 
 from statehold.scheduler.core import ClaimKey, Placement, PoolKey
-from statehold.scheduler.view import ClusterView
+from statehold.scheduler.view import ClaimInfo, ClusterView
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,13 +112,18 @@ class Ledger:
         now = self._clock()
         changes: list[tuple[Reservation, Ending]] = []
         with self._lock:
+            known: Mapping[tuple[str, str], ClaimInfo] | None = None
+            if view is not None and self._by_pod:
+                known = view.claims({(c.namespace, c.name)
+                                     for r in self._by_pod.values() for c in r.claims})
             for r in list(self._by_pod.values()):
-                ending = self._check(r, now, view, relocate)
+                ending = self._check(r, now, known, relocate)
                 if ending is not None:
                     changes.append((r, ending))
         return changes
 
-    def _check(self, r: Reservation, now: float, view: ClusterView | None,
+    def _check(self, r: Reservation, now: float,
+               known: Mapping[tuple[str, str], ClaimInfo] | None,
                relocate: Relocate | None) -> Ending | None:
         if now >= r.expires:
             del self._by_pod[r.pod]
@@ -126,9 +131,9 @@ class Ledger:
         if r.provisioned_at is not None and now >= r.provisioned_at + self.settle:
             del self._by_pod[r.pod]
             return Ending.PROVISIONED
-        if view is None:
+        if known is None:
             return None
-        infos = [view.claim(c.namespace, c.name) for c in r.claims]
+        infos = [known.get((c.namespace, c.name)) for c in r.claims]
         if any(i is None for i in infos):
             del self._by_pod[r.pod]
             return Ending.CLAIM_GONE

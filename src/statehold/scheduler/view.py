@@ -15,7 +15,7 @@ Contract (both implementations, checked by ``tests/unit/scheduler/test_view_cont
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
@@ -65,6 +65,11 @@ class ClusterView(Protocol):
         """The claim, or None if it does not exist."""
         ...
 
+    def claims(self, keys: Collection[tuple[str, str]]) -> Mapping[tuple[str, str], ClaimInfo]:
+        """Many claims at once, by (namespace, name); missing ones are absent. The ledger
+        checks every reserved claim each second: one call, not one lookup per claim."""
+        ...
+
     def volume(self, name: str) -> VolumeInfo | None:
         """The PersistentVolume, or None."""
         ...
@@ -98,6 +103,9 @@ class MemoryClusterView:
 
     def claim(self, namespace: str, name: str) -> ClaimInfo | None:
         return self._claims.get((namespace, name))
+
+    def claims(self, keys: Collection[tuple[str, str]]) -> Mapping[tuple[str, str], ClaimInfo]:
+        return {k: self._claims[k] for k in keys if k in self._claims}
 
     def volume(self, name: str) -> VolumeInfo | None:
         return self._volumes.get(name)

@@ -91,3 +91,32 @@ def test_kube_view_reuses_pool_list_for_cache_seconds_but_reads_claims_live() ->
     assert view.claim("db", "data").selected_node == "n2"  # live
     now[0] = 2.0
     assert view.pools()["n2"][0].allocated == 7 * GiB
+
+
+def test_claims_in_bulk(view: ClusterView) -> None:
+    got = view.claims({("db", "data"), ("db", "bound"), ("db", "nope"), ("x", "data")})
+    assert set(got) == {("db", "data"), ("db", "bound")}
+    assert got[("db", "data")] == view.claim("db", "data")
+
+
+def test_kube_view_reads_many_claims_with_one_list_per_namespace() -> None:
+    kube = MemoryKube()
+    for ns in ("a", "b"):
+        for i in range(10):
+            kube.create({k: v for k, v in shapes.pvc(f"c{i}", "1Gi", namespace=ns).items()
+                         if k != "status"})
+    calls: list[str] = []
+
+    class Counting:
+        def __getattr__(self, name: str):
+            calls.append(name)
+            return getattr(kube, name)
+
+    view = KubeClusterView(Counting(), cache_seconds=0)  # type: ignore[arg-type]
+    keys = {(ns, f"c{i}") for ns in ("a", "b") for i in range(0, 10, 2)} | {("a", "zz")}
+    got = view.claims(keys)
+    assert set(got) == keys - {("a", "zz")}
+    assert calls == ["list", "list"]
+    calls.clear()
+    assert set(view.claims({("a", "c1"), ("b", "c2")})) == {("a", "c1"), ("b", "c2")}
+    assert calls == ["get", "get"]
