@@ -67,6 +67,17 @@ def open_repository(target: TargetConfig) -> Repository:
             return Repository.open(store, target.password)
 
 
+def probe(target: TargetConfig) -> str:
+    """Open the target's repository read-only: "" if it opens, "missing" if there is none
+    yet (the first backup creates it). PermissionDenied (wrong password or S3 keys),
+    Unavailable (unreachable), Corrupt propagate."""
+    try:
+        Repository.open(open_store(target), target.password)
+    except NotFound:
+        return "missing"
+    return ""
+
+
 def snapshot_name(uid: str) -> str:
     return SNAPSHOT_PREFIX + uid.replace("-", "")[:24]
 

@@ -188,3 +188,29 @@ def test_backup_to_an_s3_target_uses_the_credentials_secret(
     restored = node.pool(handle.partition("/")[0]).get_volume(handle.partition("/")[2])
     for off, block in data.items():
         assert read_at(restored.path, off, len(block)) == block
+
+
+def test_s3_target_is_checked_by_opening_its_repository(memory_kube: MemoryKube, s3_config: Any,
+                                                         fake_clock: Any) -> None:
+    from statehold.controller.target_status import reconcile_target
+    from statehold.kube.kinds import BACKUP_TARGET
+
+    secret(memory_kube, "pw", password="right")
+    secret(memory_kube, "good", accessKeyId=s3_config.access_key, secretAccessKey=s3_config.secret_key)
+    secret(memory_kube, "bad", accessKeyId=s3_config.access_key, secretAccessKey="wrong")
+
+    def target(name: str, creds: str) -> dict:
+        return memory_kube.create({
+            "apiVersion": "statehold.io/v1alpha1", "kind": "BackupTarget",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"s3": {"endpoint": s3_config.endpoint, "bucket": s3_config.bucket,
+                            "prefix": "probe", "credentialsSecretRef": {"name": creds}},
+                     "passwordSecretRef": {"name": "pw"}}})
+
+    assert reconcile_target(memory_kube, target("ok", "good"), fake_clock).outcome == "done"
+    ok = memory_kube.get(BACKUP_TARGET, "ok", NS)
+    assert ok["status"]["phase"] == "Ready" and "first backup" in ready(ok)["message"]
+    assert reconcile_target(memory_kube, target("denied", "bad"), fake_clock).outcome == "retry"
+    denied = memory_kube.get(BACKUP_TARGET, "denied", NS)
+    assert ready(denied)["reason"] == "AccessDenied"
+    assert [e["reason"] for e in memory_kube.events_for(denied)] == ["AccessDenied"]
