@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
         try:
             server = CsiServer(config)
             server.start()
-        except StateholdError as exc:
+        except (StateholdError, OSError) as exc:  # e.g. a home this user cannot create
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from exc
 
