@@ -325,13 +325,17 @@ def primary_node(pod: PodVolumes) -> str | None:
 def score_verdict(pod: PodVolumes, verdict: NodeVerdict, primary: str | None = None) -> NodeScore:
     """The score of one judged node (see :func:`score_nodes`); pass ``primary`` (from
     :func:`primary_node`) when scoring many nodes."""
-    if not verdict.ok:
-        return NodeScore(verdict.node, MIN_SCORE, 0, fits=False)
+    node, ok, _, _, headroom = verdict
+    if not ok:
+        return NodeScore(node, MIN_SCORE, 0, False)
     if primary is None and pod.bound:
         primary = primary_node(pod)
-    if primary is not None and primary == verdict.node:
-        return NodeScore(verdict.node, MAX_SCORE, verdict.headroom)
-    return NodeScore(verdict.node, headroom_score(verdict.headroom), verdict.headroom)
+    if primary is not None and primary == node:
+        return NodeScore(node, MAX_SCORE, headroom)
+    if headroom < GiB:
+        return NodeScore(node, MIN_SCORE, headroom)
+    bits = (headroom // GiB).bit_length()  # = headroom_score(headroom), inlined: hot loop
+    return NodeScore(node, bits if bits < HEADROOM_MAX_SCORE else HEADROOM_MAX_SCORE, headroom)
 
 
 def best_node(scores: Sequence[NodeScore]) -> str | None:
@@ -357,9 +361,10 @@ def unique_top(scores: Sequence[NodeScore], best: str | None = None) -> tuple[No
         return tuple(scores)
     top = next(s.score for s in scores if s.node == best)
     if top == MIN_SCORE:
-        return tuple(s._replace(score=1) if s.node == best else s for s in scores)
-    return tuple(s._replace(score=top - 1) if s.score == top and s.fits and s.node != best
-                 else s for s in scores)
+        return tuple(NodeScore(s.node, 1, s.headroom) if s.node == best else s for s in scores)
+    lower = top - 1
+    return tuple(NodeScore(s.node, lower, s.headroom) if s.score == top and s.fits
+                 and s.node != best else s for s in scores)
 
 
 def best_verdict(pod: PodVolumes, verdicts: Mapping[str, NodeVerdict],

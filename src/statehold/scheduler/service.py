@@ -159,7 +159,8 @@ class Extender:
                 or not all(n in last.verdicts for n in args.node_names)):
             return score_nodes(pod, args.node_names, pools, reserved)
         primary = primary_node(pod)
-        return tuple(score_verdict(pod, last.verdicts[n], primary) for n in args.node_names)
+        verdicts = last.verdicts
+        return tuple(score_verdict(pod, verdicts[n], primary) for n in args.node_names)
 
     def _reserve(self, ref: wire.PodRef, pod: PodVolumes, node: str | None,
                  placement: Placement) -> None:
