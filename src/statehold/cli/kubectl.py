@@ -8,6 +8,7 @@ through :class:`statehold.kube.facade.Kube` (``--kubeconfig``, else $KUBECONFIG 
 from __future__ import annotations
 
 import importlib
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +18,7 @@ import yaml
 
 from statehold.cli.output import Format, OutputOption, failures, human
 from statehold.controller.locate import DRIVER, pv_node
-from statehold.errors import InvalidArgument, NotFound
+from statehold.errors import FailedPrecondition, InvalidArgument, NotFound, Temporary
 from statehold.kube.facade import Kube, Obj
 from statehold.kube.kinds import (
     BACKUP_SCHEDULE,
@@ -159,6 +160,35 @@ def describe_text(kube: Kube, obj: Obj) -> str:
     return "\n".join(lines)
 
 
+def follow(kube: Kube, vb: Obj, timeout: float) -> None:
+    """Watch a VolumeBackup until Completed (return) or Failed (FailedPrecondition); progress
+    goes to stderr."""
+    deadline = time.monotonic() + timeout
+    ns, name = vb["metadata"]["namespace"], vb["metadata"]["name"]
+    rv = vb["metadata"]["resourceVersion"]
+    last = ""
+    while time.monotonic() < deadline:
+        for ev in kube.watch(VOLUME_BACKUP, ns, resource_version=rv,
+                             timeout=max(1.0, min(30.0, deadline - time.monotonic()))):
+            rv = ev.object["metadata"]["resourceVersion"]
+            if ev.object["metadata"]["name"] != name:
+                continue
+            if ev.type == "DELETED":
+                raise NotFound(f"VolumeBackup {ns}/{name} was deleted")
+            phase = _st(ev.object, "phase", "Pending")
+            line = f"{phase} {_st(ev.object, 'progress', 0)}% {_reason(ev.object)}".strip()
+            if line != last:
+                typer.echo(f"{name}: {line}", err=True)
+                last = line
+            if phase == "Completed":
+                return
+            if phase == "Failed":
+                message = next((c.get("message", "") for c in (ev.object.get("status") or {}).get(
+                    "conditions") or [] if c.get("type") == "Ready"), "")
+                raise FailedPrecondition(f"VolumeBackup {name} failed: {message}")
+    raise Temporary(f"VolumeBackup {ns}/{name} did not finish within {timeout:.0f} s")
+
+
 def register(app: typer.Typer, *, kube_factory: KubeFactory = connect,
              clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
     """Add ``get``, ``describe`` and ``backup now`` to app."""
@@ -219,6 +249,8 @@ def register(app: typer.Typer, *, kube_factory: KubeFactory = connect,
             target: str | None = typer.Option(None, "--target", "-t",
                                               help="BackupTarget (default: the namespace's only one)."),
             name: str | None = typer.Option(None, "--name", help="VolumeBackup name."),
+            wait: bool = typer.Option(False, "--wait", help="Follow it until it completes or fails."),
+            timeout: float = typer.Option(3600.0, "--timeout", help="Seconds --wait waits at most."),
             kubeconfig: str | None = KubeconfigOption) -> None:
         """Back up a PVC now: creates a VolumeBackup in the cluster (the operator runs it)."""
         with failures():
@@ -242,3 +274,5 @@ def register(app: typer.Typer, *, kube_factory: KubeFactory = connect,
                              "labels": {"statehold.io/pvc": pvc}},
                 "spec": {"persistentVolumeClaimName": pvc, "target": target}})
             typer.echo(f"volumebackup.statehold.io/{_name(made)} created")
+            if wait:
+                follow(kube, made, timeout)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ from typer.testing import CliRunner
 
 from statehold.cli import backup as backup_cli
 from statehold.cli import kubectl, operator
+from statehold.errors import NotFound
 from statehold.kube.kinds import STORAGE_POOL, VOLUME_BACKUP
 from statehold.kube.memory import MemoryKube
 from tests.unit.controller.cluster import NS, bound_pvc, path_target, secret, volume_backup
@@ -103,6 +106,30 @@ def test_backup_now_creates_a_volume_backup(app: typer.Typer, cluster: MemoryKub
     assert res.stdout.strip() == "volumebackup.statehold.io/data-now-20260105100000 created"
     made = cluster.get(VOLUME_BACKUP, "data-now-20260105100000", NS)
     assert made["spec"] == {"persistentVolumeClaimName": "data", "target": "t"}
+
+
+@pytest.mark.parametrize(("final", "code"), [("Completed", 0), ("Failed", 5)])
+def test_backup_now_wait_follows_until_the_end(app: typer.Typer, cluster: MemoryKube,
+                                               final: str, code: int) -> None:
+    name = "data-now-20260105100000"
+
+    def operator() -> None:  # plays the operator: progress, then the end
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                cluster.get(VOLUME_BACKUP, name, NS)
+                break
+            except NotFound:
+                time.sleep(0.01)
+        cluster.patch_status(VOLUME_BACKUP, name, {"phase": "Running", "progress": 50}, NS)
+        cluster.patch_status(VOLUME_BACKUP, name, {"phase": final, "progress": 100}, NS)
+
+    thread = threading.Thread(target=operator)
+    thread.start()
+    res = runner.invoke(app, ["backup", "now", "data", "-n", NS, "--wait", "--timeout", "20"])
+    thread.join()
+    assert res.exit_code == code, res.output
+    assert f"{name}: Running 50%" in res.stderr and f"{name}: {final} 100%" in res.stderr
 
 
 def test_backup_now_of_a_missing_pvc_creates_nothing(app: typer.Typer, cluster: MemoryKube) -> None:
