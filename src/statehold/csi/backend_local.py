@@ -195,6 +195,9 @@ class LocalBackend:
             raise OutOfCapacity(f"this driver can only provision on {self.segment}")
         fs = self._fs_type(req)
         name = naming.engine_name(req.name)
+        existing = self._find(name)
+        if existing is not None:  # a retry: answered without needing the source to still exist
+            return self._same_or_conflict(existing, req, fs)
         src_pool: Pool | None = None
         source: Source | None = None
         src_size = 0
@@ -202,9 +205,6 @@ class LocalBackend:
             src_pool, source, src_size = self._source(req.source)
         floor = max(MIN_SIZE[fs], src_size if not req.required_bytes else 0)
         size = choose_size(req.required_bytes, req.limit_bytes, floor)
-        existing = self._find(name)
-        if existing is not None:
-            return self._same_or_conflict(existing, req, fs, source, size)
         if src_pool is not None:
             wanted = req.parameters.get(POOL_PARAMETER, "")
             if wanted and wanted != src_pool.name:
@@ -228,10 +228,9 @@ class LocalBackend:
         log.info("csi volume created volume=%s size=%d", vol.id, vol.size)
         return self._info(vol)
 
-    def _same_or_conflict(
-        self, vol: Volume, req: VolumeRequest, fs: str, source: Source | None, size: int
-    ) -> VolumeInfo:
+    def _same_or_conflict(self, vol: Volume, req: VolumeRequest, fs: str) -> VolumeInfo:
         """CreateVolume retried: the existing volume if it satisfies the request."""
+        info = self._info(vol)
         problems = []
         if vol.size < req.required_bytes or (req.limit_bytes and vol.size > req.limit_bytes):
             problems.append(f"size {vol.size} is outside the requested range")
@@ -239,14 +238,14 @@ class LocalBackend:
             problems.append(f"mode is {vol.mode.value}")
         if not req.block and (vol.fs.value if vol.fs else "") != fs:
             problems.append(f"filesystem is {vol.fs}")
-        if vol.source != source:
+        if info.source != req.source:
             problems.append("content source differs")
         wanted_pool = req.parameters.get(POOL_PARAMETER, "")
         if wanted_pool and wanted_pool != vol.pool:
             problems.append(f"it lives in pool {vol.pool!r}")
         if problems:
             raise AlreadyExists(f"volume {req.name!r} exists with another spec: {'; '.join(problems)}")
-        return self._info(vol)
+        return info
 
     # ---- the rest of the controller side ---------------------------------------------------
     def delete_volume(self, volume_id: str) -> None:

@@ -401,3 +401,28 @@ def test_kubernetes_metadata_parameters_become_labels(driver: Driver) -> None:
     labels = driver.server.router.local.node.pool("test").get_volume("pvc-a").labels  # type: ignore[attr-defined]
     assert labels["csi.storage.k8s.io/pvc/name"] == "data-db-0" and labels["csi.statehold.io/name"] == "pvc-a"
     assert vol.volume_id == "test/pvc-a"
+
+
+def test_retried_clone_create_succeeds_after_its_snapshot_is_gone(driver: Driver) -> None:
+    src = driver.controller.CreateVolume(create_req("pvc-src")).volume
+    snap = driver.controller.CreateSnapshot(
+        pb.CreateSnapshotRequest(source_volume_id=src.volume_id, name="s")
+    ).snapshot
+    source = pb.VolumeContentSource(
+        snapshot=pb.VolumeContentSource.SnapshotSource(snapshot_id=snap.snapshot_id)
+    )
+    req = create_req("pvc-clone", volume_content_source=source)
+    first = driver.controller.CreateVolume(req).volume
+    driver.controller.DeleteSnapshot(pb.DeleteSnapshotRequest(snapshot_id=snap.snapshot_id))
+    assert driver.controller.CreateVolume(req).volume == first
+    other = pb.VolumeContentSource(volume=pb.VolumeContentSource.VolumeSource(volume_id=src.volume_id))
+    assert code_of(driver.controller.CreateVolume, create_req("pvc-clone", volume_content_source=other)) == (
+        C.ALREADY_EXISTS
+    )
+
+
+def test_existing_name_with_unsatisfiable_range_is_already_exists(driver: Driver) -> None:
+    driver.controller.CreateVolume(create_req(size=400 * MiB))
+    rng = pb.CapacityRange(limit_bytes=100 * MiB)
+    req = pb.CreateVolumeRequest(name="pvc-a", volume_capabilities=[mount_cap("xfs")], capacity_range=rng)
+    assert code_of(driver.controller.CreateVolume, req) == C.ALREADY_EXISTS
