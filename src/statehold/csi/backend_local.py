@@ -266,7 +266,7 @@ class LocalBackend:
         pools = [p for p in self.node.pools() if not wanted or p.name == wanted]
         best = max((p.capacity().allocatable for p in pools), default=0)
         best = best // MiB * MiB
-        fs = "" if parameters.get("volumeMode") == "Block" else (fs_parameter(parameters) or DEFAULT_FS)
+        fs = fs_parameter(parameters) or DEFAULT_FS  # the smallest volume of this class
         return CapacityInfo(
             available=best, maximum_volume_size=best, minimum_volume_size=MIN_SIZE.get(fs, MiB)
         )
