@@ -14,10 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from statehold.errors import NotFound
-from statehold.kube.kinds import BACKUP_TARGET, LEASE
+from statehold.kube.kinds import BACKUP_TARGET, LEASE, STORAGE_POOL
 from statehold.kube.memory import MemoryKube
 from tests.unit.controller.cluster import NS, path_target, secret
 from tests.unit.kube.apiserver import serve
@@ -68,3 +69,42 @@ def test_cluster_operator_process_leads_handles_and_stops_cleanly(memory_kube: M
         assert proc.returncode == 0, err.decode()[-2000:]
         lease = memory_kube.get(LEASE, "statehold-operator", "statehold-system")
         assert lease["spec"]["holderIdentity"] == ""
+
+
+@pytest.mark.root
+def test_node_agent_process_creates_its_pool_and_stops_cleanly(memory_kube: MemoryKube,
+                                                               scratch: Path,
+                                                               engine_home: Path) -> None:
+    with serve(memory_kube) as url:
+        kubeconfig = scratch / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "memory",
+            "clusters": [{"name": "memory", "cluster": {"server": url}}],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+            "contexts": [{"name": "memory", "context": {"cluster": "memory", "user": "u"}}]}))
+        memory_kube.create({"apiVersion": "statehold.io/v1alpha1", "kind": "StoragePool",
+                            "metadata": {"name": "local"},
+                            "spec": {"node": "n1", "directory": str(engine_home / "images"),
+                                     "imageSize": "512Mi"}})
+        memory_kube.create({"apiVersion": "statehold.io/v1alpha1", "kind": "StoragePool",
+                            "metadata": {"name": "elsewhere"},
+                            "spec": {"node": "n2", "directory": str(engine_home / "other"),
+                                     "imageSize": "512Mi"}})
+        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "statehold.cli.main", "operator", "run", "--role", "node",
+             "--node-name", "n1", "--home", str(engine_home), "--kubeconfig", str(kubeconfig)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            pool = wait_for("pool Ready", lambda: (p := memory_kube.get(STORAGE_POOL, "local"))[
+                "status"]["phase"] == "Ready" and p, proc)
+            assert pool["status"]["capacity"] > 0
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode == 0, err.decode()[-2000:]
+        assert "status" not in memory_kube.get(STORAGE_POOL, "elsewhere")  # n2's, not ours
+        assert not (engine_home / "other").exists()
