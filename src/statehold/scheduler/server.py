@@ -14,6 +14,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from statehold.errors import InvalidArgument
 from statehold.scheduler import wire
 from statehold.scheduler.service import Extender
 
@@ -125,8 +126,6 @@ class _Handler(BaseHTTPRequestHandler):
 
 def parse_listen(addr: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:PORT`` for IPv6; ``:PORT`` means all interfaces)."""
-    from statehold.errors import InvalidArgument
-
     host, sep, port = addr.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise InvalidArgument(f"--listen must be HOST:PORT, got {addr!r}")

@@ -9,6 +9,7 @@ import pytest
 from statehold.errors import InvalidArgument
 from statehold.scheduler import wire
 from statehold.scheduler.core import ClaimKey, NodeScore
+from statehold.scheduler.server import parse_listen
 from tests.unit.scheduler import shapes
 
 
@@ -79,3 +80,16 @@ def test_answer_in_node_names_form() -> None:
 def test_bad_input_is_invalid_argument_with_reason(body: bytes, fragment: str) -> None:
     with pytest.raises(InvalidArgument, match=fragment):
         wire.decode_args(wire.loads(body))
+
+
+@pytest.mark.parametrize(("addr", "expected"), [
+    ("127.0.0.1:9251", ("127.0.0.1", 9251)), (":9251", ("0.0.0.0", 9251)),
+    ("[::1]:80", ("::1", 80)), ("localhost:0", ("localhost", 0))])
+def test_parse_listen(addr: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(addr) == expected
+
+
+@pytest.mark.parametrize("addr", ["9251", "host:", "host:http", "host:70000", ""])
+def test_parse_listen_rejects_bad_addresses(addr: str) -> None:
+    with pytest.raises(InvalidArgument, match="HOST:PORT"):
+        parse_listen(addr)
