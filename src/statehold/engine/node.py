@@ -9,6 +9,8 @@ raises Unavailable from ``pool(name)``; it never stops the other pools from open
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -17,17 +19,18 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from statehold.engine import fs, lifecycle, loop, mounts, pooldir, pooldisk
 from statehold.engine.metadata import Metadata, PoolRecord
 from statehold.engine.names import check_size, validate_name
-from statehold.engine.pool import META_DIR, SNAPSHOTS_DIR, VOLUMES_DIR, Pool
+from statehold.engine.pool import LOCK_TIMEOUT, META_DIR, SNAPSHOTS_DIR, VOLUMES_DIR, Pool
 from statehold.engine.steps import FaultHook
 from statehold.engine.types import FsType, PoolSpec, RaidProfile
 from statehold.errors import (
+    Aborted,
     AlreadyExists,
     Corrupt,
     FailedPrecondition,
@@ -74,17 +77,53 @@ class Node:
         """Pools that are registered but could not be opened, with the reason."""
         self.recovered: dict[str, list[str]] = {}
         """What recovery did per pool when this Node opened it."""
+        self._depth = 0
         self.home.mkdir(parents=True, exist_ok=True)
-        self._recover_registry()
-        for name, entry in self._registry()["pools"].items():
+        with self._exclusive():
+            self._recover_registry()
+            for name, entry in self._registry()["pools"].items():
+                try:
+                    pool = self._open(name, entry["sources"], entry.get("kind", DISKS))
+                except StateholdError as exc:
+                    log.error("pool unavailable pool=%s error=%s", name, exc)
+                    self.errors[name] = str(exc)
+                    continue
+                try:
+                    self.recovered[name] = self.recovered.get(name, []) + pool.reconcile()
+                except StateholdError as exc:
+                    log.error("pool recovery failed pool=%s error=%s", name, exc)
+                    self.errors[name] = f"recovery failed: {exc}"
+                    pool.close()
+                    continue
+                self._pools[name] = pool
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """This Node's lock plus ``flock`` on ``<home>/.lock``: registry changes and the
+        registry's own recovery are serialised with other processes on the same home, so
+        one never rolls back another's pool creation in flight."""
+        with self._lock:
+            outer = self._depth == 0
+            fd = -1
+            if outer:
+                fd = os.open(self.home / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                deadline = time.monotonic() + LOCK_TIMEOUT
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            os.close(fd)
+                            raise Aborted(f"{self.home} is busy with another process") from None
+                        time.sleep(0.05)
+            self._depth += 1
             try:
-                pool = self._open(name, entry["sources"], entry.get("kind", DISKS))
-            except StateholdError as exc:
-                log.error("pool unavailable pool=%s error=%s", name, exc)
-                self.errors[name] = str(exc)
-                continue
-            self._pools[name] = pool
-            self.recovered[name] = self.recovered.get(name, []) + pool.reconcile()
+                yield
+            finally:
+                self._depth -= 1
+                if outer:
+                    os.close(fd)  # releases the flock
 
     # -- registry --------------------------------------------------------------------------
     @property
@@ -174,7 +213,7 @@ class Node:
 
     def create_pool(self, spec: PoolSpec) -> Pool:
         """Create (or, for the same name and spec, return) a pool."""
-        with self._lock:
+        with self._exclusive():
             validate_name(spec.name, what="pool name")
             lifecycle.check_ratio(spec.overprovision_ratio)
             try:
@@ -349,7 +388,7 @@ class Node:
 
     def import_pool(self, sources: Sequence[str], *, name: str | None = None) -> Pool:
         """Adopt a pool made elsewhere from its devices or image files (metadata inside)."""
-        with self._lock:
+        with self._exclusive():
             if not sources:
                 raise InvalidArgument("import needs at least one device or image")
             srcs = [os.path.abspath(s) for s in sources]
@@ -407,7 +446,7 @@ class Node:
     # -- export / destroy ------------------------------------------------------------------
     def export_pool(self, name: str) -> None:
         """Unmount and detach a pool and forget it here; its disks keep everything."""
-        with self._lock:
+        with self._exclusive():
             if name in self.errors and name not in self._pools:
                 # its disks are gone: forgetting it is all that can be done
                 self._unregister(name)
@@ -420,7 +459,12 @@ class Node:
                     f"pool {name!r} has attached volumes or snapshots: {', '.join(sorted(busy))}")
             pool.close()
             if not pool.is_directory:
-                pooldisk.release(pool.mountpoint, pool.image_files)
+                try:
+                    pooldisk.release(pool.mountpoint, pool.image_files)
+                except StateholdError:
+                    # still mounted (busy): keep serving it rather than hold a closed pool
+                    self._pools[name] = self._open(name, pool.sources)
+                    raise
                 if pool.mountpoint.is_dir() and not os.path.ismount(pool.mountpoint):
                     pool.mountpoint.rmdir()
             self._unregister(name)
@@ -428,7 +472,7 @@ class Node:
 
     def destroy_pool(self, name: str) -> None:
         """Export the pool, then delete the image files it was made of (devices are kept)."""
-        with self._lock:
+        with self._exclusive():
             if name in self.errors and name not in self._pools:
                 self.export_pool(name)
                 return

@@ -350,3 +350,30 @@ def test_crash_during_import_leaves_no_probe_mount(env: Env) -> None:
     imported = env.node.import_pool([image])
     assert imported.name == "exported"
     env.node.destroy_pool("exported")
+
+
+def test_pool_creation_in_flight_holds_the_home_lock(env: Env) -> None:
+    """Another process's Node start never rolls back a pool creation still running."""
+    child = subprocess.Popen(
+        [sys.executable, str(CHILD), str(env.home), POOL, "pause:create_pool.mounted",
+         "create_pool", json.dumps({"name": "inflight-pool", "size": GiB})],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "paused"
+        fd = os.open(env.home / ".lock", os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.wait(timeout=60) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    env.restart()
+    assert env.node.pool("inflight-pool").capacity().total > 0
+    env.node.destroy_pool("inflight-pool")
