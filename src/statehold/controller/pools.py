@@ -58,6 +58,18 @@ def plan_pool(name: str, spec: dict[str, Any]) -> PoolPlan:
     return PoolPlan(action, pool_spec, devices or images)
 
 
+def drift(plan: PoolPlan, pool: Pool) -> str:
+    """What of the spec the existing pool does not match (disks and profile are fixed when
+    a pool is made; only the over-provisioning ratio changes later). "" when it matches."""
+    problems = []
+    wanted = sorted(str(Path(s).absolute()) for s in plan.sources)
+    if wanted != sorted(pool.sources):
+        problems.append(f"disks are {sorted(pool.sources)}, the spec asks for {wanted}")
+    if str(pool.profile) != str(plan.spec.profile):
+        problems.append(f"profile is {pool.profile}, the spec asks for {plan.spec.profile}")
+    return "; ".join(problems)
+
+
 def capacity_status(pool: Pool) -> dict[str, Any]:
     cap = pool.capacity()
     return {"capacity": cap.total, "allocated": cap.used, "provisioned": cap.provisioned,
@@ -94,6 +106,13 @@ def reconcile_pool(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock)
         return report_problem(rep, Problem("PoolUnavailable", str(exc), retry_after=30))
     rep.update({**fields, "phase": "Ready"},
                condition=("Ready", True, "PoolReady", f"pool mounted at {fields['mountpoint']}"))
+    mismatch = drift(plan, pool)
+    if mismatch:
+        rep.update(condition=("SpecApplied", False, "SpecMismatch",
+                              f"{mismatch}; a pool's disks and profile cannot change"))
+        rep.event("Warning", "SpecMismatch", mismatch)
+    else:
+        rep.update(condition=("SpecApplied", True, "Applied", "the pool matches the spec"))
     if made:
         rep.event("Normal", made, f"{made.lower()} pool {name} on {node_name}: "
                   f"{fields['capacity']} bytes")

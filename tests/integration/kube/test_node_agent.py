@@ -53,6 +53,20 @@ def test_storage_pool_is_created_on_its_node_and_reports_capacity(
     assert len(created) == 1 and created[0]["count"] == 1
     # another node's agent leaves it alone
     assert reconcile_pool(memory_kube, pool_obj, node, "n2", fake_clock).outcome == "skipped"
+    assert find(pool_obj["status"]["conditions"], "SpecApplied")["status"] == "True"
+
+
+def test_changing_a_pools_disks_is_reported_not_applied(
+        memory_kube: MemoryKube, node: Node, pool_obj: dict, engine_home: Path, fake_clock: Any) -> None:
+    memory_kube.patch(STORAGE_POOL, "fast", {"spec": {"directory": str(engine_home / "elsewhere")}})
+    obj = memory_kube.get(STORAGE_POOL, "fast")
+    assert reconcile_pool(memory_kube, obj, node, NODE, fake_clock).outcome == "done"
+    got = memory_kube.get(STORAGE_POOL, "fast")
+    cond = find(got["status"]["conditions"], "SpecApplied")
+    assert (cond["status"], cond["reason"]) == ("False", "SpecMismatch")
+    assert "SpecMismatch" in [e["reason"] for e in memory_kube.events_for(got) if e["type"] == "Warning"]
+    assert got["status"]["phase"] == "Ready"  # the pool itself still works
+    assert not (engine_home / "elsewhere").exists()
 
 
 def test_storage_pool_on_a_missing_device_fails_with_a_reason(
