@@ -121,3 +121,24 @@ def test_the_installed_command_runs_as_a_real_process(home: Path) -> None:
     missing = subprocess_run(home, "snapshot", "get", "nope")
     assert missing.returncode == 3
     assert missing.stderr.startswith("error: ") and missing.stdout == ""
+
+
+def test_an_exported_pool_is_imported_with_its_volumes(home: Path) -> None:
+    from statehold.engine.node import Node
+
+    ok(home, "volume", "create", "keep", "--size", "400Mi", "-l", "app=db")
+    ok(home, "snapshot", "create", "keep-1", "--volume", "keep", "--no-freeze")
+    ok(home, "volume", "clone", "keep-copy", "--from-volume", "keep")
+    node = Node(home)
+    try:
+        node.export_pool("p")
+    finally:
+        node.close()
+    assert as_json(home, "pool", "get")["items"] == []
+    assert cli(home, "volume", "get").exit_code == 3  # no pool at all: NotFound
+    image = home / "disks" / "p-0.img"
+    assert ok(home, "pool", "import", str(image), "--name", "moved").strip() == "pool/moved imported"
+    vols = {v["name"]: v for v in as_json(home, "volume", "get")["items"]}
+    assert set(vols) == {"keep", "keep-copy"} and vols["keep"]["labels"] == {"app": "db"}
+    assert vols["keep-copy"]["source"] == {"kind": "volume", "name": "keep"}
+    assert [s["name"] for s in as_json(home, "snapshot", "get", "-p", "moved")["items"]] == ["keep-1"]
