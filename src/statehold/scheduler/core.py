@@ -94,6 +94,8 @@ class PoolState:
     name: str
     capacity: int
     allocated: int
+    """Bytes already promised to volumes (the sum of their sizes: StoragePool
+    ``status.provisioned``), which is what the thin-provisioning limit counts."""
     overprovision: float = 1.0
     """Thin provisioning ratio: the pool may promise ``capacity * overprovision`` bytes."""
     limit: int = field(init=False, repr=False, compare=False)
