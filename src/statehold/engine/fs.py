@@ -53,10 +53,11 @@ def mkfs(device: str, fs: FsType) -> None:
     if fs is FsType.XFS:
         argv = ["mkfs.xfs", "-q", "-f", "-m", "reflink=1", device]
     elif fs is FsType.EXT4:
-        # lazy init off: the loop device is sparse, so eager zeroing costs nothing and no
-        # background ext4lazyinit thread keeps writing after mount
-        argv = ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0,nodiscard",
-                device]
+        # defaults on purpose: mke2fs discards the device first (hole punches in the sparse
+        # file), sees that discarded blocks read back as zeroes and skips zeroing the inode
+        # tables, so the volume stays thin (a 10 GiB volume: 69 MiB allocated, versus 229
+        # MiB with eager itable init) and no ext4lazyinit thread writes after mount
+        argv = ["mkfs.ext4", "-q", "-F", device]
     else:
         argv = ["mkfs.btrfs", "-q", "-f", device]
     run(argv, timeout=300)

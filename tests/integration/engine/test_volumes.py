@@ -219,3 +219,11 @@ def test_pool_held_by_another_process_is_aborted_after_the_timeout(
         os.close(fd)
     _nothing_created(pool)
     assert pool.create_volume("v", 64 * MiB, fs=FsType.EXT4).size == 64 * MiB
+
+
+@pytest.mark.parametrize("fs", [FsType.XFS, FsType.EXT4, FsType.BTRFS])
+def test_formatting_keeps_a_large_volume_thin(pool: Pool, scratch: Path, fs: FsType) -> None:
+    vol = pool.create_volume("big", 10 * GiB, fs=fs)
+    pool.mount("big", scratch / "m")
+    allocated = vol.path.stat().st_blocks * 512
+    assert allocated < 128 * MiB, f"{fs} allocated {allocated >> 20} MiB of a 10 GiB volume"
