@@ -25,7 +25,7 @@ import grpc
 from statehold.csi.backend import BackendConfig, VolumeBackend
 from statehold.csi.controller import ControllerServicer
 from statehold.csi.gen import csi_pb2_grpc
-from statehold.csi.identity import IdentityServicer
+from statehold.csi.identity import IdentityServicer, missing_tools
 from statehold.csi.node import DEFAULT_MAX_VOLUMES, NodeServicer
 from statehold.csi.router import Router, load_shared
 from statehold.csi.status import VolumeLocks
@@ -112,7 +112,8 @@ class CsiServer:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="csi"))
         controller = cfg.mode in ("controller", "all")
         add = csi_pb2_grpc  # generated, untyped
-        add.add_IdentityServicer_to_server(IdentityServicer(), server)  # type: ignore[no-untyped-call]
+        identity = IdentityServicer(health=missing_tools)
+        add.add_IdentityServicer_to_server(identity, server)  # type: ignore[no-untyped-call]
         if controller:
             add.add_ControllerServicer_to_server(  # type: ignore[no-untyped-call]
                 ControllerServicer(self.router, self.locks), server

@@ -102,3 +102,18 @@ def test_other_volumes_are_not_blocked() -> None:
         assert locks.busy() == {"pool/a", "pool/b"}
         with pytest.raises(errors.Aborted), locks.hold("pool/a"):
             pass
+
+
+def test_probe_fails_precondition_when_a_tool_is_missing() -> None:
+    from statehold.csi.gen import csi_pb2
+    from statehold.csi.identity import IdentityServicer, missing_tools
+
+    assert missing_tools(("sh",)) == ""
+    assert "no-such-tool-xyz" in missing_tools(("sh", "no-such-tool-xyz"))
+    ctx = FakeContext()
+    sick = IdentityServicer(health=lambda: missing_tools(("no-such-tool-xyz",)))
+    with pytest.raises(Aborting):
+        sick.Probe(csi_pb2.ProbeRequest(), ctx)  # type: ignore[arg-type]
+    assert ctx.code == grpc.StatusCode.FAILED_PRECONDITION
+    healthy = IdentityServicer(health=lambda: "")
+    assert healthy.Probe(csi_pb2.ProbeRequest(), FakeContext()).ready.value  # type: ignore[arg-type]
