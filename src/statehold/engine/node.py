@@ -247,6 +247,8 @@ class Node:
                 size = check_size(spec.image_size, what="image_size")
                 if size < minimum:
                     raise InvalidArgument(f"image_size must be at least {minimum} bytes")
+                for image in sources:
+                    pooldisk.check_image(Path(image), force=spec.force)
             else:
                 for dev in sources:
                     pooldisk.check_device(dev, force=spec.force)

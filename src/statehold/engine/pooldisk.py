@@ -66,16 +66,32 @@ def _check_blank(target: str, *, force: bool) -> None:
     run(["wipefs", "--all", "--quiet", target], timeout=120)
 
 
+def check_image(path: Path, *, force: bool) -> None:
+    """An image path is usable: absent, or a blank (or ``force``) file attached nowhere.
+
+    Checked before the creation intent is written, so that a rollback may detach every
+    loop device of the pool's images: none of them can belong to anything else.
+    """
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise InvalidArgument(f"image {path} exists and is not a regular file")
+    if loop.find(path):
+        raise FailedPrecondition(f"image {path} is in use as {loop.find(path)[0]}")
+    found = fs.probe(str(path))
+    if found and not force:
+        what = found.get("TYPE") or found.get("PTTYPE") or "a signature"
+        raise FailedPrecondition(f"{path} already holds {what}; pass force to overwrite it")
+
+
 def make_image(path: Path, size: int, *, force: bool) -> bool:
     """Create a sparse image file; returns True when it was created (False: reused).
 
-    An existing image is reused only when blank (or ``force``) and not attached anywhere.
+    An existing image (see ``check_image``) has its signatures wiped (``force``) and grows
+    to ``size`` if smaller.
     """
     if path.exists():
-        if not path.is_file():
-            raise InvalidArgument(f"image {path} exists and is not a regular file")
-        if loop.find(path):
-            raise FailedPrecondition(f"image {path} is in use as {loop.find(path)[0]}")
+        check_image(path, force=force)
         _check_blank(str(path), force=force)
         if path.stat().st_size < size:
             os.truncate(path, size)

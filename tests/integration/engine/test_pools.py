@@ -288,3 +288,13 @@ def test_missing_image_makes_only_that_pool_unavailable(engine_home: Path) -> No
             node.pool("gone")
     finally:
         close_node(node)
+
+
+def test_image_of_another_pool_is_refused_and_that_pool_keeps_running(node: Node,
+                                                                      pool: Pool) -> None:
+    image = pool.sources[0]
+    with pytest.raises(FailedPrecondition, match="in use"):
+        node.create_pool(PoolSpec(name="thief", images=(image,), image_size=GiB, force=True))
+    assert loop.find(image) == list(pool.devices)
+    assert mounts.mount_at(pool.mountpoint) is not None
+    assert pool.create_volume("still", 64 * MiB, fs=FsType.EXT4).size == 64 * MiB
