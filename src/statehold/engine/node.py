@@ -434,16 +434,26 @@ class Node:
             return pool
 
     def _check_not_in_use(self, sources: Sequence[str]) -> None:
-        """Refuse sources that back a mounted filesystem (another pool, here or not)."""
+        """Refuse sources in use: mounted (here: AlreadyExists), attached, or held open.
+
+        An import that fails cleans up by detaching the loop devices of its image files, so
+        an image already attached (say, a block volume a pod is using) must never get that
+        far.
+        """
         for src in sources:
-            for dev in loop.find(src) if os.path.isfile(src) else [src]:
+            is_file = os.path.isfile(src)
+            devices = loop.find(src) if is_file else [os.path.realpath(src)]
+            for dev in devices:
                 targets = mounts.targets_of(dev)
-                if not targets:
-                    continue
                 for pool in self._pools.values():
                     if str(pool.mountpoint) in targets:
                         raise AlreadyExists(f"{src} is already imported here as pool {pool.name!r}")
-                raise FailedPrecondition(f"{src} is in use: mounted at {', '.join(targets)}")
+                if targets:
+                    raise FailedPrecondition(f"{src} is in use: mounted at {', '.join(targets)}")
+            if is_file and devices:
+                raise FailedPrecondition(f"{src} is in use: attached as {devices[0]}")
+            if not is_file and os.path.exists(src):
+                pooldisk.check_not_held(src)
 
     # -- export / destroy ------------------------------------------------------------------
     def export_pool(self, name: str) -> None:

@@ -45,6 +45,12 @@ def check_device(device: str, *, force: bool) -> None:
         raise NotFound(f"device {device} does not exist") from exc
     if not stat.S_ISBLK(st.st_mode):
         raise InvalidArgument(f"{device} is not a block device (use images= for a file)")
+    check_not_held(device)
+    _check_blank(device, force=force)
+
+
+def check_not_held(device: str) -> None:
+    """O_EXCL on a block device fails with EBUSY while it is mounted or held by a driver."""
     try:
         fd = os.open(device, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
     except OSError as exc:
@@ -52,7 +58,6 @@ def check_device(device: str, *, force: bool) -> None:
             raise FailedPrecondition(f"device {device} is in use (mounted or held)") from exc
         raise FailedPrecondition(f"cannot open device {device}: {exc}") from exc
     os.close(fd)
-    _check_blank(device, force=force)
 
 
 def _check_blank(target: str, *, force: bool) -> None:

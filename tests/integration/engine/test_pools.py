@@ -11,7 +11,16 @@ import pytest
 from statehold.engine import loop, mounts
 from statehold.engine.node import Node
 from statehold.engine.pool import Pool
-from statehold.engine.types import FsType, GiB, MiB, PoolSpec, RaidProfile, Source, SourceKind
+from statehold.engine.types import (
+    FsType,
+    GiB,
+    MiB,
+    PoolSpec,
+    RaidProfile,
+    Source,
+    SourceKind,
+    VolumeMode,
+)
 from statehold.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -298,3 +307,12 @@ def test_image_of_another_pool_is_refused_and_that_pool_keeps_running(node: Node
     assert loop.find(image) == list(pool.devices)
     assert mounts.mount_at(pool.mountpoint) is not None
     assert pool.create_volume("still", 64 * MiB, fs=FsType.EXT4).size == 64 * MiB
+
+
+def test_import_of_an_attached_file_is_refused_and_leaves_it_attached(node: Node,
+                                                                       pool: Pool) -> None:
+    pool.create_volume("blk", 300 * MiB, mode=VolumeMode.BLOCK)
+    dev = pool.attach("blk")  # say a pod is using it as a raw block device
+    with pytest.raises(FailedPrecondition, match="attached"):
+        node.import_pool([str(pool.volume_path("blk"))])
+    assert pool.get_volume("blk").device == dev
