@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import celpy
 import pytest
 
 from statehold.controller import crds
 from statehold.controller.cel_rules import RULES
-
-celpy = pytest.importorskip("celpy", reason="cel-python not installed")
 
 POOL = {"node": "n", "filesystem": "xfs", "profile": "single", "importExisting": False,
         "imageCount": 1}
