@@ -99,7 +99,7 @@ def rpc(
         def wrapper(self: S, request: Req, context: grpc.ServicerContext) -> Resp:
             started = time.monotonic()
             code: grpc.StatusCode | None = None
-            message = ""
+            message = key = ""
             try:
                 key = lock(request) if lock is not None else ""
                 if key:
@@ -113,8 +113,9 @@ def rpc(
                 code, message = grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
             finally:
                 log.info(
-                    "rpc=%s code=%s ms=%.1f", name, (code or grpc.StatusCode.OK).name,
-                    (time.monotonic() - started) * 1000,
+                    "rpc=%s object=%s code=%s ms=%.1f%s", name, key or "-",
+                    (code or grpc.StatusCode.OK).name, (time.monotonic() - started) * 1000,
+                    f" error={message!r}" if code else "",
                 )
             context.abort(code, message)
             raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
