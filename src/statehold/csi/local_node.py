@@ -91,9 +91,9 @@ def stage(pool: Pool, vol: Volume, req: StageRequest) -> None:
     except CommandError as exc:
         if not cap.mount_flags:
             raise
-        # the CO's mount flags are the likeliest culprit; the spec calls that a bad argument
-        flags = list(cap.mount_flags)
-        raise InvalidArgument(f"mount with flags {flags} failed: {exc.stderr[-300:]}") from exc
+        # the CO's mount flags are the likeliest culprit; the spec calls that a bad argument.
+        # The flags themselves are not repeated: the spec says they may hold secrets.
+        raise InvalidArgument(f"mount with the requested mount_flags failed: {exc.stderr[-300:]}") from exc
 
 
 @_os_errors
