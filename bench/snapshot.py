@@ -17,7 +17,12 @@ Prints p50/p99/max per size and operation, the extent count of each volume file 
 work grows with extents, not bytes), and last ``ratio=<p99 large / p99 small>`` for the
 worse of the two operations.
 
-Usage: ``.venv/bin/python bench/snapshot.py [--small 1Gi] [--large 32Gi] [--runs 100]``.
+With ``--mounted`` the volumes are XFS filesystems, mounted, filled through a file, and
+every snapshot freezes the filesystem around the FICLONE (the CSI path for filesystem
+volumes).
+
+Usage: ``.venv/bin/python bench/snapshot.py [--small 1Gi] [--large 32Gi] [--runs 100]
+[--mounted]``.
 Runs as root; everything lives under its own home in /var/tmp and is removed at the end.
 """
 
@@ -40,7 +45,7 @@ from statehold.engine.freeze import syncfs
 from statehold.engine.names import parse_size
 from statehold.engine.node import Node
 from statehold.engine.pool import Pool
-from statehold.engine.types import GiB, PoolSpec, Source, SourceKind, VolumeMode
+from statehold.engine.types import FsType, GiB, PoolSpec, Source, SourceKind, VolumeMode
 from statehold.runner import run
 
 
@@ -60,12 +65,13 @@ def pct(values: list[float], p: float) -> float:
     return ordered[int(rank) - 1]
 
 
-def measure(pool: Pool, volume: str, size: int, i: int) -> tuple[float, float]:
+def measure(pool: Pool, volume: str, size: int, i: int, mounted: bool) -> tuple[float, float]:
     snap, clone = f"{volume}-s{i}", f"{volume}-c{i}"
     t0 = time.perf_counter()
-    pool.create_snapshot(volume, snap)
+    pool.create_snapshot(volume, snap, freeze=True)
     t1 = time.perf_counter()
-    pool.create_volume(clone, size, mode=VolumeMode.BLOCK, fs=None,
+    pool.create_volume(clone, size, mode=VolumeMode.FILESYSTEM if mounted else VolumeMode.BLOCK,
+                       fs=FsType.XFS if mounted else None,
                        source=Source(SourceKind.SNAPSHOT, snap))
     t2 = time.perf_counter()
     pool.delete_volume(clone)
@@ -105,6 +111,9 @@ def main() -> None:
     parser.add_argument("--small", default="1Gi")
     parser.add_argument("--large", default="32Gi")
     parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--mounted", action="store_true",
+                        help="XFS volumes mounted and filled through the filesystem; snapshots "
+                        "then fsfreeze around the FICLONE (default: attached block volumes)")
     args = parser.parse_args()
     sizes = {"small": parse_size(args.small), "large": parse_size(args.large)}
 
@@ -119,22 +128,31 @@ def main() -> None:
             image_size=image_size, overprovision_ratio=float(len(sizes) + 2),
         ))
         for label, size in sizes.items():
-            pool.create_volume(label, size, mode=VolumeMode.BLOCK, fs=None)
-            device = pool.attach(label)
-            rate = fill(device, size)
+            if args.mounted:
+                pool.create_volume(label, size, mode=VolumeMode.FILESYSTEM, fs=FsType.XFS)
+                target = home / "mnt" / label
+                target.mkdir(parents=True)
+                pool.mount(label, target)
+                free = shutil.disk_usage(target).free
+                where = f"{target} (xfs)"
+                rate = fill(str(target / "data"), free - free % (4 << 20) - (64 << 20))
+            else:
+                pool.create_volume(label, size, mode=VolumeMode.BLOCK, fs=None)
+                where = pool.attach(label)
+                rate = fill(where, size)
             extents = len(file_extents(pool.get_volume(label).path))
-            print(f"{label}: {size / GiB:g} GiB on {device}, filled at {rate:.0f} MiB/s, "
+            print(f"{label}: {size / GiB:g} GiB on {where}, filled at {rate:.0f} MiB/s, "
                   f"{extents} extents", flush=True)
 
         # Let the fill's write-back drain, and warm caches: the runs then measure the
         # operations, not the tail of a 33 GiB write.
         run(["sync", "-f", str(pool.mountpoint)], timeout=1800)
         for label in sizes:
-            measure(pool, label, sizes[label], -1)
+            measure(pool, label, sizes[label], -1, args.mounted)
         times: dict[tuple[str, str], list[float]] = {}
         for i in range(args.runs):
             for label in (("small", "large") if i % 2 == 0 else ("large", "small")):
-                snap_ms, clone_ms = measure(pool, label, sizes[label], i)
+                snap_ms, clone_ms = measure(pool, label, sizes[label], i, args.mounted)
                 times.setdefault((label, "snapshot"), []).append(snap_ms)
                 times.setdefault((label, "clone"), []).append(clone_ms)
                 times.setdefault((label, "ficlone"), []).append(bare_ficlone(pool, label))
@@ -165,6 +183,8 @@ def cleanup(node: Node, pool: Pool | None, home: Path, volumes: list[str]) -> No
         if pool is not None:
             for name in volumes:
                 try:
+                    for target in pool.get_volume(name).mounts:
+                        pool.unmount(name, Path(target))
                     pool.detach(name)
                     pool.delete_volume(name)
                 except Exception as exc:  # keep cleaning: report, then fall through
