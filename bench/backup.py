@@ -192,7 +192,7 @@ def child(argv: list[str]) -> None:
         print(json.dumps({"id": m.backup_id, "read": m.stats.bytes_read, "new": m.stats.bytes_new,
                           "stored": m.stats.stored_new}))
     elif op == "restore":
-        restore_image(repo, argv[2], Path(argv[3]), parallel=8)
+        restore_image(repo, argv[2], Path(argv[3]), parallel=16)
         print("{}")
 
 
@@ -232,8 +232,10 @@ def main() -> None:
 
         # --- restore ------------------------------------------------------------------
         out_o, out_r = root / "restore-ours.img", root / "restore-restic"
-        o_rest, _, rss_rest = ours("restore", str(ours_repo), str(full["id"]), str(out_o))
+        os.sync()  # no dirty repository data of the backups still being written back
         r_rest, _ = restic(restic_repo, "restore", "latest", "--target", str(out_r))
+        os.sync()
+        o_rest, _, rss_rest = ours("restore", str(ours_repo), str(full["id"]), str(out_o))
         restored_r = next(p for p in out_r.rglob("snap4.img"))
         assert same(out_o, snap), "our restore differs from the snapshot"
         assert same(restored_r, snap), "restic's restore differs from the snapshot"

@@ -66,10 +66,10 @@ def plan(size: int, chunk_size: int, data: list[tuple[int, int]],
         idx = off // chunk_size
         if off < size and idx not in touched:
             copied[idx] = cid
-    # `copied` holds only untouched chunks, so every touched chunk with data is read; an
-    # untouched chunk with data that the parent lacks (parent and diff disagree) is read
-    # too: reading is always the safe answer.
-    return Plan(sorted(i for i in with_data if i not in copied), copied)
+    # An untouched chunk holds what it held in the parent snapshot: the parent's entry, or
+    # zeros when the parent has none (zero chunks are never listed: written zeros are data
+    # to SEEK_DATA but need no read). Only touched chunks with data are read.
+    return Plan(sorted(i for i in with_data if i in touched), copied)
 
 
 def create_backup(repo: Repository, image: Path, *, volume: str, parent: Parent | None = None,
@@ -98,7 +98,9 @@ def create_backup(repo: Repository, image: Path, *, volume: str, parent: Parent 
             total = sum(min(cs, size - i * cs) for i in p.read)
             if progress is not None:
                 progress(0, total)
-            nworkers = workers or max(4, 2 * (os.cpu_count() or 2))
+            # CPU-bound stages want ~2 threads per core; a remote store wants enough requests
+            # in flight to hide its latency (the store says how many it can take)
+            nworkers = workers or max(4, 2 * (os.cpu_count() or 2), getattr(repo.store, "parallelism", 0))
             res = run_pipeline(repo, fd, size, p.read, total=total, known=known, workers=nworkers,
                                progress=progress, fault=fault, commit_every=commit_every)
             ids = dict(p.copied)

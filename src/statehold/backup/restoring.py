@@ -38,7 +38,7 @@ Progress = Callable[[int, int], None]
 
 
 def restore_image(repo: Repository, backup_id: str, target: Path, *, existing: bool = False,
-                  parallel: int = 8, progress: Progress | None = None) -> Manifest:
+                  parallel: int = 16, progress: Progress | None = None) -> Manifest:
     """Restore ``backup_id`` into ``target``.
 
     ``existing=False``: target must not exist; the data goes to a temporary name beside it

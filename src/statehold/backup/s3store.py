@@ -91,6 +91,11 @@ class S3Store:
         )
         self._tls = threading.local()
 
+    @property
+    def parallelism(self) -> int:
+        """Requests worth having in flight (the connection pool size)."""
+        return self.config.parallelism
+
     def describe(self) -> str:
         where = self.config.endpoint or "aws"
         return f"s3://{self.config.bucket}/{self._prefix} ({where})"

@@ -71,7 +71,7 @@ def backup_volume(repo: Repository, pool: Pool, volume: str, *, freeze: bool = T
 
 
 def restore_volume(repo: Repository, backup_id: str, pool: Pool, name: str, *,
-                   progress: Progress | None = None, parallel: int = 8) -> Volume:
+                   progress: Progress | None = None, parallel: int = 16) -> Volume:
     """Create volume ``name`` and fill it from the backup; on failure the volume is deleted."""
     if any(v.name == name for v in pool.list_volumes()):
         raise AlreadyExists(f"volume {pool.name}/{name} exists; restore only creates new volumes")

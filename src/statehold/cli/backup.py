@@ -290,7 +290,7 @@ def restore_cmd(
     to: str | None = typer.Option(None, "--to", help="New volume POOL/NAME (or NAME with --pool)."),
     to_file: Path | None = typer.Option(None, "--to-file", help="Restore into a new image file instead."),
     pool: str | None = PoolOption,
-    parallel: int = typer.Option(8, "--parallel", help="Concurrent chunk downloads."),
+    parallel: int = typer.Option(16, "--parallel", help="Concurrent chunk downloads."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     password_file: Path | None = PasswordFileOption,
     home: Path | None = HomeOption,
