@@ -108,6 +108,10 @@ class BackendConfig:
     home: Path                              # Statehold home: pools, registries
     node_id: str                            # this node's CSI node id (topology value)
     allowed_roots: tuple[Path, ...] = (Path("/var/lib/kubelet"),)
+    expand_on_node: bool = False
+    """A controller-only process (the cluster's central csi-resizer) holds no pools: for a
+    volume it cannot see it answers ControllerExpandVolume with node_expansion_required and
+    leaves the growth to NodeExpandVolume on the node that holds the volume."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -272,7 +272,12 @@ class LocalBackend:
         )
 
     def expand_volume(self, volume_id: str, required_bytes: int, limit_bytes: int) -> ExpandInfo:
-        pool, vol = self._volume(volume_id)
+        try:
+            pool, vol = self._volume(volume_id)
+        except NotFound:
+            if not self.config.expand_on_node:
+                raise
+            return self._defer_expansion(volume_id, required_bytes, limit_bytes)
         if limit_bytes and vol.size > limit_bytes:
             raise OutOfRange(f"volume is already {vol.size} bytes, above limit {limit_bytes}")
         if required_bytes <= vol.size:
@@ -283,6 +288,15 @@ class LocalBackend:
         result = pool.expand(vol.name, size)
         pending = result.grow.value == "at-next-mount"
         return ExpandInfo(capacity_bytes=result.volume.size, node_expansion_required=pending)
+
+    def _defer_expansion(self, volume_id: str, required_bytes: int, limit_bytes: int) -> ExpandInfo:
+        """The volume lives on another node: promise the size, let NodeExpandVolume grow it
+        there (where the pool's capacity is checked, RESOURCE_EXHAUSTED if it has no room)."""
+        naming.split_id(volume_id)  # a malformed id names nothing: still NOT_FOUND
+        size = _round_up(required_bytes)
+        if limit_bytes and size > limit_bytes:
+            raise OutOfRange(f"{size} bytes (whole MiB) exceeds limit {limit_bytes}")
+        return ExpandInfo(capacity_bytes=size, node_expansion_required=True)
 
     def create_snapshot(
         self, source_volume_id: str, name: str, parameters: Mapping[str, str]

@@ -49,7 +49,10 @@ class ServerConfig:
     grace: float = 10.0                     # seconds in-flight calls get on shutdown
 
     def backend_config(self) -> BackendConfig:
-        return BackendConfig(home=self.home, node_id=self.node_id, allowed_roots=self.allowed_roots)
+        return BackendConfig(
+            home=self.home, node_id=self.node_id, allowed_roots=self.allowed_roots,
+            expand_on_node=self.mode == "controller",
+        )
 
 
 def socket_path(endpoint: str) -> Path:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import grpc
 
-from statehold.csi.backend import BackendConfig
 from statehold.csi.backend_local import LocalBackend
 from statehold.csi.gen import csi_pb2 as pb
 from statehold.csi.gen import csi_pb2_grpc as rpc
@@ -62,8 +61,7 @@ def running_driver(node: Node, root: Path, *, mode: str = "all", shared: bool = 
         allowed_roots=(kubelet,),
         grace=2.0,
     )
-    bcfg = BackendConfig(home=node.home, node_id=NODE_ID, allowed_roots=(kubelet,))
-    local = LocalBackend(bcfg, node=node)
+    local = LocalBackend(cfg.backend_config(), node=node)
     server = CsiServer(cfg, local=local, with_shared=shared)
     server.start()
     channel = grpc.insecure_channel(f"unix://{sock}")
