@@ -101,6 +101,12 @@ def clone(
     from_snapshot: str | None = typer.Option(None, "--from-snapshot", help="Source snapshot."),
     from_volume: str | None = typer.Option(None, "--from-volume", help="Source volume."),
     size: str | None = typer.Option(None, "--size", "-s", help="Larger size (default: source's)."),
+    mode: VolumeMode | None = typer.Option(
+        None, "--mode", help="The source's mode, when its volume no longer exists (default filesystem)."
+    ),
+    fs: FsType | None = typer.Option(
+        None, "--fs", help="The source's filesystem, when its volume no longer exists (default xfs)."
+    ),
     pool: str | None = PoolOption,
     home: Path | None = HomeOption,
     output: Format = OutputOption,
@@ -121,8 +127,12 @@ def clone(
         else:
             origin = p.get_volume(source.name)
             base_size = origin.size
-        mode = origin.mode if origin else VolumeMode.FILESYSTEM
-        fs = origin.fs if origin else FsType.XFS
+        # A snapshot does not say what it holds; its volume does, while it exists.
+        if origin is not None:
+            mode, fs = origin.mode, origin.fs
+        else:
+            mode = mode or VolumeMode.FILESYSTEM
+            fs = None if mode is VolumeMode.BLOCK else (fs or FsType.XFS)
         existed = any(v.name == name for v in p.list_volumes())
         v = p.create_volume(name, nbytes or base_size, mode=mode, fs=fs, source=source)
     _created(v, existed, output)
