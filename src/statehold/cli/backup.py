@@ -165,6 +165,31 @@ def create_cmd(
                f"{'incremental from ' + m.parent if m.parent else 'full'}, {secs:.1f}s")
 
 
+@backup_app.command("create-tree")
+def create_tree_cmd(
+    directory: Path = typer.Argument(..., help="Directory tree to back up (e.g. a shared volume)."),
+    target: str = TargetOption,
+    volume: str = typer.Option(..., "--volume", help="Name the backups of this tree are listed under."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    password_file: Path | None = PasswordFileOption,
+    home: Path | None = HomeOption,
+    output: Format = OutputOption,
+) -> None:
+    """Back up a directory tree (file-tree mode, for shared volumes); unchanged files are not re-read."""
+    from statehold.backup.tree import backup_tree
+
+    with failures():
+        repo = _open_repo(home, target, password_file)
+        trees = [m for m in repo.manifests() if m.volume == volume and m.kind == "tree"]
+        parent = max(trees, key=lambda m: (m.created, m.backup_id)) if trees else None
+        with _bar(f"backup {directory}", not quiet) as bar:
+            m = backup_tree(repo, directory.resolve(), volume=volume, parent=parent, progress=bar)
+    if output in (Format.JSON, Format.YAML):
+        emit(m, output, COLUMNS, plain_of=_plain)
+        return
+    done("backup", m.backup_id, "created")
+
+
 @backup_app.command("get")
 def get_cmd(
     backup: str | None = typer.Argument(None, help="One backup id (or unique part); all when omitted."),
@@ -289,6 +314,7 @@ def restore_cmd(
     target: str = TargetOption,
     to: str | None = typer.Option(None, "--to", help="New volume POOL/NAME (or NAME with --pool)."),
     to_file: Path | None = typer.Option(None, "--to-file", help="Restore into a new image file instead."),
+    to_dir: Path | None = typer.Option(None, "--to-dir", help="Restore a tree backup into a new directory."),
     pool: str | None = PoolOption,
     parallel: int = typer.Option(16, "--parallel", help="Concurrent chunk downloads."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -299,12 +325,18 @@ def restore_cmd(
     from statehold.backup.volumes import restore_volume
 
     with failures():
-        if (to is None) == (to_file is None):
-            raise InvalidArgument("give exactly one of --to POOL/NAME or --to-file PATH")
+        if sum(x is not None for x in (to, to_file, to_dir)) != 1:
+            raise InvalidArgument("give exactly one of --to POOL/NAME, --to-file PATH or --to-dir DIR")
         if parallel < 1:
             raise InvalidArgument("--parallel must be at least 1")
         repo = _open_repo(home, target, password_file)
         bid = repo.resolve(backup)
+        if to_dir is not None:
+            from statehold.backup.tree import restore_tree
+
+            restore_tree(repo, bid, to_dir.resolve(), parallel=parallel)
+            done("backup", bid, f"restored to {to_dir.resolve()}")
+            return
         if to_file is not None:
             with _bar(f"restore {bid}", not quiet) as bar:
                 restore_image(repo, bid, to_file.resolve(), parallel=parallel, progress=bar)

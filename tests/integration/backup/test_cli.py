@@ -87,3 +87,21 @@ def test_missing_password_and_unknown_target_are_clear_errors(engine_home: Path)
     assert r.exit_code == 3 and "not defined" in r.stderr
     r = run(engine_home, "target", "add", "t", "--path", "/var/tmp/x", env={"STATEHOLD_REPO_PASSWORD": ""})
     assert r.exit_code == 2 and "password" in r.stderr
+
+
+def test_tree_backup_and_restore_through_the_cli(scratch: Path) -> None:
+    home = scratch / "home"
+    src = scratch / "site"
+    (src / "img").mkdir(parents=True)
+    (src / "img" / "logo.png").write_bytes(os.urandom(100_000))
+    (src / "index.html").write_text("<h1>hi</h1>\n")
+    ok(home, "target", "add", "t", "--path", str(scratch / "repo"))
+    made = json.loads(ok(home, "backup", "create-tree", str(src), "-t", "t", "--volume", "shared/site",
+                         "-q", "-o", "json"))
+    assert made["kind"] == "tree"
+    out = scratch / "restored"
+    ok(home, "restore", made["backup_id"], "-t", "t", "--to-dir", str(out))
+    assert (out / "img" / "logo.png").read_bytes() == (src / "img" / "logo.png").read_bytes()
+    assert (out / "index.html").read_text() == "<h1>hi</h1>\n"
+    wrong = run(home, "restore", made["backup_id"], "-t", "t", "--to-file", str(scratch / "x.img"))
+    assert wrong.exit_code == 2

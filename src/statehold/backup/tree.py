@@ -1,0 +1,237 @@
+"""File-tree backups (manifest kind "tree", format §6.3): for shared volumes, which are
+directories on a shared filesystem rather than block images.
+
+File content is cut like images (aligned ``chunk_size`` slices, zero slices omitted), so it
+deduplicates with everything else in the repository. With a parent tree backup, a regular
+file whose size, mtime and inode did not change reuses the parent's chunk list unread.
+Hard links are stored as separate files; sockets, fifos and devices are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import stat
+import threading
+import time
+from array import array
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from statehold.backup.locks import Lock
+from statehold.backup.manifest import Manifest, Stats
+from statehold.backup.repository import Repository, chunk_key, new_backup_id
+from statehold.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+
+log = logging.getLogger("statehold.backup.tree")
+
+Progress = Callable[[int, int], None]
+
+
+def _walk(root: Path) -> list[tuple[str, os.stat_result]]:
+    """Every entry under root (root itself excluded), parents before children, sorted."""
+    out: list[tuple[str, os.stat_result]] = []
+
+    def visit(rel: str) -> None:
+        here = root / rel if rel else root
+        with os.scandir(here) as it:
+            names = sorted(e.name for e in it)
+        for name in names:
+            child = f"{rel}/{name}" if rel else name
+            st = os.lstat(root / child)
+            out.append((child, st))
+            if stat.S_ISDIR(st.st_mode):
+                visit(child)
+
+    visit("")
+    return out
+
+
+def backup_tree(repo: Repository, root: Path, *, volume: str, parent: Manifest | None = None,
+                labels: Mapping[str, str] | None = None, workers: int = 8,
+                progress: Progress | None = None) -> Manifest:
+    """Back up the directory tree at ``root`` and return the committed manifest."""
+    if not root.is_dir():
+        raise NotFound(f"directory {root} does not exist")
+    cs = repo.chunk_size
+    codec = repo.codec
+    previous: dict[str, dict[str, Any]] = {}
+    if parent is not None and parent.kind == "tree" and parent.chunk_size == cs:
+        previous = {e["path"]: e for e in parent.tree or ()}
+    with Lock(repo, "shared") as lock:
+        known = repo.known_chunks()
+        try:
+            listing = _walk(root)
+        except OSError as exc:
+            raise Unavailable(f"reading directory tree {root}: {exc}") from exc
+        total = sum(st.st_size for _, st in listing if stat.S_ISREG(st.st_mode))
+        state = {"done": 0, "read": 0, "new": 0, "stored": 0, "chunks_new": 0}
+        mutex = threading.Lock()
+        pending: set[bytes] = set()
+        slots = threading.Semaphore(2 * workers)
+        entries: list[dict[str, Any]] = []
+
+        def process(data: bytes) -> bytes | None:
+            try:
+                cid = codec.chunk_id(data)
+                if cid == codec.zero_id(len(data)):
+                    return None
+                with mutex:
+                    upload = cid not in known and cid not in pending
+                    if upload:
+                        pending.add(cid)
+                if upload:
+                    key = chunk_key(cid)
+                    blob = codec.encode(key, data)
+                    repo.store.put(key, blob)
+                    with mutex:
+                        known.add(cid)
+                        state["new"] += len(data)
+                        state["stored"] += len(blob)
+                        state["chunks_new"] += 1
+                with mutex:
+                    state["done"] += len(data)
+                    if progress is not None:
+                        progress(state["done"], total)
+                return cid
+            finally:
+                slots.release()
+
+        with ThreadPoolExecutor(workers, thread_name_prefix="tree") as pool:
+            files: list[tuple[dict[str, Any], list[tuple[int, Future[bytes | None]]]]] = []
+            for rel, st in listing:
+                entry: dict[str, Any] = {
+                    "path": rel, "mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid,
+                    "mtime_ns": st.st_mtime_ns, "size": 0, "target": None, "chunks": [],
+                }
+                if stat.S_ISDIR(st.st_mode):
+                    entry["type"] = "dir"
+                elif stat.S_ISLNK(st.st_mode):
+                    entry["type"] = "symlink"
+                    entry["target"] = os.readlink(root / rel)
+                elif stat.S_ISREG(st.st_mode):
+                    entry["type"] = "file"
+                    entry["size"] = st.st_size
+                    entry["ino"] = st.st_ino
+                    old = previous.get(rel)
+                    if old and old.get("type") == "file" and old["size"] == st.st_size \
+                            and old["mtime_ns"] == st.st_mtime_ns and old.get("ino") == st.st_ino:
+                        entry["chunks"] = old["chunks"]
+                        with mutex:
+                            state["done"] += st.st_size
+                    else:
+                        files.append((entry, _read_file(root / rel, st.st_size, cs, pool, process, slots,
+                                                        state, mutex)))
+                else:
+                    log.info("tree backup skips special file path=%s", rel)
+                    continue
+                entries.append(entry)
+            for entry, futures in files:
+                chunks = [(off, f.result()) for off, f in futures]
+                entry["chunks"] = [[off, cid.hex()] for off, cid in chunks if cid is not None]
+        m = Manifest(
+            backup_id=new_backup_id(), volume=volume, size=total, chunk_size=cs, created=time.time(),
+            offsets=array("Q"), ids=b"", kind="tree",
+            parent=parent.backup_id if previous and parent is not None else None,
+            host=socket.gethostname(), labels=dict(labels or {}), tree=entries,
+            stats=Stats(bytes_read=state["read"], bytes_new=state["new"], stored_new=state["stored"],
+                        chunks=sum(len(e["chunks"]) for e in entries), chunks_new=state["chunks_new"]),
+        )
+        lock.check_alive()
+        repo.save_manifest(m)
+        return m
+
+
+def _read_file(path: Path, size: int, cs: int, pool: ThreadPoolExecutor,
+               process: Callable[[bytes], bytes | None], slots: threading.Semaphore,
+               state: dict[str, int], mutex: threading.Lock) -> list[tuple[int, Future[bytes | None]]]:
+    futures: list[tuple[int, Future[bytes | None]]] = []
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise Unavailable(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        for off in range(0, size, cs):
+            want = min(cs, size - off)
+            data = os.pread(fd, want, off)
+            if len(data) < want:  # shrank while we read (a live tree): keep the declared size
+                data += bytes(want - len(data))
+            with mutex:
+                state["read"] += len(data)
+            slots.acquire()
+            futures.append((off, pool.submit(process, data)))
+    finally:
+        os.close(fd)
+    return futures
+
+
+def restore_tree(repo: Repository, backup_id: str, target: Path, *, parallel: int = 8) -> Manifest:
+    """Recreate the tree under ``target`` (must not exist); built beside it and renamed in."""
+    m = repo.load_manifest(backup_id)
+    if m.kind != "tree":
+        raise InvalidArgument(f"backup {backup_id} is a {m.kind} backup, not a file tree")
+    if target.exists():
+        raise AlreadyExists(f"restore target {target} already exists")
+    partial = target.with_name(target.name + ".partial")
+    if partial.exists():
+        raise AlreadyExists(f"{partial} exists: an earlier restore was interrupted; remove it")
+    entries = m.tree or []
+    for e in entries:
+        parts = str(e["path"]).split("/")
+        if str(e["path"]).startswith("/") or ".." in parts or "" in parts:
+            raise InvalidArgument(f"backup {backup_id}: unsafe path {e['path']!r}")
+    with Lock(repo, "shared"):
+        try:
+            partial.mkdir()
+            with ThreadPoolExecutor(max(1, parallel), thread_name_prefix="tree-restore") as pool:
+                jobs: list[Future[None]] = []
+                for e in entries:
+                    dest = partial / e["path"]
+                    if e["type"] == "dir":
+                        dest.mkdir()
+                    elif e["type"] == "symlink":
+                        os.symlink(e["target"], dest)
+                    elif e["type"] == "file":
+                        with open(dest, "wb") as f:
+                            f.truncate(int(e["size"]))
+                        jobs.extend(pool.submit(_restore_chunk, repo, dest, int(off), bytes.fromhex(cid),
+                                                min(m.chunk_size, int(e["size"]) - int(off)))
+                                    for off, cid in e["chunks"])
+                for job in jobs:
+                    job.result()
+            for e in entries:  # durable before the rename publishes the tree
+                if e["type"] == "file":
+                    fd = os.open(partial / e["path"], os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+            for e in reversed(entries):  # children before parents: directory mtimes stick
+                dest = partial / e["path"]
+                if e["type"] == "symlink":
+                    os.lchown(dest, e["uid"], e["gid"])
+                    continue
+                os.chown(dest, e["uid"], e["gid"])
+                os.chmod(dest, e["mode"])
+                os.utime(dest, ns=(e["mtime_ns"], e["mtime_ns"]))
+            os.rename(partial, target)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+    return m
+
+
+def _restore_chunk(repo: Repository, dest: Path, off: int, cid: bytes, length: int) -> None:
+    data = repo.read_chunk(cid, length)
+    fd = os.open(dest, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        view = memoryview(data)
+        pos = 0
+        while pos < length:
+            pos += os.pwrite(fd, view[pos:], off + pos)
+    finally:
+        os.close(fd)
