@@ -78,6 +78,7 @@ class Node:
         self.recovered: dict[str, list[str]] = {}
         """What recovery did per pool when this Node opened it."""
         self._depth = 0
+        self._closed = False
         self.home.mkdir(parents=True, exist_ok=True)
         with self._exclusive():
             self._recover_registry()
@@ -189,12 +190,47 @@ class Node:
         return Pool(name, mountpoint, db, fault_hook=self.fault_hook, devices=devices,
                     sources=sources, directory=kind == DIRECTORY)
 
+    def refresh(self) -> None:
+        """Follow registry changes made by other processes on this home (a CLI beside the
+        agent): open pools registered since, forget pools exported since."""
+        with self._lock:
+            if self._closed:
+                return
+            registered = self._registry()["pools"]
+            known = set(self._pools) | set(self.errors)
+            if known == set(registered):
+                return
+            with self._exclusive():
+                registered = self._registry()["pools"]
+                for name in [n for n in self._pools if n not in registered]:
+                    self._pools.pop(name).close()
+                for name in [n for n in self.errors if n not in registered]:
+                    del self.errors[name]
+                for name, entry in registered.items():
+                    if name in self._pools or name in self.errors:
+                        continue
+                    try:
+                        pool = self._open(name, entry["sources"], entry.get("kind", DISKS))
+                    except StateholdError as exc:
+                        self.errors[name] = str(exc)
+                        continue
+                    try:
+                        self.recovered[name] = pool.reconcile()
+                    except StateholdError as exc:
+                        self.errors[name] = f"recovery failed: {exc}"
+                        pool.close()
+                        continue
+                    self._pools[name] = pool
+
     def pools(self) -> list[Pool]:
         with self._lock:
+            self.refresh()
             return [self._pools[n] for n in sorted(self._pools)]
 
     def pool(self, name: str) -> Pool:
         with self._lock:
+            if name not in self._pools:
+                self.refresh()
             if name in self._pools:
                 return self._pools[name]
             if name in self.errors:
@@ -473,10 +509,11 @@ class Node:
             if not pool.is_directory:
                 try:
                     pooldisk.release(pool.mountpoint, pool.image_files)
-                except StateholdError:
+                except StateholdError as exc:
                     # still mounted (busy): keep serving it rather than hold a closed pool
                     self._pools[name] = self._open(name, pool.sources)
-                    raise
+                    raise FailedPrecondition(
+                        f"pool {name!r} is busy (another process has it open?): {exc}") from exc
                 if pool.mountpoint.is_dir() and not os.path.ismount(pool.mountpoint):
                     pool.mountpoint.rmdir()
             self._unregister(name)
@@ -501,6 +538,7 @@ class Node:
     def close(self) -> None:
         """Release database handles; leaves pools mounted and volumes attached."""
         with self._lock:
+            self._closed = True
             for pool in self._pools.values():
                 pool.close()
             self._pools.clear()

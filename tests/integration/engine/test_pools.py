@@ -316,3 +316,25 @@ def test_import_of_an_attached_file_is_refused_and_leaves_it_attached(node: Node
     with pytest.raises(FailedPrecondition, match="attached"):
         node.import_pool([str(pool.volume_path("blk"))])
     assert pool.get_volume("blk").device == dev
+
+
+def test_a_second_node_on_the_same_home_follows_registry_changes(engine_home: Path) -> None:
+    agent = Node(engine_home)
+    cli = Node(engine_home)
+    try:
+        made = cli.create_pool(PoolSpec(name="p", image_size=GiB))
+        made.create_volume("v", 64 * MiB, fs=FsType.EXT4)
+        assert [v.name for v in agent.pool("p").list_volumes()] == ["v"]
+        with pytest.raises(FailedPrecondition, match="busy"):
+            cli.export_pool("p")  # the agent has it open
+        assert cli.pool("p").get_volume("v").size == 64 * MiB  # still served
+        hostdir = made.mountpoint / "dir"
+        hostdir.mkdir()
+        cli.create_pool(PoolSpec(name="d", directory=str(hostdir)))
+        assert [p.name for p in agent.pools()] == ["d", "p"]
+        cli.export_pool("d")
+        assert [p.name for p in agent.pools()] == ["p"]
+    finally:
+        cli.close()
+        close_node(agent)
+    assert agent.pools() == []  # a closed Node stays closed
