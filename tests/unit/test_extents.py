@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
 import struct
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from statehold.engine.extents import align, compare_maps, merge, total
+from statehold.engine.extents import align, changed_ranges, compare_maps, data_ranges, merge, total
 from statehold.engine.fiemap import Extent, ExtentFlag, decode
-from statehold.errors import InvalidArgument
+from statehold.errors import InvalidArgument, NotFound
 
 U = 512  # unit of the synthetic maps below: small numbers keep the brute force cheap
 
@@ -119,3 +123,39 @@ def test_compare_maps_reports_exactly_the_units_whose_mapping_differs(
             want.append((i * U, U))
     assert got == merge(want)
     assert total(got) <= new_units * U
+
+
+@pytest.fixture
+def shm_dir() -> Iterator[Path]:
+    """A directory on tmpfs, a filesystem without FIEMAP (but with SEEK_DATA)."""
+    path = Path(tempfile.mkdtemp(prefix="statehold-extents-", dir="/dev/shm"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_without_fiemap_every_data_range_of_either_file_counts_as_changed(shm_dir: Path) -> None:
+    old, new = shm_dir / "old", shm_dir / "new"
+    with open(old, "wb") as f:
+        f.truncate(1 << 20)
+        f.seek(100_000)
+        f.write(b"o" * 10)
+    with open(new, "wb") as f:
+        f.truncate(1 << 20)
+        f.seek(500_000)
+        f.write(b"n" * 10)
+    page_old, page_new = 100_000 // 4096 * 4096, 500_000 // 4096 * 4096
+    assert data_ranges(new) == [(page_new, 4096)]  # tmpfs reports whole pages
+    # old's data must be reported too: new reads zeros where old had bytes
+    assert changed_ranges(old, new) == [(page_old, 4096), (page_new, 4096)]
+
+
+def test_missing_files_are_not_found(shm_dir: Path) -> None:
+    with pytest.raises(NotFound):
+        changed_ranges(shm_dir / "nope", shm_dir / "nope2")
+    with pytest.raises(NotFound):
+        data_ranges(shm_dir / "nope")
+    (shm_dir / "x").write_bytes(b"x")
+    with pytest.raises(InvalidArgument):
+        changed_ranges(shm_dir / "x", shm_dir / "x", block=1000)
