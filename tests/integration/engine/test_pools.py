@@ -338,3 +338,22 @@ def test_a_second_node_on_the_same_home_follows_registry_changes(engine_home: Pa
         cli.close()
         close_node(agent)
     assert agent.pools() == []  # a closed Node stays closed
+
+
+def test_btrfs_pool_imports_with_all_its_images(engine_home: Path, scratch: Path) -> None:
+    node = Node(engine_home)
+    other = Node(scratch / "other")
+    try:
+        pool = node.create_pool(PoolSpec(name="mirror", images=("a.img", "b.img"), image_size=GiB,
+                                         profile=RaidProfile.RAID1))
+        pool.create_volume("v", 64 * MiB, fs=FsType.EXT4)
+        images = list(pool.sources)
+        node.export_pool("mirror")
+        with pytest.raises(FailedPrecondition):
+            other.import_pool(images[:1])  # half a mirror: not mounted (no degraded mounts)
+        assert all(loop.find(i) == [] for i in images)
+        moved = other.import_pool(images)
+        assert moved.fs == "btrfs" and [v.name for v in moved.list_volumes()] == ["v"]
+    finally:
+        close_node(other)
+        close_node(node)
