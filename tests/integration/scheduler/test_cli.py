@@ -17,6 +17,16 @@ from statehold.scheduler.core import GiB
 from tests.unit.scheduler import shapes
 
 
+def _deployment_args() -> list[str]:
+    """The args of the shipped Deployment, with --listen moved to a free local port."""
+    root = Path(__file__).resolve().parents[3]
+    docs = yaml.safe_load_all((root / "deploy/scheduler/extender/extender.yaml").read_text())
+    (deploy,) = [d for d in docs if d and d["kind"] == "Deployment"]
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    return [("--listen=127.0.0.1:0" if a.startswith("--listen=") else a)
+            for a in container["args"]]
+
+
 def test_command_serves_filter_from_a_cluster_file(tmp_path: Path) -> None:
     cluster = tmp_path / "cluster.yaml"
     cluster.write_text(yaml.safe_dump_all([
@@ -27,8 +37,8 @@ def test_command_serves_filter_from_a_cluster_file(tmp_path: Path) -> None:
             shapes.storage_pool("n1-a", "n1", 50 * GiB, 0, ratio=1)]},
     ]))
     exe = Path(sys.executable).with_name("statehold")
-    proc = subprocess.Popen([str(exe), "scheduler-extender", "--listen", "127.0.0.1:0",
-                             "--cluster-file", str(cluster)],
+    # exactly the flags the Deployment passes, plus a cluster file instead of a cluster
+    proc = subprocess.Popen([str(exe), *_deployment_args(), "--cluster-file", str(cluster)],
                             stderr=subprocess.PIPE, text=True, env={**os.environ})
     try:
         assert proc.stderr is not None
