@@ -14,14 +14,16 @@ Field facts used:
 * StorageClass: ``provisioner``, ``volumeBindingMode``, ``parameters``.
 * StoragePool (statehold.io/v1alpha1): ``spec.node``, ``spec.overprovisionRatio``
   (default 10), ``status.capacity`` and ``status.provisioned`` (sum of volume sizes, what
-  the thin limit counts; ``status.allocated`` when absent). A pool without a status
-  capacity, or in phase Failed, has no capacity data.
+  the thin limit counts; ``status.allocated`` when absent); ``status.allocatable: 0``
+  (the agent's word that the disks are physically full) makes the pool full. A pool
+  without a status capacity, or in phase Failed, has no capacity data.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from statehold.errors import InvalidArgument
@@ -110,13 +112,18 @@ def pool_state(obj: Mapping[str, Any]) -> PoolState | None:
         used = status.get("allocated", 0)
     ratio = _dig(obj, "spec", "overprovisionRatio")
     try:
-        return PoolState(node=node, name=_dig(obj, "metadata", "name") or "",
+        pool = PoolState(node=node, name=_dig(obj, "metadata", "name") or "",
                          capacity=parse_quantity(status["capacity"]),
                          allocated=parse_quantity(used),
                          overprovision=float(ratio) if ratio is not None else DEFAULT_OVERPROVISION)
     except (InvalidArgument, TypeError, ValueError):
         log.warning("event=bad_pool_status pool=%s", _dig(obj, "metadata", "name"))
         return None
+    if status.get("allocatable") == 0 and pool.free() > 0:
+        # The agent reports no room although the thin limit is not reached: the disks are
+        # physically full. Count the pool as fully promised.
+        pool = replace(pool, allocated=pool.limit)
+    return pool
 
 
 def pools_by_node(objs: Iterable[Mapping[str, Any]]) -> dict[str, tuple[PoolState, ...]]:

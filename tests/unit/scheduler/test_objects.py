@@ -131,3 +131,12 @@ def test_resolve_reports_unknown_claims_and_missing_volumes() -> None:
 def test_pod_without_statehold_claims_does_not_concern_us() -> None:
     assert not _resolve().concerns_us
     assert not _resolve("new-other", "bound-other", "new-shared").concerns_us
+
+
+def test_pool_reported_physically_full_has_no_room() -> None:
+    obj = shapes.storage_pool("n1-a", "n1", 100 * GiB, 10 * GiB)
+    obj["status"]["allocatable"] = 0
+    p = pool_state(obj)
+    assert p is not None and p.free() == 0
+    obj["status"]["allocatable"] = 5 * GiB
+    assert pool_state(obj).free() == 990 * GiB
