@@ -99,6 +99,9 @@ def failures() -> Iterator[None]:
     except errors.StateholdError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exit_code(exc)) from exc
+    except OSError as exc:  # e.g. a home directory we may not create: not a traceback
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 @contextmanager
@@ -128,6 +131,34 @@ def pick_pool(n: Node, name: str | None) -> Pool:
         raise errors.NotFound("no pool on this node: create one with `statehold pool create`")
     names = ", ".join(sorted(p.name for p in pools))
     raise errors.InvalidArgument(f"several pools ({names}): choose one with --pool")
+
+
+def listed_pools(n: Node, name: str | None) -> list[Pool]:
+    """Pools a ``get`` lists: the named one, else every pool of the node (like ``-A``)."""
+    if name:
+        return [n.pool(name)]
+    return list(n.pools())
+
+
+def pool_holding(n: Node, name: str | None, obj: str, *, kind: str = "volume") -> Pool:
+    """The pool that holds volume (or snapshot) ``obj``: the named pool, else the only pool
+    of the node that has it, so commands on an existing object need no ``--pool``."""
+    if name:
+        return pick_pool(n, name)
+    pools: list[Pool] = n.pools()
+    if len(pools) == 1:
+        return pools[0]
+    if kind == "volume":
+        holders = [p for p in pools if any(v.name == obj for v in p.list_volumes())]
+    else:
+        holders = [p for p in pools if any(s.name == obj for s in p.list_snapshots())]
+    if len(holders) == 1:
+        return holders[0]
+    if not holders:
+        every = ", ".join(p.name for p in pools) or "none"
+        raise errors.NotFound(f"{kind} {obj!r} not found in any pool (pools: {every})")
+    names = ", ".join(p.name for p in holders)
+    raise errors.InvalidArgument(f"{kind} {obj!r} exists in pools {names}: choose one with --pool")
 
 
 def size_arg(value: str) -> int:

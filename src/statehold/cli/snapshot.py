@@ -15,8 +15,9 @@ from statehold.cli.output import (
     done,
     emit,
     human,
+    listed_pools,
     node,
-    pick_pool,
+    pool_holding,
 )
 from statehold.engine.types import Snapshot
 
@@ -44,7 +45,7 @@ def create(
 ) -> None:
     """Snapshot a volume (reflink; idempotent for the same volume)."""
     with node(home) as n:
-        p = pick_pool(n, pool)
+        p = pool_holding(n, pool, volume)
         existed = any(s.name == name for s in p.list_snapshots())
         snap = p.create_snapshot(volume, name, freeze=freeze)
     if output in (Format.JSON, Format.YAML):
@@ -62,8 +63,10 @@ def get(
 ) -> None:
     """List snapshots (or show one)."""
     with node(home) as n:
-        p = pick_pool(n, pool)
-        items: Snapshot | list[Snapshot] = p.get_snapshot(name) if name else p.list_snapshots(volume)
+        items: Snapshot | list[Snapshot] = (
+            pool_holding(n, pool, name, kind="snapshot").get_snapshot(name) if name
+            else [s for p in listed_pools(n, pool) for s in p.list_snapshots(volume)]
+        )
     emit(items, output, COLUMNS, WIDE)
 
 
@@ -74,7 +77,7 @@ def delete(
 ) -> None:
     """Delete a snapshot (clones made from it keep their data)."""
     with node(home) as n:
-        pick_pool(n, pool).delete_snapshot(name)
+        pool_holding(n, pool, name, kind="snapshot").delete_snapshot(name)
     done("snapshot", name, "deleted")
 
 

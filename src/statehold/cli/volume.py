@@ -18,8 +18,10 @@ from statehold.cli.output import (
     emit,
     failures,
     human,
+    listed_pools,
     node,
     pick_pool,
+    pool_holding,
     size_arg,
 )
 from statehold.engine.types import FsType, Source, SourceKind, Volume, VolumeMode
@@ -118,7 +120,7 @@ def clone(
             raise InvalidArgument("clone needs --from-snapshot or --from-volume")
         nbytes = size_arg(size) if size else None
     with node(home) as n:
-        p = pick_pool(n, pool)
+        p = pool_holding(n, pool, source.name, kind=source.kind.value)
         if source.kind is SourceKind.SNAPSHOT:
             snap = p.get_snapshot(source.name)
             origin = p.get_volume(snap.source_volume) if any(
@@ -146,8 +148,10 @@ def get(
 ) -> None:
     """List volumes (or show one)."""
     with node(home) as n:
-        p = pick_pool(n, pool)
-        items: Volume | list[Volume] = p.get_volume(name) if name else p.list_volumes()
+        items: Volume | list[Volume] = (
+            pool_holding(n, pool, name).get_volume(name) if name
+            else [v for p in listed_pools(n, pool) for v in p.list_volumes()]
+        )
     emit(items, output, COLUMNS, WIDE)
 
 
@@ -158,7 +162,7 @@ def describe_cmd(
 ) -> None:
     """Show a volume in detail, with its snapshots."""
     with node(home) as n:
-        p = pick_pool(n, pool)
+        p = pool_holding(n, pool, name)
         v = p.get_volume(name)
         snaps = [f"{s.name}  {human(s.size)}  {age(s.created_at)}" for s in p.list_snapshots(name)]
     describe(
@@ -187,7 +191,7 @@ def delete(
 ) -> None:
     """Delete a volume (refused while attached or mounted; its snapshots survive)."""
     with node(home) as n:
-        pick_pool(n, pool).delete_volume(name)
+        pool_holding(n, pool, name).delete_volume(name)
     done("volume", name, "deleted")
 
 
@@ -202,7 +206,7 @@ def expand(
     with failures():
         nbytes = size_arg(size)
     with node(home) as n:
-        result = pick_pool(n, pool).expand(name, nbytes)
+        result = pool_holding(n, pool, name).expand(name, nbytes)
     if output in (Format.JSON, Format.YAML):
         emit(result, output, COLUMNS)
     else:
@@ -216,7 +220,7 @@ def attach(
 ) -> None:
     """Attach a volume as a loop device and print the device node."""
     with node(home) as n:
-        device = pick_pool(n, pool).attach(name)
+        device = pool_holding(n, pool, name).attach(name)
     typer.echo(device)
 
 
@@ -227,7 +231,7 @@ def detach(
 ) -> None:
     """Detach a volume's loop device (refused while mounted)."""
     with node(home) as n:
-        pick_pool(n, pool).detach(name)
+        pool_holding(n, pool, name).detach(name)
     done("volume", name, "detached")
 
 
@@ -244,7 +248,7 @@ def mount(
         target = target.resolve()
         target.mkdir(parents=True, exist_ok=True)
     with node(home) as n:
-        pick_pool(n, pool).mount(name, target, options=option, readonly=readonly)
+        pool_holding(n, pool, name).mount(name, target, options=option, readonly=readonly)
     done("volume", name, f"mounted at {target}")
 
 
@@ -256,7 +260,7 @@ def unmount(
 ) -> None:
     """Unmount a volume from a target (it stays attached until `volume detach`)."""
     with node(home) as n:
-        pick_pool(n, pool).unmount(name, target.resolve())
+        pool_holding(n, pool, name).unmount(name, target.resolve())
     done("volume", name, f"unmounted from {target.resolve()}")
 
 

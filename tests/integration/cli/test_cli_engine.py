@@ -135,7 +135,9 @@ def test_an_exported_pool_is_imported_with_its_volumes(home: Path) -> None:
     finally:
         node.close()
     assert as_json(home, "pool", "get")["items"] == []
-    assert cli(home, "volume", "get").exit_code == 3  # no pool at all: NotFound
+    empty = cli(home, "volume", "get")
+    assert empty.exit_code == 0 and empty.stdout == "" and "No resources found" in empty.stderr
+    assert cli(home, "volume", "create", "x", "--size", "1Gi").exit_code == 3  # no pool at all
     image = home / "disks" / "p-0.img"
     assert ok(home, "pool", "import", str(image), "--name", "moved").strip() == "pool/moved imported"
     vols = {v["name"]: v for v in as_json(home, "volume", "get")["items"]}
@@ -161,3 +163,25 @@ def test_clone_of_a_snapshot_whose_volume_is_gone_takes_fs_from_the_flag(home: P
     assert (cmnt / "f").read_bytes() == b"kept"
     ok(home, "volume", "unmount", "new", str(cmnt))
     ok(home, "volume", "detach", "new")
+
+
+def test_with_two_pools_get_lists_both_and_existing_objects_need_no_pool_flag(home: Path) -> None:
+    ok(home, "pool", "create", "q", "--image-size", "1Gi")
+    created = cli(home, "volume", "create", "v", "--size", "400Mi")
+    assert created.exit_code == 2 and "--pool" in created.stderr  # which pool? say it
+    ok(home, "volume", "create", "v", "--size", "400Mi", "--pool", "p")
+    ok(home, "volume", "create", "w", "--size", "400Mi", "-p", "q")
+    ok(home, "volume", "create", "both", "--size", "400Mi", "-p", "p")
+    ok(home, "volume", "create", "both", "--size", "400Mi", "-p", "q")
+    listed = {(v["pool"], v["name"]) for v in as_json(home, "volume", "get")["items"]}
+    assert listed == {("p", "v"), ("q", "w"), ("p", "both"), ("q", "both")}
+    assert {v["name"] for v in as_json(home, "volume", "get", "-p", "q")["items"]} == {"w", "both"}
+    assert as_json(home, "volume", "get", "w")["pool"] == "q"
+    ok(home, "snapshot", "create", "w-1", "--volume", "w")
+    assert as_json(home, "snapshot", "get", "w-1")["pool"] == "q"
+    ambiguous = cli(home, "volume", "describe", "both")
+    assert ambiguous.exit_code == 2 and "p, q" in ambiguous.stderr
+    assert cli(home, "volume", "get", "nope").exit_code == 3
+    ok(home, "snapshot", "delete", "w-1")
+    ok(home, "volume", "delete", "w")
+    assert {v["name"] for v in as_json(home, "volume", "get", "-p", "q")["items"]} == {"both"}
