@@ -46,10 +46,11 @@ def register(app: typer.Typer) -> None:
             help="On an internal error answer the filter with Error (the pod waits) instead "
                  "of letting every node pass."),
         reservation_ttl: float = typer.Option(
-            120.0, help="Seconds a reservation lives if its pod is never provisioned."),
+            180.0, help="Seconds a reservation lives if its pod is never provisioned."),
         settle: float = typer.Option(
-            15.0, help="Seconds a reservation outlives its provisioned volume (until the "
-                       "pool's status counts it)."),
+            75.0, help="Seconds a reservation outlives its provisioned volume: at least the "
+                       "time StoragePool status takes to count a new volume (the operator "
+                       "refreshes it every 60 s)."),
         cache_seconds: float = typer.Option(
             2.0, help="How long StoragePool and StorageClass lists are reused."),
         kubeconfig: str | None = typer.Option(

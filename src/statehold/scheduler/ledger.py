@@ -12,8 +12,9 @@ next pod already sees the reservation. When the scheduler chose another node, th
 ``volume.kubernetes.io/selected-node`` annotation (written at the start of binding) says
 so and :meth:`Ledger.sweep` moves the reservation there.
 
-When it ends: ``settle`` seconds after every claim is bound (the pool's status then
-counts the volume; keeping the reservation a little longer only errs on the safe side),
+When it ends: ``settle`` seconds after every claim is bound (by then the pool's status
+counts the volume — the operator refreshes StoragePool capacity every 60 s, hence the
+75 s default; keeping the reservation a little longer only errs on the safe side),
 when a claim disappears, when the pod is filtered again (the new one replaces it), or
 ``ttl`` seconds after it was made (the pod never got scheduled).
 
@@ -60,7 +61,7 @@ Relocate = Callable[[Reservation, str], Placement]
 
 
 class Ledger:
-    def __init__(self, *, ttl: float = 120.0, settle: float = 15.0,
+    def __init__(self, *, ttl: float = 180.0, settle: float = 75.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
         self.settle = settle
@@ -125,12 +126,14 @@ class Ledger:
     def _check(self, r: Reservation, now: float,
                known: Mapping[tuple[str, str], ClaimInfo] | None,
                relocate: Relocate | None) -> Ending | None:
+        if r.provisioned_at is not None:  # settling: the ttl no longer applies
+            if now >= r.provisioned_at + self.settle:
+                del self._by_pod[r.pod]
+                return Ending.PROVISIONED
+            return None
         if now >= r.expires:
             del self._by_pod[r.pod]
             return Ending.EXPIRED
-        if r.provisioned_at is not None and now >= r.provisioned_at + self.settle:
-            del self._by_pod[r.pod]
-            return Ending.PROVISIONED
         if known is None:
             return None
         infos = [known.get((c.namespace, c.name)) for c in r.claims]

@@ -97,3 +97,16 @@ def test_sweep_without_view_only_expires() -> None:
     ledger.reserve("u1", "ns/p1", "n1", (("p", GiB),), (A,))
     assert ledger.sweep(None) == []
     assert len(ledger.all()) == 1
+
+
+def test_settling_reservation_is_not_cut_short_by_the_ttl() -> None:
+    ledger, clock = make(ttl=60, settle=30)
+    view = MemoryClusterView(claims=[ClaimInfo("default", "a", "sc", GiB)])
+    ledger.reserve("u1", "ns/p1", "n1", (("p", GiB),), (A,))
+    clock.now += 50
+    view.put_claim(ClaimInfo("default", "a", "sc", GiB, volume_name="pv-1"))
+    assert ledger.sweep(view) == []
+    clock.now += 20  # past the ttl, inside the settle time
+    assert ledger.sweep(view) == [] and ledger.reserved() == {("n1", "p"): GiB}
+    clock.now += 10
+    assert [why for _, why in ledger.sweep(view)] == [Ending.PROVISIONED]
