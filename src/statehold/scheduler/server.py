@@ -56,6 +56,9 @@ class _Handler(BaseHTTPRequestHandler):
     # Headers and body are separate writes: with Nagle on, the body waits for the
     # client's delayed ACK (40 ms per answer on Linux).
     disable_nagle_algorithm = True
+    # An idle keep-alive connection holds a thread; close it after this many seconds
+    # (kube-scheduler's Go client drops idle connections after 90 s anyway).
+    timeout = 120
     server: ExtenderServer
 
     def log_message(self, format: str, *args: Any) -> None:
