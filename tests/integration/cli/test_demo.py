@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.cli.helpers import cli, loops_backed_under, subprocess_run
+from tests.integration.cli.helpers import cli, loops_backed_under, ok, subprocess_run
 
 pytestmark = pytest.mark.root
 
@@ -48,3 +48,15 @@ def test_demo_runs_twice_and_detaches_everything(engine_home: Path) -> None:
     # the pool stays on its image for the next run (exported, not destroyed)
     assert (engine_home / "disks" / "demo-0.img").exists()
     assert os.path.getsize(engine_home / "disks" / "demo-0.img") > 0
+
+
+def test_demo_recovers_from_a_run_interrupted_with_volumes_mounted(engine_home: Path) -> None:
+    ok(engine_home, "pool", "create", "demo", "--image-size", "4Gi")
+    ok(engine_home, "volume", "create", "demo-data", "--size", "512Mi")
+    ok(engine_home, "volume", "mount", "demo-data", str(engine_home / "mnt" / "demo-data"))
+    ok(engine_home, "snapshot", "create", "demo-before", "--volume", "demo-data")
+    result = cli(engine_home, "demo")
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert all(r.endswith("[ok]") for r in _rows(result.stdout).values())
+    assert loops_backed_under(engine_home) == []
+    assert _mounts_under(engine_home) == []
