@@ -343,10 +343,15 @@ def score_verdict(pod: PodVolumes, verdict: NodeVerdict, primary: str | None = N
 def best_node(scores: Sequence[NodeScore]) -> str | None:
     """The node a reservation goes to: highest score, then most headroom, then the
     alphabetically first name, so ties are broken the same way on every call."""
-    fitting = [s for s in scores if s.fits]
-    if not fitting:
+    top = -1
+    for s in scores:  # three plain passes: no key tuple per node (a hot path)
+        if s.fits and s.score > top:
+            top = s.score
+    if top < 0:
         return None
-    return min(fitting, key=lambda s: (-s.score, -s.headroom, s.node)).node
+    tied = [s for s in scores if s.fits and s.score == top]
+    room = max(s.headroom for s in tied)
+    return min(s.node for s in tied if s.headroom == room)
 
 
 def unique_top(scores: Sequence[NodeScore], best: str | None = None) -> tuple[NodeScore, ...]:

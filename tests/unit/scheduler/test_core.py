@@ -208,3 +208,17 @@ def test_filter_fast_path_agrees_with_judge_node(claims, pool_specs, bound, rese
         return
     for n in nodes:
         assert out.verdicts[n] == judge_node(pod, n, pool_map.get(n), reserve), n
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abcdef"), st.integers(0, 10), st.integers(0, 3),
+                          st.booleans()), max_size=8, unique_by=lambda t: t[0]))
+def test_best_node_is_top_score_then_headroom_then_name(rows) -> None:
+    scores = [NodeScore(n, s, h, f) for n, s, h, f in rows]
+    fitting = [s for s in scores if s.fits]
+    expected = min(fitting, key=lambda s: (-s.score, -s.headroom, s.node)).node if fitting else None
+    assert best_node(scores) == expected
+    top = unique_top(scores)
+    if expected is not None:
+        best_score = next(s.score for s in top if s.node == expected)
+        assert all(s.score < best_score for s in top if s.node != expected and s.fits)
