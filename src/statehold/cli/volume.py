@@ -24,7 +24,7 @@ from statehold.cli.output import (
     pool_holding,
     size_arg,
 )
-from statehold.engine.types import FsType, Source, SourceKind, Volume, VolumeMode
+from statehold.engine.types import FsType, Snapshot, Source, SourceKind, Volume, VolumeMode
 from statehold.errors import InvalidArgument
 
 COLUMNS = [
@@ -103,12 +103,6 @@ def clone(
     from_snapshot: str | None = typer.Option(None, "--from-snapshot", help="Source snapshot."),
     from_volume: str | None = typer.Option(None, "--from-volume", help="Source volume."),
     size: str | None = typer.Option(None, "--size", "-s", help="Larger size (default: source's)."),
-    mode: VolumeMode | None = typer.Option(
-        None, "--mode", help="The source's mode, when its volume no longer exists (default filesystem)."
-    ),
-    fs: FsType | None = typer.Option(
-        None, "--fs", help="The source's filesystem, when its volume no longer exists (default xfs)."
-    ),
     pool: str | None = PoolOption,
     home: Path | None = HomeOption,
     output: Format = OutputOption,
@@ -121,20 +115,11 @@ def clone(
         nbytes = size_arg(size) if size else None
     with node(home) as n:
         p = pool_holding(n, pool, source.name, kind=source.kind.value)
-        if source.kind is SourceKind.SNAPSHOT:
-            snap = p.get_snapshot(source.name)
-            origin = p.get_volume(snap.source_volume) if any(
-                v.name == snap.source_volume for v in p.list_volumes()) else None
-            base_size = snap.size
-        else:
-            origin = p.get_volume(source.name)
-            base_size = origin.size
-        # A snapshot does not say what it holds; its volume does, while it exists.
-        if origin is not None:
-            mode, fs = origin.mode, origin.fs
-        else:
-            mode = mode or VolumeMode.FILESYSTEM
-            fs = None if mode is VolumeMode.BLOCK else (fs or FsType.XFS)
+        # the new volume holds what its source holds: same mode, same filesystem
+        origin: Snapshot | Volume = (
+            p.get_snapshot(source.name) if source.kind is SourceKind.SNAPSHOT else p.get_volume(source.name)
+        )
+        mode, fs, base_size = origin.mode, origin.fs, origin.size
         existed = any(v.name == name for v in p.list_volumes())
         v = p.create_volume(name, nbytes or base_size, mode=mode, fs=fs, source=source)
     _created(v, existed, output)

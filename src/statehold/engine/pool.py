@@ -189,6 +189,8 @@ class Pool:
             path=self.snapshot_path(rec.name),
             created_at=rec.created_at,
             frozen=rec.frozen,
+            mode=VolumeMode(rec.mode),
+            fs=FsType(rec.fs) if rec.fs else None,
         )
 
     def _record(self, name: str) -> VolumeRecord:

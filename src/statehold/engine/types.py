@@ -110,6 +110,8 @@ class Snapshot:
     created_at: float
     frozen: bool             # taken after fsfreeze
     ready: bool = True
+    mode: VolumeMode = VolumeMode.FILESYSTEM  # what it holds, so a clone needs no volume to ask
+    fs: FsType | None = None                  # None for block mode (or never formatted)
 
     @property
     def id(self) -> str:
