@@ -11,14 +11,16 @@ Commands work on a host-based root (``--root /mnt/share``) or a native share
     statehold shared snapshot VOLUME SNAP --root /mnt/share
     statehold shared discover --node n1 --dir /mnt/disks [--storage-class local-disks]
     statehold shared monitor        # OverSize Warning events on PVs of over-size volumes
+    statehold shared backup NAME --root /mnt/share --target T [--no-snapshot]
+    statehold shared restore BACKUP NAME --root /mnt/share --target T [--size 10Gi]
 
 Errors go to stderr with a non-zero exit code (2 bad input, 3 not found, 1 otherwise).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -26,6 +28,8 @@ from typing import Any
 
 import typer
 
+from statehold.backup.repository import Repository
+from statehold.backup.targets import TargetBook, open_store
 from statehold.csi.backend import BackendConfig
 from statehold.csi.backend_shared import SharedBackend, make_id
 from statehold.errors import (
@@ -35,7 +39,9 @@ from statehold.errors import (
     OutOfRange,
     StateholdError,
 )
+from statehold.kube import connect as kube_connect
 from statehold.settings import Settings
+from statehold.shared.backups import backup_volume, restore_volume
 from statehold.shared.discovery import LABEL_NODE, LABEL_OWNER, OWNER, Discoverer
 from statehold.shared.names import format_size, parse_size
 from statehold.shared.registry import NATIVE, RootSpec
@@ -49,6 +55,8 @@ SourceOpt = typer.Option(None, "--source", help="native share, server:/path")
 FsOpt = typer.Option("glusterfs", "--fs-type", help="glusterfs, nfs, nfs4 or cephfs")
 OptionsOpt = typer.Option("", "--mount-options", help="comma-separated mount options")
 OutputOpt = typer.Option("table", "-o", "--output", help="table or json")
+PasswordFileOpt = typer.Option(None, "--password-file",
+                               help="repository password file (default: $STATEHOLD_REPO_PASSWORD)")
 
 
 class KubePvApi:
@@ -107,6 +115,31 @@ def _fail(exc: StateholdError) -> typer.Exit:
     if isinstance(exc, InvalidArgument | OutOfRange | AlreadyExists):
         return typer.Exit(2)
     return typer.Exit(3 if isinstance(exc, NotFound) else 1)
+
+
+def _repo(target: str, password_file: Path | None) -> Repository:
+    """The repository of a backup target (``statehold target add``). Password from the file,
+    else $STATEHOLD_REPO_PASSWORD; S3 keys from $AWS_ACCESS_KEY_ID/$AWS_SECRET_ACCESS_KEY."""
+    if password_file is not None:
+        try:
+            password = password_file.read_text().rstrip("\n")
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read password file {password_file}: {exc.strerror}") from exc
+    else:
+        password = os.environ.get("STATEHOLD_REPO_PASSWORD", "")
+    if not password:
+        raise InvalidArgument("no repository password: set STATEHOLD_REPO_PASSWORD or pass --password-file")
+    t = TargetBook(Settings.from_env().home).get(target)
+    store = open_store(t, access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
+                       secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"))
+    return Repository.open(store, password)
+
+
+def _open_keyed(root: Path | None, source: str | None, fs_type: str, options: str) -> tuple[SharedRoot, str]:
+    params = {"sharedRoot": str(root)} if root else {}
+    if source:
+        params.update(source=source, fsType=fs_type, mountOptions=options)
+    return _open(root, source, fs_type, options), RootSpec.from_parameters(params).key
 
 
 def _open(root: Path | None, source: str | None, fs_type: str, options: str) -> SharedRoot:
@@ -213,14 +246,45 @@ def register(app: typer.Typer) -> None:
             raise _fail(exc) from exc
         typer.echo(f"snapshot {snap.name} of {volume} created ({snap.copy_method})")
 
+    @shared.command("backup")
+    def backup(name: str, target: str = typer.Option(..., "--target", help="backup target name"),
+               root: Path | None = RootOpt, source: str | None = SourceOpt, fs_type: str = FsOpt,
+               mount_options: str = OptionsOpt,
+               snapshot: bool = typer.Option(True, "--snapshot/--no-snapshot",
+                                             help="read a snapshot (default) or the live tree"),
+               password_file: Path | None = PasswordFileOpt) -> None:
+        """Back up a shared volume (file-tree mode) to a backup target."""
+        try:
+            r, key = _open_keyed(root, source, fs_type, mount_options)
+            m = backup_volume(_repo(target, password_file), r, name, volume_key=make_id(key, name),
+                              snapshot=snapshot)
+        except StateholdError as exc:
+            raise _fail(exc) from exc
+        typer.echo(f"backup {m.backup_id} of {m.volume}: {format_size(m.size)}"
+                   f"{', incremental from ' + m.parent if m.parent else ''}")
+
+    @shared.command("restore")
+    def restore(backup_id: str, name: str, target: str = typer.Option(..., "--target"),
+                root: Path | None = RootOpt, source: str | None = SourceOpt, fs_type: str = FsOpt,
+                mount_options: str = OptionsOpt, size: str | None = typer.Option(None, "--size"),
+                password_file: Path | None = PasswordFileOpt) -> None:
+        """Restore a file-tree backup into a new shared volume."""
+        try:
+            r, _key = _open_keyed(root, source, fs_type, mount_options)
+            repo = _repo(target, password_file)
+            vol = restore_volume(repo, repo.resolve(backup_id), r, name,
+                                 size=parse_size(size) if size else None)
+        except StateholdError as exc:
+            raise _fail(exc) from exc
+        typer.echo(f"volume {vol.name} restored at {vol.path} ({format_size(vol.size)})")
+
     @shared.command("monitor")
     def monitor(kubeconfig: str | None = typer.Option(None, "--kubeconfig"),
                 node: str = typer.Option("", "--node", help="this node's name (for the record)")) -> None:
         """One pass: Warning events on the PVs of shared volumes that exceed their size."""
         try:
-            client = importlib.import_module("statehold.kube.client")
             backend = SharedBackend(BackendConfig(home=Settings.from_env().home, node_id=node))
-            found = report_oversize(backend, client.ApiKube.connect(kubeconfig))
+            found = report_oversize(backend, kube_connect(kubeconfig))
         except StateholdError as exc:
             raise _fail(exc) from exc
         for volume_id, event in found:
@@ -234,10 +298,7 @@ def register(app: typer.Typer) -> None:
                                                 help="repeat every N seconds (0: one pass)")) -> None:
         """Offer disks under --dir as Local PVs and recycle Released ones (one pass, or a loop)."""
         try:
-            # Imported by name: a static import would make this module import `kubernetes`
-            # (transitively), which the kube-only contract forbids outside statehold.kube.
-            client = importlib.import_module("statehold.kube.client")
-            discoverer = Discoverer(KubePvApi(client.ApiKube.connect(kubeconfig)), node=node,
+            discoverer = Discoverer(KubePvApi(kube_connect(kubeconfig)), node=node,
                                     directory=directory, storage_class=storage_class)
         except StateholdError as exc:
             raise _fail(exc) from exc

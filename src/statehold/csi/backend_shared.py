@@ -29,6 +29,8 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
+from statehold.backup.manifest import Manifest
+from statehold.backup.repository import Repository
 from statehold.csi.backend import (
     ALL_MODES,
     SHARED_PREFIX,
@@ -45,6 +47,7 @@ from statehold.csi.backend import (
     VolumeStats,
 )
 from statehold.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, OutOfRange
+from statehold.shared.backups import backup_volume, restore_volume
 from statehold.shared.mountinfo import mount_at, read_mounts
 from statehold.shared.names import validate_name
 from statehold.shared.registry import NATIVE, RootRegistry, RootSpec
@@ -227,6 +230,22 @@ class SharedBackend:
             store = SnapshotStore(self._root(key))
             out.extend(self._snap_info(key, s) for s in store.list(want[1] if want else None))
         return sorted(out, key=lambda s: s.snapshot_id)
+
+    # ---- backups (not CSI: for the operator and the CLI) -----------------------------------
+    def backup(self, volume_id: str, repo: Repository, *, snapshot: bool = True) -> Manifest:
+        """A file-tree backup of the volume, listed under its volume id."""
+        key, name = split_id(volume_id)
+        return backup_volume(repo, self._root(key), name, volume_key=volume_id, snapshot=snapshot)
+
+    def restore(self, backup_id: str, repo: Repository, name: str, parameters: Mapping[str, str],
+                size: int | None = None) -> VolumeInfo:
+        """A new volume ``name`` (on the root the parameters describe) holding the backup."""
+        spec = RootSpec.from_parameters(parameters)
+        root = self._open(spec)
+        key = self.registry.remember(spec)
+        restore_volume(repo, backup_id, root, name, size=size, policy=_policy(parameters),
+                       enforce=_flag(parameters, "enforceQuota"))
+        return self._info(key, root, name, spec)
 
     # ---- node ----------------------------------------------------------------------------
     def node_stage(self, req: StageRequest) -> None:

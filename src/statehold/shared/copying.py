@@ -51,6 +51,18 @@ def copy_tree(src: Path, dst: Path, *, reflink: bool) -> CopyMethod:
     return CopyMethod.REFLINK if reflink else CopyMethod.COPY
 
 
+def copy_into(src: Path, dst: Path, *, reflink: bool) -> None:
+    """Copy the content of directory ``src`` into the existing directory ``dst`` (and
+    ``src``'s own mode, owner and times onto ``dst``)."""
+    mode = "always" if reflink else "never"
+    try:
+        run(["cp", "-a", f"--reflink={mode}", "-T", "--", str(src), str(dst)], timeout=COPY_TIMEOUT)
+    except CommandError as exc:
+        if "No space left" in exc.stderr or "quota exceeded" in exc.stderr.lower():
+            raise OutOfCapacity(f"no room to copy {src}: {exc.stderr}") from exc
+        raise Unavailable(f"copy of {src} into {dst} failed: {exc.stderr}") from exc
+
+
 def remove_tree(path: Path) -> None:
     """Remove ``path`` and everything under it; absent is fine (idempotent)."""
     if not os.path.lexists(path):

@@ -27,7 +27,7 @@ from statehold.errors import (
     Unavailable,
 )
 from statehold.shared import metadata as md
-from statehold.shared.copying import copy_tree, reflink_supported, remove_tree
+from statehold.shared.copying import copy_into, copy_tree, reflink_supported, remove_tree
 from statehold.shared.names import format_size, validate_name
 from statehold.shared.quota import Enforcer, detect
 from statehold.shared.types import (
@@ -45,6 +45,7 @@ from statehold.shared.types import (
 log = logging.getLogger("statehold.shared")
 PROJECT_ID_BASE = 100_000
 EventHook = Callable[[VolumeEvent], None]
+Populate = Callable[[Path], object]
 
 
 def utc_stamp() -> str:
@@ -103,12 +104,15 @@ class SharedRoot:
 
     # -- volumes --------------------------------------------------------------------------
     def create_volume(self, name: str, size: int, *, policy: DeletionPolicy = DeletionPolicy.DELETE,
-                      enforce: bool = False, source: Source | None = None) -> SharedVolume:
+                      enforce: bool = False, source: Source | None = None,
+                      populate: Populate | None = None) -> SharedVolume:
         """Create ``<root>/<name>`` with a ``size``-byte limit; same spec again returns it.
 
         ``enforce`` demands a kernel-enforced limit: FailedPrecondition when the root offers
         none (checked before anything is written). A source clones a volume or snapshot
         (OutOfRange if ``size`` is smaller than the source's; NotFound if it is missing).
+        A ``backup`` source needs ``populate``: it is called with a path that does not exist
+        yet and must leave the volume's content there (a restore); a failure undoes it all.
         """
         validate_name(name)
         if size <= 0:
@@ -132,7 +136,12 @@ class SharedRoot:
             path = self.path / name
             if os.path.lexists(path):
                 raise FailedPrecondition(f"{path} exists but is not a Statehold volume; not touching it")
-            src_path, src_size = self._source(source) if source is not None else (None, 0)
+            if source is not None and source.kind == SourceKind.BACKUP:
+                if populate is None:
+                    raise InvalidArgument("a volume restored from a backup needs its content")
+                src_path, src_size = None, 0
+            else:
+                src_path, src_size = self._source(source) if source is not None else (None, 0)
             if source is not None and size < src_size:
                 raise OutOfRange(f"size {size} is smaller than the source's {src_size}")
             vol = SharedVolume(
@@ -142,7 +151,11 @@ class SharedRoot:
             )
             self._write(vol)
             try:
-                method = self._materialise(vol, src_path)
+                if populate is not None and source is not None and source.kind == SourceKind.BACKUP:
+                    self._populate(vol, populate)
+                    method = None
+                else:
+                    method = self._materialise(vol, src_path)
                 self.enforcer.assign(path, vol.project_id)
                 self.enforcer.apply(path, size, vol.project_id)
                 vol = replace(vol, state=VolumeState.READY, copy_method=method)
@@ -165,6 +178,19 @@ class SharedRoot:
         method = copy_tree(src_path, staging, reflink=self.reflink)
         os.rename(staging, vol.path)
         return method
+
+    def _populate(self, vol: SharedVolume, populate: Populate) -> None:
+        """Fill a staging path, then make it the volume: a rename where the volume is a plain
+        directory; a copy into the new subvolume where it must be one (btrfs qgroups)."""
+        staging = self.meta / "tmp" / f"volume-{vol.name}"
+        remove_tree(staging)
+        populate(staging)
+        if self.enforcer.kind == QuotaKind.BTRFS_QGROUP:
+            self.enforcer.make_dir(vol.path)
+            copy_into(staging, vol.path, reflink=self.reflink)
+            remove_tree(staging)
+        else:
+            os.rename(staging, vol.path)
 
     def _source(self, source: Source) -> tuple[Path, int]:
         if source.kind == SourceKind.VOLUME:

@@ -41,6 +41,7 @@ class CopyMethod(enum.StrEnum):
 class SourceKind(enum.StrEnum):
     SNAPSHOT = "snapshot"
     VOLUME = "volume"
+    BACKUP = "backup"     # restored from a file-tree backup (name = backup id)
 
 
 @dataclass(frozen=True, slots=True)

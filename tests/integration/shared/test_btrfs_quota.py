@@ -108,3 +108,18 @@ def test_btrfs_without_quotas_refuses_enforcement_and_reflinks(make_loopfs: Call
     vol = root.create_volume("pvc-a", MiB)
     (vol.path / "f").write_bytes(b"x" * 65536)
     assert SnapshotStore(root).create("pvc-a", "s").copy_method == CopyMethod.REFLINK
+
+
+def test_restore_into_a_quota_root_is_a_limited_subvolume(btrfs_root: SharedRoot, scratch: Path) -> None:
+    from statehold.backup.dirstore import DirectoryStore
+    from statehold.backup.repository import Repository
+    from statehold.shared.backups import backup_volume, restore_volume
+
+    repo = Repository.init(DirectoryStore(scratch / "repo", create=True), "pw", chunk_size=1 * MiB)
+    vol = btrfs_root.create_volume("pvc-q", 8 * MiB, enforce=True)
+    (vol.path / "f").write_bytes(b"backed up")
+    m = backup_volume(repo, btrfs_root, "pvc-q", volume_key="v")
+    restored = restore_volume(repo, m.backup_id, btrfs_root, "pvc-r", enforce=True)
+    assert (restored.path / "f").read_bytes() == b"backed up"
+    assert os.lstat(restored.path).st_ino == 256  # a subvolume, so its qgroup limit applies
+    assert fill(restored.path / "big", 64) == -errno.EDQUOT

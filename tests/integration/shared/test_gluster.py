@@ -242,3 +242,21 @@ def test_dead_client_mount_is_remounted(scratch: Path, spec: ShareSpec, mounts: 
     assert (target / scratch.name / "f").read_bytes() == b"survives"
     assert mounter.release(spec, "vol-1") is False
     assert mounter.release(spec, "vol-2") is True
+
+
+def test_backup_on_one_node_restores_on_the_other(nodes: tuple[SharedRoot, SharedRoot],
+                                                  scratch: Path) -> None:
+    from statehold.backup.dirstore import DirectoryStore
+    from statehold.backup.repository import Repository
+    from statehold.shared.backups import backup_volume, restore_volume
+
+    a, b = nodes
+    repo = Repository.init(DirectoryStore(scratch / "repo", create=True), "pw", chunk_size=1 * MiB)
+    vol = a.create_volume("pvc-bk", 8 * MiB)
+    payload = os.urandom(2 * MiB + 3)
+    (vol.path / "d").mkdir()
+    (vol.path / "d" / "blob").write_bytes(payload)
+    m = backup_volume(repo, a, "pvc-bk", volume_key="shared/k/pvc-bk")
+    restored = restore_volume(repo, m.backup_id, b, "pvc-bk-2")
+    assert (a.path / "pvc-bk-2" / "d" / "blob").read_bytes() == payload
+    assert restored.size == 8 * MiB and a.get_volume("pvc-bk-2").size == 8 * MiB

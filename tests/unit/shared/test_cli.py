@@ -59,3 +59,32 @@ def test_bad_input_exit_codes(scratch: Path) -> None:
     code, _, err = invoke("shared", "get", "volumes", "--root", str(scratch / "missing"))
     assert code == 1 and "does not exist" in err
     assert [p.name for p in scratch.iterdir()] == [".statehold"]
+
+
+def test_backup_and_restore_commands(scratch: Path) -> None:
+    from statehold.backup.dirstore import DirectoryStore
+    from statehold.backup.repository import Repository
+    from statehold.backup.targets import Target, TargetBook
+
+    home, share = scratch / "home", scratch / "share"
+    share.mkdir()
+    TargetBook(home).add(Target(name="t1", kind="dir", path=str(scratch / "repo")))
+    Repository.init(DirectoryStore(scratch / "repo"), "pw")
+    env = {"STATEHOLD_HOME": str(home), "STATEHOLD_REPO_PASSWORD": "pw"}
+    runner = CliRunner(env=env)
+    created = runner.invoke(app(), ["shared", "create", "data", "--size", "4Mi", "--root", str(share)])
+    assert created.exit_code == 0
+    (share / "data" / "f").write_bytes(b"precious")
+    result = runner.invoke(app(), ["shared", "backup", "data", "--target", "t1", "--root", str(share)])
+    assert result.exit_code == 0, result.stderr
+    backup_id = result.stdout.split()[1]
+    assert "shared/" in result.stdout
+    result = runner.invoke(app(), ["shared", "restore", backup_id[:12], "data-2", "--target", "t1",
+                                   "--root", str(share)])
+    assert result.exit_code == 0, result.stderr
+    assert (share / "data-2" / "f").read_bytes() == b"precious"
+    bad = CliRunner(env={**env, "STATEHOLD_REPO_PASSWORD": ""}).invoke(
+        app(), ["shared", "backup", "data", "--target", "t1", "--root", str(share)])
+    assert bad.exit_code == 2 and "password" in bad.stderr
+    missing = runner.invoke(app(), ["shared", "backup", "data", "--target", "nope", "--root", str(share)])
+    assert missing.exit_code == 3
