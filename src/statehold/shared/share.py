@@ -238,7 +238,10 @@ class ShareMounter:
         with locked(self.base):
             target = self.target(spec)
             mount_share(spec, target)
-            users = self._read_users(spec) | {user}
+            known = self._read_users(spec)
+            if user in known:
+                return target  # every controller call passes here: no rewrite, no fsync
+            users = known | {user}
             write_json(self._users_file(spec), {"version": 1, "source": spec.source,
                                                 "fstype": spec.fstype, "users": sorted(users)})
             return target
