@@ -7,7 +7,6 @@ through :class:`statehold.kube.facade.Kube` (``--kubeconfig``, else $KUBECONFIG 
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ import yaml
 from statehold.cli.output import Format, OutputOption, failures, human
 from statehold.controller.locate import DRIVER, pv_node
 from statehold.errors import FailedPrecondition, InvalidArgument, NotFound, Temporary
+from statehold.kube import connect as kube_connect
 from statehold.kube.facade import Kube, Obj
 from statehold.kube.kinds import (
     BACKUP_SCHEDULE,
@@ -41,11 +41,7 @@ AllNamespacesOption = typer.Option(False, "--all-namespaces", "-A", help="Every 
 
 
 def connect(kubeconfig: str | None) -> Kube:
-    # Imported by name: a static import would make the CLI import `kubernetes`
-    # (transitively), which the kube-only contract forbids outside statehold.kube.
-    client = importlib.import_module("statehold.kube.client")
-    kube: Kube = client.ApiKube.connect(kubeconfig)
-    return kube
+    return kube_connect(kubeconfig)
 
 
 def _st(o: Obj, key: str, default: Any = "") -> str:
@@ -239,7 +235,7 @@ def register(app: typer.Typer, *, kube_factory: KubeFactory = connect,
 
     # ``backup now`` joins the backup area's sub-app (registered before this module); a
     # second register() (tests) replaces our command instead of adding a duplicate.
-    backup_app: typer.Typer = importlib.import_module("statehold.cli.backup").backup_app
+    from statehold.cli.backup import backup_app
     backup_app.registered_commands[:] = [
         c for c in backup_app.registered_commands if c.name != "now"]
 

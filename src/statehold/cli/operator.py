@@ -8,7 +8,6 @@ fails, so the Deployment restarts it as a follower rather than having two leader
 
 from __future__ import annotations
 
-import importlib
 import signal
 import socket
 import threading
@@ -63,14 +62,15 @@ def run(role: str = typer.Option("cluster", "--role", help="node | cluster"),
     lost = threading.Event()
     with failures():
         check_role(role, node_name)
-        # Imported by name: these import kopf/kubernetes, allowed only inside statehold.kube.
-        client = importlib.import_module("statehold.kube.client")
-        op = importlib.import_module("statehold.kube.operator")
-        kube = client.ApiKube.connect(kubeconfig)
+        from statehold.kube import operator as op  # loads kopf: only for this command
+        from statehold.kube.client import ApiKube  # kopf logs in with the client's configuration
+
+        kube = ApiKube.connect(kubeconfig)
         engine: Any = None
         if role == "node":
             from statehold.engine.node import Node
 
+            assert node_name is not None  # check_role refused a node role without it
             engine = Node(settings_for(home).home)
             registry = op.node_registry(kube, engine, node_name)
             tickers = op.node_tickers(kube, engine, node_name)

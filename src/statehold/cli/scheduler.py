@@ -7,7 +7,6 @@ Only wiring: flags → ExtenderConfig, Ledger, a ClusterView (the cluster's API 
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
 import signal
 import sys
@@ -19,6 +18,7 @@ import typer
 import yaml
 
 from statehold.errors import StateholdError
+from statehold.kube import connect as kube_connect
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +76,7 @@ def register(app: typer.Typer) -> None:
             else:
                 from statehold.scheduler.kubeview import KubeClusterView
 
-                # The composition root picks the real facade implementation by name: a
-                # static import would make this module import `kubernetes` (transitively),
-                # which the kube-only import contract forbids outside statehold.kube.
-                client = importlib.import_module("statehold.kube.client")
-                view = KubeClusterView(client.ApiKube.connect(kubeconfig),
+                view = KubeClusterView(kube_connect(kubeconfig),
                                        cache_seconds=cache_seconds)
             extender = Extender(view, ledger=Ledger(ttl=reservation_ttl, settle=settle),
                                 config=ExtenderConfig(fail_open=not fail_closed))

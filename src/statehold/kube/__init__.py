@@ -16,4 +16,21 @@ Usage::
     kube.list(PVC, "default", label_selector="app=db")
 
 This ``__init__`` imports nothing heavy, so importing the facade does not load kubernetes.
+Adapters reach a real cluster through :func:`connect`, which loads the client only when called.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from statehold.kube.facade import Kube
+
+
+def connect(kubeconfig: str | None = None) -> Kube:
+    """The facade over a real API server: the kubeconfig when given, else in-cluster, else
+    the default kubeconfig. The official client is imported here, on first use, so commands
+    that never talk to a cluster do not pay for loading it."""
+    from statehold.kube.client import ApiKube
+
+    return ApiKube.connect(kubeconfig)
