@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -96,6 +97,18 @@ class SharedRoot:
         with md.locked(self.path):
             yield
 
+    def staging(self, kind: str, name: str) -> Path:
+        """A fresh path under ``.statehold/tmp`` for one attempt at building ``name``.
+
+        Unique per attempt ('@' cannot occur in names): a copy tool orphaned by a killed
+        process may still be writing into an earlier attempt's path, never into this one."""
+        self.clear_staging(kind, name)
+        return self.meta / "tmp" / f"{kind}-{name}@{os.getpid()}.{time.time_ns()}"
+
+    def clear_staging(self, kind: str, name: str) -> None:
+        for leftover in (self.meta / "tmp").glob(f"{kind}-{name}@*"):
+            remove_tree(leftover)
+
     @property
     def reflink(self) -> bool:
         if self._reflink is None:
@@ -173,8 +186,7 @@ class SharedRoot:
         method = self.enforcer.snapshot(src_path, vol.path, readonly=False)
         if method is not None:
             return method
-        staging = self.meta / "tmp" / f"volume-{vol.name}"
-        remove_tree(staging)
+        staging = self.staging("volume", vol.name)
         method = copy_tree(src_path, staging, reflink=self.reflink)
         os.rename(staging, vol.path)
         return method
@@ -182,8 +194,7 @@ class SharedRoot:
     def _populate(self, vol: SharedVolume, populate: Populate) -> None:
         """Fill a staging path, then make it the volume: a rename where the volume is a plain
         directory; a copy into the new subvolume where it must be one (btrfs qgroups)."""
-        staging = self.meta / "tmp" / f"volume-{vol.name}"
-        remove_tree(staging)
+        staging = self.staging("volume", vol.name)
         populate(staging)
         if self.enforcer.kind == QuotaKind.BTRFS_QGROUP:
             self.enforcer.make_dir(vol.path)
@@ -208,7 +219,7 @@ class SharedRoot:
         with contextlib.suppress(StateholdError, OSError):
             self.enforcer.remove_dir(vol.path)
         with contextlib.suppress(StateholdError, OSError):
-            remove_tree(self.meta / "tmp" / f"volume-{vol.name}")
+            self.clear_staging("volume", vol.name)
         with contextlib.suppress(OSError):
             self._sidecar(vol.name).unlink()
 

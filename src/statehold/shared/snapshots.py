@@ -21,7 +21,7 @@ from pathlib import Path
 
 from statehold.errors import AlreadyExists, NotFound, StateholdError
 from statehold.shared import metadata as md
-from statehold.shared.copying import copy_tree, remove_tree
+from statehold.shared.copying import copy_tree
 from statehold.shared.names import validate_name
 from statehold.shared.root import SharedRoot
 from statehold.shared.types import CopyMethod, SharedSnapshot
@@ -63,8 +63,7 @@ class SnapshotStore:
             try:
                 method = self.root.enforcer.snapshot(vol.path, path, readonly=True)
                 if method is None:
-                    staging = self.root.meta / "tmp" / f"snapshot-{name}"
-                    remove_tree(staging)
+                    staging = self.root.staging("snapshot", name)
                     method = copy_tree(vol.path, staging, reflink=self.root.reflink)
                     os.rename(staging, path)
                 snap = replace(snap, copy_method=method, ready=True)
@@ -100,6 +99,6 @@ class SnapshotStore:
 
     def _remove(self, snap: SharedSnapshot) -> None:
         self.root.enforcer.remove_dir(snap.path)
-        remove_tree(self.root.meta / "tmp" / f"snapshot-{snap.name}")
+        self.root.clear_staging("snapshot", snap.name)
         with contextlib.suppress(FileNotFoundError):
             self._sidecar(snap.name).unlink()
