@@ -10,9 +10,10 @@ nothing here ever acts on a device it did not find that way.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
-from statehold.errors import CommandError, StateholdError
+from statehold.errors import CommandError, FailedPrecondition, StateholdError
 from statehold.runner import run
 
 SYS_BLOCK = Path("/sys/block")
@@ -90,15 +91,41 @@ def refresh_capacity(device: str) -> None:
     run(["losetup", "-c", device], timeout=60)
 
 
+DETACH_WAIT = 10.0
+"""Seconds to wait for the kernel to release a device after ``losetup -d``."""
+
+
+def _backing(device: str) -> str | None:
+    try:
+        return (SYS_BLOCK / device.removeprefix("/dev/") / "loop" / "backing_file").read_text().rstrip("\n")
+    except OSError:
+        return None
+
+
 def detach(device: str) -> None:
-    """Detach ``device``; a device that is already gone counts as detached."""
+    """Detach ``device``; a device that is already gone counts as detached.
+
+    ``losetup -d`` on a device some other process still holds open (a ``blkid`` probe, a
+    backup reading it) only marks it for auto-clear and returns at once: the binding goes
+    when the last opener closes. Callers go on to delete the backing file or to check for
+    leaks, so wait (bounded) until the kernel really let go of *this* binding.
+    """
+    before = _backing(device)
     try:
         run(["losetup", "-d", device], timeout=60)
     except CommandError as exc:
-        name = device.removeprefix("/dev/")
-        if not (SYS_BLOCK / name / "loop" / "backing_file").exists():
+        if _backing(device) is None:
             return
         raise exc
+    deadline = time.monotonic() + DETACH_WAIT
+    pause = 0.005
+    while before is not None and _backing(device) == before:
+        if time.monotonic() > deadline:
+            raise FailedPrecondition(
+                f"{device} is still held open by another process; it detaches when that closes"
+            )
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
 
 
 def detach_file(path: Path | str) -> list[str]:
