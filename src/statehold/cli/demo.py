@@ -3,9 +3,12 @@
 On the embedded default (a file-backed pool under the home directory) it creates a
 volume, mounts it, writes data, snapshots it, modifies it, clones the snapshot, shows the
 clone holds the old bytes (checksums), grows the volume online, measures what changed
-between two snapshots, prints a summary table, then unmounts and detaches everything it
-attached, the pool's own disk image included (the pool is exported). Running it again
-imports the pool from its image, removes the objects of the earlier run and starts over.
+between two snapshots, backs the volume up into a directory target (full, then
+incremental after a change), restores the newest backup into a new volume and checks its
+bytes, verifies the repository deeply, prints a summary table, then unmounts and detaches
+everything it attached, the pool's own disk image included (the pool is exported). Running
+it again imports the pool from its image, removes the objects of the earlier run and
+starts over; the repository keeps the last two backups.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ if TYPE_CHECKING:
 
 VOLUME = "demo-data"
 CLONE = "demo-clone"
+RESTORED = "demo-restored"
+DEMO_PASSWORD = "statehold-demo"  # a demo repository only: real targets take a secret password
 SNAP_BEFORE = "demo-before"
 SNAP_AFTER = "demo-after"
 DATA_FILE = "data.bin"
@@ -93,14 +98,15 @@ def open_pool(n: Node, name: str, home: Path, image_size: int) -> Pool:
 def clear_previous(p: Pool) -> None:
     """Remove what an earlier (possibly interrupted) run left, so names can be reused."""
     names = {v.name: v for v in p.list_volumes()}
-    for vol in (CLONE, VOLUME):
+    for vol in (RESTORED, CLONE, VOLUME):
         if vol in names:
             for target in names[vol].mounts:
                 p.unmount(vol, Path(target))
             p.detach(vol)
             p.delete_volume(vol)
     for snap in p.list_snapshots():
-        if snap.name in (SNAP_BEFORE, SNAP_AFTER):
+        # the backup parents of the old demo-data too: a new volume starts a new lineage
+        if snap.name in (SNAP_BEFORE, SNAP_AFTER) or snap.source_volume == VOLUME:
             p.delete_snapshot(snap.name)
 
 
@@ -129,11 +135,7 @@ def story(run: Run, mnt: Path, volume_size: int) -> None:
     run.fact("snapshot", f"{SNAP_BEFORE} in {took:.1f} ms")
 
     progress("modifying the volume (rewriting the first MiB)")
-    with open(data_dir / DATA_FILE, "r+b") as f:
-        f.write(os.urandom(1 << 20))
-        f.flush()
-        os.fsync(f.fileno())
-    modified = sha256(data_dir / DATA_FILE)
+    modified = rewrite_first_mib(data_dir / DATA_FILE)
     run.fact("modify", f"{DATA_FILE} sha256 {modified[:16]}", ok=modified != original)
 
     progress(f"cloning {SNAP_BEFORE} into {CLONE}")
@@ -164,6 +166,62 @@ def story(run: Run, mnt: Path, volume_size: int) -> None:
     progress(f"changed-extent diff {SNAP_BEFORE} -> {SNAP_AFTER}: {human(changed)}")
     run.fact("diff", f"{human(changed)} changed of {human(grown.volume.size)}",
              ok=0 < changed < grown.volume.size)
+
+
+def rewrite_first_mib(path: Path) -> str:
+    with open(path, "r+b") as f:
+        f.write(os.urandom(1 << 20))
+        f.flush()
+        os.fsync(f.fileno())
+    return sha256(path)
+
+
+def backups(run: Run, mnt: Path, target: Path) -> None:
+    """Full and incremental backup to a directory target, restore, deep verify."""
+    from statehold.backup import collecting, retention
+    from statehold.backup.dirstore import DirectoryStore
+    from statehold.backup.repository import Repository
+    from statehold.backup.verifying import verify
+    from statehold.backup.volumes import backup_volume, restore_volume
+    from statehold.errors import NotFound
+
+    p = run.pool
+    store = DirectoryStore(target)
+    try:
+        repo = Repository.open(store, DEMO_PASSWORD)
+    except NotFound:
+        progress(f"initialising the backup repository at {target}")
+        repo = Repository.init(store, DEMO_PASSWORD)
+    data_dir = mnt / VOLUME
+
+    full = backup_volume(repo, p, VOLUME)
+    progress(f"backup {full.backup_id}: read {human(full.stats.bytes_read)}, "
+             f"stored {human(full.stats.stored_new)}")
+    run.fact("backup", f"{full.backup_id} full: read {human(full.stats.bytes_read)}, "
+             f"stored {human(full.stats.stored_new)}", ok=full.parent is None)
+
+    current = rewrite_first_mib(data_dir / DATA_FILE)
+    incr = backup_volume(repo, p, VOLUME)
+    progress(f"backup {incr.backup_id}: read {human(incr.stats.bytes_read)} (incremental)")
+    run.fact("incremental", f"{incr.backup_id}: read {human(incr.stats.bytes_read)}, "
+             f"stored {human(incr.stats.stored_new)}",
+             ok=incr.parent == full.backup_id and incr.stats.bytes_read < full.stats.bytes_read // 4)
+
+    restore_volume(repo, incr.backup_id, p, RESTORED)
+    restored_dir = mnt / RESTORED
+    restored_dir.mkdir(parents=True, exist_ok=True)
+    p.mount(RESTORED, restored_dir)
+    run.mounts.append((RESTORED, restored_dir))
+    got = sha256(restored_dir / DATA_FILE)
+    progress(f"restored {incr.backup_id} into {RESTORED}")
+    run.fact("restore", f"{RESTORED} sha256 {got[:16]} {'==' if got == current else '!='} volume",
+             ok=got == current)
+
+    collecting.prune(repo, retention.Policy(keep_last=2), volume=f"{p.name}/{VOLUME}")
+    collecting.gc(repo, grace=0)
+    report = verify(repo, deep=True)
+    run.fact("verify", f"deep: {report.backups} backups, {report.chunks} chunks, "
+             f"{human(report.bytes_checked)} checked, {len(report.problems)} problems", ok=report.ok)
 
 
 def release(run: Run) -> None:
@@ -208,6 +266,7 @@ def demo(
             try:
                 clear_previous(p)
                 story(run, root / "mnt", vsize)
+                backups(run, root / "mnt", root / "backups" / "demo")
             finally:
                 try:
                     release(run)

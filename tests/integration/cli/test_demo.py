@@ -38,15 +38,20 @@ def test_demo_runs_twice_and_detaches_everything(engine_home: Path) -> None:
     assert second.returncode == 0, (second.stdout, second.stderr)
     for out in (first.stdout, second.stdout):
         rows = _rows(out)
-        assert set(rows) >= {"volume", "write", "snapshot", "modify", "clone", "expand", "diff"}
+        assert set(rows) >= {"volume", "write", "snapshot", "modify", "clone", "expand", "diff",
+                             "backup", "incremental", "restore", "verify"}
         assert all(r.endswith("[ok]") for r in rows.values()), rows
         original = rows["write"].split("sha256 ")[1].split()[0]
         assert f"sha256 {original} == original" in rows["clone"]
         assert "(online)" in rows["expand"]
+        assert "== volume" in rows["restore"] and ", 0 problems" in rows["verify"]
     assert loops_backed_under(engine_home) == []
     assert _mounts_under(engine_home) == []
     # the pool stays on its image for the next run (exported, not destroyed)
     assert (engine_home / "disks" / "demo-0.img").exists()
+    # the directory target keeps the last two backups, not every run's
+    manifests = list((engine_home / "backups" / "demo").rglob("manifests/*"))
+    assert len(manifests) == 2, manifests
     assert os.path.getsize(engine_home / "disks" / "demo-0.img") > 0
 
 
