@@ -93,6 +93,8 @@ def verify(repo: Repository, *, deep: bool = False, parallel: int = 8,
                         progress(done, total)
 
             with ThreadPoolExecutor(max(1, parallel), thread_name_prefix="verify") as pool:
-                list(pool.map(check, todo))
+                step = 64 * max(1, parallel)  # bounded: a million chunks are not a million futures
+                for start in range(0, len(todo), step):
+                    list(pool.map(check, todo[start : start + step]))
             checked = done
         return VerifyReport(deep, count, len(users), checked, problems)
