@@ -53,3 +53,35 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{/* Host-based shared roots the node pods mount (every class's sharedRoot and
+shared.extraHostRoots), sorted and unique, as a JSON list. */}}
+{{- define "statehold.sharedRoots" -}}
+{{- $roots := list -}}
+{{- range .Values.sharedStorageClasses -}}
+{{- if .sharedRoot -}}{{- $roots = append $roots .sharedRoot -}}{{- end -}}
+{{- end -}}
+{{- range .Values.shared.extraHostRoots -}}{{- $roots = append $roots . -}}{{- end -}}
+{{- $roots | uniq | sortAlpha | toJson -}}
+{{- end -}}
+
+{{/* volumeMounts of the shared roots: the same path as on the host, and HostToContainer so
+a share the host mounts (or remounts) after the pod started is seen inside. */}}
+{{- define "statehold.sharedRootMounts" -}}
+{{- range $i, $root := include "statehold.sharedRoots" . | fromJsonArray }}
+- name: shared-root-{{ $i }}
+  mountPath: {{ $root }}
+  mountPropagation: HostToContainer
+{{- end }}
+{{- end -}}
+
+{{- define "statehold.sharedRootVolumes" -}}
+{{- range $i, $root := include "statehold.sharedRoots" . | fromJsonArray }}
+- name: shared-root-{{ $i }}
+  hostPath:
+    path: {{ $root }}
+    # Must exist: an empty directory created in its place would put "shared" volumes on
+    # this node's own disk.
+    type: Directory
+{{- end }}
+{{- end -}}
