@@ -132,3 +132,10 @@ def test_example_values_files_render_valid_objects(path: Any) -> None:
     assert len(docs) > 20
     for doc in docs:
         validate_object(doc)
+
+
+def test_rbac_stays_least_privilege_with_every_option_on() -> None:
+    from tests.unit.kube.test_deploy import test_rbac_is_least_privilege
+
+    docs = render.render_chart({**SHARED, "schedulerExtender": {"enabled": True}})
+    test_rbac_is_least_privilege(list(docs))
