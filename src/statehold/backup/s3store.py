@@ -112,6 +112,8 @@ class S3Store:
                     raise NotFound(f"{what}: not found in {self.describe()}") from exc
                 if code == "NoSuchBucket":
                     raise NotFound(f"{what}: bucket {self.config.bucket} does not exist") from exc
+                if code in ("InvalidBucketName", "InvalidArgument", "KeyTooLongError"):
+                    raise InvalidArgument(f"{what}: S3 refused the request ({code})") from exc
                 if code in _DENIED_CODES or status == 403:
                     raise PermissionDenied(f"{what}: S3 refused the credentials ({code})") from exc
                 if code in _TRANSIENT_CODES or status >= 500 or status == 429:
