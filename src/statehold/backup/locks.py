@@ -39,7 +39,21 @@ class LockInfo:
 
 
 def live_locks(repo: Repository, now: float) -> list[LockInfo]:
-    return [lk for lk in all_locks(repo) if lk.expires > now]
+    """Locks not expired and not held by a process of this host that no longer exists
+    (a killed backup must not block gc until its lock expires)."""
+    return [lk for lk in all_locks(repo) if lk.expires > now and not _dead_here(lk)]
+
+
+def _dead_here(lk: LockInfo) -> bool:
+    if lk.host != socket.gethostname() or lk.pid == os.getpid():
+        return False
+    try:
+        os.kill(lk.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # exists, owned by someone else
+    return False
 
 
 def all_locks(repo: Repository) -> list[LockInfo]:
@@ -133,8 +147,8 @@ def _busy(kind: str, found: list[LockInfo]) -> str:
 
 
 def remove_expired(repo: Repository, now: float) -> int:
-    """Delete locks whose holder stopped refreshing them (dead processes)."""
-    dead = [lk for lk in all_locks(repo) if lk.expires <= now]
+    """Delete locks whose holder stopped refreshing them or died on this host."""
+    dead = [lk for lk in all_locks(repo) if lk.expires <= now or _dead_here(lk)]
     for lk in dead:
         repo.store.delete(lk.key)
     return len(dead)

@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from statehold.backup.collecting import gc
 from statehold.backup.dirstore import DirectoryStore
 from statehold.backup.imagebackup import create_backup
 from statehold.backup.repository import Repository
@@ -44,6 +45,7 @@ def test_killed_backup_is_invisible_and_the_next_reuses_its_chunks(tmp_path: Pat
     assert repo.backup_ids() == []
     left = sum(1 for _ in store.list("chunks/"))
     assert 4 <= left < 16
+    assert gc(repo, grace=3600).locks_removed == 1  # the dead writer's lock does not block gc
     m = create_backup(repo, img, volume="p/v")
     assert m.stats.chunks_new == 16 - left
     restore_image(repo, m.backup_id, tmp_path / "out.img")
