@@ -82,15 +82,15 @@ def snapshot_name(uid: str) -> str:
     return SNAPSHOT_PREFIX + uid.replace("-", "")[:24]
 
 
-_volume_locks: dict[str, threading.Lock] = {}
+volume_locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 
 
-def _volume_lock(volume_id: str) -> threading.Lock:
+def volume_lock(volume_id: str) -> threading.Lock:
     """One backup of a volume at a time on this node: each keeps only its own snapshot as
     the next parent, so two at once would delete each other's parent."""
     with _locks_guard:
-        return _volume_locks.setdefault(volume_id, threading.Lock())
+        return volume_locks.setdefault(volume_id, threading.Lock())
 
 
 def back_up_volume(pool: Pool, volume: str, target: TargetConfig, *, snapshot: str,
@@ -99,7 +99,7 @@ def back_up_volume(pool: Pool, volume: str, target: TargetConfig, *, snapshot: s
     """Snapshot ``volume`` (frozen if mounted), back it up incrementally, keep only this
     snapshot as the next parent, and prune the volume's backups to ``keep_last`` if set."""
     volume_id = f"{pool.name}/{volume}"
-    with _volume_lock(volume_id):
+    with volume_lock(volume_id):
         return _back_up(pool, volume, volume_id, target, snapshot=snapshot, labels=labels,
                         progress=progress, keep_last=keep_last)
 

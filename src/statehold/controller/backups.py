@@ -19,8 +19,17 @@ from typing import Any
 from statehold.controller import backup_runner
 from statehold.controller.locate import check_pvc_bound, locate
 from statehold.controller.problems import Problem, Result
-from statehold.controller.report import Clock, Reporter
+from statehold.controller.report import Clock, Reporter, report_problem
+from statehold.controller.shared_backups import run_shared_backup
+from statehold.controller.shared_locate import (
+    choose_node,
+    driver_nodes,
+    handle_kind,
+    is_shared_pv,
+    locate_shared,
+)
 from statehold.controller.targets import resolve_target
+from statehold.csi.backend_shared import SharedBackend
 from statehold.engine.node import Node
 from statehold.errors import (
     Corrupt,
@@ -33,7 +42,7 @@ from statehold.errors import (
 )
 from statehold.kube.events import rfc3339
 from statehold.kube.facade import Kube, Obj
-from statehold.kube.kinds import PV, PVC, VOLUME_BACKUP
+from statehold.kube.kinds import CSI_NODE, PV, PVC, VOLUME_BACKUP
 
 NODE_LABEL = "statehold.io/node"
 PVC_LABEL = "statehold.io/pvc"
@@ -41,15 +50,6 @@ SCHEDULE_LABEL = "statehold.io/schedule"
 KEEP_LAST_ANNOTATION = "statehold.io/keep-last"
 FINAL = ("Completed", "Failed")
 PERMANENT_ENGINE_ERRORS = (InvalidArgument, PermissionDenied, Corrupt, NotFound)
-
-
-def report_problem(rep: Reporter, p: Problem, *, condition: str = "Ready",
-                   failed_phase: str = "Failed", pending_phase: str = "Pending") -> Result:
-    """A Problem -> condition + Warning Event (+ phase); permanent ones end the object."""
-    rep.update({"phase": failed_phase if p.permanent else pending_phase},
-               condition=(condition, False, p.reason, p.message))
-    rep.event("Warning", p.reason, p.message)
-    return Result.failed(p.message) if p.permanent else Result.retry(p.message, p.retry_after)
 
 
 def assign_backup(kube: Kube, obj: Obj, now: Clock) -> Result:
@@ -67,15 +67,24 @@ def assign_backup(kube: Kube, obj: Obj, now: Clock) -> Result:
             raise Problem("PVCNotFound", f"PVC {ns}/{spec['persistentVolumeClaimName']} does "
                           "not exist") from None
         pv = kube.get(PV, check_pvc_bound(pvc))
-        loc = locate(pvc, pv)
+        if is_shared_pv(pv):
+            # every node reaches a shared volume: any agent will do, the same one each time
+            shared = locate_shared(pvc, pv)
+            handle, size = shared.handle, shared.size
+            node = choose_node(handle, driver_nodes(kube.list(CSI_NODE)))
+            where = f"shared volume {handle} will be backed up by the agent on {node}"
+        else:
+            loc = locate(pvc, pv)
+            node, handle, size = loc.node, loc.handle, loc.size
+            where = f"volume {handle} is on node {node}"
     except Problem as p:
         return report_problem(rep, p)
     kube.patch(VOLUME_BACKUP, obj["metadata"]["name"], {"metadata": {"labels": {
-        NODE_LABEL: loc.node, PVC_LABEL: pvc["metadata"]["name"]}}}, ns)
-    rep.update({"phase": "Pending", "node": loc.node, "volumeHandle": loc.handle,
-                "bytesTotal": loc.size, "progress": 0},
-               condition=("Ready", False, "Scheduled", f"waiting for the agent on {loc.node}"))
-    rep.event("Normal", "Scheduled", f"volume {loc.handle} is on node {loc.node}")
+        NODE_LABEL: node, PVC_LABEL: pvc["metadata"]["name"]}}}, ns)
+    rep.update({"phase": "Pending", "node": node, "volumeHandle": handle,
+                "bytesTotal": size, "progress": 0},
+               condition=("Ready", False, "Scheduled", f"waiting for the agent on {node}"))
+    rep.event("Normal", "Scheduled", where)
     return Result()
 
 
@@ -96,15 +105,22 @@ class _Progress:
                 self.rep.update({"progress": pct, "bytesDone": done})
 
 
-def run_backup(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock) -> Result:
+def run_backup(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock,
+               shared: SharedBackend | None = None) -> Result:
     """Node side: snapshot the volume and back it up; idempotent (a retry reuses the
-    snapshot and writes a complete new backup)."""
+    snapshot and writes a complete new backup). Shared volumes go to the shared backend's
+    file-tree backup instead."""
     rep = Reporter(kube, obj, now, component=f"statehold-agent/{node_name}")
     st = rep.status
     if st.get("phase") in FINAL:
         return Result("skipped")
     if (obj["metadata"].get("labels") or {}).get(NODE_LABEL) != node_name:
         return Result("skipped")
+    if handle_kind(str(st.get("volumeHandle", ""))) == "shared":
+        if shared is None:
+            return report_problem(rep, Problem("SharedUnavailable", "this agent has no shared "
+                                               "backend", permanent=True))
+        return run_shared_backup(kube, obj, shared, node_name, now)
     ns, spec, meta = obj["metadata"]["namespace"], obj["spec"], obj["metadata"]
     try:
         target = resolve_target(kube, ns, spec["target"])

@@ -132,7 +132,8 @@ def volume_backup_schema() -> Schema:
     st = status({
         "phase": string(enum=["Pending", "Running", "Completed", "Failed"]),
         "node": string("Node that holds the volume and ran the backup."),
-        "volumeHandle": string("CSI volume id (<pool>/<volume>)."),
+        "volumeHandle": string("CSI volume id (<pool>/<volume>, or shared/<root>/<name> for a "
+                               "shared volume, backed up as a file tree)."),
         "snapshot": string("Engine snapshot the backup was read from."),
         "backupId": string("Id of the backup in the repository."),
         "parentBackupId": string("Backup this one is incremental to."),
@@ -181,8 +182,11 @@ def volume_restore_schema() -> Schema:
         "size": quantity("Size of the new volume (default: the backed-up size)."),
         "node": string("Node to restore onto (default: the node the backup came from).",
                        minLength=1, maxLength=253),
-        "accessModes": array(string(enum=["ReadWriteOnce", "ReadWriteOncePod"]),
-                             default=["ReadWriteOnce"], minItems=1, maxItems=2),
+        "accessModes": array(string(enum=["ReadWriteOnce", "ReadWriteOncePod", "ReadWriteMany",
+                                          "ReadOnlyMany"]),
+                             desc="Access modes of the new PVC (the many-node modes need a "
+                                  "shared StorageClass).",
+                             default=["ReadWriteOnce"], minItems=1, maxItems=4),
     }, required=("backup", "persistentVolumeClaimName")), "spec")
     st = status({
         "phase": string(enum=["Pending", "Running", "Completed", "Failed"]),

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from statehold.controller.backups import report_problem
 from statehold.controller.problems import Problem, Result
-from statehold.controller.report import Clock, Reporter
+from statehold.controller.report import Clock, Reporter, report_problem
 from statehold.engine.names import parse_size
 from statehold.engine.node import Node
 from statehold.engine.pool import Pool

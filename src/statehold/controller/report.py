@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from statehold.controller.conditions import set_condition
+from statehold.controller.problems import Problem, Result
 from statehold.kube.facade import Kube, Obj
 from statehold.kube.kinds import kind_of
 
@@ -43,3 +44,12 @@ class Reporter:
     def event(self, type_: Literal["Normal", "Warning"], reason: str, message: str) -> None:
         self.kube.record_event(self.obj, type=type_, reason=reason, message=message,
                                component=self.component)
+
+
+def report_problem(rep: Reporter, p: Problem, *, condition: str = "Ready",
+                   failed_phase: str = "Failed", pending_phase: str = "Pending") -> Result:
+    """A Problem -> condition + Warning Event (+ phase); permanent ones end the object."""
+    rep.update({"phase": failed_phase if p.permanent else pending_phase},
+               condition=(condition, False, p.reason, p.message))
+    rep.event("Warning", p.reason, p.message)
+    return Result.failed(p.message) if p.permanent else Result.retry(p.message, p.retry_after)

@@ -14,11 +14,14 @@ import contextlib
 from typing import Any
 
 from statehold.controller import backup_runner
-from statehold.controller.backups import NODE_LABEL, report_problem
+from statehold.controller.backups import NODE_LABEL
 from statehold.controller.locate import DRIVER, TOPOLOGY_KEY
 from statehold.controller.problems import Problem, Result
-from statehold.controller.report import Clock, Reporter
+from statehold.controller.report import Clock, Reporter, report_problem
+from statehold.controller.shared_backups import run_shared_restore
+from statehold.controller.shared_locate import check_access_modes, handle_kind, restore_kind
 from statehold.controller.targets import resolve_target
+from statehold.csi.backend_shared import SharedBackend
 from statehold.engine.names import parse_size
 from statehold.engine.node import Node
 from statehold.engine.types import FsType
@@ -88,6 +91,9 @@ def assign_restore(kube: Kube, obj: Obj, now: Clock) -> Result:
         if sc.get("provisioner") != DRIVER:
             raise Problem("UnsupportedStorageClass", f"StorageClass {sc_name} is provisioned by "
                           f"{sc.get('provisioner')}, not {DRIVER}", permanent=True)
+        # a file-tree backup of a shared volume into a shared class, an image into a local one
+        kind = restore_kind(str((vb.get("status") or {}).get("volumeHandle", "")), sc)
+        check_access_modes(spec.get("accessModes") or [], kind)
         node = spec.get("node") or (vb.get("status") or {}).get("node")
         if not node:
             raise Problem("NoNode", "spec.node is not set and the backup names no node",
@@ -137,7 +143,8 @@ def _pvc(obj: Obj, pv_name: str, size: int, sc: str) -> dict[str, Any]:
     }
 
 
-def run_restore(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock) -> Result:
+def run_restore(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock,
+                shared: SharedBackend | None = None) -> Result:
     rep = Reporter(kube, obj, now, component=f"statehold-agent/{node_name}")
     meta, spec, st = obj["metadata"], obj["spec"], rep.status
     if st.get("phase") in FINAL or (meta.get("labels") or {}).get(NODE_LABEL) != node_name:
@@ -146,8 +153,17 @@ def run_restore(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock) ->
     sc_name = spec.get("storageClassName", "statehold-local")
     try:
         vb = _backup_of(kube, ns, spec["backup"])
+    except Problem as p:
+        return report_problem(rep, p)
+    if handle_kind(str(vb["status"].get("volumeHandle", ""))) == "shared":
+        if shared is None:
+            return report_problem(rep, Problem("SharedUnavailable", "this agent has no shared "
+                                               "backend", permanent=True))
+        return run_shared_restore(kube, obj, vb, shared, node_name, now)
+    try:
         target = resolve_target(kube, ns, vb["spec"]["target"])
         sc = kube.get(STORAGE_CLASS, sc_name)
+        restore_kind(str(vb["status"].get("volumeHandle", "")), sc)
         fs = (sc.get("parameters") or {}).get("csi.storage.k8s.io/fstype", "xfs")
         backup_id = vb["status"]["backupId"]
         rep.update({"phase": "Running", "startTime": st.get("startTime") or rfc3339(now())},

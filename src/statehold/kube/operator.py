@@ -28,9 +28,11 @@ from typing import Any
 
 import kopf
 
-from statehold.controller import backups, pools, restores, schedules, target_status
+from statehold.controller import backups, pools, restores, schedules, shared_backups, target_status
 from statehold.controller.problems import Result, backoff
 from statehold.controller.report import Clock
+from statehold.csi.backend import BackendConfig
+from statehold.csi.backend_shared import SharedBackend
 from statehold.engine.node import Node
 from statehold.errors import NotFound
 from statehold.kube.facade import Kube, Obj
@@ -78,10 +80,17 @@ def _on_changes(registry: kopf.OperatorRegistry, kind: Kind, fn: Callable[..., N
         deco(GROUP, VERSION, kind.plural, id=id, registry=registry, backoff=5.0, **filters)(fn)
 
 
-def node_registry(kube: Kube, node: Node, node_name: str,
-                  now: Clock = utcnow) -> kopf.OperatorRegistry:
+def shared_backend(node: Node, node_name: str) -> SharedBackend:
+    """The shared backend of this node's agent: same home as the CSI plugin, so the root
+    registry and the native share mounts are the plugin's."""
+    return SharedBackend(BackendConfig(home=node.home, node_id=node_name))
+
+
+def node_registry(kube: Kube, node: Node, node_name: str, now: Clock = utcnow,
+                  shared: SharedBackend | None = None) -> kopf.OperatorRegistry:
     reg = kopf.OperatorRegistry()
     mine = {"labels": {backups.NODE_LABEL: node_name}}
+    shared = shared or shared_backend(node, node_name)
 
     def on_node(spec: Any, **_: Any) -> bool:
         return bool(spec.get("node") == node_name)
@@ -89,10 +98,10 @@ def node_registry(kube: Kube, node: Node, node_name: str,
     pool = _handler(kube, STORAGE_POOL, lambda o: pools.reconcile_pool(kube, o, node, node_name, now))
     _on_changes(reg, STORAGE_POOL, pool, id="pool", when=on_node)
     _on_changes(reg, VOLUME_BACKUP, _handler(
-        kube, VOLUME_BACKUP, lambda o: backups.run_backup(kube, o, node, node_name, now)),
+        kube, VOLUME_BACKUP, lambda o: backups.run_backup(kube, o, node, node_name, now, shared)),
         id="backup", **mine)
     _on_changes(reg, VOLUME_RESTORE, _handler(
-        kube, VOLUME_RESTORE, lambda o: restores.run_restore(kube, o, node, node_name, now)),
+        kube, VOLUME_RESTORE, lambda o: restores.run_restore(kube, o, node, node_name, now, shared)),
         id="restore", **mine)
     return reg
 
@@ -114,11 +123,14 @@ class Ticker:
     """Calls ``tick`` every ``interval`` seconds in a thread until stopped; a failing tick
     is logged and retried at the next interval."""
 
-    def __init__(self, name: str, interval: float, tick: Callable[[], None]) -> None:
-        self.name, self.interval, self.tick = name, interval, tick
+    def __init__(self, name: str, interval: float, tick: Callable[[], None], *,
+                 immediate: bool = False) -> None:
+        self.name, self.interval, self.tick, self.immediate = name, interval, tick, immediate
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.wait(self.interval):
+        first = self.immediate
+        while first or not stop.wait(self.interval):
+            first = False
             try:
                 self.tick()
             except Exception:  # a periodic refresh must survive anything one round throws
@@ -137,10 +149,21 @@ def _each(kube: Kube, kind: Kind, reconcile: Reconcile) -> Callable[[], None]:
 
 
 def node_tickers(kube: Kube, node: Node, node_name: str, now: Clock = utcnow, *,
-                 capacity_interval: float = 60.0) -> list[Ticker]:
-    """Capacity of this node's pools into their StoragePool status."""
-    return [Ticker("capacity", capacity_interval, _each(
-        kube, STORAGE_POOL, lambda o: pools.reconcile_pool(kube, o, node, node_name, now)))]
+                 capacity_interval: float = 60.0,
+                 shared: SharedBackend | None = None) -> list[Ticker]:
+    """Capacity of this node's pools into their StoragePool status; the roots of the shared
+    StorageClasses into this node's root registry (at once, then every interval), so the
+    plugin here can delete or measure a shared volume another node created."""
+    backend = shared or shared_backend(node, node_name)
+
+    def roots() -> None:
+        shared_backups.register_class_roots(kube, backend)
+
+    return [
+        Ticker("capacity", capacity_interval, _each(
+            kube, STORAGE_POOL, lambda o: pools.reconcile_pool(kube, o, node, node_name, now))),
+        Ticker("shared-roots", capacity_interval, roots, immediate=True),
+    ]
 
 
 def cluster_tickers(kube: Kube, now: Clock = utcnow, *,

@@ -1,0 +1,206 @@
+"""VolumeBackup and VolumeRestore of shared volumes, on the agent the cluster side chose.
+
+A shared volume is a directory tree, so it goes through the shared backend's file-tree
+backup (:meth:`SharedBackend.backup` reads a snapshot of the directory; the parent is the
+newest tree backup of the same volume id) and restore (:meth:`SharedBackend.restore` builds
+a new volume aside and renames it in), never through the block-volume path.
+
+The agent learns the share from the PV's ``volumeAttributes`` (or the StorageClass for a
+restore) and records it in its home's root registry, as NodeStage does: volume ids carry
+only the root's key. :func:`register_class_roots` does the same for every ``type: shared``
+StorageClass of our driver, so any node can serve DeleteVolume of any shared volume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from statehold.controller import backup_runner
+from statehold.controller.locate import DRIVER, check_pvc_bound
+from statehold.controller.problems import Problem, Result
+from statehold.controller.report import Clock, Reporter, report_problem
+from statehold.controller.shared_locate import check_access_modes, class_kind, locate_shared
+from statehold.controller.targets import TargetConfig, resolve_target
+from statehold.csi.backend_shared import SharedBackend
+from statehold.engine.names import parse_size
+from statehold.errors import (
+    AlreadyExists,
+    Corrupt,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfCapacity,
+    OutOfRange,
+    PermissionDenied,
+    StateholdError,
+)
+from statehold.kube.events import rfc3339
+from statehold.kube.facade import Kube, Obj
+from statehold.kube.kinds import PV, PVC, STORAGE_CLASS
+from statehold.shared.registry import RootSpec
+
+PERMANENT = (InvalidArgument, PermissionDenied, Corrupt, NotFound, OutOfRange)
+RESTORE_ANNOTATION = "statehold.io/restored-by"
+
+
+def _failure(rep: Reporter, exc: StateholdError, verb: str) -> Result:
+    """One mapping of core errors for both handlers: bad input and missing things end the
+    object; a share that is busy, full or unreachable is retried."""
+    if isinstance(exc, Problem):
+        return report_problem(rep, exc)
+    if isinstance(exc, PERMANENT):
+        return report_problem(rep, Problem(type(exc).__name__, str(exc), permanent=True))
+    if isinstance(exc, FailedPrecondition | OutOfCapacity):
+        return report_problem(rep, Problem(f"{verb}Failed", str(exc), retry_after=60),
+                              pending_phase="Running")
+    return report_problem(rep, Problem(f"{verb}Retrying", str(exc), retry_after=30),
+                          pending_phase="Running")
+
+
+def remember_root(backend: SharedBackend, root: dict[str, str] | Any, key: str | None = None) -> RootSpec:
+    """Record a root description in this node's registry; with ``key``, refuse one that
+    describes another root than the volume id names."""
+    spec = RootSpec.from_parameters(dict(root))
+    if key is not None and spec.key != key:
+        raise Problem("RootMismatch", f"the PV describes shared root {spec.key}, its volume id "
+                      f"names {key}", permanent=True)
+    backend.registry.remember(spec)
+    return spec
+
+
+def run_shared_backup(kube: Kube, obj: Obj, backend: SharedBackend, node_name: str,
+                      now: Clock) -> Result:
+    """Node side of a VolumeBackup whose volume is shared (status.volumeHandle shared/...)."""
+    rep = Reporter(kube, obj, now, component=f"statehold-agent/{node_name}")
+    meta, spec, st = obj["metadata"], obj["spec"], rep.status
+    ns = meta["namespace"]
+    try:
+        target = resolve_target(kube, ns, spec["target"])
+        pvc = kube.get(PVC, spec["persistentVolumeClaimName"], ns)
+        loc = locate_shared(pvc, kube.get(PV, check_pvc_bound(pvc)))
+        if loc.handle != st.get("volumeHandle"):
+            raise Problem("VolumeChanged", f"PVC now names volume {loc.handle}, the backup was "
+                          f"scheduled for {st.get('volumeHandle')}", permanent=True)
+        remember_root(backend, dict(loc.root), loc.root_key)
+        rep.update({"phase": "Running", "startTime": st.get("startTime") or rfc3339(now()),
+                    "node": node_name},
+                   condition=("Ready", False, "Running", "backing up the file tree"))
+        if st.get("phase") != "Running":
+            rep.event("Normal", "Started", f"backing up shared volume {loc.handle} to "
+                      f"{target.describe()}")
+        keep = int((meta.get("annotations") or {}).get("statehold.io/keep-last", "0") or 0)
+        m = back_up(backend, loc.handle, target, keep_last=keep)
+    except StateholdError as exc:
+        return _failure(rep, exc, "Backup")
+    rep.update({"phase": "Completed", "backupId": m.backup_id, "parentBackupId": m.parent,
+                "bytesTotal": m.size, "bytesDone": m.stats.bytes_read,
+                "bytesUploaded": m.stats.stored_new, "progress": 100,
+                "completionTime": rfc3339(now())},
+               condition=("Ready", True, "Completed", f"backup {m.backup_id}"))
+    kind = "incremental" if m.parent else "full"
+    rep.event("Normal", "Completed", f"{kind} file-tree backup {m.backup_id}: read "
+              f"{m.stats.bytes_read} bytes, uploaded {m.stats.stored_new}")
+    return Result()
+
+
+def back_up(backend: SharedBackend, handle: str, target: TargetConfig, *, keep_last: int = 0) -> Any:
+    """One backup of the volume at a time on this node (the same lock as local volumes),
+    then prune the volume's backups to keep_last if set."""
+    from statehold.backup.collecting import prune
+    from statehold.backup.retention import Policy
+
+    with backup_runner.volume_lock(handle):
+        repo = backup_runner.open_repository(target)
+        m = backend.backup(handle, repo)
+        if keep_last > 0:
+            prune(repo, Policy(keep_last=keep_last), volume=handle)
+        return m
+
+
+def _pv(obj: Obj, info: Any, sc: str, modes: list[str]) -> dict[str, Any]:
+    meta, spec = obj["metadata"], obj["spec"]
+    return {
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": f"pvc-{meta['uid']}", "annotations": {
+            "pv.kubernetes.io/provisioned-by": DRIVER, RESTORE_ANNOTATION: meta["uid"]}},
+        "spec": {
+            "capacity": {"storage": str(info.capacity_bytes)},
+            "accessModes": modes,
+            "persistentVolumeReclaimPolicy": "Delete",
+            "storageClassName": sc, "volumeMode": "Filesystem",
+            "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                         "namespace": meta["namespace"], "name": spec["persistentVolumeClaimName"]},
+            # no node affinity: every node reaches the share
+            "csi": {"driver": DRIVER, "volumeHandle": info.volume_id,
+                    "volumeAttributes": dict(info.context)},
+        },
+    }
+
+
+def _pvc(obj: Obj, pv: dict[str, Any], sc: str, modes: list[str]) -> dict[str, Any]:
+    meta, spec = obj["metadata"], obj["spec"]
+    return {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": spec["persistentVolumeClaimName"], "namespace": meta["namespace"],
+                     "annotations": {RESTORE_ANNOTATION: meta["uid"]},
+                     "labels": {"statehold.io/restore": meta["name"]}},
+        "spec": {"accessModes": modes, "storageClassName": sc, "volumeName": pv["metadata"]["name"],
+                 "volumeMode": "Filesystem",
+                 "resources": {"requests": {"storage": pv["spec"]["capacity"]["storage"]}}},
+    }
+
+
+def run_shared_restore(kube: Kube, obj: Obj, vb: dict[str, Any], backend: SharedBackend,
+                       node_name: str, now: Clock) -> Result:
+    """Node side of a VolumeRestore of a shared volume's backup: a new shared volume on the
+    class's root, then a PV (no node affinity) and its PVC. A retry after the volume exists
+    only (re)creates the objects."""
+    rep = Reporter(kube, obj, now, component=f"statehold-agent/{node_name}")
+    meta, spec, st = obj["metadata"], obj["spec"], rep.status
+    ns, sc_name = meta["namespace"], spec.get("storageClassName", "statehold-local")
+    try:
+        target = resolve_target(kube, ns, vb["spec"]["target"])
+        sc = kube.get(STORAGE_CLASS, sc_name)
+        if class_kind(sc) != "shared":
+            raise Problem("BackupKindMismatch", f"StorageClass {sc_name} is not a shared class",
+                          permanent=True)
+        modes = check_access_modes(spec.get("accessModes") or [], "shared")
+        params = {str(k): str(v) for k, v in (sc.get("parameters") or {}).items()}
+        backup_id = vb["status"]["backupId"]
+        rep.update({"phase": "Running", "startTime": st.get("startTime") or rfc3339(now())},
+                   condition=("Ready", False, "Running", f"restoring backup {backup_id}"))
+        size = parse_size(str(spec["size"])) if spec.get("size") else None
+        repo = backup_runner.open_repository(target)
+        info = backend.restore(backup_id, repo, f"pvc-{meta['uid']}", params, size=size)
+        if st.get("volumeHandle") != info.volume_id:
+            rep.update({"volumeHandle": info.volume_id})
+            rep.event("Normal", "Restored", f"backup {backup_id} restored into shared volume "
+                      f"{info.volume_id}")
+        pv = _pv(obj, info, sc_name, modes)
+        for made in (pv, _pvc(obj, pv, sc_name, modes)):
+            with contextlib.suppress(AlreadyExists):
+                kube.create(made)
+    except StateholdError as exc:
+        return _failure(rep, exc, "Restore")
+    rep.update({"phase": "Completed", "persistentVolumeName": pv["metadata"]["name"],
+                "completionTime": rfc3339(now())},
+               condition=("Ready", True, "Completed",
+                          f"PVC {spec['persistentVolumeClaimName']} is bound to {info.volume_id}"))
+    rep.event("Normal", "Completed", f"PVC {spec['persistentVolumeClaimName']} created from "
+              f"backup {spec['backup']}")
+    return Result()
+
+
+def register_class_roots(kube: Kube, backend: SharedBackend) -> list[str]:
+    """Record the root of every ``type: shared`` StorageClass of our driver in this node's
+    registry (keys returned). Classes that describe no valid root are skipped: the CSI
+    plugin reports those on CreateVolume."""
+    keys = []
+    for sc in kube.list(STORAGE_CLASS):
+        if sc.get("provisioner") != DRIVER or class_kind(sc) != "shared":
+            continue
+        with contextlib.suppress(InvalidArgument):
+            keys.append(remember_root(backend, {str(k): str(v) for k, v in
+                                                (sc.get("parameters") or {}).items()}).key)
+    return sorted(set(keys))
