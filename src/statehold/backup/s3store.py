@@ -80,7 +80,7 @@ class S3Store:
             aws_access_key_id=access,
             aws_secret_access_key=secret,
             config=botocore.config.Config(
-                retries={"max_attempts": 1, "mode": "standard"},
+                retries={"total_max_attempts": 1, "mode": "standard"},
                 max_pool_connections=max(1, config.parallelism),
                 connect_timeout=config.connect_timeout,
                 read_timeout=config.read_timeout,

@@ -134,3 +134,40 @@ def test_directory_batches_are_invisible_until_commit_and_stale_ones_are_removed
     assert fresh.remove_stale(older_than=3600) == 0
     assert fresh.remove_stale(older_than=-1) == 1
     assert {i.key for i in fresh.list("")} == {"chunks/aa/aa1", "chunks/bb/bb1"}
+
+
+def test_s3_server_errors_are_retried_then_succeed() -> None:
+    """HTTP 503 twice, then the object: the store retries (no real sleep) and returns it."""
+    import http.server
+    import threading
+
+    answers = [503, 503, 200]
+    seen: list[str] = []
+
+    class Flaky(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            code = answers.pop(0) if answers else 200
+            body = b"payload" if code == 200 else b"<Error><Code>ServiceUnavailable</Code></Error>"
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        slept: list[float] = []
+        store = S3Store(S3Config(bucket="bkt", endpoint=f"http://127.0.0.1:{server.server_port}",
+                                 access_key="a", secret_key="s"),
+                        backoff=Backoff(attempts=4, base=0.5, sleep=slept.append))
+        assert store.get("config") == b"payload"
+        assert len(seen) == 3 and len(slept) == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
