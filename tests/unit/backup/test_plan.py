@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from array import array
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from statehold.backup.imagebackup import plan
 from statehold.backup.manifest import Manifest
 
@@ -51,3 +54,42 @@ def test_untouched_written_zeros_are_not_read_again() -> None:
     par = parent(4 * C, [0])  # chunk 2 held written zeros: data to SEEK_DATA, no entry
     p = plan(4 * C, C, [(0, C), (2 * C, C)], [], par)
     assert p.read == [] and sorted(p.copied) == [0]
+
+
+# Property: for any parent image, any change set (reported as a superset, as FIEMAP may
+# over-report) and any resize, copying the plan's untouched entries and reading the rest
+# yields exactly the manifest a full backup of the new image would have.
+
+HOLE, ZERO = -1, 0
+contents = st.one_of(st.just(HOLE), st.just(ZERO), st.integers(1, 5))
+
+
+def manifest_of(image: list[int], size: int) -> dict[int, int]:
+    return {i: v for i, v in enumerate(image) if v not in (HOLE, ZERO) and i * C < size}
+
+
+@settings(max_examples=300, deadline=None)
+@given(old=st.lists(contents, min_size=1, max_size=12), data=st.data())
+def test_plan_reconstructs_the_full_manifest(old: list[int], data: st.DataObject) -> None:
+    new_len = data.draw(st.integers(1, 14))
+    new = [old[i] if i < len(old) else HOLE for i in range(new_len)]
+    changed_idx = set(data.draw(st.sets(st.integers(0, new_len - 1), max_size=new_len)))
+    for i in changed_idx:
+        new[i] = data.draw(contents)
+    old_size = len(old) * C - data.draw(st.integers(0, C - 1))
+    new_size = new_len * C - data.draw(st.integers(0, C - 1))
+    # the engine's diff: every chunk whose content differs, plus past the old end where data
+    truly = {i for i in range(new_len) if i >= len(old) or new[i] != old[i]}
+    extra = data.draw(st.sets(st.integers(0, new_len - 1), max_size=3))
+    changed = [(i * C, C) for i in sorted(truly | extra | changed_idx)]
+    data_r = [(i * C, C) for i, v in enumerate(new) if v != HOLE]
+    par_map = manifest_of(old, old_size)
+    par = Manifest(backup_id="p", volume="v", size=old_size, chunk_size=C, created=0,
+                   offsets=array("Q", [i * C for i in sorted(par_map)]),
+                   ids=b"".join(bytes([par_map[i]]) * 32 for i in sorted(par_map)))
+    p = plan(new_size, C, data_r, changed, par)
+    got = {i: cid[0] for i, cid in p.copied.items()}
+    for i in p.read:
+        if new[i] not in (HOLE, ZERO):
+            got[i] = new[i]
+    assert got == manifest_of(new, new_size)
