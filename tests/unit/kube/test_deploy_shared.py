@@ -139,3 +139,40 @@ def test_rbac_stays_least_privilege_with_every_option_on() -> None:
 
     docs = render.render_chart({**SHARED, "schedulerExtender": {"enabled": True}})
     test_rbac_is_least_privilege(list(docs))
+
+
+def values_blocks(markdown: Any) -> list[dict[str, Any]]:
+    """The chart values shown in a Markdown file (```yaml values fences)."""
+    import yaml
+
+    out, block, inside = [], [], False
+    for line in markdown.read_text().splitlines():
+        if line.strip() == "```yaml values":
+            inside, block = True, []
+        elif line.strip() == "```" and inside:
+            inside = False
+            out.append(yaml.safe_load("\n".join(block)))
+        elif inside:
+            block.append(line)
+    return out
+
+
+def test_install_guide_values_render_what_the_guide_shows() -> None:
+    from tests.unit.kube.validation import ROOT, yaml_blocks
+
+    guide = ROOT / "docs" / "install.md"
+    blocks = values_blocks(guide)
+    assert len(blocks) == 3
+    merged: dict[str, Any] = {}
+    for values in blocks:
+        merged.update(values)
+    docs = render.render_chart(merged)
+    for doc in docs:
+        validate_object(doc)
+    shown = {(d["kind"], d["metadata"]["name"]): d for d in yaml_blocks(guide)
+             if d["kind"] == "StorageClass"}
+    for key in [("StorageClass", "shared-host"), ("StorageClass", "statehold-local-disks")]:
+        got = by(docs, *key)
+        got["metadata"].pop("labels")
+        assert shown[key] == got
+    assert by(docs, "ConfigMap", "statehold-scheduler-config")
