@@ -233,3 +233,23 @@ def test_agents_register_the_roots_of_shared_classes(
     assert keys == [RootSpec.from_parameters(world["params"]).key]
     assert backend.registry.known() == keys
     assert world["agent"].denied == []
+
+
+def test_a_missing_share_on_the_agent_node_is_retried(
+        memory_kube: MemoryKube, fake_clock: Any, world: dict[str, Any]) -> None:
+    hidden = world["root"].with_name("share-away")
+    world["root"].rename(hidden)  # the share is not mounted on this node right now
+    try:
+        volume_backup(memory_kube, "b1", "uploads")
+        assign_backup(world["operator"], memory_kube.get(VOLUME_BACKUP, "b1", NS), fake_clock)
+        vb = memory_kube.get(VOLUME_BACKUP, "b1", NS)
+        node = vb["metadata"]["labels"][NODE_LABEL]
+        engine, backend = agent(world, node)
+        result = run_backup(world["agent"], vb, engine, node, fake_clock, backend)
+        assert result.outcome == "retry" and result.retry_after > 0
+        got = memory_kube.get(VOLUME_BACKUP, "b1", NS)
+        assert ready(got)["reason"] == "BackupFailed" and got["status"]["phase"] == "Running"
+        assert "backupId" not in got["status"]
+        assert not world["root"].exists()  # nothing created in its place
+    finally:
+        hidden.rename(world["root"])
