@@ -46,7 +46,14 @@ from statehold.csi.backend import (
     VolumeRequest,
     VolumeStats,
 )
-from statehold.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, OutOfRange
+from statehold.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    Unavailable,
+)
 from statehold.shared.backups import backup_volume, restore_volume
 from statehold.shared.mountinfo import mount_at, read_mounts
 from statehold.shared.names import validate_name
@@ -168,7 +175,15 @@ class SharedBackend:
 
     def delete_volume(self, volume_id: str) -> None:
         key, name = split_id(volume_id)
-        root = self._root(key)
+        try:
+            spec = self.registry.lookup(key)
+        except NotFound as exc:
+            # Not "already gone": every node's provisioner may be asked to delete a shared
+            # PV, and answering OK where the root is unknown would drop the PV and leave
+            # the directory behind. Retryable, so a node that knows the root deletes it.
+            raise Unavailable(f"shared root {key} is not known on this host; "
+                              f"cannot delete {volume_id} here") from exc
+        root = self._open(spec)
         if not root.exists(name):
             raise NotFound(f"volume {volume_id} does not exist")
         root.delete_volume(name)  # also finishes a crashed create or delete
@@ -191,10 +206,17 @@ class SharedBackend:
 
     def expand_volume(self, volume_id: str, required_bytes: int, limit_bytes: int) -> ExpandInfo:
         key, name = split_id(volume_id)
-        root = self._root(key)
-        current = root.get_volume(name).size
         if limit_bytes and required_bytes > limit_bytes:
             raise OutOfRange(f"required {required_bytes} exceeds limit {limit_bytes}")
+        try:
+            spec = self.registry.lookup(key)
+        except NotFound:
+            if not self.config.expand_on_node:
+                raise
+            # the central resizer's process sees no shares: the node raises the limit
+            return ExpandInfo(capacity_bytes=required_bytes, node_expansion_required=True)
+        root = self._open(spec)
+        current = root.get_volume(name).size
         vol = root.expand_volume(name, max(current, required_bytes))
         return ExpandInfo(capacity_bytes=vol.size, node_expansion_required=False)
 
@@ -311,8 +333,14 @@ class SharedBackend:
                            inodes_available=inodes_free, abnormal=usage.abnormal, message=usage.message)
 
     def node_expand(self, volume_id: str, volume_path: Path, required_bytes: int) -> int:
+        """Raise the limit here when the controller could not (expand_on_node); else the
+        limit is already raised and this only reports it."""
         key, name = split_id(volume_id)
-        return self._node_root(key).get_volume(name).size
+        root = self._node_root(key)
+        current = root.get_volume(name).size
+        if required_bytes > current:
+            return root.expand_volume(name, required_bytes).size
+        return current
 
 
 def _same_dir(a: Path, b: Path) -> bool:

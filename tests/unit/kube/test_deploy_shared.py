@@ -40,9 +40,9 @@ def test_shared_classes_carry_the_parameters_the_backend_reads(shared_docs: list
     assert native["deletionPolicy"] == "delete"
     for params in (host["parameters"], native):  # the shared backend accepts them as they are
         RootSpec.from_parameters(params)
-    assert host["allowVolumeExpansion"] is False  # until the central resizer reaches shares
-    opted = render.render_chart({"sharedStorageClasses": [{**HOST, "allowVolumeExpansion": True}]})
-    assert by(opted, "StorageClass", "shared-host")["allowVolumeExpansion"] is True
+    assert host["allowVolumeExpansion"] is True  # the node raises the limit (node expansion)
+    opted = render.render_chart({"sharedStorageClasses": [{**HOST, "allowVolumeExpansion": False}]})
+    assert by(opted, "StorageClass", "shared-host")["allowVolumeExpansion"] is False
     assert host["volumeBindingMode"] == "WaitForFirstConsumer"
 
 
