@@ -35,6 +35,7 @@ from statehold.engine.fiemap import (
     FiemapUnsupported,
     file_extents,
 )
+from statehold.engine.files import open_readonly
 from statehold.errors import FailedPrecondition, InvalidArgument, NotFound
 
 Range = tuple[int, int]
@@ -47,12 +48,7 @@ def data_ranges(path: Path) -> list[Range]:
     Holes read as zeros and need not be copied; the filesystem may report a written range
     of zeros as data, never the reverse.
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError as exc:
-        raise NotFound(f"{path}: no such file") from exc
-    except OSError as exc:
-        raise FailedPrecondition(f"{path}: cannot open: {exc.strerror}") from exc
+    fd = open_readonly(path)
     try:
         size = os.fstat(fd).st_size
         out: list[Range] = []

@@ -40,7 +40,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from statehold.errors import FailedPrecondition, NotFound, Unavailable
+from statehold.engine.files import open_readonly
+from statehold.errors import Unavailable
 
 FS_IOC_FIEMAP = 0xC020660B
 
@@ -150,12 +151,7 @@ class FiemapUnsupported(Exception):
 
 def file_extents(path: Path, *, sync: bool = True) -> list[Extent]:
     """All extents of ``path``; FIEMAP_FLAG_SYNC first so delayed allocation is resolved."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError as exc:
-        raise NotFound(f"{path}: no such file") from exc
-    except OSError as exc:
-        raise FailedPrecondition(f"{path}: cannot open: {exc.strerror}") from exc
+    fd = open_readonly(path)
     try:
         return list(iter_extents(fd, sync=sync))
     except OSError as exc:

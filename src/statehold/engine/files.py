@@ -1,0 +1,19 @@
+"""Opening the engine's backing files for the ioctls and seeks that read their layout."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from statehold.errors import FailedPrecondition, NotFound
+
+
+def open_readonly(path: Path) -> int:
+    """A read-only descriptor of ``path`` (the caller closes it): a missing file is
+    NotFound, any other refusal FailedPrecondition, so callers never see an OSError."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise NotFound(f"{path}: no such file") from exc
+    except OSError as exc:
+        raise FailedPrecondition(f"{path}: cannot open: {exc.strerror}") from exc
