@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from statehold.controller.conditions import set_condition
 from statehold.controller.problems import Problem, Result
+from statehold.kube.events import rfc3339
 from statehold.kube.facade import Kube, Obj
 from statehold.kube.kinds import kind_of
 
@@ -53,3 +54,13 @@ def report_problem(rep: Reporter, p: Problem, *, condition: str = "Ready",
                condition=(condition, False, p.reason, p.message))
     rep.event("Warning", p.reason, p.message)
     return Result.failed(p.message) if p.permanent else Result.retry(p.message, p.retry_after)
+
+
+def report_restored(rep: Reporter, spec: dict[str, Any], pv_name: str, handle: str) -> Result:
+    """A VolumeRestore is done: its PVC is bound to the restored volume (block or shared)."""
+    claim = spec["persistentVolumeClaimName"]
+    rep.update({"phase": "Completed", "persistentVolumeName": pv_name,
+                "completionTime": rfc3339(rep.now())},
+               condition=("Ready", True, "Completed", f"PVC {claim} is bound to {handle}"))
+    rep.event("Normal", "Completed", f"PVC {claim} created from backup {spec['backup']}")
+    return Result()

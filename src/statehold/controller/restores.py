@@ -17,7 +17,7 @@ from statehold.controller import backup_runner
 from statehold.controller.backups import NODE_LABEL
 from statehold.controller.locate import DRIVER, TOPOLOGY_KEY
 from statehold.controller.problems import Problem, Result
-from statehold.controller.report import Clock, Reporter, report_problem
+from statehold.controller.report import Clock, Reporter, report_problem, report_restored
 from statehold.controller.shared_backups import run_shared_restore
 from statehold.controller.shared_locate import check_access_modes, handle_kind, restore_kind
 from statehold.controller.targets import resolve_target
@@ -203,10 +203,4 @@ def run_restore(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock,
     except StateholdError as exc:
         return report_problem(rep, Problem("RestoreRetrying", str(exc), retry_after=30),
                               pending_phase="Running")
-    rep.update({"phase": "Completed", "persistentVolumeName": pv["metadata"]["name"],
-                "completionTime": rfc3339(now())},
-               condition=("Ready", True, "Completed",
-                          f"PVC {spec['persistentVolumeClaimName']} is bound to {handle}"))
-    rep.event("Normal", "Completed", f"PVC {spec['persistentVolumeClaimName']} created from "
-              f"backup {spec['backup']}")
-    return Result()
+    return report_restored(rep, spec, pv["metadata"]["name"], handle)

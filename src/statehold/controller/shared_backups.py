@@ -19,7 +19,7 @@ from typing import Any
 from statehold.controller import backup_runner
 from statehold.controller.locate import DRIVER, check_pvc_bound
 from statehold.controller.problems import Problem, Result
-from statehold.controller.report import Clock, Reporter, report_problem
+from statehold.controller.report import Clock, Reporter, report_problem, report_restored
 from statehold.controller.shared_locate import check_access_modes, class_kind, locate_shared
 from statehold.controller.targets import TargetConfig, resolve_target
 from statehold.csi.backend_shared import SharedBackend
@@ -183,13 +183,7 @@ def run_shared_restore(kube: Kube, obj: Obj, vb: dict[str, Any], backend: Shared
                 kube.create(made)
     except StateholdError as exc:
         return _failure(rep, exc, "Restore")
-    rep.update({"phase": "Completed", "persistentVolumeName": pv["metadata"]["name"],
-                "completionTime": rfc3339(now())},
-               condition=("Ready", True, "Completed",
-                          f"PVC {spec['persistentVolumeClaimName']} is bound to {info.volume_id}"))
-    rep.event("Normal", "Completed", f"PVC {spec['persistentVolumeClaimName']} created from "
-              f"backup {spec['backup']}")
-    return Result()
+    return report_restored(rep, spec, pv["metadata"]["name"], info.volume_id)
 
 
 def register_class_roots(kube: Kube, backend: SharedBackend) -> list[str]:
