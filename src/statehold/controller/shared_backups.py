@@ -90,7 +90,9 @@ def run_shared_backup(kube: Kube, obj: Obj, backend: SharedBackend, node_name: s
             rep.event("Normal", "Started", f"backing up shared volume {loc.handle} to "
                       f"{target.describe()}")
         keep = int((meta.get("annotations") or {}).get("statehold.io/keep-last", "0") or 0)
-        m = back_up(backend, loc.handle, target, keep_last=keep)
+        m = back_up(backend, loc.handle, target, keep_last=keep,
+                    labels={"namespace": ns, "pvc": spec["persistentVolumeClaimName"],
+                            "volumebackup": meta["name"]})
     except StateholdError as exc:
         return _failure(rep, exc, "Backup")
     rep.update({"phase": "Completed", "backupId": m.backup_id, "parentBackupId": m.parent,
@@ -104,7 +106,8 @@ def run_shared_backup(kube: Kube, obj: Obj, backend: SharedBackend, node_name: s
     return Result()
 
 
-def back_up(backend: SharedBackend, handle: str, target: TargetConfig, *, keep_last: int = 0) -> Any:
+def back_up(backend: SharedBackend, handle: str, target: TargetConfig, *, keep_last: int = 0,
+            labels: dict[str, str] | None = None) -> Any:
     """One backup of the volume at a time on this node (the same lock as local volumes),
     then prune the volume's backups to keep_last if set."""
     from statehold.backup.collecting import prune
@@ -112,7 +115,7 @@ def back_up(backend: SharedBackend, handle: str, target: TargetConfig, *, keep_l
 
     with backup_runner.volume_lock(handle):
         repo = backup_runner.open_repository(target)
-        m = backend.backup(handle, repo)
+        m = backend.backup(handle, repo, labels=labels)
         if keep_last > 0:
             prune(repo, Policy(keep_last=keep_last), volume=handle)
         return m

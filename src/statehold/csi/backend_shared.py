@@ -254,10 +254,13 @@ class SharedBackend:
         return sorted(out, key=lambda s: s.snapshot_id)
 
     # ---- backups (not CSI: for the operator and the CLI) -----------------------------------
-    def backup(self, volume_id: str, repo: Repository, *, snapshot: bool = True) -> Manifest:
-        """A file-tree backup of the volume, listed under its volume id."""
+    def backup(self, volume_id: str, repo: Repository, *, snapshot: bool = True,
+               labels: Mapping[str, str] | None = None) -> Manifest:
+        """A file-tree backup of the volume, listed under its volume id; ``labels`` (the
+        PVC, namespace and VolumeBackup, as block backups record them) go into its manifest."""
         key, name = split_id(volume_id)
-        return backup_volume(repo, self._root(key), name, volume_key=volume_id, snapshot=snapshot)
+        return backup_volume(repo, self._root(key), name, volume_key=volume_id, snapshot=snapshot,
+                             labels=labels)
 
     def restore(self, backup_id: str, repo: Repository, name: str, parameters: Mapping[str, str],
                 size: int | None = None) -> VolumeInfo:

@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 
+from statehold.controller import backup_runner
 from statehold.controller.backups import NODE_LABEL, assign_backup, run_backup
 from statehold.controller.conditions import find
 from statehold.controller.restores import assign_restore, run_restore
 from statehold.controller.shared_backups import register_class_roots
+from statehold.controller.targets import resolve_target
 from statehold.csi.backend import BackendConfig, VolumeRequest
 from statehold.csi.backend_shared import SharedBackend, split_id
 from statehold.engine.node import Node
@@ -114,6 +116,11 @@ def test_shared_pvc_is_backed_up_as_a_tree_and_restored_with_its_files(
     assert vb["status"]["phase"] == "Completed" and ready(vb)["status"] == "True"
     assert vb["status"]["bytesTotal"] >= sum(len(d) for d in FILES.values())
     assert [e["reason"] for e in memory_kube.events_for(vb)] == ["Scheduled", "Started", "Completed"]
+    # the backup says which claim it holds, as a block volume's backup does
+    saved = backup_runner.open_repository(resolve_target(memory_kube, NS, "t")).load_manifest(
+        vb["status"]["backupId"])
+    assert {k: saved.labels[k] for k in ("namespace", "pvc", "volumebackup")} == {
+        "namespace": NS, "pvc": "uploads", "volumebackup": "b1"}
     # the agent now knows the root (it was created on another node)
     assert split_id(world["handle"])[0] in backend.registry.known()
     # nothing left behind in the root but the volume itself (the backup's snapshot is gone)
