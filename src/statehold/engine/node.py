@@ -1,4 +1,4 @@
-"""The pools of one host, registered in ``<home>/node.json``.
+"""The pools of one host, registered in ``<home>/node.json`` (see ``hostregistry``).
 
 The registry only says where each pool's disks are (device paths or image files); all
 other state lives inside the pool. Opening a Node re-attaches image files, mounts pools at
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import shutil
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from statehold.engine import fs, lifecycle, loop, mounts, pooldir, pooldisk
+from statehold.engine.hostregistry import DIRECTORY, DISKS, HostRegistry, identity, spec_to_dict
 from statehold.engine.metadata import Metadata, PoolRecord
 from statehold.engine.names import check_size, validate_name
 from statehold.engine.pool import LOCK_TIMEOUT, META_DIR, SNAPSHOTS_DIR, VOLUMES_DIR, Pool
@@ -32,7 +32,6 @@ from statehold.engine.types import FsType, PoolSpec, RaidProfile
 from statehold.errors import (
     Aborted,
     AlreadyExists,
-    Corrupt,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -42,34 +41,14 @@ from statehold.errors import (
 
 log = logging.getLogger("statehold.engine.node")
 
-REGISTRY = "node.json"
-REGISTRY_VERSION = 1
 META_DB = "meta.db"
-DISKS = "disks"
-DIRECTORY = "directory"
-
-
-def spec_to_dict(spec: PoolSpec) -> dict[str, Any]:
-    return {
-        "name": spec.name,
-        "devices": list(spec.devices),
-        "images": list(spec.images),
-        "image_size": spec.image_size,
-        "profile": str(spec.profile),
-        "overprovision_ratio": float(spec.overprovision_ratio),
-    } | ({"directory": os.path.abspath(spec.directory)} if spec.directory else {})
-
-
-def _identity(spec: dict[str, Any]) -> dict[str, Any]:
-    """What makes two pool specs the same pool (the overprovision ratio may change)."""
-    return {k: v for k, v in spec.items() if k != "overprovision_ratio"}
-
 
 class Node:
     """The pools of one host. Not a daemon: several short-lived Nodes may open one home."""
 
     def __init__(self, home: Path, *, fault_hook: FaultHook | None = None) -> None:
         self.home = Path(os.path.abspath(home))
+        self.registry = HostRegistry(self.home)
         self.fault_hook = fault_hook
         self._lock = threading.RLock()
         self._pools: dict[str, Pool] = {}
@@ -82,7 +61,7 @@ class Node:
         self.home.mkdir(parents=True, exist_ok=True)
         with self._exclusive():
             self._recover_registry()
-            for name, entry in self._registry()["pools"].items():
+            for name, entry in self.registry.load()["pools"].items():
                 try:
                     pool = self._open(name, entry["sources"], entry.get("kind", DISKS))
                 except StateholdError as exc:
@@ -135,41 +114,6 @@ class Node:
     def disks_dir(self) -> Path:
         return self.home / "disks"
 
-    def _registry(self) -> dict[str, Any]:
-        path = self.home / REGISTRY
-        if not path.exists():
-            return {"version": REGISTRY_VERSION, "pools": {}}
-        try:
-            data: dict[str, Any] = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise Corrupt(f"{path} is unreadable: {exc}") from exc
-        if not isinstance(data, dict) or not isinstance(data.get("pools", {}), dict):
-            raise Corrupt(f"{path} is not a Statehold node registry")
-        if int(data.get("version", 0)) > REGISTRY_VERSION:
-            raise FailedPrecondition(f"{path} has version {data.get('version')}, too new")
-        data.setdefault("pools", {})
-        return data
-
-    def _save_registry(self, data: dict[str, Any]) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.home, prefix=".node.json.")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.home / REGISTRY)
-
-    def _register(self, name: str, sources: Sequence[str], spec: dict[str, Any],
-                  kind: str = DISKS) -> None:
-        data = self._registry()
-        data["pools"][name] = {"sources": list(sources), "spec": spec, "kind": kind,
-                               "registered_at": time.time()}
-        self._save_registry(data)
-
-    def _unregister(self, name: str) -> None:
-        data = self._registry()
-        data["pools"].pop(name, None)
-        self._save_registry(data)
-
     # -- opening ---------------------------------------------------------------------------
     def _open(self, name: str, sources: Sequence[str], kind: str = DISKS) -> Pool:
         if kind == DIRECTORY:
@@ -196,12 +140,12 @@ class Node:
         with self._lock:
             if self._closed:
                 return
-            registered = self._registry()["pools"]
+            registered = self.registry.load()["pools"]
             known = set(self._pools) | set(self.errors)
             if known == set(registered):
                 return
             with self._exclusive():
-                registered = self._registry()["pools"]
+                registered = self.registry.load()["pools"]
                 for name in [n for n in self._pools if n not in registered]:
                     self._pools.pop(name).close()
                 for name in [n for n in self.errors if n not in registered]:
@@ -257,9 +201,9 @@ class Node:
             except ValueError as exc:
                 raise InvalidArgument(f"unknown RAID profile {spec.profile!r}") from exc
             wanted = spec_to_dict(spec)
-            registered = self._registry()["pools"].get(spec.name)
+            registered = self.registry.load()["pools"].get(spec.name)
             if registered is not None:
-                if _identity(registered.get("spec", {})) != _identity(wanted):
+                if identity(registered.get("spec", {})) != identity(wanted):
                     raise AlreadyExists(f"pool {spec.name!r} exists with another spec")
                 pool = self.pool(spec.name)
                 # the ratio is a tunable, not part of the pool's identity
@@ -297,9 +241,9 @@ class Node:
         # on is rolled back by the next Node, so no loop device or mount is leaked
         intent = {"sources": sources, "images": images,
                   "new_images": [i for i in sources if images and not os.path.exists(i)]}
-        data = self._registry()
+        data = self.registry.load()
         data.setdefault("creating", {})[spec.name] = intent
-        self._save_registry(data)
+        self.registry.save(data)
         fault = self.fault_hook or (lambda step: None)
         db: Metadata | None = None
         pool: Pool | None = None
@@ -322,14 +266,14 @@ class Node:
             pool = Pool(spec.name, mountpoint, db, fault_hook=self.fault_hook,
                         devices=devices, sources=sources)
             fault("create_pool.database")
-            data = self._registry()
+            data = self.registry.load()
             data["pools"][spec.name] = {"sources": list(sources), "spec": wanted, "kind": DISKS,
                                         "registered_at": time.time()}
             data["creating"].pop(spec.name, None)
-            self._save_registry(data)
+            self.registry.save(data)
             fault("create_pool.commit")
         except BaseException:
-            if spec.name in self._registry()["pools"] and pool is not None:
+            if spec.name in self.registry.load()["pools"] and pool is not None:
                 self._pools[spec.name] = pool  # committed: only the step after failed
                 raise
             if pool is not None:
@@ -356,19 +300,19 @@ class Node:
             Path(image).unlink(missing_ok=True)
         if mountpoint.is_dir() and not os.path.ismount(mountpoint):
             shutil.rmtree(mountpoint, ignore_errors=True)
-        data = self._registry()
+        data = self.registry.load()
         data.get("creating", {}).pop(name, None)
-        self._save_registry(data)
+        self.registry.save(data)
         log.warning("pool creation rolled back pool=%s", name)
 
     def _recover_registry(self) -> None:
         """Roll back pool creations and imports a crash interrupted (before opening pools)."""
-        for name, intent in list(self._registry().get("creating", {}).items()):
+        for name, intent in list(self.registry.load().get("creating", {}).items()):
             self._roll_back_create(name, intent)
             self.recovered.setdefault(name, []).append(f"rolled back creation of pool {name}")
         if not self.pools_dir.is_dir():
             return
-        registered = {s for e in self._registry()["pools"].values() for s in e["sources"]}
+        registered = {s for e in self.registry.load()["pools"].values() for s in e["sources"]}
         for probe in sorted(self.pools_dir.glob(".import-*")):
             current = mounts.mount_at(probe)
             if current is not None:
@@ -392,7 +336,7 @@ class Node:
                                     float(spec.overprovision_ratio), wanted, time.time()))
             pool = Pool(spec.name, directory, db, fault_hook=self.fault_hook,
                         sources=[str(directory)], directory=True)
-            self._register(spec.name, [str(directory)], wanted, DIRECTORY)
+            self.registry.register(spec.name, [str(directory)], wanted, DIRECTORY)
         except BaseException:
             for sub in made:
                 shutil.rmtree(sub, ignore_errors=True)
@@ -411,7 +355,7 @@ class Node:
         try:
             stored = db.pool()
             final = name or stored.name
-            if final in self._registry()["pools"] or final in self._pools:
+            if final in self.registry.load()["pools"] or final in self._pools:
                 raise AlreadyExists(f"a pool named {final!r} is already registered here")
             if final != stored.name:
                 db.rename_pool(final)
@@ -419,7 +363,7 @@ class Node:
             db.close()
         spec = dict(stored.spec) | {"name": final}
         pool = self._open(final, [str(directory)], DIRECTORY)
-        self._register(final, [str(directory)], spec, DIRECTORY)
+        self.registry.register(final, [str(directory)], spec, DIRECTORY)
         self._pools[final] = pool
         self.recovered[final] = pool.reconcile()
         return pool
@@ -449,7 +393,7 @@ class Node:
                     raise InvalidArgument(f"{', '.join(srcs)} hold no Statehold pool") from exc
                 stored = db.pool()
                 final = name or stored.name
-                if final in self._registry()["pools"] or final in self._pools:
+                if final in self.registry.load()["pools"] or final in self._pools:
                     db.close()
                     raise AlreadyExists(f"a pool named {final!r} is already registered here")
                 if final != stored.name:
@@ -464,7 +408,7 @@ class Node:
             spec = dict(stored.spec)
             spec["name"] = final
             pool = self._open(final, srcs)
-            self._register(final, srcs, spec)
+            self.registry.register(final, srcs, spec)
             self._pools[final] = pool
             self.recovered[final] = pool.reconcile()
             return pool
@@ -497,7 +441,7 @@ class Node:
         with self._exclusive():
             if name in self.errors and name not in self._pools:
                 # its disks are gone: forgetting it is all that can be done
-                self._unregister(name)
+                self.registry.unregister(name)
                 del self.errors[name]
                 return
             pool = self.pool(name)
@@ -516,7 +460,7 @@ class Node:
                         f"pool {name!r} is busy (another process has it open?): {exc}") from exc
                 if pool.mountpoint.is_dir() and not os.path.ismount(pool.mountpoint):
                     pool.mountpoint.rmdir()
-            self._unregister(name)
+            self.registry.unregister(name)
             del self._pools[name]
 
     def destroy_pool(self, name: str) -> None:
