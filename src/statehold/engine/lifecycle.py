@@ -207,17 +207,23 @@ def delete_volume(pool: Pool, name: str) -> None:
         targets = _mounted_targets(path)
         where = f"mounted at {', '.join(targets)}" if targets else f"attached as {devices[0]}"
         raise FailedPrecondition(f"volume {name!r} is {where}; unmount and detach it first")
-    intent = pool.db.begin_intent("delete_volume", name, {})
-    with acting(pool, intent):
-        pool.fault("delete_volume.intent")
-        path.unlink(missing_ok=True)
-        fsync_dir(pool.volumes_dir)
-        pool.fault("delete_volume.unlinked")
-        with pool.db.transaction() as db:
-            db.execute("DELETE FROM volumes WHERE name=?", (name,))
-            Metadata.end_intent(db, intent)
-    pool.fault("delete_volume.commit")
+    remove_recorded(pool, "delete_volume", "volumes", name, path)
     log.info("volume deleted volume=%s/%s", pool.name, name)
+
+
+def remove_recorded(pool: Pool, op: str, table: str, name: str, path: Path) -> None:
+    """Unlink a backing file and drop its row under one intent (volumes and snapshots
+    alike): a crash after the unlink leaves the intent, and recovery drops the row."""
+    intent = pool.db.begin_intent(op, name, {})
+    with acting(pool, intent):
+        pool.fault(f"{op}.intent")
+        path.unlink(missing_ok=True)
+        fsync_dir(path.parent)
+        pool.fault(f"{op}.unlinked")
+        with pool.db.transaction() as db:
+            db.execute(f"DELETE FROM {table} WHERE name=?", (name,))  # table: a constant of ours
+            Metadata.end_intent(db, intent)
+    pool.fault(f"{op}.commit")
 
 
 def expand(pool: Pool, name: str, new_size: int) -> tuple[VolumeRecord, GrowResult]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from statehold.engine import freeze as freezing
 from statehold.engine import loop, mounts
 from statehold.engine.ficlone import fsync_dir, reflink
-from statehold.engine.lifecycle import acting
+from statehold.engine.lifecycle import acting, remove_recorded
 from statehold.engine.metadata import Metadata, SnapshotRecord
 from statehold.engine.names import validate_name
 from statehold.errors import AlreadyExists, FailedPrecondition, NotFound
@@ -87,14 +87,5 @@ def delete(pool: Pool, name: str) -> None:
     devices = loop.find(path)
     if devices:
         raise FailedPrecondition(f"snapshot {name!r} is attached as {devices[0]}; detach it first")
-    intent = pool.db.begin_intent("delete_snapshot", name, {})
-    with acting(pool, intent):
-        pool.fault("delete_snapshot.intent")
-        path.unlink(missing_ok=True)
-        fsync_dir(pool.snapshots_dir)
-        pool.fault("delete_snapshot.unlinked")
-        with pool.db.transaction() as db:
-            db.execute("DELETE FROM snapshots WHERE name=?", (name,))
-            Metadata.end_intent(db, intent)
-    pool.fault("delete_snapshot.commit")
+    remove_recorded(pool, "delete_snapshot", "snapshots", name, path)
     log.info("snapshot deleted snapshot=%s/%s", pool.name, name)
