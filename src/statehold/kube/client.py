@@ -26,9 +26,9 @@ from statehold.errors import (
     Unavailable,
 )
 from statehold.kube import selectors
-from statehold.kube.events import build_event
+from statehold.kube.events import build_event, create_or_count
 from statehold.kube.facade import Obj, ObjList, Selector, WatchEvent
-from statehold.kube.kinds import EVENT, Kind, kind_of
+from statehold.kube.kinds import Kind, kind_of
 
 MERGE_PATCH = "application/merge-patch+json"
 
@@ -193,14 +193,7 @@ class ApiKube:
                      message: str, component: str = "statehold") -> Obj:
         ev = build_event(involved, type=type, reason=reason, message=message,
                          component=component, now=datetime.now(UTC))
-        meta = ev["metadata"]
-        try:
-            return self.create(ev)
-        except AlreadyExists:
-            old = self.get(EVENT, meta["name"], meta["namespace"])
-            return self.patch(EVENT, meta["name"], {
-                "count": int(old.get("count", 1)) + 1,
-                "lastTimestamp": ev["lastTimestamp"]}, meta["namespace"])
+        return create_or_count(self, ev)
 
     def close(self) -> None:
         with contextlib.suppress(StateholdError, OSError):

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from statehold.kube.kinds import kind_of
+from statehold.errors import AlreadyExists
+from statehold.kube.kinds import EVENT, kind_of
+
+if TYPE_CHECKING:
+    from statehold.kube.facade import Kube
 
 
 def rfc3339(t: datetime) -> str:
@@ -59,3 +63,16 @@ def build_event(involved: dict[str, Any], *, type: str, reason: str, message: st
         "lastTimestamp": ts,
         "count": 1,
     }
+
+
+def create_or_count(kube: Kube, ev: dict[str, Any]) -> dict[str, Any]:
+    """Store a built Event; the same Event again (same name: same object, reason and
+    message) bumps its count and lastTimestamp, as kubectl's event aggregation expects."""
+    meta = ev["metadata"]
+    try:
+        return kube.create(ev)
+    except AlreadyExists:
+        old = kube.get(EVENT, meta["name"], meta["namespace"])
+        return kube.patch(EVENT, meta["name"], {
+            "count": int(old.get("count", 1)) + 1,
+            "lastTimestamp": ev["lastTimestamp"]}, meta["namespace"])

@@ -22,7 +22,7 @@ from typing import Literal
 
 from statehold.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
 from statehold.kube import selectors
-from statehold.kube.events import build_event, rfc3339
+from statehold.kube.events import build_event, create_or_count, rfc3339
 from statehold.kube.facade import EventType, Obj, ObjList, Selector, WatchEvent
 from statehold.kube.kinds import EVENT, SECRET, Kind, kind_of
 from statehold.kube.merge import merge_patch
@@ -253,15 +253,8 @@ class MemoryKube:
                      message: str, component: str = "statehold") -> Obj:
         ev = build_event(involved, type=type, reason=reason, message=message,
                          component=component, now=self._now())
-        meta = ev["metadata"]
-        with self._cond:
-            try:
-                return self.create(ev)
-            except AlreadyExists:
-                old = self.get(EVENT, meta["name"], meta["namespace"])
-                return self.patch(EVENT, meta["name"], {
-                    "count": int(old.get("count", 1)) + 1,
-                    "lastTimestamp": ev["lastTimestamp"]}, meta["namespace"])
+        with self._cond:  # create-or-count is one step for concurrent recorders
+            return create_or_count(self, ev)
 
     def current_resource_version(self) -> str:
         """The resourceVersion of the last write (what a list reports, to watch from)."""
