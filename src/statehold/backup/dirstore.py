@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from statehold.backup.store import ObjectInfo, check_key
+from statehold.engine.files import fsync_dir
 from statehold.errors import NotFound, OutOfCapacity, PermissionDenied, StateholdError, Unavailable
 
 _TMP_MARK = "~"
@@ -44,14 +45,6 @@ def _translate(exc: OSError, what: str) -> StateholdError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return OutOfCapacity(f"{what}: {exc.strerror}")
     return Unavailable(f"{what}: {exc.strerror or exc}")
-
-
-def _fsync_dir(path: Path) -> None:
-    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 class DirectoryStore:
@@ -101,7 +94,7 @@ class DirectoryStore:
         tmp, path = self._write_tmp(key, data, sync=True)
         try:
             os.rename(tmp, path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise _translate(exc, f"put {key} into {self.describe()}") from exc

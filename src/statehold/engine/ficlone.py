@@ -40,12 +40,3 @@ def reflink(src: Path, dst: Path, *, mode: int = 0o600) -> None:
             os.close(dst_fd)
     finally:
         os.close(src_fd)
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so that a create, rename or unlink inside it is durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -1,4 +1,4 @@
-"""Opening the engine's backing files for the ioctls and seeks that read their layout."""
+"""Small file-system steps the engine and the directory backup store share."""
 
 from __future__ import annotations
 
@@ -17,3 +17,12 @@ def open_readonly(path: Path) -> int:
         raise NotFound(f"{path}: no such file") from exc
     except OSError as exc:
         raise FailedPrecondition(f"{path}: cannot open: {exc.strerror}") from exc
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so that a create, rename or unlink inside it is durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

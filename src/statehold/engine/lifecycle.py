@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from statehold.engine import freeze, fs, loop, mounts
-from statehold.engine.ficlone import fsync_dir, reflink
+from statehold.engine.ficlone import reflink
+from statehold.engine.files import fsync_dir
 from statehold.engine.metadata import Metadata, VolumeRecord
 from statehold.engine.names import check_size, validate_name
 from statehold.engine.types import FsType, GrowResult, Source, SourceKind, VolumeMode

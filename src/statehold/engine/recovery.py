@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from statehold.engine import freeze, fs, lifecycle, loop, mounts
-from statehold.engine.ficlone import fsync_dir
+from statehold.engine.files import fsync_dir
 from statehold.engine.metadata import Intent, Metadata
 from statehold.errors import FailedPrecondition, StateholdError
 

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 from statehold.engine import freeze as freezing
 from statehold.engine import loop, mounts
-from statehold.engine.ficlone import fsync_dir, reflink
+from statehold.engine.ficlone import reflink
+from statehold.engine.files import fsync_dir
 from statehold.engine.lifecycle import acting, remove_recorded
 from statehold.engine.metadata import Metadata, SnapshotRecord
 from statehold.engine.names import validate_name
