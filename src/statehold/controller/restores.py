@@ -10,11 +10,11 @@ Each step is recorded in status, so a retry resumes after the last one done.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from statehold.controller import backup_runner
 from statehold.controller.backups import NODE_LABEL
+from statehold.controller.claims import RESTORE_ANNOTATION, create_bound_pair
 from statehold.controller.locate import DRIVER, TOPOLOGY_KEY
 from statehold.controller.problems import Problem, Result
 from statehold.controller.report import Clock, Reporter, report_problem, report_restored
@@ -26,7 +26,6 @@ from statehold.engine.names import parse_size
 from statehold.engine.node import Node
 from statehold.engine.types import FsType
 from statehold.errors import (
-    AlreadyExists,
     Corrupt,
     InvalidArgument,
     NotFound,
@@ -38,7 +37,6 @@ from statehold.kube.events import rfc3339
 from statehold.kube.facade import Kube, Obj
 from statehold.kube.kinds import PVC, STORAGE_CLASS, VOLUME_BACKUP, VOLUME_RESTORE
 
-RESTORE_ANNOTATION = "statehold.io/restored-by"
 FINAL = ("Completed", "Failed")
 
 
@@ -130,19 +128,6 @@ def _pv(obj: Obj, pvc_name: str, handle: str, size: int, fs: str, sc: str,
     }
 
 
-def _pvc(obj: Obj, pv_name: str, size: int, sc: str) -> dict[str, Any]:
-    meta, spec = obj["metadata"], obj["spec"]
-    return {
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-        "metadata": {"name": spec["persistentVolumeClaimName"], "namespace": meta["namespace"],
-                     "annotations": {RESTORE_ANNOTATION: meta["uid"]},
-                     "labels": {"statehold.io/restore": meta["name"]}},
-        "spec": {"accessModes": list(spec.get("accessModes") or ["ReadWriteOnce"]),
-                 "storageClassName": sc, "volumeName": pv_name, "volumeMode": "Filesystem",
-                 "resources": {"requests": {"storage": str(size)}}},
-    }
-
-
 def run_restore(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock,
                 shared: SharedBackend | None = None) -> Result:
     rep = Reporter(kube, obj, now, component=f"statehold-agent/{node_name}")
@@ -190,9 +175,7 @@ def run_restore(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock,
         pool = node.pool(handle.partition("/")[0])
         size = pool.get_volume(volume).size
         pv = _pv(obj, spec["persistentVolumeClaimName"], handle, size, fs, sc_name, node_name)
-        for made in (pv, _pvc(obj, pv["metadata"]["name"], size, sc_name)):
-            with contextlib.suppress(AlreadyExists):
-                kube.create(made)
+        create_bound_pair(kube, obj, pv, sc_name, list(spec.get("accessModes") or ["ReadWriteOnce"]))
     except Problem as p:
         return report_problem(rep, p)
     except (InvalidArgument, PermissionDenied, Corrupt, NotFound) as exc:

@@ -17,6 +17,7 @@ import contextlib
 from typing import Any
 
 from statehold.controller import backup_runner
+from statehold.controller.claims import RESTORE_ANNOTATION, create_bound_pair
 from statehold.controller.locate import DRIVER, check_pvc_bound
 from statehold.controller.problems import Problem, Result
 from statehold.controller.report import Clock, Reporter, report_problem, report_restored
@@ -25,7 +26,6 @@ from statehold.controller.targets import TargetConfig, resolve_target
 from statehold.csi.backend_shared import SharedBackend
 from statehold.engine.names import parse_size
 from statehold.errors import (
-    AlreadyExists,
     Corrupt,
     FailedPrecondition,
     InvalidArgument,
@@ -41,7 +41,6 @@ from statehold.kube.kinds import PV, PVC, STORAGE_CLASS
 from statehold.shared.registry import RootSpec
 
 PERMANENT = (InvalidArgument, PermissionDenied, Corrupt, NotFound, OutOfRange)
-RESTORE_ANNOTATION = "statehold.io/restored-by"
 
 
 def _failure(rep: Reporter, exc: StateholdError, verb: str) -> Result:
@@ -141,19 +140,6 @@ def _pv(obj: Obj, info: Any, sc: str, modes: list[str]) -> dict[str, Any]:
     }
 
 
-def _pvc(obj: Obj, pv: dict[str, Any], sc: str, modes: list[str]) -> dict[str, Any]:
-    meta, spec = obj["metadata"], obj["spec"]
-    return {
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-        "metadata": {"name": spec["persistentVolumeClaimName"], "namespace": meta["namespace"],
-                     "annotations": {RESTORE_ANNOTATION: meta["uid"]},
-                     "labels": {"statehold.io/restore": meta["name"]}},
-        "spec": {"accessModes": modes, "storageClassName": sc, "volumeName": pv["metadata"]["name"],
-                 "volumeMode": "Filesystem",
-                 "resources": {"requests": {"storage": pv["spec"]["capacity"]["storage"]}}},
-    }
-
-
 def run_shared_restore(kube: Kube, obj: Obj, vb: dict[str, Any], backend: SharedBackend,
                        node_name: str, now: Clock) -> Result:
     """Node side of a VolumeRestore of a shared volume's backup: a new shared volume on the
@@ -181,9 +167,7 @@ def run_shared_restore(kube: Kube, obj: Obj, vb: dict[str, Any], backend: Shared
             rep.event("Normal", "Restored", f"backup {backup_id} restored into shared volume "
                       f"{info.volume_id}")
         pv = _pv(obj, info, sc_name, modes)
-        for made in (pv, _pvc(obj, pv, sc_name, modes)):
-            with contextlib.suppress(AlreadyExists):
-                kube.create(made)
+        create_bound_pair(kube, obj, pv, sc_name, modes)
     except StateholdError as exc:
         return _failure(rep, exc, "Restore")
     return report_restored(rep, spec, pv["metadata"]["name"], info.volume_id)
