@@ -33,12 +33,12 @@ import fcntl
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from statehold.engine import loop
+from benchhome import cleanup
+
 from statehold.engine.ficlone import FICLONE
 from statehold.engine.fiemap import file_extents
 from statehold.engine.freeze import syncfs
@@ -176,26 +176,6 @@ def main() -> None:
         cleanup(node, pool, home, list(sizes))
     print(f"ratio={ratio:.3f}")
 
-
-def cleanup(node: Node, pool: Pool | None, home: Path, volumes: list[str]) -> None:
-    """Detach and delete our volumes, destroy the pool, and check nothing stays attached."""
-    try:
-        if pool is not None:
-            for name in volumes:
-                try:
-                    for target in pool.get_volume(name).mounts:
-                        pool.unmount(name, Path(target))
-                    pool.detach(name)
-                    pool.delete_volume(name)
-                except Exception as exc:  # keep cleaning: report, then fall through
-                    print(f"warning: {name}: {exc}", file=sys.stderr)
-            node.destroy_pool(pool.name)
-    finally:
-        node.close()
-        for dev in loop.under(home):  # only devices backed by files under our own home
-            print(f"warning: detaching leftover {dev}", file=sys.stderr)
-            loop.detach(dev)
-        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from statehold.engine import loop
+from benchhome import cleanup
+
 from statehold.engine.node import Node
 from statehold.engine.types import GiB, PoolSpec, VolumeMode
 from statehold.runner import run
@@ -141,25 +140,9 @@ def main() -> None:
                   f"{ratios[job.name]:>8.3f}   pairs: "
                   + " ".join(f"{r:.2f}" for r in pair_ratios), flush=True)
     finally:
-        cleanup(node, pool, home)
+        cleanup(node, pool, home, ["io"])
     print(f"ratio={min(ratios.values()):.3f}")
 
-
-def cleanup(node: Node, pool: object, home: Path) -> None:
-    """Detach, delete, release the pool, and check nothing under our home stays attached."""
-    from statehold.engine.pool import Pool
-
-    try:
-        if isinstance(pool, Pool):
-            pool.detach("io")
-            pool.delete_volume("io")
-            node.destroy_pool(pool.name)
-    finally:
-        node.close()
-        for dev in loop.under(home):  # only devices backed by files under our own home
-            print(f"warning: detaching leftover {dev}", file=sys.stderr)
-            loop.detach(dev)
-        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":
