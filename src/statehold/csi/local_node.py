@@ -19,6 +19,7 @@ from typing import ParamSpec, TypeVar
 
 from statehold.csi import mounts
 from statehold.csi.backend import AccessMode, PublishRequest, StageRequest, VolumeStats
+from statehold.engine.mounts import Mount
 from statehold.engine.pool import Pool
 from statehold.engine.types import Volume, VolumeMode
 from statehold.errors import AlreadyExists, CommandError, FailedPrecondition, InvalidArgument, NotFound
@@ -111,7 +112,7 @@ def unstage(pool: Pool, vol: Volume, staging: Path) -> None:
         pool.detach(vol.name)
 
 
-def _device_binds(device: str) -> list[mounts.MountEntry]:
+def _device_binds(device: str) -> list[Mount]:
     """Mounts of a device node itself (block publications): devtmpfs binds of /loopN."""
     leaf = "/" + os.path.basename(device)
     return [e for e in mounts.table() if e.fstype == "devtmpfs" and e.root == leaf]
@@ -140,7 +141,7 @@ def publish(pool: Pool, vol: Volume, req: PublishRequest) -> None:
                 f"volume {vol.id} is published at {req.target_path} with readonly={current.readonly}"
             )
         return
-    others = [e for e in table if e.device == staged.device and e.target != req.staging_path]
+    others = [e for e in table if e.device == staged.device and e.target != str(req.staging_path)]
     if cap.mode not in MANY_TARGET_MODES and others:
         raise FailedPrecondition(
             f"{cap.mode.value} volume {vol.id} is already published at {others[0].target}"
@@ -149,7 +150,7 @@ def publish(pool: Pool, vol: Volume, req: PublishRequest) -> None:
     mounts.bind(req.staging_path, req.target_path, readonly=readonly)
 
 
-def _publish_block(vol: Volume, req: PublishRequest, readonly: bool, table: list[mounts.MountEntry]) -> None:
+def _publish_block(vol: Volume, req: PublishRequest, readonly: bool, table: list[Mount]) -> None:
     if vol.device is None:
         raise FailedPrecondition(f"block volume {vol.id} is not staged (no device attached)")
     current = mounts.at(req.target_path, table)
@@ -193,7 +194,7 @@ def unpublish(vol: Volume, target: Path) -> None:
         mounts.set_device_readonly(vol.device, False)  # the last reader is gone
 
 
-def _is_ours(vol: Volume, entry: mounts.MountEntry) -> bool:
+def _is_ours(vol: Volume, entry: Mount) -> bool:
     if vol.device is None:
         return False
     if vol.mode is VolumeMode.BLOCK:

@@ -1,84 +1,27 @@
 """What is mounted where (``/proc/self/mountinfo``), and bind mounts for NodePublishVolume.
 
 The node service decides idempotency from the kernel's own table, not from memory: after a
-crash or restart the table is the truth. Parsing is a pure function tested on captured
-text; the few mount/umount calls go through the one runner.
+crash or restart the table is the truth. The table is parsed by ``statehold.engine.mounts``;
+the few mount/umount calls go through the one runner.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
+from statehold.engine.mounts import Mount, mounts
 from statehold.runner import run
 
-MOUNTINFO = Path("/proc/self/mountinfo")
+
+def table() -> list[Mount]:
+    return mounts()
 
 
-@dataclass(frozen=True, slots=True)
-class MountEntry:
-    """One line of mountinfo (see proc(5))."""
-
-    mount_id: int
-    parent_id: int
-    device: str                   # "major:minor" of the mounted filesystem
-    root: str                     # path inside that filesystem that is mounted (binds)
-    target: Path                  # mount point
-    options: frozenset[str]       # per-mount options (ro/rw, nosuid, ...)
-    fstype: str
-    source: str
-
-    @property
-    def readonly(self) -> bool:
-        return "ro" in self.options
-
-
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as \\ooo octal."""
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and i + 3 < len(field) and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def parse_mountinfo(text: str) -> list[MountEntry]:
-    """Parse mountinfo text; malformed lines are skipped (the kernel never writes them)."""
-    entries = []
-    for line in text.splitlines():
-        fields = line.split(" ")
-        try:
-            sep = fields.index("-", 6)
-            entries.append(
-                MountEntry(
-                    mount_id=int(fields[0]),
-                    parent_id=int(fields[1]),
-                    device=fields[2],
-                    root=_unescape(fields[3]),
-                    target=Path(_unescape(fields[4])),
-                    options=frozenset(fields[5].split(",")),
-                    fstype=fields[sep + 1],
-                    source=_unescape(fields[sep + 2]),
-                )
-            )
-        except (ValueError, IndexError):
-            continue
-    return entries
-
-
-def table() -> list[MountEntry]:
-    return parse_mountinfo(MOUNTINFO.read_text())
-
-
-def at(target: Path, entries: list[MountEntry] | None = None) -> MountEntry | None:
+def at(target: Path, entries: list[Mount] | None = None) -> Mount | None:
     """The top-most mount at ``target`` (the one a process sees), or None."""
     entries = table() if entries is None else entries
-    found = [e for e in entries if e.target == target]
+    found = [e for e in entries if e.target == str(target)]
     return found[-1] if found else None
 
 

@@ -16,10 +16,25 @@ _OCTAL = re.compile(r"\\([0-7]{3})")
 
 @dataclass(frozen=True, slots=True)
 class Mount:
+    """One line of mountinfo (proc(5)); the one parse every area uses."""
+
     source: str
-    target: str
+    target: str                       # mount point
     fstype: str
-    options: str
+    options: frozenset[str]           # per-mount options (rw/ro, nosuid, ...)
+    mount_id: int = 0
+    parent_id: int = 0
+    device: str = ""                  # "major:minor" of the mounted filesystem
+    root: str = "/"                   # path inside that filesystem that is mounted (binds)
+    super_options: frozenset[str] = frozenset()  # per-superblock options (prjquota, ...)
+
+    @property
+    def readonly(self) -> bool:
+        return "ro" in self.options
+
+    @property
+    def all_options(self) -> frozenset[str]:
+        return self.options | self.super_options
 
 
 def _unescape(field: str) -> str:
@@ -27,22 +42,29 @@ def _unescape(field: str) -> str:
 
 
 def parse_mountinfo(text: str) -> list[Mount]:
-    """Parse mountinfo text into mounts, in kernel order (parents before children)."""
+    """Mounts in kernel order (later entries stack on earlier ones); malformed lines, which
+    the kernel never writes, are skipped."""
     mounts: list[Mount] = []
     for line in text.splitlines():
         left, sep, right = line.partition(" - ")
-        if not sep:
+        lf, rf = left.split(), right.split()
+        if not sep or len(lf) < 6 or len(rf) < 2:
             continue
-        lf = left.split()
-        rf = right.split()
-        if len(lf) < 6 or len(rf) < 2:
+        try:
+            mount_id, parent_id = int(lf[0]), int(lf[1])
+        except ValueError:
             continue
         mounts.append(
             Mount(
                 source=_unescape(rf[1]),
                 target=_unescape(lf[4]),
                 fstype=rf[0],
-                options=lf[5],
+                options=frozenset(lf[5].split(",")),
+                mount_id=mount_id,
+                parent_id=parent_id,
+                device=lf[2],
+                root=_unescape(lf[3]),
+                super_options=frozenset(rf[2].split(",")) if len(rf) > 2 else frozenset(),
             )
         )
     return mounts
@@ -59,7 +81,7 @@ def targets_of(device: str) -> list[str]:
 
 def writable_targets(device: str) -> list[str]:
     """Read-write mounts of ``device``: a read-only mount has nothing to flush or freeze."""
-    return [m.target for m in mounts() if m.source == device and "rw" in m.options.split(",")]
+    return [m.target for m in mounts() if m.source == device and "rw" in m.options]
 
 
 def mount_at(target: Path | str) -> Mount | None:

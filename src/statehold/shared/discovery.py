@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from statehold.engine.mounts import Mount
 from statehold.errors import AlreadyExists, NotFound, StateholdError, Unavailable
 from statehold.runner import run
 from statehold.shared.copying import remove_tree
-from statehold.shared.mountinfo import MountEntry, mount_at, read_mounts
+from statehold.shared.mountinfo import mount_at, read_mounts
 
 log = logging.getLogger("statehold.shared.discovery")
 
@@ -139,7 +140,7 @@ def pv_view(obj: dict[str, Any]) -> PvView:
                   deleting=bool(meta.get("deletionTimestamp")))
 
 
-def scan(directory: Path, mounts: list[MountEntry] | None = None) -> list[Disk]:
+def scan(directory: Path, mounts: list[Mount] | None = None) -> list[Disk]:
     """Mount points (Filesystem) and block devices or links to them (Block) directly under
     ``directory``; anything else (a plain directory not yet mounted) is not a disk."""
     mounts = read_mounts() if mounts is None else mounts

@@ -19,9 +19,10 @@ import os
 from pathlib import Path
 from typing import Protocol
 
+from statehold.engine.mounts import Mount
 from statehold.errors import Unavailable
 from statehold.shared.copying import remove_tree
-from statehold.shared.mountinfo import MountEntry, mount_of, read_mounts
+from statehold.shared.mountinfo import mount_of, read_mounts
 from statehold.shared.types import CopyMethod, QuotaKind
 from statehold.shared.usage import TreeUsage, tree_usage
 
@@ -95,7 +96,7 @@ class Accounting:
         return None
 
 
-def detect(root: Path, mounts: list[MountEntry] | None = None) -> Enforcer:
+def detect(root: Path, mounts: list[Mount] | None = None) -> Enforcer:
     """The strongest enforcement the filesystem holding ``root`` offers."""
     # Imported here: both modules import Accounting from this one.
     from statehold.shared.btrfs_qgroup import BtrfsQgroup, qgroups_enabled
@@ -105,7 +106,7 @@ def detect(root: Path, mounts: list[MountEntry] | None = None) -> Enforcer:
     if entry is None:
         return Accounting()
     if entry.fstype == "xfs" and entry.all_options & XFS_QUOTA_OPTIONS:
-        return XfsProject(Path(entry.mountpoint))
+        return XfsProject(Path(entry.target))
     if entry.fstype == "btrfs" and qgroups_enabled(root):
         return BtrfsQgroup()
     return Accounting()

@@ -158,7 +158,7 @@ def test_native_mount_is_counted_and_removed_with_the_last_user(
     assert mounter.acquire(spec, "vol-1") == target
     assert mounter.acquire(spec, "vol-2") == target
     assert mounter.acquire(spec, "vol-2") == target
-    assert len([e for e in read_mounts() if e.mountpoint == str(target)]) == 1
+    assert len([e for e in read_mounts() if e.target == str(target)]) == 1
     assert mounter.release(spec, "vol-1") is False
     assert mount_at(read_mounts(), target) is not None
     assert mounter.release(spec, "vol-2") is True

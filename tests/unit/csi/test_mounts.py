@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from statehold.csi.mounts import at, parse_mountinfo
+from statehold.csi.mounts import at
 from statehold.csi.server import socket_path
+from statehold.engine.mounts import parse_mountinfo
 from statehold.errors import InvalidArgument
 
 SAMPLE = """\
@@ -24,7 +25,7 @@ def test_parse_mountinfo_fields_and_escapes() -> None:
     entries = parse_mountinfo(SAMPLE)
     assert len(entries) == 5
     staged = entries[1]
-    assert staged.target == Path("/var/lib/kubelet/staging/pv 1")
+    assert staged.target == "/var/lib/kubelet/staging/pv 1"
     assert staged.device == "7:3" and staged.source == "/dev/loop3" and staged.fstype == "xfs"
     assert entries[2].readonly and not staged.readonly
     assert entries[3].root == "/loop4" and entries[3].fstype == "devtmpfs"

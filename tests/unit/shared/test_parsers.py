@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from statehold.engine.mounts import parse_mountinfo
 from statehold.errors import InvalidArgument
 from statehold.shared.btrfs_qgroup import parse_qgroup_show
-from statehold.shared.mountinfo import mount_at, mount_of, parse_mountinfo
+from statehold.shared.mountinfo import mount_at, mount_of
 from statehold.shared.quota import Accounting, detect
 from statehold.shared.registry import HOST, NATIVE, RootSpec
 from statehold.shared.share import ShareSpec
@@ -37,8 +38,8 @@ def test_mountinfo_parses_fields_and_escapes() -> None:
 
 def test_mount_of_picks_longest_prefix_and_top_of_stack() -> None:
     entries = parse_mountinfo(MOUNTINFO)
-    assert mount_of(entries, "/mnt/xfsq/vol/a").mountpoint == "/mnt/xfsq"  # type: ignore[union-attr]
-    assert mount_of(entries, "/mnt/xfsqq").mountpoint == "/"  # type: ignore[union-attr]
+    assert mount_of(entries, "/mnt/xfsq/vol/a").target == "/mnt/xfsq"  # type: ignore[union-attr]
+    assert mount_of(entries, "/mnt/xfsqq").target == "/"  # type: ignore[union-attr]
     top = mount_at(entries, "/mnt/xfs")
     assert top is not None and top.mount_id == 45  # the later (stacked) mount wins
 
