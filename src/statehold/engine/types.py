@@ -8,11 +8,6 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NewType
-
-PoolName = NewType("PoolName", str)
-VolumeName = NewType("VolumeName", str)
-SnapshotName = NewType("SnapshotName", str)
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
