@@ -62,8 +62,9 @@ def run(role: str = typer.Option("cluster", "--role", help="node | cluster"),
     lost = threading.Event()
     with failures():
         check_role(role, node_name)
-        from statehold.kube import operator as op  # loads kopf: only for this command
+        from statehold.controller import operator as op  # loads kopf: only for this command
         from statehold.kube.client import ApiKube  # kopf logs in with the client's configuration
+        from statehold.kube.kopf_runtime import login_like
 
         kube = ApiKube.connect(kubeconfig)
         engine: Any = None
@@ -78,7 +79,7 @@ def run(role: str = typer.Option("cluster", "--role", help="node | cluster"),
             registry = op.cluster_registry(kube)
             tickers = op.cluster_tickers(kube)
         settings = op.settings_for(role, node_name)
-        op.login_like(registry, kube.configuration)
+        login_like(registry, kube.configuration)
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         stop.set()

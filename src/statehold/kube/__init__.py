@@ -5,7 +5,9 @@
 * :mod:`statehold.kube.kinds`   the kinds we use (our CRDs and the built-ins).
 * :mod:`statehold.kube.memory`  ``MemoryKube``, the in-memory stand-in used by tests.
 * :mod:`statehold.kube.client`  ``ApiKube``, the official client (kubeconfig/in-cluster).
-* :mod:`statehold.kube.operator` the kopf handler registration (imports kopf).
+* :mod:`statehold.kube.kopf_runtime` kopf behind the facade: registration, retry
+  vocabulary, login, settings, run (the only kopf import; what is registered is decided
+  in :mod:`statehold.controller.operator`).
 
 Usage::
 

@@ -13,7 +13,7 @@ from typing import Any
 from statehold.csi.backend import BackendConfig, VolumeRequest
 from statehold.csi.backend_shared import SharedBackend, split_id
 from statehold.engine.node import Node
-from statehold.kube import operator as op
+from statehold.controller import operator as op
 from statehold.kube.kinds import BACKUP_SCHEDULE, PV, PVC, VOLUME_BACKUP, VOLUME_RESTORE
 from statehold.kube.memory import MemoryKube
 from statehold.shared.registry import RootRegistry

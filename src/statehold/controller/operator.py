@@ -1,6 +1,8 @@
-"""The kopf registration: each handler re-reads its object through the facade, calls the
-pure-core reconciler in :mod:`statehold.controller`, and translates its Result into kopf's
-retry model (``TemporaryError(delay)`` with exponential backoff, ``PermanentError``).
+"""The operator's wiring: which reconciler runs for which kind in each role, and the
+periodic work beside them. kopf itself stays behind :mod:`statehold.kube.kopf_runtime`;
+each handler re-reads its object through the facade, calls the pure reconciler in this
+package, and translates its Result into kopf's retry model (retry later with exponential
+backoff, or give up).
 
 Two roles, one process each:
 
@@ -16,17 +18,14 @@ timer, so deleting a StoragePool of a dead node, or any schedule while the opera
 down, would hang.
 """
 
+
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
-
-import kopf
 
 from statehold.controller import backups, pools, restores, schedules, shared_backups, target_status
 from statehold.controller.problems import Result, backoff
@@ -35,13 +34,12 @@ from statehold.csi.backend import BackendConfig
 from statehold.csi.backend_shared import SharedBackend
 from statehold.engine.node import Node
 from statehold.errors import NotFound
+from statehold.kube import kopf_runtime
 from statehold.kube.facade import Kube, Obj
 from statehold.kube.kinds import (
     BACKUP_SCHEDULE,
     BACKUP_TARGET,
-    GROUP,
     STORAGE_POOL,
-    VERSION,
     VOLUME_BACKUP,
     VOLUME_RESTORE,
     Kind,
@@ -58,9 +56,9 @@ def utcnow() -> datetime:
 def outcome(result: Result, retry: int) -> None:
     """Result -> kopf's vocabulary (raises for retry/failed)."""
     if result.outcome == "retry":
-        raise kopf.TemporaryError(result.message, delay=max(result.retry_after, backoff(retry)))
+        kopf_runtime.retry_later(result.message, max(result.retry_after, backoff(retry)))
     if result.outcome == "failed":
-        raise kopf.PermanentError(result.message)
+        kopf_runtime.give_up(result.message)
 
 
 def _handler(kube: Kube, kind: Kind, reconcile: Reconcile) -> Callable[..., None]:
@@ -74,12 +72,6 @@ def _handler(kube: Kube, kind: Kind, reconcile: Reconcile) -> Callable[..., None
     return handle
 
 
-def _on_changes(registry: kopf.OperatorRegistry, kind: Kind, fn: Callable[..., None], *,
-                id: str, **filters: Any) -> None:
-    for deco in (kopf.on.create, kopf.on.update, kopf.on.resume):
-        deco(GROUP, VERSION, kind.plural, id=id, registry=registry, backoff=5.0, **filters)(fn)
-
-
 def shared_backend(node: Node, node_name: str) -> SharedBackend:
     """The shared backend of this node's agent: same home as the CSI plugin, so the root
     registry and the native share mounts are the plugin's."""
@@ -87,34 +79,34 @@ def shared_backend(node: Node, node_name: str) -> SharedBackend:
 
 
 def node_registry(kube: Kube, node: Node, node_name: str, now: Clock = utcnow,
-                  shared: SharedBackend | None = None) -> kopf.OperatorRegistry:
-    reg = kopf.OperatorRegistry()
-    mine = {"labels": {backups.NODE_LABEL: node_name}}
+                  shared: SharedBackend | None = None) -> kopf_runtime.Registry:
+    reg = kopf_runtime.new_registry()
+    mine = {backups.NODE_LABEL: node_name}
     shared = shared or shared_backend(node, node_name)
 
     def on_node(spec: Any, **_: Any) -> bool:
         return bool(spec.get("node") == node_name)
 
     pool = _handler(kube, STORAGE_POOL, lambda o: pools.reconcile_pool(kube, o, node, node_name, now))
-    _on_changes(reg, STORAGE_POOL, pool, id="pool", when=on_node)
-    _on_changes(reg, VOLUME_BACKUP, _handler(
+    kopf_runtime.on_changes(reg, STORAGE_POOL, pool, id="pool", when=on_node)
+    kopf_runtime.on_changes(reg, VOLUME_BACKUP, _handler(
         kube, VOLUME_BACKUP, lambda o: backups.run_backup(kube, o, node, node_name, now, shared)),
-        id="backup", **mine)
-    _on_changes(reg, VOLUME_RESTORE, _handler(
+        id="backup", labels=mine)
+    kopf_runtime.on_changes(reg, VOLUME_RESTORE, _handler(
         kube, VOLUME_RESTORE, lambda o: restores.run_restore(kube, o, node, node_name, now, shared)),
-        id="restore", **mine)
+        id="restore", labels=mine)
     return reg
 
 
-def cluster_registry(kube: Kube, now: Clock = utcnow) -> kopf.OperatorRegistry:
-    reg = kopf.OperatorRegistry()
+def cluster_registry(kube: Kube, now: Clock = utcnow) -> kopf_runtime.Registry:
+    reg = kopf_runtime.new_registry()
     target = _handler(kube, BACKUP_TARGET, lambda o: target_status.reconcile_target(kube, o, now))
-    _on_changes(reg, BACKUP_TARGET, target, id="target")
+    kopf_runtime.on_changes(reg, BACKUP_TARGET, target, id="target")
     sched = _handler(kube, BACKUP_SCHEDULE, lambda o: schedules.reconcile_schedule(kube, o, now))
-    _on_changes(reg, BACKUP_SCHEDULE, sched, id="schedule")
-    _on_changes(reg, VOLUME_BACKUP, _handler(
+    kopf_runtime.on_changes(reg, BACKUP_SCHEDULE, sched, id="schedule")
+    kopf_runtime.on_changes(reg, VOLUME_BACKUP, _handler(
         kube, VOLUME_BACKUP, lambda o: backups.assign_backup(kube, o, now)), id="assign")
-    _on_changes(reg, VOLUME_RESTORE, _handler(
+    kopf_runtime.on_changes(reg, VOLUME_RESTORE, _handler(
         kube, VOLUME_RESTORE, lambda o: restores.assign_restore(kube, o, now)), id="assign")
     return reg
 
@@ -173,63 +165,21 @@ def cluster_tickers(kube: Kube, now: Clock = utcnow, *,
         kube, BACKUP_SCHEDULE, lambda o: schedules.reconcile_schedule(kube, o, now)))]
 
 
-def login_like(registry: kopf.OperatorRegistry, configuration: Any) -> None:
-    """Make kopf connect exactly as the facade does (same kubeconfig or in-cluster account),
-    instead of kopf's default guess. Called again by kopf on 401: the client's refresh hook
-    re-reads a rotated service-account token."""
-
-    def login(**_kw: Any) -> kopf.ConnectionInfo:
-        header = (configuration.get_api_key_with_prefix("BearerToken")
-                  or configuration.get_api_key_with_prefix("authorization") or "")
-        scheme, _sep, token = header.partition(" ") if " " in header else ("", "", header)
-        return kopf.ConnectionInfo(
-            server=configuration.host, ca_path=configuration.ssl_ca_cert,
-            insecure=not configuration.verify_ssl, scheme=scheme or None, token=token or None,
-            username=configuration.username or None, password=configuration.password or None,
-            certificate_path=configuration.cert_file, private_key_path=configuration.key_file)
-
-    kopf.on.login(registry=registry, id="statehold")(login)
-
-
-def settings_for(role: str, node_name: str | None) -> kopf.OperatorSettings:
-    s = kopf.OperatorSettings()
-    s.posting.enabled = False  # we record our own Events, with reasons users can act on
+def settings_for(role: str, node_name: str | None) -> kopf_runtime.Settings:
+    """kopf settings per role: each node agent keeps its progress under its own prefix."""
     prefix = f"{node_name}.agent.statehold.io" if role == "node" else "operator.statehold.io"
-    s.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
-    s.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=prefix)
-    s.persistence.finalizer = f"{prefix}/finalizer"
-    s.execution.max_workers = 4
-    return s
+    return kopf_runtime.settings_for(prefix)
 
 
-async def _operate(registry: kopf.OperatorRegistry, settings: kopf.OperatorSettings,
-                   stop: threading.Event) -> None:
-    # kopf waits on a threading.Event in an executor thread that never ends if kopf stops
-    # for another reason (SIGTERM in the main thread), and asyncio.run then waits for that
-    # thread forever; so bridge the Event into an asyncio.Event from a daemon thread.
-    loop = asyncio.get_running_loop()
-    flag = asyncio.Event()
-
-    def bridge() -> None:
-        stop.wait()
-        with contextlib.suppress(RuntimeError):  # the loop may be closed by then
-            loop.call_soon_threadsafe(flag.set)
-
-    threading.Thread(target=bridge, name="stop-bridge", daemon=True).start()
-    await kopf.operator(registry=registry, settings=settings, standalone=True,
-                        clusterwide=True, stop_flag=flag)
-
-
-def run(registry: kopf.OperatorRegistry, settings: kopf.OperatorSettings,
-        stop: threading.Event, tickers: Sequence[Ticker] = ()) -> None:
-    """Run kopf (cluster-wide, standalone: leadership is ours, not kopf's peering) and the
-    tickers until stop is set."""
+def run(registry: kopf_runtime.Registry, settings: kopf_runtime.Settings, stop: threading.Event,
+        tickers: Sequence[Ticker] = ()) -> None:
+    """Run kopf and the tickers until stop is set."""
     threads = [threading.Thread(target=t.run, args=(stop,), name=f"ticker-{t.name}", daemon=True)
                for t in tickers]
     for th in threads:
         th.start()
     try:
-        asyncio.run(_operate(registry, settings, stop))
+        kopf_runtime.run_kopf(registry, settings, stop)
     finally:
         stop.set()
         for th in threads:

@@ -8,10 +8,10 @@ from typing import Any
 import kopf
 import pytest
 
+from statehold.controller.operator import cluster_registry, cluster_tickers, outcome, settings_for
 from statehold.controller.problems import Result, backoff
 from statehold.kube.kinds import VOLUME_BACKUP
 from statehold.kube.memory import MemoryKube
-from statehold.kube.operator import cluster_registry, cluster_tickers, outcome, settings_for
 from tests.unit.controller.cluster import NS, bound_pvc, path_target, secret
 
 
