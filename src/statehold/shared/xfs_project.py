@@ -14,7 +14,7 @@ from pathlib import Path
 
 from statehold.errors import CommandError, FailedPrecondition
 from statehold.runner import run
-from statehold.shared.quota import Accounting
+from statehold.shared.accounting import Accounting
 from statehold.shared.types import QuotaKind
 from statehold.shared.usage import TreeUsage, tree_usage
 
