@@ -1,9 +1,11 @@
 """The Statehold CustomResourceDefinitions (``statehold.io/v1alpha1``), as data.
 
 This module is the source of truth: ``deploy/chart/statehold/crds/*.yaml`` and
-``deploy/manifests/statehold.yaml`` are generated from it (``python -m
-statehold.controller.render`` — a test fails when they are stale), and the in-memory API
-validates custom resources with the same schemas.
+``deploy/manifests/statehold.yaml`` are generated from it (``.venv/bin/python
+deploy/render.py`` — a test fails when they are stale), and the in-memory API
+validates custom resources with the same schemas. Every schema must be structural (an API
+server refuses the CRD otherwise); ``tests/unit/controller/test_structural.py`` checks the
+shipped files offline.
 
 Rules a structural schema cannot express are CEL rules (``x-kubernetes-validations``),
 each with a Python twin in :mod:`statehold.controller.cel_rules`. What CEL cannot do either

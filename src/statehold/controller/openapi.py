@@ -1,7 +1,8 @@
 """Small builders for structural OpenAPI v3 schemas (the form CRDs require).
 
-Every node has a ``type``; rules a schema cannot express are CEL ``x-kubernetes-validations``
-(each one has a Python twin in :mod:`statehold.controller.cel_rules`).
+Every node has a ``type`` (int-or-string quantities excepted, as the rules allow); rules a
+schema cannot express are CEL ``x-kubernetes-validations`` (each one has a Python twin in
+:mod:`statehold.controller.cel_rules`).
 """
 
 from __future__ import annotations
@@ -56,11 +57,21 @@ def array(items: Schema, desc: str = "", **kw: Any) -> Schema:
     return {"type": "array", "items": items, **({"description": desc} if desc else {}), **kw}
 
 
+INT_OR_STRING = [{"type": "integer"}, {"type": "string"}]
+"""The only ``anyOf`` a structural schema allows to carry ``type``s, and only exactly so."""
+
+
 def quantity(desc: str) -> Schema:
-    """A resource quantity ("10Gi", "512M" or a byte count)."""
+    """A resource quantity ("10Gi", "512M" or a byte count).
+
+    The checks sit on the property, beside ``x-kubernetes-int-or-string``, not inside the
+    ``anyOf``: an API server accepts a typed ``anyOf`` only as exactly ``[{type: integer},
+    {type: string}]`` ("anyOf[0].type: Forbidden: must be empty to be structural"
+    otherwise). Each check applies to its own JSON type only (``minimum`` to numbers,
+    ``pattern``/``maxLength`` to strings), so ``0`` and ``"20 gigs"`` are still refused."""
     return {"description": desc, "x-kubernetes-int-or-string": True,
-            "anyOf": [{"type": "integer", "minimum": 1},
-                      {"type": "string", "pattern": QUANTITY_PATTERN, "maxLength": 64}]}
+            "anyOf": [dict(t) for t in INT_OR_STRING],
+            "minimum": 1, "pattern": QUANTITY_PATTERN, "maxLength": 64}
 
 
 def immutable(s: Schema, what: str) -> Schema:

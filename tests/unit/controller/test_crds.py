@@ -140,9 +140,8 @@ def test_values_under_cel_rules_are_bounded_so_the_cost_estimate_stays_small() -
                 out.append(p)
             if isinstance(n.get("additionalProperties"), dict) and "maxProperties" not in n:
                 out.append(p)
-            for alt in n.get("anyOf", []):
-                if alt.get("type") == "string" and "maxLength" not in alt:
-                    out.append(p)
+            if n.get("x-kubernetes-int-or-string") and "maxLength" not in n:
+                out.append(p)
         return out
 
     for crd in all_crds():
@@ -154,3 +153,36 @@ def test_values_under_cel_rules_are_bounded_so_the_cost_estimate_stays_small() -
         for path, node in walk(root["properties"]["spec"], "spec"):
             if node.get("type") == "array" and "x-kubernetes-validations" in node.get("items", {}):
                 assert "maxItems" in node, path
+
+
+# -- quantities (int-or-string): the checks moved beside the anyOf still bite --------------
+
+QUANTITY_FIELDS = [
+    ("StoragePool", "imageSize", {"node": "n1", "directory": "/var/lib/statehold"}, None),
+    ("VolumeRestore", "size", {"backup": "b", "persistentVolumeClaimName": "r"}, "default"),
+]
+
+
+@pytest.mark.parametrize("value", ["20Gi", 21474836480, "512M", "1.5Ti", 1])
+@pytest.mark.parametrize(("kind", "field", "spec", "ns"), QUANTITY_FIELDS)
+def test_quantity_accepts_a_quantity_or_a_byte_count(kind: str, field: str, spec: dict,
+                                                     ns: str | None, value: object) -> None:
+    got = validate_custom_resource(cr(kind, {**spec, field: value}, ns=ns))
+    assert got["spec"][field] == value
+
+
+@pytest.mark.parametrize(("value", "why"), [
+    (0, "less than the minimum of 1"),
+    (-5, "less than the minimum of 1"),
+    ("20 gigs", "does not match"),
+    ("-1Gi", "does not match"),
+    ("1" * 65, "is too long"),
+    (1.5, "is not valid under any of the given schemas"),
+    (True, "is not valid under any of the given schemas"),
+    ([20], "is not valid under any of the given schemas"),
+])
+@pytest.mark.parametrize(("kind", "field", "spec", "ns"), QUANTITY_FIELDS)
+def test_quantity_rejects_zero_and_malformed_sizes(kind: str, field: str, spec: dict,
+                                                   ns: str | None, value: object, why: str) -> None:
+    with pytest.raises(InvalidArgument, match=f"spec.{field}: .*{why}"):
+        validate_custom_resource(cr(kind, {**spec, field: value}, ns=ns))
