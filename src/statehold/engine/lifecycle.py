@@ -21,13 +21,13 @@ import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from statehold.engine import freeze, fs, loop, mounts
 from statehold.engine.ficlone import reflink
 from statehold.engine.files import fsync_dir
 from statehold.engine.metadata import Metadata, VolumeRecord
 from statehold.engine.names import check_size, validate_name
+from statehold.engine.poolcontext import PoolContext
 from statehold.engine.types import FsType, GrowResult, Source, SourceKind, VolumeMode
 from statehold.errors import (
     AlreadyExists,
@@ -38,14 +38,11 @@ from statehold.errors import (
     OutOfRange,
 )
 
-if TYPE_CHECKING:
-    from statehold.engine.pool import Pool
-
 log = logging.getLogger("statehold.engine.lifecycle")
 
 
 @contextlib.contextmanager
-def acting(pool: Pool, intent: int) -> Iterator[None]:
+def acting(pool: PoolContext, intent: int) -> Iterator[None]:
     """The file-changing part of an operation: on any error, settle the intent at once.
 
     A crash leaves the intent to start-up recovery; an error (a tool failed, the disk is
@@ -80,7 +77,7 @@ def _mode_fs(mode: VolumeMode | str, fstype: FsType | str | None) -> tuple[Volum
         raise InvalidArgument(f"unknown filesystem {fstype!r}: use ext4, xfs or btrfs") from exc
 
 
-def _check_room(pool: Pool, extra: int) -> None:
+def _check_room(pool: PoolContext, extra: int) -> None:
     cap = pool.capacity()
     if extra > cap.allocatable:
         raise OutOfCapacity(
@@ -89,7 +86,7 @@ def _check_room(pool: Pool, extra: int) -> None:
             f"- provisioned {cap.provisioned})")
 
 
-def _source_info(pool: Pool, source: Source) -> tuple[Path, VolumeRecord | None, int, str, str | None,
+def _source_info(pool: PoolContext, source: Source) -> tuple[Path, VolumeRecord | None, int, str, str | None,
                                                       bool]:
     """(path, volume record if a volume, size, mode, fs, formatted) of a clone source."""
     try:
@@ -109,7 +106,7 @@ def _source_info(pool: Pool, source: Source) -> tuple[Path, VolumeRecord | None,
     return pool.volume_path(vol.name), vol, vol.size, vol.mode, vol.fs, vol.formatted
 
 
-def create_volume(pool: Pool, name: str, size: int, *, mode: VolumeMode | str,
+def create_volume(pool: PoolContext, name: str, size: int, *, mode: VolumeMode | str,
                   fs: FsType | str | None, source: Source | None,
                   labels: Mapping[str, str] | None) -> VolumeRecord:
     validate_name(name, what="volume name")
@@ -198,7 +195,7 @@ def _mounted_targets(path: Path) -> list[str]:
     return targets
 
 
-def delete_volume(pool: Pool, name: str) -> None:
+def delete_volume(pool: PoolContext, name: str) -> None:
     validate_name(name, what="volume name")
     if pool.db.volume(name) is None:
         raise NotFound(f"volume {name!r} not found in pool {pool.name!r}")
@@ -212,7 +209,7 @@ def delete_volume(pool: Pool, name: str) -> None:
     log.info("volume deleted volume=%s/%s", pool.name, name)
 
 
-def remove_recorded(pool: Pool, op: str, table: str, name: str, path: Path) -> None:
+def remove_recorded(pool: PoolContext, op: str, table: str, name: str, path: Path) -> None:
     """Unlink a backing file and drop its row under one intent (volumes and snapshots
     alike): a crash after the unlink leaves the intent, and recovery drops the row."""
     intent = pool.db.begin_intent(op, name, {})
@@ -227,7 +224,7 @@ def remove_recorded(pool: Pool, op: str, table: str, name: str, path: Path) -> N
     pool.fault(f"{op}.commit")
 
 
-def expand(pool: Pool, name: str, new_size: int) -> tuple[VolumeRecord, GrowResult]:
+def expand(pool: PoolContext, name: str, new_size: int) -> tuple[VolumeRecord, GrowResult]:
     validate_name(name, what="volume name")
     rec = pool.db.volume(name)
     if rec is None:
@@ -259,7 +256,7 @@ def expand(pool: Pool, name: str, new_size: int) -> tuple[VolumeRecord, GrowResu
     return final, grow
 
 
-def grow_pending_fs(pool: Pool, name: str) -> GrowResult:
+def grow_pending_fs(pool: PoolContext, name: str) -> GrowResult:
     """Grow the filesystem of ``name`` if it is behind its device; say how."""
     rec = pool.db.volume(name)
     assert rec is not None
@@ -292,7 +289,7 @@ def grow_pending_fs(pool: Pool, name: str) -> GrowResult:
     return GrowResult.AT_NEXT_MOUNT if rec.grow_pending else GrowResult.OFFLINE
 
 
-def mount(pool: Pool, rec: VolumeRecord, target: Path, options: Sequence[str],
+def mount(pool: PoolContext, rec: VolumeRecord, target: Path, options: Sequence[str],
           readonly: bool) -> None:
     if rec.mode == VolumeMode.BLOCK or rec.fs is None:
         raise FailedPrecondition(f"volume {rec.name!r} is a block volume: use attach, not mount")
@@ -309,7 +306,7 @@ def mount(pool: Pool, rec: VolumeRecord, target: Path, options: Sequence[str],
         raise
 
 
-def _mount_device(pool: Pool, rec: VolumeRecord, fstype: FsType, device: str, target: Path,
+def _mount_device(pool: PoolContext, rec: VolumeRecord, fstype: FsType, device: str, target: Path,
                   options: Sequence[str], readonly: bool) -> None:
     current = mounts.mount_at(target)
     if current is not None:

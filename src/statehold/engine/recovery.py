@@ -20,15 +20,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from statehold.engine import freeze, fs, lifecycle, loop, mounts
 from statehold.engine.files import fsync_dir
 from statehold.engine.metadata import Intent, Metadata
+from statehold.engine.poolcontext import PoolContext
 from statehold.errors import FailedPrecondition, StateholdError
-
-if TYPE_CHECKING:
-    from statehold.engine.pool import Pool
 
 log = logging.getLogger("statehold.engine.recovery")
 
@@ -53,7 +50,7 @@ def _thaw(it: Intent, done: list[str]) -> None:
         done.append(f"thawed {target}")
 
 
-def _finish_intent(pool: Pool, it: Intent, done: list[str]) -> None:
+def _finish_intent(pool: PoolContext, it: Intent, done: list[str]) -> None:
     db = pool.db
     name = it.target
     if it.op in ("create_volume", "clone"):
@@ -114,7 +111,7 @@ def _finish_intent(pool: Pool, it: Intent, done: list[str]) -> None:
         Metadata.end_intent(tx, it.id)
 
 
-def _stale_loops(pool: Pool, done: list[str]) -> None:
+def _stale_loops(pool: PoolContext, done: list[str]) -> None:
     known = {str(pool.volume_path(v.name)) for v in pool.db.volumes()}
     known |= {str(pool.snapshot_path(s.name)) for s in pool.db.snapshots()}
     for directory in (pool.volumes_dir, pool.snapshots_dir):
@@ -129,7 +126,7 @@ def _stale_loops(pool: Pool, done: list[str]) -> None:
             done.append(f"detached stale {dev} backed by {backing}")
 
 
-def _files(pool: Pool, done: list[str]) -> None:
+def _files(pool: PoolContext, done: list[str]) -> None:
     orphans = pool.meta_dir / ORPHANS
     vols = {v.name for v in pool.db.volumes()}
     snaps = {s.name for s in pool.db.snapshots()}
@@ -155,7 +152,7 @@ def _files(pool: Pool, done: list[str]) -> None:
             done.append(f"made snapshot {snap.name} read-only again")
 
 
-def settle(pool: Pool, intent_id: int) -> list[str]:
+def settle(pool: PoolContext, intent_id: int) -> list[str]:
     """Finish or roll back one intent right away: an operation failed (not crashed) midway.
 
     Best effort: what cannot be settled now is left for the next ``reconcile``.
@@ -172,7 +169,7 @@ def settle(pool: Pool, intent_id: int) -> list[str]:
     return done
 
 
-def reconcile(pool: Pool) -> list[str]:
+def reconcile(pool: PoolContext) -> list[str]:
     """Bring the pool back to a consistent state; one line per action taken."""
     present = pool.meta_dir.is_dir() if pool.is_directory else os.path.ismount(pool.mountpoint)
     if not present:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import TYPE_CHECKING
 
 from statehold.engine import freeze as freezing
 from statehold.engine import loop, mounts
@@ -21,10 +20,8 @@ from statehold.engine.files import fsync_dir
 from statehold.engine.lifecycle import acting, remove_recorded
 from statehold.engine.metadata import Metadata, SnapshotRecord
 from statehold.engine.names import validate_name
+from statehold.engine.poolcontext import PoolContext
 from statehold.errors import AlreadyExists, FailedPrecondition, NotFound
-
-if TYPE_CHECKING:
-    from statehold.engine.pool import Pool
 
 log = logging.getLogger("statehold.engine.snapshotting")
 
@@ -38,7 +35,7 @@ def _flush(device: str | None, target: str | None) -> None:
         freezing.flush_device(device)
 
 
-def create(pool: Pool, volume: str, name: str, *, freeze: bool) -> SnapshotRecord:
+def create(pool: PoolContext, volume: str, name: str, *, freeze: bool) -> SnapshotRecord:
     validate_name(volume, what="volume name")
     validate_name(name, what="snapshot name")
     existing = pool.db.snapshot(name)
@@ -80,7 +77,7 @@ def create(pool: Pool, volume: str, name: str, *, freeze: bool) -> SnapshotRecor
     return snap
 
 
-def delete(pool: Pool, name: str) -> None:
+def delete(pool: PoolContext, name: str) -> None:
     validate_name(name, what="snapshot name")
     if pool.db.snapshot(name) is None:
         raise NotFound(f"snapshot {name!r} not found in pool {pool.name!r}")
