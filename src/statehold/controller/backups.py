@@ -7,6 +7,13 @@ Two halves, because the data is on one node and the checks are cluster-wide:
   condition with the reason and a Warning Event; nothing is created.
 * :func:`run_backup` (the agent on that node): snapshot, back up, report phase, bytes and
   progress.
+
+Pinning takes two writes, because the label is metadata and the location is status (a
+subresource on a real API server: no single write sets both). The agent reacts to the
+label, so the operator writes the status first and the label second: any version of the
+object that carries the label already carries the location. An agent that still sees the
+label without a location (an older operator, a replayed event) retries; an ordering of
+our own writes never fails a backup.
 """
 
 from __future__ import annotations
@@ -49,6 +56,9 @@ PVC_LABEL = "statehold.io/pvc"
 SCHEDULE_LABEL = "statehold.io/schedule"
 KEEP_LAST_ANNOTATION = "statehold.io/keep-last"
 FINAL = ("Completed", "Failed")
+ASSIGNMENT_RETRY = 5.0
+"""Seconds before an agent looks again at an object labelled for it whose location has
+not landed yet (the operator's next write, normally milliseconds away)."""
 PERMANENT_ENGINE_ERRORS = (InvalidArgument, PermissionDenied, Corrupt, NotFound)
 
 
@@ -79,13 +89,23 @@ def assign_backup(kube: Kube, obj: Obj, now: Clock) -> Result:
             where = f"volume {handle} is on node {node}"
     except Problem as p:
         return report_problem(rep, p)
-    kube.patch(VOLUME_BACKUP, obj["metadata"]["name"], {"metadata": {"labels": {
-        NODE_LABEL: node, PVC_LABEL: pvc["metadata"]["name"]}}}, ns)
+    # status first, label second: the label wakes the agent, which needs the location
     rep.update({"phase": "Pending", "node": node, "volumeHandle": handle,
                 "bytesTotal": size, "progress": 0},
                condition=("Ready", False, "Scheduled", f"waiting for the agent on {node}"))
+    kube.patch(VOLUME_BACKUP, obj["metadata"]["name"], {"metadata": {"labels": {
+        NODE_LABEL: node, PVC_LABEL: pvc["metadata"]["name"]}}}, ns)
     rep.event("Normal", "Scheduled", where)
     return Result()
+
+
+def not_yet_assigned(obj: Obj, field: str) -> Result | None:
+    """Retry (writing nothing) while the status ``field`` the operator writes when it pins
+    the object to a node is missing: the label may be seen before it."""
+    if (obj.get("status") or {}).get(field):
+        return None
+    return Result.retry(f"{obj['metadata']['name']}: labelled for this node, status.{field} "
+                        "not written yet", ASSIGNMENT_RETRY)
 
 
 class _Progress:
@@ -116,6 +136,8 @@ def run_backup(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock,
         return Result("skipped")
     if (obj["metadata"].get("labels") or {}).get(NODE_LABEL) != node_name:
         return Result("skipped")
+    if (wait := not_yet_assigned(obj, "volumeHandle")) is not None:
+        return wait
     if handle_kind(str(st.get("volumeHandle", ""))) == "shared":
         if shared is None:
             return report_problem(rep, Problem("SharedUnavailable", "this agent has no shared "

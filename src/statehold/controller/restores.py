@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from statehold.controller import backup_runner
-from statehold.controller.backups import NODE_LABEL
+from statehold.controller.backups import NODE_LABEL, not_yet_assigned
 from statehold.controller.claims import RESTORE_ANNOTATION, create_bound_pair
 from statehold.controller.locate import DRIVER, TOPOLOGY_KEY
 from statehold.controller.problems import Problem, Result
@@ -98,9 +98,11 @@ def assign_restore(kube: Kube, obj: Obj, now: Clock) -> Result:
                           permanent=True)
     except Problem as p:
         return report_problem(rep, p)
-    kube.patch(VOLUME_RESTORE, meta["name"], {"metadata": {"labels": {NODE_LABEL: node}}}, ns)
+    # status first, label second (see statehold.controller.backups): once the agent sees
+    # the label it may write Running, which a later Pending from here would undo
     rep.update({"phase": "Pending", "node": node},
                condition=("Ready", False, "Scheduled", f"waiting for the agent on {node}"))
+    kube.patch(VOLUME_RESTORE, meta["name"], {"metadata": {"labels": {NODE_LABEL: node}}}, ns)
     rep.event("Normal", "Scheduled", f"restoring {spec['backup']} on node {node}")
     return Result()
 
@@ -134,6 +136,8 @@ def run_restore(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock,
     meta, spec, st = obj["metadata"], obj["spec"], rep.status
     if st.get("phase") in FINAL or (meta.get("labels") or {}).get(NODE_LABEL) != node_name:
         return Result("skipped")
+    if (wait := not_yet_assigned(obj, "node")) is not None:
+        return wait
     ns = meta["namespace"]
     sc_name = spec.get("storageClassName", "statehold-local")
     try:
