@@ -154,7 +154,7 @@ def create_cmd(
         p = pick_pool(n, pool_name)
         start = time.monotonic()
         with _bar(f"backup {p.name}/{name}", not quiet) as bar:
-            m = backup_volume(repo, p, name, freeze=not no_freeze, progress=bar)
+            m = backup_volume(repo, p, name, freeze=not no_freeze, progress=bar).manifest
         secs = time.monotonic() - start
     if output in (Format.JSON, Format.YAML):
         emit(m, output, COLUMNS, plain_of=_plain)

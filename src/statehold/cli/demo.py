@@ -194,14 +194,14 @@ def backups(run: Run, mnt: Path, target: Path) -> None:
         repo = Repository.init(store, DEMO_PASSWORD)
     data_dir = mnt / VOLUME
 
-    full = backup_volume(repo, p, VOLUME)
+    full = backup_volume(repo, p, VOLUME).manifest
     progress(f"backup {full.backup_id}: read {human(full.stats.bytes_read)}, "
              f"stored {human(full.stats.stored_new)}")
     run.fact("backup", f"{full.backup_id} full: read {human(full.stats.bytes_read)}, "
              f"stored {human(full.stats.stored_new)}", ok=full.parent is None)
 
     current = rewrite_first_mib(data_dir / DATA_FILE)
-    incr = backup_volume(repo, p, VOLUME)
+    incr = backup_volume(repo, p, VOLUME).manifest
     progress(f"backup {incr.backup_id}: read {human(incr.stats.bytes_read)} (incremental)")
     run.fact("incremental", f"{incr.backup_id}: read {human(incr.stats.bytes_read)}, "
              f"stored {human(incr.stats.stored_new)}",

@@ -1,47 +1,22 @@
-"""The backup engine, as the operator uses it: back up a volume (snapshot -> incremental
-backup against the previous one), restore a backup into a volume's backing file.
-
-The parent of an incremental backup is the newest backup of the same volume whose engine
-snapshot still exists on this node: the FIEMAP diff between the two snapshots says what to
-read. So after each backup the operator keeps exactly one backup snapshot per volume (the
-newest) and deletes the older ones it made (names start with ``SNAPSHOT_PREFIX``).
+"""The operator's way to the volume backup service (:mod:`statehold.backup.volumes`, which
+the CLI uses too): a BackupTarget's settings become a repository; parent choice, snapshot
+naming and clean-up, locking and retention are the service's.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Mapping
 
 from statehold.backup import targets
-from statehold.backup.collecting import prune
-from statehold.backup.imagebackup import Parent, create_backup, latest_backup
+from statehold.backup.pipeline import Progress
 from statehold.backup.repository import Repository
-from statehold.backup.restoring import restore_image
 from statehold.backup.retention import Policy
 from statehold.backup.store import Store
 from statehold.backup.targets import Target
+from statehold.backup.volumes import BackupResult, backup_volume, restore_into_volume
 from statehold.controller.targets import TargetConfig
 from statehold.engine.pool import Pool
 from statehold.errors import AlreadyExists, NotFound
-
-log = logging.getLogger("statehold.controller.backup")
-
-SNAPSHOT_PREFIX = "vb-"
-Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True, slots=True)
-class BackupDone:
-    backup_id: str
-    parent_id: str | None
-    size: int
-    bytes_read: int
-    bytes_uploaded: int
-    snapshot: str
 
 
 def open_store(target: TargetConfig) -> Store:
@@ -78,63 +53,23 @@ def probe(target: TargetConfig) -> str:
     return ""
 
 
-def snapshot_name(uid: str) -> str:
-    return SNAPSHOT_PREFIX + uid.replace("-", "")[:24]
-
-
-volume_locks: dict[str, threading.Lock] = {}
-_locks_guard = threading.Lock()
-
-
-def volume_lock(volume_id: str) -> threading.Lock:
-    """One backup of a volume at a time on this node: each keeps only its own snapshot as
-    the next parent, so two at once would delete each other's parent."""
-    with _locks_guard:
-        return volume_locks.setdefault(volume_id, threading.Lock())
-
-
-def back_up_volume(pool: Pool, volume: str, target: TargetConfig, *, snapshot: str,
+def back_up_volume(pool: Pool, volume: str, target: TargetConfig, *, key: str,
                    labels: Mapping[str, str] | None = None, progress: Progress | None = None,
-                   keep_last: int = 0) -> BackupDone:
-    """Snapshot ``volume`` (frozen if mounted), back it up incrementally, keep only this
-    snapshot as the next parent, and prune the volume's backups to ``keep_last`` if set."""
-    volume_id = f"{pool.name}/{volume}"
-    with volume_lock(volume_id):
-        return _back_up(pool, volume, volume_id, target, snapshot=snapshot, labels=labels,
-                        progress=progress, keep_last=keep_last)
-
-
-def _back_up(pool: Pool, volume: str, volume_id: str, target: TargetConfig, *, snapshot: str,
-             labels: Mapping[str, str] | None, progress: Progress | None,
-             keep_last: int) -> BackupDone:
-    repo = open_repository(target)
-    snap = pool.create_snapshot(volume, snapshot)  # idempotent: a retry reuses it
-    parent = None
-    previous = latest_backup(repo, volume_id)
-    if previous is not None and previous.snapshot and previous.snapshot != snapshot:
-        try:
-            parent = Parent(previous, pool.get_snapshot(previous.snapshot).path)
-        except NotFound:
-            parent = None
-    m = create_backup(repo, snap.path, volume=volume_id, parent=parent, snapshot=snapshot,
-                      labels=labels, progress=progress)
-    for old in pool.list_snapshots(volume):
-        if old.name.startswith(SNAPSHOT_PREFIX) and old.name != snapshot:
-            with contextlib.suppress(NotFound):
-                pool.delete_snapshot(old.name)
-    if keep_last > 0:
-        prune(repo, Policy(keep_last=keep_last), volume=volume_id)
-    return BackupDone(backup_id=m.backup_id, parent_id=m.parent, size=m.size,
-                      bytes_read=m.stats.bytes_read, bytes_uploaded=m.stats.stored_new,
-                      snapshot=snapshot)
+                   keep_last: int = 0) -> BackupResult:
+    """Back ``volume`` up to the target's repository through the volume backup service;
+    ``key`` (the VolumeBackup's uid) makes a retry name the same snapshot and find the
+    backup if it was already committed. Prunes the volume's backups to ``keep_last`` if set."""
+    policy = Policy(keep_last=keep_last) if keep_last > 0 else None
+    return backup_volume(open_repository(target), pool, volume, key=key, labels=labels,
+                         progress=progress, retention=policy)
 
 
 def backup_size(target: TargetConfig, backup_id: str) -> int:
     return open_repository(target).load_manifest(backup_id).size
 
 
-def restore_into(target: TargetConfig, backup_id: str, image: Path, *,
+def restore_into(target: TargetConfig, backup_id: str, pool: Pool, volume: str, *,
                  progress: Progress | None = None) -> int:
-    """Restore into a new volume's blank backing file; returns the bytes of the backup."""
-    m = restore_image(open_repository(target), backup_id, image, existing=True, progress=progress)
-    return m.size
+    """Fill a new, blank volume from the backup; returns the bytes of the backup."""
+    return restore_into_volume(open_repository(target), backup_id, pool, volume,
+                               progress=progress).size

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from statehold.backup.volumes import snapshot_name
 from statehold.controller import backup_runner
 from statehold.controller.locate import check_pvc_bound, locate
 from statehold.controller.problems import Problem, Result
@@ -155,7 +156,7 @@ def run_backup(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock,
                           f"{node_name}: {exc}", permanent=True) from exc
     except Problem as p:
         return report_problem(rep, p)
-    snapshot = backup_runner.snapshot_name(meta["uid"])
+    snapshot = snapshot_name(volume, key=meta["uid"])  # the name the backup will use
     rep.update({"phase": "Running", "startTime": st.get("startTime") or rfc3339(now()),
                 "node": node_name, "snapshot": snapshot},
                condition=("Ready", False, "Running", "backing up"))
@@ -164,7 +165,7 @@ def run_backup(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock,
     keep = int((meta.get("annotations") or {}).get(KEEP_LAST_ANNOTATION, "0") or 0)
     try:
         done = backup_runner.back_up_volume(
-            pool, volume, target, snapshot=snapshot, progress=_Progress(rep), keep_last=keep,
+            pool, volume, target, key=meta["uid"], progress=_Progress(rep), keep_last=keep,
             labels={"namespace": ns, "pvc": spec["persistentVolumeClaimName"],
                     "volumebackup": meta["name"]})
     except (FailedPrecondition, OutOfCapacity) as exc:

@@ -169,7 +169,7 @@ def run_restore(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock,
             pool = node.pool(choose_pool([(p.name, p.capacity().allocatable) for p in node.pools()],
                                          wanted, preferred))
             vol = pool.create_volume(volume, size, fs=FsType(fs))
-            restored = backup_runner.restore_into(target, backup_id, vol.path)
+            restored = backup_runner.restore_into(target, backup_id, pool, volume)
             pool.is_formatted(volume)
             if wanted > vol.size:
                 pool.expand(volume, wanted)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from statehold.backup.volumelock import volume_lock
 from statehold.controller import backup_runner
 from statehold.controller.claims import RESTORE_ANNOTATION, create_bound_pair
 from statehold.controller.locate import DRIVER, check_pvc_bound
@@ -112,7 +113,7 @@ def back_up(backend: SharedBackend, handle: str, target: TargetConfig, *, keep_l
     from statehold.backup.collecting import prune
     from statehold.backup.retention import Policy
 
-    with backup_runner.volume_lock(handle):
+    with volume_lock(handle):
         repo = backup_runner.open_repository(target)
         m = backend.backup(handle, repo, labels=labels)
         if keep_last > 0:

@@ -28,8 +28,8 @@ def test_mounted_volume_backup_restores_into_a_new_volume_that_mounts(pool: Pool
     first = backup_volume(repo, pool, "db")
     (live / "wal.log").write_text("commit 42\n")
     second = backup_volume(repo, pool, "db")
-    assert second.parent == first.backup_id
-    assert second.stats.bytes_read < first.stats.bytes_read
+    assert second.parent_id == first.backup_id
+    assert second.bytes_read < first.bytes_read
     pool.unmount("db", live)  # restored XFS shares the original's UUID: one mounted at a time
     pool.detach("db")
 
@@ -46,4 +46,5 @@ def test_mounted_volume_backup_restores_into_a_new_volume_that_mounts(pool: Pool
         pool.detach("db-copy")
     with pytest.raises(AlreadyExists):
         restore_volume(repo, second.backup_id, pool, "db-copy")
-    assert [s.name for s in pool.list_snapshots("db")] == [second.snapshot.split("/")[1]]
+    assert [s.name for s in pool.list_snapshots("db")] == [second.snapshot]
+    assert second.manifest.snapshot == f"{pool.name}/{second.snapshot}"
