@@ -10,6 +10,7 @@ Every layer raises these; adapters translate them once (gRPC codes in
     ├── OutOfRange            a size outside what the object can take (shrink, capacity range)
     ├── OutOfCapacity         no room: the pool (or its over-provisioning limit) is full
     ├── FailedPrecondition    the object is in the wrong state (mounted, attached, in use)
+    │   └── Fenced            a replica copy's epoch is older than the cluster's: not writable
     ├── Aborted               another operation holds the object; retry later
     ├── Unavailable           a dependency is unreachable (S3, a share, a peer agent)
     ├── Corrupt               stored data failed a check (hash, MAC, format)
@@ -52,6 +53,11 @@ class OutOfCapacity(StateholdError):
 
 class FailedPrecondition(StateholdError):
     pass
+
+
+class Fenced(FailedPrecondition):
+    """An epoch older than what the copy (or the cluster) knows: the caller is not, or no
+    longer, the primary of a replicated volume. Mapped like FailedPrecondition."""
 
 
 class Aborted(StateholdError):
