@@ -8,7 +8,6 @@ ETA) go to stderr, results to stdout.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,8 +29,9 @@ from statehold.backup.manifest import Manifest
 from statehold.backup.repository import Repository
 from statehold.backup.restoring import restore_image
 from statehold.backup.retention import Policy
-from statehold.backup.targets import Target, TargetBook, open_store
+from statehold.backup.targets import Target
 from statehold.backup.verifying import verify
+from statehold.cli.context import node, open_repository, repo_password, target_book, target_store
 from statehold.cli.output import (
     Format,
     HomeOption,
@@ -44,11 +44,9 @@ from statehold.cli.output import (
     emit,
     failures,
     human,
-    node,
     pick_pool,
-    settings_for,
 )
-from statehold.errors import Corrupt, InvalidArgument
+from statehold.errors import AlreadyExists, Corrupt, InvalidArgument, NotFound
 
 backup_app = typer.Typer(help="Backups of volumes: create, list, verify, prune, gc.", no_args_is_help=True)
 target_app = typer.Typer(help="Backup targets (a directory or an S3 bucket).", no_args_is_help=True)
@@ -60,32 +58,6 @@ PasswordFileOption = typer.Option(
 
 
 # ---- shared plumbing -------------------------------------------------------------------
-
-def _password(password_file: Path | None) -> str:
-    if password_file is not None:
-        try:
-            return password_file.read_text().rstrip("\n")
-        except OSError as exc:
-            raise InvalidArgument(f"cannot read password file {password_file}: {exc.strerror}") from exc
-    pw = os.environ.get("STATEHOLD_REPO_PASSWORD", "")
-    if not pw:
-        raise InvalidArgument("no repository password: set STATEHOLD_REPO_PASSWORD or pass --password-file")
-    return pw
-
-
-def _s3_keys() -> tuple[str | None, str | None]:
-    return os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
-
-
-def _book(home: Path | None) -> TargetBook:
-    return TargetBook(settings_for(home).home)
-
-
-def _open_repo(home: Path | None, target: str, password_file: Path | None) -> Repository:
-    t = _book(home).get(target)
-    access, secret = _s3_keys()
-    return Repository.open(open_store(t, access_key=access, secret_key=secret), _password(password_file))
-
 
 @contextmanager
 def _bar(label: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
@@ -135,6 +107,7 @@ def _plain(m: Manifest) -> dict[str, Any]:
 
 @backup_app.command("create")
 def create_cmd(
+    ctx: typer.Context,
     volume: str = typer.Argument(..., help="Volume to back up: POOL/NAME, or NAME with --pool."),
     target: str = TargetOption,
     pool: str | None = PoolOption,
@@ -149,8 +122,8 @@ def create_cmd(
 
     pool_name, name = _ref(pool, volume)
     with failures():
-        repo = _open_repo(home, target, password_file)
-    with node(home) as n:
+        repo = open_repository(ctx, home, target, password_file)
+    with node(ctx, home) as n:
         p = pick_pool(n, pool_name)
         start = time.monotonic()
         with _bar(f"backup {p.name}/{name}", not quiet) as bar:
@@ -167,6 +140,7 @@ def create_cmd(
 
 @backup_app.command("create-tree")
 def create_tree_cmd(
+    ctx: typer.Context,
     directory: Path = typer.Argument(..., help="Directory tree to back up (e.g. a shared volume)."),
     target: str = TargetOption,
     volume: str = typer.Option(..., "--volume", help="Name the backups of this tree are listed under."),
@@ -179,7 +153,7 @@ def create_tree_cmd(
     from statehold.backup.tree import backup_tree
 
     with failures():
-        repo = _open_repo(home, target, password_file)
+        repo = open_repository(ctx, home, target, password_file)
         trees = [m for m in repo.manifests() if m.volume == volume and m.kind == "tree"]
         parent = max(trees, key=lambda m: (m.created, m.backup_id)) if trees else None
         with _bar(f"backup {directory}", not quiet) as bar:
@@ -192,6 +166,7 @@ def create_tree_cmd(
 
 @backup_app.command("get")
 def get_cmd(
+    ctx: typer.Context,
     backup: str | None = typer.Argument(None, help="One backup id (or unique part); all when omitted."),
     target: str = TargetOption,
     volume: str | None = typer.Option(None, "--volume", help="Only backups of this volume (POOL/NAME)."),
@@ -201,7 +176,7 @@ def get_cmd(
 ) -> None:
     """List backups in a target (or show one)."""
     with failures():
-        repo = _open_repo(home, target, password_file)
+        repo = open_repository(ctx, home, target, password_file)
         items: Manifest | list[Manifest]
         if backup:
             items = repo.load_manifest(repo.resolve(backup))
@@ -213,6 +188,7 @@ def get_cmd(
 
 @backup_app.command("describe")
 def describe_cmd(
+    ctx: typer.Context,
     backup: str = typer.Argument(..., help="Backup id (or a unique part of it)."),
     target: str = TargetOption,
     password_file: Path | None = PasswordFileOption,
@@ -220,7 +196,7 @@ def describe_cmd(
 ) -> None:
     """Show everything a backup's manifest records."""
     with failures():
-        repo = _open_repo(home, target, password_file)
+        repo = open_repository(ctx, home, target, password_file)
         m = repo.load_manifest(repo.resolve(backup))
     s = m.stats
     describe([
@@ -237,6 +213,7 @@ def describe_cmd(
 
 @backup_app.command("verify")
 def verify_cmd(
+    ctx: typer.Context,
     target: str = TargetOption,
     deep: bool = typer.Option(False, "--deep", help="Download, decrypt and re-hash every chunk."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -246,7 +223,7 @@ def verify_cmd(
 ) -> None:
     """Check that every backup can be restored; exits 1 and lists the affected backups if not."""
     with failures():
-        repo = _open_repo(home, target, password_file)
+        repo = open_repository(ctx, home, target, password_file)
         with _bar("verify", deep and not quiet) as bar:
             report = verify(repo, deep=deep, progress=bar)
     if output in (Format.JSON, Format.YAML):
@@ -266,6 +243,7 @@ def verify_cmd(
 
 @backup_app.command("prune")
 def prune_cmd(
+    ctx: typer.Context,
     target: str = TargetOption,
     keep_last: int = typer.Option(0, "--keep-last", help="Keep the N newest backups of each volume."),
     hourly: int = typer.Option(0, "--hourly", help="Keep the newest backup of each of the last N hours."),
@@ -280,7 +258,7 @@ def prune_cmd(
     """Remove backups a retention policy does not keep (then run `backup gc`)."""
     with failures():
         policy = Policy(keep_last, hourly, daily, weekly, monthly)
-        repo = _open_repo(home, target, password_file)
+        repo = open_repository(ctx, home, target, password_file)
         result = prune(repo, policy, volume=volume, dry_run=dry_run)
     verb = "would be removed" if dry_run else "removed"
     for bid in result.removed:
@@ -290,6 +268,7 @@ def prune_cmd(
 
 @backup_app.command("gc")
 def gc_cmd(
+    ctx: typer.Context,
     target: str = TargetOption,
     grace: float = typer.Option(3600.0, "--grace", help="Spare unreferenced chunks younger than this (s)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Count, delete nothing."),
@@ -300,7 +279,7 @@ def gc_cmd(
     with failures():
         if grace < 0:
             raise InvalidArgument("--grace must not be negative")
-        repo = _open_repo(home, target, password_file)
+        repo = open_repository(ctx, home, target, password_file)
         r = gc(repo, grace=grace, dry_run=dry_run)
     typer.echo(f"gc: {r.chunks_total} chunks, {r.chunks_referenced} referenced, "
                f"{r.chunks_deleted} {'to delete' if dry_run else 'deleted'} ({human(r.bytes_deleted) or 0}), "
@@ -310,6 +289,7 @@ def gc_cmd(
 # ---- restore -----------------------------------------------------------------------------
 
 def restore_cmd(
+    ctx: typer.Context,
     backup: str = typer.Argument(..., help="Backup id (or a unique part of it)."),
     target: str = TargetOption,
     to: str | None = typer.Option(None, "--to", help="New volume POOL/NAME (or NAME with --pool)."),
@@ -329,7 +309,7 @@ def restore_cmd(
             raise InvalidArgument("give exactly one of --to POOL/NAME, --to-file PATH or --to-dir DIR")
         if parallel < 1:
             raise InvalidArgument("--parallel must be at least 1")
-        repo = _open_repo(home, target, password_file)
+        repo = open_repository(ctx, home, target, password_file)
         bid = repo.resolve(backup)
         if to_dir is not None:
             from statehold.backup.tree import restore_tree
@@ -343,7 +323,7 @@ def restore_cmd(
             done("backup", bid, f"restored to {to_file.resolve()}")
             return
     pool_name, name = _ref(pool, to or "")
-    with node(home) as n:
+    with node(ctx, home) as n:
         p = pick_pool(n, pool_name)
         with _bar(f"restore {bid}", not quiet) as bar:
             vol = restore_volume(repo, bid, p, name, progress=bar, parallel=parallel)
@@ -354,6 +334,7 @@ def restore_cmd(
 
 @target_app.command("add")
 def target_add(
+    ctx: typer.Context,
     name: str = typer.Argument(..., help="Target name (DNS-1123 label)."),
     path: Path | None = typer.Option(None, "--path", help="Directory target (any mount)."),
     s3_bucket: str | None = typer.Option(None, "--s3-bucket", help="S3 bucket."),
@@ -376,28 +357,35 @@ def target_add(
             name=name, kind="s3", bucket=s3_bucket, prefix=s3_prefix, endpoint=s3_endpoint,
             region=s3_region, credentials_file=creds)
         t.validate()
-        password = _password(password_file)
-        access, secret = _s3_keys()
-        store = open_store(t, access_key=access, secret_key=secret, create=create_bucket or t.kind == "dir")
+        password = repo_password(ctx, password_file)
+        book = target_book(ctx, home, create=True)
+        try:  # a taken name is refused before anything is made at the new place
+            known: Target | None = book.get(name)
+        except NotFound:
+            known = None
+        if known is not None and known != t:
+            raise AlreadyExists(f"backup target {name!r} already points at {known.url()}")
+        store = target_store(ctx, t, create=create_bucket or t.kind == "dir")
         if store.exists("config"):
             Repository.open(store, password)
             state = "opened existing repository"
         else:
             Repository.init(store, password, chunk_size=chunk_size)
             state = "initialised repository"
-        changed = _book(home).add(t)
+        changed = book.add(t)
     done("target", name, f"{'added' if changed else 'unchanged'} ({state} at {t.url()})")
 
 
 @target_app.command("get")
 def target_get(
+    ctx: typer.Context,
     name: str | None = typer.Argument(None, help="One target; all when omitted."),
     home: Path | None = HomeOption,
     output: Format = OutputOption,
 ) -> None:
     """List backup targets."""
     with failures():
-        book = _book(home)
+        book = target_book(ctx, home)
         items: Target | list[Target] = book.get(name) if name else book.all()
     emit(items, output, [("NAME", lambda t: t.name), ("KIND", lambda t: t.kind), ("URL", lambda t: t.url())])
 

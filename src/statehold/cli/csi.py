@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 from pathlib import Path
@@ -10,12 +9,11 @@ from types import FrameType
 
 import typer
 
-from statehold.errors import StateholdError
-from statehold.settings import Settings
+from statehold.cli.context import home_dir, settings
+from statehold.cli.output import failures
+from statehold.errors import InvalidArgument
 
 DEFAULT_ROOTS = (Path("/var/lib/kubelet"),)
-ROOTS_ENV = "STATEHOLD_CSI_ALLOWED_ROOTS"
-"""Colon-separated extra allowed roots (for conformance suites that use their own dirs)."""
 
 
 def register(app: typer.Typer) -> None:
@@ -23,6 +21,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("csi")
     def csi(
+        ctx: typer.Context,
         endpoint: str = typer.Option(
             ..., envvar="CSI_ENDPOINT", help="unix:///path/csi.sock (the spec's CSI_ENDPOINT works too)"
         ),
@@ -31,7 +30,7 @@ def register(app: typer.Typer) -> None:
         home: Path | None = typer.Option(None, help="Statehold home (default: STATEHOLD_HOME or .statehold)"),
         allowed_root: list[Path] = typer.Option(
             [], "--allowed-root", help="directory under which staging/target paths may lie (repeatable; also "
-            f"{ROOTS_ENV}=a:b; /var/lib/kubelet always is one)"
+            "STATEHOLD_CSI_ALLOWED_ROOTS=a:b; /var/lib/kubelet always is one)"
         ),
         max_volumes: int = typer.Option(256, help="max_volumes_per_node reported by NodeGetInfo"),
         grace: float = typer.Option(10.0, help="seconds in-flight calls get on shutdown"),
@@ -39,23 +38,18 @@ def register(app: typer.Typer) -> None:
         """Serve the CSI Identity, Controller and/or Node services (driver csi.statehold.io)."""
         from statehold.csi.server import MODES, CsiServer, ServerConfig
 
-        if mode not in MODES:
-            typer.echo(f"error: --mode must be one of {', '.join(MODES)}", err=True)
-            raise typer.Exit(2)
-        settings = Settings.from_env()
-        env_roots = [Path(r) for r in os.environ.get(ROOTS_ENV, "").split(":") if r]
-        roots = tuple(dict.fromkeys(p.absolute() for p in (*DEFAULT_ROOTS, *allowed_root, *env_roots)))
-        config = ServerConfig(
-            endpoint=endpoint, node_id=node_id, mode=mode,  # checked above
-            home=(home or settings.home).resolve(), allowed_roots=roots,
-            max_volumes=max_volumes, grace=grace,
-        )
-        try:
+        with failures():  # e.g. a home this user cannot create
+            if mode not in MODES:
+                raise InvalidArgument(f"--mode must be one of {', '.join(MODES)}")
+            extra = settings(ctx).csi_allowed_roots
+            roots = tuple(dict.fromkeys(p.absolute() for p in (*DEFAULT_ROOTS, *allowed_root, *extra)))
+            config = ServerConfig(
+                endpoint=endpoint, node_id=node_id, mode=mode,  # checked above
+                home=home_dir(ctx, home, create=True), allowed_roots=roots,
+                max_volumes=max_volumes, grace=grace,
+            )
             server = CsiServer(config)
             server.start()
-        except (StateholdError, OSError) as exc:  # e.g. a home this user cannot create
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from exc
 
         def _shutdown(signum: int, _frame: FrameType | None) -> None:
             # grpc's stop() must not run inside the signal handler's frame while the main

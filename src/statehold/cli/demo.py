@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from statehold.cli.output import HomeOption, console, failures, human, settings_for, size_arg
+from statehold.cli.context import home_dir
+from statehold.cli.output import HomeOption, console, failures, human, size_arg
 from statehold.engine.types import FsType, PoolSpec, Source, SourceKind
 
 if TYPE_CHECKING:
@@ -245,6 +246,7 @@ def summary(run: Run) -> None:
 
 
 def demo(
+    ctx: typer.Context,
     home: Path | None = HomeOption,
     pool: str = typer.Option("demo", "--pool", help="Pool to use or create."),
     image_size: str = typer.Option("4Gi", "--image-size", help="Sparse pool image size."),
@@ -254,11 +256,9 @@ def demo(
     from statehold.engine.node import Node
 
     with failures():
-        settings = settings_for(home)
-        root = settings.home.resolve()
-        root.mkdir(parents=True, exist_ok=True)
         vsize = size_arg(volume_size)
         isize = size_arg(image_size)
+        root = home_dir(ctx, home, create=True)
         n = Node(root)
         try:
             p = open_pool(n, pool, root, isize)

@@ -1,6 +1,8 @@
 """The ``statehold`` command (also installed as ``kubectl-statehold``).
 
 Only wiring: each area registers its commands from its own module, so areas stay apart.
+The environment is read here, once (settings and secrets, :class:`CliConfig`), and handed
+to every command as the root context's object (see ``statehold.cli.context``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 import typer
 
 from statehold import __version__
-from statehold.settings import Settings
+from statehold.cli.context import CliConfig
 
 # Each module exposes ``register(app: typer.Typer) -> None``.
 AREAS = (
@@ -52,11 +54,11 @@ def build_app() -> typer.Typer:
 
 
 def main() -> None:
-    settings = Settings.from_env()
+    config = CliConfig.from_env()
     logging.basicConfig(
-        level=settings.log_level, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s"
+        level=config.settings.log_level, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s"
     )
-    build_app()()
+    build_app()(obj=config)
 
 
 if __name__ == "__main__":

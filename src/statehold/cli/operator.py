@@ -19,7 +19,8 @@ from typing import Any
 import typer
 import yaml
 
-from statehold.cli.output import failures, settings_for
+from statehold.cli.context import home_dir
+from statehold.cli.output import failures
 from statehold.controller.crds import all_crds
 from statehold.controller.leader import LeaderElector
 from statehold.errors import InvalidArgument, StateholdError
@@ -48,7 +49,8 @@ def crds() -> None:
 
 
 @operator_app.command("run")
-def run(role: str = typer.Option("cluster", "--role", help="node | cluster"),
+def run(ctx: typer.Context,
+        role: str = typer.Option("cluster", "--role", help="node | cluster"),
         node_name: str | None = typer.Option(None, "--node-name", help="This node (role node)."),
         home: Path | None = typer.Option(None, "--home", help="Statehold home (role node)."),
         kubeconfig: str | None = typer.Option(None, "--kubeconfig", help="Default: in-cluster."),
@@ -72,7 +74,7 @@ def run(role: str = typer.Option("cluster", "--role", help="node | cluster"),
             from statehold.engine.node import Node
 
             assert node_name is not None  # check_role refused a node role without it
-            engine = Node(settings_for(home).home)
+            engine = Node(home_dir(ctx, home, create=True))
             registry = op.node_registry(kube, engine, node_name)
             tickers = op.node_tickers(kube, engine, node_name)
         else:

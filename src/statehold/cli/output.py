@@ -1,6 +1,9 @@
-"""What the CLI shares: opening the node, rendering objects, and the one error mapping.
+"""What the CLI shares: rendering objects, and the one error -> exit code table.
 
-Exit codes (the only place they are decided; docs/usage.md repeats this table):
+(Opening things, the home, the node, a repository, lives in ``statehold.cli.context``.)
+
+Exit codes (the only place they are decided; every command, ``shared`` ones included, maps
+errors through :func:`failures`; docs/usage.md repeats this table):
 
 ====  ===================================================================
 code  meaning
@@ -39,7 +42,6 @@ from rich.table import Table
 
 from statehold import errors
 from statehold.engine.names import parse_size
-from statehold.settings import Settings
 
 if TYPE_CHECKING:
     from statehold.engine.node import Node
@@ -85,12 +87,6 @@ PoolOption = typer.Option(
 )
 
 
-def settings_for(home: Path | None) -> Settings:
-    """Settings from the environment, overridden by ``--home``; the CLI is the entry point."""
-    settings = Settings.from_env()
-    return dataclasses.replace(settings, home=home) if home is not None else settings
-
-
 @contextmanager
 def failures() -> Iterator[None]:
     """Turn a Statehold error into ``error: <message>`` on stderr and its exit code."""
@@ -102,21 +98,6 @@ def failures() -> Iterator[None]:
     except OSError as exc:  # e.g. a home directory we may not create: not a traceback
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
-
-
-@contextmanager
-def node(home: Path | None) -> Iterator[Node]:
-    """Open this host's node (pools under the home directory) and close it afterwards."""
-    from statehold.engine.node import Node  # the engine is imported only when a command runs
-
-    with failures():
-        settings = settings_for(home)
-        settings.home.mkdir(parents=True, exist_ok=True)
-        n = Node(settings.home.resolve())
-        try:
-            yield n
-        finally:
-            n.close()
 
 
 def pick_pool(n: Node, name: str | None) -> Pool:

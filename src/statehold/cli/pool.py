@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from statehold.cli.context import node
 from statehold.cli.output import (
     Format,
     HomeOption,
@@ -16,8 +17,6 @@ from statehold.cli.output import (
     emit,
     failures,
     human,
-    node,
-    settings_for,
     size_arg,
 )
 from statehold.engine.types import PoolSpec, RaidProfile
@@ -69,6 +68,7 @@ def _identity(v: Any) -> Any:
 
 
 def create(
+    ctx: typer.Context,
     name: str = typer.Argument(..., help="Pool name (DNS-1123 label)."),
     device: list[str] = typer.Option([], "--device", "-d", help="Block device; repeat for several."),
     images: int = typer.Option(0, "--images", help="File-backed disk images to create (default 1)."),
@@ -86,17 +86,16 @@ def create(
     with failures():
         size = size_arg(image_size)
         count = images or (0 if device else 1)
-        disks = settings_for(home).home.resolve() / "disks"
+    with node(ctx, home, create=True) as n:
         spec = PoolSpec(
             name=name,
             devices=tuple(device),
-            images=tuple(str(disks / f"{name}-{i}.img") for i in range(count)),
+            images=tuple(str(n.disks_dir / f"{name}-{i}.img") for i in range(count)),
             image_size=size if count else 0,
             profile=profile,
             overprovision_ratio=overprovision,
             force=force,
         )
-    with node(home) as n:
         existed = any(p.name == name for p in n.pools())
         p = n.create_pool(spec)
         view = pool_view(p)
@@ -107,22 +106,24 @@ def create(
 
 
 def get(
+    ctx: typer.Context,
     name: str | None = typer.Argument(None, help="One pool; all when omitted."),
     home: Path | None = HomeOption,
     output: Format = OutputOption,
 ) -> None:
     """List pools with capacity (total, physically used, provisioned, free)."""
-    with node(home) as n:
+    with node(ctx, home) as n:
         views: Any = pool_view(n.pool(name)) if name else [pool_view(p) for p in n.pools()]
     emit(views, output, COLUMNS, WIDE, plain_of=_identity)
 
 
 def describe_cmd(
+    ctx: typer.Context,
     name: str = typer.Argument(..., help="Pool name."),
     home: Path | None = HomeOption,
 ) -> None:
     """Show a pool in detail: capacity, volumes and snapshots."""
-    with node(home) as n:
+    with node(ctx, home) as n:
         p = n.pool(name)
         v = pool_view(p)
         vols = [f"{x.name}  {human(x.size)}  {x.mode.value}" for x in p.list_volumes()]
@@ -148,13 +149,14 @@ def describe_cmd(
 
 
 def import_cmd(
+    ctx: typer.Context,
     sources: list[str] = typer.Argument(..., help="Devices or image files holding the pool."),
     name: str | None = typer.Option(None, "--name", help="Expected pool name."),
     home: Path | None = HomeOption,
     output: Format = OutputOption,
 ) -> None:
     """Import a pool made elsewhere (its metadata lives inside it)."""
-    with node(home) as n:
+    with node(ctx, home, create=True) as n:
         p = n.import_pool([str(Path(s).resolve()) if Path(s).exists() else s for s in sources],
                           name=name)
         view = pool_view(p)

@@ -17,15 +17,20 @@ from typing import Any
 import typer
 import yaml
 
-from statehold.errors import StateholdError
+from statehold.cli.output import failures
+from statehold.errors import InvalidArgument
 from statehold.kube import connect as kube_connect
 
 log = logging.getLogger(__name__)
 
 
 def _load_objects(path: Path) -> list[dict[str, Any]]:
+    try:
+        docs = list(yaml.safe_load_all(path.read_text()))
+    except yaml.YAMLError as exc:
+        raise InvalidArgument(f"{path}: not YAML or JSON: {exc}") from exc
     out: list[dict[str, Any]] = []
-    for doc in yaml.safe_load_all(path.read_text()):
+    for doc in docs:
         if isinstance(doc, list):  # a JSON array of objects
             out.extend(i for i in doc if isinstance(i, dict))
         elif isinstance(doc, dict) and doc.get("kind", "").endswith("List"):
@@ -66,7 +71,7 @@ def register(app: typer.Typer) -> None:
         from statehold.scheduler.server import ExtenderServer, parse_listen
         from statehold.scheduler.service import Extender, ExtenderConfig
 
-        try:
+        with failures():
             address = parse_listen(listen)
             view: Any
             if cluster_file is not None:
@@ -81,9 +86,6 @@ def register(app: typer.Typer) -> None:
             extender = Extender(view, ledger=Ledger(ttl=reservation_ttl, settle=settle),
                                 config=ExtenderConfig(fail_open=not fail_closed))
             server = ExtenderServer(address, extender)
-        except (StateholdError, OSError, yaml.YAMLError) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from exc
 
         def _stop(signum: int, frame: object) -> None:
             threading.Thread(target=server.shutdown, daemon=True).start()

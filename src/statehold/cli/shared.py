@@ -14,13 +14,14 @@ Commands work on a host-based root (``--root /mnt/share``) or a native share
     statehold shared backup NAME --root /mnt/share --target T [--no-snapshot]
     statehold shared restore BACKUP NAME --root /mnt/share --target T [--size 10Gi]
 
-Errors go to stderr with a non-zero exit code (2 bad input, 3 not found, 1 otherwise).
+Errors go to stderr with the exit code of the CLI's one table (``statehold.cli.output``:
+2 bad input, 3 not found, 4 already exists, ...). ``usage`` also exits 4 when a volume
+holds more than its size (a report, not an error).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -29,18 +30,12 @@ from typing import Any
 import typer
 
 from statehold.backup.repository import Repository
-from statehold.backup.targets import TargetBook, open_store
+from statehold.cli.context import open_repository, settings
+from statehold.cli.output import failures
 from statehold.csi.backend import BackendConfig
 from statehold.csi.backend_shared import SharedBackend, make_id
-from statehold.errors import (
-    AlreadyExists,
-    InvalidArgument,
-    NotFound,
-    OutOfRange,
-    StateholdError,
-)
+from statehold.errors import InvalidArgument, NotFound, StateholdError
 from statehold.kube import connect as kube_connect
-from statehold.settings import Settings
 from statehold.shared.backups import backup_volume, restore_volume
 from statehold.shared.discovery import LABEL_NODE, LABEL_OWNER, OWNER, Discoverer
 from statehold.shared.names import format_size, parse_size
@@ -110,46 +105,28 @@ def report_oversize(backend: SharedBackend, kube: Any) -> list[tuple[str, Volume
     return found
 
 
-def _fail(exc: StateholdError) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
-    if isinstance(exc, InvalidArgument | OutOfRange | AlreadyExists):
-        return typer.Exit(2)
-    return typer.Exit(3 if isinstance(exc, NotFound) else 1)
+def _repo(ctx: typer.Context, target: str, password_file: Path | None) -> Repository:
+    """The repository of a backup target (``statehold target add``), opened the CLI's one way."""
+    return open_repository(ctx, None, target, password_file)
 
 
-def _repo(target: str, password_file: Path | None) -> Repository:
-    """The repository of a backup target (``statehold target add``). Password from the file,
-    else $STATEHOLD_REPO_PASSWORD; S3 keys from $AWS_ACCESS_KEY_ID/$AWS_SECRET_ACCESS_KEY."""
-    if password_file is not None:
-        try:
-            password = password_file.read_text().rstrip("\n")
-        except OSError as exc:
-            raise InvalidArgument(f"cannot read password file {password_file}: {exc.strerror}") from exc
-    else:
-        password = os.environ.get("STATEHOLD_REPO_PASSWORD", "")
-    if not password:
-        raise InvalidArgument("no repository password: set STATEHOLD_REPO_PASSWORD or pass --password-file")
-    t = TargetBook(Settings.from_env().home).get(target)
-    store = open_store(t, access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
-                       secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"))
-    return Repository.open(store, password)
-
-
-def _open_keyed(root: Path | None, source: str | None, fs_type: str, options: str) -> tuple[SharedRoot, str]:
+def _open_keyed(ctx: typer.Context, root: Path | None, source: str | None, fs_type: str,
+                options: str) -> tuple[SharedRoot, str]:
     params = {"sharedRoot": str(root)} if root else {}
     if source:
         params.update(source=source, fsType=fs_type, mountOptions=options)
-    return _open(root, source, fs_type, options), RootSpec.from_parameters(params).key
+    return _open(ctx, root, source, fs_type, options), RootSpec.from_parameters(params).key
 
 
-def _open(root: Path | None, source: str | None, fs_type: str, options: str) -> SharedRoot:
+def _open(ctx: typer.Context, root: Path | None, source: str | None, fs_type: str,
+          options: str) -> SharedRoot:
     params = {"sharedRoot": str(root)} if root else {}
     if source:
         params.update(source=source, fsType=fs_type, mountOptions=options)
     spec = RootSpec.from_parameters(params)
     if spec.style == NATIVE:
         assert spec.share is not None
-        home = Settings.from_env().home
+        home = settings(ctx).home
         return SharedRoot(ShareMounter(home / "shared").acquire(spec.share, "cli"))
     assert spec.path is not None
     return SharedRoot(spec.path)
@@ -170,146 +147,133 @@ def register(app: typer.Typer) -> None:
     app.add_typer(shared, name="shared")
 
     @shared.command("get")
-    def get(what: str = typer.Argument("volumes", help="volumes or snapshots"),
+    def get(ctx: typer.Context, what: str = typer.Argument("volumes", help="volumes or snapshots"),
             root: Path | None = RootOpt, source: str | None = SourceOpt, fs_type: str = FsOpt,
             mount_options: str = OptionsOpt, output: str = OutputOpt) -> None:
         """List the volumes (or snapshots) of a shared root."""
-        try:
-            r = _open(root, source, fs_type, mount_options)
+        with failures():
+            r = _open(ctx, root, source, fs_type, mount_options)
             if what == "snapshots":
                 rows = [{**asdict(s), "size": format_size(s.size)} for s in SnapshotStore(r).list()]
                 _emit(rows, output, ["NAME", "VOLUME", "SIZE", "COPY_METHOD", "CREATED"])
                 return
             rows = [{**asdict(v), "size": format_size(v.size)} for v in r.list_volumes()]
             _emit(rows, output, ["NAME", "SIZE", "POLICY", "QUOTA", "PATH"])
-        except StateholdError as exc:
-            raise _fail(exc) from exc
 
     @shared.command("create")
-    def create(name: str, size: str = typer.Option(..., "--size"), root: Path | None = RootOpt,
+    def create(ctx: typer.Context,
+               name: str, size: str = typer.Option(..., "--size"), root: Path | None = RootOpt,
                source: str | None = SourceOpt, fs_type: str = FsOpt, mount_options: str = OptionsOpt,
                policy: str = typer.Option("delete", "--policy", help="delete, retain or archive"),
                enforce: bool = typer.Option(False, "--enforce", help="fail unless a quota enforces the size"),
                ) -> None:
         """Create a volume directory with a size limit."""
-        try:
+        with failures():
             try:
                 pol = DeletionPolicy(policy)
             except ValueError:
                 raise InvalidArgument(f"--policy {policy!r} is not delete, retain or archive") from None
-            vol = _open(root, source, fs_type, mount_options).create_volume(
+            vol = _open(ctx, root, source, fs_type, mount_options).create_volume(
                 name, parse_size(size), policy=pol, enforce=enforce)
             typer.echo(f"volume {vol.name} created at {vol.path} ({format_size(vol.size)}, {vol.quota})")
-        except StateholdError as exc:
-            raise _fail(exc) from exc
 
     @shared.command("expand")
-    def expand(name: str, size: str = typer.Option(..., "--size"), root: Path | None = RootOpt,
+    def expand(ctx: typer.Context,
+               name: str, size: str = typer.Option(..., "--size"), root: Path | None = RootOpt,
                source: str | None = SourceOpt, fs_type: str = FsOpt, mount_options: str = OptionsOpt) -> None:
         """Raise a volume's size limit (online)."""
-        try:
-            vol = _open(root, source, fs_type, mount_options).expand_volume(name, parse_size(size))
+        with failures():
+            vol = _open(ctx, root, source, fs_type, mount_options).expand_volume(name, parse_size(size))
             typer.echo(f"volume {vol.name} is now {format_size(vol.size)}")
-        except StateholdError as exc:
-            raise _fail(exc) from exc
 
     @shared.command("usage")
-    def usage(name: str, root: Path | None = RootOpt, source: str | None = SourceOpt,
+    def usage(ctx: typer.Context, name: str, root: Path | None = RootOpt, source: str | None = SourceOpt,
               fs_type: str = FsOpt, mount_options: str = OptionsOpt) -> None:
         """How full a volume is; exit code 4 when it holds more than its size."""
-        try:
-            u = _open(root, source, fs_type, mount_options).usage(name)
-        except StateholdError as exc:
-            raise _fail(exc) from exc
+        with failures():
+            u = _open(ctx, root, source, fs_type, mount_options).usage(name)
         typer.echo(f"{name}: {format_size(u.used)} of {format_size(u.size)} used, {u.inodes} inodes"
                    f"{' (OVER SIZE)' if u.abnormal else ''}")
         if u.abnormal:
             raise typer.Exit(4)
 
     @shared.command("delete")
-    def delete(name: str, root: Path | None = RootOpt, source: str | None = SourceOpt,
+    def delete(ctx: typer.Context, name: str, root: Path | None = RootOpt, source: str | None = SourceOpt,
                fs_type: str = FsOpt, mount_options: str = OptionsOpt) -> None:
         """Delete a volume according to its deletion policy."""
-        try:
-            where = _open(root, source, fs_type, mount_options).delete_volume(name)
-        except StateholdError as exc:
-            raise _fail(exc) from exc
+        with failures():
+            where = _open(ctx, root, source, fs_type, mount_options).delete_volume(name)
         typer.echo(f"volume {name} deleted" + (f"; data kept at {where}" if where else ""))
 
     @shared.command("snapshot")
-    def snapshot(volume: str, name: str, root: Path | None = RootOpt, source: str | None = SourceOpt,
+    def snapshot(ctx: typer.Context,
+                 volume: str, name: str, root: Path | None = RootOpt, source: str | None = SourceOpt,
                  fs_type: str = FsOpt, mount_options: str = OptionsOpt) -> None:
         """Snapshot a volume (reflink copy where the filesystem supports it)."""
-        try:
-            snap = SnapshotStore(_open(root, source, fs_type, mount_options)).create(volume, name)
-        except StateholdError as exc:
-            raise _fail(exc) from exc
+        with failures():
+            snap = SnapshotStore(_open(ctx, root, source, fs_type, mount_options)).create(volume, name)
         typer.echo(f"snapshot {snap.name} of {volume} created ({snap.copy_method})")
 
     @shared.command("backup")
-    def backup(name: str, target: str = typer.Option(..., "--target", help="backup target name"),
+    def backup(ctx: typer.Context,
+               name: str, target: str = typer.Option(..., "--target", help="backup target name"),
                root: Path | None = RootOpt, source: str | None = SourceOpt, fs_type: str = FsOpt,
                mount_options: str = OptionsOpt,
                snapshot: bool = typer.Option(True, "--snapshot/--no-snapshot",
                                              help="read a snapshot (default) or the live tree"),
                password_file: Path | None = PasswordFileOpt) -> None:
         """Back up a shared volume (file-tree mode) to a backup target."""
-        try:
-            r, key = _open_keyed(root, source, fs_type, mount_options)
-            m = backup_volume(_repo(target, password_file), r, name, volume_key=make_id(key, name),
+        with failures():
+            r, key = _open_keyed(ctx, root, source, fs_type, mount_options)
+            m = backup_volume(_repo(ctx, target, password_file), r, name, volume_key=make_id(key, name),
                               snapshot=snapshot)
-        except StateholdError as exc:
-            raise _fail(exc) from exc
         typer.echo(f"backup {m.backup_id} of {m.volume}: {format_size(m.size)}"
                    f"{', incremental from ' + m.parent if m.parent else ''}")
 
     @shared.command("restore")
-    def restore(backup_id: str, name: str, target: str = typer.Option(..., "--target"),
+    def restore(ctx: typer.Context, backup_id: str, name: str, target: str = typer.Option(..., "--target"),
                 root: Path | None = RootOpt, source: str | None = SourceOpt, fs_type: str = FsOpt,
                 mount_options: str = OptionsOpt, size: str | None = typer.Option(None, "--size"),
                 password_file: Path | None = PasswordFileOpt) -> None:
         """Restore a file-tree backup into a new shared volume."""
-        try:
-            r, _key = _open_keyed(root, source, fs_type, mount_options)
-            repo = _repo(target, password_file)
+        with failures():
+            r, _key = _open_keyed(ctx, root, source, fs_type, mount_options)
+            repo = _repo(ctx, target, password_file)
             vol = restore_volume(repo, repo.resolve(backup_id), r, name,
                                  size=parse_size(size) if size else None)
-        except StateholdError as exc:
-            raise _fail(exc) from exc
         typer.echo(f"volume {vol.name} restored at {vol.path} ({format_size(vol.size)})")
 
     @shared.command("monitor")
-    def monitor(kubeconfig: str | None = typer.Option(None, "--kubeconfig"),
+    def monitor(ctx: typer.Context, kubeconfig: str | None = typer.Option(None, "--kubeconfig"),
                 node: str = typer.Option("", "--node", help="this node's name (for the record)")) -> None:
         """One pass: Warning events on the PVs of shared volumes that exceed their size."""
-        try:
-            backend = SharedBackend(BackendConfig(home=Settings.from_env().home, node_id=node))
+        with failures():
+            backend = SharedBackend(BackendConfig(home=settings(ctx).home, node_id=node))
             found = report_oversize(backend, kube_connect(kubeconfig))
-        except StateholdError as exc:
-            raise _fail(exc) from exc
         for volume_id, event in found:
             typer.echo(f"{volume_id}: {event.message}")
 
     @shared.command("discover")
-    def discover(node: str = typer.Option(..., "--node"), directory: Path = typer.Option(..., "--dir"),
+    def discover(ctx: typer.Context,
+                 node: str = typer.Option(..., "--node"), directory: Path = typer.Option(..., "--dir"),
                  storage_class: str = typer.Option("statehold-local-disks", "--storage-class"),
                  kubeconfig: str | None = typer.Option(None, "--kubeconfig"),
                  interval: float = typer.Option(0.0, "--interval",
                                                 help="repeat every N seconds (0: one pass)")) -> None:
         """Offer disks under --dir as Local PVs and recycle Released ones (one pass, or a loop)."""
-        try:
+        with failures():
             discoverer = Discoverer(KubePvApi(kube_connect(kubeconfig)), node=node,
                                     directory=directory, storage_class=storage_class)
-        except StateholdError as exc:
-            raise _fail(exc) from exc
         while True:
-            try:
-                done = discoverer.run_once()
-            except StateholdError as exc:
-                if interval <= 0:
-                    raise _fail(exc) from exc
-                typer.echo(f"error: {exc}", err=True)  # a loop survives a bad pass
-                done = []
+            if interval <= 0:
+                with failures():
+                    done = discoverer.run_once()
+            else:
+                try:
+                    done = discoverer.run_once()
+                except StateholdError as exc:
+                    typer.echo(f"error: {exc}", err=True)  # a loop survives a bad pass
+                    done = []
             for action in done:
                 typer.echo(f"{action.kind} {action.pv or (action.disk.path if action.disk else '')}")
             if interval <= 0:

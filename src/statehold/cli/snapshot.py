@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from statehold.cli.context import node
 from statehold.cli.output import (
     Format,
     HomeOption,
@@ -16,7 +17,6 @@ from statehold.cli.output import (
     emit,
     human,
     listed_pools,
-    node,
     pool_holding,
 )
 from statehold.engine.types import Snapshot
@@ -36,6 +36,7 @@ WIDE = [
 
 
 def create(
+    ctx: typer.Context,
     name: str = typer.Argument(..., help="Snapshot name (DNS-1123 label)."),
     volume: str = typer.Option(..., "--volume", "-v", help="Volume to snapshot."),
     freeze: bool = typer.Option(True, "--freeze/--no-freeze", help="fsfreeze a mounted volume first."),
@@ -44,7 +45,7 @@ def create(
     output: Format = OutputOption,
 ) -> None:
     """Snapshot a volume (reflink; idempotent for the same volume)."""
-    with node(home) as n:
+    with node(ctx, home) as n:
         p = pool_holding(n, pool, volume)
         existed = any(s.name == name for s in p.list_snapshots())
         snap = p.create_snapshot(volume, name, freeze=freeze)
@@ -55,6 +56,7 @@ def create(
 
 
 def get(
+    ctx: typer.Context,
     name: str | None = typer.Argument(None, help="One snapshot; all when omitted."),
     volume: str | None = typer.Option(None, "--volume", "-v", help="Only this volume's snapshots."),
     pool: str | None = PoolOption,
@@ -62,7 +64,7 @@ def get(
     output: Format = OutputOption,
 ) -> None:
     """List snapshots (or show one)."""
-    with node(home) as n:
+    with node(ctx, home) as n:
         items: Snapshot | list[Snapshot] = (
             pool_holding(n, pool, name, kind="snapshot").get_snapshot(name) if name
             else [s for p in listed_pools(n, pool) for s in p.list_snapshots(volume)]
@@ -71,12 +73,13 @@ def get(
 
 
 def delete(
+    ctx: typer.Context,
     name: str = typer.Argument(..., help="Snapshot name."),
     pool: str | None = PoolOption,
     home: Path | None = HomeOption,
 ) -> None:
     """Delete a snapshot (clones made from it keep their data)."""
-    with node(home) as n:
+    with node(ctx, home) as n:
         pool_holding(n, pool, name, kind="snapshot").delete_snapshot(name)
     done("snapshot", name, "deleted")
 

@@ -3,10 +3,12 @@ attach, detach, mount, unmount, clone)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
 
+from statehold.cli.context import node
 from statehold.cli.output import (
     Format,
     HomeOption,
@@ -19,7 +21,6 @@ from statehold.cli.output import (
     failures,
     human,
     listed_pools,
-    node,
     pick_pool,
     pool_holding,
     size_arg,
@@ -72,6 +73,7 @@ def _created(v: Volume, existed: bool, output: Format) -> None:
 
 
 def create(
+    ctx: typer.Context,
     name: str = typer.Argument(..., help="Volume name (DNS-1123 label)."),
     size: str = typer.Option(..., "--size", "-s", help="Size, e.g. 10Gi (rounded up to 1Mi)."),
     mode: VolumeMode = typer.Option(VolumeMode.FILESYSTEM, "--mode", help="filesystem or block."),
@@ -88,7 +90,7 @@ def create(
         nbytes = size_arg(size)
         labels = _labels(label)
         source = _source(from_snapshot, from_volume)
-    with node(home) as n:
+    with node(ctx, home) as n:
         p = pick_pool(n, pool)
         existed = any(v.name == name for v in p.list_volumes())
         v = p.create_volume(
@@ -99,6 +101,7 @@ def create(
 
 
 def clone(
+    ctx: typer.Context,
     name: str = typer.Argument(..., help="Name of the new volume."),
     from_snapshot: str | None = typer.Option(None, "--from-snapshot", help="Source snapshot."),
     from_volume: str | None = typer.Option(None, "--from-volume", help="Source volume."),
@@ -113,7 +116,7 @@ def clone(
         if source is None:
             raise InvalidArgument("clone needs --from-snapshot or --from-volume")
         nbytes = size_arg(size) if size else None
-    with node(home) as n:
+    with node(ctx, home) as n:
         p = pool_holding(n, pool, source.name, kind=source.kind.value)
         # the new volume holds what its source holds: same mode, same filesystem
         origin: Snapshot | Volume = (
@@ -126,13 +129,14 @@ def clone(
 
 
 def get(
+    ctx: typer.Context,
     name: str | None = typer.Argument(None, help="One volume; all when omitted."),
     pool: str | None = PoolOption,
     home: Path | None = HomeOption,
     output: Format = OutputOption,
 ) -> None:
     """List volumes (or show one)."""
-    with node(home) as n:
+    with node(ctx, home) as n:
         items: Volume | list[Volume] = (
             pool_holding(n, pool, name).get_volume(name) if name
             else [v for p in listed_pools(n, pool) for v in p.list_volumes()]
@@ -141,12 +145,13 @@ def get(
 
 
 def describe_cmd(
+    ctx: typer.Context,
     name: str = typer.Argument(..., help="Volume name."),
     pool: str | None = PoolOption,
     home: Path | None = HomeOption,
 ) -> None:
     """Show a volume in detail, with its snapshots."""
-    with node(home) as n:
+    with node(ctx, home) as n:
         p = pool_holding(n, pool, name)
         v = p.get_volume(name)
         snaps = [f"{s.name}  {human(s.size)}  {age(s.created_at)}" for s in p.list_snapshots(name)]
@@ -170,17 +175,19 @@ def describe_cmd(
 
 
 def delete(
+    ctx: typer.Context,
     name: str = typer.Argument(..., help="Volume name."),
     pool: str | None = PoolOption,
     home: Path | None = HomeOption,
 ) -> None:
     """Delete a volume (refused while attached or mounted; its snapshots survive)."""
-    with node(home) as n:
+    with node(ctx, home) as n:
         pool_holding(n, pool, name).delete_volume(name)
     done("volume", name, "deleted")
 
 
 def expand(
+    ctx: typer.Context,
     name: str = typer.Argument(..., help="Volume name."),
     size: str = typer.Option(..., "--size", "-s", help="New, larger size, e.g. 20Gi."),
     pool: str | None = PoolOption,
@@ -190,7 +197,7 @@ def expand(
     """Grow a volume, online when mounted (xfs, btrfs); shrinking is refused."""
     with failures():
         nbytes = size_arg(size)
-    with node(home) as n:
+    with node(ctx, home) as n:
         result = pool_holding(n, pool, name).expand(name, nbytes)
     if output in (Format.JSON, Format.YAML):
         emit(result, output, COLUMNS)
@@ -199,28 +206,31 @@ def expand(
 
 
 def attach(
+    ctx: typer.Context,
     name: str = typer.Argument(..., help="Volume name."),
     pool: str | None = PoolOption,
     home: Path | None = HomeOption,
 ) -> None:
     """Attach a volume as a loop device and print the device node."""
-    with node(home) as n:
+    with node(ctx, home) as n:
         device = pool_holding(n, pool, name).attach(name)
     typer.echo(device)
 
 
 def detach(
+    ctx: typer.Context,
     name: str = typer.Argument(..., help="Volume name."),
     pool: str | None = PoolOption,
     home: Path | None = HomeOption,
 ) -> None:
     """Detach a volume's loop device (refused while mounted)."""
-    with node(home) as n:
+    with node(ctx, home) as n:
         pool_holding(n, pool, name).detach(name)
     done("volume", name, "detached")
 
 
 def mount(
+    ctx: typer.Context,
     name: str = typer.Argument(..., help="Volume name."),
     target: Path = typer.Argument(..., help="Directory to mount on (created if missing)."),
     option: list[str] = typer.Option([], "--option", "-O", help="Mount option; repeat for several."),
@@ -229,22 +239,40 @@ def mount(
     home: Path | None = HomeOption,
 ) -> None:
     """Attach, format if blank, and mount a filesystem volume."""
-    with failures():
-        target = target.resolve()
-        target.mkdir(parents=True, exist_ok=True)
-    with node(home) as n:
-        pool_holding(n, pool, name).mount(name, target, options=option, readonly=readonly)
+    target = target.resolve()
+    with node(ctx, home) as n:
+        p = pool_holding(n, pool, name)
+        p.get_volume(name)  # NotFound before anything is made
+        made = _missing_dirs(target)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            p.mount(name, target, options=option, readonly=readonly)
+        except BaseException:
+            for d in made:  # a failed mount leaves no directory of ours behind
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+            raise
     done("volume", name, f"mounted at {target}")
 
 
+def _missing_dirs(path: Path) -> list[Path]:
+    """The directories ``mkdir -p path`` would create, deepest first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
 def unmount(
+    ctx: typer.Context,
     name: str = typer.Argument(..., help="Volume name."),
     target: Path = typer.Argument(..., help="Mount point."),
     pool: str | None = PoolOption,
     home: Path | None = HomeOption,
 ) -> None:
     """Unmount a volume from a target (it stays attached until `volume detach`)."""
-    with node(home) as n:
+    with node(ctx, home) as n:
         pool_holding(n, pool, name).unmount(name, target.resolve())
     done("volume", name, f"unmounted from {target.resolve()}")
 

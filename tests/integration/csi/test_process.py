@@ -86,7 +86,7 @@ def test_stale_socket_is_replaced_and_live_one_is_not_stolen(proc_env) -> None: 
     wait_for(lambda: serving(sock))
     second = start(home, sock)
     procs.append(second)
-    assert second.wait(30) == 1
+    assert second.wait(30) == 5  # FailedPrecondition: another process serves there
     assert serving(sock)  # the first server still owns it
     first.send_signal(signal.SIGTERM)
     assert first.wait(20) == 0
@@ -98,7 +98,7 @@ def test_a_regular_file_at_the_socket_path_is_refused(proc_env) -> None:  # type
     sock.write_text("precious")
     p = start(home, sock)
     procs.append(p)
-    assert p.wait(30) == 1
+    assert p.wait(30) == 5  # FailedPrecondition: not a socket, left alone
     assert sock.read_text() == "precious"
 
 
@@ -145,7 +145,7 @@ def test_bad_mode_and_endpoint_exit_non_zero(proc_env) -> None:  # type: ignore[
         capture_output=True,
         timeout=60,
     )
-    assert bad_ep.returncode == 1 and b"unix" in bad_ep.stderr
+    assert bad_ep.returncode == 2 and b"unix" in bad_ep.stderr  # InvalidArgument
 
 
 def test_endpoint_from_csi_endpoint_environment(proc_env) -> None:  # type: ignore[no-untyped-def]

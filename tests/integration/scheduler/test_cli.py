@@ -68,5 +68,5 @@ def test_bad_listen_address_exits_non_zero() -> None:
     exe = Path(sys.executable).with_name("statehold")
     r = subprocess.run([str(exe), "scheduler-extender", "--listen", "nonsense"],
                        capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1
+    assert r.returncode == 2  # InvalidArgument, by the CLI's one exit-code table
     assert "--listen must be HOST:PORT" in r.stderr

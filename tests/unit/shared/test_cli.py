@@ -54,10 +54,10 @@ def test_bad_input_exit_codes(scratch: Path) -> None:
     assert invoke("shared", "create", "x", "--size", "lots", "--root", root)[0] == 2
     assert invoke("shared", "create", "x", "--size", "1Mi", "--root", root, "--policy", "shred")[0] == 2
     code, _, err = invoke("shared", "create", "x", "--size", "1Mi", "--root", root, "--enforce")
-    assert code == 1 and "quota" in err
+    assert code == 5 and "quota" in err  # FailedPrecondition: the one exit-code table
     assert invoke("shared", "usage", "nope", "--root", root)[0] == 3
     code, _, err = invoke("shared", "get", "volumes", "--root", str(scratch / "missing"))
-    assert code == 1 and "does not exist" in err
+    assert code == 5 and "does not exist" in err
     assert [p.name for p in scratch.iterdir()] == [".statehold"]
 
 
