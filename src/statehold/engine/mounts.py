@@ -1,15 +1,36 @@
-"""What is mounted where, read from ``/proc/self/mountinfo`` (a pure parser plus a reader).
+"""The mount toolkit: what is mounted where (``/proc/self/mountinfo``), bind and unmount.
+
+Every area (engine, CSI node service, shared mode) reads the mount table and makes bind
+mounts through here, under one set of rules:
+
+* **The kernel's table is the truth.** Idempotency is decided from mountinfo, never from
+  memory or a state file, so a restarted process answers a retried call correctly.
+* **Idempotency** (:func:`bound`): binding the same source at the same target with the same
+  read-only flag again is a no-op; a target that holds anything else — another source, or
+  the same source with the other read-only flag — is :class:`AlreadyExists` (the CSI spec's
+  answer for "published, but incompatible"). Unmounting what is not mounted is a no-op.
+* **Errors**: a refusal by ``mount``/``umount`` (or a timeout) is :class:`FailedPrecondition`
+  carrying the tool's stderr; no :class:`CommandError` leaves this module.
 
 Mount points in mountinfo escape space, tab, newline and backslash as octal (``\\040``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from statehold.errors import AlreadyExists, CommandError, FailedPrecondition
+from statehold.runner import run
+
 MOUNTINFO = Path("/proc/self/mountinfo")
+TIMEOUT = 120.0
+"""Seconds one ``mount``/``umount`` may take (a hung network filesystem must not hang us)."""
+MAX_STACK = 16
+"""Mounts :func:`unmount` peels off one target (stacked by an earlier crash) before giving up."""
 
 _OCTAL = re.compile(r"\\([0-7]{3})")
 
@@ -71,7 +92,30 @@ def parse_mountinfo(text: str) -> list[Mount]:
 
 
 def mounts() -> list[Mount]:
+    """The mount table now; pass it to the lookups below to answer several from one read."""
     return parse_mountinfo(MOUNTINFO.read_text())
+
+
+# -- lookups ----------------------------------------------------------------------------------
+def mount_at(target: Path | str, entries: list[Mount] | None = None) -> Mount | None:
+    """The top-most mount exactly at ``target`` (the one a process sees there), or None."""
+    wanted = os.path.normpath(str(target))
+    found = None
+    for m in mounts() if entries is None else entries:
+        if m.target == wanted:
+            found = m
+    return found
+
+
+def mount_of(path: Path | str, entries: list[Mount] | None = None) -> Mount | None:
+    """The mount that holds ``path``: longest mount-point prefix, top-most when stacked.
+    String comparison: pass a resolved path when symlinks may be involved."""
+    wanted = os.path.normpath(str(path))
+    best: Mount | None = None
+    for m in mounts() if entries is None else entries:
+        if is_under(wanted, m.target) and (best is None or len(m.target) >= len(best.target)):
+            best = m
+    return best
 
 
 def targets_of(device: str) -> list[str]:
@@ -84,17 +128,117 @@ def writable_targets(device: str) -> list[str]:
     return [m.target for m in mounts() if m.source == device and "rw" in m.options]
 
 
-def mount_at(target: Path | str) -> Mount | None:
-    """The top-most mount exactly at ``target``, or None."""
-    wanted = str(target)
-    found = None
-    for m in mounts():
-        if m.target == wanted:
-            found = m
-    return found
-
-
 def is_under(path: str, root: Path | str) -> bool:
     """True when ``path`` is ``root`` or inside it (string path comparison, no symlinks)."""
     r = str(root).rstrip("/")
     return path == r or path.startswith(r + "/")
+
+
+# -- bind and unmount -------------------------------------------------------------------------
+def _same_file(a: Path, b: Path) -> bool:
+    """One inode: a bind shows its source's inode at the target (directory or device node)."""
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:  # e.g. ENOTCONN from a dead FUSE mount: not what was asked for
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def bound(source: Path | str, target: Path | str, *, readonly: bool,
+          entries: list[Mount] | None = None) -> bool:
+    """The one idempotency rule for binds. True: ``source`` is already bound at ``target``
+    with this read-only flag (nothing to do). False: nothing is mounted at ``target``.
+    AlreadyExists: something else is, or the same source with the other read-only flag."""
+    current = mount_at(target, entries)
+    if current is None:
+        return False
+    if not _same_file(Path(source), Path(target)):
+        raise AlreadyExists(f"{target} already holds another mount ({current.source}), not {source}")
+    if current.readonly != readonly:
+        raise AlreadyExists(f"{target} already has {source} bound with readonly={current.readonly}")
+    return True
+
+
+def bind(source: Path | str, target: Path | str, *, readonly: bool = False) -> None:
+    """Bind-mount ``source`` (a directory, or a file such as a device node) onto ``target``.
+
+    Idempotent by :func:`bound`. A missing target is created to match the source (a
+    directory, or an empty 0600 file) and removed again if the bind fails. Read-only takes
+    a second step, because the kernel ignores MS_RDONLY on the initial MS_BIND: if that
+    remount fails the bind is undone, so a read-write mount is never left behind."""
+    source, target = Path(source), Path(target)
+    if bound(source, target, readonly=readonly):
+        return
+    if not source.exists():
+        raise FailedPrecondition(f"cannot bind {source}: it does not exist")
+    created = _make_target(target, directory=source.is_dir())
+    try:
+        _tool(["mount", "--bind", str(source), str(target)], f"bind mount of {source} on {target}")
+        if readonly:
+            try:
+                _tool(["mount", "-o", "remount,bind,ro", str(target)], f"read-only remount of {target}")
+            except FailedPrecondition:
+                with contextlib.suppress(FailedPrecondition):
+                    _tool(["umount", str(target)], f"unmount of {target}")
+                raise
+    except BaseException:
+        if created and mount_at(target) is None:
+            _remove(target)
+        raise
+
+
+def unmount(target: Path | str, *, remove_dir: bool = False) -> None:
+    """Unmount every mount stacked exactly at ``target``; nothing mounted there is a no-op.
+
+    ``remove_dir``: then remove ``target`` if it is an empty directory (best effort; a
+    directory with files in it, or a file, stays)."""
+    target = Path(target)
+    for _ in range(MAX_STACK):
+        top = mount_at(target)
+        if top is None:
+            break
+        try:
+            run(["umount", str(target)], timeout=TIMEOUT)
+        except CommandError as exc:
+            after = mount_at(target)
+            if after is None or after.mount_id != top.mount_id:
+                continue  # unmounted meanwhile by someone else: the table is the truth
+            raise FailedPrecondition(f"cannot unmount {target}: {exc.stderr}") from exc
+    else:
+        if mount_at(target) is not None:
+            raise FailedPrecondition(f"{target} is still mounted after {MAX_STACK} unmounts")
+    if remove_dir:
+        with contextlib.suppress(OSError):
+            target.rmdir()
+
+
+def _make_target(target: Path, *, directory: bool) -> bool:
+    """Create the mount point when missing; True when this call created it."""
+    if os.path.lexists(target):
+        return False
+    try:
+        if directory:
+            target.mkdir(parents=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.touch(mode=0o600, exist_ok=False)
+    except FileExistsError:
+        return False  # created meanwhile by someone else: theirs, not ours to remove
+    except OSError as exc:
+        raise FailedPrecondition(f"cannot create mount point {target}: {exc}") from exc
+    return True
+
+
+def _remove(target: Path) -> None:
+    with contextlib.suppress(OSError):
+        if target.is_dir():
+            target.rmdir()
+        else:
+            target.unlink()
+
+
+def _tool(argv: list[str], what: str) -> None:
+    try:
+        run(argv, timeout=TIMEOUT)
+    except CommandError as exc:
+        raise FailedPrecondition(f"{what} failed: {exc.stderr}") from exc
