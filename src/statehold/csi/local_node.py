@@ -1,7 +1,8 @@
 """Node-side operations on local engine volumes: stage, publish, stats.
 
-Idempotency comes from the kernel's mount table (``mounts.table()``), never from memory, so
-a restarted driver answers a retried call correctly.
+Idempotency comes from the kernel's mount table (the engine's mount toolkit,
+``statehold.engine.mounts``), never from memory, so a restarted driver answers a retried call
+correctly.
 
 * Filesystem volume: stage = engine ``mount`` (loop attach, mkfs if blank, mount at the
   staging path); publish = bind mount of the staging path onto the target directory.
@@ -17,8 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-from statehold.csi import mounts
 from statehold.csi.backend import AccessMode, PublishRequest, StageRequest, VolumeStats
+from statehold.csi.mounts import device_readonly, remove_target, set_device_readonly
+from statehold.engine import mounts
 from statehold.engine.mounts import Mount
 from statehold.engine.pool import Pool
 from statehold.engine.types import Volume, VolumeMode
@@ -74,8 +76,9 @@ def stage(pool: Pool, vol: Volume, req: StageRequest) -> None:
     if cap.block:
         pool.attach(vol.name)
         return
-    table = mounts.table()
-    current = mounts.at(req.staging_path, table)
+    # Pool.mount checks the table too, but only for another device (FailedPrecondition);
+    # the spec wants ALREADY_EXISTS here, and a read-only flag that differs is one too.
+    current = mounts.mount_at(req.staging_path)
     if current is not None:
         if vol.device is None or current.source != vol.device:
             raise AlreadyExists(f"{req.staging_path} already holds {current.source}, not volume {vol.id}")
@@ -104,7 +107,7 @@ def unstage(pool: Pool, vol: Volume, staging: Path) -> None:
             raise FailedPrecondition(f"volume {vol.id} is still published; unpublish it first")
         pool.detach(vol.name)
         return
-    current = mounts.at(staging)
+    current = mounts.mount_at(staging)
     if current is not None and vol.device is not None and current.source == vol.device:
         pool.unmount(vol.name, staging)
     fresh = pool.get_volume(vol.name)
@@ -115,7 +118,7 @@ def unstage(pool: Pool, vol: Volume, staging: Path) -> None:
 def _device_binds(device: str) -> list[Mount]:
     """Mounts of a device node itself (block publications): devtmpfs binds of /loopN."""
     leaf = "/" + os.path.basename(device)
-    return [e for e in mounts.table() if e.fstype == "devtmpfs" and e.root == leaf]
+    return [e for e in mounts.mounts() if e.fstype == "devtmpfs" and e.root == leaf]
 
 
 @_os_errors
@@ -123,23 +126,17 @@ def publish(pool: Pool, vol: Volume, req: PublishRequest) -> None:
     cap = req.capability
     _check_kind(vol, cap.block, cap.fs_type)
     readonly = req.readonly or cap.mode in READ_ONLY_MODES
-    table = mounts.table()
+    table = mounts.mounts()
     if cap.block:
         _publish_block(vol, req, readonly, table)
         return
     if req.staging_path is None:
         raise FailedPrecondition("staging_target_path is required")
-    staged = mounts.at(req.staging_path, table)
+    staged = mounts.mount_at(req.staging_path, table)
     if staged is None or vol.device is None or staged.source != vol.device:
         raise FailedPrecondition(f"volume {vol.id} is not staged at {req.staging_path}")
-    current = mounts.at(req.target_path, table)
-    if current is not None:
-        if current.device != staged.device:
-            raise AlreadyExists(f"{req.target_path} already holds another filesystem")
-        if current.readonly != readonly:
-            raise AlreadyExists(
-                f"volume {vol.id} is published at {req.target_path} with readonly={current.readonly}"
-            )
+    # the same target is answered before "exceeds capabilities", as the spec's table orders
+    if mounts.bound(req.staging_path, req.target_path, readonly=readonly, entries=table):
         return
     others = [e for e in table if e.device == staged.device and e.target != str(req.staging_path)]
     if cap.mode not in MANY_TARGET_MODES and others:
@@ -153,26 +150,19 @@ def publish(pool: Pool, vol: Volume, req: PublishRequest) -> None:
 def _publish_block(vol: Volume, req: PublishRequest, readonly: bool, table: list[Mount]) -> None:
     if vol.device is None:
         raise FailedPrecondition(f"block volume {vol.id} is not staged (no device attached)")
-    current = mounts.at(req.target_path, table)
-    if current is not None:
-        if os.stat(req.target_path).st_rdev != os.stat(vol.device).st_rdev:
-            raise AlreadyExists(f"{req.target_path} already holds another device")
-        if current.readonly != readonly:
-            raise AlreadyExists(
-                f"volume {vol.id} is published at {req.target_path} with readonly={current.readonly}"
-            )
+    if mounts.bound(vol.device, req.target_path, readonly=readonly, entries=table):
         return
     binds = _device_binds(vol.device)
     if req.capability.mode not in MANY_TARGET_MODES and binds:
         raise FailedPrecondition(
             f"{req.capability.mode.value} volume {vol.id} is already published at {binds[0].target}"
         )
-    if binds and mounts.device_readonly(vol.device) != readonly:
+    if binds and device_readonly(vol.device) != readonly:
         raise FailedPrecondition(
             f"block volume {vol.id} is published {'read-only' if not readonly else 'read-write'} "
             "elsewhere; a device is either read-only or not"
         )
-    mounts.set_device_readonly(vol.device, readonly)
+    set_device_readonly(vol.device, readonly)
     req.target_path.parent.mkdir(parents=True, exist_ok=True)
     if req.target_path.is_dir():
         raise AlreadyExists(f"{req.target_path} is a directory; a block target must be a file")
@@ -182,16 +172,13 @@ def _publish_block(vol: Volume, req: PublishRequest, readonly: bool, table: list
 
 @_os_errors
 def unpublish(vol: Volume, target: Path) -> None:
-    entry = mounts.at(target)
+    entry = mounts.mount_at(target)
     if entry is not None and not _is_ours(vol, entry) and vol.device is not None:
         raise FailedPrecondition(f"{target} holds something other than volume {vol.id}")
-    for _ in range(8):  # stacked mounts from an earlier crash: peel them all
-        if mounts.at(target) is None:
-            break
-        mounts.unmount(target)
-    mounts.remove_target(target)
+    mounts.unmount(target)  # every stacked mount, e.g. from an earlier crash
+    remove_target(target)
     if vol.mode is VolumeMode.BLOCK and vol.device is not None and not _device_binds(vol.device):
-        mounts.set_device_readonly(vol.device, False)  # the last reader is gone
+        set_device_readonly(vol.device, False)  # the last reader is gone
 
 
 def _is_ours(vol: Volume, entry: Mount) -> bool:
@@ -203,7 +190,7 @@ def _is_ours(vol: Volume, entry: Mount) -> bool:
 
 
 def stats(vol: Volume, path: Path) -> VolumeStats:
-    entry = mounts.at(path)
+    entry = mounts.mount_at(path)
     missing = not vol.path.exists()
     # with its backing file gone the engine can no longer name the volume's loop device;
     # whatever is mounted at the path is then reported, flagged abnormal

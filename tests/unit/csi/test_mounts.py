@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from statehold.csi.mounts import at
 from statehold.csi.server import socket_path
-from statehold.engine.mounts import parse_mountinfo
+from statehold.engine.mounts import mount_at, parse_mountinfo
 from statehold.errors import InvalidArgument
 
 SAMPLE = """\
@@ -31,11 +30,11 @@ def test_parse_mountinfo_fields_and_escapes() -> None:
     assert entries[3].root == "/loop4" and entries[3].fstype == "devtmpfs"
 
 
-def test_at_returns_the_topmost_mount() -> None:
+def test_mount_at_returns_the_topmost_mount() -> None:
     entries = parse_mountinfo(SAMPLE)
-    top = at(Path("/var/lib/kubelet/pods/u/mount"), entries)
+    top = mount_at(Path("/var/lib/kubelet/pods/u/mount"), entries)
     assert top is not None and top.mount_id == 103
-    assert at(Path("/nowhere"), entries) is None
+    assert mount_at(Path("/nowhere"), entries) is None
 
 
 def test_endpoint_forms() -> None:
