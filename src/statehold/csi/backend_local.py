@@ -28,6 +28,7 @@ from statehold.csi.backend import (
     VolumeStats,
 )
 from statehold.csi.requests import LOCAL_FS_TYPES, fs_parameter
+from statehold.engine import fs as engine_fs
 from statehold.engine.node import Node
 from statehold.engine.pool import Pool
 from statehold.engine.types import FsType, MiB, Snapshot, Source, SourceKind, Volume, VolumeMode
@@ -39,8 +40,6 @@ DEFAULT_SIZE = 1024 * MiB
 """Size of a volume created without a capacity range."""
 
 DEFAULT_FS = "xfs"
-MIN_SIZE = {"xfs": 300 * MiB, "btrfs": 128 * MiB, "ext4": 16 * MiB, "": MiB}
-"""Smallest volume each filesystem can be made on (mkfs refuses less); "" = block."""
 
 NAME_LABEL = "csi.statehold.io/name"
 POOL_PARAMETER = "pool"
@@ -60,6 +59,15 @@ def _labels(req: VolumeRequest) -> dict[str, str]:
     labels = {NAME_LABEL: req.name[:253]}
     labels.update({k: req.parameters[k][:253] for k in KUBE_METADATA if req.parameters.get(k)})
     return labels
+
+
+def min_size(fs: str) -> int:
+    """Smallest volume of filesystem ``fs`` (engine ``fs.MIN_SIZE``: mkfs refuses less); a
+    block volume ("") or a name the engine does not know is one MiB, the provisioning unit."""
+    try:
+        return engine_fs.MIN_SIZE[FsType(fs)]
+    except ValueError:
+        return MiB
 
 
 def _round_up(n: int) -> int:
@@ -203,7 +211,7 @@ class LocalBackend:
         src_size = 0
         if req.source is not None:
             src_pool, source, src_size = self._source(req.source)
-        floor = max(MIN_SIZE[fs], src_size if not req.required_bytes else 0)
+        floor = max(min_size(fs), src_size if not req.required_bytes else 0)
         size = choose_size(req.required_bytes, req.limit_bytes, floor)
         if src_pool is not None:
             wanted = req.parameters.get(POOL_PARAMETER, "")
@@ -268,7 +276,7 @@ class LocalBackend:
         best = best // MiB * MiB
         fs = fs_parameter(parameters) or DEFAULT_FS  # the smallest volume of this class
         return CapacityInfo(
-            available=best, maximum_volume_size=best, minimum_volume_size=MIN_SIZE.get(fs, MiB)
+            available=best, maximum_volume_size=best, minimum_volume_size=min_size(fs)
         )
 
     def expand_volume(self, volume_id: str, required_bytes: int, limit_bytes: int) -> ExpandInfo:
