@@ -32,15 +32,15 @@ import typer
 from statehold.backup.repository import Repository
 from statehold.cli.context import open_repository, settings
 from statehold.cli.output import failures
-from statehold.csi.backend import BackendConfig
-from statehold.csi.backend_shared import SharedBackend, make_id
 from statehold.errors import InvalidArgument, NotFound, StateholdError
 from statehold.kube import connect as kube_connect
 from statehold.shared.backups import backup_volume, restore_volume
 from statehold.shared.discovery import LABEL_NODE, LABEL_OWNER, OWNER, Discoverer
+from statehold.shared.ids import make_id
 from statehold.shared.names import format_size, parse_size
 from statehold.shared.registry import NATIVE, RootSpec
 from statehold.shared.root import SharedRoot
+from statehold.shared.service import SharedVolumes
 from statehold.shared.share import ShareMounter
 from statehold.shared.snapshots import SnapshotStore
 from statehold.shared.types import DeletionPolicy, VolumeEvent
@@ -85,7 +85,7 @@ class KubePvApi:
                                component="statehold-local-discovery")
 
 
-def report_oversize(backend: SharedBackend, kube: Any) -> list[tuple[str, VolumeEvent]]:
+def report_oversize(volumes: SharedVolumes, kube: Any) -> list[tuple[str, VolumeEvent]]:
     """Measure every shared volume this host knows; a Warning ``OverSize`` Event on the PV
     (found by its CSI volume handle) for each one holding more than its size. Returns
     (volume id, event) pairs. The periodic half of accounting: NodeGetVolumeStats reports
@@ -94,14 +94,12 @@ def report_oversize(backend: SharedBackend, kube: Any) -> list[tuple[str, Volume
 
     handles = {pv.get("spec", {}).get("csi", {}).get("volumeHandle"): pv for pv in kube.list(PV)}
     found: list[tuple[str, VolumeEvent]] = []
-    for key in backend.registry.known():
-        for event in backend.root_for(key).check_all():
-            volume_id = make_id(key, event.volume)
-            found.append((volume_id, event))
-            pv = handles.get(volume_id)
-            if pv is not None:
-                kube.record_event(pv, type="Warning", reason=event.reason, message=event.message,
-                                  component="statehold-shared")
+    for volume_id, event in volumes.oversize():
+        found.append((volume_id, event))
+        pv = handles.get(volume_id)
+        if pv is not None:
+            kube.record_event(pv, type="Warning", reason=event.reason, message=event.message,
+                              component="statehold-shared")
     return found
 
 
@@ -248,8 +246,7 @@ def register(app: typer.Typer) -> None:
                 node: str = typer.Option("", "--node", help="this node's name (for the record)")) -> None:
         """One pass: Warning events on the PVs of shared volumes that exceed their size."""
         with failures():
-            backend = SharedBackend(BackendConfig(home=settings(ctx).home, node_id=node))
-            found = report_oversize(backend, kube_connect(kubeconfig))
+            found = report_oversize(SharedVolumes(settings(ctx).home), kube_connect(kubeconfig))
         for volume_id, event in found:
             typer.echo(f"{volume_id}: {event.message}")
 

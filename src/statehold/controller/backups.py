@@ -37,7 +37,6 @@ from statehold.controller.shared_locate import (
     locate_shared,
 )
 from statehold.controller.targets import resolve_target
-from statehold.csi.backend_shared import SharedBackend
 from statehold.engine.node import Node
 from statehold.errors import (
     Corrupt,
@@ -51,6 +50,7 @@ from statehold.errors import (
 from statehold.kube.events import rfc3339
 from statehold.kube.facade import Kube, Obj
 from statehold.kube.kinds import CSI_NODE, PV, PVC, VOLUME_BACKUP
+from statehold.shared.service import SharedVolumes
 
 NODE_LABEL = "statehold.io/node"
 PVC_LABEL = "statehold.io/pvc"
@@ -127,9 +127,9 @@ class _Progress:
 
 
 def run_backup(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock,
-               shared: SharedBackend | None = None) -> Result:
+               shared: SharedVolumes | None = None) -> Result:
     """Node side: snapshot the volume and back it up; idempotent (a retry reuses the
-    snapshot and writes a complete new backup). Shared volumes go to the shared backend's
+    snapshot and writes a complete new backup). Shared volumes go to shared mode's
     file-tree backup instead."""
     rep = Reporter(kube, obj, now, component=f"statehold-agent/{node_name}")
     st = rep.status

@@ -30,8 +30,6 @@ from typing import Any
 from statehold.controller import backups, pools, restores, schedules, shared_backups, target_status
 from statehold.controller.problems import Result, backoff
 from statehold.controller.report import Clock
-from statehold.csi.backend import BackendConfig
-from statehold.csi.backend_shared import SharedBackend
 from statehold.engine.node import Node
 from statehold.errors import NotFound
 from statehold.kube import kopf_runtime
@@ -44,6 +42,7 @@ from statehold.kube.kinds import (
     VOLUME_RESTORE,
     Kind,
 )
+from statehold.shared.service import SharedVolumes
 
 log = logging.getLogger("statehold.operator")
 Reconcile = Callable[[Obj], Result]
@@ -72,17 +71,17 @@ def _handler(kube: Kube, kind: Kind, reconcile: Reconcile) -> Callable[..., None
     return handle
 
 
-def shared_backend(node: Node, node_name: str) -> SharedBackend:
-    """The shared backend of this node's agent: same home as the CSI plugin, so the root
-    registry and the native share mounts are the plugin's."""
-    return SharedBackend(BackendConfig(home=node.home, node_id=node_name))
+def shared_volumes(node: Node) -> SharedVolumes:
+    """Shared mode as this node's agent sees it: built from the same home as the node's CSI
+    plugin, so the root registry and the native share mounts are the plugin's."""
+    return SharedVolumes(node.home)
 
 
 def node_registry(kube: Kube, node: Node, node_name: str, now: Clock = utcnow,
-                  shared: SharedBackend | None = None) -> kopf_runtime.Registry:
+                  shared: SharedVolumes | None = None) -> kopf_runtime.Registry:
     reg = kopf_runtime.new_registry()
     mine = {backups.NODE_LABEL: node_name}
-    shared = shared or shared_backend(node, node_name)
+    shared = shared or shared_volumes(node)
 
     def on_node(spec: Any, **_: Any) -> bool:
         return bool(spec.get("node") == node_name)
@@ -142,14 +141,14 @@ def _each(kube: Kube, kind: Kind, reconcile: Reconcile) -> Callable[[], None]:
 
 def node_tickers(kube: Kube, node: Node, node_name: str, now: Clock = utcnow, *,
                  capacity_interval: float = 60.0,
-                 shared: SharedBackend | None = None) -> list[Ticker]:
+                 shared: SharedVolumes | None = None) -> list[Ticker]:
     """Capacity of this node's pools into their StoragePool status; the roots of the shared
     StorageClasses into this node's root registry (at once, then every interval), so the
     plugin here can delete or measure a shared volume another node created."""
-    backend = shared or shared_backend(node, node_name)
+    volumes = shared or shared_volumes(node)
 
     def roots() -> None:
-        shared_backups.register_class_roots(kube, backend)
+        shared_backups.register_class_roots(kube, volumes)
 
     return [
         Ticker("capacity", capacity_interval, _each(

@@ -21,7 +21,6 @@ from statehold.controller.report import Clock, Reporter, report_problem, report_
 from statehold.controller.shared_backups import run_shared_restore
 from statehold.controller.shared_locate import check_access_modes, handle_kind, restore_kind
 from statehold.controller.targets import resolve_target
-from statehold.csi.backend_shared import SharedBackend
 from statehold.engine.names import parse_size
 from statehold.engine.node import Node
 from statehold.engine.types import FsType
@@ -36,6 +35,7 @@ from statehold.errors import (
 from statehold.kube.events import rfc3339
 from statehold.kube.facade import Kube, Obj
 from statehold.kube.kinds import PVC, STORAGE_CLASS, VOLUME_BACKUP, VOLUME_RESTORE
+from statehold.shared.service import SharedVolumes
 
 FINAL = ("Completed", "Failed")
 
@@ -131,7 +131,7 @@ def _pv(obj: Obj, pvc_name: str, handle: str, size: int, fs: str, sc: str,
 
 
 def run_restore(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock,
-                shared: SharedBackend | None = None) -> Result:
+                shared: SharedVolumes | None = None) -> Result:
     rep = Reporter(kube, obj, now, component=f"statehold-agent/{node_name}")
     meta, spec, st = obj["metadata"], obj["spec"], rep.status
     if st.get("phase") in FINAL or (meta.get("labels") or {}).get(NODE_LABEL) != node_name:

@@ -1,9 +1,11 @@
 """VolumeBackup and VolumeRestore of shared volumes, on the agent the cluster side chose.
 
-A shared volume is a directory tree, so it goes through the shared backend's file-tree
-backup (:meth:`SharedBackend.backup` reads a snapshot of the directory; the parent is the
-newest tree backup of the same volume id) and restore (:meth:`SharedBackend.restore` builds
-a new volume aside and renames it in), never through the block-volume path.
+A shared volume is a directory tree, so it goes through shared mode's file-tree backup
+(:meth:`SharedVolumes.backup` reads a snapshot of the directory; the parent is the newest
+tree backup of the same volume id) and restore (:meth:`SharedVolumes.restore` builds a new
+volume aside and renames it in), never through the block-volume path. The agent's
+:class:`~statehold.shared.service.SharedVolumes` is built from the same home as the node's
+CSI plugin, so both see the same root registry and share mounts.
 
 The agent learns the share from the PV's ``volumeAttributes`` (or the StorageClass for a
 restore) and records it in its home's root registry, as NodeStage does: volume ids carry
@@ -24,7 +26,6 @@ from statehold.controller.problems import Problem, Result
 from statehold.controller.report import Clock, Reporter, report_problem, report_restored
 from statehold.controller.shared_locate import check_access_modes, class_kind, locate_shared
 from statehold.controller.targets import TargetConfig, resolve_target
-from statehold.csi.backend_shared import SharedBackend
 from statehold.engine.names import parse_size
 from statehold.errors import (
     Corrupt,
@@ -39,7 +40,9 @@ from statehold.errors import (
 from statehold.kube.events import rfc3339
 from statehold.kube.facade import Kube, Obj
 from statehold.kube.kinds import PV, PVC, STORAGE_CLASS
+from statehold.shared.parameters import VolumeClass
 from statehold.shared.registry import RootSpec
+from statehold.shared.service import SharedVolumes, VolumeRecord
 
 PERMANENT = (InvalidArgument, PermissionDenied, Corrupt, NotFound, OutOfRange)
 
@@ -58,18 +61,18 @@ def _failure(rep: Reporter, exc: StateholdError, verb: str) -> Result:
                           pending_phase="Running")
 
 
-def remember_root(backend: SharedBackend, root: dict[str, str] | Any, key: str | None = None) -> RootSpec:
+def remember_root(volumes: SharedVolumes, root: dict[str, str] | Any, key: str | None = None) -> RootSpec:
     """Record a root description in this node's registry; with ``key``, refuse one that
     describes another root than the volume id names."""
     spec = RootSpec.from_parameters(dict(root))
     if key is not None and spec.key != key:
         raise Problem("RootMismatch", f"the PV describes shared root {spec.key}, its volume id "
                       f"names {key}", permanent=True)
-    backend.registry.remember(spec)
+    volumes.remember(spec)
     return spec
 
 
-def run_shared_backup(kube: Kube, obj: Obj, backend: SharedBackend, node_name: str,
+def run_shared_backup(kube: Kube, obj: Obj, volumes: SharedVolumes, node_name: str,
                       now: Clock) -> Result:
     """Node side of a VolumeBackup whose volume is shared (status.volumeHandle shared/...)."""
     rep = Reporter(kube, obj, now, component=f"statehold-agent/{node_name}")
@@ -82,7 +85,7 @@ def run_shared_backup(kube: Kube, obj: Obj, backend: SharedBackend, node_name: s
         if loc.handle != st.get("volumeHandle"):
             raise Problem("VolumeChanged", f"PVC now names volume {loc.handle}, the backup was "
                           f"scheduled for {st.get('volumeHandle')}", permanent=True)
-        remember_root(backend, dict(loc.root), loc.root_key)
+        remember_root(volumes, dict(loc.root), loc.root_key)
         rep.update({"phase": "Running", "startTime": st.get("startTime") or rfc3339(now()),
                     "node": node_name},
                    condition=("Ready", False, "Running", "backing up the file tree"))
@@ -90,7 +93,7 @@ def run_shared_backup(kube: Kube, obj: Obj, backend: SharedBackend, node_name: s
             rep.event("Normal", "Started", f"backing up shared volume {loc.handle} to "
                       f"{target.describe()}")
         keep = int((meta.get("annotations") or {}).get("statehold.io/keep-last", "0") or 0)
-        m = back_up(backend, loc.handle, target, keep_last=keep,
+        m = back_up(volumes, loc.handle, target, keep_last=keep,
                     labels={"namespace": ns, "pvc": spec["persistentVolumeClaimName"],
                             "volumebackup": meta["name"]})
     except StateholdError as exc:
@@ -106,7 +109,7 @@ def run_shared_backup(kube: Kube, obj: Obj, backend: SharedBackend, node_name: s
     return Result()
 
 
-def back_up(backend: SharedBackend, handle: str, target: TargetConfig, *, keep_last: int = 0,
+def back_up(volumes: SharedVolumes, handle: str, target: TargetConfig, *, keep_last: int = 0,
             labels: dict[str, str] | None = None) -> Any:
     """One backup of the volume at a time on this node (the same lock as local volumes),
     then prune the volume's backups to keep_last if set."""
@@ -115,33 +118,33 @@ def back_up(backend: SharedBackend, handle: str, target: TargetConfig, *, keep_l
 
     with volume_lock(handle):
         repo = backup_runner.open_repository(target)
-        m = backend.backup(handle, repo, labels=labels)
+        m = volumes.backup(handle, repo, labels=labels)
         if keep_last > 0:
             prune(repo, Policy(keep_last=keep_last), volume=handle)
         return m
 
 
-def _pv(obj: Obj, info: Any, sc: str, modes: list[str]) -> dict[str, Any]:
+def _pv(obj: Obj, rec: VolumeRecord, sc: str, modes: list[str]) -> dict[str, Any]:
     meta, spec = obj["metadata"], obj["spec"]
     return {
         "apiVersion": "v1", "kind": "PersistentVolume",
         "metadata": {"name": f"pvc-{meta['uid']}", "annotations": {
             "pv.kubernetes.io/provisioned-by": DRIVER, RESTORE_ANNOTATION: meta["uid"]}},
         "spec": {
-            "capacity": {"storage": str(info.capacity_bytes)},
+            "capacity": {"storage": str(rec.volume.size)},
             "accessModes": modes,
             "persistentVolumeReclaimPolicy": "Delete",
             "storageClassName": sc, "volumeMode": "Filesystem",
             "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                          "namespace": meta["namespace"], "name": spec["persistentVolumeClaimName"]},
             # no node affinity: every node reaches the share
-            "csi": {"driver": DRIVER, "volumeHandle": info.volume_id,
-                    "volumeAttributes": dict(info.context)},
+            "csi": {"driver": DRIVER, "volumeHandle": rec.id,
+                    "volumeAttributes": rec.context},
         },
     }
 
 
-def run_shared_restore(kube: Kube, obj: Obj, vb: dict[str, Any], backend: SharedBackend,
+def run_shared_restore(kube: Kube, obj: Obj, vb: dict[str, Any], volumes: SharedVolumes,
                        node_name: str, now: Clock) -> Result:
     """Node side of a VolumeRestore of a shared volume's backup: a new shared volume on the
     class's root, then a PV (no node affinity) and its PVC. A retry after the volume exists
@@ -162,19 +165,20 @@ def run_shared_restore(kube: Kube, obj: Obj, vb: dict[str, Any], backend: Shared
                    condition=("Ready", False, "Running", f"restoring backup {backup_id}"))
         size = parse_size(str(spec["size"])) if spec.get("size") else None
         repo = backup_runner.open_repository(target)
-        info = backend.restore(backup_id, repo, f"pvc-{meta['uid']}", params, size=size)
-        if st.get("volumeHandle") != info.volume_id:
-            rep.update({"volumeHandle": info.volume_id})
+        rec = volumes.restore(backup_id, repo, f"pvc-{meta['uid']}",
+                              VolumeClass.from_parameters(params), size=size)
+        if st.get("volumeHandle") != rec.id:
+            rep.update({"volumeHandle": rec.id})
             rep.event("Normal", "Restored", f"backup {backup_id} restored into shared volume "
-                      f"{info.volume_id}")
-        pv = _pv(obj, info, sc_name, modes)
+                      f"{rec.id}")
+        pv = _pv(obj, rec, sc_name, modes)
         create_bound_pair(kube, obj, pv, sc_name, modes)
     except StateholdError as exc:
         return _failure(rep, exc, "Restore")
-    return report_restored(rep, spec, pv["metadata"]["name"], info.volume_id)
+    return report_restored(rep, spec, pv["metadata"]["name"], rec.id)
 
 
-def register_class_roots(kube: Kube, backend: SharedBackend) -> list[str]:
+def register_class_roots(kube: Kube, volumes: SharedVolumes) -> list[str]:
     """Record the root of every ``type: shared`` StorageClass of our driver in this node's
     registry (keys returned). Classes that describe no valid root are skipped: the CSI
     plugin reports those on CreateVolume."""
@@ -183,6 +187,6 @@ def register_class_roots(kube: Kube, backend: SharedBackend) -> list[str]:
         if sc.get("provisioner") != DRIVER or class_kind(sc) != "shared":
             continue
         with contextlib.suppress(InvalidArgument):
-            keys.append(remember_root(backend, {str(k): str(v) for k, v in
+            keys.append(remember_root(volumes, {str(k): str(v) for k, v in
                                                 (sc.get("parameters") or {}).items()}).key)
     return sorted(set(keys))

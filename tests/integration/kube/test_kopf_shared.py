@@ -10,13 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from statehold.csi.backend import BackendConfig, VolumeRequest
-from statehold.csi.backend_shared import SharedBackend, split_id
-from statehold.engine.node import Node
 from statehold.controller import operator as op
+from statehold.engine.node import Node
 from statehold.kube.kinds import BACKUP_SCHEDULE, PV, PVC, VOLUME_BACKUP, VOLUME_RESTORE
 from statehold.kube.memory import MemoryKube
+from statehold.shared.ids import split_id
+from statehold.shared.parameters import VolumeClass
 from statehold.shared.registry import RootRegistry
+from statehold.shared.service import SharedVolumes
 from tests.integration.kube.test_kopf_e2e import operator_running, wait_for
 from tests.unit.controller.cluster import NS, path_target, secret
 from tests.unit.kube.apiserver import serve
@@ -40,18 +41,17 @@ def test_shared_pvc_schedule_backup_restore_through_kopf(memory_kube: MemoryKube
     kube.create({"apiVersion": "storage.k8s.io/v1", "kind": "CSINode", "metadata": {"name": NODE},
                  "spec": {"drivers": [{"name": DRIVER, "nodeID": NODE}]}})
     # provisioned (as the CSI plugin of another node would) and written to by a pod
-    other = SharedBackend(BackendConfig(home=scratch / "home-n0", node_id="n0"))
-    info = other.create_volume(VolumeRequest(name="pvc-assets", required_bytes=32 << 20,
-                                             limit_bytes=0, capabilities=(), parameters=params))
+    other = SharedVolumes(scratch / "home-n0")
+    info = other.create_volume("pvc-assets", 32 << 20, VolumeClass.from_parameters(params))
     for rel, data in FILES.items():
         (root / "pvc-assets" / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / "pvc-assets" / rel).write_bytes(data)
     kube.create({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv-assets"},
-                 "spec": {"capacity": {"storage": str(info.capacity_bytes)},
+                 "spec": {"capacity": {"storage": str(info.volume.size)},
                           "accessModes": ["ReadWriteMany"],
                           "claimRef": {"namespace": NS, "name": "assets"},
-                          "csi": {"driver": DRIVER, "volumeHandle": info.volume_id,
-                                  "volumeAttributes": dict(info.context)}}})
+                          "csi": {"driver": DRIVER, "volumeHandle": info.id,
+                                  "volumeAttributes": info.context}}})
     kube.create({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                  "metadata": {"name": "assets", "namespace": NS, "labels": {"backup": "nightly"}},
                  "spec": {"accessModes": ["ReadWriteMany"], "volumeName": "pv-assets",
@@ -87,7 +87,7 @@ def test_shared_pvc_schedule_backup_restore_through_kopf(memory_kube: MemoryKube
         name = "nightly-assets-202601060300"
         done = wait_for("backup Completed", lambda: (
             b := kube.get(VOLUME_BACKUP, name, NS))["status"]["phase"] == "Completed" and b)
-        assert done["status"]["node"] == NODE and done["status"]["volumeHandle"] == info.volume_id
+        assert done["status"]["node"] == NODE and done["status"]["volumeHandle"] == info.id
 
         kube.create({"apiVersion": "statehold.io/v1alpha1", "kind": "VolumeRestore",
                      "metadata": {"name": "copy", "namespace": NS},

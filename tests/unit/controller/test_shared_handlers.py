@@ -18,12 +18,13 @@ from statehold.controller.conditions import find
 from statehold.controller.restores import assign_restore, run_restore
 from statehold.controller.shared_backups import register_class_roots
 from statehold.controller.targets import resolve_target
-from statehold.csi.backend import BackendConfig, VolumeRequest
-from statehold.csi.backend_shared import SharedBackend, split_id
 from statehold.engine.node import Node
 from statehold.kube.kinds import PV, PVC, VOLUME_BACKUP, VOLUME_RESTORE
 from statehold.kube.memory import MemoryKube
+from statehold.shared.ids import split_id
+from statehold.shared.parameters import VolumeClass
 from statehold.shared.registry import RootSpec
+from statehold.shared.service import SharedVolumes
 from tests.unit.controller.cluster import NS, path_target, secret, storage_class, volume_backup
 from tests.unit.kube.rbac import RbacKube, rules_for
 from tests.unit.kube.validation import render
@@ -56,35 +57,34 @@ def world(memory_kube: MemoryKube, scratch: Path, accounts: dict) -> dict[str, A
     secret(memory_kube, "pw", password="s3cret")
     path_target(memory_kube, path=str(scratch / "repo"))
     # the volume as the node plugin that provisioned it made it (another home: another node)
-    creator = SharedBackend(BackendConfig(home=scratch / "home-n0", node_id="n0"))
-    info = creator.create_volume(VolumeRequest(name="pvc-uploads", required_bytes=64 << 20,
-                                               limit_bytes=0, capabilities=(), parameters=params))
+    creator = SharedVolumes(scratch / "home-n0")
+    info = creator.create_volume("pvc-uploads", 64 << 20, VolumeClass.from_parameters(params))
     volume_dir = root / "pvc-uploads"
     for rel, data in FILES.items():
         (volume_dir / rel).parent.mkdir(parents=True, exist_ok=True)
         (volume_dir / rel).write_bytes(data)
     memory_kube.create({"apiVersion": "v1", "kind": "PersistentVolume",
                         "metadata": {"name": "pv-uploads"},
-                        "spec": {"capacity": {"storage": str(info.capacity_bytes)},
+                        "spec": {"capacity": {"storage": str(info.volume.size)},
                                  "accessModes": ["ReadWriteMany"],
                                  "claimRef": {"namespace": NS, "name": "uploads"},
-                                 "csi": {"driver": DRIVER, "volumeHandle": info.volume_id,
-                                         "volumeAttributes": dict(info.context)}}})
+                                 "csi": {"driver": DRIVER, "volumeHandle": info.id,
+                                         "volumeAttributes": info.context}}})
     memory_kube.create({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                         "metadata": {"name": "uploads", "namespace": NS},
                         "spec": {"accessModes": ["ReadWriteMany"], "volumeName": "pv-uploads",
                                  "storageClassName": "shared-host",
                                  "resources": {"requests": {"storage": "64Mi"}}}})
     memory_kube.patch_status(PVC, "uploads", {"phase": "Bound"}, NS)
-    return {"root": root, "params": params, "handle": info.volume_id, "scratch": scratch,
+    return {"root": root, "params": params, "handle": info.id, "scratch": scratch,
             "operator": RbacKube(memory_kube, accounts["statehold-operator"]),
             "agent": RbacKube(memory_kube, accounts["statehold-node"])}
 
 
-def agent(world: dict[str, Any], node: str) -> tuple[Node, SharedBackend]:
+def agent(world: dict[str, Any], node: str) -> tuple[Node, SharedVolumes]:
     home = world["scratch"] / f"home-{node}"
     engine = Node(home)
-    return engine, SharedBackend(BackendConfig(home=engine.home, node_id=node))
+    return engine, SharedVolumes(engine.home)
 
 
 def ready(obj: dict[str, Any]) -> dict[str, Any]:

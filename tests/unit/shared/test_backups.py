@@ -89,20 +89,19 @@ def test_restore_of_an_image_backup_is_refused(repo: Repository, root: SharedRoo
     assert sorted(p.name for p in root.path.iterdir()) == [".statehold"]
 
 
-def test_backend_backs_up_by_volume_id_and_restores_by_parameters(repo: Repository, scratch: Path) -> None:
-    from statehold.csi.backend import AccessMode, BackendConfig, Capability, VolumeRequest
-    from statehold.csi.backend_shared import SharedBackend
+def test_service_backs_up_by_volume_id_and_restores_into_a_class(repo: Repository, scratch: Path) -> None:
+    from statehold.shared.parameters import VolumeClass
+    from statehold.shared.service import SharedVolumes
 
     share = scratch / "share2"
     share.mkdir()
-    be = SharedBackend(BackendConfig(home=scratch / "home", node_id="n1"))
-    params = {"type": "shared", "sharedRoot": str(share)}
-    cap = Capability(mode=AccessMode.MULTI_NODE_MULTI_WRITER, block=False)
-    info = be.create_volume(VolumeRequest(name="pvc-1", required_bytes=4 * MiB, limit_bytes=0,
-                                          capabilities=(cap,), parameters=params))
+    volumes = SharedVolumes(scratch / "home")
+    cls = VolumeClass.from_parameters({"type": "shared", "sharedRoot": str(share)})
+    rec = volumes.create_volume("pvc-1", 4 * MiB, cls)
     (share / "pvc-1" / "f").write_bytes(b"data")
-    m = be.backup(info.volume_id, repo)
-    assert m.volume == info.volume_id
-    restored = be.restore(m.backup_id, repo, "pvc-2", params)
-    assert restored.capacity_bytes == 4 * MiB and restored.volume_id.startswith("shared/")
+    m = volumes.backup(rec.id, repo)
+    assert m.volume == rec.id
+    restored = volumes.restore(m.backup_id, repo, "pvc-2", cls)
+    assert restored.volume.size == 4 * MiB and restored.id.startswith("shared/")
+    assert restored.source_id == f"shared/{rec.key}/{m.backup_id}"
     assert (share / "pvc-2" / "f").read_bytes() == b"data"
