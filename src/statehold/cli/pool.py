@@ -1,4 +1,4 @@
-"""``statehold pool create|get|describe|import``: the node's disk pools."""
+"""``statehold pool create|get|describe|import|export|delete``: the node's disk pools."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from statehold.cli.output import (
     size_arg,
 )
 from statehold.engine.types import PoolSpec, RaidProfile
+from statehold.errors import FailedPrecondition
 
 if TYPE_CHECKING:
     from statehold.engine.pool import Pool
@@ -166,6 +167,44 @@ def import_cmd(
         done("pool", view["name"], "imported")
 
 
+def export_cmd(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Pool name."),
+    home: Path | None = HomeOption,
+) -> None:
+    """Unmount a pool and detach its disks; they keep everything (`pool import` brings it back).
+
+    Refused while a volume or snapshot of the pool is attached.
+    """
+    with node(ctx, home) as n:
+        sources = list(n.pool(name).sources)
+        n.export_pool(name)
+    done("pool", name, "exported")
+    typer.echo(f"import it again with: statehold pool import {' '.join(sources)} --name {name}")
+
+
+def delete(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Pool name."),
+    home: Path | None = HomeOption,
+) -> None:
+    """Delete an empty pool: export it, then remove the image files it was made of.
+
+    Refused while the pool holds volumes or snapshots (delete them first, or `pool export`
+    to keep them). Block devices are left as they are, filesystem included.
+    """
+    with node(ctx, home) as n:
+        p = n.pool(name)
+        held = [f"volume {v.name}" for v in p.list_volumes()]
+        held += [f"snapshot {s.name}" for s in p.list_snapshots()]
+        if held:
+            raise FailedPrecondition(
+                f"pool {name!r} is not empty ({', '.join(held)}): delete them first, "
+                f"or `statehold pool export {name}` to keep them")
+        n.destroy_pool(name)
+    done("pool", name, "deleted")
+
+
 def register(app: typer.Typer) -> None:
     """Add ``statehold pool ...`` to app."""
     sub = typer.Typer(help="Disk pools of this node.", no_args_is_help=True)
@@ -173,4 +212,6 @@ def register(app: typer.Typer) -> None:
     sub.command("get")(get)
     sub.command("describe")(describe_cmd)
     sub.command("import")(import_cmd)
+    sub.command("export")(export_cmd)
+    sub.command("delete")(delete)
     app.add_typer(sub, name="pool")

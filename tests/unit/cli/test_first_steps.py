@@ -84,6 +84,8 @@ def test_read_only_command_on_a_missing_home_is_not_found_and_creates_nothing(
     ("volume", "delete", "v"),
     ("volume", "mount", "v", "{scratch}/mnt/v"),
     ("snapshot", "create", "s", "--volume", "v"),
+    ("pool", "export", "p"),
+    ("pool", "delete", "p"),
 ], ids=lambda a: "-".join(a[:2]))
 def test_command_on_existing_objects_in_a_missing_home_creates_nothing(
     scratch: Path, args: tuple[str, ...]
