@@ -46,6 +46,7 @@ from statehold.csi.backend import (
     VolumeRequest,
     VolumeStats,
 )
+from statehold.engine.mounts import bind, mount_at, unmount
 from statehold.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -55,11 +56,10 @@ from statehold.errors import (
     Unavailable,
 )
 from statehold.shared.backups import backup_volume, restore_volume
-from statehold.shared.mountinfo import mount_at, read_mounts
 from statehold.shared.names import validate_name
 from statehold.shared.registry import NATIVE, RootRegistry, RootSpec
 from statehold.shared.root import SharedRoot
-from statehold.shared.share import ShareMounter, bind_mount, unmount
+from statehold.shared.share import ShareMounter
 from statehold.shared.snapshots import SnapshotStore
 from statehold.shared.types import DeletionPolicy, SharedSnapshot, Source, SourceKind, VolumeEvent
 
@@ -133,7 +133,7 @@ class SharedBackend:
         if spec.style == NATIVE:
             assert spec.share is not None
             target = self.mounter.target(spec.share)
-            if mount_at(read_mounts(), target) is None:
+            if mount_at(target) is None:
                 raise NotFound(f"shared root {key} is not mounted on this node")
             return SharedRoot(target, on_event=self.on_event)
         return self._open(spec)
@@ -285,13 +285,13 @@ class SharedBackend:
         root = self._open(spec, user=req.volume_id)
         try:
             vol = root.get_volume(name)
-            if mount_at(read_mounts(), req.staging_path) is not None:
+            if mount_at(req.staging_path) is not None:
                 if not _same_dir(req.staging_path, vol.path):
                     raise AlreadyExists(f"{req.staging_path} holds another mount")
                 return
-            bind_mount(vol.path, req.staging_path)
+            bind(vol.path, req.staging_path)
         except BaseException:
-            if spec.share is not None and mount_at(read_mounts(), req.staging_path) is None:
+            if spec.share is not None and mount_at(req.staging_path) is None:
                 self.mounter.release(spec.share, req.volume_id)
             raise
 
@@ -304,17 +304,17 @@ class SharedBackend:
 
     def node_publish(self, req: PublishRequest) -> None:
         split_id(req.volume_id)
-        if req.staging_path is None or mount_at(read_mounts(), req.staging_path) is None:
+        if req.staging_path is None or mount_at(req.staging_path) is None:
             raise FailedPrecondition(f"volume {req.volume_id} is not staged on this node")
         readonly = req.readonly or req.capability.mode in READER_MODES
-        entry = mount_at(read_mounts(), req.target_path)
+        entry = mount_at(req.target_path)
         if entry is not None:
             if not _same_dir(req.target_path, req.staging_path):
                 raise AlreadyExists(f"{req.target_path} holds another mount")
             if ("ro" in entry.options) != readonly:
                 raise AlreadyExists(f"{req.target_path} is published with readonly={not readonly}")
             return
-        bind_mount(req.staging_path, req.target_path, readonly=readonly)
+        bind(req.staging_path, req.target_path, readonly=readonly)
 
     def node_unpublish(self, volume_id: str, target_path: Path) -> None:
         split_id(volume_id)
@@ -322,7 +322,7 @@ class SharedBackend:
 
     def node_stats(self, volume_id: str, volume_path: Path) -> VolumeStats:
         key, name = split_id(volume_id)
-        if mount_at(read_mounts(), volume_path) is None:
+        if mount_at(volume_path) is None:
             raise NotFound(f"volume {volume_id} is not mounted at {volume_path}")
         usage = self._node_root(key).usage(name)
         inodes_total = inodes_used = inodes_free = None

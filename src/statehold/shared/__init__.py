@@ -8,7 +8,8 @@ accounted otherwise. Nothing here imports gRPC or Kubernetes: the CSI backend
 (``statehold.csi.backend_shared``) and the CLI translate.
 
 Modules: ``names`` (validation, sizes), ``types`` (value types), ``metadata`` (sidecar
-JSON), ``mountinfo`` (what is mounted where), ``share`` (mounting a share, ref-counted),
+JSON), ``share`` (mounting a share, ref-counted; the mount table, binds and unmounts are
+the engine's ``mounts``),
 ``quota`` / ``xfs_project`` / ``btrfs_qgroup`` (size enforcement), ``usage`` (accounting),
 ``copying`` (reflink or plain tree copies), ``root`` (the volume store), ``snapshots``,
 ``discovery`` (Local PV discovery).

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from statehold.engine.mounts import Mount
+from statehold.engine.mounts import Mount, mount_at
+from statehold.engine.mounts import mounts as read_mounts
 from statehold.errors import AlreadyExists, NotFound, StateholdError, Unavailable
 from statehold.runner import run
 from statehold.shared.copying import remove_tree
-from statehold.shared.mountinfo import mount_at, read_mounts
 
 log = logging.getLogger("statehold.shared.discovery")
 
@@ -156,7 +156,7 @@ def scan(directory: Path, mounts: list[Mount] | None = None) -> list[Disk]:
             continue
         if stat.S_ISBLK(st.st_mode):
             disks.append(Disk(entry.name, str(entry), "Block", _device_size(entry)))
-        elif stat.S_ISDIR(st.st_mode) and mount_at(mounts, entry) is not None:
+        elif stat.S_ISDIR(st.st_mode) and mount_at(entry, mounts) is not None:
             vfs = os.statvfs(entry)
             disks.append(Disk(entry.name, str(entry), "Filesystem", vfs.f_blocks * vfs.f_frsize))
     return disks

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from statehold.engine.mounts import Mount
+from statehold.engine.mounts import Mount, mount_of
 from statehold.shared.accounting import Accounting, Enforcer
 from statehold.shared.btrfs_qgroup import BtrfsQgroup, qgroups_enabled
-from statehold.shared.mountinfo import mount_of, read_mounts
 from statehold.shared.xfs_project import XfsProject
 
 __all__ = ["XFS_QUOTA_OPTIONS", "Accounting", "Enforcer", "detect"]
@@ -30,7 +29,7 @@ XFS_QUOTA_OPTIONS = frozenset({"prjquota", "pquota"})  # pqnoenforce accounts, n
 
 def detect(root: Path, mounts: list[Mount] | None = None) -> Enforcer:
     """The strongest enforcement the filesystem holding ``root`` offers."""
-    entry = mount_of(read_mounts() if mounts is None else mounts, root.resolve())
+    entry = mount_of(root.resolve(), mounts)
     if entry is None:
         return Accounting()
     if entry.fstype == "xfs" and entry.all_options & XFS_QUOTA_OPTIONS:

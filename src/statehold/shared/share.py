@@ -28,10 +28,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from statehold.engine.mounts import mount_at, unmount
 from statehold.errors import CommandError, FailedPrecondition, InvalidArgument, Unavailable
 from statehold.runner import run
 from statehold.shared.metadata import locked, write_json
-from statehold.shared.mountinfo import mount_at, read_mounts
 
 log = logging.getLogger("statehold.shared")
 FS_TYPES = {"glusterfs": "glusterfs", "nfs": "nfs", "nfs4": "nfs4", "cephfs": "ceph", "ceph": "ceph"}
@@ -120,7 +120,7 @@ def mount_share(spec: ShareSpec, target: Path, *, readonly: bool = False) -> Non
 
     A mount whose client died (FUSE: ``ENOTCONN``, "transport endpoint is not connected")
     is still in the mount table but useless: it is unmounted and mounted again."""
-    if mount_at(read_mounts(), target) is not None:
+    if mount_at(target) is not None:
         if _alive(target):
             return
         log.warning("share mount is dead, remounting target=%s source=%s", target, spec.source)
@@ -144,7 +144,7 @@ def mount_share(spec: ShareSpec, target: Path, *, readonly: bool = False) -> Non
         raise InvalidArgument(
             f"mount -t {spec.fstype} {spec.source} refused (check source and mountOptions): {exc.stderr}"
         ) from exc
-    if mount_at(read_mounts(), target) is None:
+    if mount_at(target) is None:
         # mount.glusterfs can exit 0 when its client died right after starting.
         with contextlib.suppress(OSError):
             target.rmdir()
@@ -157,7 +157,7 @@ def _clean_failed_mount(target: Path, created: bool) -> None:
     returned; watch briefly and unmount it by its exact path."""
     deadline = time.monotonic() + FAILED_MOUNT_SETTLE
     while time.monotonic() < deadline:
-        if mount_at(read_mounts(), target) is not None:
+        if mount_at(target) is not None:
             with contextlib.suppress(FailedPrecondition):
                 unmount(target, remove_dir=False)
         time.sleep(0.1)
@@ -176,37 +176,6 @@ def _alive(target: Path) -> bool:
             return False
         raise Unavailable(f"cannot stat {target}: {exc}") from exc
     return True
-
-
-def unmount(target: Path, *, remove_dir: bool = True) -> None:
-    """Unmount exactly ``target`` (every stacked mount there); absent is fine."""
-    while mount_at(read_mounts(), target) is not None:
-        try:
-            run(["umount", str(target)], timeout=MOUNT_TIMEOUT)
-        except CommandError as exc:
-            raise FailedPrecondition(f"cannot unmount {target}: {exc.stderr}") from exc
-    if remove_dir:
-        with contextlib.suppress(OSError):
-            target.rmdir()
-
-
-def bind_mount(src: Path, target: Path, *, readonly: bool = False) -> None:
-    """Bind ``src`` onto ``target`` (a directory, created if needed); idempotent."""
-    if mount_at(read_mounts(), target) is None:
-        if not src.is_dir():
-            raise FailedPrecondition(f"{src} is not a directory")
-        target.mkdir(parents=True, exist_ok=True)
-        try:
-            run(["mount", "--bind", str(src), str(target)], timeout=MOUNT_TIMEOUT)
-        except CommandError as exc:
-            raise FailedPrecondition(f"bind mount of {src} failed: {exc.stderr}") from exc
-    entry = mount_at(read_mounts(), target)
-    if readonly and entry is not None and "ro" not in entry.options:
-        try:
-            run(["mount", "-o", "remount,bind,ro", str(target)], timeout=MOUNT_TIMEOUT)
-        except CommandError as exc:
-            unmount(target, remove_dir=False)
-            raise FailedPrecondition(f"read-only remount of {target} failed: {exc.stderr}") from exc
 
 
 class ShareMounter:
@@ -257,7 +226,7 @@ class ShareMounter:
                 write_json(self._users_file(spec), {"version": 1, "source": spec.source,
                                                     "fstype": spec.fstype, "users": sorted(users)})
                 return False
-            unmount(self.target(spec))
+            unmount(self.target(spec), remove_dir=True)
             with contextlib.suppress(FileNotFoundError):
                 self._users_file(spec).unlink()
             return True

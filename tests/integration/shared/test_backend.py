@@ -20,8 +20,8 @@ from statehold.csi.backend import (
     VolumeRequest,
 )
 from statehold.csi.backend_shared import SharedBackend
+from statehold.engine.mounts import mount_at
 from statehold.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from statehold.shared.mountinfo import mount_at, read_mounts
 from statehold.shared.share import ShareMounter, ShareSpec
 from statehold.shared.types import VolumeEvent
 from tests.fixtures.gluster import GlusterServer
@@ -105,7 +105,7 @@ def test_host_based_lifecycle(scratch: Path, mounts: list[Path]) -> None:
         be.node_unpublish(info.volume_id, scratch / pod / "target")
         be.node_unstage(info.volume_id, scratch / pod / "staging")
         be.node_unstage(info.volume_id, scratch / pod / "staging")
-        assert mount_at(read_mounts(), scratch / pod / "staging") is None
+        assert mount_at(scratch / pod / "staging") is None
     be.delete_volume(info.volume_id)
     with pytest.raises(NotFound):
         be.get_volume(info.volume_id)
@@ -182,7 +182,7 @@ def test_native_gluster_volume_staged_on_two_nodes(scratch: Path, gluster_server
         be.node_unpublish(info.volume_id, scratch / pod / "target")
         be.node_unstage(info.volume_id, scratch / pod / "staging")
     for n in ("node-a", "node-b"):  # the last volume gone: the node's share mount is gone
-        assert mount_at(read_mounts(), ShareMounter(homes[n] / "shared").target(spec)) is None
+        assert mount_at(ShareMounter(homes[n] / "shared").target(spec)) is None
     controller.delete_volume(info.volume_id)
     with pytest.raises(NotFound):
         controller.get_volume(info.volume_id)

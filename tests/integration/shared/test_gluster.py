@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from statehold.engine.mounts import mount_at
+from statehold.engine.mounts import mounts as read_mounts
 from statehold.errors import InvalidArgument, Unavailable
-from statehold.shared.mountinfo import mount_at, read_mounts
 from statehold.shared.root import SharedRoot
 from statehold.shared.share import ShareMounter, ShareSpec
 from statehold.shared.snapshots import SnapshotStore
@@ -160,9 +161,9 @@ def test_native_mount_is_counted_and_removed_with_the_last_user(
     assert mounter.acquire(spec, "vol-2") == target
     assert len([e for e in read_mounts() if e.target == str(target)]) == 1
     assert mounter.release(spec, "vol-1") is False
-    assert mount_at(read_mounts(), target) is not None
+    assert mount_at(target) is not None
     assert mounter.release(spec, "vol-2") is True
-    assert mount_at(read_mounts(), target) is None and not target.exists()
+    assert mount_at(target) is None and not target.exists()
 
 
 def test_unreachable_share_is_unavailable_and_leaves_nothing(scratch: Path) -> None:
@@ -175,7 +176,7 @@ def test_unreachable_share_is_unavailable_and_leaves_nothing(scratch: Path) -> N
         mounter.acquire(spec, "vol-1")
     assert not mounter.target(spec).exists()
     assert mounter.users(spec) == set()
-    assert mount_at(read_mounts(), mounter.target(spec)) is None
+    assert mount_at(mounter.target(spec)) is None
 
 
 def test_wrong_mount_options_are_invalid_and_leave_nothing(

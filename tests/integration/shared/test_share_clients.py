@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from statehold.engine.mounts import mount_at
 from statehold.errors import FailedPrecondition
-from statehold.shared.mountinfo import mount_at, read_mounts
 from statehold.shared.share import ShareMounter, ShareSpec
 
 pytestmark = pytest.mark.root
@@ -47,5 +47,5 @@ def test_missing_client_is_failed_precondition(scratch: Path, listener: int, fst
     with pytest.raises(FailedPrecondition, match="cannot mount"):
         mounter.acquire(spec, "vol-1")
     assert not mounter.target(spec).exists()
-    assert mount_at(read_mounts(), mounter.target(spec)) is None
+    assert mount_at(mounter.target(spec)) is None
     assert mounter.users(spec) == set()

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from statehold.engine.mounts import parse_mountinfo
+from statehold.engine.mounts import mount_at, mount_of, parse_mountinfo
 from statehold.errors import InvalidArgument
 from statehold.shared.btrfs_qgroup import parse_qgroup_show
-from statehold.shared.mountinfo import mount_at, mount_of
 from statehold.shared.quota import Accounting, detect
 from statehold.shared.registry import HOST, NATIVE, RootSpec
 from statehold.shared.share import ShareSpec
@@ -30,17 +29,17 @@ garbage line
 def test_mountinfo_parses_fields_and_escapes() -> None:
     entries = parse_mountinfo(MOUNTINFO)
     assert len(entries) == 7
-    gl = mount_at(entries, "/mnt/gluster share")
+    gl = mount_at("/mnt/gluster share", entries)
     assert gl is not None and gl.fstype == "fuse.glusterfs" and gl.source == "127.0.0.2:/gv0"
-    bind = mount_at(entries, "/var/lib/kubelet/pods/x/volumes/v")
+    bind = mount_at("/var/lib/kubelet/pods/x/volumes/v", entries)
     assert bind is not None and bind.root == "/pvc-1"
 
 
 def test_mount_of_picks_longest_prefix_and_top_of_stack() -> None:
     entries = parse_mountinfo(MOUNTINFO)
-    assert mount_of(entries, "/mnt/xfsq/vol/a").target == "/mnt/xfsq"  # type: ignore[union-attr]
-    assert mount_of(entries, "/mnt/xfsqq").target == "/"  # type: ignore[union-attr]
-    top = mount_at(entries, "/mnt/xfs")
+    assert mount_of("/mnt/xfsq/vol/a", entries).target == "/mnt/xfsq"  # type: ignore[union-attr]
+    assert mount_of("/mnt/xfsqq", entries).target == "/"  # type: ignore[union-attr]
+    top = mount_at("/mnt/xfs", entries)
     assert top is not None and top.mount_id == 45  # the later (stacked) mount wins
 
 
