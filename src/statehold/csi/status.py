@@ -4,7 +4,8 @@ Every servicer method is wrapped by :func:`rpc`. It
 
 * takes the per-object lock named by ``lock`` (a second call on the same volume while one
   is in flight is answered ABORTED at once, as the CSI spec asks, instead of queueing);
-* maps the ``statehold.errors`` tree onto gRPC codes (:data:`CODES`);
+* maps the ``statehold.errors`` tree onto gRPC codes (:data:`CODES`, from
+  ``statehold.grpcerrors``, which the agent answers with too);
 * turns anything unexpected into INTERNAL with a log line, so a bug never kills a worker
   thread or leaks a traceback to the CO.
 """
@@ -22,30 +23,11 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 from statehold import errors
+from statehold.grpcerrors import CODES, code_for
+
+__all__ = ["CODES", "HasLocks", "VolumeLocks", "code_for", "rpc"]
 
 log = logging.getLogger("statehold.csi")
-
-CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
-    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
-    (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
-    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
-    (errors.OutOfRange, grpc.StatusCode.OUT_OF_RANGE),
-    (errors.OutOfCapacity, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
-    (errors.Aborted, grpc.StatusCode.ABORTED),
-    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
-    (errors.Temporary, grpc.StatusCode.UNAVAILABLE),
-    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
-)
-"""Error class -> gRPC code; first match wins, anything else is INTERNAL."""
-
-
-def code_for(exc: BaseException) -> grpc.StatusCode:
-    """The gRPC code a Statehold error (or any exception) is answered with."""
-    for cls, code in CODES:
-        if isinstance(exc, cls):
-            return code
-    return grpc.StatusCode.INTERNAL
 
 
 class VolumeLocks:
