@@ -1,1 +1,1 @@
-"""Code generated from csi.proto by statehold.csi.codegen; do not edit."""
+"""Code generated from csi.proto by statehold.protogen; do not edit."""

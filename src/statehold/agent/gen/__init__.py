@@ -1,0 +1,1 @@
+"""Code generated from agent.proto by statehold.protogen; do not edit."""

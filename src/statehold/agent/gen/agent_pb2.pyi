@@ -1,0 +1,129 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class PingRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PingReply(_message.Message):
+    __slots__ = ("node", "version", "caller", "wire_versions")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    WIRE_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    version: str
+    caller: str
+    wire_versions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, node: _Optional[str] = ..., version: _Optional[str] = ..., caller: _Optional[str] = ..., wire_versions: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class Frame(_message.Message):
+    __slots__ = ("volume", "data")
+    VOLUME_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    volume: str
+    data: bytes
+    def __init__(self, volume: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class Ack(_message.Message):
+    __slots__ = ("volume", "point", "epoch", "bytes")
+    VOLUME_FIELD_NUMBER: _ClassVar[int]
+    POINT_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    volume: str
+    point: str
+    epoch: int
+    bytes: int
+    def __init__(self, volume: _Optional[str] = ..., point: _Optional[str] = ..., epoch: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
+
+class CopyStatusRequest(_message.Message):
+    __slots__ = ("volume",)
+    VOLUME_FIELD_NUMBER: _ClassVar[int]
+    volume: str
+    def __init__(self, volume: _Optional[str] = ...) -> None: ...
+
+class ReplicaStatus(_message.Message):
+    __slots__ = ("node", "address", "pool", "point", "acknowledged_at", "lag_seconds", "sent_bytes", "last_error")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    POINT_FIELD_NUMBER: _ClassVar[int]
+    ACKNOWLEDGED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    address: str
+    pool: str
+    point: str
+    acknowledged_at: float
+    lag_seconds: float
+    sent_bytes: int
+    last_error: str
+    def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., pool: _Optional[str] = ..., point: _Optional[str] = ..., acknowledged_at: _Optional[float] = ..., lag_seconds: _Optional[float] = ..., sent_bytes: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
+
+class CopyStatusReply(_message.Message):
+    __slots__ = ("volume", "role", "epoch", "point", "resume_offset", "state", "replicas", "wire_versions")
+    VOLUME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    POINT_FIELD_NUMBER: _ClassVar[int]
+    RESUME_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    WIRE_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    volume: str
+    role: str
+    epoch: int
+    point: str
+    resume_offset: int
+    state: str
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
+    wire_versions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, volume: _Optional[str] = ..., role: _Optional[str] = ..., epoch: _Optional[int] = ..., point: _Optional[str] = ..., resume_offset: _Optional[int] = ..., state: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., wire_versions: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class RoleRequest(_message.Message):
+    __slots__ = ("volume", "epoch")
+    VOLUME_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    volume: str
+    epoch: int
+    def __init__(self, volume: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class RoleReply(_message.Message):
+    __slots__ = ("volume", "role", "epoch")
+    VOLUME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    volume: str
+    role: str
+    epoch: int
+    def __init__(self, volume: _Optional[str] = ..., role: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class Peer(_message.Message):
+    __slots__ = ("node", "address", "pool")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    address: str
+    pool: str
+    def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., pool: _Optional[str] = ...) -> None: ...
+
+class SetReplicasRequest(_message.Message):
+    __slots__ = ("volume", "replicas")
+    VOLUME_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    volume: str
+    replicas: _containers.RepeatedCompositeFieldContainer[Peer]
+    def __init__(self, volume: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ...) -> None: ...
+
+class SetReplicasReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
