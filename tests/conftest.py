@@ -12,6 +12,7 @@ pytest_plugins = [
     "tests.fixtures.s3",
     "tests.fixtures.gluster",
     "tests.fixtures.kube",
+    "tests.fixtures.netns",
 ]
 
 
