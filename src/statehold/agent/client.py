@@ -1,0 +1,99 @@
+"""A client of another node's agent (mutual TLS), speaking in the agent's own types.
+
+gRPC errors never leave this module: a failed call raises the Statehold error its code
+stands for (``statehold.grpcerrors.error_from``), with the peer's address in the message.
+Keepalive pings notice a dead peer or a cut link within seconds even in the middle of a
+stream (both ends are configured for it in ``statehold.agent.limits``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from statehold.agent import pki
+from statehold.agent.book import Peer
+from statehold.agent.copies import Applied, CopyView, VolumeRef
+from statehold.agent.gen import agent_pb2 as pb
+from statehold.agent.gen import agent_pb2_grpc
+from statehold.agent.limits import CLIENT_OPTIONS
+from statehold.errors import NotFound
+from statehold.grpcerrors import error_from
+
+
+class AgentClient:
+    def __init__(self, address: str, bundle: pki.Bundle, *, timeout: float = 30.0) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._channel = grpc.secure_channel(address, pki.channel_credentials(bundle),
+                                            options=CLIENT_OPTIONS)
+        self._stub: Any = agent_pb2_grpc.AgentStub(self._channel)  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def _call(self, name: str, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return getattr(self._stub, name)(request, timeout=timeout or self.timeout,
+                                             wait_for_ready=False)
+        except grpc.RpcError as exc:
+            raise error_from(exc, f"{name} on {self.address}") from exc
+
+    def ping(self) -> pb.PingReply:
+        reply: pb.PingReply = self._call("Ping", pb.PingRequest())
+        return reply
+
+    def copy_status(self, volume: VolumeRef) -> pb.CopyStatusReply:
+        reply: pb.CopyStatusReply = self._call("CopyStatus", pb.CopyStatusRequest(volume=str(volume)))
+        return reply
+
+    def state(self, volume: VolumeRef) -> tuple[CopyView | None, tuple[int, ...]]:
+        """The peer's copy of ``volume`` (None: it has none) and the replication wire
+        versions the peer speaks."""
+        try:
+            r = self.copy_status(volume)
+        except NotFound:
+            return None, tuple(self.ping().wire_versions)
+        view = CopyView(role=r.role, epoch=r.epoch, point=r.point, resume_offset=r.resume_offset,
+                        state=r.state)
+        return view, tuple(r.wire_versions)
+
+    def replicate(self, volume: VolumeRef, frames: Iterator[bytes], *,
+                  timeout: float | None = None) -> Applied:
+        """Stream encoded frames to the peer; returns once it acknowledged the new point.
+        ``timeout`` (default: none) bounds the whole stream; a dead peer is noticed by
+        keepalive either way."""
+
+        def messages() -> Iterator[pb.Frame]:
+            first = True
+            for data in frames:
+                yield pb.Frame(volume=str(volume), data=data) if first else pb.Frame(data=data)
+                first = False
+
+        try:
+            ack = self._stub.Replicate(messages(), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise error_from(exc, f"Replicate on {self.address}") from exc
+        return Applied(point=ack.point, epoch=ack.epoch, bytes=ack.bytes)
+
+    def promote(self, volume: VolumeRef, epoch: int) -> pb.RoleReply:
+        reply: pb.RoleReply = self._call("Promote", pb.RoleRequest(volume=str(volume), epoch=epoch))
+        return reply
+
+    def demote(self, volume: VolumeRef, epoch: int) -> pb.RoleReply:
+        reply: pb.RoleReply = self._call("Demote", pb.RoleRequest(volume=str(volume), epoch=epoch))
+        return reply
+
+    def set_replicas(self, volume: VolumeRef, replicas: list[Peer]) -> None:
+        peers = [pb.Peer(node=p.node, address=p.address, pool=p.pool) for p in replicas]
+        self._call("SetReplicas", pb.SetReplicasRequest(volume=str(volume), replicas=peers))

@@ -1,0 +1,135 @@
+"""The agent process: the gRPC server on TCP (mutual TLS only), its replication loop, and
+optionally a Prometheus endpoint.
+
+There is no plaintext port: :meth:`AgentServer.start` binds one ``add_secure_port`` whose
+credentials require a client certificate from the cluster CA, and the
+:class:`~statehold.agent.auth.Authenticator` checks the caller's identity on every call.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from statehold.agent import pki
+from statehold.agent.auth import Authenticator
+from statehold.agent.book import Peer, ReplicaBook
+from statehold.agent.client import AgentClient
+from statehold.agent.copies import Copies
+from statehold.agent.gen import agent_pb2_grpc
+from statehold.agent.limits import SERVER_OPTIONS
+from statehold.agent.pause import Pauser
+from statehold.agent.replicator import PeerAgent, Replicator
+from statehold.agent.service import AgentServicer
+from statehold.errors import FailedPrecondition, InvalidArgument
+
+log = logging.getLogger("statehold.agent")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    node: str
+    """This node's name (its certificate's name)."""
+    listen: str
+    """``IP:PORT`` to serve on (port 0: any free port, see :attr:`AgentServer.port`)."""
+    bundle: pki.Bundle
+    """The CA certificate and this node's certificate and key."""
+    home: Path
+    """The Statehold home: this node's pools, and ``agent/replicas.json``."""
+    interval: float = 5.0
+    """Seconds between replication cycles."""
+    workers: int = 8
+    """gRPC worker threads (each Replicate stream holds one for its duration)."""
+    feed_frames: int = 8
+    """Frames buffered between a stream and its writer (about 1 MiB each)."""
+    metrics_listen: str = ""
+    """``IP:PORT`` for Prometheus metrics; empty: none."""
+    pause_dir: Path | None = None
+    """Tests only: the directory of pause points (``statehold.agent.pause``)."""
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise InvalidArgument(f"address {address!r} must be IP:PORT")
+    return host.strip("[]"), int(port)
+
+
+class AgentServer:
+    def __init__(self, config: AgentConfig, copies: Copies, *,
+                 connect: Callable[[Peer], PeerAgent] | None = None) -> None:
+        split_address(config.listen)
+        self.config = config
+        self.copies = copies
+        self.book = ReplicaBook(config.home / "agent" / "replicas.json")
+        self.pauser = Pauser(config.pause_dir)
+        self._clients: dict[str, AgentClient] = {}
+        self._clients_lock = threading.Lock()
+        self.replicator = Replicator(copies, self.book, connect or self._connect,
+                                     interval=config.interval, pauser=self.pauser)
+        self.servicer = AgentServicer(config.node, copies, self.book, ca=config.bundle.ca,
+                                      replicas=self.replicator.report, feed_frames=config.feed_frames,
+                                      workers=config.workers, pauser=self.pauser)
+        self.port = 0
+        self._server: grpc.Server | None = None
+        self._stop = threading.Event()
+        self._loop: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    def _connect(self, peer: Peer) -> AgentClient:
+        """One channel per peer address, reused across cycles (gRPC reconnects by itself)."""
+        with self._clients_lock:
+            client = self._clients.get(peer.address)
+            if client is None:
+                client = self._clients[peer.address] = AgentClient(peer.address, self.config.bundle)
+            return client
+
+    def start(self, *, replicate: bool = True) -> None:
+        cfg = self.config
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="agent"),
+            interceptors=[Authenticator(cfg.bundle.ca)], options=SERVER_OPTIONS)
+        agent_pb2_grpc.add_AgentServicer_to_server(self.servicer, server)  # type: ignore[no-untyped-call]
+        try:
+            port = server.add_secure_port(cfg.listen, pki.server_credentials(cfg.bundle))
+        except RuntimeError as exc:
+            raise FailedPrecondition(f"cannot listen on {cfg.listen}: {exc}") from exc
+        if not port:
+            raise FailedPrecondition(f"cannot listen on {cfg.listen}")
+        self.port = port
+        server.start()
+        self._server = server
+        if cfg.metrics_listen:
+            from prometheus_client import start_http_server
+
+            host, mport = split_address(cfg.metrics_listen)
+            start_http_server(mport, host, registry=self.replicator.metrics.registry)
+        if replicate:
+            self._loop = threading.Thread(target=self.replicator.run, args=(self._stop,),
+                                          name="replicator", daemon=True)
+            self._loop.start()
+        log.info("agent serving node=%s listen=%s port=%d", cfg.node, cfg.listen, port)
+
+    def stop(self, grace: float = 5.0) -> None:
+        self._stop.set()
+        if self._server is not None:
+            self._server.stop(grace).wait()
+            self._server = None
+        if self._loop is not None:
+            self._loop.join(grace + 30)
+            self._loop = None
+        self.servicer.close()
+        with self._clients_lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+        self._stopped.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
