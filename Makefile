@@ -37,8 +37,10 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 proto:
 	$(PY) -m statehold.csi.codegen
 
+# The generated CSI code must match csi.proto; a missing csi.proto is a failure, not a pass.
 proto-check:
-	@if [ -f src/statehold/csi/csi.proto ]; then $(PY) -m statehold.csi.codegen --check; fi
+	@test -f src/statehold/csi/csi.proto || { echo "proto-check: src/statehold/csi/csi.proto is missing" >&2; exit 1; }
+	@$(PY) -m statehold.csi.codegen --check
 
 lint:
 	$(VENV)/bin/ruff check src tests bench

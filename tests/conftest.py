@@ -16,10 +16,16 @@ pytest_plugins = [
 ]
 
 
+@pytest.hookimpl(trylast=True)  # after ``-m``/``-k`` deselection: count only what would run
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Root tests (loop devices, mounts) never turn into skips: a run that collects them
+    without root is an error, so `make test` as another user fails instead of going green
+    on the unit tier alone. Unit runs (``tests/unit``, `make unit`) need no root."""
     if os.geteuid() == 0:
         return
-    skip = pytest.mark.skip(reason="needs root (loop devices, mounts)")
-    for item in items:
-        if "root" in item.keywords:
-            item.add_marker(skip)
+    needs_root = [item.nodeid for item in items if item.get_closest_marker("root") is not None]
+    if needs_root:
+        raise pytest.UsageError(
+            f"{len(needs_root)} selected tests need root (loop devices, mounts), e.g. "
+            f"{needs_root[0]}: run them as root, or run only the unit tier (make unit, "
+            "pytest tests/unit, or -m 'not root')")
