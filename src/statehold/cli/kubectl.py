@@ -31,6 +31,7 @@ from statehold.kube.kinds import (
     VOLUME_RESTORE,
     Kind,
 )
+from statehold.kube.objects import as_pv
 
 KubeFactory = Callable[[str | None], Kube]
 Column = tuple[str, Callable[[Obj], str]]
@@ -90,7 +91,7 @@ TABLES: dict[str, tuple[Kind, list[Column], list[Column]]] = {
         [("PROVISIONED", lambda o: _bytes(o, "provisioned")), ("VOLUMES", lambda o: _st(o, "volumes")),
          ("REASON", _reason)]),
     "volumes": (PV, [
-        ("NAME", _name), ("CLAIM", _claim), ("NODE", lambda o: pv_node(o) or ""),
+        ("NAME", _name), ("CLAIM", _claim), ("NODE", lambda o: pv_node(as_pv(o)) or ""),
         ("SIZE", lambda o: str(o["spec"].get("capacity", {}).get("storage", ""))),
         ("STATUS", lambda o: _st(o, "phase"))],
         [("HANDLE", lambda o: str(o["spec"]["csi"].get("volumeHandle", ""))),

@@ -50,6 +50,7 @@ from statehold.errors import (
 from statehold.kube.events import rfc3339
 from statehold.kube.facade import Kube, Obj
 from statehold.kube.kinds import CSI_NODE, PV, PVC, VOLUME_BACKUP
+from statehold.kube.objects import as_pv, as_pvc
 from statehold.shared.service import SharedVolumes
 
 NODE_LABEL = "statehold.io/node"
@@ -73,11 +74,11 @@ def assign_backup(kube: Kube, obj: Obj, now: Clock) -> Result:
     try:
         resolve_target(kube, ns, spec["target"])
         try:
-            pvc = kube.get(PVC, spec["persistentVolumeClaimName"], ns)
+            pvc = as_pvc(kube.get(PVC, spec["persistentVolumeClaimName"], ns))
         except NotFound:
             raise Problem("PVCNotFound", f"PVC {ns}/{spec['persistentVolumeClaimName']} does "
                           "not exist") from None
-        pv = kube.get(PV, check_pvc_bound(pvc))
+        pv = as_pv(kube.get(PV, check_pvc_bound(pvc)))
         if is_shared_pv(pv):
             # every node reaches a shared volume: any agent will do, the same one each time
             shared = locate_shared(pvc, pv)

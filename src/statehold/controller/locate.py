@@ -8,10 +8,10 @@ match ``statehold.csi``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from statehold.controller.problems import Problem
 from statehold.engine.names import parse_size
+from statehold.kube.objects import PersistentVolume, PersistentVolumeClaim
 
 DRIVER = "csi.statehold.io"
 TOPOLOGY_KEY = "topology.statehold.io/node"
@@ -32,7 +32,7 @@ class VolumeLocation:
         return f"{self.pool}/{self.volume}"
 
 
-def pv_node(pv: dict[str, Any]) -> str | None:
+def pv_node(pv: PersistentVolume) -> str | None:
     """The node a PV's required node affinity pins it to (our topology key, else hostname)."""
     terms = (((pv.get("spec") or {}).get("nodeAffinity") or {}).get("required") or {}).get(
         "nodeSelectorTerms") or []
@@ -44,7 +44,7 @@ def pv_node(pv: dict[str, Any]) -> str | None:
     return None
 
 
-def check_pvc_bound(pvc: dict[str, Any]) -> str:
+def check_pvc_bound(pvc: PersistentVolumeClaim) -> str:
     """The bound PV's name, or a retryable Problem."""
     name = pvc["metadata"]["name"]
     pv_name = (pvc.get("spec") or {}).get("volumeName")
@@ -55,7 +55,7 @@ def check_pvc_bound(pvc: dict[str, Any]) -> str:
     return str(pv_name)
 
 
-def locate(pvc: dict[str, Any], pv: dict[str, Any]) -> VolumeLocation:
+def locate(pvc: PersistentVolumeClaim, pv: PersistentVolume) -> VolumeLocation:
     """Where pvc's volume is; a permanent Problem when it is not a Statehold local volume."""
     name = pvc["metadata"]["name"]
     csi = (pv.get("spec") or {}).get("csi") or {}

@@ -40,6 +40,7 @@ from statehold.errors import (
 from statehold.kube.events import rfc3339
 from statehold.kube.facade import Kube, Obj
 from statehold.kube.kinds import PV, PVC, STORAGE_CLASS
+from statehold.kube.objects import as_pv, as_pvc
 from statehold.shared.parameters import VolumeClass
 from statehold.shared.registry import RootSpec
 from statehold.shared.service import SharedVolumes, VolumeRecord
@@ -80,8 +81,8 @@ def run_shared_backup(kube: Kube, obj: Obj, volumes: SharedVolumes, node_name: s
     ns = meta["namespace"]
     try:
         target = resolve_target(kube, ns, spec["target"])
-        pvc = kube.get(PVC, spec["persistentVolumeClaimName"], ns)
-        loc = locate_shared(pvc, kube.get(PV, check_pvc_bound(pvc)))
+        pvc = as_pvc(kube.get(PVC, spec["persistentVolumeClaimName"], ns))
+        loc = locate_shared(pvc, as_pv(kube.get(PV, check_pvc_bound(pvc))))
         if loc.handle != st.get("volumeHandle"):
             raise Problem("VolumeChanged", f"PVC now names volume {loc.handle}, the backup was "
                           f"scheduled for {st.get('volumeHandle')}", permanent=True)

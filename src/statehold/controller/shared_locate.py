@@ -23,6 +23,7 @@ from typing import Any, Literal
 from statehold.controller.locate import DRIVER, SHARED_PREFIX
 from statehold.controller.problems import Problem
 from statehold.engine.names import parse_size
+from statehold.kube.objects import PersistentVolume, PersistentVolumeClaim
 
 VolumeKind = Literal["local", "shared"]
 MULTI_NODE_MODES = frozenset({"ReadWriteMany", "ReadOnlyMany"})
@@ -45,12 +46,12 @@ def handle_kind(handle: str) -> VolumeKind:
     return "shared" if handle.startswith(SHARED_PREFIX) else "local"
 
 
-def is_shared_pv(pv: dict[str, Any]) -> bool:
+def is_shared_pv(pv: PersistentVolume) -> bool:
     csi = (pv.get("spec") or {}).get("csi") or {}
     return csi.get("driver") == DRIVER and handle_kind(str(csi.get("volumeHandle") or "")) == "shared"
 
 
-def locate_shared(pvc: dict[str, Any], pv: dict[str, Any]) -> SharedLocation:
+def locate_shared(pvc: PersistentVolumeClaim, pv: PersistentVolume) -> SharedLocation:
     """The shared volume behind pvc; a permanent Problem when the PV is malformed."""
     csi = (pv.get("spec") or {}).get("csi") or {}
     handle = str(csi.get("volumeHandle") or "")
