@@ -138,13 +138,17 @@ def _nested(v: Schema, path: str, *, skip_any_of: bool = False) -> list[str]:
 
 
 def _completeness(s: Schema, path: str) -> list[str]:
-    """Rule 2: fields and items named inside junctors are specified outside them too."""
+    """Rule 2: fields and items named inside junctors are specified outside them too.
+
+    An API server checks this for the junctors at the root of the schema only (junctors of
+    nested fields pass unchecked, as of 1.20 and since); the docs state the rule for every
+    level, and so does this check."""
     out: list[str] = []
     for key in JUNCTORS:
         for i, sub in enumerate(s.get(key) or []):
-            out += _covered(sub, s, f"{path}.{key}[{i}]")
+            out += _covered(sub, s, path, f"{path}.{key}[{i}]")
     if isinstance(s.get("not"), dict):
-        out += _covered(s["not"], s, f"{path}.not")
+        out += _covered(s["not"], s, path, f"{path}.not")
     if isinstance(s.get("items"), dict):
         out += _completeness(s["items"], f"{path}.items")
     for name, sub in (s.get("properties") or {}).items():
@@ -154,24 +158,26 @@ def _completeness(s: Schema, path: str) -> list[str]:
     return out
 
 
-def _covered(v: Schema, outer: Schema, path: str) -> list[str]:
+def _covered(v: Schema, outer: Schema, s_path: str, v_path: str) -> list[str]:
+    """What v (under a junctor, at v_path) names must exist in outer (at s_path)."""
     out: list[str] = []
     if isinstance(v.get("items"), dict):
         if not isinstance(outer.get("items"), dict):
-            out.append(f"{path}.items: Required value: must be specified outside the junctor "
-                       "(structural schema rule 2)")
+            out.append(f"{s_path}.items: Required value: because it is defined in "
+                       f"{v_path}.items")
         else:
-            out += _covered(v["items"], outer["items"], f"{path}.items")
+            out += _covered(v["items"], outer["items"], f"{s_path}.items", f"{v_path}.items")
     for name, sub in (v.get("properties") or {}).items():
         spec = (outer.get("properties") or {}).get(name)
+        where = f"properties[{name}]"
         if spec is None:
-            out.append(f"{path}.properties[{name}]: Required value: must be specified outside "
-                       "the junctor (structural schema rule 2)")
+            out.append(f"{s_path}.{where}: Required value: because it is defined in "
+                       f"{v_path}.{where}")
         else:
-            out += _covered(sub, spec, f"{path}.properties[{name}]")
+            out += _covered(sub, spec, f"{s_path}.{where}", f"{v_path}.{where}")
     for key in JUNCTORS:
         for i, sub in enumerate(v.get(key) or []):
-            out += _covered(sub, outer, f"{path}.{key}[{i}]")
+            out += _covered(sub, outer, s_path, f"{v_path}.{key}[{i}]")
     if isinstance(v.get("not"), dict):
-        out += _covered(v["not"], outer, f"{path}.not")
+        out += _covered(v["not"], outer, s_path, f"{v_path}.not")
     return out
