@@ -185,6 +185,15 @@ class ApiKube:
             return dict(self._call("PATCH", kind.path(namespace, name) + "/status",
                                    body={"status": status}, content_type=MERGE_PATCH))
 
+    def replace_status(self, obj: Obj) -> Obj:
+        kind = kind_of(obj)
+        meta = obj.get("metadata", {})
+        if not meta.get("resourceVersion"):
+            raise InvalidArgument("replace_status needs metadata.resourceVersion")
+        with _translated(f"replace status of {kind.kind} {meta.get('name')}"):
+            return dict(self._call("PUT", kind.path(meta.get("namespace"), meta["name"]) + "/status",
+                                   body=obj))
+
     def delete(self, kind: Kind, name: str, namespace: str | None = None) -> None:
         with _translated(f"delete {kind.kind} {name}"):
             self._call("DELETE", kind.path(namespace, name))

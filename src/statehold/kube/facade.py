@@ -13,7 +13,11 @@ Contract (held by both implementations and checked by one shared test suite,
   ``patch`` may) raises :class:`statehold.errors.Aborted` (HTTP 409 Conflict): re-read and
   retry. A patch that changes nothing changes no resourceVersion and emits no event.
 * For kinds with a status subresource, ``patch``/``replace`` ignore ``.status`` and
-  ``patch_status`` changes only ``.status``.
+  ``patch_status``/``replace_status`` change only ``.status``.
+* ``replace_status`` is the compare-and-set of a status (a ``PUT`` of the status
+  subresource): it always carries the ``metadata.resourceVersion`` the caller read, so a
+  write in between makes it raise Aborted and nothing changes. Decisions that must never
+  be taken twice from two readings (a replicated volume's epoch and primary) go through it.
 * ``delete`` of an object with finalizers only sets ``metadata.deletionTimestamp``; the
   object goes away when a patch empties ``metadata.finalizers``.
 * ``watch`` yields :class:`WatchEvent` (``ADDED``/``MODIFIED``/``DELETED``) in the order the
@@ -90,6 +94,11 @@ class Kube(Protocol):
     def patch_status(self, kind: Kind, name: str, status: Obj,
                      namespace: str | None = None) -> Obj:
         """JSON merge patch of ``.status`` only (``status`` is the patch of the status)."""
+        ...
+
+    def replace_status(self, obj: Obj) -> Obj:
+        """Write obj's whole ``.status`` (nothing else) if its ``metadata.resourceVersion``
+        is still current; Aborted otherwise (compare-and-set). InvalidArgument without one."""
         ...
 
     def delete(self, kind: Kind, name: str, namespace: str | None = None) -> None:

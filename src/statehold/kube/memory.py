@@ -232,6 +232,24 @@ class MemoryKube:
                 new.pop("status")
             return self._write(kind, key, old, new)
 
+    def replace_status(self, obj: Obj) -> Obj:
+        kind = kind_of(obj)
+        meta = obj.get("metadata") or {}
+        with self._cond:
+            key = self._key(kind, meta.get("name", ""), meta.get("namespace"))
+            old = self._get(key)
+            if not kind.status_subresource:
+                raise NotFound(f"{kind.kind} has no status subresource")
+            if not meta.get("resourceVersion"):
+                raise InvalidArgument("replace_status needs metadata.resourceVersion")
+            self._check_rv(old, obj)
+            new = copy.deepcopy(old)
+            if obj.get("status") is None:
+                new.pop("status", None)
+            else:
+                new["status"] = copy.deepcopy(obj["status"])
+            return self._write(kind, key, old, new)
+
     def delete(self, kind: Kind, name: str, namespace: str | None = None) -> None:
         with self._cond:
             key = self._key(kind, name, namespace)

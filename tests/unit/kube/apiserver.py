@@ -174,6 +174,8 @@ class _Handler(BaseHTTPRequestHandler):
             if ns and kind.namespaced:
                 body.setdefault("metadata", {}).setdefault("namespace", ns)
             self._send(201, k.create(body))
+        elif self.command == "PUT" and name is not None and status:
+            self._send(200, k.replace_status(self.body))
         elif self.command == "PUT" and name is not None:
             self._send(200, k.replace(self.body))
         elif self.command == "PATCH" and name is not None and "json-patch" in (

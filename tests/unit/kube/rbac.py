@@ -70,6 +70,10 @@ class RbacKube:
         self._check(kind, "patch", "status")
         return self.inner.patch_status(kind, name, status, namespace)
 
+    def replace_status(self, obj: Obj) -> Obj:
+        self._check(kind_of(obj), "update", "status")
+        return self.inner.replace_status(obj)
+
     def delete(self, kind: Kind, name: str, namespace: str | None = None) -> None:
         self._check(kind, "delete")
         self.inner.delete(kind, name, namespace)

@@ -193,3 +193,23 @@ def test_secret_string_data_is_stored_as_base64_data(kube_impl: tuple[Kube, str]
     got = kube.get(SECRET, "s", ns)
     assert got["data"] == {"password": "aHVudGVyMg=="}
     assert "stringData" not in got
+
+
+def test_replace_status_is_a_compare_and_set_of_the_status_only(
+        kube_impl: tuple[Kube, str]) -> None:
+    kube, ns = kube_impl
+    made = kube.create(pvc(ns, "cas"))
+    read = kube.patch_status(PVC, "cas", {"phase": "Pending"}, ns)
+    mine = dict(read, status={"phase": "Lost"}, spec={**read["spec"], "volumeName": "ignored"})
+    written = kube.replace_status(mine)
+    assert written["status"]["phase"] == "Lost"
+    assert written["metadata"]["resourceVersion"] != read["metadata"]["resourceVersion"]
+    assert kube.get(PVC, "cas", ns)["spec"] == made["spec"]  # only .status is written
+    # a second writer holding the same (now stale) reading is refused and changes nothing
+    with pytest.raises(Aborted):
+        kube.replace_status(dict(read, status={"phase": "Bound"}))
+    assert kube.get(PVC, "cas", ns)["status"]["phase"] == "Lost"
+    with pytest.raises(NotFound):
+        kube.replace_status(dict(pvc(ns, "nope"), status={"phase": "Lost"},
+                                 metadata={"name": "nope", "namespace": ns,
+                                           "resourceVersion": read["metadata"]["resourceVersion"]}))
