@@ -33,7 +33,9 @@ RULES: dict[str, Rule] = {
     crds.VALUES_MATCH_OPERATOR: lambda s, _: (
         _nonempty(s, "values") if s["operator"] in ("In", "NotIn")
         else not _nonempty(s, "values")),
+    crds.ONE_REQUEST_AT_A_TIME: lambda s, _: not ("promote" in s and "move" in s),
     "self == oldSelf": lambda s, old: bool(s == old),
+    crds.EPOCH_ONLY_GROWS: lambda s, old: bool(s >= old),
 }
 
 

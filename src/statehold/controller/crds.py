@@ -19,6 +19,7 @@ from typing import Any
 
 from statehold.controller.openapi import (
     AGE,
+    DNS_SUBDOMAIN,
     READY,
     REASON,
     Schema,
@@ -50,6 +51,8 @@ ONE_OF_S3_PATH = "has(self.s3) != has(self.path)"
 SELECTOR_NOT_EMPTY = (
     "(has(self.matchLabels) && size(self.matchLabels) > 0) || "
     "(has(self.matchExpressions) && size(self.matchExpressions) > 0)")
+ONE_REQUEST_AT_A_TIME = "!(has(self.promote) && has(self.move))"
+EPOCH_ONLY_GROWS = "self >= oldSelf"
 VALUES_MATCH_OPERATOR = (
     "self.operator in ['In', 'NotIn'] ? (has(self.values) && size(self.values) > 0) "
     ": (!has(self.values) || size(self.values) == 0)")
@@ -78,6 +81,10 @@ def storage_pool_schema() -> Schema:
                                   "from another node) instead of creating one.", default=False),
         "force": boolean("Accept devices that hold a filesystem or partition table.",
                          default=False),
+        "decommission": boolean("Retire the pool: every replicated volume's copy in it is "
+                                "moved or re-placed on other nodes first (refused, with the "
+                                "condition Retiring=False, when they lack the room).",
+                                default=False),
     }, required=("node",), rules=(
         (ONE_OF_DEVICES_DIRECTORY, "exactly one of devices or directory must be set"),
         (RAID_NEEDS_BTRFS, "RAID profiles other than single need filesystem btrfs"),
@@ -202,6 +209,57 @@ def volume_restore_schema() -> Schema:
     return obj({"spec": spec, "status": st}, required=("spec",))
 
 
+POINT_PATTERN = r"^e[1-9][0-9]{0,19}-[1-9][0-9]{0,19}$"
+NODE_NAME: dict[str, Any] = {"minLength": 1, "maxLength": 253, "pattern": DNS_SUBDOMAIN}
+
+
+def replicated_volume_schema() -> Schema:
+    """The cluster record of a replicated volume (docs/design/replication.md §8.1): the
+    only authority on which copy may be written is ``status.epoch`` and ``status.primary``,
+    changed by the controller with a compare-and-set on the resourceVersion."""
+    spec = obj({
+        "volumeHandle": immutable(string("The CSI volume id (<pool>/<volume>).", minLength=1,
+                                         maxLength=1024), "volumeHandle"),
+        "replicas": integer("Copies wanted, the primary included.", minimum=1, maximum=16),
+        "rpoSeconds": integer("Recovery point objective: the newest acknowledged point of "
+                              "each replica should never be older than this.", minimum=1,
+                              maximum=86400, default=15),
+        "size": integer("Bytes of the volume: the room a new copy needs.", minimum=1),
+        "promote": obj({"node": string("The node whose copy is promoted (a replica, or a "
+                                       "stale copy when nothing better survives).", **NODE_NAME)},
+                       required=("node",), desc="Request: make this node's copy the primary "
+                       "now (failover by hand). Cleared by the controller once handled."),
+        "move": obj({"to": string("The node the primary moves to.", **NODE_NAME)},
+                    required=("to",), desc="Request: a planned move with no loss (final sync, "
+                    "then promote). Cleared by the controller once done or abandoned."),
+    }, required=("volumeHandle", "replicas"), rules=(
+        (ONE_REQUEST_AT_A_TIME, "promote and move cannot be asked at once"),))
+    copy_ = obj({
+        "node": string(**NODE_NAME),
+        "pool": string(maxLength=253),
+        "role": string(enum=["primary", "replica", "seeding", "stale", "unknown"]),
+        "point": string("Newest acknowledged point, e<epoch>-<seq>.", pattern=POINT_PATTERN),
+        "pointTime": string(format="date-time"),
+        "lagSeconds": number(minimum=0),
+        "state": string("Serving, InSync, Lagging, Seeding, Stale, Unreachable, Retiring.",
+                        maxLength=64),
+    }, required=("node",))
+    st = status({
+        "epoch": integer("The reign of the current primary; only ever grows.", minimum=1) | {
+            "x-kubernetes-validations": [
+                {"rule": EPOCH_ONLY_GROWS, "message": "the epoch never decreases"}]},
+        "primary": string("The node whose copy is writable at this epoch.", **NODE_NAME),
+        "moving": obj({"to": string(**NODE_NAME), "epoch": integer(minimum=1)},
+                      required=("to", "epoch"), desc="A planned move in progress: the primary "
+                      "refuses to stage until it ends."),
+        "copies": array(copy_, "Every copy, as its node's agent last reported it "
+                        "(informational: never what makes a copy writable).", maxItems=32,
+                        **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["node"]}),
+        "lagSeconds": number("Age of the oldest replica's newest acknowledged point.", minimum=0),
+    })
+    return obj({"spec": spec, "status": st}, required=("spec",))
+
+
 def crd(kind: str, plural: str, *, scope: str, short: list[str], schema: Schema,
         columns: list[Schema], doc: str) -> dict[str, Any]:
     return {
@@ -258,6 +316,16 @@ def all_crds() -> list[dict[str, Any]]:
                 column("Suspend", ".spec.suspend", "boolean"),
                 column("Last", ".status.lastScheduleTime", "date"),
                 column("Next", ".status.nextScheduleTime", priority=1), READY, AGE]),
+        crd("ReplicatedVolume", "replicatedvolumes", scope="Cluster", short=["rv"],
+            schema=replicated_volume_schema(), doc="The cluster record of a replicated local "
+            "volume, named after its PV: which copy is primary at which epoch, and where the "
+            "other copies are. Written by the operator; users ask for a promote or a move.",
+            columns=[column("Primary", ".status.primary"),
+                     column("Epoch", ".status.epoch", "integer"),
+                     column("Replicas", ".spec.replicas", "integer"),
+                     column("Lag", ".status.lagSeconds", "number"),
+                     column("Handle", ".spec.volumeHandle", priority=1),
+                     column("RPO", ".spec.rpoSeconds", "integer", priority=1), READY, REASON, AGE]),
         crd("VolumeRestore", "volumerestores", scope="Namespaced", short=["vr"],
             schema=volume_restore_schema(), doc="Restores a VolumeBackup into a new PVC.",
             columns=[column("Backup", ".spec.backup"),

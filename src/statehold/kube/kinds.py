@@ -45,6 +45,7 @@ BACKUP_TARGET = Kind(API_VERSION, "BackupTarget", "backuptargets", namespaced=Tr
 VOLUME_BACKUP = Kind(API_VERSION, "VolumeBackup", "volumebackups", namespaced=True)
 BACKUP_SCHEDULE = Kind(API_VERSION, "BackupSchedule", "backupschedules", namespaced=True)
 VOLUME_RESTORE = Kind(API_VERSION, "VolumeRestore", "volumerestores", namespaced=True)
+REPLICATED_VOLUME = Kind(API_VERSION, "ReplicatedVolume", "replicatedvolumes", namespaced=False)
 
 # Built-in kinds.
 NAMESPACE = Kind("v1", "Namespace", "namespaces", namespaced=False)
@@ -70,7 +71,7 @@ VOLUME_SNAPSHOT_CONTENT = Kind("snapshot.storage.k8s.io/v1", "VolumeSnapshotCont
 
 ALL: tuple[Kind, ...] = (
     STORAGE_POOL, BACKUP_TARGET, VOLUME_BACKUP, BACKUP_SCHEDULE, VOLUME_RESTORE,
-    NAMESPACE, NODE, PVC, PV, SECRET, CONFIG_MAP, EVENT, POD, STORAGE_CLASS,
+    REPLICATED_VOLUME, NAMESPACE, NODE, PVC, PV, SECRET, CONFIG_MAP, EVENT, POD, STORAGE_CLASS,
     CSI_STORAGE_CAPACITY, CSI_NODE, LEASE, VOLUME_SNAPSHOT, VOLUME_SNAPSHOT_CONTENT,
 )
 

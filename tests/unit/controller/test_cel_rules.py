@@ -41,8 +41,14 @@ CASES: dict[str, list[Any]] = {
                                  {"key": "a", "operator": "Exists"},
                                  {"key": "a", "operator": "Exists", "values": ["x"]},
                                  {"key": "a", "operator": "DoesNotExist", "values": []}],
+    crds.ONE_REQUEST_AT_A_TIME: [{"volumeHandle": "p/v", "replicas": 2},
+                                 {"volumeHandle": "p/v", "replicas": 2, "promote": {"node": "a"}},
+                                 {"volumeHandle": "p/v", "replicas": 2, "move": {"to": "b"}},
+                                 {"volumeHandle": "p/v", "replicas": 2, "promote": {"node": "a"},
+                                  "move": {"to": "b"}}],
 }
-TRANSITIONS = {"self == oldSelf": [("a", "a"), ("a", "b"), ({"x": 1}, {"x": 1}), ({"x": 1}, {"x": 2})]}
+TRANSITIONS = {"self == oldSelf": [("a", "a"), ("a", "b"), ({"x": 1}, {"x": 1}), ({"x": 1}, {"x": 2})],
+               crds.EPOCH_ONLY_GROWS: [(1, 1), (2, 1), (1, 2)]}
 
 
 def cel(rule: str, self_: Any, old: Any = None) -> bool:

@@ -140,12 +140,13 @@ def test_backup_now_of_a_missing_pvc_creates_nothing(app: typer.Typer, cluster: 
     assert [o["metadata"]["name"] for o in cluster.list(VOLUME_BACKUP, NS)] == ["b1"]
 
 
-def test_operator_crds_prints_the_five_crds(app: typer.Typer) -> None:
+def test_operator_crds_prints_every_crd(app: typer.Typer) -> None:
     res = runner.invoke(app, ["operator", "crds"])
     assert res.exit_code == 0
     docs = list(yaml.safe_load_all(res.stdout))
     assert sorted(d["spec"]["names"]["kind"] for d in docs) == [
-        "BackupSchedule", "BackupTarget", "StoragePool", "VolumeBackup", "VolumeRestore"]
+        "BackupSchedule", "BackupTarget", "ReplicatedVolume", "StoragePool", "VolumeBackup",
+        "VolumeRestore"]
 
 
 def test_operator_run_rejects_bad_roles(app: typer.Typer) -> None:
