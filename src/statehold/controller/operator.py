@@ -10,7 +10,9 @@ Two roles, one process each:
   VolumeBackups and VolumeRestores labelled ``statehold.io/node=<this node>``. kopf keeps its
   progress in annotations prefixed with the node name, so agents never fight over them.
 * ``cluster`` (the operator Deployment, behind a Lease): BackupTargets, BackupSchedules
-  and the cluster half of VolumeBackups and VolumeRestores (checks, then pin to a node).
+  and the cluster half of VolumeBackups and VolumeRestores (checks, then pin to a node);
+  given the node agents' port (``agents``), ReplicatedVolumes too, on changes and on a
+  ticker that also watches Node health for out-of-service failover.
 
 Periodic work (pool capacity every minute, schedule ticks every 30 s) runs in plain threads
 (:class:`Ticker`) rather than kopf timers: kopf puts a finalizer on every object with a
@@ -27,8 +29,17 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from statehold.controller import backups, pools, restores, schedules, shared_backups, target_status
+from statehold.controller import (
+    backups,
+    pools,
+    replication,
+    restores,
+    schedules,
+    shared_backups,
+    target_status,
+)
 from statehold.controller.problems import Result, backoff
+from statehold.controller.replicas import Agents
 from statehold.controller.report import Clock
 from statehold.engine.node import Node
 from statehold.errors import NotFound
@@ -37,6 +48,7 @@ from statehold.kube.facade import Kube, Obj
 from statehold.kube.kinds import (
     BACKUP_SCHEDULE,
     BACKUP_TARGET,
+    REPLICATED_VOLUME,
     STORAGE_POOL,
     VOLUME_BACKUP,
     VOLUME_RESTORE,
@@ -97,8 +109,13 @@ def node_registry(kube: Kube, node: Node, node_name: str, now: Clock = utcnow,
     return reg
 
 
-def cluster_registry(kube: Kube, now: Clock = utcnow) -> kopf_runtime.Registry:
+def cluster_registry(kube: Kube, now: Clock = utcnow,
+                     agents: Agents | None = None) -> kopf_runtime.Registry:
     reg = kopf_runtime.new_registry()
+    if agents is not None:  # replicated volumes need the node agents (replication.py)
+        kopf_runtime.on_changes(reg, REPLICATED_VOLUME, _handler(
+            kube, REPLICATED_VOLUME,
+            lambda o: replication.reconcile_volume(kube, agents, o, now)[0]), id="replication")
     target = _handler(kube, BACKUP_TARGET, lambda o: target_status.reconcile_target(kube, o, now))
     kopf_runtime.on_changes(reg, BACKUP_TARGET, target, id="target")
     sched = _handler(kube, BACKUP_SCHEDULE, lambda o: schedules.reconcile_schedule(kube, o, now))
@@ -157,11 +174,23 @@ def node_tickers(kube: Kube, node: Node, node_name: str, now: Clock = utcnow, *,
     ]
 
 
-def cluster_tickers(kube: Kube, now: Clock = utcnow, *,
-                    schedule_interval: float = 30.0) -> list[Ticker]:
-    """Every BackupSchedule, so slots come due without a change to the object."""
-    return [Ticker("schedules", schedule_interval, _each(
+def cluster_tickers(kube: Kube, now: Clock = utcnow, *, schedule_interval: float = 30.0,
+                    agents: Agents | None = None,
+                    replication_interval: float = 10.0) -> list[Ticker]:
+    """Every BackupSchedule, so slots come due without a change to the object; with the
+    agents, every replicated volume (records for new PVs, Node health for failover)."""
+    tickers = [Ticker("schedules", schedule_interval, _each(
         kube, BACKUP_SCHEDULE, lambda o: schedules.reconcile_schedule(kube, o, now)))]
+    if agents is not None:
+        tickers.append(Ticker("replication", replication_interval,
+                              lambda: log_results(replication.replication_pass(kube, agents, now))))
+    return tickers
+
+
+def log_results(results: dict[str, Result]) -> None:
+    for name, result in results.items():
+        if result.outcome in ("retry", "failed"):
+            log.info("name=%s outcome=%s %s", name, result.outcome, result.message)
 
 
 def settings_for(role: str, node_name: str | None) -> kopf_runtime.Settings:

@@ -49,3 +49,42 @@ def test_cluster_operator_rbac_covers_its_handlers(memory_kube: MemoryKube, fake
     assert rbac.denied == []
     assert ("statehold.io", "volumebackups", "delete") in rbac.used      # pruning ran
     assert memory_kube.get(VOLUME_RESTORE, "r", NS)["status"]["phase"] == "Pending"
+
+
+def test_cluster_operator_rbac_covers_replicated_volumes(memory_kube: MemoryKube,
+                                                         fake_clock: Any) -> None:
+    from statehold.controller.replication import replication_pass
+    from statehold.kube.kinds import PV, REPLICATED_VOLUME, STORAGE_POOL
+    from tests.unit.controller.replication_fakes import (
+        FakeAgents,
+        node,
+        pool,
+        replicated_pv,
+        set_ready,
+        taint_out_of_service,
+    )
+
+    rbac = RbacKube(memory_kube, rules_for(render.render_chart(), "statehold-operator"))
+    agents = FakeAgents()
+    for i in (1, 2, 3):
+        node(memory_kube, f"n{i}")
+        pool(memory_kube, f"p{i}", f"n{i}")
+    agents.made_by_create_volume("n1")
+    replicated_pv(memory_kube)
+    replication_pass(rbac, agents, fake_clock)                 # record, epoch 1, a replica
+    agents.replicate()
+    memory_kube.patch(STORAGE_POOL, "p3", {"spec": {"decommission": True}})
+    replication_pass(rbac, agents, fake_clock)                 # labels, Retiring condition
+    set_ready(memory_kube, "n1", False)
+    taint_out_of_service(memory_kube, "n1")
+    agents.down.add("n1")
+    replication_pass(rbac, agents, fake_clock)                 # failover: CAS of the status
+    memory_kube.patch(REPLICATED_VOLUME, "pvc-1", {"spec": {"promote": {"node": "n1"}}})
+    replication_pass(rbac, agents, fake_clock)                 # refused, request cleared
+    agents.down.discard("n1")
+    memory_kube.delete(PV, "pvc-1")
+    replication_pass(rbac, agents, fake_clock)                 # record retired
+    assert rbac.denied == []
+    assert memory_kube.list(REPLICATED_VOLUME) == []
+    assert {("statehold.io", "replicatedvolumes/status", "update"), ("", "nodes", "patch"),
+            ("statehold.io", "replicatedvolumes", "delete")} <= rbac.used

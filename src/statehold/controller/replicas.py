@@ -1,0 +1,88 @@
+"""What the controller needs of the node agents to run replicated volumes: the ``Agents``
+port (docs/design/replication.md §8-§9).
+
+The controller never imports the agent (layers: controller | agent are siblings); the
+process that runs the operator wires an implementation over the agents' gRPC API (mTLS),
+and tests use a recording fake. ``volume`` is always the CSI volume handle
+(``<pool>/<volume>``, the id of the replicated volume); every copy has the same engine
+volume name, so an agent finds its copy whatever pool it lives in.
+
+Contract of every implementation:
+
+* Every method may be called again after a success, a failure or a crash (the reconciler
+  is level-triggered): ``create_copy`` of a copy that exists, ``promote`` at the epoch the
+  copy already has as primary, ``release`` of a copy already gone are successes.
+* ``promote`` is called only after the controller recorded ``status.epoch``/``primary``
+  by compare-and-set; it refuses (``Fenced``/``FailedPrecondition``) an epoch not newer
+  than the copy's, and a copy still seeding.
+* ``final_sync`` returns the point the target acknowledged; it raises ``Aborted`` while
+  the volume is still staged on the primary (the pod has not gone yet: try again later);
+  any other error means the final sync failed and the move is abandoned.
+* Errors are :mod:`statehold.errors`: ``NotFound`` (the node holds no copy),
+  ``Unavailable`` (the node's agent does not answer), ``FailedPrecondition``/``Fenced``
+  (wrong role or epoch), ``OutOfCapacity`` (no room for a new copy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+ROLES = ("primary", "replica", "seeding", "stale")
+
+
+@dataclass(frozen=True, slots=True)
+class CopyReport:
+    """One node's copy of a volume, as its agent reports it."""
+
+    node: str
+    pool: str
+    role: str                         # one of ROLES
+    epoch: int
+    point: str | None = None          # newest acknowledged point (e<epoch>-<seq>)
+    point_time: float | None = None   # unix time that point was taken
+    lag_seconds: float | None = None  # the age of that point, when the agent knows it
+    resume_offset: int = 0            # bytes of an interrupted seed already on disk
+
+
+@dataclass(frozen=True, slots=True)
+class CopyTarget:
+    """A replica a primary streams to."""
+
+    node: str
+    pool: str
+
+
+class Agents(Protocol):
+    """The node agents, as the controller calls them (see the module contract)."""
+
+    def copy_state(self, node: str, volume: str) -> CopyReport:
+        """The copy of ``volume`` on ``node``; NotFound when the node holds none."""
+        ...
+
+    def create_copy(self, node: str, volume: str, *, pool: str, size: int) -> None:
+        """Make an empty copy (seeding, epoch 0) of ``size`` bytes in ``pool`` of ``node``."""
+        ...
+
+    def set_replicas(self, primary: str, volume: str, replicas: Sequence[CopyTarget]) -> None:
+        """The copies the primary on ``primary`` streams to (replaces the list)."""
+        ...
+
+    def promote(self, node: str, volume: str, epoch: int) -> None:
+        """Make the copy on ``node`` the writable primary at ``epoch``."""
+        ...
+
+    def demote(self, node: str, volume: str, epoch: int) -> None:
+        """Tell the copy on ``node`` that ``epoch`` exists (a primary of an older one
+        becomes stale and is resynced as a replica)."""
+        ...
+
+    def final_sync(self, primary: str, volume: str, to: str) -> str:
+        """With the volume unstaged on ``primary``: take a last point, stream it to ``to``,
+        and return it once ``to`` acknowledged it (Aborted while still staged)."""
+        ...
+
+    def release(self, node: str, volume: str) -> None:
+        """Delete the copy on ``node``: its point snapshots, state and engine volume."""
+        ...
