@@ -9,6 +9,7 @@ directly; the servicers' per-volume locks keep two calls off one volume.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from statehold.engine.node import Node
 from statehold.engine.pool import Pool
 from statehold.engine.types import FsType, MiB, Snapshot, Source, SourceKind, Volume, VolumeMode
 from statehold.errors import AlreadyExists, InvalidArgument, NotFound, OutOfCapacity, OutOfRange
+from statehold.replication.points import node_label
 
 log = logging.getLogger("statehold.csi")
 
@@ -44,6 +46,20 @@ DEFAULT_FS = "xfs"
 NAME_LABEL = "csi.statehold.io/name"
 POOL_PARAMETER = "pool"
 FREEZE_PARAMETER = "freeze"
+REPLICAS_PARAMETER = "replicas"
+RPO_PARAMETER = "rpo"
+
+MAX_REPLICAS = 16
+DEFAULT_RPO_SECONDS = 15
+MAX_RPO_SECONDS = 24 * 3600
+REPLICAS_KEY = "statehold.io/replicas"
+RPO_KEY = "statehold.io/rpo-seconds"
+NODE_KEY = "statehold.io/node"
+"""A replicated volume carries its replica count and RPO as engine volume labels (so a
+retried CreateVolume, GetVolume and ListVolumes answer the same), and in its volume context
+with the node that made it: the operator reads them from the PV (replication.md §8)."""
+
+_DURATION = re.compile(r"(?:([0-9]{1,6})h)?(?:([0-9]{1,6})m)?(?:([0-9]{1,6})s)?")
 
 
 KUBE_METADATA = (
@@ -59,6 +75,50 @@ def _labels(req: VolumeRequest) -> dict[str, str]:
     labels = {NAME_LABEL: req.name[:253]}
     labels.update({k: req.parameters[k][:253] for k in KUBE_METADATA if req.parameters.get(k)})
     return labels
+
+
+def parse_rpo(text: str) -> int:
+    """Seconds of an ``rpo`` parameter: a duration of whole hours, minutes and seconds, in
+    that order (``15s``, ``1m30s``, ``2h``), from 1 s to 24 h; InvalidArgument otherwise."""
+    match = _DURATION.fullmatch(text.strip())
+    if not text.strip() or match is None:
+        raise InvalidArgument(f"parameter {RPO_PARAMETER}={text!r} is not a duration like 15s, "
+                              "1m30s or 2h")
+    h, m, sec = (int(g or 0) for g in match.groups())
+    seconds = h * 3600 + m * 60 + sec
+    if not 1 <= seconds <= MAX_RPO_SECONDS:
+        raise InvalidArgument(f"parameter {RPO_PARAMETER}={text!r} must be between 1s and 24h")
+    return seconds
+
+
+def replication_parameters(parameters: Mapping[str, str]) -> tuple[int, int]:
+    """``(replicas, rpo seconds)`` of a StorageClass: ``replicas`` 1 (the default: one copy,
+    as before) to 16, ``rpo`` a duration (default 15 s). InvalidArgument for anything else."""
+    raw = parameters.get(REPLICAS_PARAMETER, "1").strip()
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_REPLICAS:
+        raise InvalidArgument(f"parameter {REPLICAS_PARAMETER}={raw!r} must be a whole number "
+                              f"from 1 to {MAX_REPLICAS}")
+    rpo = parse_rpo(parameters[RPO_PARAMETER]) if RPO_PARAMETER in parameters else (
+        DEFAULT_RPO_SECONDS)
+    return int(raw), rpo
+
+
+def replication_labels(parameters: Mapping[str, str]) -> dict[str, str]:
+    """The engine labels of a new volume's replication (none for a single copy)."""
+    replicas, rpo = replication_parameters(parameters)
+    return {REPLICAS_KEY: str(replicas), RPO_KEY: str(rpo)} if replicas > 1 else {}
+
+
+def replicated_view(volume_id: str, labels: Mapping[str, str],
+                    node_id: str) -> tuple[dict[str, str], dict[str, str]] | None:
+    """For a volume with more than one copy: its topology segment (the per-volume node label
+    that the copy holders carry, replication.md §8.2) and its extra volume context."""
+    replicas = labels.get(REPLICAS_KEY, "1")
+    if not replicas.isdigit() or int(replicas) <= 1:
+        return None
+    context = {REPLICAS_KEY: replicas, RPO_KEY: labels.get(RPO_KEY, str(DEFAULT_RPO_SECONDS)),
+               NODE_KEY: node_id}
+    return {node_label(volume_id): "true"}, context
 
 
 def min_size(fs: str) -> int:
@@ -127,18 +187,24 @@ class LocalBackend:
         if vol.source is not None:
             source = ContentSource(vol.source.kind.value, naming.join_id(vol.pool, vol.source.name))
         missing = not vol.path.exists()
+        context = {
+            "statehold.io/type": "local",
+            "statehold.io/pool": vol.pool,
+            "statehold.io/fs": vol.fs.value if vol.fs else "",
+        }
+        topology = dict(self.segment)
+        replicated = replicated_view(vol.id, vol.labels, self.config.node_id)
+        if replicated is not None:
+            topology, extra = replicated
+            context.update(extra)
         return VolumeInfo(
             volume_id=vol.id,
             capacity_bytes=vol.size,
             block=vol.mode is VolumeMode.BLOCK,
             fs_type=vol.fs.value if vol.fs else "",
-            context={
-                "statehold.io/type": "local",
-                "statehold.io/pool": vol.pool,
-                "statehold.io/fs": vol.fs.value if vol.fs else "",
-            },
+            context=context,
             source=source,
-            topology=(dict(self.segment),),
+            topology=(topology,),
             abnormal=missing,
             message=f"backing file {vol.path} is missing" if missing else "",
         )
@@ -202,6 +268,7 @@ class LocalBackend:
         if req.requisite and not any(self._serves(s) for s in req.requisite):
             raise OutOfCapacity(f"this driver can only provision on {self.segment}")
         fs = self._fs_type(req)
+        copies = replication_labels(req.parameters)
         name = naming.engine_name(req.name)
         existing = self._find(name)
         if existing is not None:  # a retry: answered without needing the source to still exist
@@ -231,7 +298,7 @@ class LocalBackend:
             mode=VolumeMode.BLOCK if req.block else VolumeMode.FILESYSTEM,
             fs=FsType(fs) if fs else None,
             source=source,
-            labels=_labels(req),
+            labels={**_labels(req), **copies},
         )
         log.info("csi volume created volume=%s size=%d", vol.id, vol.size)
         return self._info(vol)
@@ -251,6 +318,9 @@ class LocalBackend:
         wanted_pool = req.parameters.get(POOL_PARAMETER, "")
         if wanted_pool and wanted_pool != vol.pool:
             problems.append(f"it lives in pool {vol.pool!r}")
+        wanted_copies = replication_labels(req.parameters)
+        if wanted_copies.get(REPLICAS_KEY, "1") != vol.labels.get(REPLICAS_KEY, "1"):
+            problems.append(f"it has {vol.labels.get(REPLICAS_KEY, '1')} copies")
         if problems:
             raise AlreadyExists(f"volume {req.name!r} exists with another spec: {'; '.join(problems)}")
         return info
