@@ -4,6 +4,10 @@ Which claims are ours, and what each one asks of a node:
 
 * bound to a PV of our driver with node affinity → a :class:`BoundVolume` (data is on
   those nodes only); bound to a PV without node affinity (a shared volume) → no constraint;
+* bound to a replicated PV (its affinity requires its copy label) → a :class:`BoundVolume`
+  over the copies that can serve, from its ReplicatedVolume (:func:`replicated`): the
+  primary's node ranked first while it is available, else the other copy holders by newest
+  acknowledged point; without a record yet, the node affinity alone decides;
 * unbound, its StorageClass provisioned by our driver with ``WaitForFirstConsumer`` and
   not in shared mode → a :class:`PendingClaim` (room needed on the chosen node);
 * unbound with ``Immediate`` binding, or any claim of another driver → not our business
@@ -17,8 +21,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from statehold.scheduler.core import BoundVolume, MiB, PendingClaim, PodVolumes
-from statehold.scheduler.view import DRIVER, ClusterView, StorageClassInfo
+from statehold.errors import InvalidArgument
+from statehold.kube.nodes import NodeHealth
+from statehold.replication.points import parse_point
+from statehold.scheduler.core import BoundVolume, ClaimKey, MiB, PendingClaim, PodVolumes
+from statehold.scheduler.view import DRIVER, ClusterView, ReplicaSetInfo, StorageClassInfo
 from statehold.scheduler.wire import PodRef
 
 
@@ -52,6 +59,32 @@ def is_local_class(sc: StorageClassInfo, policy: ClaimPolicy) -> bool:
     return sc.provisioner in policy.drivers and (mode or "local").lower() != "shared"
 
 
+def _point_key(point: str | None) -> tuple[int, int]:
+    try:
+        return parse_point(point) if point else (0, 0)
+    except InvalidArgument:
+        return (0, 0)
+
+
+def replicated(claim: ClaimKey, pv: str, rs: ReplicaSetInfo,
+               primary: NodeHealth | None) -> BoundVolume:
+    """The nodes a replicated volume can be used on (replication.md §8.3). Pure.
+
+    Copies that can serve are the primary and the replicas holding an acknowledged point
+    (a seeding or stale copy cannot). While the primary's node is available the volume is
+    on those nodes, primary first (a replica node means a planned move at stage time).
+    When it is not (NotReady, or out of service), the other serving copies are admitted,
+    ranked by newest acknowledged point by (epoch, seq), ties by name.
+    """
+    serving = {c.node for c in rs.copies if c.role == "replica" and c.point} | {rs.primary}
+    if primary is not None and primary.available:
+        return BoundVolume(claim, pv, frozenset(serving), rs.primary)
+    points = {c.node: _point_key(c.point) for c in rs.copies}
+    others = sorted(serving - {rs.primary}, key=lambda n: (tuple(-x for x in points.get(
+        n, (0, 0))), n))
+    return BoundVolume(claim, pv, frozenset(others), None, tuple(others))
+
+
 def resolve(pod: PodRef, view: ClusterView, policy: ClaimPolicy) -> PodVolumes:
     bound: list[BoundVolume] = []
     pending: list[PendingClaim] = []
@@ -66,6 +99,10 @@ def resolve(pod: PodRef, view: ClusterView, policy: ClaimPolicy) -> PodVolumes:
             if pv is None:
                 problems.append(f"claim {key} is bound to volume {claim.volume_name}, "
                                 "which does not exist")
+            elif pv.driver in policy.drivers and pv.copy_label:
+                rs = view.replica_set(pv.name)
+                if rs is not None:
+                    bound.append(replicated(key, pv.name, rs, view.node_health(rs.primary)))
             elif pv.driver in policy.drivers and pv.nodes:
                 bound.append(BoundVolume(key, pv.name, pv.nodes, pv.primary))
             continue

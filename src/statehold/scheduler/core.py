@@ -52,6 +52,9 @@ class BoundVolume:
     nodes: frozenset[str]
     """Nodes that hold a copy (primary or replica); the pod can only run on one of them."""
     primary: str | None = None
+    ranked: tuple[str, ...] = ()
+    """A replicated volume whose primary's node is unavailable: the copy holders that can
+    take over, newest acknowledged point first (``primary`` is then None)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,16 +308,17 @@ def score_nodes(pod: PodVolumes, nodes: Sequence[str],
                 reserved: Mapping[PoolKey, int]) -> tuple[NodeScore, ...]:
     """Score each node 0..10, in the order given.
 
-    The node holding the primary copy of every bound volume scores 10. Any other node
-    scores its capacity headroom on a log scale (at most 9); a node that cannot take the
-    pod scores 0. A pod without Statehold claims scores 0 everywhere, which leaves the
-    other plugins' ranking alone.
+    The node holding the primary copy of every bound volume scores 10. When a replicated
+    volume's primary is unavailable, its copy holders score 10, 9, ... by newest
+    acknowledged point instead. Any other node scores its capacity headroom on a log scale
+    (at most 9); a node that cannot take the pod scores 0. A pod without Statehold claims
+    scores 0 everywhere, which leaves the other plugins' ranking alone.
     """
     if not pod.concerns_us:
         return tuple(NodeScore(n, MIN_SCORE, 0) for n in nodes)
     plan = Plan.of(pod.pending)
-    primary = primary_node(pod)
-    return tuple(score_verdict(pod, judge_node(pod, n, pools.get(n), reserved, plan), primary)
+    preferred = preferred_scores(pod)
+    return tuple(score_verdict(pod, judge_node(pod, n, pools.get(n), reserved, plan), preferred)
                  for n in nodes)
 
 
@@ -324,16 +328,31 @@ def primary_node(pod: PodVolumes) -> str | None:
     return primaries.pop() if len(primaries) == 1 else None
 
 
-def score_verdict(pod: PodVolumes, verdict: NodeVerdict, primary: str | None = None) -> NodeScore:
-    """The score of one judged node (see :func:`score_nodes`); pass ``primary`` (from
-    :func:`primary_node`) when scoring many nodes."""
+def preferred_scores(pod: PodVolumes) -> dict[str, int]:
+    """Nodes the pod's data prefers, with their score: the primary's node 10; else, for
+    the one bound volume whose primary is unavailable, its ranked copy holders 10, 9, ...
+    (at least 1). Empty when nothing is preferred."""
+    primary = primary_node(pod)
+    if primary is not None:
+        return {primary: MAX_SCORE}
+    rankings = {v.ranked for v in pod.bound if v.ranked}
+    if len(rankings) != 1:
+        return {}
+    (ranked,) = rankings
+    return {n: max(1, MAX_SCORE - i) for i, n in enumerate(ranked)}
+
+
+def score_verdict(pod: PodVolumes, verdict: NodeVerdict,
+                  preferred: Mapping[str, int] | None = None) -> NodeScore:
+    """The score of one judged node (see :func:`score_nodes`); pass ``preferred`` (from
+    :func:`preferred_scores`) when scoring many nodes."""
     node, ok, _, _, headroom = verdict
     if not ok:
         return NodeScore(node, MIN_SCORE, 0, False)
-    if primary is None and pod.bound:
-        primary = primary_node(pod)
-    if primary is not None and primary == node:
-        return NodeScore(node, MAX_SCORE, headroom)
+    if preferred is None:
+        preferred = preferred_scores(pod) if pod.bound else {}
+    if node in preferred:
+        return NodeScore(node, preferred[node], headroom)
     if headroom < GiB:
         return NodeScore(node, MIN_SCORE, headroom)
     bits = (headroom // GiB).bit_length()  # = headroom_score(headroom), inlined: hot loop
@@ -377,11 +396,13 @@ def unique_top(scores: Sequence[NodeScore], best: str | None = None) -> tuple[No
 def best_verdict(pod: PodVolumes, verdicts: Mapping[str, NodeVerdict],
                  nodes: Sequence[str]) -> str | None:
     """:func:`best_node` straight from verdicts, without building scores: the score is
-    10 on the primary's node and grows with headroom elsewhere, so the order is the same."""
+    the preferred score on the nodes the data prefers (10 on the primary's node) and grows
+    with headroom elsewhere, so the order is the same."""
     fitting = [n for n in nodes if verdicts[n].ok]
     if not fitting:
         return None
-    primary = primary_node(pod)
-    if primary is not None and primary in fitting:
-        return primary
+    preferred = preferred_scores(pod)
+    chosen = [n for n in fitting if n in preferred]
+    if chosen:
+        return min(chosen, key=lambda n: (-preferred[n], -verdicts[n].headroom, n))
     return min(fitting, key=lambda n: (-verdicts[n].headroom, n))

@@ -1,7 +1,9 @@
 """A ClusterView over the Kube facade (:mod:`statehold.kube.facade`).
 
-Claims and PersistentVolumes are read live on each lookup: whether a claim is bound, and
-which node the scheduler selected, is what the ledger follows, so it must be fresh.
+Claims, PersistentVolumes, ReplicatedVolumes and Nodes are read live on each lookup: whether
+a claim is bound, and which node the scheduler selected, is what the ledger follows, and
+which copy is primary and whether its node is up is what failover moves, so they must be
+fresh.
 StoragePools and StorageClasses change rarely and are listed at most every
 ``cache_seconds`` (a 1,000-node cluster would otherwise cost a list per request).
 """
@@ -16,10 +18,17 @@ from typing import Any
 
 from statehold.errors import NotFound
 from statehold.kube.facade import Kube
-from statehold.kube.kinds import PV, PVC, STORAGE_CLASS, STORAGE_POOL
+from statehold.kube.kinds import NODE, PV, PVC, REPLICATED_VOLUME, STORAGE_CLASS, STORAGE_POOL
+from statehold.kube.nodes import NodeHealth, node_health
 from statehold.scheduler.core import PoolState
-from statehold.scheduler.objects import claim_info, pools_by_node, storage_class_info, volume_info
-from statehold.scheduler.view import ClaimInfo, StorageClassInfo, VolumeInfo
+from statehold.scheduler.objects import (
+    claim_info,
+    pools_by_node,
+    replica_set_info,
+    storage_class_info,
+    volume_info,
+)
+from statehold.scheduler.view import ClaimInfo, ReplicaSetInfo, StorageClassInfo, VolumeInfo
 
 BULK_THRESHOLD = 8
 """Up to this many claims are read with GETs; more with a LIST per namespace."""
@@ -73,6 +82,14 @@ class KubeClusterView:
             with self._lock:
                 self._classes = cached
         return cached[1].get(name)
+
+    def replica_set(self, name: str) -> ReplicaSetInfo | None:
+        obj = self._get(REPLICATED_VOLUME, name)
+        return replica_set_info(obj) if obj is not None else None
+
+    def node_health(self, name: str) -> NodeHealth | None:
+        obj = self._get(NODE, name)
+        return node_health(obj) if obj is not None else None
 
     def pools(self) -> Mapping[str, tuple[PoolState, ...]]:
         now = self._clock()

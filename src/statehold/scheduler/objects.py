@@ -11,6 +11,11 @@ Field facts used:
   ``In`` on a topology key. The primary copy's node is the ``statehold.io/primary-node``
   annotation (or the same key in ``spec.csi.volumeAttributes``); a single-copy volume's
   only node is its primary.
+* A replicated PV's affinity requires its copy label instead (``copy.statehold.io/<h16>``,
+  ``Exists``, or ``In ["true"]`` as external-provisioner writes it from the accessible
+  topology); its ReplicatedVolume (statehold.io/v1alpha1, named after the PV) gives
+  ``status.primary``, ``status.epoch`` and ``status.copies[] {node, role, point}``.
+* Node: health (Ready, out-of-service taint) from :func:`statehold.kube.nodes.node_health`.
 * StorageClass: ``provisioner``, ``volumeBindingMode``, ``parameters``.
 * StoragePool (statehold.io/v1alpha1): ``spec.node``, ``spec.overprovisionRatio``
   (default 10), ``status.capacity`` and ``status.provisioned`` (sum of volume sizes, what
@@ -27,13 +32,22 @@ from dataclasses import replace
 from typing import Any
 
 from statehold.errors import InvalidArgument
+from statehold.kube.nodes import node_health
 from statehold.scheduler.core import PoolState
 from statehold.scheduler.quantity import parse_quantity
-from statehold.scheduler.view import ClaimInfo, MemoryClusterView, StorageClassInfo, VolumeInfo
+from statehold.scheduler.view import (
+    ClaimInfo,
+    CopyInfo,
+    MemoryClusterView,
+    ReplicaSetInfo,
+    StorageClassInfo,
+    VolumeInfo,
+)
 
 log = logging.getLogger(__name__)
 
 TOPOLOGY_KEYS = ("topology.statehold.io/node", "kubernetes.io/hostname")
+COPY_LABEL_PREFIX = "copy.statehold.io/"
 SELECTED_NODE = "volume.kubernetes.io/selected-node"
 PRIMARY_NODE = "statehold.io/primary-node"
 BETA_CLASS = "volume.beta.kubernetes.io/storage-class"
@@ -70,13 +84,23 @@ def claim_info(obj: Mapping[str, Any]) -> ClaimInfo:
     )
 
 
+def _copy_label(expr: Mapping[str, Any]) -> str | None:
+    key = expr.get("key")
+    if not isinstance(key, str) or not key.startswith(COPY_LABEL_PREFIX):
+        return None
+    op, values = expr.get("operator"), expr.get("values") or []
+    return key if op == "Exists" or (op == "In" and "true" in values) else None
+
+
 def volume_info(obj: Mapping[str, Any]) -> VolumeInfo:
     nodes: set[str] = set()
+    copy_label = None
     terms = _dig(obj, "spec", "nodeAffinity", "required", "nodeSelectorTerms") or []
     for term in terms:
         for expr in (term or {}).get("matchExpressions") or []:
             if expr.get("key") in TOPOLOGY_KEYS and expr.get("operator") == "In":
                 nodes.update(v for v in expr.get("values") or [] if isinstance(v, str))
+            copy_label = copy_label or _copy_label(expr)
     attributes = _dig(obj, "spec", "csi", "volumeAttributes") or {}
     annotations = _dig(obj, "metadata", "annotations") or {}
     primary = annotations.get(PRIMARY_NODE) or attributes.get(PRIMARY_NODE)
@@ -88,7 +112,20 @@ def volume_info(obj: Mapping[str, Any]) -> VolumeInfo:
         handle=_dig(obj, "spec", "csi", "volumeHandle"),
         nodes=frozenset(nodes),
         primary=primary,
+        copy_label=copy_label,
     )
+
+
+def replica_set_info(obj: Mapping[str, Any]) -> ReplicaSetInfo | None:
+    """A ReplicatedVolume's primary and copies; None until the operator recorded an epoch."""
+    status = obj.get("status") or {}
+    primary, epoch = status.get("primary"), status.get("epoch")
+    if not isinstance(primary, str) or not primary or not isinstance(epoch, int):
+        return None
+    copies = tuple(CopyInfo(str(c["node"]), str(c.get("role", "unknown")), c.get("point"))
+                   for c in status.get("copies") or [] if isinstance(c, Mapping) and c.get("node"))
+    return ReplicaSetInfo(name=_dig(obj, "metadata", "name") or "", primary=primary,
+                          epoch=epoch, copies=copies)
 
 
 def storage_class_info(obj: Mapping[str, Any]) -> StorageClassInfo:
@@ -136,9 +173,10 @@ def pools_by_node(objs: Iterable[Mapping[str, Any]]) -> dict[str, tuple[PoolStat
 
 
 def memory_view(objs: Iterable[Mapping[str, Any]]) -> MemoryClusterView:
-    """A MemoryClusterView holding these objects (PVCs, PVs, StorageClasses, StoragePools;
-    anything else is ignored): the ``--cluster-file`` of the CLI, and tests."""
-    claims, volumes, classes, pools = [], [], [], []
+    """A MemoryClusterView holding these objects (PVCs, PVs, StorageClasses, StoragePools,
+    ReplicatedVolumes, Nodes; anything else is ignored): the ``--cluster-file`` of the CLI,
+    and tests."""
+    claims, volumes, classes, pools, sets, nodes = [], [], [], [], [], []
     for o in objs:
         kind = o.get("kind")
         if kind == "PersistentVolumeClaim":
@@ -151,4 +189,11 @@ def memory_view(objs: Iterable[Mapping[str, Any]]) -> MemoryClusterView:
             p = pool_state(o)
             if p is not None:
                 pools.append(p)
-    return MemoryClusterView(claims=claims, volumes=volumes, classes=classes, pools=pools)
+        elif kind == "ReplicatedVolume":
+            rs = replica_set_info(o)
+            if rs is not None:
+                sets.append(rs)
+        elif kind == "Node":
+            nodes.append(node_health(o))
+    return MemoryClusterView(claims=claims, volumes=volumes, classes=classes, pools=pools,
+                             replica_sets=sets, nodes=nodes)

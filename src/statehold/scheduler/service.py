@@ -33,7 +33,7 @@ from statehold.scheduler.core import (
     best_verdict,
     filter_nodes,
     judge_node,
-    primary_node,
+    preferred_scores,
     score_nodes,
     score_verdict,
     unique_top,
@@ -158,9 +158,9 @@ class Extender:
                 or last.pools is not pools or last.reserved != reserved
                 or not all(n in last.verdicts for n in args.node_names)):
             return score_nodes(pod, args.node_names, pools, reserved)
-        primary = primary_node(pod)
+        preferred = preferred_scores(pod)
         verdicts = last.verdicts
-        return tuple(score_verdict(pod, verdicts[n], primary) for n in args.node_names)
+        return tuple(score_verdict(pod, verdicts[n], preferred) for n in args.node_names)
 
     def _reserve(self, ref: wire.PodRef, pod: PodVolumes, node: str | None,
                  placement: Placement) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
 
+from statehold.kube.nodes import NodeHealth
 from statehold.scheduler.core import PoolState
 
 DRIVER = "csi.statehold.io"
@@ -56,8 +57,28 @@ class VolumeInfo:
     driver: str | None
     handle: str | None = None
     nodes: frozenset[str] = frozenset()
-    """Empty when the volume is not tied to nodes (a shared volume)."""
+    """Empty when the volume is not tied to nodes (a shared volume, or a replicated one)."""
     primary: str | None = None
+    copy_label: str | None = None
+    """A replicated volume: the node label its affinity requires (``copy.statehold.io/<h16>``);
+    which nodes hold copies is then the ReplicatedVolume's word (:class:`ReplicaSetInfo`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CopyInfo:
+    node: str
+    role: str                 # primary | replica | seeding | stale | unknown
+    point: str | None = None  # newest acknowledged point, e<epoch>-<seq>
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaSetInfo:
+    """A ReplicatedVolume (named after its PV): the primary and every copy."""
+
+    name: str
+    primary: str
+    epoch: int
+    copies: tuple[CopyInfo, ...] = ()
 
 
 class ClusterView(Protocol):
@@ -82,6 +103,14 @@ class ClusterView(Protocol):
         """Node name → its pools (capacity, allocated, over-provisioning)."""
         ...
 
+    def replica_set(self, name: str) -> ReplicaSetInfo | None:
+        """The ReplicatedVolume of PV ``name`` (None: none, or not initialised yet)."""
+        ...
+
+    def node_health(self, name: str) -> NodeHealth | None:
+        """The Node's health, or None when there is no such Node."""
+        ...
+
 
 class MemoryClusterView:
     """A ClusterView held in dictionaries: for tests, benchmarks and ``--cluster-file``.
@@ -91,11 +120,15 @@ class MemoryClusterView:
     """
 
     def __init__(self, *, claims: Iterable[ClaimInfo] = (), volumes: Iterable[VolumeInfo] = (),
-                 classes: Iterable[StorageClassInfo] = (), pools: Iterable[PoolState] = ()) -> None:
+                 classes: Iterable[StorageClassInfo] = (), pools: Iterable[PoolState] = (),
+                 replica_sets: Iterable[ReplicaSetInfo] = (),
+                 nodes: Iterable[NodeHealth] = ()) -> None:
         self._lock = threading.Lock()
         self._claims = {(c.namespace, c.name): c for c in claims}
         self._volumes = {v.name: v for v in volumes}
         self._classes = {s.name: s for s in classes}
+        self._replica_sets = {r.name: r for r in replica_sets}
+        self._nodes = {n.name: n for n in nodes}
         self._pools: dict[str, tuple[PoolState, ...]] = {}
         self._snapshot: Mapping[str, tuple[PoolState, ...]] = MappingProxyType({})
         for p in pools:
@@ -116,6 +149,12 @@ class MemoryClusterView:
     def pools(self) -> Mapping[str, tuple[PoolState, ...]]:
         return self._snapshot
 
+    def replica_set(self, name: str) -> ReplicaSetInfo | None:
+        return self._replica_sets.get(name)
+
+    def node_health(self, name: str) -> NodeHealth | None:
+        return self._nodes.get(name)
+
     # -- mutators ------------------------------------------------------------------
     def put_claim(self, claim: ClaimInfo) -> None:
         with self._lock:
@@ -132,6 +171,14 @@ class MemoryClusterView:
     def put_class(self, sc: StorageClassInfo) -> None:
         with self._lock:
             self._classes[sc.name] = sc
+
+    def put_replica_set(self, rs: ReplicaSetInfo) -> None:
+        with self._lock:
+            self._replica_sets[rs.name] = rs
+
+    def put_node(self, health: NodeHealth) -> None:
+        with self._lock:
+            self._nodes[health.name] = health
 
     def put_pool(self, pool: PoolState) -> None:
         with self._lock:

@@ -175,3 +175,46 @@ def storage_pool(name: str, node_name: str, capacity: int, provisioned: int = 0,
             "metadata": {"name": name}, "spec": spec,
             "status": {"phase": phase, "capacity": capacity, "allocated": provisioned // 2,
                        "provisioned": provisioned, "volumes": 0}}
+
+
+def replicated_pv(name: str, *, handle: str | None = None, size: str = "10Gi",
+                  operator: str = "In") -> dict[str, Any]:
+    """A PV of a replicated volume as external-provisioner writes it from the accessible
+    topology ``{copy.statehold.io/<h16>: "true"}``."""
+    import hashlib
+
+    handle = handle or f"pool-a/{name}"
+    key = "copy.statehold.io/" + hashlib.sha256(handle.encode()).hexdigest()[:16]
+    expr: dict[str, Any] = {"key": key, "operator": operator}
+    if operator == "In":
+        expr["values"] = ["true"]
+    return {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name},
+            "spec": {"capacity": {"storage": size}, "accessModes": ["ReadWriteOnce"],
+                     "storageClassName": "statehold-replicated",
+                     "csi": {"driver": DRIVER, "volumeHandle": handle, "fsType": "xfs",
+                             "volumeAttributes": {"statehold.io/replicas": "3"}},
+                     "nodeAffinity": {"required": {"nodeSelectorTerms": [
+                         {"matchExpressions": [expr]}]}}}}
+
+
+def replicated_volume(name: str, primary: str, copies: list[tuple[str, str, str | None]], *,
+                      epoch: int = 3) -> dict[str, Any]:
+    """A ReplicatedVolume with status: copies as (node, role, point)."""
+    return {"apiVersion": "statehold.io/v1alpha1", "kind": "ReplicatedVolume",
+            "metadata": {"name": name},
+            "spec": {"volumeHandle": f"pool-a/{name}", "replicas": len(copies), "size": 10 * GiB},
+            "status": {"epoch": epoch, "primary": primary, "copies": [
+                {"node": n, "role": r, **({"point": p} if p else {})} for n, r, p in copies]}}
+
+
+def down_node(name: str, *, out_of_service: bool = False) -> dict[str, Any]:
+    """A Node whose kubelet stopped posting (Ready Unknown), maybe tainted out-of-service."""
+    n = node(name)
+    n["status"]["conditions"][-1] = {"type": "Ready", "status": "Unknown",
+                                     "reason": "NodeStatusUnknown"}
+    taints = [{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}]
+    if out_of_service:
+        taints.append({"key": "node.kubernetes.io/out-of-service", "value": "nodeshutdown",
+                       "effect": "NoExecute"})
+    n["spec"]["taints"] = taints
+    return n

@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from statehold.kube.kinds import PV, PVC, STORAGE_CLASS, STORAGE_POOL
+from statehold.kube.kinds import NODE, PV, PVC, REPLICATED_VOLUME, STORAGE_CLASS, STORAGE_POOL
 from statehold.scheduler.view import DRIVER
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -88,7 +88,7 @@ def test_extender_stanza_matches_the_service_and_the_server() -> None:
 def test_rbac_grants_reads_of_every_kind_the_kube_view_reads_and_no_writes() -> None:
     granted = {(g, r): set(rule["verbs"]) for rule in by_kind("ClusterRole")["rules"]
                for g in rule["apiGroups"] for r in rule["resources"]}
-    for kind in (PVC, PV, STORAGE_CLASS, STORAGE_POOL):
+    for kind in (PVC, PV, STORAGE_CLASS, STORAGE_POOL, REPLICATED_VOLUME, NODE):
         assert {"get", "list"} <= granted[(kind.group, kind.plural)]
     assert all(verbs <= {"get", "list", "watch"} for verbs in granted.values())
     binding = by_kind("ClusterRoleBinding")

@@ -9,10 +9,18 @@ import pytest
 
 from statehold.kube.kinds import PVC, STORAGE_POOL, kind_of
 from statehold.kube.memory import MemoryKube
+from statehold.kube.nodes import NodeHealth
 from statehold.scheduler.core import GiB, PoolState
 from statehold.scheduler.kubeview import KubeClusterView
 from statehold.scheduler.objects import memory_view
-from statehold.scheduler.view import ClaimInfo, ClusterView, StorageClassInfo, VolumeInfo
+from statehold.scheduler.view import (
+    ClaimInfo,
+    ClusterView,
+    CopyInfo,
+    ReplicaSetInfo,
+    StorageClassInfo,
+    VolumeInfo,
+)
 from tests.unit.scheduler import shapes
 
 OBJECTS = [
@@ -23,6 +31,11 @@ OBJECTS = [
     shapes.storage_pool("n1-a", "n1", 100 * GiB, 10 * GiB),
     shapes.storage_pool("n1-b", "n1", 50 * GiB, 0, ratio=1),
     shapes.storage_pool("n2-a", "n2", 100 * GiB, 0),
+    shapes.replicated_pv("pv-r"),
+    shapes.replicated_volume("pv-r", "n1", [("n1", "primary", "e3-9"), ("n2", "replica", "e3-8"),
+                                            ("n3", "seeding", None)]),
+    {"apiVersion": "v1", "kind": "Node", **shapes.node("n1")},
+    {"apiVersion": "v1", "kind": "Node", **shapes.down_node("n2", out_of_service=True)},
 ]
 
 
@@ -63,6 +76,23 @@ def test_volumes(view: ClusterView) -> None:
     assert view.volume("pv-1") == VolumeInfo("pv-1", "csi.statehold.io", "pool-a/pv-1",
                                              frozenset({"n1", "n2"}), "n2")
     assert view.volume("nope") is None
+
+
+def test_replicated_volumes(view: ClusterView) -> None:
+    pv = view.volume("pv-r")
+    assert pv is not None and pv.nodes == frozenset() and pv.copy_label is not None
+    assert pv.copy_label.startswith("copy.statehold.io/") and len(pv.copy_label) == 34
+    assert view.replica_set("pv-r") == ReplicaSetInfo("pv-r", "n1", 3, (
+        CopyInfo("n1", "primary", "e3-9"), CopyInfo("n2", "replica", "e3-8"),
+        CopyInfo("n3", "seeding", None)))
+    assert view.replica_set("pv-1") is None
+
+
+def test_node_health(view: ClusterView) -> None:
+    assert view.node_health("n1") == NodeHealth("n1", zone="zone-a")
+    assert view.node_health("n2") == NodeHealth("n2", ready=False, out_of_service=True,
+                                                zone="zone-a")
+    assert view.node_health("nope") is None
 
 
 def test_storage_classes(view: ClusterView) -> None:
