@@ -66,3 +66,14 @@ def test_the_operator_reads_the_keys_the_plugin_writes() -> None:
     assert backend_local.REPLICAS_KEY == replication_records.ATTR_REPLICAS
     assert backend_local.RPO_KEY == replication_records.ATTR_RPO
     assert backend_local.NODE_KEY == replication_records.ATTR_NODE
+
+
+def test_the_user_guide_storage_class_is_valid_and_accepted() -> None:
+    from pathlib import Path
+
+    from tests.unit.kube.validation import validate_object, yaml_blocks
+
+    guide = Path(__file__).resolve().parents[3] / "docs" / "replication.md"
+    (sc,) = [d for d in yaml_blocks(guide) if d["kind"] == "StorageClass"]
+    validate_object(sc)
+    assert replication_parameters(sc["parameters"]) == (2, 30)
