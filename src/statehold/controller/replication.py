@@ -372,11 +372,14 @@ class VolumePass:
 
     def create_copy(self, rec: Record, where: Placement) -> None:
         """Record the copy (state Creating) first, then make it: a crash in between leaves
-        an entry the next pass creates again, never an engine volume nobody tracks."""
+        an entry the next pass creates again, never an engine volume nobody tracks. The
+        entry is a compare-and-set, so two passes racing (the kopf handler and the ticker)
+        never both place a copy from the same reading."""
         entries = [c for c in self.status.get("copies") or [] if c.get("node") != where.node]
         entries.append({"node": where.node, "pool": where.pool, "role": "seeding",
                         "state": "Creating"})
-        self.patch_status({"copies": sorted(entries, key=lambda c: c["node"])})
+        if not self.cas(copies=sorted(entries, key=lambda c: c["node"])):
+            return
         try:
             self.agents.create_copy(where.node, self.volume, pool=where.pool, size=rec.size)
         except StateholdError as exc:

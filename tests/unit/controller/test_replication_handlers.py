@@ -103,6 +103,19 @@ def test_copies_spread_across_zones(agents: FakeAgents, fake_clock: Any) -> None
     assert agents.calls("create_copy") == [("create_copy", "b1", "p-b1")]
 
 
+def test_a_copy_is_recorded_by_compare_and_set_before_it_is_made(
+        kube: LoggingKube, agents: FakeAgents, fake_clock: Any) -> None:
+    running(kube, agents, fake_clock)
+    kube.patch(REPLICATED_VOLUME, "pvc-1", {"spec": {"replicas": 3}})
+    kube.conflicts = 1                      # another pass wrote the record meanwhile
+    reconcile_volume(kube, agents, rv(kube), fake_clock)
+    assert agents.calls("create_copy") == [("create_copy", "n2", "p2")]  # none placed now
+    reconcile_volume(kube, agents, rv(kube), fake_clock)
+    assert agents.calls("create_copy")[1:] == [("create_copy", "n3", "p3")]
+    entry = next(c for c in rv(kube)["status"]["copies"] if c["node"] == "n3")
+    assert entry["role"] == "seeding"
+
+
 def test_no_room_for_a_replica_is_a_condition_not_a_copy(
         agents: FakeAgents, fake_clock: Any) -> None:
     kube = LoggingKube(agents.log, now=fake_clock, admit=validate_custom_resource)
