@@ -3,15 +3,16 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := xfsprogs btrfs-progs e2fsprogs util-linux fio restic sqlite3 iproute2 attr quota \
-                glusterfs-server glusterfs-client postgresql
+                glusterfs-server glusterfs-client postgresql etcd-server golang-1.19-go \
+                golang-github-modern-go-reflect2-dev dpkg-dev
 PYTEST_ARGS ?=
 
-.PHONY: demo test deps apt venv proto proto-check lint unit integration bench clean-venv
+.PHONY: demo test deps apt venv proto proto-check lint unit integration bench clean-venv kube-bins
 
 demo: deps
 	$(VENV)/bin/statehold demo
 
-test: deps proto-check lint
+test: deps proto-check lint kube-bins
 	@bash scripts/pytest-strict.sh $(PY) -m pytest $(PYTEST_ARGS)
 
 deps: apt venv
@@ -25,6 +26,13 @@ apt:
 	fi
 	@# the Debian packages start these services; our tests start their own instances by pid
 	@-systemctl disable --now glusterd >/dev/null 2>&1 || true
+
+# kube-apiserver, kube-controller-manager, kube-scheduler v1.20.2 for the tests' control
+# plane (tests/fixtures/controlplane.py), built once from Debian's source package and cached
+# in /var/cache/statehold. Debian's etcd-server starts a service: the tests run their own.
+kube-bins: apt
+	@-systemctl disable --now etcd >/dev/null 2>&1 || true
+	@bash scripts/build-kubernetes.sh
 
 venv: $(VENV)/.installed
 

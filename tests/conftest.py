@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.fixtures.gluster",
     "tests.fixtures.kube",
     "tests.fixtures.netns",
+    "tests.fixtures.controlplane",
 ]
 
 

@@ -1,6 +1,7 @@
 """The Kube facade contract, run against every implementation (see tests/fixtures/kube.py).
 
-The in-memory run is always on; the real-server run needs STATEHOLD_TEST_KUBECONFIG.
+Every run is always on; the real-server run uses the session control plane
+(tests/fixtures/controlplane.py) or the cluster STATEHOLD_TEST_KUBECONFIG names.
 """
 
 from __future__ import annotations
@@ -149,12 +150,15 @@ def test_delete_with_finalizer_waits_for_the_finalizer(kube_impl: tuple[Kube, st
 def test_watch_from_a_resource_version_yields_later_writes_in_order(
         kube_impl: tuple[Kube, str]) -> None:
     kube, ns = kube_impl
-    start = kube.create(cm(ns, "before"))["metadata"]["resourceVersion"]
-    kube.create(cm(ns, "a", {"k": "1"}))
+    start = kube.create(cm(ns, "before", test="watch"))["metadata"]["resourceVersion"]
+    kube.create(cm(ns, "a", {"k": "1"}, test="watch"))
     kube.patch(CONFIG_MAP, "a", {"data": {"k": "2"}}, ns)
     kube.delete(CONFIG_MAP, "a", ns)
     seen = []
-    for ev in kube.watch(CONFIG_MAP, ns, resource_version=start, timeout=2):
+    # only this test's objects: on a real cluster kube-controller-manager adds its
+    # kube-root-ca.crt ConfigMap to every new namespace whenever it gets to it
+    for ev in kube.watch(CONFIG_MAP, ns, label_selector={"test": "watch"}, resource_version=start,
+                         timeout=2):
         seen.append((ev.type, ev.object["metadata"]["name"], ev.object.get("data", {}).get("k")))
         if len(seen) == 3:
             break
