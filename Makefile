@@ -26,6 +26,7 @@ apt:
 	fi
 	@# the Debian packages start these services; our tests start their own instances by pid
 	@-systemctl disable --now glusterd >/dev/null 2>&1 || true
+	@-systemctl disable --now etcd >/dev/null 2>&1 || true
 
 # kube-apiserver, kube-controller-manager, kube-scheduler v1.20.2 for the tests' control
 # plane (tests/fixtures/controlplane.py), built once from Debian's source package and cached
@@ -55,7 +56,7 @@ lint:
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-unit: deps
+unit: deps kube-bins
 	@bash scripts/pytest-strict.sh $(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 clean-venv:
