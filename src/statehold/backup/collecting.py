@@ -1,8 +1,14 @@
-"""Prune (remove manifests by retention) and garbage collection (mark and sweep).
+"""Removing backups: prune (manifests by retention), forget (one manifest) and garbage
+collection (mark and sweep of chunks).
 
-Both run under the exclusive lock, so no backup is writing chunks or reading a parent while
-they run. GC also spares chunks younger than ``grace`` (store mtime): the belt to the
+All three run under the exclusive lock, so no backup is writing chunks or reading a parent
+while they run. GC also spares chunks younger than ``grace`` (store mtime): the belt to the
 locks' braces for writers with bad clocks (format §9).
+
+Damaged manifests (format §9.1) never stop them: prune and gc move each one they meet to
+``quarantine/`` and report it. GC deletes no chunk at all while any manifest cannot be
+read, quarantined ones included: nobody can tell which chunks such a manifest names, so
+no chunk is provably unreferenced. ``forget`` of that backup is the way out.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from dataclasses import dataclass
 from statehold.backup import retention
 from statehold.backup.dirstore import DirectoryStore
 from statehold.backup.locks import Lock, remove_expired
-from statehold.backup.repository import Repository, manifest_key
+from statehold.backup.repository import Damaged, Repository, manifest_key, quarantine_key
+from statehold.errors import NotFound
 
 log = logging.getLogger("statehold.backup.gc")
 
@@ -25,6 +32,9 @@ class PruneResult:
     kept: dict[str, list[str]]
     removed: list[str]
     dry_run: bool
+    damaged: tuple[Damaged, ...] = ()
+    """Manifests that could not be read: neither kept nor removed (their volume is unknown),
+    quarantined unless ``dry_run``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,32 +45,80 @@ class GcResult:
     bytes_deleted: int
     chunks_in_grace: int
     locks_removed: int
+    chunks_kept_unknown: int = 0
+    """Chunks no readable backup references, kept because a damaged one may."""
+    damaged: tuple[Damaged, ...] = ()
+    """Manifests that could not be read (quarantined unless ``dry_run``): while there is
+    one, no chunk is deleted."""
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetResult:
+    backup_id: str
+    removed: tuple[str, ...]
+    """The keys deleted: its manifest, and its quarantined copy if there was one."""
+
+
+def quarantine_damaged(repo: Repository, damaged: list[Damaged]) -> tuple[Damaged, ...]:
+    """Move every ``damaged`` manifest still under ``manifests/`` to ``quarantine/`` (a
+    newer-version one is not damaged and stays); returns the list as it is afterwards."""
+    out = []
+    for d in damaged:
+        if d.state == "damaged":
+            try:
+                d = Damaged(d.backup_id, repo.quarantine(d.key), d.reason, "quarantined")
+            except NotFound:
+                continue  # forgotten meanwhile
+        out.append(d)
+    return tuple(out)
 
 
 def prune(repo: Repository, policy: retention.Policy, *, volume: str | None = None,
           dry_run: bool = False) -> PruneResult:
-    """Remove the manifests the policy does not keep (only of ``volume`` when given)."""
+    """Remove the manifests the policy does not keep (only of ``volume`` when given).
+    Damaged manifests are quarantined and reported, never counted or removed."""
+    retention.apply(policy, [])  # refuse a policy that keeps nothing before taking the lock
     with Lock(repo, "exclusive"):
-        items = [retention.Item(m.backup_id, m.volume, m.created) for m in repo.manifests()
+        listing = repo.scan()
+        damaged = tuple(listing.damaged) if dry_run else quarantine_damaged(repo, listing.damaged)
+        items = [retention.Item(m.backup_id, m.volume, m.created) for m in listing.manifests
                  if volume is None or m.volume == volume]
         decision = retention.apply(policy, items)
         if not dry_run:
             for bid in decision.remove:
                 repo.store.delete(manifest_key(bid))
                 log.info("prune removed=%s", bid)
-        return PruneResult(decision.keep, decision.remove, dry_run)
+        return PruneResult(decision.keep, decision.remove, dry_run, damaged)
+
+
+def forget(repo: Repository, backup_id: str) -> ForgetResult:
+    """Remove one backup: its manifest (readable, damaged or quarantined). Its chunks stay
+    until the next gc, which deletes those no other backup references. Backups that name it
+    as their parent are unaffected: every manifest is complete (format §6.2)."""
+    with Lock(repo, "exclusive"):
+        keys = [k for k in (manifest_key(backup_id), quarantine_key(manifest_key(backup_id)))
+                if repo.store.exists(k)]
+        if not keys:
+            raise NotFound(f"backup {backup_id} not found in {repo.store.describe()}")
+        for key in keys:
+            repo.store.delete(key)
+        log.info("forget backup=%s removed=%s", backup_id, ",".join(keys))
+        return ForgetResult(backup_id, tuple(keys))
 
 
 def gc(repo: Repository, *, grace: float = 3600.0, clock: Callable[[], float] = time.time,
        dry_run: bool = False) -> GcResult:
-    """Delete chunks no manifest references. Any unreadable manifest aborts (raises):
-    deleting on partial knowledge could destroy a backup."""
+    """Delete chunks no manifest references. While any manifest cannot be read (damaged,
+    quarantined or of a newer version) no chunk is deleted: it may be one of that
+    manifest's, and deleting on partial knowledge could destroy a backup."""
     with Lock(repo, "exclusive"):
+        listing = repo.scan()
+        damaged = tuple(listing.damaged) if dry_run else quarantine_damaged(repo, listing.damaged)
         marked: set[bytes] = set()
-        for m in repo.manifests():
+        for m in listing.manifests:
             marked.update(m.chunk_ids())
         now = clock()
-        total = deleted = in_grace = freed = 0
+        total = deleted = in_grace = freed = unknown = 0
         for info in list(repo.store.list("chunks/")):
             total += 1
             try:
@@ -68,6 +126,9 @@ def gc(repo: Repository, *, grace: float = 3600.0, clock: Callable[[], float] = 
             except ValueError:
                 continue
             if cid in marked:
+                continue
+            if damaged:
+                unknown += 1
                 continue
             if now - info.mtime < grace:
                 in_grace += 1
@@ -79,6 +140,9 @@ def gc(repo: Repository, *, grace: float = 3600.0, clock: Callable[[], float] = 
         locks = 0 if dry_run else remove_expired(repo, now)
         if not dry_run and isinstance(repo.store, DirectoryStore):
             repo.store.remove_stale(grace)  # temporaries of writers that died before commit
+        if damaged:
+            log.warning("gc kept=%d unreferenced chunks: %d manifests cannot be read (%s)", unknown,
+                        len(damaged), ",".join(d.backup_id for d in damaged))
         log.info("gc chunks=%d referenced=%d deleted=%d bytes=%d grace=%d", total, len(marked), deleted,
                  freed, in_grace)
-        return GcResult(total, len(marked), deleted, freed, in_grace, locks)
+        return GcResult(total, len(marked), deleted, freed, in_grace, locks, unknown, damaged)

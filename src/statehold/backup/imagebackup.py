@@ -72,6 +72,19 @@ def plan(size: int, chunk_size: int, data: list[tuple[int, int]],
     return Plan(sorted(i for i in with_data if i in touched), copied)
 
 
+def keep_only_stored(p: Plan, known: set[bytes]) -> Plan:
+    """Copy from the parent only entries whose chunk is in the store now (listed under the
+    lock, so gc cannot take it before the manifest names it); read the others again. A
+    chunk the parent names can be gone: quarantined as damaged, or collected after the
+    parent was pruned or forgotten between parent choice and the lock. Reading it again
+    stores it again, which also mends every older backup that names the same id."""
+    lost = [i for i, cid in p.copied.items() if cid not in known]
+    if not lost:
+        return p
+    log.warning("backup parent names %d chunks no longer stored: reading them again", len(lost))
+    return Plan(sorted({*p.read, *lost}), {i: c for i, c in p.copied.items() if c in known})
+
+
 def create_backup(repo: Repository, image: Path, *, volume: str, parent: Parent | None = None,
                   snapshot: str | None = None, labels: Mapping[str, str] | None = None,
                   workers: int | None = None, progress: Progress | None = None,
@@ -93,8 +106,8 @@ def create_backup(repo: Repository, image: Path, *, volume: str, parent: Parent 
             known = repo.known_chunks()  # after the lock: gc cannot remove them now
             usable = parent if parent is not None and _usable(parent, cs, volume) else None
             changed = extents.changed_ranges(usable.path, image) if usable is not None else None
-            p = plan(size, cs, extents.data_ranges(image), changed,
-                     usable.manifest if usable is not None else None)
+            p = keep_only_stored(plan(size, cs, extents.data_ranges(image), changed,
+                                      usable.manifest if usable is not None else None), known)
             total = sum(min(cs, size - i * cs) for i in p.read)
             if progress is not None:
                 progress(0, total)

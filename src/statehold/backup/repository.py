@@ -2,18 +2,25 @@
 
 ``Repository.init`` creates the master secret and writes ``config``; ``Repository.open``
 unwraps it with the password. Everything else goes through the blob codec.
+
+Damaged objects (format §9.1) never stop a listing: :meth:`Repository.manifests` yields the
+readable manifests and passes the others aside; :meth:`Repository.scan` returns both, plus
+the quarantined ones, for callers that must know what they cannot read (gc, verify, the
+CLI's listing). :meth:`Repository.quarantine` moves an object under ``quarantine/``.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Literal
 
 from statehold.backup import manifest as manifest_mod
 from statehold.backup.crypto import Codec, ScryptParams, derive_kek, unwrap, wrap
@@ -21,10 +28,14 @@ from statehold.backup.manifest import Manifest
 from statehold.backup.store import Store
 from statehold.errors import AlreadyExists, Corrupt, FailedPrecondition, InvalidArgument, NotFound
 
+log = logging.getLogger("statehold.backup.repository")
+
 FORMAT = "statehold-backup"
 VERSION = 1
 DEFAULT_CHUNK_SIZE = 1 << 20
 CONFIG_KEY = "config"
+QUARANTINE = "quarantine/"
+"""Prefix a damaged object is moved under, keeping its key and bytes (format §2, §9.1)."""
 
 
 def chunk_key(cid: bytes) -> str:
@@ -34,6 +45,11 @@ def chunk_key(cid: bytes) -> str:
 
 def manifest_key(backup_id: str) -> str:
     return f"manifests/{backup_id}"
+
+
+def quarantine_key(key: str) -> str:
+    """Where the object at ``key`` goes when quarantined: ``quarantine/<key>``."""
+    return QUARANTINE + key
 
 
 def new_backup_id(now: float | None = None) -> str:
@@ -46,6 +62,38 @@ class RepoConfig:
     id: str
     chunk_size: int
     created: str
+
+
+DamageState = Literal["damaged", "quarantined", "unsupported"]
+
+
+@dataclass(frozen=True, slots=True)
+class Damaged:
+    """A manifest that cannot be read. Its backup cannot be restored, and nobody can know
+    which chunks it names, so gc deletes no chunk while one exists (format §9.1)."""
+
+    backup_id: str
+    key: str
+    """Where its bytes are: ``manifests/<id>``, or ``quarantine/manifests/<id>``."""
+    reason: str
+    """Why it cannot be read (the check that failed, naming the object)."""
+    state: DamageState
+    """``damaged`` (fails a check, still listed), ``quarantined`` (moved aside), or
+    ``unsupported`` (a newer manifest version: not damaged, never quarantined)."""
+
+    @classmethod
+    def unreadable(cls, backup_id: str, exc: Exception) -> Damaged:
+        """The manifest of ``backup_id``, still under ``manifests/``, failed with ``exc``."""
+        state: DamageState = "unsupported" if isinstance(exc, FailedPrecondition) else "damaged"
+        return cls(backup_id, manifest_key(backup_id), str(exc), state)
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """Every backup of a repository: the readable manifests, oldest first, and the rest."""
+
+    manifests: list[Manifest]
+    damaged: list[Damaged]
 
 
 def _b64(b: bytes) -> str:
@@ -127,9 +175,11 @@ class Repository:
             data = self.get_blob(key)
         except NotFound:
             raise NotFound(f"chunk {cid.hex()} is missing from {self.store.describe()}") from None
-        if len(data) != length or self.codec.chunk_id(data) != cid:
-            raise Corrupt(f"chunk {cid.hex()}: content does not match its id (length {len(data)}, "
-                          f"expected {length})")
+        got = self.codec.chunk_id(data)
+        if len(data) != length or got != cid:
+            raise Corrupt(f"chunk {cid.hex()}: content does not match its id: expected "
+                          f"{length} bytes with id {cid.hex()}, got {len(data)} bytes with id "
+                          f"{got.hex()}")
         return data
 
     def known_chunks(self) -> set[bytes]:
@@ -152,39 +202,125 @@ class Repository:
         try:
             data = self.get_blob(key)
         except NotFound:
+            if self.store.exists(quarantine_key(key)):
+                raise Corrupt(f"backup {backup_id} is quarantined ({quarantine_key(key)}): its "
+                              "manifest is damaged; `backup forget` removes it") from None
             raise NotFound(f"backup {backup_id} not found in {self.store.describe()}") from None
+        return self._decode_manifest(backup_id, key, data)
+
+    def _decode_manifest(self, backup_id: str, key: str, data: bytes) -> Manifest:
         m = manifest_mod.decode(data, key)
         if m.backup_id != backup_id:
             raise Corrupt(f"{key}: names backup {m.backup_id}")
         return m
 
+    def examine(self, backup_id: str) -> Manifest | Damaged:
+        """One backup, readable or not: its manifest, or why it cannot be read (damaged,
+        quarantined, of a newer version). NotFound when there is no such backup."""
+        key = manifest_key(backup_id)
+        try:
+            return self._decode_manifest(backup_id, key, self.get_blob(key))
+        except (Corrupt, FailedPrecondition) as exc:
+            return Damaged.unreadable(backup_id, exc)
+        except NotFound:
+            pass
+        try:
+            raw = self.store.get(quarantine_key(key))
+        except NotFound:
+            raise NotFound(f"backup {backup_id} not found in {self.store.describe()}") from None
+        return Damaged(backup_id, quarantine_key(key), self._why(backup_id, raw), "quarantined")
+
     def backup_ids(self) -> list[str]:
         return sorted(i.key.rpartition("/")[2] for i in self.store.list("manifests/"))
 
+    def quarantined_ids(self) -> list[str]:
+        return sorted(i.key.rpartition("/")[2] for i in self.store.list(quarantine_key("manifests/")))
+
     def manifests(self, *, on_error: Callable[[str, Exception], None] | None = None,
                   parallel: int = 8) -> Iterator[Manifest]:
-        """Every manifest, oldest first, loaded in parallel. A manifest that fails to load
-        raises unless ``on_error`` takes it (verify reports it instead)."""
+        """Every readable manifest, oldest first, loaded in parallel. One that cannot be read
+        (Corrupt, or FailedPrecondition: a newer version) goes to ``on_error`` -- by default
+        logged and skipped, never raised: one damaged manifest must not stop every backup
+        (format §9.1). One deleted meanwhile (pruned, forgotten) is skipped silently.
+        Callers that delete on the strength of a listing use :meth:`scan`, which also sees
+        the quarantined manifests."""
         ids = self.backup_ids()
 
-        def load(bid: str) -> Manifest | Exception:
+        def load(bid: str) -> Manifest | Exception | None:
+            key = manifest_key(bid)
             try:
-                return self.load_manifest(bid)
-            except (Corrupt, NotFound, FailedPrecondition) as exc:
+                return self._decode_manifest(bid, key, self.get_blob(key))
+            except NotFound:
+                return None  # pruned, forgotten or quarantined since the listing
+            except (Corrupt, FailedPrecondition) as exc:
                 return exc
 
         with ThreadPoolExecutor(max(1, parallel)) as pool:
             for bid, got in zip(ids, pool.map(load, ids), strict=True):
+                if got is None:
+                    continue
                 if isinstance(got, Exception):
                     if on_error is None:
-                        raise got
-                    on_error(bid, got)
+                        log.warning("manifest backup=%s unreadable, skipped: %s", bid, got)
+                    else:
+                        on_error(bid, got)
                     continue
                 yield got
 
+    def scan(self, *, parallel: int = 8) -> Listing:
+        """The readable manifests and every manifest that cannot be read: damaged ones still
+        under ``manifests/``, those of a newer version, and the quarantined ones (listed
+        after ``manifests/``, so one quarantined meanwhile is seen in one place or the
+        other, never in neither: quarantine puts the copy before deleting the original)."""
+        damaged: list[Damaged] = []
+
+        def unreadable(bid: str, exc: Exception) -> None:
+            damaged.append(Damaged.unreadable(bid, exc))
+
+        found = list(self.manifests(on_error=unreadable, parallel=parallel))
+        damaged.extend(self.quarantined())
+        return Listing(found, sorted(damaged, key=lambda d: (d.backup_id, d.key)))
+
+    def quarantined(self) -> list[Damaged]:
+        """The manifests under ``quarantine/``, each with the reason it fails now."""
+        out = []
+        for bid in self.quarantined_ids():
+            key = quarantine_key(manifest_key(bid))
+            try:
+                raw = self.store.get(key)
+            except NotFound:
+                continue  # forgotten meanwhile
+            out.append(Damaged(bid, key, self._why(bid, raw), "quarantined"))
+        return out
+
+    def _why(self, backup_id: str, raw: bytes) -> str:
+        key = manifest_key(backup_id)  # the blob stays bound to the key it was written under
+        try:
+            self._decode_manifest(backup_id, key, self.codec.decode(key, raw))
+        except (Corrupt, FailedPrecondition) as exc:
+            return str(exc)
+        return "reads correctly now (quarantined earlier)"
+
+    def quarantine(self, key: str) -> str:
+        """Move the object at ``key`` (a manifest or chunk) to ``quarantine/<key>`` with its
+        bytes unchanged, so it stops being listed but stays for inspection. Copy, then
+        delete: a crash in between leaves both, and the next call finishes the move.
+        Returns the new key."""
+        dest = quarantine_key(key)
+        try:
+            raw = self.store.get(key)
+        except NotFound:
+            if self.store.exists(dest):
+                return dest
+            raise
+        self.store.put(dest, raw)
+        self.store.delete(key)
+        log.warning("quarantine key=%s moved to %s", key, dest)
+        return dest
+
     def resolve(self, ref: str) -> str:
-        """A backup id from a full id or a unique prefix of one."""
-        ids = self.backup_ids()
+        """A backup id from a full id or a unique prefix of one (quarantined ones too)."""
+        ids = sorted({*self.backup_ids(), *self.quarantined_ids()})
         if ref in ids:
             return ref
         hits = [i for i in ids if i.startswith(ref) or i.endswith(ref)]

@@ -1,5 +1,13 @@
 """Verify a repository: quick (every chunk a manifest names exists) or deep (every chunk
-downloaded, decrypted and re-hashed). Problems are reported with the backups they break.
+downloaded, decrypted and re-hashed). Problems are reported with the backups they break:
+a manifest that cannot be read (or was quarantined), a missing chunk, a corrupt chunk
+(naming the check that failed: authentication, or the id and length expected and got).
+
+With ``quarantine`` (under the exclusive lock instead of the shared one) verify also moves
+the damaged objects it finds to ``quarantine/`` (format §9.1): damaged manifests, and with
+``deep`` the chunks that fail their check. A quarantined chunk is no longer known, so the
+next backup that reads the same data stores it again, and every backup naming that id
+is whole again.
 """
 
 from __future__ import annotations
@@ -10,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from statehold.backup.locks import Lock
-from statehold.backup.repository import Repository
+from statehold.backup.repository import Repository, chunk_key
 from statehold.errors import Corrupt, NotFound, StateholdError
 
 Progress = Callable[[int, int], None]
@@ -19,11 +27,14 @@ Progress = Callable[[int, int], None]
 @dataclass(frozen=True, slots=True)
 class Problem:
     what: str
-    """'missing' or 'corrupt' (a chunk), or 'manifest' (a backup that cannot be read)."""
+    """'missing' or 'corrupt' (a chunk), 'manifest' (a backup that cannot be read), or
+    'quarantined' (a backup whose manifest was moved to quarantine/)."""
     name: str
     """Chunk id (hex) or backup id."""
     detail: str
     backups: tuple[str, ...]
+    quarantined: str = ""
+    """Where this verify moved the object (``quarantine``), else empty."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,17 +54,19 @@ class VerifyReport:
 
 
 def verify(repo: Repository, *, deep: bool = False, parallel: int = 8,
-           progress: Progress | None = None) -> VerifyReport:
+           progress: Progress | None = None, quarantine: bool = False) -> VerifyReport:
     problems: list[Problem] = []
-    with Lock(repo, "shared"):
+    with Lock(repo, "exclusive" if quarantine else "shared"):
         users: dict[bytes, list[str]] = {}
         lengths: dict[bytes, int] = {}
-
-        def bad_manifest(bid: str, exc: Exception) -> None:
-            problems.append(Problem("manifest", bid, str(exc), (bid,)))
+        listing = repo.scan(parallel=parallel)
+        for d in listing.damaged:
+            moved = repo.quarantine(d.key) if quarantine and d.state == "damaged" else ""
+            what = "quarantined" if d.state == "quarantined" else "manifest"
+            problems.append(Problem(what, d.backup_id, d.reason, (d.backup_id,), moved))
 
         count = 0
-        for m in repo.manifests(on_error=bad_manifest):
+        for m in listing.manifests:
             count += 1
             for off, cid in m.entries():
                 users.setdefault(cid, []).append(m.backup_id)
@@ -83,8 +96,12 @@ def verify(repo: Repository, *, deep: bool = False, parallel: int = 8,
                     repo.read_chunk(cid, lengths[cid])
                 except (Corrupt, NotFound) as exc:
                     kind = "missing" if isinstance(exc, NotFound) else "corrupt"
+                    moved = ""
+                    if quarantine and kind == "corrupt":
+                        moved = repo.quarantine(chunk_key(cid))
                     with lock:
-                        problems.append(Problem(kind, cid.hex(), str(exc), tuple(sorted(set(users[cid])))))
+                        problems.append(Problem(kind, cid.hex(), str(exc), tuple(sorted(set(users[cid]))),
+                                                moved))
                 except StateholdError:
                     raise
                 with lock:

@@ -36,7 +36,7 @@ from statehold.backup.collecting import prune
 from statehold.backup.imagebackup import Parent, create_backup
 from statehold.backup.manifest import Manifest
 from statehold.backup.pipeline import Progress
-from statehold.backup.repository import Repository
+from statehold.backup.repository import Damaged, Repository
 from statehold.backup.restoring import restore_image
 from statehold.backup.retention import Policy
 from statehold.backup.volumelock import volume_lock
@@ -45,6 +45,7 @@ from statehold.engine.pool import Pool
 from statehold.engine.types import FsType, MiB, Volume, VolumeMode
 from statehold.errors import (
     AlreadyExists,
+    Corrupt,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -94,6 +95,9 @@ class BackupResult:
     """Name, in the volume's pool, of the snapshot the backup read (the next parent)."""
     pruned: tuple[str, ...] = ()
     """Backups of the volume the retention policy removed."""
+    damaged: tuple[Damaged, ...] = ()
+    """Manifests of the repository that could not be read (of any volume: which one is
+    unknown). Passed over when choosing the parent; quarantined by prune and gc."""
 
     @property
     def backup_id(self) -> str:
@@ -141,7 +145,7 @@ def backup_volume(repo: Repository, pool: Pool, volume: str, *, key: str | None 
         retention_rules.apply(retention, [])  # refuse a policy that keeps nothing, up front
     vol = pool.get_volume(volume)
     with volume_lock(vol.id, vol.path):
-        earlier = _earlier(repo, vol.id, pool.name)
+        earlier, damaged = _earlier(repo, vol.id, pool.name)
         name = snapshot_name(vol.name, key)
         done = next((e for e in earlier if key and e.snapshot == name), None)
         if done is not None:
@@ -151,7 +155,7 @@ def backup_volume(repo: Repository, pool: Pool, volume: str, *, key: str | None 
             m = _back_up(repo, pool, vol, name, earlier, freeze=freeze, labels=labels,
                          progress=progress)
         pruned = _apply(retention, repo, vol.id) if retention is not None else ()
-        return BackupResult(m, name, pruned)
+        return BackupResult(m, name, pruned, damaged)
 
 
 def _back_up(repo: Repository, pool: Pool, vol: Volume, name: str, earlier: list[_Earlier], *,
@@ -172,15 +176,18 @@ def _back_up(repo: Repository, pool: Pool, vol: Volume, name: str, earlier: list
     return m
 
 
-def _earlier(repo: Repository, volume_id: str, pool: str) -> list[_Earlier]:
-    """This repository's backups of the volume, newest first."""
+def _earlier(repo: Repository, volume_id: str, pool: str) -> tuple[list[_Earlier], tuple[Damaged, ...]]:
+    """This repository's backups of the volume, newest first, and the manifests that could
+    not be read (skipped: a damaged manifest never stops a backup, format §9.1)."""
+    damaged: list[Damaged] = []
 
-    def skip(backup_id: str, exc: Exception) -> None:  # pruned meanwhile, or unreadable
+    def skip(backup_id: str, exc: Exception) -> None:
         log.warning("backup volume=%s ignores manifest %s: %s", volume_id, backup_id, exc)
+        damaged.append(Damaged.unreadable(backup_id, exc))
 
     found = [_Earlier(m.backup_id, m.created, snapshot_in_pool(m, pool))
              for m in repo.manifests(on_error=skip) if m.volume == volume_id and m.kind == "image"]
-    return sorted(found, key=lambda e: (e.created, e.backup_id), reverse=True)
+    return sorted(found, key=lambda e: (e.created, e.backup_id), reverse=True), tuple(damaged)
 
 
 def _parent(repo: Repository, pool: Pool, vol: Volume, earlier: list[_Earlier]) -> Parent | None:
@@ -192,7 +199,7 @@ def _parent(repo: Repository, pool: Pool, vol: Volume, earlier: list[_Earlier]) 
             if snap.source_volume != vol.name or snap.created_at > e.created:
                 continue  # the name was reused: not the snapshot that backup read
             return Parent(repo.load_manifest(e.backup_id), snap.path)
-        except NotFound:
+        except (NotFound, Corrupt):  # forgotten or damaged since the listing
             continue
     return None
 
