@@ -7,6 +7,11 @@ Two halves, because the data is on one node and the checks are cluster-wide:
   condition with the reason and a Warning Event; nothing is created.
 * :func:`run_backup` (the agent on that node): snapshot, back up, report phase, bytes and
   progress.
+* :func:`forget_backup` (the same agent): a VolumeBackup annotated
+  ``statehold.io/forget: "true"`` has its backup removed from the repository, then the
+  object is deleted. The agent does it because it reaches the repository (a directory
+  target is mounted on the nodes only). Finalizer-free on purpose: deleting a VolumeBackup
+  without the annotation keeps its backup, and no deletion ever waits on a repository.
 
 Pinning takes two writes, because the label is metadata and the location is status (a
 subresource on a real API server: no single write sets both). The agent reacts to the
@@ -23,6 +28,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from statehold.backup.collecting import forget
+from statehold.backup.repository import Repository
 from statehold.backup.volumes import snapshot_name
 from statehold.controller import backup_runner
 from statehold.controller.locate import check_pvc_bound, locate
@@ -57,6 +64,9 @@ NODE_LABEL = "statehold.io/node"
 PVC_LABEL = "statehold.io/pvc"
 SCHEDULE_LABEL = "statehold.io/schedule"
 KEEP_LAST_ANNOTATION = "statehold.io/keep-last"
+FORGET_ANNOTATION = "statehold.io/forget"
+"""``"true"``: remove this VolumeBackup's backup from the repository, then the object."""
+FORGET_RETRY = 30.0
 FINAL = ("Completed", "Failed")
 ASSIGNMENT_RETRY = 5.0
 """Seconds before an agent looks again at an object labelled for it whose location has
@@ -185,7 +195,62 @@ def run_backup(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock,
     kind = "incremental" if done.parent_id else "full"
     rep.event("Normal", "Completed", f"{kind} backup {done.backup_id}: read {done.bytes_read} "
               f"bytes, uploaded {done.bytes_uploaded}")
+    if done.damaged:  # passed over, never a reason to fail this backup (format §9.1)
+        rep.event("Warning", "DamagedBackups", f"{target.describe()} holds backups that cannot be "
+                  f"read: {', '.join(d.backup_id for d in done.damaged)}; `statehold backup "
+                  "verify` names the damage, `statehold backup forget` removes one")
     return Result()
+
+
+def wants_forget(obj: Obj) -> bool:
+    return (obj["metadata"].get("annotations") or {}).get(FORGET_ANNOTATION) == "true"
+
+
+def forget_backup(kube: Kube, obj: Obj, node_name: str, now: Clock) -> Result:
+    """Node side, for a VolumeBackup annotated ``statehold.io/forget: "true"``: remove its
+    backup from the repository (``statehold backup forget``: the manifest; the chunks go at
+    the next gc), record a ``Forgotten`` Event, then delete the object. A backup still
+    running is waited for; a failed one stored nothing, so only the object goes. Backups
+    made after it from the same volume stay whole (every manifest is complete)."""
+    meta = obj["metadata"]
+    if not wants_forget(obj) or (meta.get("labels") or {}).get(NODE_LABEL) != node_name:
+        return Result("skipped")
+    rep = Reporter(kube, obj, now, component=f"statehold-agent/{node_name}")
+    st = rep.status
+    if st.get("phase") not in FINAL:
+        return Result.retry(f"{meta['name']}: forgotten once its backup has finished", FORGET_RETRY)
+    backup_id = str(st.get("backupId") or "")
+    if backup_id:
+        try:
+            where = _forget_in_repository(kube, meta["namespace"], obj["spec"]["target"], backup_id)
+        except Problem as p:
+            rep.update(condition=("Forgotten", False, p.reason, p.message))
+            rep.event("Warning", p.reason, p.message)
+            return Result.retry(p.message, p.retry_after)
+        rep.event("Normal", "Forgotten", f"backup {backup_id} removed from {where}; its chunks go "
+                  "at the repository's next gc")
+    with contextlib.suppress(NotFound):  # a retry after the delete
+        kube.delete(VOLUME_BACKUP, meta["name"], meta["namespace"])
+    return Result()
+
+
+def _forget_in_repository(kube: Kube, namespace: str, target_name: str, backup_id: str) -> str:
+    """Remove the backup; already gone is fine (a retry, or `statehold backup forget`)."""
+    target = resolve_target(kube, namespace, target_name)
+    try:
+        repo = Repository.open(backup_runner.open_store(target), target.password)
+    except NotFound as exc:  # not this backup's repository: never delete the record blindly
+        raise Problem("RepositoryNotFound", f"{target.describe()}: {exc}", retry_after=300) from exc
+    except StateholdError as exc:
+        raise Problem("RepositoryUnusable", f"{target.describe()}: {exc}", retry_after=60) from exc
+    try:
+        forget(repo, backup_id)
+    except NotFound:
+        pass
+    except StateholdError as exc:  # Aborted (prune or gc running), Unavailable
+        raise Problem("ForgetRetrying", f"backup {backup_id} in {target.describe()}: {exc}",
+                      retry_after=FORGET_RETRY) from exc
+    return target.describe()
 
 
 def summary(obj: dict[str, Any]) -> dict[str, Any]:

@@ -7,8 +7,9 @@ backoff, or give up).
 Two roles, one process each:
 
 * ``node`` (in the DaemonSet, one per node): StoragePools whose ``spec.node`` is this node,
-  VolumeBackups and VolumeRestores labelled ``statehold.io/node=<this node>``. kopf keeps its
-  progress in annotations prefixed with the node name, so agents never fight over them.
+  VolumeBackups and VolumeRestores labelled ``statehold.io/node=<this node>`` (and of those
+  VolumeBackups, the ones annotated ``statehold.io/forget``). kopf keeps its progress in
+  annotations prefixed with the node name, so agents never fight over them.
 * ``cluster`` (the operator Deployment, behind a Lease): BackupTargets, BackupSchedules
   and the cluster half of VolumeBackups and VolumeRestores (checks, then pin to a node);
   given the node agents' port (``agents``), ReplicatedVolumes too, on changes and on a
@@ -98,11 +99,17 @@ def node_registry(kube: Kube, node: Node, node_name: str, now: Clock = utcnow,
     def on_node(spec: Any, **_: Any) -> bool:
         return bool(spec.get("node") == node_name)
 
+    def to_forget(meta: Any, **_: Any) -> bool:
+        return (meta.get("annotations") or {}).get(backups.FORGET_ANNOTATION) == "true"
+
     pool = _handler(kube, STORAGE_POOL, lambda o: pools.reconcile_pool(kube, o, node, node_name, now))
     kopf_runtime.on_changes(reg, STORAGE_POOL, pool, id="pool", when=on_node)
     kopf_runtime.on_changes(reg, VOLUME_BACKUP, _handler(
         kube, VOLUME_BACKUP, lambda o: backups.run_backup(kube, o, node, node_name, now, shared)),
         id="backup", labels=mine)
+    kopf_runtime.on_changes(reg, VOLUME_BACKUP, _handler(
+        kube, VOLUME_BACKUP, lambda o: backups.forget_backup(kube, o, node_name, now)),
+        id="forget", labels=mine, when=to_forget)
     kopf_runtime.on_changes(reg, VOLUME_RESTORE, _handler(
         kube, VOLUME_RESTORE, lambda o: restores.run_restore(kube, o, node, node_name, now, shared)),
         id="restore", labels=mine)
