@@ -1,5 +1,9 @@
 """``statehold backup|restore|target ...``: backups of volumes to a directory or S3.
 
+A backup whose manifest cannot be read (damaged, quarantined, of a newer version) never
+stops a command: listings show it with its STATUS, and every command that passed one over
+says so on stderr (format §9.1); ``backup forget`` removes it.
+
 Secrets never go into the targets file: the repository password comes from
 ``$STATEHOLD_REPO_PASSWORD`` or ``--password-file``; S3 keys from ``$AWS_ACCESS_KEY_ID`` /
 ``$AWS_SECRET_ACCESS_KEY`` or the target's credentials file. Progress bars (bytes, rate,
@@ -8,8 +12,9 @@ ETA) go to stderr, results to stdout.
 
 from __future__ import annotations
 
+import calendar
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,9 +29,9 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from statehold.backup.collecting import gc, prune
+from statehold.backup.collecting import forget, gc, prune
 from statehold.backup.manifest import Manifest
-from statehold.backup.repository import Repository
+from statehold.backup.repository import Damaged, Repository
 from statehold.backup.restoring import restore_image
 from statehold.backup.retention import Policy
 from statehold.backup.targets import Target
@@ -48,7 +53,8 @@ from statehold.cli.output import (
 )
 from statehold.errors import AlreadyExists, Corrupt, InvalidArgument, NotFound
 
-backup_app = typer.Typer(help="Backups of volumes: create, list, verify, prune, gc.", no_args_is_help=True)
+backup_app = typer.Typer(help="Backups of volumes: create, list, verify, prune, forget, gc.",
+                         no_args_is_help=True)
 target_app = typer.Typer(help="Backup targets (a directory or an S3 bucket).", no_args_is_help=True)
 
 TargetOption = typer.Option(..., "--target", "-t", help="Backup target name (statehold target add).")
@@ -80,27 +86,69 @@ def _ref(pool_opt: str | None, ref: str) -> tuple[str | None, str]:
     return (pool, name) if sep else (pool_opt, ref)
 
 
+Row = Manifest | Damaged
+"""A listed backup: its manifest, or why it cannot be read."""
+
+
+def _of(get: Callable[[Manifest], str], unknown: str = "?") -> Callable[[Row], str]:
+    """A column of manifests; a backup that cannot be read shows ``unknown``."""
+    return lambda r: get(r) if isinstance(r, Manifest) else unknown
+
+
+def _created(r: Row) -> float | None:
+    """When the backup was made: its manifest says, or else its id (UTC time first)."""
+    if isinstance(r, Manifest):
+        return r.created
+    try:
+        return float(calendar.timegm(time.strptime(r.backup_id[:16], "%Y%m%dT%H%M%SZ")))
+    except ValueError:
+        return None
+
+
+def _age(r: Row) -> str:
+    when = _created(r)
+    return "?" if when is None else age(when)
+
+
+def _status(r: Row) -> str:
+    return "ok" if isinstance(r, Manifest) else r.state
+
+
 COLUMNS: list[tuple[str, Callable[[Any], str]]] = [
-    ("ID", lambda m: m.backup_id),
-    ("VOLUME", lambda m: m.volume),
-    ("SIZE", lambda m: human(m.size)),
-    ("STORED-NEW", lambda m: human(m.stats.stored_new) or "0"),
-    ("TYPE", lambda m: "incremental" if m.parent else "full"),
-    ("AGE", lambda m: age(m.created)),
+    ("ID", lambda r: r.backup_id),
+    ("VOLUME", _of(lambda m: m.volume)),
+    ("SIZE", _of(lambda m: human(m.size))),
+    ("STORED-NEW", _of(lambda m: human(m.stats.stored_new) or "0")),
+    ("TYPE", _of(lambda m: "incremental" if m.parent else "full")),
+    ("AGE", _age),
+    ("STATUS", _status),
 ]
 WIDE: list[tuple[str, Callable[[Any], str]]] = [
-    ("CHUNKS", lambda m: str(m.stats.chunks)),
-    ("READ", lambda m: human(m.stats.bytes_read) or "0"),
-    ("PARENT", lambda m: m.parent or "-"),
-    ("SNAPSHOT", lambda m: m.snapshot or "-"),
+    ("CHUNKS", _of(lambda m: str(m.stats.chunks))),
+    ("READ", _of(lambda m: human(m.stats.bytes_read) or "0")),
+    ("PARENT", _of(lambda m: m.parent or "-", "-")),
+    ("SNAPSHOT", _of(lambda m: m.snapshot or "-", "-")),
 ]
 
 
-def _plain(m: Manifest) -> dict[str, Any]:
-    head = m.header()
+def _plain(r: Row) -> dict[str, Any]:
+    if isinstance(r, Damaged):
+        return {"backup_id": r.backup_id, "status": r.state, "reason": r.reason, "key": r.key}
+    head = r.header()
     head.pop("format", None)
     head.pop("entries", None)
+    head["status"] = "ok"
     return head
+
+
+def _warn(damaged: Sequence[Damaged]) -> None:
+    """Name on stderr each backup a command passed over because it cannot be read."""
+    for d in damaged:
+        typer.echo(f"warning: backup {d.backup_id} cannot be read ({d.state}, {d.key}): {d.reason}",
+                   err=True)
+    if any(d.state != "unsupported" for d in damaged):
+        typer.echo("warning: gc deletes no chunk while a backup cannot be read; `statehold backup "
+                   "forget ID` removes one", err=True)
 
 
 # ---- backup ------------------------------------------------------------------------------
@@ -127,8 +175,10 @@ def create_cmd(
         p = pick_pool(n, pool_name)
         start = time.monotonic()
         with _bar(f"backup {p.name}/{name}", not quiet) as bar:
-            m = backup_volume(repo, p, name, freeze=not no_freeze, progress=bar).manifest
+            result = backup_volume(repo, p, name, freeze=not no_freeze, progress=bar)
         secs = time.monotonic() - start
+    m = result.manifest
+    _warn(result.damaged)
     if output in (Format.JSON, Format.YAML):
         emit(m, output, COLUMNS, plain_of=_plain)
         return
@@ -174,16 +224,20 @@ def get_cmd(
     home: Path | None = HomeOption,
     output: Format = OutputOption,
 ) -> None:
-    """List backups in a target (or show one)."""
+    """List backups in a target (or show one); STATUS flags the ones that cannot be read."""
     with failures():
         repo = open_repository(ctx, home, target, password_file)
-        items: Manifest | list[Manifest]
+        items: Row | list[Row]
         if backup:
-            items = repo.load_manifest(repo.resolve(backup))
+            items = repo.examine(repo.resolve(backup))
+            damaged = [items] if isinstance(items, Damaged) else []
         else:
-            items = sorted((m for m in repo.manifests() if volume is None or m.volume == volume),
-                           key=lambda m: (m.created, m.backup_id))
+            listing = repo.scan()
+            damaged = listing.damaged  # of an unknown volume: listed with any --volume
+            rows: list[Row] = [m for m in listing.manifests if volume is None or m.volume == volume]
+            items = sorted([*rows, *damaged], key=lambda r: (_created(r) or 0.0, r.backup_id))
     emit(items, output, COLUMNS, WIDE, plain_of=_plain)
+    _warn(damaged)
 
 
 @backup_app.command("describe")
@@ -216,6 +270,9 @@ def verify_cmd(
     ctx: typer.Context,
     target: str = TargetOption,
     deep: bool = typer.Option(False, "--deep", help="Download, decrypt and re-hash every chunk."),
+    quarantine: bool = typer.Option(
+        False, "--quarantine", help="Move damaged manifests (and with --deep, damaged chunks) to "
+        "quarantine/ (takes the exclusive lock)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     password_file: Path | None = PasswordFileOption,
     home: Path | None = HomeOption,
@@ -225,7 +282,7 @@ def verify_cmd(
     with failures():
         repo = open_repository(ctx, home, target, password_file)
         with _bar("verify", deep and not quiet) as bar:
-            report = verify(repo, deep=deep, progress=bar)
+            report = verify(repo, deep=deep, progress=bar, quarantine=quarantine)
     if output in (Format.JSON, Format.YAML):
         emit(report, output, [])
     else:
@@ -234,7 +291,8 @@ def verify_cmd(
                    + (f", {human(report.bytes_checked)} checked" if deep else "")
                    + (": ok" if report.ok else f": {len(report.problems)} problems"))
         for p in report.problems:
-            typer.echo(f"{p.what} {p.name}: {p.detail}; affects {', '.join(p.backups)}")
+            moved = f"; moved to {p.quarantined}" if p.quarantined else ""
+            typer.echo(f"{p.what} {p.name}: {p.detail}; affects {', '.join(p.backups)}{moved}")
     if not report.ok:
         with failures():
             raise Corrupt(f"{len(report.problems)} problems; affected backups: "
@@ -263,7 +321,13 @@ def prune_cmd(
     verb = "would be removed" if dry_run else "removed"
     for bid in result.removed:
         done("backup", bid, verb)
-    typer.echo(f"{len(result.kept)} kept, {len(result.removed)} {verb}")
+    for d in result.damaged:
+        state = "cannot be read" if d.state == "unsupported" else (
+            "would be quarantined" if dry_run else "quarantined")
+        done("backup", d.backup_id, f"{state} ({d.key}): {d.reason}")
+    typer.echo(f"{len(result.kept)} kept, {len(result.removed)} {verb}"
+               + (f", {len(result.damaged)} cannot be read (neither kept nor removed)"
+                  if result.damaged else ""))
 
 
 @backup_app.command("gc")
@@ -283,7 +347,25 @@ def gc_cmd(
         r = gc(repo, grace=grace, dry_run=dry_run)
     typer.echo(f"gc: {r.chunks_total} chunks, {r.chunks_referenced} referenced, "
                f"{r.chunks_deleted} {'to delete' if dry_run else 'deleted'} ({human(r.bytes_deleted) or 0}), "
-               f"{r.chunks_in_grace} in grace, {r.locks_removed} stale locks removed")
+               f"{r.chunks_in_grace} in grace, {r.locks_removed} stale locks removed"
+               + (f", {r.chunks_kept_unknown} kept because {len(r.damaged)} backups cannot be read"
+                  if r.damaged else ""))
+    _warn(r.damaged)
+
+
+@backup_app.command("forget")
+def forget_cmd(
+    ctx: typer.Context,
+    backup: str = typer.Argument(..., help="Backup id (or a unique part of it)."),
+    target: str = TargetOption,
+    password_file: Path | None = PasswordFileOption,
+    home: Path | None = HomeOption,
+) -> None:
+    """Remove one backup, readable or damaged (its manifest; its chunks go at the next `backup gc`)."""
+    with failures():
+        repo = open_repository(ctx, home, target, password_file)
+        r = forget(repo, repo.resolve(backup))
+    done("backup", r.backup_id, "forgotten (its chunks go at the next `backup gc`)")
 
 
 # ---- restore -----------------------------------------------------------------------------
