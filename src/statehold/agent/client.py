@@ -16,12 +16,17 @@ import grpc
 
 from statehold.agent import pki
 from statehold.agent.book import Peer
-from statehold.agent.copies import Applied, CopyView, VolumeRef
+from statehold.agent.copies import Applied, CopyView, VolumeRef, VolumeSpec
 from statehold.agent.gen import agent_pb2 as pb
 from statehold.agent.gen import agent_pb2_grpc
 from statehold.agent.limits import CLIENT_OPTIONS
 from statehold.errors import NotFound
 from statehold.grpcerrors import error_from
+
+
+def _view(r: pb.CopyStatusReply) -> CopyView:
+    return CopyView(role=r.role, epoch=r.epoch, point=r.point, resume_offset=r.resume_offset,
+                    state=r.state)
 
 
 class AgentClient:
@@ -64,9 +69,12 @@ class AgentClient:
             r = self.copy_status(volume)
         except NotFound:
             return None, tuple(self.ping().wire_versions)
-        view = CopyView(role=r.role, epoch=r.epoch, point=r.point, resume_offset=r.resume_offset,
-                        state=r.state)
-        return view, tuple(r.wire_versions)
+        return _view(r), tuple(r.wire_versions)
+
+    def create_copy(self, volume: VolumeRef, spec: VolumeSpec) -> CopyView:
+        r = self._call("CreateCopy", pb.CreateCopyRequest(volume=str(volume), size=spec.size,
+                                                          mode=spec.mode, fs=spec.fs))
+        return _view(r)
 
     def replicate(self, volume: VolumeRef, frames: Iterator[bytes], *,
                   timeout: float | None = None) -> Applied:
@@ -85,6 +93,14 @@ class AgentClient:
         except grpc.RpcError as exc:
             raise error_from(exc, f"Replicate on {self.address}") from exc
         return Applied(point=ack.point, epoch=ack.epoch, bytes=ack.bytes)
+
+    def sync(self, volume: VolumeRef, *, timeout: float | None = None) -> list[pb.ReplicaStatus]:
+        """Replicate ``volume`` to each replica now (no deadline unless ``timeout``)."""
+        try:
+            reply = self._stub.Sync(pb.SyncRequest(volume=str(volume)), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise error_from(exc, f"Sync on {self.address}") from exc
+        return list(reply.replicas)
 
     def promote(self, volume: VolumeRef, epoch: int) -> pb.RoleReply:
         reply: pb.RoleReply = self._call("Promote", pb.RoleRequest(volume=str(volume), epoch=epoch))

@@ -16,8 +16,9 @@ Contract of every implementation:
 * ``stream`` plans the next stream to ``peer`` from its copy's state (``remote``, what the
   peer's ``CopyStatus`` said: a diff from the newest common point, the resume of an
   interrupted seed, or a new seed; a lost acknowledgement is accepted on the way), then
-  yields its frames from a new (or the resumed) point; lazily, so a slow peer
-  backpressures the reads.
+  yields its frames to a new point, or to ``point`` (one this cycle already took for
+  another replica), or to the resumed seed's point; lazily, so a slow peer backpressures
+  the reads.
 * ``promote``/``demote`` refuse (FailedPrecondition) an epoch older than the copy's.
 * Errors are :mod:`statehold.errors`: NotFound (no such pool or volume), FailedPrecondition
   (fenced epoch, wrong role), Corrupt (a checksum failed), Aborted (cut stream).
@@ -65,6 +66,15 @@ class CopyView:
 
 
 @dataclass(frozen=True, slots=True)
+class VolumeSpec:
+    """What a copy of a volume must be created as (the primary's engine volume)."""
+
+    size: int
+    mode: str                 # filesystem | block
+    fs: str                   # "" for block
+
+
+@dataclass(frozen=True, slots=True)
 class Applied:
     """What a complete stream left on the replica."""
 
@@ -78,18 +88,26 @@ class Outgoing:
     """One stream a primary is about to send: its frames and the point it leads to."""
 
     frames: Iterator[bytes]
+    point: str                # the point the stream leads to
     taken_at: float           # unix time the stream's point was taken (the lag's origin)
 
 
 class Copies(Protocol):
-    def state(self, volume: VolumeRef) -> CopyView: ...
+    def state(self, volume: VolumeRef) -> CopyView:
+        """NotFound when this node has no such volume."""
+        ...
+
+    def spec(self, volume: VolumeRef) -> VolumeSpec: ...
+
+    def create(self, volume: VolumeRef, spec: VolumeSpec) -> CopyView: ...
 
     def apply(self, volume: VolumeRef, frames: Iterable[bytes]) -> Applied: ...
 
     wire_versions: tuple[int, ...]
     """Replication wire versions this side speaks."""
 
-    def stream(self, volume: VolumeRef, *, epoch: int, remote: CopyView, peer: str) -> Outgoing: ...
+    def stream(self, volume: VolumeRef, *, epoch: int, remote: CopyView, peer: str,
+               point: str | None = None) -> Outgoing: ...
 
     def acknowledged(self, volume: VolumeRef, point: str, *, peer: str) -> None: ...
 

@@ -6,7 +6,7 @@ once ``capacity`` frames wait, the handler stops reading, and gRPC's flow contro
 back on the sender: memory stays bounded at ``capacity`` frames (each about 1 MiB).
 
 The end of a stream is explicit: :meth:`close` after the last frame lets ``frames`` end;
-:meth:`abort` (the stream was cut, the call cancelled) makes ``frames`` raise Aborted at
+:meth:`abort` (the stream was cut, the call cancelled) makes ``frames`` raise Unavailable at
 once, even with frames still queued, so the consumer never mistakes a cut stream for a
 complete one.
 """
@@ -17,7 +17,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 
-from statehold.errors import Aborted
+from statehold.errors import Unavailable
 
 
 class Feed:
@@ -56,7 +56,8 @@ class Feed:
             self._cond.notify_all()
 
     def abort(self, reason: str) -> None:
-        """The stream was cut: ``frames`` raises Aborted(reason), queued frames are dropped."""
+        """The stream was cut: ``frames`` raises Unavailable(reason) (what the replication core
+        calls a cut stream), queued frames are dropped."""
         with self._cond:
             if self._aborted is None:
                 self._aborted = reason
@@ -71,7 +72,7 @@ class Feed:
                 while not self._items and not self._closed and self._aborted is None:
                     self._cond.wait()
                 if self._aborted is not None:
-                    raise Aborted(self._aborted)
+                    raise Unavailable(self._aborted)
                 if not self._items:
                     return  # closed and drained
                 data = self._items.popleft()

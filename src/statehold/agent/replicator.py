@@ -3,8 +3,9 @@
 For a volume whose local copy is primary (the core says so) and a replica listed in the
 :class:`~statehold.agent.book.ReplicaBook`, one *sync* is:
 
-1. ask the replica's agent for its copy's state (``CopyStatus``; none yet: a seed) and
-   check that it speaks our wire version;
+1. ask the replica's agent for its copy's state (``CopyStatus``) and check that it speaks
+   our wire version; a node without a copy is asked to create an empty one with our
+   volume's spec (``CreateCopy``): the stream is then a seed;
 2. let the core plan and open the stream from that state (``Copies.stream``: a diff from
    the newest common point, the resume of an interrupted seed, or a new seed; the core
    snapshots and reads lazily) and send it (``Replicate``) frame by frame, counting bytes;
@@ -14,7 +15,8 @@ For a volume whose local copy is primary (the core says so) and a replica listed
 A failed sync (peer down, link cut, fenced epoch, checksum) is logged with its reason,
 kept as ``last_error`` and retried at the next cycle; it never stops the loop or the other
 replicas. Syncs run one at a time: a cycle's cost is the sum of the changes, and two
-streams of one volume never compete for its snapshots.
+streams of one volume never compete for its snapshots. A cycle takes one point: the first
+stream takes it, the other replicas are brought to the same one.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from statehold.agent.book import Peer, ReplicaBook
-from statehold.agent.copies import Applied, Copies, CopyView, VolumeRef
+from statehold.agent.copies import Applied, Copies, CopyView, Outgoing, VolumeRef, VolumeSpec
 from statehold.agent.metrics import AgentMetrics
 from statehold.agent.pause import NO_PAUSE, Pauser
 from statehold.errors import FailedPrecondition, StateholdError
@@ -41,6 +43,8 @@ class PeerAgent(Protocol):
     def state(self, volume: VolumeRef) -> tuple[CopyView | None, tuple[int, ...]]:
         """The copy's state (None: the peer has none) and the wire versions it speaks."""
         ...
+
+    def create_copy(self, volume: VolumeRef, spec: VolumeSpec) -> CopyView: ...
 
     def replicate(self, volume: VolumeRef, frames: Iterator[bytes]) -> Applied: ...
 
@@ -82,6 +86,7 @@ class Replicator:
         self.metrics = AgentMetrics(self._lags)
         self._lock = threading.Lock()
         self._progress: dict[tuple[VolumeRef, str], _Progress] = {}
+        self._volume_locks: dict[VolumeRef, threading.Lock] = {}
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -95,21 +100,46 @@ class Replicator:
         """One pass over every primary volume and its replicas; returns the syncs that
         succeeded."""
         ok = 0
-        for volume, peers in self.book.items():
+        for volume, _peers in self.book.items():
             try:
-                local = self.copies.state(volume)
+                ok += self._sync_all(volume, only_primary=True)
             except StateholdError as exc:
                 log.warning("replication skipped volume=%s error=%s", volume, exc)
-                continue
-            if local.role != "primary":
-                continue
-            for peer in peers:
-                ok += self.sync(volume, local.epoch, peer)
         return ok
+
+    def sync_volume(self, volume: VolumeRef) -> list[ReplicaReport]:
+        """Stream one primary volume to each of its replicas now; their reports after.
+        FailedPrecondition if the local copy is not the primary."""
+        self._sync_all(volume, only_primary=False)
+        return self.report(volume)
+
+    def _sync_all(self, volume: VolumeRef, *, only_primary: bool) -> int:
+        # one volume's syncs never overlap: the loop and a Sync call wait for each other
+        with self._volume_lock(volume):
+            local = self.copies.state(volume)
+            if local.role != "primary":
+                if only_primary:  # a replica, or a fenced old primary: nothing to send
+                    return 0
+                raise FailedPrecondition(f"{volume} is a {local.role} here, not the primary")
+            ok, point = 0, None
+            for peer in self.book.get(volume):
+                # one point per cycle: the first stream takes it, the others reuse it
+                done, opened = self._sync(volume, local.epoch, peer, point)
+                ok, point = ok + done, point or opened
+            return ok
+
+    def _volume_lock(self, volume: VolumeRef) -> threading.Lock:
+        with self._lock:
+            return self._volume_locks.setdefault(volume, threading.Lock())
 
     def sync(self, volume: VolumeRef, epoch: int, peer: Peer) -> bool:
         """Bring one replica up to a new point; False (and ``last_error``) if it failed."""
+        return self._sync(volume, epoch, peer, None)[0]
+
+    def _sync(self, volume: VolumeRef, epoch: int, peer: Peer, point: str | None) -> tuple[bool, str | None]:
+        """(acknowledged?, the point streamed or None); ``point``: one to reuse."""
         progress = self._entry(volume, peer.node)
+        out: Outgoing | None = None
         with self._lock:
             progress.syncing = True
         started = time.monotonic()
@@ -118,12 +148,12 @@ class Replicator:
             agent = self.connect(peer)
             there = peer.volume(volume)
             found, versions = agent.state(there)
-            # no copy there yet: a seed, if the peer's core accepts one
-            remote = found or CopyView(role="seeding", epoch=0, point="")
             if not set(versions) & set(self.copies.wire_versions):
                 raise FailedPrecondition(f"{peer.node} speaks replication wire versions {list(versions)}, "
                                          f"this agent {list(self.copies.wire_versions)}")
-            out = self.copies.stream(volume, epoch=epoch, remote=remote, peer=peer.node)
+            # no copy there yet: create an empty one like ours; the stream is then a seed
+            remote = found or agent.create_copy(there, self.copies.spec(volume))
+            out = self.copies.stream(volume, epoch=epoch, remote=remote, peer=peer.node, point=point)
             try:
                 applied = agent.replicate(there, self._counted(volume, peer, out.frames))
             finally:
@@ -137,21 +167,20 @@ class Replicator:
             log.info("replicated volume=%s replica=%s point=%s bytes=%d was=%s ms=%.0f",
                      volume, peer.node, applied.point, applied.bytes, remote.point or "-",
                      (time.monotonic() - started) * 1000)
-            return True
+            return True, out.point
         except StateholdError as exc:
             with self._lock:
                 progress.last_error = f"{type(exc).__name__}: {exc}"
             log.warning("replication failed volume=%s replica=%s error=%s", volume, peer.node, exc)
-            return False
         except Exception as exc:  # a bug must not stop the loop for every other volume
             with self._lock:
                 progress.last_error = f"{type(exc).__name__}: {exc}"
             log.exception("replication failed volume=%s replica=%s", volume, peer.node)
-            return False
         finally:
             with self._lock:
                 progress.syncing = False
             self.metrics.cycles.labels(str(volume), peer.node, outcome).inc()
+        return False, out.point if out is not None else None
 
     def _counted(self, volume: VolumeRef, peer: Peer, frames: Iterator[bytes]) -> Iterator[bytes]:
         progress = self._entry(volume, peer.node)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -43,7 +44,10 @@ class AgentConfig:
     home: Path
     """The Statehold home: this node's pools, and ``agent/replicas.json``."""
     interval: float = 5.0
-    """Seconds between replication cycles."""
+    """Seconds between replication cycles; 0: no loop, streams only on ``Sync``."""
+    checkpoint: int = 0
+    """Seed bytes a replica applies between two durable progress records (0: the core's
+    default)."""
     workers: int = 8
     """gRPC worker threads (each Replicate stream holds one for its duration)."""
     feed_frames: int = 8
@@ -74,13 +78,15 @@ class AgentServer:
         self.replicator = Replicator(copies, self.book, connect or self._connect,
                                      interval=config.interval, pauser=self.pauser)
         self.servicer = AgentServicer(config.node, copies, self.book, ca=config.bundle.ca,
-                                      replicas=self.replicator.report, feed_frames=config.feed_frames,
+                                      replicas=self.replicator.report, sync=self.replicator.sync_volume,
+                                      feed_frames=config.feed_frames,
                                       workers=config.workers, pauser=self.pauser)
         self.port = 0
         self._server: grpc.Server | None = None
         self._stop = threading.Event()
         self._loop: threading.Thread | None = None
         self._stopped = threading.Event()
+        self._metrics: Any = None
 
     def _connect(self, peer: Peer) -> AgentClient:
         """One channel per peer address, reused across cycles (gRPC reconnects by itself)."""
@@ -109,8 +115,12 @@ class AgentServer:
             from prometheus_client import start_http_server
 
             host, mport = split_address(cfg.metrics_listen)
-            start_http_server(mport, host, registry=self.replicator.metrics.registry)
-        if replicate:
+            try:
+                self._metrics, _thread = start_http_server(mport, host,
+                                                           registry=self.replicator.metrics.registry)
+            except OSError as exc:
+                raise FailedPrecondition(f"cannot serve metrics on {cfg.metrics_listen}: {exc}") from exc
+        if replicate and cfg.interval > 0:
             self._loop = threading.Thread(target=self.replicator.run, args=(self._stop,),
                                           name="replicator", daemon=True)
             self._loop.start()
@@ -125,6 +135,10 @@ class AgentServer:
             self._loop.join(grace + 30)
             self._loop = None
         self.servicer.close()
+        if self._metrics is not None:
+            self._metrics.shutdown()
+            self._metrics.server_close()
+            self._metrics = None
         with self._clients_lock:
             for client in self._clients.values():
                 client.close()

@@ -26,13 +26,13 @@ import grpc
 from statehold import __version__
 from statehold.agent import auth
 from statehold.agent.book import Peer, ReplicaBook
-from statehold.agent.copies import Applied, Copies, CopyView, VolumeRef
+from statehold.agent.copies import Applied, Copies, CopyView, VolumeRef, VolumeSpec
 from statehold.agent.feed import Feed
 from statehold.agent.gen import agent_pb2 as pb
 from statehold.agent.gen import agent_pb2_grpc
 from statehold.agent.pause import NO_PAUSE, Pauser
 from statehold.agent.replicator import ReplicaReport
-from statehold.errors import Aborted, InvalidArgument
+from statehold.errors import Aborted, InvalidArgument, Unavailable
 from statehold.grpcerrors import status_of
 
 log = logging.getLogger("statehold.agent")
@@ -90,21 +90,26 @@ def _copy_reply(volume: VolumeRef, view: CopyView, replicas: list[ReplicaReport]
     return pb.CopyStatusReply(
         volume=str(volume), role=view.role, epoch=view.epoch, point=view.point,
         resume_offset=view.resume_offset, state=view.state, wire_versions=versions,
-        replicas=[pb.ReplicaStatus(node=r.node, address=r.address, pool=r.pool, point=r.point,
-                                   acknowledged_at=r.acknowledged_at, lag_seconds=r.lag_seconds,
-                                   sent_bytes=r.sent_bytes, last_error=r.last_error)
-                  for r in replicas])
+        replicas=[_replica(r) for r in replicas])
+
+
+def _replica(r: ReplicaReport) -> pb.ReplicaStatus:
+    return pb.ReplicaStatus(node=r.node, address=r.address, pool=r.pool, point=r.point,
+                            acknowledged_at=r.acknowledged_at, lag_seconds=r.lag_seconds,
+                            sent_bytes=r.sent_bytes, last_error=r.last_error)
 
 
 class AgentServicer(agent_pb2_grpc.AgentServicer):
     def __init__(self, node: str, copies: Copies, book: ReplicaBook, *, ca: bytes,
                  replicas: Callable[[VolumeRef], list[ReplicaReport]] = lambda _v: [],
+                 sync: Callable[[VolumeRef], list[ReplicaReport]] = lambda _v: [],
                  feed_frames: int = 8, workers: int = 4, pauser: Pauser = NO_PAUSE) -> None:
         self.node = node
         self.copies = copies
         self.book = book
         self.ca = ca
         self.replicas = replicas
+        self.sync = sync
         self.feed_frames = feed_frames
         self.pauser = pauser
         self.streams = Streams()
@@ -124,6 +129,19 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         volume = VolumeRef.parse(request.volume)
         return _copy_reply(volume, self.copies.state(volume), self.replicas(volume),
                            self.copies.wire_versions)
+
+    @answer
+    def CreateCopy(self, request: pb.CreateCopyRequest, context: grpc.ServicerContext) -> pb.CopyStatusReply:
+        volume = VolumeRef.parse(request.volume)
+        if request.mode not in ("filesystem", "block") or request.size <= 0:
+            raise InvalidArgument("a copy needs a size and a mode (filesystem or block)")
+        view = self.copies.create(volume, VolumeSpec(request.size, request.mode, request.fs))
+        return _copy_reply(volume, view, [], self.copies.wire_versions)
+
+    @answer
+    def Sync(self, request: pb.SyncRequest, context: grpc.ServicerContext) -> pb.SyncReply:
+        volume = VolumeRef.parse(request.volume)
+        return pb.SyncReply(replicas=[_replica(r) for r in self.sync(volume)])
 
     @answer
     def Promote(self, request: pb.RoleRequest, context: grpc.ServicerContext) -> pb.RoleReply:
@@ -179,7 +197,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             feed.abort(f"stream into {volume} cut after {feed.received} frames: {type(exc).__name__}")
             log.warning("replication stream cut volume=%s frames=%d", volume, feed.received)
             result.exception()  # let the core finish unwinding before the volume is released
-            raise Aborted(f"stream into {volume} cut after {feed.received} frames") from exc
+            raise Unavailable(f"stream into {volume} cut after {feed.received} frames") from exc
         if not context.is_active():
             feed.abort(f"stream into {volume} cancelled after {feed.received} frames")
         else:

@@ -14,8 +14,8 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from statehold.agent.copies import Applied, CopyView, Outgoing, VolumeRef
-from statehold.errors import Aborted, Corrupt, FailedPrecondition, NotFound
+from statehold.agent.copies import Applied, CopyView, Outgoing, VolumeRef, VolumeSpec
+from statehold.errors import Corrupt, FailedPrecondition, NotFound, Unavailable
 
 
 @dataclass
@@ -44,6 +44,13 @@ class MemoryCopies:
         self.copies[ref] = Copy(role=role, epoch=epoch, data=data)
         return ref
 
+    def spec(self, volume: VolumeRef) -> VolumeSpec:
+        return VolumeSpec(len(self._copy(volume).data) or 1, "block", "")
+
+    def create(self, volume: VolumeRef, spec: VolumeSpec) -> CopyView:
+        self.copies.setdefault(volume, Copy(role="seeding"))
+        return self.state(volume)
+
     def _copy(self, volume: VolumeRef) -> Copy:
         try:
             return self.copies[volume]
@@ -54,14 +61,16 @@ class MemoryCopies:
         c = self._copy(volume)
         return CopyView(c.role, c.epoch, c.point, len(c.staged))
 
-    wire_versions = (1,)
+    wire_versions: tuple[int, ...] = (1,)
 
-    def stream(self, volume: VolumeRef, *, epoch: int, remote: CopyView, peer: str) -> Outgoing:
+    def stream(self, volume: VolumeRef, *, epoch: int, remote: CopyView, peer: str,
+               point: str | None = None) -> Outgoing:
         c = self._copy(volume)
         resume_from = remote.resume_offset
-        with self._lock:
-            self._points += 1
-            point = f"p{self._points}"
+        if point is None:
+            with self._lock:
+                self._points += 1
+                point = f"p{self._points}"
         data = c.data
 
         def frames() -> Iterator[bytes]:
@@ -70,10 +79,10 @@ class MemoryCopies:
                 yield b"D" + data[off:off + self.chunk]
             yield b"E"
 
-        return Outgoing(frames(), time.time())
+        return Outgoing(frames(), point, time.time())
 
     def apply(self, volume: VolumeRef, frames: Iterable[bytes]) -> Applied:
-        c = self.copies.setdefault(volume, Copy())
+        c = self._copy(volume)
         self.applying.set()
         header: tuple[int, str] | None = None
         total = 0
@@ -95,7 +104,7 @@ class MemoryCopies:
                 c.data, c.staged = bytes(c.staged), bytearray()
                 c.epoch, c.point = header
                 return Applied(c.point, c.epoch, total)
-        raise Aborted("stream ended before its end frame")
+        raise Unavailable("stream ended before its end frame")
 
     def acknowledged(self, volume: VolumeRef, point: str, *, peer: str) -> None:
         self.acked.append((volume, point))

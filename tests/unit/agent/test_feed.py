@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from statehold.agent.feed import Feed
-from statehold.errors import Aborted
+from statehold.errors import Unavailable
 
 
 def test_frames_arrive_in_order_and_end_when_closed() -> None:
@@ -63,7 +63,7 @@ def test_abort_makes_the_writer_raise_even_with_frames_queued() -> None:
     feed = Feed(4)
     feed.put(b"a", alive=lambda: True)
     feed.abort("cut after 1 frame")
-    with pytest.raises(Aborted, match="cut after 1 frame"):
+    with pytest.raises(Unavailable, match="cut after 1 frame"):
         list(feed.frames())
     assert not feed.put(b"b", alive=lambda: True)
 
@@ -75,7 +75,7 @@ def test_abort_wakes_a_writer_waiting_for_frames() -> None:
     def consume() -> None:
         try:
             list(feed.frames())
-        except Aborted as exc:
+        except Unavailable as exc:
             raised.append(exc)
 
     t = threading.Thread(target=consume)

@@ -43,7 +43,7 @@ def test_replication_cycle_copies_the_volume_and_reports_lag_and_bytes(agents, b
     with client_of(a, bundle_for("ctl", role="controller")) as ctl:
         ctl.set_replicas(vol, [Peer("n2", f"127.0.0.1:{b.port}")])
     assert a.replicator.cycle() == 1
-    copy = replica.copies[vol]
+    copy = replica.copies[vol]  # created by the loop (CreateCopy), then seeded
     assert (copy.data, copy.epoch, copy.point) == (DATA, 3, "p1")
     assert primary.acked == [(vol, "p1")]
     with client_of(a, bundle_for("ctl", role="controller")) as ctl:
@@ -57,6 +57,16 @@ def test_replication_cycle_copies_the_volume_and_reports_lag_and_bytes(agents, b
     assert registry.get_sample_value("statehold_replication_lag_seconds", labels) >= 0
     assert registry.get_sample_value("statehold_replication_sent_bytes_total", labels) == r.sent_bytes
     assert b"statehold_replication_lag_seconds" in a.replicator.metrics.exposition()
+
+
+def test_one_cycle_brings_every_replica_to_the_same_point(agents, bundle_for) -> None:  # type: ignore[no-untyped-def]
+    primary, r2, r3 = MemoryCopies(), MemoryCopies(), MemoryCopies()
+    vol = primary.add("pool/db", "primary", DATA)
+    a, b, c = agents("n1", primary), agents("n2", r2), agents("n3", r3)
+    a.book.set(vol, (Peer("n2", f"127.0.0.1:{b.port}"), Peer("n3", f"127.0.0.1:{c.port}")))
+    assert a.replicator.cycle() == 2
+    assert r2.copies[vol].point == r3.copies[vol].point == "p1"
+    assert primary.acked == [(vol, "p1"), (vol, "p1")]
 
 
 def test_replica_that_is_not_primary_is_not_streamed_from(agents, bundle_for) -> None:  # type: ignore[no-untyped-def]
@@ -102,7 +112,7 @@ def test_cut_stream_keeps_the_previous_point_and_resumes_next_time(agents, bundl
     b = agents("n2", replica)
     with client_of(b, bundle_for("n1")) as c:
         out = primary.stream(vol, epoch=1, remote=c.state(vol)[0] or NEW, peer="n2")
-        with pytest.raises((errors.Aborted, errors.StateholdError)):
+        with pytest.raises(errors.StateholdError):
             c.replicate(vol, frames_then(6, out.frames, lambda: replica.copies[vol].applied_frames == 5))
         copy = replica.copies[vol]
         assert (copy.data, copy.point) == (b"old", "p0")
@@ -120,7 +130,7 @@ def test_stream_that_ends_without_its_end_frame_is_not_applied(agents, bundle_fo
     replica = MemoryCopies()
     vol = replica.add("pool/db", "replica", b"old")
     b = agents("n2", replica)
-    with client_of(b, bundle_for("n1")) as c, pytest.raises(errors.Aborted):
+    with client_of(b, bundle_for("n1")) as c, pytest.raises(errors.Unavailable):
         c.replicate(vol, iter([b"H1:px", b"Dabc"]))
     assert replica.copies[vol].data == b"old"
 
@@ -128,6 +138,7 @@ def test_stream_that_ends_without_its_end_frame_is_not_applied(agents, bundle_fo
 def test_a_second_stream_into_the_same_volume_is_aborted(agents, bundle_for) -> None:  # type: ignore[no-untyped-def]
     primary, replica = MemoryCopies(), MemoryCopies()
     vol = primary.add("pool/db", "primary", DATA)
+    replica.add("pool/db", "seeding")
     replica.gate.clear()  # the first stream's writer waits before its first frame
     b = agents("n2", replica)
     results: list[object] = []
@@ -194,3 +205,18 @@ def test_a_replica_speaking_another_wire_version_is_not_streamed_to(agents, bund
     assert a.replicator.cycle() == 0
     assert "wire versions [2]" in a.replicator.report(vol)[0].last_error
     assert vol not in replica.copies
+
+
+def test_sync_streams_now_and_reports_each_replica(agents, bundle_for) -> None:  # type: ignore[no-untyped-def]
+    primary, replica = MemoryCopies(), MemoryCopies()
+    vol = primary.add("pool/db", "primary", DATA, epoch=2)
+    a, b = agents("n1", primary), agents("n2", replica)
+    a.book.set(vol, (Peer("n2", f"127.0.0.1:{b.port}"), Peer("n3", "127.0.0.1:1")))
+    with client_of(a, bundle_for("ctl", role="controller")) as c:
+        n2, n3 = c.sync(vol)
+        assert (n2.node, n2.point, n2.last_error) == ("n2", "p1", "")
+        assert n3.node == "n3" and n3.last_error.startswith("Unavailable")
+        primary.copies[vol].role = "replica"
+        with pytest.raises(errors.FailedPrecondition, match="not the primary"):
+            c.sync(vol)
+    assert replica.copies[vol].data == DATA

@@ -88,6 +88,30 @@ class CopyStatusReply(_message.Message):
     wire_versions: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, volume: _Optional[str] = ..., role: _Optional[str] = ..., epoch: _Optional[int] = ..., point: _Optional[str] = ..., resume_offset: _Optional[int] = ..., state: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., wire_versions: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class CreateCopyRequest(_message.Message):
+    __slots__ = ("volume", "size", "mode", "fs")
+    VOLUME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    FS_FIELD_NUMBER: _ClassVar[int]
+    volume: str
+    size: int
+    mode: str
+    fs: str
+    def __init__(self, volume: _Optional[str] = ..., size: _Optional[int] = ..., mode: _Optional[str] = ..., fs: _Optional[str] = ...) -> None: ...
+
+class SyncRequest(_message.Message):
+    __slots__ = ("volume",)
+    VOLUME_FIELD_NUMBER: _ClassVar[int]
+    volume: str
+    def __init__(self, volume: _Optional[str] = ...) -> None: ...
+
+class SyncReply(_message.Message):
+    __slots__ = ("replicas",)
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
+    def __init__(self, replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ...) -> None: ...
+
 class RoleRequest(_message.Message):
     __slots__ = ("volume", "epoch")
     VOLUME_FIELD_NUMBER: _ClassVar[int]

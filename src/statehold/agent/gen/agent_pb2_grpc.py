@@ -49,6 +49,16 @@ class AgentStub:
                 request_serializer=agent__pb2.CopyStatusRequest.SerializeToString,
                 response_deserializer=agent__pb2.CopyStatusReply.FromString,
                 _registered_method=True)
+        self.CreateCopy = channel.unary_unary(
+                '/statehold.agent.v1.Agent/CreateCopy',
+                request_serializer=agent__pb2.CreateCopyRequest.SerializeToString,
+                response_deserializer=agent__pb2.CopyStatusReply.FromString,
+                _registered_method=True)
+        self.Sync = channel.unary_unary(
+                '/statehold.agent.v1.Agent/Sync',
+                request_serializer=agent__pb2.SyncRequest.SerializeToString,
+                response_deserializer=agent__pb2.SyncReply.FromString,
+                _registered_method=True)
         self.Promote = channel.unary_unary(
                 '/statehold.agent.v1.Agent/Promote',
                 request_serializer=agent__pb2.RoleRequest.SerializeToString,
@@ -95,6 +105,23 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateCopy(self, request, context):
+        """Create this node's copy of a volume before its first seed: an empty engine volume with
+        the primary's spec (the same spec again is a no-op; another is ALREADY_EXISTS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Sync(self, request, context):
+        """Replicate a primary volume of this node to each of its replicas now, and answer when
+        every stream ended (a planned move's final sync; tests). Each replica's outcome is in
+        its ReplicaStatus (last_error "" = it acknowledged a new point).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Promote(self, request, context):
         """Make this node's copy the writable primary at epoch (the epoch must be newer than any
         the copy has seen: recorded in the cluster first, by the controller).
@@ -134,6 +161,16 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.CopyStatus,
                     request_deserializer=agent__pb2.CopyStatusRequest.FromString,
                     response_serializer=agent__pb2.CopyStatusReply.SerializeToString,
+            ),
+            'CreateCopy': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCopy,
+                    request_deserializer=agent__pb2.CreateCopyRequest.FromString,
+                    response_serializer=agent__pb2.CopyStatusReply.SerializeToString,
+            ),
+            'Sync': grpc.unary_unary_rpc_method_handler(
+                    servicer.Sync,
+                    request_deserializer=agent__pb2.SyncRequest.FromString,
+                    response_serializer=agent__pb2.SyncReply.SerializeToString,
             ),
             'Promote': grpc.unary_unary_rpc_method_handler(
                     servicer.Promote,
@@ -232,6 +269,60 @@ class Agent:
             '/statehold.agent.v1.Agent/CopyStatus',
             agent__pb2.CopyStatusRequest.SerializeToString,
             agent__pb2.CopyStatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCopy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statehold.agent.v1.Agent/CreateCopy',
+            agent__pb2.CreateCopyRequest.SerializeToString,
+            agent__pb2.CopyStatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Sync(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statehold.agent.v1.Agent/Sync',
+            agent__pb2.SyncRequest.SerializeToString,
+            agent__pb2.SyncReply.FromString,
             options,
             channel_credentials,
             insecure,
