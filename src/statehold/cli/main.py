@@ -28,6 +28,7 @@ AREAS = (
     "statehold.cli.operator",
     "statehold.cli.scheduler",
     "statehold.cli.shared",
+    "statehold.cli.agent",
 )
 
 

@@ -1,0 +1,118 @@
+"""The agent's :class:`~statehold.agent.copies.Copies` over this node's pools and the
+replication core (``statehold.replication``): Sender, Receiver and roles, one engine
+:class:`~statehold.engine.node.Node` for the process.
+
+Translation only: encoded frames are decoded here (in the worker thread that applies
+them) and encoded here (in the iterator gRPC pulls from); a peer's state arrives as the
+core's own JSON (replication.md §5.2) and is parsed back into a ``CopyState`` for
+``Sender.plan``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from itertools import chain
+
+from statehold.agent.copies import Applied, CopyView, Outgoing, VolumeRef, VolumeSpec
+from statehold.engine.node import Node
+from statehold.engine.pool import Pool
+from statehold.engine.types import FsType, VolumeMode
+from statehold.errors import Corrupt, InvalidArgument
+from statehold.replication import Receiver, Sender, StreamHeader, decode, encode, roles
+from statehold.replication.points import parse_point, snapshot_name
+from statehold.replication.state import CopyState
+from statehold.replication.wire import VERSION
+
+
+def view_of(state: CopyState) -> CopyView:
+    seed = state.seed.offset if state.seed is not None else 0
+    return CopyView(role=state.role.value, epoch=state.epoch, point=state.point or "",
+                    resume_offset=seed, state=json.dumps(state.to_json(), sort_keys=True))
+
+
+def state_of(view: CopyView, volume: str) -> CopyState:
+    """The peer's CopyState from its view (a peer without state: a new, seeding copy)."""
+    if not view.state:
+        return CopyState(volume)
+    try:
+        raw = json.loads(view.state)
+    except ValueError as exc:
+        raise Corrupt(f"peer state of {volume!r} is not JSON: {exc}") from exc
+    return CopyState.from_json(raw)
+
+
+class EngineCopies:
+    wire_versions: tuple[int, ...] = (VERSION,)
+
+    def __init__(self, node: Node, *, checkpoint: int | None = None) -> None:
+        self.node = node
+        self.checkpoint = checkpoint
+
+    def _pool(self, volume: VolumeRef) -> Pool:
+        self.node.refresh()  # pools created or imported by a CLI beside the agent
+        return self.node.pool(volume.pool)
+
+    def state(self, volume: VolumeRef) -> CopyView:
+        pool = self._pool(volume)
+        pool.get_volume(volume.name)  # NotFound: no copy on this node
+        return view_of(self._receiver(pool, volume).state())
+
+    def spec(self, volume: VolumeRef) -> VolumeSpec:
+        v = self._pool(volume).get_volume(volume.name)
+        return VolumeSpec(v.size, v.mode.value, v.fs.value if v.fs else "")
+
+    def create(self, volume: VolumeRef, spec: VolumeSpec) -> CopyView:
+        pool = self._pool(volume)
+        try:
+            mode = VolumeMode(spec.mode)
+            fs = FsType(spec.fs) if spec.fs else None
+        except ValueError as exc:
+            raise InvalidArgument(f"copy spec {spec}: {exc}") from exc
+        pool.create_volume(volume.name, spec.size, mode=mode, fs=fs)
+        return view_of(self._receiver(pool, volume).state())
+
+    def _receiver(self, pool: Pool, volume: VolumeRef) -> Receiver:
+        if self.checkpoint is None:
+            return Receiver(pool, volume.name)
+        return Receiver(pool, volume.name, checkpoint=self.checkpoint)
+
+    def apply(self, volume: VolumeRef, frames: Iterable[bytes]) -> Applied:
+        receiver = self._receiver(self._pool(volume), volume)
+        ack = receiver.apply(decode(data) for data in frames)
+        return Applied(point=ack.point, epoch=ack.epoch, bytes=ack.bytes)
+
+    def stream(self, volume: VolumeRef, *, epoch: int, remote: CopyView, peer: str,
+               point: str | None = None) -> Outgoing:
+        pool = self._pool(volume)
+        sender = Sender(pool, volume.name)
+        plan = sender.plan(state_of(remote, volume.name), peer=peer)
+        target = plan.point or point  # a resumed seed keeps its own point
+        if target is not None and plan.base is not None and parse_point(plan.base) >= parse_point(target):
+            target = None  # the peer is past the cycle's point already: a point of its own
+        frames = sender.open(epoch=epoch, base=plan.base, resume_from=plan.resume_from,
+                             point=target, peer=peer)
+        header = next(frames)
+        if not isinstance(header, StreamHeader):  # pragma: no cover - the core opens with one
+            raise Corrupt("a stream that does not open with its header")
+        taken_at = pool.get_snapshot(snapshot_name(volume.name, header.point)).created_at
+
+        def encoded() -> Iterator[bytes]:
+            try:
+                for frame in chain((header,), frames):
+                    yield encode(frame)
+            finally:
+                close = getattr(frames, "close", None)  # a generator: its snapshot's descriptor
+                if close is not None:                   # is released now, not at collection
+                    close()
+
+        return Outgoing(encoded(), header.point, taken_at)
+
+    def acknowledged(self, volume: VolumeRef, point: str, *, peer: str) -> None:
+        Sender(self._pool(volume), volume.name).acknowledged(point, peer=peer)
+
+    def promote(self, volume: VolumeRef, epoch: int) -> CopyView:
+        return view_of(roles.promote(self._pool(volume), volume.name, epoch))
+
+    def demote(self, volume: VolumeRef, epoch: int) -> CopyView:
+        return view_of(roles.demote(self._pool(volume), volume.name, epoch))

@@ -1,0 +1,202 @@
+"""``statehold agent serve|certs|ping|status|sync|replicas|promote|demote``: the node agent.
+
+Only wiring. ``serve`` runs this node's agent (gRPC over TCP, mutual TLS only) until
+SIGTERM/SIGINT; ``certs`` writes a cluster CA (created on first use) and a node
+certificate to directories, for standalone hosts and tests (in a cluster the operator keeps
+the CA in a Secret); the other commands are clients of an agent, authenticated with this
+node's certificates (``--certs``), printing the agent's answer as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from statehold.cli.context import home_dir
+from statehold.cli.output import HomeOption, failures, size_arg
+from statehold.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from statehold.agent.client import AgentClient
+
+CertsOption = typer.Option(..., "--certs", help="Directory holding ca.crt, tls.crt and tls.key.")
+AddressOption = typer.Option(..., "--address", "-a", help="The agent's IP:PORT.")
+
+
+def _client(address: str, certs: Path) -> AgentClient:
+    from statehold.agent.client import AgentClient
+    from statehold.agent.pki import load_bundle
+
+    return AgentClient(address, load_bundle(certs))
+
+
+def _print(message: Any) -> None:
+    from google.protobuf.json_format import MessageToDict
+
+    typer.echo(json.dumps(MessageToDict(message, preserving_proto_field_name=True,
+                                        always_print_fields_with_no_presence=True), indent=2))
+
+
+def serve(
+    ctx: typer.Context,
+    listen: str = typer.Option(..., "--listen", help="IP:PORT to serve on (TLS only)."),
+    certs: Path = CertsOption,
+    node_name: str = typer.Option(..., "--node-name", help="This node's name (as in its certificate)."),
+    home: Path | None = HomeOption,
+    interval: float = typer.Option(5.0, "--interval", help="Seconds between replication cycles; 0: "
+                                   "only on `agent sync`."),
+    replica: list[str] = typer.Option(
+        [], "--replica", help="VOLUME=NODE[:POOL]@IP:PORT[,...]: the replicas of a primary volume "
+        "(pool/volume) of this node; repeatable; replaces what the agent recorded for it."),
+    metrics_listen: str = typer.Option("", "--metrics-listen", help="IP:PORT for Prometheus metrics."),
+    checkpoint: str = typer.Option("0", "--checkpoint", hidden=True,
+                                   help="Seed bytes between durable progress records (tests)."),
+    pause_dir: Path | None = typer.Option(None, "--pause-dir", hidden=True,
+                                          envvar="STATEHOLD_AGENT_PAUSE_DIR",
+                                          help="Tests only: directory of pause points."),
+    grace: float = typer.Option(5.0, help="Seconds in-flight calls get on shutdown."),
+) -> None:
+    """Serve this node's agent: the agent API for the controller and the other agents, and
+    the replication of this node's primary volumes to their replicas."""
+    from statehold.agent import pki
+    from statehold.agent.book import Peer
+    from statehold.agent.copies import VolumeRef
+    from statehold.agent.engine_copies import EngineCopies
+    from statehold.agent.server import AgentConfig, AgentServer
+    from statehold.engine.node import Node
+
+    with failures():
+        config = AgentConfig(
+            node=node_name, listen=listen, bundle=pki.load_bundle(certs),
+            home=home_dir(ctx, home, create=True), interval=interval,
+            checkpoint=size_arg(checkpoint) if checkpoint != "0" else 0,
+            metrics_listen=metrics_listen, pause_dir=pause_dir)
+        replicas: dict[VolumeRef, tuple[Peer, ...]] = {}
+        for spec in replica:
+            name, sep, listed = spec.partition("=")
+            if not sep:
+                raise InvalidArgument(f"--replica {spec!r} must be VOLUME=NODE@IP:PORT[,...]")
+            replicas[VolumeRef.parse(name)] = tuple(Peer.parse(p) for p in listed.split(",") if p)
+        node = Node(config.home)
+        server = AgentServer(config, EngineCopies(node, checkpoint=config.checkpoint or None))
+        for volume, peers in replicas.items():
+            server.book.set(volume, peers)
+        server.start()
+
+    def _shutdown(signum: int, _frame: FrameType | None) -> None:
+        # stop() must not run in the signal handler's frame while the main thread waits
+        threading.Thread(target=server.stop, args=(grace,), name="agent-shutdown", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _shutdown)
+    signal.signal(signal.SIGINT, _shutdown)
+    print(f"serving {listen} port={server.port}", file=sys.stderr, flush=True)
+    while not server.wait(1.0):
+        pass
+    node.close()
+
+
+def certs(
+    out: Path = typer.Option(..., "--out", help="Directory for ca.crt, tls.crt, tls.key."),
+    ca_dir: Path = typer.Option(..., "--ca-dir", help="The cluster CA's directory (ca.crt, ca.key); "
+                                "a new CA is created there if it holds none."),
+    node: str = typer.Option(..., "--node", help="Node name (certificate CN and DNS SAN)."),
+    ip: list[str] = typer.Option([], "--ip", help="IP address SAN (repeatable)."),
+    role: str = typer.Option("node", "--role", help="node | controller"),
+    days: int = typer.Option(365, "--days", help="Validity of the node certificate."),
+) -> None:
+    """Write a node certificate signed by the cluster CA (standalone hosts and tests)."""
+    from statehold.agent import pki
+
+    with failures():
+        if role not in pki.ROLES:
+            raise InvalidArgument(f"--role must be one of {', '.join(pki.ROLES)}")
+        if (ca_dir / pki.CA_CERT).exists():
+            ca = pki.load_ca(ca_dir)
+        else:
+            ca = pki.create_ca()
+            pki.write_ca_files(ca_dir, ca)
+            typer.echo(f"created cluster CA in {ca_dir}", err=True)
+        pair = pki.issue(ca, node, ips=tuple(ip), role=next(r for r in pki.ROLES if r == role),
+                         days=days)
+        for path in pki.write_node_files(out, ca.cert, pair):
+            typer.echo(str(path))
+
+
+def ping(address: str = AddressOption, certs: Path = CertsOption) -> None:
+    """Ask an agent who it is (and who it sees calling)."""
+    with failures(), _client(address, certs) as c:
+        _print(c.ping())
+
+
+def status(volume: str = typer.Argument(..., help="pool/volume"), address: str = AddressOption,
+           certs: Path = CertsOption) -> None:
+    """The state of an agent's copy of a volume, and of its replicas if it is the primary."""
+    from statehold.agent.copies import VolumeRef
+
+    with failures(), _client(address, certs) as c:
+        _print(c.copy_status(VolumeRef.parse(volume)))
+
+
+def sync(volume: str = typer.Argument(..., help="pool/volume"), address: str = AddressOption,
+         certs: Path = CertsOption) -> None:
+    """Replicate a primary volume to each of its replicas now; exit 7 if one failed."""
+    from statehold.agent.copies import VolumeRef
+    from statehold.agent.gen import agent_pb2 as pb
+
+    with failures(), _client(address, certs) as c:
+        replicas = c.sync(VolumeRef.parse(volume))
+    _print(pb.SyncReply(replicas=replicas))
+    if any(r.last_error for r in replicas):
+        raise typer.Exit(7)
+
+
+def replicas(volume: str = typer.Argument(..., help="pool/volume"),
+             peer: list[str] = typer.Argument(None, help="NODE[:POOL]@IP:PORT; none: no replicas"),
+             address: str = AddressOption, certs: Path = CertsOption) -> None:
+    """Set the replicas a primary volume of the agent's node streams to."""
+    from statehold.agent.book import Peer
+    from statehold.agent.copies import VolumeRef
+
+    with failures(), _client(address, certs) as c:
+        c.set_replicas(VolumeRef.parse(volume), [Peer.parse(p) for p in peer or []])
+
+
+def promote(volume: str = typer.Argument(..., help="pool/volume"),
+            epoch: int = typer.Option(..., "--epoch", help="The new epoch (recorded in the cluster first)."),
+            address: str = AddressOption, certs: Path = CertsOption) -> None:
+    """Make an agent's copy of a volume the writable primary at a new epoch."""
+    from statehold.agent.copies import VolumeRef
+
+    with failures(), _client(address, certs) as c:
+        _print(c.promote(VolumeRef.parse(volume), epoch))
+
+
+def demote(volume: str = typer.Argument(..., help="pool/volume"),
+           epoch: int = typer.Option(..., "--epoch", help="The newer epoch the copy must respect."),
+           address: str = AddressOption, certs: Path = CertsOption) -> None:
+    """Tell an agent's copy of a volume about a newer epoch (an old primary becomes stale)."""
+    from statehold.agent.copies import VolumeRef
+
+    with failures(), _client(address, certs) as c:
+        _print(c.demote(VolumeRef.parse(volume), epoch))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``statehold agent ...`` to app."""
+    sub = typer.Typer(help="The node agent: serve it, its certificates, ask it.", no_args_is_help=True)
+    sub.command("serve")(serve)
+    sub.command("certs")(certs)
+    sub.command("ping")(ping)
+    sub.command("status")(status)
+    sub.command("sync")(sync)
+    sub.command("replicas")(replicas)
+    sub.command("promote")(promote)
+    sub.command("demote")(demote)
+    app.add_typer(sub, name="agent")

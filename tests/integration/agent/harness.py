@@ -1,0 +1,163 @@
+"""Agents on the nodes of a :class:`~tests.fixtures.netns.Cluster`: certificates from one
+cluster CA, ``statehold agent serve`` per node (real TCP, mutual TLS), the agent CLI as the
+client (run inside a node's namespace: the host has no route to the nodes), pause points,
+and the bytes of volumes and point snapshots by checksum."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from statehold.replication.points import snapshot_name
+from tests.fixtures.netns import STATEHOLD, Cluster, NetNode, wait_for
+
+PORT = 7443
+VOLUME = "db"
+MiB = 1024 * 1024
+
+
+@dataclass
+class Agents:
+    cluster: Cluster
+    ca_dir: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for node in self.cluster.nodes:
+            subprocess.run([STATEHOLD, "agent", "certs", "--out", str(self.certs(node)),
+                            "--ca-dir", str(self.ca_dir), "--node", node.name, "--ip", node.ip],
+                           check=True, capture_output=True, timeout=60)
+            self.pause_dir(node).mkdir()
+
+    # -- places --------------------------------------------------------------------------
+    def certs(self, node: NetNode) -> Path:
+        return node.home.parent / "certs"
+
+    def pause_dir(self, node: NetNode) -> Path:
+        return node.home.parent / "pause"
+
+    def address(self, node: NetNode) -> str:
+        return f"{node.ip}:{PORT}"
+
+    def volume_file(self, node: NetNode, volume: str = VOLUME) -> Path:
+        return node.home / "pools" / node.pool / "volumes" / f"{volume}.img"
+
+    def point_file(self, node: NetNode, point: str, volume: str = VOLUME) -> Path:
+        return node.home / "pools" / node.pool / "snapshots" / f"{snapshot_name(volume, point)}.img"
+
+    # -- processes -----------------------------------------------------------------------
+    def start(self, node: NetNode, *, replicas: Sequence[NetNode] = (), interval: float = 0,
+              checkpoint: str = "") -> subprocess.Popen[bytes]:
+        argv = [STATEHOLD, "agent", "serve", "--listen", self.address(node), "--certs",
+                str(self.certs(node)), "--home", str(node.home), "--node-name", node.name,
+                "--interval", str(interval), "--pause-dir", str(self.pause_dir(node)), "--grace", "0"]
+        if replicas:
+            peers = ",".join(f"{r.name}@{self.address(r)}" for r in replicas)
+            argv += ["--replica", f"{node.pool}/{VOLUME}={peers}"]
+        if checkpoint:
+            argv += ["--checkpoint", checkpoint]
+        proc = self.cluster.spawn(node, argv, env={"STATEHOLD_LOG_LEVEL": "INFO"},
+                                  log=node.home.parent / "agent.log")
+        self.procs[node.name] = proc
+        wait_for(lambda: self.ask(node, "ping", check=False)[0] == 0, 60, f"agent on {node.name}")
+        return proc
+
+    def kill(self, node: NetNode) -> None:
+        """SIGKILL the node's agent (by its pid)."""
+        self.cluster.kill(self.procs.pop(node.name))
+
+    def log(self, node: NetNode) -> str:
+        path = node.home.parent / "agent.log"
+        return path.read_text()[-4000:] if path.exists() else ""
+
+    # -- the agent CLI, from inside a node's namespace -------------------------------------
+    def ask(self, node: NetNode, *args: str, target: NetNode | None = None,
+            check: bool = True, timeout: float = 120) -> tuple[int, Any]:
+        """``statehold agent <args>`` run on ``node`` against ``target``'s agent (default: its
+        own); (exit code, parsed JSON stdout or the raw text)."""
+        target = target or node
+        argv = [STATEHOLD, "agent", *args, "--address", self.address(target), "--certs",
+                str(self.certs(node))]
+        try:
+            done = self.cluster.run(node, argv, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"agent {' '.join(args)} on {node.name} -> {target.name}: no answer in "
+                                 f"{timeout} s\n--- agent log of {node.name}:\n{self.log(node)}\n"
+                                 f"--- agent log of {target.name}:\n{self.log(target)}") from None
+        if check and done.returncode != 0:
+            raise AssertionError(f"agent {' '.join(args)} on {node.name} -> {target.name}: exit "
+                                 f"{done.returncode}: {done.stderr[-2000:]}\n{done.stdout[-2000:]}\n"
+                                 f"--- agent log of {target.name}:\n{self.log(target)}")
+        try:
+            return done.returncode, json.loads(done.stdout) if done.stdout.strip() else None
+        except ValueError:
+            return done.returncode, done.stdout
+
+    def status(self, node: NetNode, volume: str = VOLUME) -> dict[str, Any]:
+        return self.ask(node, "status", f"{node.pool}/{volume}")[1]  # type: ignore[no-any-return]
+
+    def sync(self, node: NetNode, volume: str = VOLUME) -> dict[str, dict[str, Any]]:
+        """Sync the primary on ``node`` to every replica; each must succeed."""
+        _code, reply = self.ask(node, "sync", f"{node.pool}/{volume}")
+        return {r["node"]: r for r in reply["replicas"]}
+
+    def try_sync(self, node: NetNode, volume: str = VOLUME) -> bool:
+        code, _ = self.ask(node, "sync", f"{node.pool}/{volume}", check=False)
+        return code == 0
+
+    def spawn_sync(self, node: NetNode, volume: str = VOLUME) -> subprocess.Popen[bytes]:
+        """A sync running in the background (a process of its own, tracked by pid)."""
+        argv = [STATEHOLD, "agent", "sync", f"{node.pool}/{volume}", "--address", self.address(node),
+                "--certs", str(self.certs(node))]
+        return self.cluster.spawn(node, argv)
+
+    # -- pause points ----------------------------------------------------------------------
+    def arm(self, node: NetNode, point: str) -> None:
+        (self.pause_dir(node) / f"{point}.wait").touch()
+
+    def wait_reached(self, node: NetNode, point: str, timeout: float = 120) -> None:
+        reached = self.pause_dir(node) / f"{point}.reached"
+        wait_for(reached.exists, timeout, f"{node.name} reaching pause point {point}")
+        reached.unlink()
+
+    def release(self, node: NetNode, point: str) -> None:
+        (self.pause_dir(node) / f"{point}.go").touch()
+
+    def disarm(self, node: NetNode, point: str) -> None:
+        """After the paused agent was killed: its restart must not stop there again."""
+        (self.pause_dir(node) / f"{point}.wait").unlink(missing_ok=True)
+
+
+# -- data --------------------------------------------------------------------------------------
+def create_volume(cluster: Cluster, node: NetNode, size: str = "256Mi", volume: str = VOLUME) -> None:
+    cluster.statehold(node, "volume", "create", volume, "--size", size, "--mode", "block",
+                      "--home", str(node.home))
+
+
+def scribble(path: Path, mib: int, seed: int) -> None:
+    """Write ``mib`` MiB of random bytes at random MiB-aligned offsets of ``path`` (sparse
+    random: some chunks land on others, the rest of the file keeps its holes), fsynced."""
+    rng = random.Random(seed)
+    slots = path.stat().st_size // MiB
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for _ in range(mib):
+            os.pwrite(fd, rng.randbytes(MiB), rng.randrange(slots) * MiB)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * MiB):
+            h.update(chunk)
+    return h.hexdigest()
