@@ -49,6 +49,29 @@ def freeze(target: str) -> None:
         raise StateholdError(f"cannot freeze {target}: {exc}") from exc
 
 
+def freeze_fd(fd: int, target: str) -> None:
+    """Freeze the filesystem of an open directory ``fd`` (``target`` names it in errors).
+
+    The freeze keeper (:mod:`freezekeeper`) holds such a descriptor from freeze to thaw, so
+    it thaws exactly the superblock it froze even if the path is mounted over meanwhile.
+    """
+    try:
+        fcntl.ioctl(fd, FIFREEZE, 0)
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            raise FailedPrecondition(f"{target} is already frozen") from exc
+        raise StateholdError(f"cannot freeze {target}: {exc}") from exc
+
+
+def thaw_fd(fd: int) -> bool:
+    """Thaw the filesystem of an open descriptor; False when it was not frozen."""
+    try:
+        fcntl.ioctl(fd, FITHAW, 0)
+    except OSError:
+        return False
+    return True
+
+
 def thaw(target: str) -> bool:
     """Thaw ``target``; False when it was not frozen (or is gone), which is fine."""
     try:

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from statehold.engine import fs, lifecycle, loop, mounts, pooldir, pooldisk
+from statehold.engine import fs, groups, lifecycle, loop, mounts, pooldir, pooldisk
 from statehold.engine.hostregistry import DIRECTORY, DISKS, HostRegistry, identity, spec_to_dict
 from statehold.engine.metadata import Metadata, PoolRecord
 from statehold.engine.names import check_size, validate_name
@@ -180,6 +180,63 @@ class Node:
             if name in self.errors:
                 raise Unavailable(f"pool {name!r} is unavailable: {self.errors[name]}")
             raise NotFound(f"pool {name!r} not found")
+
+    # -- group snapshots (engine/groups.py) ----------------------------------------------------
+    def snapshot_group(self, name: str, members: Sequence[tuple[str, str, str]], *,
+                       timeout: float = groups.DEFAULT_TIMEOUT) -> groups.GroupSnapshot:
+        """One instant across volumes: ``members`` are ``(pool, volume, snapshot name)``.
+
+        Freezes every mounted member (bounded by ``timeout`` s, and never left frozen if this
+        process dies), reflinks all, thaws all. Idempotent for the same members; see
+        :func:`groups.create` for the errors. The pools are locked in name order."""
+        wanted = groups.check_members(name, [groups.Member(*m) for m in members])
+        pools = {n: self.pool(n) for n in sorted({m.pool for m in wanted})}
+        for other in self.pools():
+            if other.name not in pools and groups.read(other, name) is not None:
+                raise AlreadyExists(f"group snapshot {name!r} exists in pool {other.name!r} "
+                                    "with other members")
+        with contextlib.ExitStack() as held:
+            for pool in pools.values():
+                held.enter_context(pool.exclusive())
+            return groups.create(pools, name, wanted, timeout=timeout)
+
+    def _group_pools(self, name: str, pool: str | None) -> tuple[groups.GroupSnapshot,
+                                                                 dict[str, Pool]]:
+        candidates = [self.pool(pool)] if pool is not None else self.pools()
+        for candidate in candidates:
+            found = groups.read(candidate, name)
+            if found is not None:
+                names = sorted({m.pool for m in found.members} | {candidate.name})
+                opened = {}
+                for n in names:
+                    with contextlib.suppress(NotFound, Unavailable):
+                        opened[n] = self.pool(n)
+                return found, opened
+        raise NotFound(f"group snapshot {name!r} not found"
+                       + (f" in pool {pool!r}" if pool is not None else ""))
+
+    def get_snapshot_group(self, name: str, *, pool: str | None = None) -> groups.GroupSnapshot:
+        """The recorded group (searched in ``pool``, or every pool); ``missing`` names the
+        members whose snapshot is gone. NotFound if no record."""
+        found, pools = self._group_pools(name, pool)
+        return groups.with_missing(found, pools)
+
+    def list_snapshot_groups(self) -> list[groups.GroupSnapshot]:
+        seen: dict[str, groups.GroupSnapshot] = {}
+        for pool in self.pools():
+            for name in groups.names(pool):
+                if name not in seen:
+                    seen[name] = self.get_snapshot_group(name, pool=pool.name)
+        return [seen[n] for n in sorted(seen)]
+
+    def delete_snapshot_group(self, name: str, *, pool: str | None = None) -> None:
+        """Delete every member snapshot, then the records. NotFound if no record;
+        FailedPrecondition if a member snapshot is attached (nothing after it is deleted)."""
+        _found, pools = self._group_pools(name, pool)
+        with contextlib.ExitStack() as held:
+            for n in sorted(pools):
+                held.enter_context(pools[n].exclusive())
+            groups.delete(pools, name)
 
     # -- create / import -------------------------------------------------------------------
     def _sources_for(self, spec: PoolSpec) -> tuple[list[str], bool]:

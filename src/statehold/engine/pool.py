@@ -14,13 +14,14 @@ pool's lock: calls from several threads (a CSI server) are serialised per pool.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -78,17 +79,8 @@ def _locked(method: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         self = args[0]
         assert isinstance(self, Pool)
-        with self._lock:
-            outer = self._depth == 0
-            if outer and self._lock_fd is not None:
-                _flock(self._lock_fd, self.name)
-            self._depth += 1
-            try:
-                return method(*args, **kwargs)
-            finally:
-                self._depth -= 1
-                if outer and self._lock_fd is not None:
-                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        with self.exclusive():
+            return method(*args, **kwargs)
 
     return wrapper
 
@@ -125,6 +117,22 @@ class Pool:
         self.uuid = record.uuid
         self.fs = record.fs
         self.profile = record.profile
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the pool (the lock every public method takes) across several calls: an
+        operation spanning pools, such as a group snapshot, takes each pool's in name order."""
+        with self._lock:
+            outer = self._depth == 0
+            if outer and self._lock_fd is not None:
+                _flock(self._lock_fd, self.name)
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if outer and self._lock_fd is not None:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     @property
     def image_files(self) -> list[str]:

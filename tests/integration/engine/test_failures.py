@@ -88,7 +88,9 @@ def test_failure_while_creating_or_importing_a_pool_leaks_nothing(
 @pytest.mark.parametrize(("op", "step"), _volume_steps())
 def test_failure_at_any_step_leaves_a_consistent_pool(
         faulty: tuple[Node, Pool, Faults], op: str, step: str) -> None:
-    _, pool, faults = faulty
+    node, pool, faults = faulty
+    if op == "snapshot_group":  # a mounted member: every step of the freeze happens
+        pool.mount("base", node.home / "mnt" / "base")
     actions = {
         "create_volume": lambda: pool.create_volume("new", 64 * MiB, fs=FsType.EXT4),
         "clone": lambda: pool.create_volume("new", 64 * MiB, fs=FsType.EXT4,
@@ -97,6 +99,7 @@ def test_failure_at_any_step_leaves_a_consistent_pool(
         "expand": lambda: pool.expand("base", 128 * MiB),
         "delete_volume": lambda: pool.delete_volume("base"),
         "delete_snapshot": lambda: pool.delete_snapshot("base-snap"),
+        "snapshot_group": lambda: node.snapshot_group("g", [("f", "base", "g-base")]),
     }
     faults.step = step
     with pytest.raises(Boom):
