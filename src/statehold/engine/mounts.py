@@ -12,17 +12,28 @@ mounts through here, under one set of rules:
 * **Errors**: a refusal by ``mount``/``umount`` (or a timeout) is :class:`FailedPrecondition`
   carrying the tool's stderr; no :class:`CommandError` leaves this module.
 
+Paths the driver chose itself are used as strings (:func:`bind`, :func:`unmount`). Paths an
+untrusted caller named (CSI targets) are opened first (:mod:`statehold.engine.safepath`) and
+handled through their descriptors under the same rules (:func:`bound_at`, :func:`bind_at`,
+:func:`unmount_at`): what was checked is what is mounted or unmounted. Whose a mount is
+comes from the kernel, never from a source string a ``tmpfs`` can spoof:
+:func:`loop_backing` reads the backing file of the loop device behind a mount.
+
 Mount points in mountinfo escape space, tab, newline and backslash as octal (``\\040``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from statehold.engine import mountapi
+from statehold.engine.safepath import Handle, is_mountpoint, same_object
 from statehold.errors import AlreadyExists, CommandError, FailedPrecondition
 from statehold.runner import run
 
@@ -242,3 +253,107 @@ def _tool(argv: list[str], what: str) -> None:
         run(argv, timeout=TIMEOUT)
     except CommandError as exc:
         raise FailedPrecondition(f"{what} failed: {exc.stderr}") from exc
+
+
+# -- descriptors: paths an untrusted caller named (see safepath) -------------------------------
+SYS_DEV_BLOCK = Path("/sys/dev/block")
+
+
+def entry_of(handle: Handle, entries: list[Mount] | None = None) -> Mount | None:
+    """The mount ``handle`` is reached through, by the kernel's mount id (not by path)."""
+    wanted = handle.mount_id
+    for m in mounts() if entries is None else entries:
+        if m.mount_id == wanted:
+            return m
+    return None
+
+
+def loop_backing(device: int | str) -> str | None:
+    """The backing file of a loop device given as a ``dev_t`` or ``"major:minor"``; None for
+    anything that is not a bound loop device. (An unlinked backing file keeps the kernel's
+    `` (deleted)`` suffix, so it never equals a live path.)"""
+    majmin = f"{os.major(device)}:{os.minor(device)}" if isinstance(device, int) else device
+    try:
+        text = (SYS_DEV_BLOCK / majmin / "loop" / "backing_file").read_text().rstrip("\n")
+    except OSError:
+        return None
+    return text or None
+
+
+def backing_of(handle: Handle, entry: Mount) -> str | None:
+    """The loop backing file of what ``handle`` (the root of mount ``entry``) shows: a
+    device node bound there (a block publication), or the filesystem mounted there.
+
+    The filesystem's device comes from the kernel (mountinfo's ``major:minor``); btrfs
+    reports an anonymous device there, so for btrfs the source device is used — its mount
+    opened that very device, so unlike a ``tmpfs`` it cannot name another one."""
+    st = handle.stat()
+    if stat.S_ISBLK(st.st_mode):
+        return loop_backing(st.st_rdev)
+    found = loop_backing(entry.device)
+    if found is None and entry.fstype == "btrfs" and entry.source.startswith("/dev/"):
+        try:
+            found = loop_backing(os.stat(entry.source).st_rdev)
+        except OSError:
+            return None
+    return found
+
+
+def bound_at(source: Handle, target: Handle | None, parent: Handle, *,
+             readonly: bool | None) -> bool:
+    """:func:`bound` on descriptors. True: ``target`` is a mount point showing ``source``'s
+    object with this read-only flag (``None``: any). False: nothing is mounted there.
+    AlreadyExists: something else is, or the same object with the other flag."""
+    if target is None or not is_mountpoint(parent, target):
+        return False
+    current = entry_of(target)
+    if current is None or not same_object(source, target):
+        held = current.source if current is not None else "another mount"
+        raise AlreadyExists(f"{target.path} already holds another mount ({held}), not {source.path}")
+    if readonly is not None and current.readonly != readonly:
+        raise AlreadyExists(f"{target.path} already has {source.path} bound with readonly={current.readonly}")
+    return True
+
+
+def bind_at(source: Handle, target: Handle, *, readonly: bool | None = None) -> None:
+    """Bind exactly the object ``source`` holds onto exactly the object ``target`` holds.
+
+    A detached copy of ``source``'s mount is made (``open_tree``), made read-only while
+    still detached when asked (so a read-write mount is never visible, unlike ``mount
+    --bind`` + remount), then attached onto the target descriptor (``move_mount``).
+    ``readonly=None`` keeps ``source``'s own flags. Callers check :func:`bound_at` first.
+    Errors are FailedPrecondition."""
+    try:
+        tree = mountapi.clone_tree(source.fd)
+    except OSError as exc:
+        raise FailedPrecondition(f"bind mount of {source.path} on {target.path} failed: {exc}") from exc
+    try:
+        if readonly:
+            mountapi.set_readonly(tree)
+        mountapi.attach(tree, target.fd)
+    except OSError as exc:
+        raise FailedPrecondition(f"bind mount of {source.path} on {target.path} failed: {exc}") from exc
+    finally:
+        os.close(tree)
+
+
+def unmount_at(parent: Handle, name: str, expected: Mount) -> None:
+    """Unmount the top-most mount at ``name`` in directory ``parent``: the mount
+    ``expected`` the caller identified (and closed its handle of: an open descriptor keeps a
+    mount busy). Never lazy: a busy mount is FailedPrecondition and stays. The name is looked
+    up in the very directory checked (``/proc/self/fd/N/name``, not followed if a symlink).
+    A mount that is already gone is a no-op, as for :func:`unmount`."""
+    try:
+        mountapi.umount(f"{parent.proc}/{name}")
+    except OSError as exc:
+        table = mounts()
+        if not any(m.mount_id == expected.mount_id for m in table):
+            return  # unmounted meanwhile by someone else: the table is the truth
+        if exc.errno == errno.EBUSY:
+            raise FailedPrecondition(f"cannot unmount {parent.path / name}: it is busy (in use)") from exc
+        raise FailedPrecondition(f"cannot unmount {parent.path / name}: {exc}") from exc
+    if any(m.mount_id == expected.mount_id for m in mounts()):
+        # another mount was stacked at the name between the check and the unmount, and went
+        # instead: only a root process can do that, and it is reported, not papered over
+        raise FailedPrecondition(f"the mounts at {parent.path / name} changed while unmounting; "
+                                 f"{expected.source} is still mounted there")
