@@ -71,12 +71,13 @@ def raw_tools_baseline(root: Path, runs: int) -> list[float]:
 
 
 def main() -> None:
-    home = Path(tempfile.mkdtemp(prefix="statehold-bench-csi-", dir="/var/tmp"))
+    base = Path(tempfile.mkdtemp(prefix="statehold-bench-csi-", dir="/var/tmp"))
+    home = base / "home"  # the driver refuses node paths inside its own home: kubelet is beside it
     node = Node(home)
     server: CsiServer | None = None
     try:
         node.create_pool(PoolSpec(name="bench", image_size=4 * GiB))
-        kubelet = home / "kubelet"
+        kubelet = base / "kubelet"
         kubelet.mkdir()
         sock = home / "csi.sock"
         cfg = ServerConfig(endpoint=f"unix://{sock}", node_id="bench", home=home, allowed_roots=(kubelet,))
@@ -127,7 +128,7 @@ def main() -> None:
         for p in node.pools():
             node.destroy_pool(p.name)
         node.close()
-        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
     p50, p95 = statistics.median(times), pct(times, 0.95)
     print(
         f"csi provision (Create+Stage+Publish, 10 GiB xfs), {RUNS} runs: p50={p50:.3f}s p95={p95:.3f}s "

@@ -280,6 +280,11 @@ class VolumeBackend(Protocol):
         ...
 
     # ---- node side -------------------------------------------------------------------
+    def node_protected(self) -> Sequence[Path]:
+        """Paths holding this backend's own files (its home, pools, shared roots): a staging
+        or target path inside or above one is INVALID_ARGUMENT, before any backend call."""
+        ...
+
     def node_stage(self, req: StageRequest) -> None:
         """Make the volume usable on this node at ``req.staging_path`` (filesystem: attach,
         format if blank, mount; block: attach). Idempotent at the same path with the same
@@ -299,7 +304,10 @@ class VolumeBackend(Protocol):
         ...
 
     def node_unpublish(self, volume_id: str, target_path: Path) -> None:
-        """Unmount and remove ``target_path``; a no-op if not published there."""
+        """Unmount the volume's own mounts at ``target_path`` and remove the file or
+        directory the driver created there; a no-op if not published there.
+        FailedPrecondition, touching nothing, for a mount or a file that is not the
+        volume's (docs/csi.md, *What the node service touches*)."""
         ...
 
     def node_stats(self, volume_id: str, volume_path: Path) -> VolumeStats:

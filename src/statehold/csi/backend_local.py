@@ -28,6 +28,7 @@ from statehold.csi.backend import (
     VolumeRequest,
     VolumeStats,
 )
+from statehold.csi.conditions import Conditions
 from statehold.csi.requests import LOCAL_FS_TYPES, fs_parameter
 from statehold.engine import fs as engine_fs
 from statehold.engine.node import Node
@@ -187,6 +188,9 @@ class LocalBackend:
         if vol.source is not None:
             source = ContentSource(vol.source.kind.value, naming.join_id(vol.pool, vol.source.name))
         missing = not vol.path.exists()
+        damage = Conditions(self.node.home).get(vol)  # a filesystem failure the node recorded
+        problems = [f"backing file {vol.path} is missing"] if missing else []
+        problems += [damage.message] if damage is not None else []
         context = {
             "statehold.io/type": "local",
             "statehold.io/pool": vol.pool,
@@ -205,8 +209,8 @@ class LocalBackend:
             context=context,
             source=source,
             topology=(topology,),
-            abnormal=missing,
-            message=f"backing file {vol.path} is missing" if missing else "",
+            abnormal=bool(problems),
+            message="; ".join(problems),
         )
 
     def _snapinfo(self, snap: Snapshot) -> SnapshotInfo:
@@ -411,28 +415,43 @@ class LocalBackend:
         return sorted((self._snapinfo(s) for s in snaps), key=lambda i: i.snapshot_id)
 
     # ---- node side -----------------------------------------------------------------------
+    @property
+    def site(self) -> local_node.NodeSite:
+        home = self.node.home
+        return local_node.NodeSite(roots=self.config.allowed_roots, workdir=home / "csi" / "stage",
+                                   conditions=Conditions(home))
+
+    def node_protected(self) -> list[Path]:
+        """The home (pool mounts, images, registries, the driver's own mount points) and
+        every pool's directory: never a staging or target path."""
+        paths = [self.node.home, self.config.home]
+        paths += [p.mountpoint for p in self.node.pools()]
+        for entry in self.node.registry.load()["pools"].values():
+            paths += [Path(s) for s in entry.get("sources", ()) if str(s).startswith("/")]
+        return paths
+
     def node_stage(self, req: StageRequest) -> None:
         pool, vol = self._volume(req.volume_id)
-        local_node.stage(pool, vol, req)
+        local_node.stage(pool, vol, req, self.site)
 
     def node_unstage(self, volume_id: str, staging_path: Path) -> None:
         pool, vol = self._volume(volume_id)
-        local_node.unstage(pool, vol, staging_path)
+        local_node.unstage(pool, vol, staging_path, self.site)
 
     def node_publish(self, req: PublishRequest) -> None:
         pool, vol = self._volume(req.volume_id)
-        local_node.publish(pool, vol, req)
+        local_node.publish(pool, vol, req, self.site)
 
     def node_unpublish(self, volume_id: str, target_path: Path) -> None:
         _pool, vol = self._volume(volume_id)
-        local_node.unpublish(vol, target_path)
+        local_node.unpublish(vol, target_path, self.site)
 
     def node_stats(self, volume_id: str, volume_path: Path) -> VolumeStats:
-        return local_node.stats(self._volume(volume_id)[1], volume_path)
+        return local_node.stats(self._volume(volume_id)[1], volume_path, self.site.conditions)
 
     def node_expand(self, volume_id: str, volume_path: Path, required_bytes: int) -> int:
         pool, vol = self._volume(volume_id)
-        local_node.stats(vol, volume_path)  # NotFound unless published/staged there
+        local_node.stats(vol, volume_path, self.site.conditions)  # NotFound unless published/staged there
         # expanding to the current size is a no-op for the device but retries a pending
         # filesystem grow, which is exactly NodeExpandVolume's job
         return pool.expand(vol.name, max(vol.size, _round_up(required_bytes))).volume.size

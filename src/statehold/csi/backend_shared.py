@@ -18,10 +18,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
+from statehold.csi import mounts as node_mounts
 from statehold.csi.backend import (
     ALL_MODES,
     AccessMode,
@@ -36,13 +38,16 @@ from statehold.csi.backend import (
     VolumeRequest,
     VolumeStats,
 )
-from statehold.engine.mounts import bind, mount_at, unmount
+from statehold.csi.mounts import Owned
+from statehold.engine import mounts, safepath
+from statehold.engine.mounts import Mount, mount_at
+from statehold.engine.safepath import Handle
 from statehold.errors import (
-    AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     OutOfRange,
+    StateholdError,
     Unavailable,
 )
 from statehold.shared.ids import split_id
@@ -151,47 +156,83 @@ class SharedBackend:
         return [_snap_info(rec) for rec in self.volumes.list_snapshots(source_volume_id)]
 
     # ---- node ----------------------------------------------------------------------------
+    def node_protected(self) -> list[Path]:
+        """The home (native shares are mounted under it) and every host-style root's
+        directory: never a staging or target path (a bind there would hide volumes)."""
+        paths = [self.config.home, Path(self.volumes.home)]
+        for key in self.volumes.known():
+            with contextlib.suppress(StateholdError):
+                spec = self.volumes.spec(key)
+                if spec.path is not None:
+                    paths.append(spec.path)
+        return paths
+
+    def _owned(self, volume_id: str) -> Owned:
+        """A mount is this volume's when it shows the volume's directory (same inode), as
+        this node has it now; with the share not mounted here nothing can be."""
+        key, name = split_id(volume_id)
+        ident: tuple[int, int] | None = None
+        with contextlib.suppress(StateholdError, OSError):
+            st = os.stat(self.volumes.node_root(key).get_volume(name).path)
+            ident = (st.st_dev, st.st_ino)
+
+        def test(handle: Handle, entry: Mount) -> bool:
+            st = handle.stat()
+            return ident is not None and stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) == ident
+
+        return test
+
     def node_stage(self, req: StageRequest) -> None:
         if req.capability.block:
             raise InvalidArgument("shared volumes are directories: block mode is not offered")
         _key, name = split_id(req.volume_id)
         spec = self.volumes.learn(req.volume_id, req.context)
         root = self.volumes.open(spec, user=req.volume_id)
+        staged = False
         try:
             vol = root.get_volume(name)
-            if mount_at(req.staging_path) is not None:
-                if not _same_dir(req.staging_path, vol.path):
-                    raise AlreadyExists(f"{req.staging_path} holds another mount")
-                return
-            bind(vol.path, req.staging_path)
-        except BaseException:
-            if spec.share is not None and mount_at(req.staging_path) is None:
+            roots = self.config.allowed_roots
+            with safepath.open_trusted(vol.path, directory=True) as source, \
+                    node_mounts.target(req.staging_path, roots) as (parent, leaf, current):
+                if not mounts.bound_at(source, current, parent, readonly=None):
+                    node_mounts.bind_onto(source, parent, leaf, current, req.volume_id, readonly=False)
+            staged = True
+        finally:
+            if not staged and spec.share is not None and mount_at(req.staging_path) is None:
                 self.volumes.release(spec, req.volume_id)
-            raise
 
     def node_unstage(self, volume_id: str, staging_path: Path) -> None:
         key, _name = split_id(volume_id)
         spec = self.volumes.spec(key)
-        unmount(staging_path, remove_dir=False)
+        located = safepath.locate(staging_path, self.config.allowed_roots)
+        parent = safepath.open_parent(located)
+        if parent is not None:
+            with parent:
+                node_mounts.peel(parent, located.name, self._owned(volume_id), volume_id)
+                safepath.remove_created(parent, located.name, volume_id)
         self.volumes.release(spec, volume_id)
 
     def node_publish(self, req: PublishRequest) -> None:
         split_id(req.volume_id)
-        if req.staging_path is None or mount_at(req.staging_path) is None:
+        if req.staging_path is None:
             raise FailedPrecondition(f"volume {req.volume_id} is not staged on this node")
         readonly = req.readonly or req.capability.mode in READER_MODES
-        entry = mount_at(req.target_path)
-        if entry is not None:
-            if not _same_dir(req.target_path, req.staging_path):
-                raise AlreadyExists(f"{req.target_path} holds another mount")
-            if ("ro" in entry.options) != readonly:
-                raise AlreadyExists(f"{req.target_path} is published with readonly={not readonly}")
-            return
-        bind(req.staging_path, req.target_path, readonly=readonly)
+        roots = self.config.allowed_roots
+        owned = self._owned(req.volume_id)
+        with safepath.opened(safepath.locate(req.staging_path, roots)) as (sparent, staged):
+            entry = None
+            if sparent is not None and staged is not None and safepath.is_mountpoint(sparent, staged):
+                entry = mounts.entry_of(staged)
+            if staged is None or entry is None or not owned(staged, entry):
+                raise FailedPrecondition(f"volume {req.volume_id} is not staged at {req.staging_path}")
+            with node_mounts.target(req.target_path, roots) as (parent, leaf, current):
+                if mounts.bound_at(staged, current, parent, readonly=readonly):
+                    return
+                node_mounts.bind_onto(staged, parent, leaf, current, req.volume_id, readonly=readonly)
 
     def node_unpublish(self, volume_id: str, target_path: Path) -> None:
         split_id(volume_id)
-        unmount(target_path, remove_dir=True)
+        node_mounts.unpublish(target_path, self.config.allowed_roots, volume_id, self._owned(volume_id))
 
     def node_stats(self, volume_id: str, volume_path: Path) -> VolumeStats:
         split_id(volume_id)
@@ -213,10 +254,3 @@ class SharedBackend:
         limit is already raised and this only reports it."""
         return self.volumes.expand_volume(volume_id, required_bytes, mount=False).size
 
-
-def _same_dir(a: Path, b: Path) -> bool:
-    try:
-        sa, sb = os.stat(a), os.stat(b)
-    except OSError:
-        return False
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)

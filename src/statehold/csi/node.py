@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,14 +48,22 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
         self.locks = locks
         self.node_id = node_id
         self.roots = tuple(allowed_roots)
+        # each root also by its real path, resolved once: a root may be a symlink (kubelet's
+        # directory moved to another disk), and protected paths compare as real paths
+        self.real_roots = tuple((r, Path(os.path.realpath(r))) for r in self.roots)
         self.max_volumes = max_volumes
+
+    def _path(self, value: str, field: str) -> Path:
+        """A staging or target path: inside an allowed root, outside what the driver owns."""
+        protected = [Path(os.path.realpath(p)) for b in self.router.backends() for p in b.node_protected()]
+        return requests.path(value, field, self.real_roots, protected)
 
     @rpc(lock=lambda r: r.volume_id)
     def NodeStageVolume(
         self, request: csi_pb2.NodeStageVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.NodeStageVolumeResponse:
         volume_id = requests.require(request.volume_id, "volume_id")
-        staging = requests.path(request.staging_target_path, "staging_target_path", self.roots)
+        staging = self._path(request.staging_target_path, "staging_target_path")
         cap = _capability(request)
         backend = self.router.for_id(volume_id)
         why = requests.unsupported(backend, (cap,))
@@ -76,7 +85,7 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
         self, request: csi_pb2.NodeUnstageVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.NodeUnstageVolumeResponse:
         volume_id = requests.require(request.volume_id, "volume_id")
-        staging = requests.path(request.staging_target_path, "staging_target_path", self.roots)
+        staging = self._path(request.staging_target_path, "staging_target_path")
         self.router.for_id(volume_id).node_unstage(volume_id, staging)
         return csi_pb2.NodeUnstageVolumeResponse()
 
@@ -85,7 +94,7 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
         self, request: csi_pb2.NodePublishVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.NodePublishVolumeResponse:
         volume_id = requests.require(request.volume_id, "volume_id")
-        target = requests.path(request.target_path, "target_path", self.roots)
+        target = self._path(request.target_path, "target_path")
         cap = _capability(request)
         backend = self.router.for_id(volume_id)
         why = requests.unsupported(backend, (cap,))
@@ -93,7 +102,7 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
             raise InvalidArgument(why)
         staging: Path | None = None
         if request.staging_target_path:
-            staging = requests.path(request.staging_target_path, "staging_target_path", self.roots)
+            staging = self._path(request.staging_target_path, "staging_target_path")
         elif backend.needs_staging:
             raise FailedPrecondition("staging_target_path is required: the volume must be staged first")
         backend.node_publish(
@@ -114,7 +123,7 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
         self, request: csi_pb2.NodeUnpublishVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.NodeUnpublishVolumeResponse:
         volume_id = requests.require(request.volume_id, "volume_id")
-        target = requests.path(request.target_path, "target_path", self.roots)
+        target = self._path(request.target_path, "target_path")
         self.router.for_id(volume_id).node_unpublish(volume_id, target)
         return csi_pb2.NodeUnpublishVolumeResponse()
 

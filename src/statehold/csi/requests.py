@@ -146,23 +146,47 @@ def fs_parameter(parameters: Mapping[str, str]) -> str:
     return ""
 
 
-def path(value: str, field: str, roots: Sequence[Path]) -> Path:
-    """A node path field: required, absolute, normalised, inside one of ``roots``.
+Root = Path | tuple[Path, Path]
+"""An allowed root: its path, or ``(as the CO names it, its real path)``."""
 
-    Refusing paths outside the allowed roots keeps a compromised or confused CO from
-    making this root process mount over /etc or unmount the host's own filesystems."""
+
+def path(value: str, field: str, roots: Sequence[Root], protected: Sequence[Path] = ()) -> Path:
+    """A node path field: required, absolute, normalised, strictly inside one of ``roots``
+    and neither inside nor above any ``protected`` path; InvalidArgument otherwise.
+
+    Judged on the text alone, so this is pure: a root may be given with its real path (the
+    servicer resolves them once) so that ``protected`` real paths compare with where the
+    path really lies. What is on the node at that path is the backend's to check when it
+    opens it beneath its root, never through a symlink or a mount
+    (:mod:`statehold.engine.safepath`): a symlink there is a FAILED_PRECONDITION of the
+    node, not a malformed argument. Refusing paths outside the allowed roots keeps a
+    compromised or confused CO from making this root process mount over /etc; refusing the
+    protected ones (the driver's home, its pools, shared roots) keeps it from hiding the
+    volumes' own files."""
     require(value, field)
     if not value.startswith("/"):
         raise InvalidArgument(f"{field} must be an absolute path")
     norm = os.path.normpath(value)
     if norm != value.rstrip("/") or "/../" in value or value.endswith("/.."):
         raise InvalidArgument(f"{field} must be a normalised path (no '.', '..' or '//')")
-    p = Path(norm)
-    # compare real paths: a symlink inside a root must not lead out of it, and a root that
-    # is itself a symlink (kubelet dir moved to another disk) still matches its own paths
-    real = Path(os.path.realpath(p))
     for root in roots:
-        real_root = Path(os.path.realpath(root))
-        if real != real_root and real.is_relative_to(real_root):
-            return p
+        named, real = root if isinstance(root, tuple) else (root, root)
+        for form in dict.fromkeys((os.path.normpath(str(named)), os.path.normpath(str(real)))):
+            prefix = form.rstrip("/") + "/"
+            if norm.startswith(prefix) and len(norm) > len(prefix):
+                where = os.path.join(os.path.normpath(str(real)), norm[len(prefix):])
+                _unprotected(where, value, field, protected)
+                return Path(norm)
     raise InvalidArgument(f"{field} {value!r} is outside the allowed roots")
+
+
+def _unprotected(where: str, value: str, field: str, protected: Sequence[Path]) -> None:
+    for guarded in protected:
+        g = os.path.normpath(str(guarded))
+        inside = where == g or where.startswith(g.rstrip("/") + "/")
+        above = g.startswith(where.rstrip("/") + "/")
+        if inside or above:
+            relation = "inside" if inside else "above"
+            raise InvalidArgument(
+                f"{field} {value!r} lies {relation} {g}, which holds the driver's own files (its "
+                "home, a pool or a shared root): never a node path")

@@ -1,8 +1,9 @@
 """A real CSI driver on a unix socket over a real engine pool, and a client for it.
 
-Used by the integration and e2e CSI tests and the benchmark. The kubelet directory lives
-under the engine home, so the engine fixture's teardown also releases any mount a failing
-test leaves behind (by exact path).
+Used by the integration and e2e CSI tests. The kubelet directory is a sibling of the engine
+home (``<home>-kubelet``): the driver refuses node paths inside its own home. Teardown
+releases any mount a failing test leaves under it (by exact path), and the engine fixture's
+teardown any mount of a volume's loop device.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from statehold.csi.gen import csi_pb2 as pb
 from statehold.csi.gen import csi_pb2_grpc as rpc
 from statehold.csi.server import CsiServer, ServerConfig
 from statehold.engine.node import Node
+from tests.fixtures.engine import release_home
 
 NODE_ID = "node-a"
 GiB = 1024**3
@@ -50,7 +52,7 @@ class Driver:
 
 @contextlib.contextmanager
 def running_driver(node: Node, root: Path, *, mode: str = "all", shared: bool = False) -> Iterator[Driver]:
-    kubelet = root / "kubelet"
+    kubelet = Path(f"{root}-kubelet")
     kubelet.mkdir(parents=True, exist_ok=True)
     sock = root / "csi" / "csi.sock"
     cfg = ServerConfig(
@@ -78,6 +80,7 @@ def running_driver(node: Node, root: Path, *, mode: str = "all", shared: bool = 
     finally:
         channel.close()
         server.stop(0)
+        release_home(kubelet)
 
 
 def mount_cap(

@@ -35,7 +35,8 @@ BLOCK = Capability(mode=AccessMode.SINGLE_NODE_WRITER, block=True)
 
 
 def backend(home: Path, node: str, events: list[VolumeEvent] | None = None) -> SharedBackend:
-    return SharedBackend(BackendConfig(home=home, node_id=node),
+    # the test's node paths (scratch/pod*/...) lie beside the home: that is the allowed root
+    return SharedBackend(BackendConfig(home=home, node_id=node, allowed_roots=(home.parent,)),
                          on_event=events.append if events is not None else None)
 
 

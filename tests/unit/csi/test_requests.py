@@ -144,22 +144,48 @@ def test_fs_parameter_reads_both_keys() -> None:
     assert requests.fs_parameter({}) == ""
 
 
-def test_symlink_out_of_a_root_is_refused(tmp_path: Path) -> None:
+def test_path_is_judged_on_its_text_alone(tmp_path: Path) -> None:
+    """A symlink on the way is the node's state, not a malformed argument: the pure check
+    lets the text through and the backend refuses the symlink when it opens the path
+    (FAILED_PRECONDITION; tests/integration/csi/test_hostile_caller.py)."""
     root = tmp_path / "kubelet"
     (root / "pods").mkdir(parents=True)
     (root / "pods" / "escape").symlink_to("/etc")
+    value = str(root / "pods" / "escape" / "x")
+    assert requests.path(value, "target_path", (root,)) == Path(value)
+
+
+def test_root_is_matched_as_named_and_by_its_real_path() -> None:
+    named, real = Path("/var/lib/kubelet"), Path("/data/kubelet")
+    for value in ("/var/lib/kubelet/pods/p/mount", "/data/kubelet/pods/p/mount"):
+        assert requests.path(value, "target_path", ((named, real),)) == Path(value)
     with pytest.raises(InvalidArgument):
-        requests.path(str(root / "pods" / "escape" / "x"), "target_path", (root,))
+        requests.path("/var/lib/kubelet/pods/p/mount", "target_path", (real,))
 
 
-def test_root_reached_through_a_symlink_still_matches(tmp_path: Path) -> None:
-    real = tmp_path / "disk" / "kubelet"
-    real.mkdir(parents=True)
-    link = tmp_path / "kubelet"
-    link.symlink_to(real)
-    target = str(link / "pods" / "p" / "mount")
-    assert requests.path(target, "target_path", (link,)) == Path(target)
-    assert requests.path(target, "target_path", (real,)) == Path(target)
+@pytest.mark.parametrize(
+    "value",
+    [
+        "/var/lib/kubelet/statehold",                 # the home itself
+        "/var/lib/kubelet/statehold/pools/fast",      # inside it
+        "/var/lib/kubelet/statehold/pools/fast/mnt",
+        "/var/lib/kubelet/plugins",                   # above a protected path: would hide it
+        "/data/kubelet/statehold/x",                  # through the root's real path
+        "/srv/pools/dirpool/volumes",                 # a directory pool elsewhere
+    ],
+)
+def test_paths_inside_or_above_protected_ones_are_invalid_argument(value: str) -> None:
+    roots = ((Path("/var/lib/kubelet"), Path("/data/kubelet")), Path("/srv"))
+    protected = (Path("/data/kubelet/statehold"), Path("/data/kubelet/plugins/csi/home"),
+                 Path("/srv/pools/dirpool"))
+    with pytest.raises(InvalidArgument):
+        requests.path(value, "target_path", roots, protected)
+
+
+def test_a_sibling_of_a_protected_path_is_fine() -> None:
+    protected = (Path("/var/lib/kubelet/statehold"),)
+    for value in ("/var/lib/kubelet/statehold-other/x", "/var/lib/kubelet/pods/p/mount"):
+        assert requests.path(value, "target_path", (Path("/var/lib/kubelet"),), protected) == Path(value)
 
 
 def test_tab_newline_and_return_are_allowed_other_controls_are_not() -> None:
