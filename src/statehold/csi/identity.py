@@ -56,6 +56,7 @@ class IdentityServicer(csi_pb2_grpc.IdentityServicer):
         caps = [
             csi_pb2.PluginCapability(service=_Service(type=_Service.CONTROLLER_SERVICE)),
             csi_pb2.PluginCapability(service=_Service(type=_Service.VOLUME_ACCESSIBILITY_CONSTRAINTS)),
+            csi_pb2.PluginCapability(service=_Service(type=_Service.GROUP_CONTROLLER_SERVICE)),
             csi_pb2.PluginCapability(volume_expansion=_Expansion(type=_Expansion.ONLINE)),
         ]
         return csi_pb2.GetPluginCapabilitiesResponse(capabilities=caps)

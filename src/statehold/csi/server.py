@@ -1,7 +1,7 @@
 """The CSI gRPC server on a unix socket: which services run, socket hygiene, shutdown.
 
-``mode`` picks the services: ``controller`` (Identity + Controller), ``node`` (Identity +
-Node) or ``all`` (all three on one socket, for a single host). The socket is created
+``mode`` picks the services: ``controller`` (Identity + Controller + GroupController),
+``node`` (Identity + Node) or ``all`` (all four on one socket, for a single host). The socket is created
 0600 (only root — kubelet and the sidecars — may talk to a driver that mounts things),
 a stale socket left by a crash is removed, a live one is never stolen.
 """
@@ -25,7 +25,9 @@ import grpc
 from statehold.csi.backend import BackendConfig, VolumeBackend
 from statehold.csi.controller import ControllerServicer
 from statehold.csi.gen import csi_pb2_grpc
+from statehold.csi.groupcontroller import GroupControllerServicer
 from statehold.csi.identity import IdentityServicer, missing_tools
+from statehold.csi.local_groups import LocalGroups
 from statehold.csi.node import DEFAULT_MAX_VOLUMES, NodeServicer
 from statehold.csi.router import Router, load_shared
 from statehold.csi.status import VolumeLocks
@@ -99,13 +101,15 @@ class CsiServer:
             raise InvalidArgument(f"mode {config.mode!r} is not one of {list(MODES)}")
         self.config = config
         self.path = socket_path(config.endpoint)
-        if local is None:
-            from statehold.csi.backend_local import LocalBackend
+        from statehold.csi.backend_local import LocalBackend
 
+        if local is None:
             local = LocalBackend(config.backend_config())
         if shared is None and with_shared:
             shared = load_shared(config.backend_config())
         self.router = Router(local, shared)
+        self.groups = (LocalGroups(local.node, config.node_id)
+                       if isinstance(local, LocalBackend) else None)
         self.locks = VolumeLocks()
         self._server: grpc.Server | None = None
         self._stopped = threading.Event()
@@ -120,6 +124,9 @@ class CsiServer:
         if controller:
             add.add_ControllerServicer_to_server(  # type: ignore[no-untyped-call]
                 ControllerServicer(self.router, self.locks), server
+            )
+            add.add_GroupControllerServicer_to_server(  # type: ignore[no-untyped-call]
+                GroupControllerServicer(self.groups, self.locks), server
             )
         if cfg.mode in ("node", "all"):
             node = NodeServicer(

@@ -364,7 +364,8 @@ def test_identity(driver: Driver) -> None:
     caps = driver.identity.GetPluginCapabilities(pb.GetPluginCapabilitiesRequest()).capabilities
     services = {c.service.type for c in caps if c.HasField("service")}
     S = pb.PluginCapability.Service
-    assert services == {S.CONTROLLER_SERVICE, S.VOLUME_ACCESSIBILITY_CONSTRAINTS}
+    assert services == {S.CONTROLLER_SERVICE, S.VOLUME_ACCESSIBILITY_CONSTRAINTS,
+                        S.GROUP_CONTROLLER_SERVICE}
     assert [c.volume_expansion.type for c in caps if c.HasField("volume_expansion")] == [
         pb.PluginCapability.VolumeExpansion.ONLINE
     ]
