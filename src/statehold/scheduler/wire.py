@@ -5,6 +5,11 @@ so the keys are the field names and Go decodes them case-insensitively — so do
 Answers are ``ExtenderFilterResult {Nodes, NodeNames, FailedNodes,
 FailedAndUnresolvableNodes, Error}`` and ``HostPriorityList [{Host, Score}]``.
 
+Every unresolvable refusal is written into ``FailedNodes`` too: kube-scheduler before 1.21
+does not know ``FailedAndUnresolvableNodes`` (kubernetes#92866) and would drop the reason
+from the pod's PodScheduled message; from 1.21 a node in both maps counts as unresolvable
+(the API's rule: that map takes precedence), so preemption still skips it.
+
 Decoding raises :class:`statehold.errors.InvalidArgument` with a message fit for the
 scheduler's event; nothing else escapes.
 """
@@ -129,11 +134,12 @@ def filter_result(args: ExtenderArgs | None, passed: Sequence[str], *,
                   failed: Mapping[str, str] | None = None,
                   unresolvable: Mapping[str, str] | None = None,
                   error: str = "") -> dict[str, Any]:
-    """An ``ExtenderFilterResult``, answering in the form the request came in."""
+    """An ``ExtenderFilterResult``, answering in the form the request came in; each
+    unresolvable node is in both maps (module docstring: schedulers before 1.21)."""
     result: dict[str, Any] = {
         "Nodes": None,
         "NodeNames": None,
-        "FailedNodes": dict(failed or {}),
+        "FailedNodes": {**(failed or {}), **(unresolvable or {})},
         "FailedAndUnresolvableNodes": dict(unresolvable or {}),
         "Error": error,
     }

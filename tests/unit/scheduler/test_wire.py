@@ -55,9 +55,22 @@ def test_pod_without_uid_is_keyed_by_namespace_and_name() -> None:
 def test_answer_in_node_names_form() -> None:
     args = wire.decode_args(shapes.args(shapes.pod("a-0", []), ["n1", "n2"]))
     out = wire.filter_result(args, ["n1"], unresolvable={"n2": "why"})
-    assert out == {"Nodes": None, "NodeNames": ["n1"], "FailedNodes": {},
+    assert out == {"Nodes": None, "NodeNames": ["n1"], "FailedNodes": {"n2": "why"},
                    "FailedAndUnresolvableNodes": {"n2": "why"}, "Error": ""}
     assert wire.priority_list([NodeScore("n1", 10, 0)]) == [{"Host": "n1", "Score": 10}]
+
+
+def test_refusals_are_in_both_maps_so_every_scheduler_shows_the_reason() -> None:
+    """kube-scheduler before 1.21 has no FailedAndUnresolvableNodes: it reads FailedNodes
+    only, and a node in neither map gets no reason in the pod's PodScheduled message
+    ("0/3 nodes are available: ."). From 1.21 the unresolvable map takes precedence for a
+    node in both, so preemption still skips our refusals there."""
+    args = wire.decode_args(shapes.args(shapes.pod("a-0", []), ["n1", "n2", "n3"]))
+    out = wire.filter_result(args, ["n1"], failed={"n3": "busy"},
+                             unresolvable={"n2": "no room", "n3": "no copy"})
+    assert out["FailedAndUnresolvableNodes"] == {"n2": "no room", "n3": "no copy"}
+    # what a 1.20 scheduler reads: every node that did not pass, with our reason
+    assert out["FailedNodes"] == {"n2": "no room", "n3": "no copy"}
 
 
 @pytest.mark.parametrize(("body", "fragment"), [
