@@ -110,3 +110,42 @@ def test_the_chart_csidriver_publishes_storage_capacity() -> None:
     chart = docs(ROOT / "deploy" / "manifests" / "statehold.yaml")
     (driver,) = [d for d in chart if d["kind"] == "CSIDriver"]
     assert driver["metadata"]["name"] == DRIVER and driver["spec"]["storageCapacity"] is True
+
+
+def chart_config(version: str | None = None) -> dict[str, Any]:
+    """The KubeSchedulerConfiguration in the chart's ConfigMap (extender on)."""
+    from tests.unit.kube.validation import render
+
+    values: dict[str, Any] = {"enabled": True}
+    if version is not None:
+        values["schedulerConfigVersion"] = version
+    rendered = render.render_chart({"schedulerExtender": values})
+    (cm,) = [d for d in rendered if d["kind"] == "ConfigMap"
+             and d["metadata"]["name"] == "statehold-scheduler-config"]
+    config: dict[str, Any] = yaml.safe_load(cm["data"]["kube-scheduler-config.yaml"])
+    return config
+
+
+def test_chart_renders_the_v1_config_for_current_clusters_by_default() -> None:
+    config = chart_config()
+    assert config["apiVersion"] == "kubescheduler.config.k8s.io/v1"
+    assert config == chart_config("v1") == CONFIG
+    jsonschema.validate(config, SCHEMA, cls=jsonschema.Draft202012Validator)
+
+
+def test_chart_renders_v1beta1_for_kubernetes_1_19_to_1_22_from_the_same_template() -> None:
+    """Same stanza, other apiVersion; v1beta1 still has the deprecated plain-HTTP health
+    and metrics port (0.0.0.0:10251 unless set; port 0 is refused), kept on loopback.
+    tests/integration/scheduler/test_real_scheduler.py runs it in kube-scheduler 1.20."""
+    beta, v1 = chart_config("v1beta1"), chart_config("v1")
+    assert beta["apiVersion"] == "kubescheduler.config.k8s.io/v1beta1"
+    assert beta.pop("healthzBindAddress") == beta.pop("metricsBindAddress") == "127.0.0.1:10251"
+    assert {**beta, "apiVersion": v1["apiVersion"]} == v1
+
+
+@pytest.mark.parametrize("version", ["v1beta2", "v1beta3", "v2", ""])
+def test_chart_refuses_scheduler_config_versions_it_does_not_render(version: str) -> None:
+    from helm_python.errors import HelmError
+
+    with pytest.raises(HelmError):
+        chart_config(version)
