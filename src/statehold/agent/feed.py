@@ -81,3 +81,47 @@ class Feed:
                 self._on_frame(index)
             index += 1
             yield data
+
+
+
+class Prefetch:
+    """``source``'s items, produced up to ``depth`` ahead by a thread of their own, so that
+    reading and hashing the next frames (which release the GIL) overlaps sending this one.
+
+    Iterate it once (from any thread): an error raised by ``source`` is raised there, after
+    the items produced before it. :meth:`cancel` (from any thread, always, when done) stops
+    the producer, which closes ``source`` itself (the only thread that ever iterates it),
+    makes a consumer still waiting raise Unavailable, and waits for the producer: the
+    snapshot the source reads is released when it returns.
+    """
+
+    def __init__(self, source: Iterator[bytes], depth: int = 4, *, name: str = "prefetch") -> None:
+        self._source = source
+        self._feed = Feed(depth)
+        self._failure: list[BaseException] = []
+        self._stop = threading.Event()
+        self._producer = threading.Thread(target=self._produce, name=name, daemon=True)
+        self._producer.start()
+
+    def _produce(self) -> None:
+        try:
+            for item in self._source:
+                if not self._feed.put(item, alive=lambda: not self._stop.is_set()):
+                    break
+        except BaseException as exc:  # handed to the consumer, in order
+            self._failure.append(exc)
+        finally:
+            close = getattr(self._source, "close", None)
+            if close is not None:
+                close()
+            self._feed.close()
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._feed.frames()
+        if self._failure:
+            raise self._failure[0]
+
+    def cancel(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._feed.abort("the stream was abandoned")  # wakes a producer waiting for room
+        self._producer.join(timeout)

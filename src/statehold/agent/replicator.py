@@ -30,6 +30,7 @@ from typing import Protocol
 
 from statehold.agent.book import Peer, ReplicaBook
 from statehold.agent.copies import Applied, Copies, CopyView, Outgoing, VolumeRef, VolumeSpec
+from statehold.agent.feed import Prefetch
 from statehold.agent.metrics import AgentMetrics
 from statehold.agent.pause import NO_PAUSE, Pauser
 from statehold.errors import FailedPrecondition, StateholdError
@@ -75,12 +76,13 @@ class ReplicaReport:
 
 class Replicator:
     def __init__(self, copies: Copies, book: ReplicaBook, connect: Callable[[Peer], PeerAgent], *,
-                 interval: float = 5.0, pauser: Pauser = NO_PAUSE,
+                 interval: float = 5.0, pauser: Pauser = NO_PAUSE, prefetch: int = 4,
                  clock: Callable[[], float] = time.time) -> None:
         self.copies = copies
         self.book = book
         self.connect = connect
         self.interval = interval
+        self.prefetch = prefetch
         self.pauser = pauser
         self.clock = clock
         self.metrics = AgentMetrics(self._lags)
@@ -154,12 +156,13 @@ class Replicator:
             # no copy there yet: create an empty one like ours; the stream is then a seed
             remote = found or agent.create_copy(there, self.copies.spec(volume))
             out = self.copies.stream(volume, epoch=epoch, remote=remote, peer=peer.node, point=point)
+            # read and hash ahead while gRPC sends (and the stream is released, snapshot
+            # included, as soon as it is over, whoever ends it)
+            ahead = Prefetch(out.frames, self.prefetch, name=f"read-{peer.node}")
             try:
-                applied = agent.replicate(there, self._counted(volume, peer, out.frames))
+                applied = agent.replicate(there, self._counted(volume, peer, iter(ahead)))
             finally:
-                close = getattr(out.frames, "close", None)
-                if close is not None:
-                    close()  # a generator releases its snapshot now, not at collection
+                ahead.cancel()
             self.copies.acknowledged(volume, applied.point, peer=peer.node)
             with self._lock:
                 progress.point, progress.taken_at, progress.last_error = applied.point, out.taken_at, ""

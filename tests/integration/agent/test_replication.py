@@ -179,3 +179,25 @@ def test_seed_interrupted_resumes_where_it_stopped(net_cluster: Callable[..., Cl
     assert (status["role"], status["point"]) == ("replica", point)
     want = sha256(agents.point_file(n1, point))
     assert sha256(agents.volume_file(n2)) == want
+
+
+def test_the_loop_replicates_unasked_and_a_stopped_agent_exits_cleanly(
+        net_cluster: Callable[..., Cluster], scratch: Path) -> None:
+    cluster = net_cluster(2)
+    agents = Agents(cluster, scratch / "ca")
+    n1, n2 = cluster.nodes
+    create_volume(cluster, n1)
+    scribble(agents.volume_file(n1), 8, seed=7)
+    primary = agents.start(n1, replicas=[n2], interval=0.5)
+    agents.start(n2)
+    agents.ask(n1, "promote", f"{n1.pool}/db", "--epoch", "1")
+
+    def replicated() -> dict[str, str] | None:
+        [r] = agents.status(n1)["replicas"]
+        return r if r["point"] and float(r["lag_seconds"]) >= 0 else None
+
+    wait_for(replicated, 120, "the loop's first acknowledged point")
+    primary.terminate()  # SIGTERM: in-flight streams get the grace, then the process exits
+    assert primary.wait(60) == 0
+    point = agents.status(n2)["point"]
+    assert sha256(agents.volume_file(n2)) == sha256(agents.point_file(n1, point))

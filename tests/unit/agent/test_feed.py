@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
 import pytest
 
-from statehold.agent.feed import Feed
-from statehold.errors import Unavailable
+from statehold.agent.feed import Feed, Prefetch
+from statehold.errors import Corrupt, Unavailable
 
 
 def test_frames_arrive_in_order_and_end_when_closed() -> None:
@@ -83,3 +84,43 @@ def test_abort_wakes_a_writer_waiting_for_frames() -> None:
     feed.abort("cancelled")
     t.join(10)
     assert len(raised) == 1
+
+
+
+def test_prefetch_yields_everything_in_order() -> None:
+    ahead = Prefetch(iter([b"a", b"b", b"c"]), depth=1)
+    assert list(ahead) == [b"a", b"b", b"c"]
+    ahead.cancel()
+
+
+def test_prefetch_raises_the_source_error_after_its_items() -> None:
+    def source() -> Iterator[bytes]:
+        yield b"a"
+        raise Corrupt("short read")
+
+    got: list[bytes] = []
+    ahead = Prefetch(source())
+    with pytest.raises(Corrupt, match="short read"):
+        for item in ahead:
+            got.append(item)
+    ahead.cancel()
+    assert got == [b"a"]
+
+
+def test_cancel_stops_and_closes_the_source_and_wakes_the_consumer() -> None:
+    closed = threading.Event()
+
+    def endless() -> Iterator[bytes]:
+        try:
+            while True:
+                yield b"x"
+        finally:
+            closed.set()
+
+    ahead = Prefetch(endless(), depth=2)
+    items = iter(ahead)
+    assert next(items) == b"x"
+    ahead.cancel()  # joins the producer
+    assert closed.is_set()
+    with pytest.raises(Unavailable):
+        list(items)
