@@ -114,3 +114,19 @@ def test_a_ca_signed_certificate_without_a_statehold_identity_is_unauthenticated
         server: AgentServer, ca: pki.KeyPair) -> None:
     assert code_of(server, creds(ca.cert, _foreign_leaf(ca))) == grpc.StatusCode.UNAUTHENTICATED
 
+
+
+def test_every_method_is_guarded_streams_included(server: AgentServer, ca: pki.KeyPair) -> None:
+    target = f"127.0.0.1:{server.port}"
+    with grpc.secure_channel(target, creds(ca.cert, _foreign_leaf(ca))) as channel:
+        stub = agent_pb2_grpc.AgentStub(channel)  # type: ignore[no-untyped-call]
+        calls = [
+            lambda: stub.Replicate(iter([pb.Frame(volume="pool/v", data=b"x")]), timeout=10),
+            lambda: stub.CopyStatus(pb.CopyStatusRequest(volume="pool/v"), timeout=10),
+            lambda: stub.Promote(pb.RoleRequest(volume="pool/v", epoch=9), timeout=10),
+            lambda: stub.SetReplicas(pb.SetReplicasRequest(volume="pool/v"), timeout=10),
+        ]
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as info:
+                call()
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
