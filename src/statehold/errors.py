@@ -1,7 +1,7 @@
 """The one error tree of Statehold.
 
 Every layer raises these; adapters translate them once (gRPC codes in
-``statehold.csi.status``, exit codes in the CLI, conditions in the operator)::
+``statehold.grpcerrors``, exit codes in the CLI, conditions in the operator)::
 
     StateholdError
     ├── NotFound              the named pool, volume, snapshot or backup does not exist
