@@ -2,8 +2,11 @@
 port (docs/design/replication.md §8-§9).
 
 The controller never imports the agent (layers: controller | agent are siblings); the
-process that runs the operator wires an implementation over the agents' gRPC API (mTLS),
-and tests use a recording fake. ``volume`` is always the CSI volume handle
+process that runs the operator wires an implementation over the agents' gRPC API (mTLS:
+``statehold.agent.fleet.AgentFleet``, built by ``statehold operator run --role cluster``),
+and tests use a recording fake. The port's data (:class:`CopyReport`, :class:`CopyTarget`)
+lives in :mod:`statehold.replication.cluster` so that the agent can build it without
+importing the controller; it is re-exported here. ``volume`` is always the CSI volume handle
 (``<pool>/<volume>``, the id of the replicated volume); every copy has the same engine
 volume name, so an agent finds its copy whatever pool it lives in.
 
@@ -26,32 +29,11 @@ Contract of every implementation:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
-ROLES = ("primary", "replica", "seeding", "stale")
+from statehold.replication.cluster import ROLES, CopyReport, CopyTarget
 
-
-@dataclass(frozen=True, slots=True)
-class CopyReport:
-    """One node's copy of a volume, as its agent reports it."""
-
-    node: str
-    pool: str
-    role: str                         # one of ROLES
-    epoch: int
-    point: str | None = None          # newest acknowledged point (e<epoch>-<seq>)
-    point_time: float | None = None   # unix time that point was taken
-    lag_seconds: float | None = None  # the age of that point, when the agent knows it
-    resume_offset: int = 0            # bytes of an interrupted seed already on disk
-
-
-@dataclass(frozen=True, slots=True)
-class CopyTarget:
-    """A replica a primary streams to."""
-
-    node: str
-    pool: str
+__all__ = ["ROLES", "Agents", "CopyReport", "CopyTarget"]
 
 
 class Agents(Protocol):

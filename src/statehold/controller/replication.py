@@ -58,6 +58,7 @@ from statehold.errors import Aborted, NotFound, StateholdError
 from statehold.kube.events import rfc3339
 from statehold.kube.facade import Kube, Obj
 from statehold.kube.kinds import PV, REPLICATED_VOLUME, STORAGE_POOL
+from statehold.replication.cluster import record_of
 from statehold.replication.points import node_label
 
 log = logging.getLogger("statehold.operator.replication")
@@ -67,20 +68,6 @@ Report = CopyReport | Literal["missing", "unreachable"]
 the node is not ready)."""
 COMPONENT = "statehold-operator"
 RETRY = 10.0
-
-
-def record_of(rv: Obj) -> Record:
-    """The decision inputs of a ReplicatedVolume (copies as last recorded)."""
-    spec, st = rv.get("spec") or {}, rv.get("status") or {}
-    copies = tuple(CopyInfo(c["node"], c.get("role", "unknown"), c.get("point"), c.get("pool", ""),
-                            reachable=c.get("state") != "Unreachable")
-                   for c in st.get("copies") or [])
-    return Record(volume=spec["volumeHandle"], epoch=int(st.get("epoch") or 0),
-                  primary=str(st.get("primary") or ""), copies=copies,
-                  replicas=int(spec.get("replicas", 1)), size=int(spec.get("size") or 0),
-                  promote=(spec.get("promote") or {}).get("node"),
-                  move=(spec.get("move") or {}).get("to"),
-                  moving=(st.get("moving") or {}).get("to"))
 
 
 def copy_state_name(c: CopyInfo, record: Record, lag: float | None, rpo: int,

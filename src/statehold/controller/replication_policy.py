@@ -8,6 +8,10 @@ frozen values, no I/O, no clock.
 * :func:`plan_failover` — whether to fail over now: only when the primary's Node is
   NotReady *and* tainted out-of-service, or ``spec.promote`` names a node.
 * :func:`stage_decision` — the stage-time rule table of §9 as a function.
+
+  These three, the record (:class:`Record`, :class:`CopyInfo`) and the outcomes live in
+  :mod:`statehold.replication.cluster`, below the adapters, because the CSI node plugin
+  applies the same table at NodeStage; they are re-exported here.
 * :func:`plan_copies` — what a volume's copies need: new ones placed, a retiring
   primary moved, retiring or surplus copies released once others acknowledged.
 
@@ -20,90 +24,30 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from statehold.errors import InvalidArgument
 from statehold.kube.nodes import NodeHealth
-from statehold.replication.points import parse_point
+from statehold.replication.cluster import (
+    SERVING_ROLES,
+    CopyInfo,
+    Decision,
+    Failover,
+    Move,
+    Record,
+    Refuse,
+    Stage,
+    choose_failover,
+    newest_copy,
+    plan_failover,
+    point_key,
+    primary_state,
+    stage_decision,
+)
 
-SERVING_ROLES = ("primary", "replica")
-"""Roles whose copy holds an acknowledged, consistent image and may serve after a promote."""
-
-
-def point_key(point: str | None) -> tuple[int, int]:
-    """Order of points: ``(epoch, seq)``; no point (or a malformed one) sorts first."""
-    if not point:
-        return (0, 0)
-    try:
-        return parse_point(point)
-    except InvalidArgument:
-        return (0, 0)
-
-
-@dataclass(frozen=True, slots=True)
-class CopyInfo:
-    """One copy of a volume as the controller knows it (from the record and the agents)."""
-
-    node: str
-    role: str = "replica"         # primary | replica | seeding | stale | unknown
-    point: str | None = None      # newest acknowledged point
-    pool: str = ""
-    epoch: int = 0
-    reachable: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """The parts of a ReplicatedVolume the decisions read."""
-
-    volume: str                   # the volume handle
-    epoch: int
-    primary: str
-    copies: tuple[CopyInfo, ...] = ()
-    replicas: int = 1
-    size: int = 0
-    promote: str | None = None    # spec.promote.node
-    move: str | None = None       # spec.move.to
-    moving: str | None = None     # status.moving.to
-
-    def copy_on(self, node: str) -> CopyInfo | None:
-        return next((c for c in self.copies if c.node == node), None)
-
-
-# -- outcomes ------------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class Stage:
-    """Stage the volume on ``node``: it is the primary at the record's epoch."""
-
-    node: str
-
-
-@dataclass(frozen=True, slots=True)
-class Move:
-    """A planned move of the primary from ``source`` to ``to`` first (§9.5)."""
-
-    source: str
-    to: str
-
-
-@dataclass(frozen=True, slots=True)
-class Failover:
-    """Record ``epoch``/``to`` by compare-and-set, then promote the copy on ``to`` (§9.4).
-    ``then_move_to``: the stage was asked on another copy holder, which a planned move
-    from the promoted copy serves afterwards."""
-
-    to: str
-    epoch: int
-    point: str | None = None
-    then_move_to: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Refuse:
-    reason: str                   # CamelCase, for conditions and Events
-    message: str
-
-
-Decision = Stage | Move | Failover | Refuse
+__all__ = [
+    "SERVING_ROLES", "CopyInfo", "CopyPlan", "Decision", "Failover", "Move", "Placement",
+    "PoolRoom", "Record", "Refuse", "Stage", "choose_failover", "deduct", "newest_copy",
+    "place_copies", "plan_copies", "plan_failover", "point_key", "primary_state",
+    "stage_decision",
+]
 
 
 # -- placement -----------------------------------------------------------------------------
@@ -199,109 +143,6 @@ def deduct(pools: Sequence[PoolRoom], placed: Iterable[Placement], size: int) ->
     for p in placed:
         taken[(p.node, p.pool)] = taken.get((p.node, p.pool), 0) + size
     return [replace(p, free=p.free - taken.get((p.node, p.pool), 0)) for p in pools]
-
-
-# -- failover ------------------------------------------------------------------------------
-
-def newest_copy(copies: Iterable[CopyInfo]) -> CopyInfo:
-    """The copy with the newest point; among equals the first node by name."""
-    return max(sorted(copies, key=lambda c: c.node), key=lambda c: point_key(c.point))
-
-
-def choose_failover(copies: Iterable[CopyInfo], *, exclude: str = "",
-                    prefer: str | None = None) -> CopyInfo | Refuse:
-    """The copy to promote: reachable, holding an acknowledged point, not on ``exclude``
-    (the old primary). The newest point by ``(epoch, seq)`` among replicas (ties by node
-    name); a stale copy only when no replica qualifies; a seeding copy never. With
-    ``prefer`` (an explicit promote) that node's copy, if it qualifies at all."""
-    pool = [c for c in copies if c.node != exclude]
-    if prefer is not None:
-        c = next((c for c in pool if c.node == prefer), None)
-        if c is None:
-            return Refuse("NoCopy", f"node {prefer} holds no copy of this volume")
-        if not c.reachable:
-            return Refuse("CopyUnreachable", f"the agent on {prefer} does not answer")
-        if c.role not in ("replica", "stale", "primary") or c.point is None:
-            return Refuse("CopyNotServable", f"the copy on {prefer} is {c.role} and holds no "
-                          "acknowledged point: it cannot be promoted")
-        return c
-    for roles in (("replica",), ("stale",)):
-        fit = [c for c in pool if c.reachable and c.role in roles and c.point is not None]
-        if fit:
-            return newest_copy(fit)
-    return Refuse("NoCopyToPromote", "no reachable copy holds an acknowledged point "
-                  "(seeding copies cannot serve); restore from a backup, or bring a copy "
-                  "holder back")
-
-
-def plan_failover(record: Record, health: Mapping[str, NodeHealth]) -> Failover | Refuse | None:
-    """Fail over now? ``spec.promote`` naming another node than the primary, or the
-    primary's Node NotReady *and* tainted out-of-service (fenced). None: nothing to do;
-    Refuse: a failover is due but no copy qualifies."""
-    if record.promote is not None and record.promote != record.primary:
-        chosen = choose_failover(record.copies, prefer=record.promote)
-    else:
-        h = health.get(record.primary)
-        if h is None or not h.fenced:
-            return None
-        chosen = choose_failover(record.copies, exclude=record.primary)
-    if isinstance(chosen, Refuse):
-        return chosen
-    return Failover(chosen.node, record.epoch + 1, chosen.point)
-
-
-def primary_state(record: Record, health: Mapping[str, NodeHealth]) -> str:
-    """``available``, ``fenced`` (down and declared off) or ``unreachable`` (down, not
-    fenced: it may still be writing)."""
-    h = health.get(record.primary)
-    if h is not None and h.available:
-        return "available"
-    if h is not None and h.fenced:
-        return "fenced"
-    return "unreachable"
-
-
-# -- the stage-time rule table (§9) --------------------------------------------------------
-
-def stage_decision(node: str, record: Record, health: Mapping[str, NodeHealth]) -> Decision:
-    """What staging the volume on ``node`` needs first.
-
-    ============================================  =========================================
-    the copy on ``node``, the primary             decision
-    ============================================  =========================================
-    it is ``status.primary``, no move under way   Stage
-    it is ``status.primary``, moving elsewhere    Refuse (MoveInProgress)
-    replica; primary available                    Move primary -> node
-    replica; primary fenced or promote asked      Failover (newest copy), then Stage on it
-                                                  or Move to ``node``
-    replica; primary down but not fenced          Refuse (PrimaryNotFenced): may be writing
-    seeding or stale                              Refuse (CopyNotServable)
-    none                                          Refuse (NoCopy)
-    ============================================  =========================================
-    """
-    if node == record.primary:
-        if record.moving is not None and record.moving != node:
-            return Refuse("MoveInProgress", f"the primary is moving to {record.moving}; "
-                          f"{node} does not stage it meanwhile")
-        return Stage(node)
-    mine = record.copy_on(node)
-    if mine is None:
-        return Refuse("NoCopy", f"node {node} holds no copy of {record.volume}")
-    if mine.role != "replica" or mine.point is None:
-        return Refuse("CopyNotServable", f"the copy on {node} is {mine.role} and cannot serve "
-                      "until it is resynced")
-    state = primary_state(record, health)
-    if state == "available" and record.promote in (None, record.primary):
-        return Move(record.primary, node)
-    failover = plan_failover(record, health)
-    if failover is None:
-        return Refuse("PrimaryNotFenced", f"the primary's node {record.primary} is not ready "
-                      "but not fenced: it may still be writing. Taint it "
-                      "node.kubernetes.io/out-of-service once it is off, or promote a copy by "
-                      "hand (kubectl statehold volume promote)")
-    if isinstance(failover, Refuse):
-        return failover
-    return replace(failover, then_move_to=None if failover.to == node else node)
 
 
 # -- copies over time (placement, retirement) ----------------------------------------------
