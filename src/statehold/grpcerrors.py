@@ -27,6 +27,9 @@ CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.Temporary, grpc.StatusCode.UNAVAILABLE),
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    # bytes failed a check (a damaged chunk, frame or manifest): not a bug on our side, and
+    # a client must be able to tell it from one (INTERNAL) to resend or report the damage
+    (errors.Corrupt, grpc.StatusCode.DATA_LOSS),
 )
 """Error class -> gRPC code; first match wins, anything else is INTERNAL."""
 
@@ -41,6 +44,7 @@ _ERRORS: dict[grpc.StatusCode, type[errors.StateholdError]] = {
     grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
     grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
     grpc.StatusCode.UNAUTHENTICATED: errors.PermissionDenied,
+    grpc.StatusCode.DATA_LOSS: errors.Corrupt,
     # the peer did not answer in time, or the call was cut: worth retrying
     grpc.StatusCode.DEADLINE_EXCEEDED: errors.Unavailable,
     grpc.StatusCode.CANCELLED: errors.Aborted,

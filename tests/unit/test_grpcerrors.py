@@ -22,16 +22,17 @@ class FailedCall(grpc.RpcError, grpc.Call):  # type: ignore[misc]
 
 @pytest.mark.parametrize("cls", [errors.NotFound, errors.AlreadyExists, errors.InvalidArgument,
                                  errors.OutOfRange, errors.OutOfCapacity, errors.FailedPrecondition,
-                                 errors.Aborted, errors.Unavailable, errors.PermissionDenied])
+                                 errors.Aborted, errors.Unavailable, errors.PermissionDenied,
+                                 errors.Corrupt])
 def test_a_code_comes_back_as_the_error_it_was(cls: type[errors.StateholdError]) -> None:
     code = code_for(cls("x"))
     back = error_from(FailedCall(code, "boom"), "Ping on 10.0.0.2:7443")
     assert type(back) is cls and str(back) == "Ping on 10.0.0.2:7443: boom"
 
 
-def test_unexpected_exceptions_are_internal_with_their_type() -> None:
+def test_unexpected_exceptions_are_internal_with_their_type_and_damage_is_data_loss() -> None:
     assert status_of(KeyError("k")) == (grpc.StatusCode.INTERNAL, "KeyError: 'k'")
-    assert status_of(errors.Corrupt("bad hash")) == (grpc.StatusCode.INTERNAL, "bad hash")
+    assert status_of(errors.Corrupt("bad hash")) == (grpc.StatusCode.DATA_LOSS, "bad hash")
     assert type(error_from(FailedCall(grpc.StatusCode.INTERNAL, "bug"))) is errors.StateholdError
 
 

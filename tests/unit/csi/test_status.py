@@ -23,7 +23,7 @@ from statehold.csi.status import VolumeLocks, code_for, rpc
         (errors.Aborted("x"), grpc.StatusCode.ABORTED),
         (errors.Unavailable("x"), grpc.StatusCode.UNAVAILABLE),
         (errors.Temporary("x", 2.0), grpc.StatusCode.UNAVAILABLE),
-        (errors.Corrupt("x"), grpc.StatusCode.INTERNAL),
+        (errors.Corrupt("x"), grpc.StatusCode.DATA_LOSS),
         (errors.CommandError(["mkfs"], 1, "boom"), grpc.StatusCode.INTERNAL),
         (ValueError("bug"), grpc.StatusCode.INTERNAL),
     ],
