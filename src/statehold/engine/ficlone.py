@@ -4,6 +4,11 @@ The ioctl number is ``_IOW(0x94, 9, int)`` from ``linux/fs.h``: direction write 
 argument size 4 (<< 16), type 0x94 (<< 8), number 9. The destination file descriptor is
 the one the ioctl is issued on; the argument is the source descriptor. Both files must be
 on the same reflink-capable filesystem (XFS with ``reflink=1``, btrfs).
+
+``FICLONERANGE`` is ``_IOW(0x94, 13, struct file_clone_range)``: the argument is
+``{s64 src_fd; u64 src_offset; u64 src_length; u64 dest_offset}`` (32 bytes, << 16). It
+shares one range; offsets and length must be multiples of the filesystem block, except a
+range that ends at the source's end of file.
 """
 
 from __future__ import annotations
@@ -11,11 +16,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import struct
 from pathlib import Path
 
 from statehold.errors import FailedPrecondition, StateholdError
 
 FICLONE = 0x40049409
+FICLONERANGE = 0x4020940D
+_CLONE_RANGE = struct.Struct("=qQQQ")
 
 
 def reflink(src: Path, dst: Path, *, mode: int = 0o600) -> None:
@@ -40,3 +48,15 @@ def reflink(src: Path, dst: Path, *, mode: int = 0o600) -> None:
             os.close(dst_fd)
     finally:
         os.close(src_fd)
+
+
+def reflink_range(src_fd: int, dst_fd: int, offset: int, length: int) -> None:
+    """Share ``length`` bytes at ``offset`` of ``src_fd`` into ``dst_fd`` at the same offset."""
+    arg = _CLONE_RANGE.pack(src_fd, offset, length, offset)
+    try:
+        fcntl.ioctl(dst_fd, FICLONERANGE, arg)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EXDEV):
+            raise FailedPrecondition(
+                "cannot reflink a range: the filesystem does not support FICLONERANGE") from exc
+        raise StateholdError(f"FICLONERANGE of {length} bytes at {offset} failed: {exc}") from exc

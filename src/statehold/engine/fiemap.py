@@ -160,3 +160,43 @@ def file_extents(path: Path, *, sync: bool = True) -> list[Extent]:
         raise Unavailable(f"{path}: FIEMAP failed: {exc.strerror}") from exc
     finally:
         os.close(fd)
+
+
+Raw = tuple[int, int, int, int, int, int]
+"""One ``struct fiemap_extent`` as the kernel filled it: (logical, physical, length,
+reserved, reserved, flags); the reserved words are zero."""
+
+RAW_FLAGS = 5
+RAW_BATCH = 8192
+
+
+def raw_extents(path: Path, *, sync: bool = True) -> list[Raw]:
+    """Every extent of ``path`` as plain tuples: :func:`file_extents` without building an
+    object per extent, for the one caller that maps files while filesystems are frozen (a
+    group snapshot's catch-up: tens of thousands of extents, every millisecond counts).
+    Same errors as :func:`file_extents`."""
+    fd = open_readonly(path)
+    try:
+        out: list[Raw] = []
+        start, flags = 0, FIEMAP_FLAG_SYNC if sync else 0
+        buf = bytearray(_HEADER.size + RAW_BATCH * _EXTENT.size)
+        while True:
+            _HEADER.pack_into(buf, 0, start, FIEMAP_MAX_OFFSET - start, flags, 0, RAW_BATCH, 0)
+            fcntl.ioctl(fd, FS_IOC_FIEMAP, buf, True)
+            mapped = _HEADER.unpack_from(buf, 0)[3]
+            if not mapped:
+                return out
+            out += _RAW.iter_unpack(memoryview(buf)[_HEADER.size:_HEADER.size + mapped * _RAW.size])
+            last = out[-1]
+            if last[RAW_FLAGS] & ExtentFlag.LAST or last[0] + last[2] <= start:
+                return out
+            start, flags = last[0] + last[2], 0
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL):
+            raise FiemapUnsupported(str(path)) from exc
+        raise Unavailable(f"{path}: FIEMAP failed: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+
+
+_RAW = struct.Struct("=QQQQQI12x")  # _EXTENT, all six fields kept

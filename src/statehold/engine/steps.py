@@ -28,10 +28,12 @@ STEPS: dict[str, tuple[str, ...]] = {
     "import_pool": ("import_pool.probed",),
     "delete_snapshot": ("delete_snapshot.intent", "delete_snapshot.unlinked",
                         "delete_snapshot.commit"),
-    # a group snapshot (engine/groups.py): freezing once the freeze keeper was asked to freeze
+    # a group snapshot (engine/groups.py): member_precloned after each mounted member's whole
+    # reflink (before the freeze), freezing once the freeze keeper was asked to freeze
     # every mounted member (side by side), member_frozen once per frozen member after it
     # answered, member_cloned after each member's reflink; the keeper thaws if we die
-    "snapshot_group": ("group.intent", "group.freezing", "group.member_frozen", "group.frozen",
+    "snapshot_group": ("group.intent", "group.member_precloned", "group.freezing",
+                       "group.member_frozen", "group.frozen",
                        "group.member_cloned", "group.cloned", "group.thawed", "group.commit"),
 }
 

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from statehold.engine.node import Node
@@ -21,13 +22,16 @@ def main() -> int:
     home, group, step, occurrence, how, raw = sys.argv[1:7]
     members = [tuple(m) for m in json.loads(raw)]
     seen = 0
+    counting = threading.Lock()  # members are cloned on several threads
 
     def hook(name: str) -> None:
         nonlocal seen
         if name != step:
             return
-        seen += 1
-        if seen == int(occurrence):
+        with counting:
+            seen += 1
+            now = seen
+        if now == int(occurrence):
             if how == "group":
                 # only ever our own group: the test starts us as a session leader
                 assert os.getpgrp() == os.getpid(), "not a process group leader"

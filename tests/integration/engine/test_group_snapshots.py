@@ -323,7 +323,8 @@ def test_a_member_frozen_by_someone_else_fails_the_group_and_thaws_the_rest(env:
 # -- SIGKILL at every step ---------------------------------------------------------------------
 
 def _cases() -> list[tuple[str, int, str]]:
-    counts = {"group.member_frozen": len(MOUNTED), "group.member_cloned": 3}
+    counts = {"group.member_precloned": len(MOUNTED), "group.member_frozen": len(MOUNTED),
+              "group.member_cloned": 3}
     cases = [(step, k, "self") for step in STEPS["snapshot_group"]
              for k in range(1, counts.get(step, 1) + 1)]
     cases += [(step, 1, "group") for step in ("group.frozen", "group.member_cloned",
