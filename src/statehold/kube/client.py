@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+import re
+import time
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import kubernetes
+import kubernetes.stream
 import urllib3
+import websocket
 
 from statehold.errors import (
     Aborted,
     AlreadyExists,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -27,8 +32,16 @@ from statehold.errors import (
 )
 from statehold.kube import selectors
 from statehold.kube.events import build_event, create_or_count
-from statehold.kube.facade import Obj, ObjList, Selector, WatchEvent
-from statehold.kube.kinds import Kind, kind_of
+from statehold.kube.execs import exec_container
+from statehold.kube.facade import (
+    EXEC_OUTPUT_LIMIT,
+    ExecResult,
+    Obj,
+    ObjList,
+    Selector,
+    WatchEvent,
+)
+from statehold.kube.kinds import POD, Kind, kind_of
 
 MERGE_PATCH = "application/merge-patch+json"
 
@@ -55,6 +68,57 @@ def _translated(what: str) -> Iterator[None]:
         raise Unavailable(f"{text} (HTTP {exc.status})") from exc
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         raise Unavailable(f"{what}: {exc}") from exc
+
+
+_HANDSHAKE = re.compile(r"Handshake status (\d{3})")
+STDOUT, STDERR, ERROR = 1, 2, 3  # the channels of the exec stream
+
+
+class _Tail:
+    """An output stream's last characters, however much the command writes."""
+
+    def __init__(self, limit: int = EXEC_OUTPUT_LIMIT) -> None:
+        self.limit, self.text, self.cut = limit, "", 0
+
+    def add(self, data: str) -> None:
+        self.text += data
+        if len(self.text) > 2 * self.limit:
+            self.cut += len(self.text) - self.limit
+            self.text = self.text[-self.limit:]
+
+    def value(self) -> str:
+        extra = max(0, len(self.text) - self.limit)
+        cut = self.cut + extra
+        return f"[{cut} characters cut]" + self.text[extra:] if cut else self.text
+
+
+def _exec_status(raw: str, where: str) -> int:
+    """The exit code from the exec stream's error channel (a metav1.Status)."""
+    if not raw.strip():
+        return 0  # as kubectl: no status is success
+    try:
+        st = json.loads(raw)
+    except ValueError as exc:
+        raise Unavailable(f"{where}: unreadable exec status {raw[:200]!r}") from exc
+    if st.get("status") == "Success":
+        return 0
+    for cause in (st.get("details") or {}).get("causes") or []:
+        if cause.get("reason") == "ExitCode":
+            return int(cause.get("message", "1"))
+    raise FailedPrecondition(f"{where}: {st.get('message') or st.get('reason') or raw[:200]}")
+
+
+def _handshake_error(exc: kubernetes.client.ApiException, where: str) -> StateholdError:
+    text = str(exc.reason or exc)
+    m = _HANDSHAKE.search(text)
+    code = int(m.group(1)) if m else 0
+    if code == 404:
+        return NotFound(f"{where}: {text[:300]}")
+    if code in (401, 403):
+        return PermissionDenied(f"{where}: {text[:300]}")
+    if code == 400:  # the API server refused to reach the container (not running, no host)
+        return FailedPrecondition(f"{where}: {text[:300]}")
+    return Unavailable(f"{where}: {text[:300]}")
 
 
 class ApiKube:
@@ -203,6 +267,52 @@ class ApiKube:
         ev = build_event(involved, type=type, reason=reason, message=message,
                          component=component, now=datetime.now(UTC))
         return create_or_count(self, ev)
+
+    def exec(self, pod: str, namespace: str, command: Sequence[str], *,
+             container: str | None = None, timeout: float = 30.0) -> ExecResult:
+        """Through the API server's exec subresource (a WebSocket to the kubelet), the way
+        ``kubectl exec`` goes. Each call gets its own ApiClient: the client's stream helper
+        swaps the ApiClient's request method while it connects, which would send another
+        thread's request through the WebSocket path."""
+        where = f"exec in pod {namespace}/{pod}"
+        chosen = exec_container(self.get(POD, pod, namespace), container, command, timeout)
+        client = kubernetes.client.ApiClient(self._api.configuration)
+        try:
+            core = kubernetes.client.CoreV1Api(client)
+            try:
+                ws = kubernetes.stream.stream(
+                    core.connect_get_namespaced_pod_exec, pod, namespace, command=list(command),
+                    container=chosen, stderr=True, stdin=False, stdout=True, tty=False,
+                    _preload_content=False, _request_timeout=min(timeout, self._timeout))
+            except kubernetes.client.ApiException as exc:
+                raise _handshake_error(exc, where) from exc
+            return self._drain(ws, time.monotonic() + timeout, where)
+        finally:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    @staticmethod
+    def _drain(ws: Any, deadline: float, where: str) -> ExecResult:
+        out, err = _Tail(), _Tail()
+        try:
+            try:
+                while ws.is_open():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    ws.update(timeout=min(left, 1.0))
+                    out.add(ws.read_channel(STDOUT))
+                    err.add(ws.read_channel(STDERR))
+                out.add(ws.read_channel(STDOUT))
+                err.add(ws.read_channel(STDERR))
+                if ws.is_open():  # still running at the deadline
+                    return ExecResult(None, out.value(), err.value())
+                code = _exec_status(ws.read_channel(ERROR), where)
+            finally:
+                ws.close()
+        except (OSError, websocket.WebSocketException) as exc:
+            raise Unavailable(f"{where}: the stream broke: {exc}") from exc
+        return ExecResult(code, out.value(), err.value())
 
     def close(self) -> None:
         with contextlib.suppress(StateholdError, OSError):

@@ -27,6 +27,13 @@ Contract (held by both implementations and checked by one shared test suite,
   Aborted: list again and watch from the list's version.
 * A rejected object (schema, validation) raises :class:`statehold.errors.InvalidArgument`;
   forbidden raises :class:`PermissionDenied`; an unreachable server :class:`Unavailable`.
+* ``exec`` runs a command (an argument list, no shell) in a container of a running pod,
+  as ``kubectl exec`` does, and waits for it at most ``timeout`` seconds. A missing pod or
+  container raises NotFound; a pod that is not ``Running`` (or a container that is not
+  running) FailedPrecondition, before anything runs. A command that ran returns an
+  :class:`ExecResult` whatever its exit code; one still running at the timeout returns
+  ``exit_code=None`` with the output so far (the API cannot kill it: it may go on in the
+  container). Each stream keeps its last :data:`EXEC_OUTPUT_LIMIT` characters.
 
 Implementations: :class:`statehold.kube.memory.MemoryKube` (in memory, for tests and for
 other areas' tests) and :class:`statehold.kube.client.ApiKube` (the official client, from
@@ -38,7 +45,7 @@ may type against it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -53,6 +60,30 @@ Selector = str | Mapping[str, str] | None
 """A label selector: the API's string form (``"a=b,c in (x,y)"``) or an equality mapping."""
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
+
+EXEC_OUTPUT_LIMIT = 65536
+"""Characters of each output stream an exec keeps (the last ones: errors come last)."""
+
+
+def tail(text: str, limit: int = EXEC_OUTPUT_LIMIT) -> str:
+    """The last ``limit`` characters of text, saying how many were cut."""
+    if len(text) <= limit:
+        return text
+    return f"[{len(text) - limit} characters cut]" + text[-limit:]
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    """What a command run by :meth:`Kube.exec` left: its exit code (None: still running at
+    the timeout) and the (tails of) its output streams."""
+
+    exit_code: int | None
+    stdout: str = ""
+    stderr: str = ""
+
+    @property
+    def timed_out(self) -> bool:
+        return self.exit_code is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,4 +139,10 @@ class Kube(Protocol):
     def record_event(self, involved: Obj, *, type: Literal["Normal", "Warning"], reason: str,
                      message: str, component: str = "statehold") -> Obj:
         """Record a core/v1 Event about involved (in its namespace, else ``default``)."""
+        ...
+
+    def exec(self, pod: str, namespace: str, command: Sequence[str], *,
+             container: str | None = None, timeout: float = 30.0) -> ExecResult:
+        """Run command in the pod's container (default: its first); see the module
+        contract. NotFound, FailedPrecondition, PermissionDenied, Unavailable."""
         ...

@@ -6,6 +6,11 @@ that grow with each write, 409 Conflict (``Aborted``) on stale writes, NotFound 
 AlreadyExists, status subresource separation, finalizers delaying deletion, and an ordered
 watch stream. An optional ``admit(new, old)`` hook returns the object to store or raises
 (InvalidArgument): tests plug in our CRD schemas (defaults, validation, CEL) there.
+
+There is no kubelet: ``exec`` checks the pod as the API server would, then calls the
+callable registered with :meth:`MemoryKube.on_exec` (a test's stand-in for the container,
+e.g. a local subprocess); without one it is Unavailable, as a cluster whose kubelet cannot
+be reached.
 """
 
 from __future__ import annotations
@@ -16,15 +21,16 @@ import itertools
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Literal
 
-from statehold.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
+from statehold.errors import Aborted, AlreadyExists, InvalidArgument, NotFound, Unavailable
 from statehold.kube import selectors
 from statehold.kube.events import build_event, create_or_count, rfc3339
-from statehold.kube.facade import EventType, Obj, ObjList, Selector, WatchEvent
-from statehold.kube.kinds import EVENT, SECRET, Kind, kind_of
+from statehold.kube.execs import ExecCall, ExecHandler, exec_container
+from statehold.kube.facade import EventType, ExecResult, Obj, ObjList, Selector, WatchEvent, tail
+from statehold.kube.kinds import EVENT, POD, SECRET, Kind, kind_of
 from statehold.kube.merge import merge_patch
 
 Key = tuple[Kind, str, str]  # kind, namespace ("" when cluster-scoped), name
@@ -57,6 +63,7 @@ class MemoryKube:
         self._last_rv = 0
         self._cond = threading.Condition()
         self._names = itertools.count(1)
+        self._exec: ExecHandler | None = None
 
     # -- helpers ---------------------------------------------------------------------
     def _key(self, kind: Kind, name: str, namespace: str | None) -> Key:
@@ -273,6 +280,21 @@ class MemoryKube:
                          component=component, now=self._now())
         with self._cond:  # create-or-count is one step for concurrent recorders
             return create_or_count(self, ev)
+
+    def exec(self, pod: str, namespace: str, command: Sequence[str], *,
+             container: str | None = None, timeout: float = 30.0) -> ExecResult:
+        obj = self.get(POD, pod, namespace)
+        chosen = exec_container(obj, container, command, timeout)
+        handler = self._exec
+        if handler is None:
+            raise Unavailable(f"exec in pod {namespace}/{pod}: no kubelet (no exec handler "
+                              "registered with on_exec)")
+        got = handler(ExecCall(namespace, pod, chosen, tuple(command), timeout))
+        return ExecResult(got.exit_code, tail(got.stdout), tail(got.stderr))
+
+    def on_exec(self, handler: ExecHandler | None) -> None:
+        """What runs the commands of :meth:`exec` (None: nothing can, Unavailable)."""
+        self._exec = handler
 
     def current_resource_version(self) -> str:
         """The resourceVersion of the last write (what a list reports, to watch from)."""

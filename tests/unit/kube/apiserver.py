@@ -1,13 +1,18 @@
 """MemoryKube served over HTTP with the Kubernetes REST layout, for clients we did not write
 (kopf, the official client) in tests: discovery (/version, /api, /apis, per-version resource
-lists), get/list/create/replace/merge-patch/delete, the status subresource, and chunked
-watch streams. Errors are Status objects with the API's codes (404, 409 AlreadyExists or
-Conflict, 422 Invalid).
+lists), get/list/create/replace/merge-patch/delete, the status subresource, chunked
+watch streams, and the pods' exec subresource over a WebSocket (the v4.channel.k8s.io
+protocol: channel 1 stdout, 2 stderr, 3 a Status with the exit code), answered by
+MemoryKube's exec. Errors are Status objects with the API's codes (404, 409 AlreadyExists
+or Conflict, 422 Invalid).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +20,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from statehold.errors import Aborted, AlreadyExists, InvalidArgument, NotFound, StateholdError
+from statehold.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    StateholdError,
+)
 from statehold.kube import kinds
 from statehold.kube.kinds import Kind
 from statehold.kube.memory import MemoryKube
@@ -94,6 +106,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.body = self._body()  # always consumed, so the connection stays usable
         try:
             if self.command == "GET" and self._discovery(url.path):
+                return
+            if (self.command == "GET" and url.path.endswith("/exec")
+                    and (self.headers.get("Upgrade") or "").lower() == "websocket"):
+                self._exec(url.path, parse_qs(url.query))
                 return
             route = _route(url.path)
             if route is None:
@@ -239,6 +255,70 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
             pass
+
+    # -- exec over a WebSocket (RFC 6455, server side: unmasked frames) ------------------
+    def _frame(self, opcode: int, payload: bytes) -> None:
+        n = len(payload)
+        head = bytes([0x80 | opcode])
+        if n < 126:
+            head += bytes([n])
+        elif n < 1 << 16:
+            head += bytes([126]) + struct.pack(">H", n)
+        else:
+            head += bytes([127]) + struct.pack(">Q", n)
+        self.wfile.write(head + payload)
+        self.wfile.flush()
+
+    def _exec(self, path: str, query: dict[str, list[str]]) -> None:
+        parts = [p for p in path.split("/") if p]  # api v1 namespaces NS pods NAME exec
+        ns, pod = parts[3], parts[5]
+        if self.tokens is not None:
+            token = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+            rules = self.tokens.get(token) or []
+            if not any("" in r["apiGroups"] and "pods/exec" in r["resources"]
+                       and "create" in r["verbs"] for r in rules):
+                self.denied.append(f"{token}: create core/pods/exec")
+                self._send(403, _status(403, "Forbidden", "create pods/exec"))
+                return
+        try:  # the API server checks the pod before it upgrades the connection
+            self.kube.get(kinds.POD, pod, ns)
+        except NotFound as exc:
+            self._send(404, _status(404, "NotFound", str(exc)))
+            return
+        key = self.headers.get("Sec-WebSocket-Key") or ""
+        accept = base64.b64encode(hashlib.sha1(
+            (key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+        self.send_response(101, "Switching Protocols")
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.send_header("Sec-WebSocket-Protocol", "v4.channel.k8s.io")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            got = self.kube.exec(pod, ns, query.get("command") or [],
+                                 container=(query.get("container") or [None])[-1],
+                                 timeout=3600.0)
+            if got.stdout:
+                self._frame(0x2, bytes([1]) + got.stdout.encode())
+            if got.stderr:
+                self._frame(0x2, bytes([2]) + got.stderr.encode())
+            if got.exit_code == 0:
+                status: dict[str, Any] = {"metadata": {}, "status": "Success"}
+            else:
+                status = {"metadata": {}, "status": "Failure", "reason": "NonZeroExitCode",
+                          "message": f"command terminated with non-zero exit code: "
+                                     f"{got.exit_code}",
+                          "details": {"causes": [{"reason": "ExitCode",
+                                                  "message": str(got.exit_code)}]}}
+        except (FailedPrecondition, NotFound) as exc:
+            status = {"metadata": {}, "status": "Failure", "reason": "InternalError",
+                      "message": str(exc)}
+        try:
+            self._frame(0x2, bytes([3]) + json.dumps(status).encode())
+            self._frame(0x8, struct.pack(">H", 1000))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (its timeout)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 

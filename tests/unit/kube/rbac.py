@@ -5,12 +5,12 @@ a cluster (and an unused grant is visible in ``used``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 from statehold.errors import PermissionDenied
-from statehold.kube.facade import Kube, Obj, ObjList, Selector, WatchEvent
-from statehold.kube.kinds import EVENT, Kind, kind_of
+from statehold.kube.facade import ExecResult, Kube, Obj, ObjList, Selector, WatchEvent
+from statehold.kube.kinds import EVENT, POD, Kind, kind_of
 
 
 def rules_for(docs: list[dict[str, Any]], account: str) -> list[dict[str, Any]]:
@@ -84,3 +84,9 @@ class RbacKube:
             self._check(EVENT, verb)
         return self.inner.record_event(involved, type=type, reason=reason, message=message,
                                        component=component)
+
+    def exec(self, pod: str, namespace: str, command: Sequence[str], *,
+             container: str | None = None, timeout: float = 30.0) -> ExecResult:
+        self._check(POD, "get")            # the pod is read first (is it running?)
+        self._check(POD, "create", "exec")
+        return self.inner.exec(pod, namespace, command, container=container, timeout=timeout)

@@ -6,11 +6,15 @@ Every run is always on; the real-server run uses the session control plane
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from statehold.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
-from statehold.kube.facade import Kube
+from statehold.kube.execs import ExecCall
+from statehold.kube.facade import ExecResult, Kube
 from statehold.kube.kinds import CONFIG_MAP, EVENT, PVC
+from statehold.kube.memory import MemoryKube
 
 
 def cm(ns: str, name: str, data: dict[str, str] | None = None, **labels: str) -> dict:
@@ -217,3 +221,131 @@ def test_replace_status_is_a_compare_and_set_of_the_status_only(
         kube.replace_status(dict(pvc(ns, "nope"), status={"phase": "Lost"},
                                  metadata={"name": "nope", "namespace": ns,
                                            "resourceVersion": read["metadata"]["resourceVersion"]}))
+
+
+# -- exec ---------------------------------------------------------------------------------
+
+def pod(ns: str, name: str, *containers: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
+            "spec": {"automountServiceAccountToken": False, "containers": [
+                {"name": c, "image": "registry.invalid/statehold-contract:1"}
+                for c in containers or ("main",)]}}
+
+
+def create_pod(kube: Kube, obj: dict) -> dict:
+    """Create a pod; on a real server a fresh namespace's ``default`` ServiceAccount may not
+    exist yet (the admission refuses the pod): wait for it to be added, then create."""
+    from statehold.errors import PermissionDenied
+    from statehold.kube.kinds import Kind
+
+    try:
+        return kube.create(obj)
+    except PermissionDenied:
+        ns = obj["metadata"]["namespace"]
+        accounts = Kind("v1", "ServiceAccount", "serviceaccounts", namespaced=True,
+                        status_subresource=False)
+        for ev in kube.watch(accounts, ns, timeout=60):
+            if ev.type == "ADDED" and ev.object["metadata"]["name"] == "default":
+                break
+        return kube.create(obj)
+
+
+def test_exec_in_a_missing_pod_is_not_found(kube_impl: tuple[Kube, str]) -> None:
+    kube, ns = kube_impl
+    with pytest.raises(NotFound):
+        kube.exec("nope", ns, ["true"])
+
+
+def test_exec_in_a_pod_that_is_not_running_is_failed_precondition(
+        kube_impl: tuple[Kube, str]) -> None:
+    from statehold.errors import FailedPrecondition
+
+    kube, ns = kube_impl
+    create_pod(kube, pod(ns, "waiting", "main", "side"))  # no node runs it: Pending
+    with pytest.raises(FailedPrecondition):
+        kube.exec("waiting", ns, ["true"])
+    with pytest.raises(NotFound):  # the container is checked first
+        kube.exec("waiting", ns, ["true"], container="absent")
+
+
+@pytest.fixture(params=["memory", "http"])
+def exec_impl(request: pytest.FixtureRequest) -> Iterator[tuple[Kube, MemoryKube]]:
+    """(the facade under test, the MemoryKube whose on_exec stands in for the kubelet):
+    a real API server needs a kubelet to exec, and the test control plane has none."""
+    memory = MemoryKube()
+    if request.param == "memory":
+        yield memory, memory
+        return
+    import kubernetes
+
+    from statehold.kube.client import ApiKube
+    from tests.unit.kube.apiserver import serve
+
+    with serve(memory) as url:
+        cfg = kubernetes.client.Configuration()
+        cfg.host = url
+        yield ApiKube(kubernetes.client.ApiClient(cfg), request_timeout=10), memory
+
+
+def running_pod(memory: MemoryKube, name: str, *containers: str) -> None:
+    from statehold.kube.kinds import POD
+
+    memory.create(pod("contract", name, *containers))
+    memory.patch_status(POD, name, {"phase": "Running", "containerStatuses": [
+        {"name": c, "state": {"running": {}}} for c in containers or ("main",)]}, "contract")
+
+
+def test_exec_returns_exit_code_and_output_of_the_chosen_container(
+        exec_impl: tuple[Kube, MemoryKube]) -> None:
+    kube, memory = exec_impl
+    running_pod(memory, "db", "postgres", "sidecar")
+    calls: list[ExecCall] = []
+
+    def handler(call: ExecCall) -> ExecResult:
+        calls.append(call)
+        if call.command[0] == "fail":
+            return ExecResult(3, "", "it went wrong\n")
+        return ExecResult(0, f"ran {' '.join(call.command[1:])} in {call.container}\n", "")
+
+    memory.on_exec(handler)
+    got = kube.exec("db", "contract", ["echo", "CHECKPOINT", "ünï"])
+    assert (got.exit_code, got.stdout, got.stderr) == (0, "ran CHECKPOINT ünï in postgres\n", "")
+    assert not got.timed_out
+    bad = kube.exec("db", "contract", ["fail"], container="sidecar")
+    assert (bad.exit_code, bad.stderr) == (3, "it went wrong\n")
+    assert [(c.pod, c.container, c.command) for c in calls] == [
+        ("db", "postgres", ("echo", "CHECKPOINT", "ünï")), ("db", "sidecar", ("fail",))]
+
+
+def test_exec_keeps_the_tail_of_a_long_output(exec_impl: tuple[Kube, MemoryKube]) -> None:
+    from statehold.kube.facade import EXEC_OUTPUT_LIMIT
+
+    kube, memory = exec_impl
+    running_pod(memory, "chatty")
+    memory.on_exec(lambda call: ExecResult(0, "x" * (3 * EXEC_OUTPUT_LIMIT) + "THE END", ""))
+    got = kube.exec("chatty", "contract", ["talk"])
+    assert got.stdout.endswith("x" * 100 + "THE END")
+    assert got.stdout.startswith("[") and len(got.stdout) < EXEC_OUTPUT_LIMIT + 100
+
+
+def test_exec_still_running_at_the_timeout_returns_no_exit_code(
+        exec_impl: tuple[Kube, MemoryKube]) -> None:
+    import threading
+
+    kube, memory = exec_impl
+    running_pod(memory, "slow")
+    release = threading.Event()
+
+    def handler(call: ExecCall) -> ExecResult:
+        # the memory facade hands the timeout to the container's stand-in, which keeps it;
+        # over HTTP the client gives up on its own while this still blocks
+        if not release.wait(call.timeout):
+            return ExecResult(None, "partial\n", "")
+        return ExecResult(0, "", "")
+
+    memory.on_exec(handler)
+    try:
+        got = kube.exec("slow", "contract", ["sleep", "forever"], timeout=0.5)
+    finally:
+        release.set()
+    assert got.timed_out and got.exit_code is None
