@@ -4,6 +4,10 @@ gRPC errors never leave this module: a failed call raises the Statehold error it
 stands for (``statehold.grpcerrors.error_from``), with the peer's address in the message.
 Keepalive pings notice a dead peer or a cut link within seconds even in the middle of a
 stream (both ends are configured for it in ``statehold.agent.limits``).
+
+With ``server_name`` (a node name) the TLS handshake checks the server's certificate
+against that name (its DNS SAN) rather than the address dialled: the peer must be *that*
+node's agent, whatever address it was found at.
 """
 
 from __future__ import annotations
@@ -30,11 +34,15 @@ def _view(r: pb.CopyStatusReply) -> CopyView:
 
 
 class AgentClient:
-    def __init__(self, address: str, bundle: pki.Bundle, *, timeout: float = 30.0) -> None:
+    def __init__(self, address: str, bundle: pki.Bundle, *, timeout: float = 30.0,
+                 server_name: str | None = None) -> None:
         self.address = address
         self.timeout = timeout
+        options: list[tuple[str, int | str]] = [*CLIENT_OPTIONS]
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
         self._channel = grpc.secure_channel(address, pki.channel_credentials(bundle),
-                                            options=CLIENT_OPTIONS)
+                                            options=options)
         self._stub: Any = agent_pb2_grpc.AgentStub(self._channel)  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
@@ -58,8 +66,11 @@ class AgentClient:
         reply: pb.PingReply = self._call("Ping", pb.PingRequest())
         return reply
 
-    def copy_status(self, volume: VolumeRef) -> pb.CopyStatusReply:
-        reply: pb.CopyStatusReply = self._call("CopyStatus", pb.CopyStatusRequest(volume=str(volume)))
+    def copy_status(self, volume: VolumeRef, *, any_pool: bool = False) -> pb.CopyStatusReply:
+        """The copy's state; ``any_pool``: wherever this node holds the volume's name (the
+        reply's ``volume`` says which pool)."""
+        reply: pb.CopyStatusReply = self._call(
+            "CopyStatus", pb.CopyStatusRequest(volume=str(volume), any_pool=any_pool))
         return reply
 
     def state(self, volume: VolumeRef) -> tuple[CopyView | None, tuple[int, ...]]:
@@ -94,10 +105,13 @@ class AgentClient:
             raise error_from(exc, f"Replicate on {self.address}") from exc
         return Applied(point=ack.point, epoch=ack.epoch, bytes=ack.bytes)
 
-    def sync(self, volume: VolumeRef, *, timeout: float | None = None) -> list[pb.ReplicaStatus]:
-        """Replicate ``volume`` to each replica now (no deadline unless ``timeout``)."""
+    def sync(self, volume: VolumeRef, *, to: str = "",
+             timeout: float | None = None) -> list[pb.ReplicaStatus]:
+        """Replicate ``volume`` to each replica now (no deadline unless ``timeout``).
+        ``to``: a planned move's final sync (Aborted while the volume is in use there,
+        FailedPrecondition unless ``to`` acknowledged the new point)."""
         try:
-            reply = self._stub.Sync(pb.SyncRequest(volume=str(volume)), timeout=timeout)
+            reply = self._stub.Sync(pb.SyncRequest(volume=str(volume), to=to), timeout=timeout)
         except grpc.RpcError as exc:
             raise error_from(exc, f"Sync on {self.address}") from exc
         return list(reply.replicas)
@@ -113,3 +127,7 @@ class AgentClient:
     def set_replicas(self, volume: VolumeRef, replicas: list[Peer]) -> None:
         peers = [pb.Peer(node=p.node, address=p.address, pool=p.pool) for p in replicas]
         self._call("SetReplicas", pb.SetReplicasRequest(volume=str(volume), replicas=peers))
+
+    def release(self, volume: VolumeRef) -> None:
+        """Delete the peer's copy (a copy already gone is fine)."""
+        self._call("Release", pb.ReleaseRequest(volume=str(volume)))

@@ -2,7 +2,7 @@
 
 The agent is a transport: it never looks inside a replication frame. :class:`Copies` is
 its one port to ``statehold.replication`` (the Sender, Receiver and roles over this node's
-pools); ``statehold.agent.replication_copies`` implements it, tests use an in-memory one.
+pools); ``statehold.agent.engine_copies`` implements it, tests use an in-memory one.
 Frames cross the port *encoded* (``bytes``): decoding happens in the worker thread that
 applies them, encoding in the iterator gRPC pulls from.
 
@@ -20,6 +20,11 @@ Contract of every implementation:
   another replica), or to the resumed seed's point; lazily, so a slow peer backpressures
   the reads.
 * ``promote``/``demote`` refuse (FailedPrecondition) an epoch older than the copy's.
+* ``locate`` finds the copy of a volume name in whichever pool of this node holds it
+  (copies of one volume share the engine name; pools are named per node).
+* ``in_use``: the engine volume is attached or mounted here (a workload may write to it).
+* ``release`` deletes the copy (point snapshots, replication state, engine volume); a copy
+  already gone is a success; FailedPrecondition while it is in use or still primary.
 * Errors are :mod:`statehold.errors`: NotFound (no such pool or volume), FailedPrecondition
   (fenced epoch, wrong role), Corrupt (a checksum failed), Aborted (cut stream).
 """
@@ -63,6 +68,7 @@ class CopyView:
     resume_offset: int = 0    # bytes of an interrupted seed already persisted
     state: str = ""           # the core's whole state, JSON (replication.md §5.2): what a
                               # primary plans its next stream from
+    point_time: float = 0.0   # unix time this copy's point snapshot was made (0: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,3 +120,11 @@ class Copies(Protocol):
     def promote(self, volume: VolumeRef, epoch: int) -> CopyView: ...
 
     def demote(self, volume: VolumeRef, epoch: int) -> CopyView: ...
+
+    def locate(self, volume: VolumeRef) -> VolumeRef:
+        """NotFound when no pool of this node holds the name."""
+        ...
+
+    def in_use(self, volume: VolumeRef) -> bool: ...
+
+    def release(self, volume: VolumeRef) -> None: ...

@@ -10,7 +10,9 @@ core's own JSON (replication.md §5.2) and is parsed back into a ``CopyState`` f
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 from collections.abc import Iterable, Iterator
 from itertools import chain
 
@@ -18,11 +20,13 @@ from statehold.agent.copies import Applied, CopyView, Outgoing, VolumeRef, Volum
 from statehold.engine.node import Node
 from statehold.engine.pool import Pool
 from statehold.engine.types import FsType, VolumeMode
-from statehold.errors import Corrupt, InvalidArgument
+from statehold.errors import Corrupt, FailedPrecondition, InvalidArgument, NotFound
 from statehold.replication import Receiver, Sender, StreamHeader, decode, encode, roles
 from statehold.replication.points import parse_point, snapshot_name
-from statehold.replication.state import CopyState
+from statehold.replication.state import CopyState, Role, StateStore
 from statehold.replication.wire import VERSION
+
+log = logging.getLogger("statehold.agent")
 
 
 def view_of(state: CopyState) -> CopyView:
@@ -56,7 +60,61 @@ class EngineCopies:
     def state(self, volume: VolumeRef) -> CopyView:
         pool = self._pool(volume)
         pool.get_volume(volume.name)  # NotFound: no copy on this node
-        return view_of(self._receiver(pool, volume).state())
+        view = view_of(self._receiver(pool, volume).state())
+        if not view.point:
+            return view
+        try:
+            made = pool.get_snapshot(snapshot_name(volume.name, view.point)).created_at
+        except NotFound:  # a listed point whose snapshot a crash took away: no time known
+            return view
+        return dataclasses.replace(view, point_time=made)
+
+    def locate(self, volume: VolumeRef) -> VolumeRef:
+        """The named pool if it holds the volume; else the one pool holding that name with
+        replication state (or, lacking state anywhere, the one pool holding it)."""
+        self.node.refresh()
+        holders, tracked = [], []
+        for pool in self.node.pools():
+            try:
+                pool.get_volume(volume.name)
+            except NotFound:
+                continue
+            if pool.name == volume.pool:
+                return volume
+            holders.append(pool.name)
+            if StateStore(pool.meta_dir).exists(volume.name):
+                tracked.append(pool.name)
+        found = tracked or holders
+        if not found:
+            raise NotFound(f"no pool of this node holds volume {volume.name!r}")
+        if len(found) > 1:
+            raise FailedPrecondition(f"pools {', '.join(sorted(found))} of this node all hold a "
+                                     f"volume {volume.name!r}; name the pool")
+        return VolumeRef(found[0], volume.name)
+
+    def in_use(self, volume: VolumeRef) -> bool:
+        vol = self._pool(volume).get_volume(volume.name)
+        return vol.device is not None or bool(vol.mounts)
+
+    def release(self, volume: VolumeRef) -> None:
+        """Point snapshots, work file and state first (the core's release), then the engine
+        volume: a crash in between leaves a volume without state, which a retry deletes."""
+        pool = self._pool(volume)
+        try:
+            vol = pool.get_volume(volume.name)
+        except NotFound:
+            vol = None
+        if vol is not None:
+            if vol.device is not None or vol.mounts:
+                raise FailedPrecondition(f"the copy {volume} is in use on this node (attached or "
+                                         "mounted); it is not released")
+            if roles.copy_state(pool, volume.name).role is Role.PRIMARY:
+                raise FailedPrecondition(f"the copy {volume} is the primary; demote it before "
+                                         "releasing it")
+        roles.release(pool, volume.name)
+        if vol is not None:
+            pool.delete_volume(volume.name)
+        log.info("copy released volume=%s", volume)
 
     def spec(self, volume: VolumeRef) -> VolumeSpec:
         v = self._pool(volume).get_volume(volume.name)

@@ -12,6 +12,9 @@ checks the server against). Its subject OU is the *role* (``node``, or ``control
 the operator's client certificate); the agent admits only roles it knows.
 
 Pure functions on PEM bytes; the only I/O is :func:`write_node_files`/:func:`load_bundle`.
+:class:`Issuer` offers the same operations on plain bytes to the operator, which keeps the
+CA in a Secret (``statehold.controller.agent_certs``, replication.md §8.4) and cannot
+import this module.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -179,6 +183,51 @@ def identify(peer_pem: bytes, ca_pem: bytes, *, now: datetime.datetime | None = 
     if len(names) != 1 or len(roles) != 1 or roles[0] not in ROLES:
         raise PermissionDenied("peer certificate carries no Statehold node or controller identity")
     return Identity(str(names[0]), next(r for r in ROLES if r == roles[0]))
+
+
+@dataclass(frozen=True, slots=True)
+class CertFacts:
+    """What the operator checks of an issued certificate before it issues a new one."""
+
+    name: str
+    ips: tuple[str, ...]
+    not_after: datetime.datetime
+
+
+def facts(pem: bytes) -> CertFacts:
+    """The common name, IP SANs and end of validity of a certificate."""
+    cert = load_cert(pem)
+    names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        ips = tuple(sorted(str(ip) for ip in sans.get_values_for_type(x509.IPAddress)))
+    except x509.ExtensionNotFound:
+        ips = ()
+    return CertFacts(names[0] if names else "", ips, cert.not_valid_after_utc)
+
+
+class Issuer:
+    """The cluster CA's operations on PEM bytes, for the operator's Secret handling."""
+
+    def new_ca(self) -> tuple[bytes, bytes]:
+        """A new cluster CA: (certificate, key)."""
+        ca = create_ca()
+        return ca.cert, ca.key
+
+    def issue(self, ca_cert: bytes, ca_key: bytes, name: str, ips: Sequence[str],
+              role: str) -> tuple[bytes, bytes]:
+        """A certificate for ``name`` (a node, or the operator with role ``controller``):
+        (certificate, key)."""
+        which = next((r for r in ROLES if r == role), None)
+        if which is None:
+            raise InvalidArgument(f"role {role!r} is not one of {ROLES}")
+        pair = issue(KeyPair(ca_cert, ca_key), name, ips=tuple(ips), role=which)
+        return pair.cert, pair.key
+
+    def describe(self, cert: bytes) -> tuple[tuple[str, ...], datetime.datetime]:
+        """(IP SANs, end of validity) of a certificate."""
+        f = facts(cert)
+        return f.ips, f.not_after
 
 
 def server_credentials(bundle: Bundle) -> grpc.ServerCredentials:

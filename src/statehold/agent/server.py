@@ -89,11 +89,14 @@ class AgentServer:
         self._metrics: Any = None
 
     def _connect(self, peer: Peer) -> AgentClient:
-        """One channel per peer address, reused across cycles (gRPC reconnects by itself)."""
+        """One channel per peer, reused across cycles (gRPC reconnects by itself). The
+        peer's certificate must name the peer's node, whatever address it is dialled at."""
+        key = f"{peer.node}@{peer.address}"
         with self._clients_lock:
-            client = self._clients.get(peer.address)
+            client = self._clients.get(key)
             if client is None:
-                client = self._clients[peer.address] = AgentClient(peer.address, self.config.bundle)
+                client = self._clients[key] = AgentClient(peer.address, self.config.bundle,
+                                                          server_name=peer.node)
             return client
 
     def start(self, *, replicate: bool = True) -> None:

@@ -32,7 +32,7 @@ from statehold.agent.gen import agent_pb2 as pb
 from statehold.agent.gen import agent_pb2_grpc
 from statehold.agent.pause import NO_PAUSE, Pauser
 from statehold.agent.replicator import ReplicaReport
-from statehold.errors import Aborted, InvalidArgument, Unavailable
+from statehold.errors import Aborted, FailedPrecondition, InvalidArgument, Unavailable
 from statehold.grpcerrors import status_of
 
 log = logging.getLogger("statehold.agent")
@@ -86,11 +86,14 @@ class Streams:
 
 
 def _copy_reply(volume: VolumeRef, view: CopyView, replicas: list[ReplicaReport],
-                versions: tuple[int, ...]) -> pb.CopyStatusReply:
-    return pb.CopyStatusReply(
+                versions: tuple[int, ...], spec: VolumeSpec | None = None) -> pb.CopyStatusReply:
+    reply = pb.CopyStatusReply(
         volume=str(volume), role=view.role, epoch=view.epoch, point=view.point,
         resume_offset=view.resume_offset, state=view.state, wire_versions=versions,
-        replicas=[_replica(r) for r in replicas])
+        replicas=[_replica(r) for r in replicas], point_time=view.point_time)
+    if spec is not None:
+        reply.size, reply.mode, reply.fs = spec.size, spec.mode, spec.fs
+    return reply
 
 
 def _replica(r: ReplicaReport) -> pb.ReplicaStatus:
@@ -127,8 +130,11 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
     @answer
     def CopyStatus(self, request: pb.CopyStatusRequest, context: grpc.ServicerContext) -> pb.CopyStatusReply:
         volume = VolumeRef.parse(request.volume)
-        return _copy_reply(volume, self.copies.state(volume), self.replicas(volume),
-                           self.copies.wire_versions)
+        if request.any_pool:
+            volume = self.copies.locate(volume)
+        view = self.copies.state(volume)
+        return _copy_reply(volume, view, self.replicas(volume), self.copies.wire_versions,
+                           self.copies.spec(volume))
 
     @answer
     def CreateCopy(self, request: pb.CreateCopyRequest, context: grpc.ServicerContext) -> pb.CopyStatusReply:
@@ -141,7 +147,20 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
     @answer
     def Sync(self, request: pb.SyncRequest, context: grpc.ServicerContext) -> pb.SyncReply:
         volume = VolumeRef.parse(request.volume)
-        return pb.SyncReply(replicas=[_replica(r) for r in self.sync(volume)])
+        if request.to and self.copies.in_use(volume):
+            # a planned move's final point must hold every write: not while a workload may
+            # still write (the record's `moving` keeps the volume from being staged again)
+            raise Aborted(f"{volume} is still attached or mounted on {self.node}; the final "
+                          "sync waits until it is unstaged")
+        reports = self.sync(volume)
+        if request.to:
+            target = next((r for r in reports if r.node == request.to), None)
+            if target is None:
+                raise FailedPrecondition(f"{request.to} is not a replica of {volume} on {self.node}")
+            if target.last_error or not target.point:
+                raise FailedPrecondition(f"final sync of {volume} to {request.to} failed: "
+                                         f"{target.last_error or 'no point acknowledged'}")
+        return pb.SyncReply(replicas=[_replica(r) for r in reports])
 
     @answer
     def Promote(self, request: pb.RoleRequest, context: grpc.ServicerContext) -> pb.RoleReply:
@@ -166,6 +185,13 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             raise InvalidArgument(f"{self.node} cannot be a replica of its own volume")
         self.book.set(volume, peers)
         return pb.SetReplicasReply()
+
+    @answer
+    def Release(self, request: pb.ReleaseRequest, context: grpc.ServicerContext) -> pb.ReleaseReply:
+        volume = VolumeRef.parse(request.volume)
+        self.copies.release(volume)
+        self.book.set(volume, ())  # a released copy streams to nobody
+        return pb.ReleaseReply()
 
     @answer
     def Replicate(self, request_iterator: Iterator[pb.Frame], context: grpc.ServicerContext) -> pb.Ack:

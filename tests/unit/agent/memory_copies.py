@@ -38,6 +38,7 @@ class MemoryCopies:
         self.applying = threading.Event()   # set when apply has started
         self._points = 0
         self._lock = threading.Lock()
+        self.in_use_volumes: set[VolumeRef] = set()
 
     def add(self, volume: str, role: str, data: bytes = b"", epoch: int = 1) -> VolumeRef:
         ref = VolumeRef.parse(volume)
@@ -122,3 +123,26 @@ class MemoryCopies:
             raise FailedPrecondition(f"epoch {epoch} is older than {c.epoch}")
         c.role, c.epoch = "replica", epoch
         return self.state(volume)
+
+    # the copy's place and life (the controller's calls through the agent)
+    def locate(self, volume: VolumeRef) -> VolumeRef:
+        if volume in self.copies:
+            return volume
+        found = [v for v in self.copies if v.name == volume.name]
+        if not found:
+            raise NotFound(f"no copy of {volume.name} on this node")
+        if len(found) > 1:
+            raise FailedPrecondition(f"several pools hold {volume.name}")
+        return found[0]
+
+    def in_use(self, volume: VolumeRef) -> bool:
+        self._copy(volume)
+        return volume in self.in_use_volumes
+
+    def release(self, volume: VolumeRef) -> None:
+        c = self.copies.get(volume)
+        if c is None:
+            return
+        if volume in self.in_use_volumes or c.role == "primary":
+            raise FailedPrecondition(f"{volume} is in use or primary")
+        del self.copies[volume]

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x61gent.proto\x12\x12statehold.agent.v1\"\r\n\x0bPingRequest\"Q\n\tPingReply\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\x12\x15\n\rwire_versions\x18\x04 \x03(\r\"%\n\x05\x46rame\x12\x0e\n\x06volume\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"B\n\x03\x41\x63k\x12\x0e\n\x06volume\x18\x01 \x01(\t\x12\r\n\x05point\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\r\n\x05\x62ytes\x18\x04 \x01(\x04\"#\n\x11\x43opyStatusRequest\x12\x0e\n\x06volume\x18\x01 \x01(\t\"\xa1\x01\n\rReplicaStatus\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04pool\x18\x08 \x01(\t\x12\r\n\x05point\x18\x03 \x01(\t\x12\x17\n\x0f\x61\x63knowledged_at\x18\x04 \x01(\x01\x12\x13\n\x0blag_seconds\x18\x05 \x01(\x01\x12\x12\n\nsent_bytes\x18\x06 \x01(\x04\x12\x12\n\nlast_error\x18\x07 \x01(\t\"\xbf\x01\n\x0f\x43opyStatusReply\x12\x0e\n\x06volume\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\r\n\x05point\x18\x04 \x01(\t\x12\x15\n\rresume_offset\x18\x05 \x01(\x04\x12\r\n\x05state\x18\x06 \x01(\t\x12\x33\n\x08replicas\x18\x07 \x03(\x0b\x32!.statehold.agent.v1.ReplicaStatus\x12\x15\n\rwire_versions\x18\x08 \x03(\r\"K\n\x11\x43reateCopyRequest\x12\x0e\n\x06volume\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\n\n\x02\x66s\x18\x04 \x01(\t\"\x1d\n\x0bSyncRequest\x12\x0e\n\x06volume\x18\x01 \x01(\t\"@\n\tSyncReply\x12\x33\n\x08replicas\x18\x01 \x03(\x0b\x32!.statehold.agent.v1.ReplicaStatus\",\n\x0bRoleRequest\x12\x0e\n\x06volume\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"8\n\tRoleReply\x12\x0e\n\x06volume\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\"3\n\x04Peer\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04pool\x18\x03 \x01(\t\"P\n\x12SetReplicasRequest\x12\x0e\n\x06volume\x18\x01 \x01(\t\x12*\n\x08replicas\x18\x02 \x03(\x0b\x32\x18.statehold.agent.v1.Peer\"\x12\n\x10SetReplicasReply2\x80\x05\n\x05\x41gent\x12\x46\n\x04Ping\x12\x1f.statehold.agent.v1.PingRequest\x1a\x1d.statehold.agent.v1.PingReply\x12\x41\n\tReplicate\x12\x19.statehold.agent.v1.Frame\x1a\x17.statehold.agent.v1.Ack(\x01\x12X\n\nCopyStatus\x12%.statehold.agent.v1.CopyStatusRequest\x1a#.statehold.agent.v1.CopyStatusReply\x12X\n\nCreateCopy\x12%.statehold.agent.v1.CreateCopyRequest\x1a#.statehold.agent.v1.CopyStatusReply\x12\x46\n\x04Sync\x12\x1f.statehold.agent.v1.SyncRequest\x1a\x1d.statehold.agent.v1.SyncReply\x12I\n\x07Promote\x12\x1f.statehold.agent.v1.RoleRequest\x1a\x1d.statehold.agent.v1.RoleReply\x12H\n\x06\x44\x65mote\x12\x1f.statehold.agent.v1.RoleRequest\x1a\x1d.statehold.agent.v1.RoleReply\x12[\n\x0bSetReplicas\x12&.statehold.agent.v1.SetReplicasRequest\x1a$.statehold.agent.v1.SetReplicasReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x61gent.proto\x12\x12statehold.agent.v1\"\r\n\x0bPingRequest\"Q\n\tPingReply\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\x12\x15\n\rwire_versions\x18\x04 \x03(\r\"%\n\x05\x46rame\x12\x0e\n\x06volume\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"B\n\x03\x41\x63k\x12\x0e\n\x06volume\x18\x01 \x01(\t\x12\r\n\x05point\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\r\n\x05\x62ytes\x18\x04 \x01(\x04\"5\n\x11\x43opyStatusRequest\x12\x0e\n\x06volume\x18\x01 \x01(\t\x12\x10\n\x08\x61ny_pool\x18\x02 \x01(\x08\"\xa1\x01\n\rReplicaStatus\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04pool\x18\x08 \x01(\t\x12\r\n\x05point\x18\x03 \x01(\t\x12\x17\n\x0f\x61\x63knowledged_at\x18\x04 \x01(\x01\x12\x13\n\x0blag_seconds\x18\x05 \x01(\x01\x12\x12\n\nsent_bytes\x18\x06 \x01(\x04\x12\x12\n\nlast_error\x18\x07 \x01(\t\"\xfb\x01\n\x0f\x43opyStatusReply\x12\x0e\n\x06volume\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\r\n\x05point\x18\x04 \x01(\t\x12\x15\n\rresume_offset\x18\x05 \x01(\x04\x12\r\n\x05state\x18\x06 \x01(\t\x12\x33\n\x08replicas\x18\x07 \x03(\x0b\x32!.statehold.agent.v1.ReplicaStatus\x12\x15\n\rwire_versions\x18\x08 \x03(\r\x12\x0c\n\x04size\x18\t \x01(\x04\x12\x0c\n\x04mode\x18\n \x01(\t\x12\n\n\x02\x66s\x18\x0b \x01(\t\x12\x12\n\npoint_time\x18\x0c \x01(\x01\"K\n\x11\x43reateCopyRequest\x12\x0e\n\x06volume\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\n\n\x02\x66s\x18\x04 \x01(\t\")\n\x0bSyncRequest\x12\x0e\n\x06volume\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\"@\n\tSyncReply\x12\x33\n\x08replicas\x18\x01 \x03(\x0b\x32!.statehold.agent.v1.ReplicaStatus\",\n\x0bRoleRequest\x12\x0e\n\x06volume\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"8\n\tRoleReply\x12\x0e\n\x06volume\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\"3\n\x04Peer\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04pool\x18\x03 \x01(\t\"P\n\x12SetReplicasRequest\x12\x0e\n\x06volume\x18\x01 \x01(\t\x12*\n\x08replicas\x18\x02 \x03(\x0b\x32\x18.statehold.agent.v1.Peer\"\x12\n\x10SetReplicasReply\" \n\x0eReleaseRequest\x12\x0e\n\x06volume\x18\x01 \x01(\t\"\x0e\n\x0cReleaseReply2\xd1\x05\n\x05\x41gent\x12\x46\n\x04Ping\x12\x1f.statehold.agent.v1.PingRequest\x1a\x1d.statehold.agent.v1.PingReply\x12\x41\n\tReplicate\x12\x19.statehold.agent.v1.Frame\x1a\x17.statehold.agent.v1.Ack(\x01\x12X\n\nCopyStatus\x12%.statehold.agent.v1.CopyStatusRequest\x1a#.statehold.agent.v1.CopyStatusReply\x12X\n\nCreateCopy\x12%.statehold.agent.v1.CreateCopyRequest\x1a#.statehold.agent.v1.CopyStatusReply\x12\x46\n\x04Sync\x12\x1f.statehold.agent.v1.SyncRequest\x1a\x1d.statehold.agent.v1.SyncReply\x12I\n\x07Promote\x12\x1f.statehold.agent.v1.RoleRequest\x1a\x1d.statehold.agent.v1.RoleReply\x12H\n\x06\x44\x65mote\x12\x1f.statehold.agent.v1.RoleRequest\x1a\x1d.statehold.agent.v1.RoleReply\x12[\n\x0bSetReplicas\x12&.statehold.agent.v1.SetReplicasRequest\x1a$.statehold.agent.v1.SetReplicasReply\x12O\n\x07Release\x12\".statehold.agent.v1.ReleaseRequest\x1a .statehold.agent.v1.ReleaseReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,27 +40,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACK']._serialized_start=172
   _globals['_ACK']._serialized_end=238
   _globals['_COPYSTATUSREQUEST']._serialized_start=240
-  _globals['_COPYSTATUSREQUEST']._serialized_end=275
-  _globals['_REPLICASTATUS']._serialized_start=278
-  _globals['_REPLICASTATUS']._serialized_end=439
-  _globals['_COPYSTATUSREPLY']._serialized_start=442
-  _globals['_COPYSTATUSREPLY']._serialized_end=633
-  _globals['_CREATECOPYREQUEST']._serialized_start=635
-  _globals['_CREATECOPYREQUEST']._serialized_end=710
-  _globals['_SYNCREQUEST']._serialized_start=712
-  _globals['_SYNCREQUEST']._serialized_end=741
-  _globals['_SYNCREPLY']._serialized_start=743
-  _globals['_SYNCREPLY']._serialized_end=807
-  _globals['_ROLEREQUEST']._serialized_start=809
-  _globals['_ROLEREQUEST']._serialized_end=853
-  _globals['_ROLEREPLY']._serialized_start=855
-  _globals['_ROLEREPLY']._serialized_end=911
-  _globals['_PEER']._serialized_start=913
-  _globals['_PEER']._serialized_end=964
-  _globals['_SETREPLICASREQUEST']._serialized_start=966
-  _globals['_SETREPLICASREQUEST']._serialized_end=1046
-  _globals['_SETREPLICASREPLY']._serialized_start=1048
-  _globals['_SETREPLICASREPLY']._serialized_end=1066
-  _globals['_AGENT']._serialized_start=1069
-  _globals['_AGENT']._serialized_end=1709
+  _globals['_COPYSTATUSREQUEST']._serialized_end=293
+  _globals['_REPLICASTATUS']._serialized_start=296
+  _globals['_REPLICASTATUS']._serialized_end=457
+  _globals['_COPYSTATUSREPLY']._serialized_start=460
+  _globals['_COPYSTATUSREPLY']._serialized_end=711
+  _globals['_CREATECOPYREQUEST']._serialized_start=713
+  _globals['_CREATECOPYREQUEST']._serialized_end=788
+  _globals['_SYNCREQUEST']._serialized_start=790
+  _globals['_SYNCREQUEST']._serialized_end=831
+  _globals['_SYNCREPLY']._serialized_start=833
+  _globals['_SYNCREPLY']._serialized_end=897
+  _globals['_ROLEREQUEST']._serialized_start=899
+  _globals['_ROLEREQUEST']._serialized_end=943
+  _globals['_ROLEREPLY']._serialized_start=945
+  _globals['_ROLEREPLY']._serialized_end=1001
+  _globals['_PEER']._serialized_start=1003
+  _globals['_PEER']._serialized_end=1054
+  _globals['_SETREPLICASREQUEST']._serialized_start=1056
+  _globals['_SETREPLICASREQUEST']._serialized_end=1136
+  _globals['_SETREPLICASREPLY']._serialized_start=1138
+  _globals['_SETREPLICASREPLY']._serialized_end=1156
+  _globals['_RELEASEREQUEST']._serialized_start=1158
+  _globals['_RELEASEREQUEST']._serialized_end=1190
+  _globals['_RELEASEREPLY']._serialized_start=1192
+  _globals['_RELEASEREPLY']._serialized_end=1206
+  _globals['_AGENT']._serialized_start=1209
+  _globals['_AGENT']._serialized_end=1930
 # @@protoc_insertion_point(module_scope)

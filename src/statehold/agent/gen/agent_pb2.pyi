@@ -43,10 +43,12 @@ class Ack(_message.Message):
     def __init__(self, volume: _Optional[str] = ..., point: _Optional[str] = ..., epoch: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class CopyStatusRequest(_message.Message):
-    __slots__ = ("volume",)
+    __slots__ = ("volume", "any_pool")
     VOLUME_FIELD_NUMBER: _ClassVar[int]
+    ANY_POOL_FIELD_NUMBER: _ClassVar[int]
     volume: str
-    def __init__(self, volume: _Optional[str] = ...) -> None: ...
+    any_pool: bool
+    def __init__(self, volume: _Optional[str] = ..., any_pool: _Optional[bool] = ...) -> None: ...
 
 class ReplicaStatus(_message.Message):
     __slots__ = ("node", "address", "pool", "point", "acknowledged_at", "lag_seconds", "sent_bytes", "last_error")
@@ -69,7 +71,7 @@ class ReplicaStatus(_message.Message):
     def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., pool: _Optional[str] = ..., point: _Optional[str] = ..., acknowledged_at: _Optional[float] = ..., lag_seconds: _Optional[float] = ..., sent_bytes: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
 
 class CopyStatusReply(_message.Message):
-    __slots__ = ("volume", "role", "epoch", "point", "resume_offset", "state", "replicas", "wire_versions")
+    __slots__ = ("volume", "role", "epoch", "point", "resume_offset", "state", "replicas", "wire_versions", "size", "mode", "fs", "point_time")
     VOLUME_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +80,10 @@ class CopyStatusReply(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     WIRE_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    FS_FIELD_NUMBER: _ClassVar[int]
+    POINT_TIME_FIELD_NUMBER: _ClassVar[int]
     volume: str
     role: str
     epoch: int
@@ -86,7 +92,11 @@ class CopyStatusReply(_message.Message):
     state: str
     replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
     wire_versions: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, volume: _Optional[str] = ..., role: _Optional[str] = ..., epoch: _Optional[int] = ..., point: _Optional[str] = ..., resume_offset: _Optional[int] = ..., state: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., wire_versions: _Optional[_Iterable[int]] = ...) -> None: ...
+    size: int
+    mode: str
+    fs: str
+    point_time: float
+    def __init__(self, volume: _Optional[str] = ..., role: _Optional[str] = ..., epoch: _Optional[int] = ..., point: _Optional[str] = ..., resume_offset: _Optional[int] = ..., state: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., wire_versions: _Optional[_Iterable[int]] = ..., size: _Optional[int] = ..., mode: _Optional[str] = ..., fs: _Optional[str] = ..., point_time: _Optional[float] = ...) -> None: ...
 
 class CreateCopyRequest(_message.Message):
     __slots__ = ("volume", "size", "mode", "fs")
@@ -101,10 +111,12 @@ class CreateCopyRequest(_message.Message):
     def __init__(self, volume: _Optional[str] = ..., size: _Optional[int] = ..., mode: _Optional[str] = ..., fs: _Optional[str] = ...) -> None: ...
 
 class SyncRequest(_message.Message):
-    __slots__ = ("volume",)
+    __slots__ = ("volume", "to")
     VOLUME_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
     volume: str
-    def __init__(self, volume: _Optional[str] = ...) -> None: ...
+    to: str
+    def __init__(self, volume: _Optional[str] = ..., to: _Optional[str] = ...) -> None: ...
 
 class SyncReply(_message.Message):
     __slots__ = ("replicas",)
@@ -149,5 +161,15 @@ class SetReplicasRequest(_message.Message):
     def __init__(self, volume: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ...) -> None: ...
 
 class SetReplicasReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReleaseRequest(_message.Message):
+    __slots__ = ("volume",)
+    VOLUME_FIELD_NUMBER: _ClassVar[int]
+    volume: str
+    def __init__(self, volume: _Optional[str] = ...) -> None: ...
+
+class ReleaseReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -74,6 +74,11 @@ class AgentStub:
                 request_serializer=agent__pb2.SetReplicasRequest.SerializeToString,
                 response_deserializer=agent__pb2.SetReplicasReply.FromString,
                 _registered_method=True)
+        self.Release = channel.unary_unary(
+                '/statehold.agent.v1.Agent/Release',
+                request_serializer=agent__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=agent__pb2.ReleaseReply.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -144,6 +149,16 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Release(self, request, context):
+        """Delete this node's copy of a volume: its point snapshots, replication state and engine
+        volume (replication.md §6.4), and forget its replicas. A copy already gone is OK;
+        FAILED_PRECONDITION for a copy in use (attached or mounted) or still primary (demote
+        it first).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -186,6 +201,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.SetReplicas,
                     request_deserializer=agent__pb2.SetReplicasRequest.FromString,
                     response_serializer=agent__pb2.SetReplicasReply.SerializeToString,
+            ),
+            'Release': grpc.unary_unary_rpc_method_handler(
+                    servicer.Release,
+                    request_deserializer=agent__pb2.ReleaseRequest.FromString,
+                    response_serializer=agent__pb2.ReleaseReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -404,6 +424,33 @@ class Agent:
             '/statehold.agent.v1.Agent/SetReplicas',
             agent__pb2.SetReplicasRequest.SerializeToString,
             agent__pb2.SetReplicasReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Release(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statehold.agent.v1.Agent/Release',
+            agent__pb2.ReleaseRequest.SerializeToString,
+            agent__pb2.ReleaseReply.FromString,
             options,
             channel_credentials,
             insecure,
