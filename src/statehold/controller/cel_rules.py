@@ -34,6 +34,11 @@ RULES: dict[str, Rule] = {
         _nonempty(s, "values") if s["operator"] in ("In", "NotIn")
         else not _nonempty(s, "values")),
     crds.ONE_REQUEST_AT_A_TIME: lambda s, _: not ("promote" in s and "move" in s),
+    crds.ONE_OF_SET_NAME_SELECTOR: lambda s, _: ("statefulSetName" in s) != ("selector" in s),
+    crds.ONE_OF_SET_REF: lambda s, _: ("name" in s) != ("selector" in s),
+    crds.ONE_OF_PVCS_SET: lambda s, _: ("selector" in s) != ("statefulSet" in s),
+    crds.ONE_OF_BACKUP_GROUP: lambda s, _: ("backup" in s) != ("groupBackupId" in s),
+    crds.GROUP_ID_NEEDS_TARGET: lambda s, _: ("groupBackupId" in s) == ("target" in s),
     "self == oldSelf": lambda s, old: bool(s == old),
     crds.EPOCH_ONLY_GROWS: lambda s, old: bool(s >= old),
 }

@@ -19,6 +19,7 @@ from typing import Any
 
 from statehold.controller.openapi import (
     AGE,
+    DNS_LABEL,
     DNS_SUBDOMAIN,
     READY,
     REASON,
@@ -56,6 +57,12 @@ EPOCH_ONLY_GROWS = "self >= oldSelf"
 VALUES_MATCH_OPERATOR = (
     "self.operator in ['In', 'NotIn'] ? (has(self.values) && size(self.values) > 0) "
     ": (!has(self.values) || size(self.values) == 0)")
+ONE_OF_SET_NAME_SELECTOR = "has(self.statefulSetName) != has(self.selector)"
+ONE_OF_SET_REF = "has(self.name) != has(self.selector)"
+ONE_OF_PVCS_SET = "has(self.selector) != has(self.statefulSet)"
+ONE_OF_BACKUP_GROUP = "has(self.backup) != has(self.groupBackupId)"
+GROUP_ID_NEEDS_TARGET = "has(self.groupBackupId) == has(self.target)"
+GROUP_ID_PATTERN = r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$"
 
 
 def storage_pool_schema() -> Schema:
@@ -156,24 +163,79 @@ def volume_backup_schema() -> Schema:
     return obj({"spec": spec, "status": st}, required=("spec",))
 
 
+def checked_selector(desc: str) -> Schema:
+    """A label selector that must select something, with well-formed expressions."""
+    s = label_selector(desc)
+    s["x-kubernetes-validations"] = [{"rule": SELECTOR_NOT_EMPTY,
+                                      "message": "selector must not be empty"}]
+    s["properties"]["matchExpressions"]["items"]["x-kubernetes-validations"] = [
+        {"rule": VALUES_MATCH_OPERATOR,
+         "message": "In/NotIn need values; Exists/DoesNotExist take none"}]
+    return s
+
+
+MAX_ORDINAL = 1 << 20
+
+
+def hook_schema() -> Schema:
+    return obj({
+        "name": string("Names the hook in status and Events.", minLength=1, maxLength=63,
+                       pattern=DNS_LABEL),
+        "container": string("The container to run in (default: the pod's first).",
+                            minLength=1, maxLength=63, pattern=DNS_LABEL),
+        "command": array(string(maxLength=1024), "The command and its arguments, run without "
+                         "a shell (use [\"sh\", \"-c\", \"...\"] for one).", minItems=1,
+                         maxItems=32),
+        "ordinals": array(integer(minimum=0, maximum=MAX_ORDINAL), "The pods to run in, by "
+                          "ordinal (default: every pod of the set).", minItems=1, maxItems=64),
+        "timeoutSeconds": integer("How long the command may run; a hook still running then "
+                                  "has failed (the command may go on in the container).",
+                                  minimum=1, maximum=3600, default=30),
+        "onError": string("Fail: the backup fails (a pre-hook failing stops the snapshot; "
+                          "post-hooks still run). Continue: record it and go on (the backup "
+                          "is then crash-consistent only).", enum=["Fail", "Continue"],
+                          default="Fail"),
+    }, required=("name", "command"))
+
+
+def hooks_schema() -> Schema:
+    return obj({
+        "pre": array(hook_schema(), "Run before the group snapshot: every one, in every pod, "
+                     "before the first filesystem is frozen.", maxItems=8),
+        "post": array(hook_schema(), "Run after the group snapshot: every one, in every pod, "
+                      "after the last filesystem is thawed, even when the snapshot failed.",
+                      maxItems=8),
+    }, desc="Commands run in the set's pods through the Kubernetes exec API.")
+
+
+FREEZE_TIMEOUT = integer("Seconds the set's filesystems may stay frozen before the watchdog "
+                         "thaws them (the snapshot is then retried).", minimum=1, maximum=600,
+                         default=10)
+
+
 def backup_schedule_schema() -> Schema:
+    stateful_set = obj({
+        "name": name_ref("The StatefulSet (same namespace)."),
+        "selector": checked_selector("StatefulSets to back up, each as one group (same "
+                                     "namespace)."),
+        "hooks": hooks_schema(),
+        "freezeTimeoutSeconds": FREEZE_TIMEOUT,
+    }, desc="Back up StatefulSets, each as one group (StatefulSetBackups), instead of PVCs.",
+        rules=((ONE_OF_SET_REF, "exactly one of name or selector must be set"),))
     spec = obj({
         "schedule": string("Cron expression, five fields, UTC (e.g. \"0 3 * * *\"); checked "
                            "by the operator.", minLength=1, maxLength=128),
         "target": name_ref("The BackupTarget (same namespace)."),
-        "selector": label_selector("PVCs to back up (same namespace)."),
+        "selector": checked_selector("PVCs to back up (same namespace)."),
+        "statefulSet": stateful_set,
         "retention": obj({
-            "keepLast": integer("How many completed backups to keep per PVC.", minimum=1,
-                                maximum=1000, default=7),
-        }, desc="Pruning of the VolumeBackups this schedule created.", default={}),
+            "keepLast": integer("How many completed backups to keep per PVC (per StatefulSet "
+                                "for statefulSet schedules).", minimum=1, maximum=1000,
+                                default=7),
+        }, desc="Pruning of the backups this schedule created.", default={}),
         "suspend": boolean("Create no new backups while true.", default=False),
-    }, required=("schedule", "target", "selector"))
-    spec["properties"]["selector"]["x-kubernetes-validations"] = [
-        {"rule": SELECTOR_NOT_EMPTY, "message": "selector must not be empty"}]
-    spec["properties"]["selector"]["properties"]["matchExpressions"]["items"][
-        "x-kubernetes-validations"] = [
-        {"rule": VALUES_MATCH_OPERATOR,
-         "message": "In/NotIn need values; Exists/DoesNotExist take none"}]
+    }, required=("schedule", "target"), rules=(
+        (ONE_OF_PVCS_SET, "exactly one of selector (PVCs) or statefulSet must be set"),))
     st = status({
         "lastScheduleTime": string(format="date-time"),
         "nextScheduleTime": string(format="date-time"),
@@ -203,6 +265,108 @@ def volume_restore_schema() -> Schema:
         "volumeHandle": string(),
         "persistentVolumeName": string(),
         "bytesRestored": integer(minimum=0),
+        "startTime": string(format="date-time"),
+        "completionTime": string(format="date-time"),
+    })
+    return obj({"spec": spec, "status": st}, required=("spec",))
+
+
+def statefulset_backup_schema() -> Schema:
+    spec = obj({
+        "statefulSetName": immutable(name_ref("The StatefulSet to back up (same namespace)."),
+                                     "statefulSetName"),
+        "selector": immutable(checked_selector("Selects the StatefulSet to back up (same "
+                                               "namespace); it must select exactly one."),
+                              "selector"),
+        "target": immutable(name_ref("The BackupTarget (same namespace)."), "target"),
+        "hooks": hooks_schema(),
+        "freezeTimeoutSeconds": FREEZE_TIMEOUT,
+    }, required=("target",), rules=(
+        (ONE_OF_SET_NAME_SELECTOR, "exactly one of statefulSetName or selector must be set"),))
+    member = obj({
+        "ordinal": integer(minimum=0),
+        "template": string("The volumeClaimTemplate.", maxLength=253),
+        "claim": string("<template>-<set>-<ordinal>.", maxLength=253),
+        "volumeHandle": string(maxLength=1024),
+        "snapshot": string("The member's snapshot in the group.", maxLength=253),
+        "backupId": string("The member's backup in the repository.", maxLength=64),
+        "parentBackupId": string(maxLength=64),
+        "bytesTotal": integer(minimum=0),
+        "bytesUploaded": integer(minimum=0),
+    }, required=("ordinal", "template", "claim"))
+    hook_run = obj({
+        "phase": string(enum=["pre", "post"]),
+        "name": string(maxLength=63),
+        "pod": string(maxLength=253),
+        "container": string(maxLength=63),
+        "outcome": string(enum=["Succeeded", "Failed", "TimedOut", "Error"]),
+        "exitCode": integer(),
+        "onError": string(enum=["Fail", "Continue"]),
+        "output": string("The end of the command's output.", maxLength=4096),
+    }, required=("phase", "name", "pod", "outcome"))
+    st = status({
+        "phase": string(enum=["Pending", "Running", "Completed", "Failed"]),
+        "node": string("The node holding every member, whose agent ran the backup."),
+        "statefulSet": string(maxLength=253),
+        "replicas": integer(minimum=0),
+        "members": array(member, "One per claim: template x ordinal.", maxItems=4096),
+        "groupSnapshot": string("The group snapshot the members were read from.",
+                                maxLength=63),
+        "snapshotTime": string("The group snapshot's instant.", format="date-time"),
+        "freezeWindowSeconds": number("First freeze to last thaw.", minimum=0),
+        "consistency": string("Application: every hook succeeded around the snapshot; Crash: "
+                              "no hooks, or one failed with onError Continue (the members are "
+                              "still one instant).", enum=["Application", "Crash"]),
+        "hooks": array(hook_run, "Every hook run, in order.", maxItems=512),
+        "groupBackupId": string("The group manifest in the repository: what a "
+                                "StatefulSetRestore names.", maxLength=64),
+        "bytesTotal": integer(minimum=0),
+        "bytesUploaded": integer(minimum=0),
+        "progress": integer("Members backed up, percent.", minimum=0, maximum=100),
+        "startTime": string(format="date-time"),
+        "completionTime": string(format="date-time"),
+    })
+    return obj({"spec": spec, "status": st}, required=("spec",))
+
+
+def statefulset_restore_schema() -> Schema:
+    spec = immutable(obj({
+        "backup": name_ref("A completed StatefulSetBackup in this namespace."),
+        "groupBackupId": string("A group backup by id (in another namespace or cluster): "
+                                "needs target.", pattern=GROUP_ID_PATTERN, maxLength=64),
+        "target": name_ref("The BackupTarget (this namespace) holding groupBackupId: the same "
+                           "repository, with its password."),
+        "statefulSetName": string("The set the claims are for (default: the backed-up set): "
+                                  "claims are named <template>-<set>-<ordinal>.", minLength=1,
+                                  maxLength=63, pattern=DNS_LABEL),
+        "ordinals": array(integer(minimum=0, maximum=MAX_ORDINAL), "Restore only these pods' "
+                          "claims (default: every one in the backup).", minItems=1,
+                          maxItems=1024),
+        "storageClassName": name_ref("StorageClass of the new claims (default: the claim "
+                                     "template's when it is a Statehold local class, else "
+                                     "statehold-local)."),
+        "node": string("Node to restore onto (default: the node the backup came from).",
+                       minLength=1, maxLength=253),
+    }, rules=(
+        (ONE_OF_BACKUP_GROUP, "exactly one of backup or groupBackupId must be set"),
+        (GROUP_ID_NEEDS_TARGET, "groupBackupId needs target (backup brings its own)"),
+    )), "spec")
+    member = obj({
+        "ordinal": integer(minimum=0),
+        "template": string(maxLength=253),
+        "claim": string(maxLength=253),
+        "backupId": string(maxLength=64),
+        "volumeHandle": string(maxLength=1024),
+        "persistentVolumeName": string(maxLength=253),
+        "bytesRestored": integer(minimum=0),
+    }, required=("ordinal", "template", "claim"))
+    st = status({
+        "phase": string(enum=["Pending", "Running", "Completed", "Failed"]),
+        "node": string(),
+        "target": string(maxLength=253),
+        "groupBackupId": string(maxLength=64),
+        "statefulSet": string(maxLength=253),
+        "members": array(member, maxItems=4096),
         "startTime": string(format="date-time"),
         "completionTime": string(format="date-time"),
     })
@@ -331,4 +495,20 @@ def all_crds() -> list[dict[str, Any]]:
             columns=[column("Backup", ".spec.backup"),
                      column("PVC", ".spec.persistentVolumeClaimName"), phase,
                      column("Node", ".status.node"), REASON, AGE]),
+        crd("StatefulSetBackup", "statefulsetbackups", scope="Namespaced", short=["ssb"],
+            schema=statefulset_backup_schema(), doc="One backup of a StatefulSet as a unit: "
+            "hooks, one group snapshot of every claim, each member backed up, one group "
+            "manifest.", columns=[
+                column("StatefulSet", ".status.statefulSet"), column("Target", ".spec.target"),
+                phase, column("Consistency", ".status.consistency"),
+                column("Progress", ".status.progress", "integer"),
+                column("Group", ".status.groupBackupId", priority=1),
+                column("Node", ".status.node", priority=1), REASON, AGE]),
+        crd("StatefulSetRestore", "statefulsetrestores", scope="Namespaced", short=["ssr"],
+            schema=statefulset_restore_schema(), doc="Restores a StatefulSet's group backup as "
+            "the claims its controller adopts (<template>-<set>-<ordinal>), before the set "
+            "starts.", columns=[
+                column("Backup", ".spec.backup"), column("Group", ".status.groupBackupId"),
+                column("StatefulSet", ".status.statefulSet"), phase,
+                column("Node", ".status.node", priority=1), REASON, AGE]),
     ]

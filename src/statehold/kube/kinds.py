@@ -46,6 +46,9 @@ VOLUME_BACKUP = Kind(API_VERSION, "VolumeBackup", "volumebackups", namespaced=Tr
 BACKUP_SCHEDULE = Kind(API_VERSION, "BackupSchedule", "backupschedules", namespaced=True)
 VOLUME_RESTORE = Kind(API_VERSION, "VolumeRestore", "volumerestores", namespaced=True)
 REPLICATED_VOLUME = Kind(API_VERSION, "ReplicatedVolume", "replicatedvolumes", namespaced=False)
+STATEFUL_SET_BACKUP = Kind(API_VERSION, "StatefulSetBackup", "statefulsetbackups", namespaced=True)
+STATEFUL_SET_RESTORE = Kind(API_VERSION, "StatefulSetRestore", "statefulsetrestores",
+                            namespaced=True)
 
 # Built-in kinds.
 NAMESPACE = Kind("v1", "Namespace", "namespaces", namespaced=False)
@@ -56,6 +59,7 @@ SECRET = Kind("v1", "Secret", "secrets", namespaced=True, status_subresource=Fal
 CONFIG_MAP = Kind("v1", "ConfigMap", "configmaps", namespaced=True, status_subresource=False)
 EVENT = Kind("v1", "Event", "events", namespaced=True, status_subresource=False)
 POD = Kind("v1", "Pod", "pods", namespaced=True)
+STATEFUL_SET = Kind("apps/v1", "StatefulSet", "statefulsets", namespaced=True)
 STORAGE_CLASS = Kind("storage.k8s.io/v1", "StorageClass", "storageclasses", namespaced=False,
                      status_subresource=False)
 CSI_STORAGE_CAPACITY = Kind("storage.k8s.io/v1", "CSIStorageCapacity", "csistoragecapacities",
@@ -71,8 +75,9 @@ VOLUME_SNAPSHOT_CONTENT = Kind("snapshot.storage.k8s.io/v1", "VolumeSnapshotCont
 
 ALL: tuple[Kind, ...] = (
     STORAGE_POOL, BACKUP_TARGET, VOLUME_BACKUP, BACKUP_SCHEDULE, VOLUME_RESTORE,
-    REPLICATED_VOLUME, NAMESPACE, NODE, PVC, PV, SECRET, CONFIG_MAP, EVENT, POD, STORAGE_CLASS,
-    CSI_STORAGE_CAPACITY, CSI_NODE, LEASE, VOLUME_SNAPSHOT, VOLUME_SNAPSHOT_CONTENT,
+    REPLICATED_VOLUME, STATEFUL_SET_BACKUP, STATEFUL_SET_RESTORE, NAMESPACE, NODE, PVC, PV,
+    SECRET, CONFIG_MAP, EVENT, POD, STATEFUL_SET, STORAGE_CLASS, CSI_STORAGE_CAPACITY, CSI_NODE,
+    LEASE, VOLUME_SNAPSHOT, VOLUME_SNAPSHOT_CONTENT,
 )
 
 

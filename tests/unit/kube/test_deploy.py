@@ -128,7 +128,7 @@ def test_chart_crds_are_the_generated_ones() -> None:
 
     with Chart.load(render.CHART) as chart:
         names = sorted(c["name"] for c in chart.crds)
-    assert len(names) == 6
+    assert len(names) == 8
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)

@@ -145,8 +145,8 @@ def test_operator_crds_prints_every_crd(app: typer.Typer) -> None:
     assert res.exit_code == 0
     docs = list(yaml.safe_load_all(res.stdout))
     assert sorted(d["spec"]["names"]["kind"] for d in docs) == [
-        "BackupSchedule", "BackupTarget", "ReplicatedVolume", "StoragePool", "VolumeBackup",
-        "VolumeRestore"]
+        "BackupSchedule", "BackupTarget", "ReplicatedVolume", "StatefulSetBackup",
+        "StatefulSetRestore", "StoragePool", "VolumeBackup", "VolumeRestore"]
 
 
 def test_operator_run_rejects_bad_roles(app: typer.Typer) -> None:
