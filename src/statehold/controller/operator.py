@@ -7,11 +7,13 @@ backoff, or give up).
 Two roles, one process each:
 
 * ``node`` (in the DaemonSet, one per node): StoragePools whose ``spec.node`` is this node,
-  VolumeBackups and VolumeRestores labelled ``statehold.io/node=<this node>`` (and of those
-  VolumeBackups, the ones annotated ``statehold.io/forget``). kopf keeps its progress in
+  VolumeBackups, VolumeRestores, StatefulSetBackups and StatefulSetRestores labelled
+  ``statehold.io/node=<this node>`` (and of those VolumeBackups, the ones annotated
+  ``statehold.io/forget``). kopf keeps its progress in
   annotations prefixed with the node name, so agents never fight over them.
 * ``cluster`` (the operator Deployment, behind a Lease): BackupTargets, BackupSchedules
-  and the cluster half of VolumeBackups and VolumeRestores (checks, then pin to a node);
+  and the cluster half of VolumeBackups, VolumeRestores, StatefulSetBackups and
+  StatefulSetRestores (checks, then pin to a node);
   given the node agents' port (``agents``), ReplicatedVolumes too, on changes and on a
   ticker that also watches Node health for out-of-service failover.
 
@@ -37,6 +39,8 @@ from statehold.controller import (
     restores,
     schedules,
     shared_backups,
+    statefulset_backups,
+    statefulset_restores,
     target_status,
 )
 from statehold.controller.problems import Result, backoff
@@ -50,6 +54,8 @@ from statehold.kube.kinds import (
     BACKUP_SCHEDULE,
     BACKUP_TARGET,
     REPLICATED_VOLUME,
+    STATEFUL_SET_BACKUP,
+    STATEFUL_SET_RESTORE,
     STORAGE_POOL,
     VOLUME_BACKUP,
     VOLUME_RESTORE,
@@ -113,6 +119,14 @@ def node_registry(kube: Kube, node: Node, node_name: str, now: Clock = utcnow,
     kopf_runtime.on_changes(reg, VOLUME_RESTORE, _handler(
         kube, VOLUME_RESTORE, lambda o: restores.run_restore(kube, o, node, node_name, now, shared)),
         id="restore", labels=mine)
+    kopf_runtime.on_changes(reg, STATEFUL_SET_BACKUP, _handler(
+        kube, STATEFUL_SET_BACKUP,
+        lambda o: statefulset_backups.run_set_backup(kube, o, node, node_name, now)),
+        id="set-backup", labels=mine)
+    kopf_runtime.on_changes(reg, STATEFUL_SET_RESTORE, _handler(
+        kube, STATEFUL_SET_RESTORE,
+        lambda o: statefulset_restores.run_set_restore(kube, o, node, node_name, now)),
+        id="set-restore", labels=mine)
     return reg
 
 
@@ -131,6 +145,12 @@ def cluster_registry(kube: Kube, now: Clock = utcnow,
         kube, VOLUME_BACKUP, lambda o: backups.assign_backup(kube, o, now)), id="assign")
     kopf_runtime.on_changes(reg, VOLUME_RESTORE, _handler(
         kube, VOLUME_RESTORE, lambda o: restores.assign_restore(kube, o, now)), id="assign")
+    kopf_runtime.on_changes(reg, STATEFUL_SET_BACKUP, _handler(
+        kube, STATEFUL_SET_BACKUP, lambda o: statefulset_backups.assign_set_backup(kube, o, now)),
+        id="assign")
+    kopf_runtime.on_changes(reg, STATEFUL_SET_RESTORE, _handler(
+        kube, STATEFUL_SET_RESTORE, lambda o: statefulset_restores.assign_set_restore(kube, o, now)),
+        id="assign")
     return reg
 
 

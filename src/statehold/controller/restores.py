@@ -107,27 +107,37 @@ def assign_restore(kube: Kube, obj: Obj, now: Clock) -> Result:
     return Result()
 
 
-def _pv(obj: Obj, pvc_name: str, handle: str, size: int, fs: str, sc: str,
-        node: str) -> dict[str, Any]:
-    meta, spec = obj["metadata"], obj["spec"]
-    name = f"pvc-{meta['uid']}"
+def local_pv(uid: str, namespace: str, claim: str, handle: str, size: int, fs: str, sc: str,
+             node: str, modes: list[str], *, volume_mode: str = "Filesystem") -> dict[str, Any]:
+    """The PV of a restored local volume, named ``pvc-<uid>`` and bound ahead to ``claim``
+    (a VolumeRestore's, or one member's of a StatefulSetRestore)."""
+    csi: dict[str, Any] = {"driver": DRIVER, "volumeHandle": handle,
+                           "volumeAttributes": {"statehold.io/type": "local"}}
+    if volume_mode == "Filesystem":
+        csi["fsType"] = fs
     return {
         "apiVersion": "v1", "kind": "PersistentVolume",
-        "metadata": {"name": name, "annotations": {
-            "pv.kubernetes.io/provisioned-by": DRIVER, RESTORE_ANNOTATION: meta["uid"]}},
+        "metadata": {"name": f"pvc-{uid}", "annotations": {
+            "pv.kubernetes.io/provisioned-by": DRIVER, RESTORE_ANNOTATION: uid}},
         "spec": {
             "capacity": {"storage": str(size)},
-            "accessModes": list(spec.get("accessModes") or ["ReadWriteOnce"]),
+            "accessModes": list(modes),
             "persistentVolumeReclaimPolicy": "Delete",
-            "storageClassName": sc, "volumeMode": "Filesystem",
+            "storageClassName": sc, "volumeMode": volume_mode,
             "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                         "namespace": meta["namespace"], "name": pvc_name},
-            "csi": {"driver": DRIVER, "volumeHandle": handle, "fsType": fs,
-                    "volumeAttributes": {"statehold.io/type": "local"}},
+                         "namespace": namespace, "name": claim},
+            "csi": csi,
             "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
                 {"key": TOPOLOGY_KEY, "operator": "In", "values": [node]}]}]}},
         },
     }
+
+
+def _pv(obj: Obj, pvc_name: str, handle: str, size: int, fs: str, sc: str,
+        node: str) -> dict[str, Any]:
+    meta, spec = obj["metadata"], obj["spec"]
+    return local_pv(meta["uid"], meta["namespace"], pvc_name, handle, size, fs, sc, node,
+                    list(spec.get("accessModes") or ["ReadWriteOnce"]))
 
 
 def run_restore(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock,

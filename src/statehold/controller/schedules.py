@@ -1,4 +1,10 @@
-"""BackupSchedule: when to run (cron, UTC), what to back up (PVC selector), what to prune.
+"""BackupSchedule: when to run (cron, UTC), what to back up (PVC selector, or StatefulSets),
+what to prune.
+
+A schedule with ``spec.statefulSet`` (a set's name, or a selector of sets) creates one
+StatefulSetBackup per set and slot instead of VolumeBackups, carrying the schedule's hooks
+and freeze timeout, and prunes them per set by ``keepLast``; the node agent prunes the
+set's group backups in the repository by the same number.
 
 Pure parts (:func:`parse_cron`, :func:`due`, :func:`to_prune`, :func:`backup_name`) are
 table-tested with a fake clock; :func:`reconcile_schedule` is called by the cluster operator
@@ -18,12 +24,13 @@ from croniter import CroniterBadCronError, CroniterBadDateError, CroniterNotAlph
 from statehold.controller.backups import KEEP_LAST_ANNOTATION, PVC_LABEL, SCHEDULE_LABEL
 from statehold.controller.problems import Problem, Result
 from statehold.controller.report import Clock, Reporter
+from statehold.controller.statefulsets import SET_LABEL
 from statehold.controller.targets import resolve_target
 from statehold.errors import AlreadyExists, InvalidArgument, NotFound
 from statehold.kube import selectors
 from statehold.kube.events import rfc3339
 from statehold.kube.facade import Kube, Obj
-from statehold.kube.kinds import PVC, VOLUME_BACKUP
+from statehold.kube.kinds import PVC, STATEFUL_SET, STATEFUL_SET_BACKUP, VOLUME_BACKUP, Kind
 
 
 def parse_cron(expr: str) -> str:
@@ -96,6 +103,55 @@ def to_prune(backups: list[dict[str, Any]], keep_last: int) -> list[str]:
     return sorted(doomed)
 
 
+@dataclass(frozen=True, slots=True)
+class Subjects:
+    """What one schedule backs up: one VolumeBackup per PVC, or one StatefulSetBackup per
+    StatefulSet, and the label that groups a subject's backups for pruning."""
+
+    kind: Kind
+    label: str
+    names: list[str]
+
+    def backup(self, schedule: Obj, subject: str, name: str, keep: int) -> Obj:
+        spec = schedule["spec"]
+        meta = {"name": name, "namespace": schedule["metadata"]["namespace"],
+                "labels": {SCHEDULE_LABEL: schedule["metadata"]["name"], self.label: subject},
+                # no ownerReference: deleting a schedule must not delete the backups it
+                # made (they are what a restore names)
+                "annotations": {KEEP_LAST_ANNOTATION: str(keep)}}
+        if self.kind == VOLUME_BACKUP:
+            body: dict[str, Any] = {"persistentVolumeClaimName": subject, "target": spec["target"]}
+        else:
+            sts = spec["statefulSet"]
+            body = {"statefulSetName": subject, "target": spec["target"]}
+            body.update({k: sts[k] for k in ("hooks", "freezeTimeoutSeconds") if k in sts})
+        return {"apiVersion": self.kind.api_version, "kind": self.kind.kind, "metadata": meta,
+                "spec": body}
+
+
+def subjects(kube: Kube, namespace: str, spec: dict[str, Any]) -> Subjects:
+    """The PVCs, or StatefulSets, the schedule selects now; Problem(InvalidSelector)."""
+    sts = spec.get("statefulSet")
+    try:
+        if sts is None:
+            selector = selectors.from_label_selector(spec["selector"])
+            found = kube.list(PVC, namespace, label_selector=selector)
+            return Subjects(VOLUME_BACKUP, PVC_LABEL, [o["metadata"]["name"] for o in found])
+        if sts.get("name"):
+            try:
+                kube.get(STATEFUL_SET, sts["name"], namespace)
+                names = [sts["name"]]
+            except NotFound:
+                names = []
+        else:
+            found = kube.list(STATEFUL_SET, namespace,
+                              label_selector=selectors.from_label_selector(sts["selector"]))
+            names = [o["metadata"]["name"] for o in found]
+        return Subjects(STATEFUL_SET_BACKUP, SET_LABEL, names)
+    except InvalidArgument as exc:
+        raise Problem("InvalidSelector", str(exc), permanent=True) from exc
+
+
 def reconcile_schedule(kube: Kube, obj: Obj, now: Clock) -> Result:
     rep = Reporter(kube, obj, now)
     meta, spec = obj["metadata"], obj["spec"]
@@ -105,10 +161,7 @@ def reconcile_schedule(kube: Kube, obj: Obj, now: Clock) -> Result:
     try:
         expr = parse_cron(spec["schedule"])
         resolve_target(kube, ns, spec["target"])
-        try:
-            selector = selectors.from_label_selector(spec["selector"])
-        except InvalidArgument as exc:
-            raise Problem("InvalidSelector", str(exc), permanent=True) from exc
+        chosen = subjects(kube, ns, spec)
     except Problem as p:
         rep.update(condition=("Ready", False, p.reason, p.message))
         rep.event("Warning", p.reason, p.message)
@@ -118,23 +171,13 @@ def reconcile_schedule(kube: Kube, obj: Obj, now: Clock) -> Result:
     timing = due(expr, last, t)
     fields: dict[str, Any] = {"nextScheduleTime": rfc3339(timing.next_at)}
     keep = int((spec.get("retention") or {}).get("keepLast", 7))
-    pvcs = kube.list(PVC, ns, label_selector=selector)
     made = []
     if timing.run_at is not None and not spec.get("suspend"):
-        for pvc in pvcs:
-            pvc_name = pvc["metadata"]["name"]
-            vb = backup_name(name, pvc_name, timing.run_at)
+        for subject in chosen.names:
+            backup = backup_name(name, subject, timing.run_at)
             try:
-                kube.create({
-                    "apiVersion": VOLUME_BACKUP.api_version, "kind": VOLUME_BACKUP.kind,
-                    "metadata": {
-                        "name": vb, "namespace": ns,
-                        "labels": {SCHEDULE_LABEL: name, PVC_LABEL: pvc_name},
-                        # no ownerReference: deleting a schedule must not delete the
-                        # backups it made (they are what a VolumeRestore names)
-                        "annotations": {KEEP_LAST_ANNOTATION: str(keep)}},
-                    "spec": {"persistentVolumeClaimName": pvc_name, "target": spec["target"]}})
-                made.append(vb)
+                kube.create(chosen.backup(obj, subject, backup, keep))
+                made.append(backup)
             except AlreadyExists:
                 pass
         fields.update(lastScheduleTime=rfc3339(timing.run_at))
@@ -144,22 +187,22 @@ def reconcile_schedule(kube: Kube, obj: Obj, now: Clock) -> Result:
         fields.update(lastScheduleTime=rfc3339(timing.run_at))  # suspended: skip the slot
 
     pruned = []
-    for pvc in pvcs:
-        pvc_name = pvc["metadata"]["name"]
-        mine = kube.list(VOLUME_BACKUP, ns, label_selector={SCHEDULE_LABEL: name,
-                                                            PVC_LABEL: pvc_name})
+    for subject in chosen.names:
+        mine = kube.list(chosen.kind, ns, label_selector={SCHEDULE_LABEL: name,
+                                                          chosen.label: subject})
         for doomed in to_prune(mine, keep):
             try:
-                kube.delete(VOLUME_BACKUP, doomed, ns)
+                kube.delete(chosen.kind, doomed, ns)
                 pruned.append(doomed)
             except NotFound:
                 pass
-    message = f"next run {fields['nextScheduleTime']}; {len(pvcs)} PVC(s) selected"
+    what = "PVC(s)" if chosen.kind == VOLUME_BACKUP else "StatefulSet(s)"
+    message = f"next run {fields['nextScheduleTime']}; {len(chosen.names)} {what} selected"
     rep.update(fields, condition=("Ready", True, "Scheduled", message))
     if made:
-        rep.event("Normal", "BackupsCreated", f"created {len(made)} VolumeBackup(s) for the "
+        rep.event("Normal", "BackupsCreated", f"created {len(made)} {chosen.kind.kind}(s) for the "
                   f"{rfc3339(timing.run_at) if timing.run_at else ''} run: {', '.join(made)}")
     if pruned:
-        rep.event("Normal", "Pruned", f"deleted {len(pruned)} VolumeBackup(s) beyond keepLast="
+        rep.event("Normal", "Pruned", f"deleted {len(pruned)} {chosen.kind.kind}(s) beyond keepLast="
                   f"{keep}: {', '.join(pruned)}")
     return Result()

@@ -44,7 +44,8 @@ def test_cluster_role_registers_targets_schedules_and_assignment(fake_clock: Any
     kube = MemoryKube(now=fake_clock)
     found = handlers(cluster_registry(kube, fake_clock))
     plurals = {p for p, _ in found}
-    assert plurals == {"backuptargets", "backupschedules", "volumebackups", "volumerestores"}
+    assert plurals == {"backuptargets", "backupschedules", "volumebackups", "volumerestores",
+                       "statefulsetbackups", "statefulsetrestores"}
 
 
 def test_schedule_ticker_creates_backups_when_a_slot_comes_due(memory_kube: MemoryKube,
