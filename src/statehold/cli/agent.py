@@ -2,9 +2,14 @@
 
 Only wiring. ``serve`` runs this node's agent (gRPC over TCP, mutual TLS only) until
 SIGTERM/SIGINT; ``certs`` writes a cluster CA (created on first use) and a node
-certificate to directories, for standalone hosts and tests (in a cluster the operator keeps
-the CA in a Secret); the other commands are clients of an agent, authenticated with this
-node's certificates (``--certs``), printing the agent's answer as JSON.
+certificate to directories, for standalone hosts and tests; the other commands are clients
+of an agent, authenticated with this node's certificates (``--certs``), printing the
+agent's answer as JSON.
+
+In a cluster the operator keeps the CA in a Secret and writes one Secret per node
+(``statehold.controller.agent_certs``); ``serve --certs-secret-namespace NS`` reads this
+node's (``statehold-agent-<node>``) through the API, waiting for it to appear, and exits
+(status 0, for the kubelet to restart it) when the operator issued a new one.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ if TYPE_CHECKING:
     from statehold.agent.client import AgentClient
 
 CertsOption = typer.Option(..., "--certs", help="Directory holding ca.crt, tls.crt and tls.key.")
+SECRET_POLL = 5.0
+"""Seconds between two reads of a node's certificate Secret that does not exist yet."""
 AddressOption = typer.Option(..., "--address", "-a", help="The agent's IP:PORT.")
 
 
@@ -44,10 +51,43 @@ def _print(message: Any) -> None:
                                         always_print_fields_with_no_presence=True), indent=2))
 
 
+def _secret_certs(kube: Any, namespace: str, node: str, stop: threading.Event) -> Any:
+    """This node's certificates from its Secret, waiting until the operator made it (None
+    if ``stop`` was set first)."""
+    from statehold.agent import pki
+    from statehold.controller.agent_certs import node_secret_name, read_node_certs
+    from statehold.errors import NotFound
+    from statehold.kube.kinds import SECRET
+
+    name = node_secret_name(node)
+    said = False
+    while not stop.is_set():
+        try:
+            got = read_node_certs(kube.get(SECRET, name, namespace))
+            return pki.Bundle(got.ca, pki.KeyPair(got.cert, got.key))
+        except NotFound:
+            if not said:
+                print(f"waiting for Secret {namespace}/{name} (the operator issues it)",
+                      file=sys.stderr, flush=True)
+                said = True
+        stop.wait(SECRET_POLL)
+    return None
+
+
 def serve(
     ctx: typer.Context,
     listen: str = typer.Option(..., "--listen", help="IP:PORT to serve on (TLS only)."),
-    certs: Path = CertsOption,
+    certs: Path | None = typer.Option(None, "--certs",
+                                      help="Directory holding ca.crt, tls.crt and tls.key."),
+    certs_secret_namespace: str | None = typer.Option(
+        None, "--certs-secret-namespace",
+        help="Read this node's certificates from Secret statehold-agent-<node> in this namespace "
+        "(the operator issues it); instead of --certs."),
+    kubeconfig: str | None = typer.Option(None, "--kubeconfig",
+                                          help="With --certs-secret-namespace; default: in-cluster."),
+    certs_check: float = typer.Option(300.0, "--certs-check-interval", min=1.0,
+                                      help="Seconds between two reads of the certificate Secret; "
+                                      "a changed one ends the process (the kubelet restarts it)."),
     node_name: str = typer.Option(..., "--node-name", help="This node's name (as in its certificate)."),
     home: Path | None = HomeOption,
     interval: float = typer.Option(5.0, "--interval", help="Seconds between replication cycles; 0: "
@@ -72,9 +112,30 @@ def serve(
     from statehold.agent.server import AgentConfig, AgentServer
     from statehold.engine.node import Node
 
+    stop = threading.Event()
+    kube: Any = None
+
+    def _early(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _early)
+    signal.signal(signal.SIGINT, _early)
     with failures():
+        if (certs is None) == (certs_secret_namespace is None):
+            raise InvalidArgument("give exactly one of --certs and --certs-secret-namespace")
+        if certs is not None:
+            bundle = pki.load_bundle(certs)
+        else:
+            from statehold.kube.client import ApiKube
+
+            assert certs_secret_namespace is not None
+            kube = ApiKube.connect(kubeconfig)
+            found = _secret_certs(kube, certs_secret_namespace, node_name, stop)
+            if found is None:
+                return
+            bundle = found
         config = AgentConfig(
-            node=node_name, listen=listen, bundle=pki.load_bundle(certs),
+            node=node_name, listen=listen, bundle=bundle,
             home=home_dir(ctx, home, create=True), interval=interval,
             checkpoint=size_arg(checkpoint) if checkpoint != "0" else 0,
             metrics_listen=metrics_listen, pause_dir=pause_dir)
@@ -96,10 +157,36 @@ def serve(
 
     signal.signal(signal.SIGTERM, _shutdown)
     signal.signal(signal.SIGINT, _shutdown)
+    if stop.is_set():  # a signal arrived while starting
+        _shutdown(signal.SIGTERM, None)
     print(f"serving {listen} port={server.port}", file=sys.stderr, flush=True)
+    if kube is not None:
+        assert certs_secret_namespace is not None
+        threading.Thread(target=_watch_certs, args=(kube, certs_secret_namespace, node_name,
+                                                    config.bundle, certs_check, server, grace),
+                         name="certs-watch", daemon=True).start()
     while not server.wait(1.0):
         pass
     node.close()
+
+
+def _watch_certs(kube: Any, namespace: str, node: str, current: Any, interval: float,
+                 server: Any, grace: float) -> None:
+    """Stop the agent when its Secret holds other certificates than it serves with: the
+    process exits 0 and the kubelet starts it again with the new ones."""
+    from statehold.errors import StateholdError
+
+    idle = threading.Event()
+    while not server.wait(0) and not idle.wait(interval):
+        try:
+            fresh = _secret_certs(kube, namespace, node, threading.Event())
+        except StateholdError as exc:  # the API is away: keep serving, look again later
+            print(f"cannot read the certificate Secret: {exc}", file=sys.stderr, flush=True)
+            continue
+        if fresh != current:
+            print("the operator issued new certificates; restarting", file=sys.stderr, flush=True)
+            server.stop(grace)
+            return
 
 
 def certs(
@@ -188,6 +275,16 @@ def demote(volume: str = typer.Argument(..., help="pool/volume"),
         _print(c.demote(VolumeRef.parse(volume), epoch))
 
 
+def release(volume: str = typer.Argument(..., help="pool/volume"), address: str = AddressOption,
+            certs: Path = CertsOption) -> None:
+    """Delete an agent's copy of a volume (its point snapshots, state and engine volume);
+    refused while it is in use or the primary."""
+    from statehold.agent.copies import VolumeRef
+
+    with failures(), _client(address, certs) as c:
+        c.release(VolumeRef.parse(volume))
+
+
 def register(app: typer.Typer) -> None:
     """Add ``statehold agent ...`` to app."""
     sub = typer.Typer(help="The node agent: serve it, its certificates, ask it.", no_args_is_help=True)
@@ -199,4 +296,5 @@ def register(app: typer.Typer) -> None:
     sub.command("replicas")(replicas)
     sub.command("promote")(promote)
     sub.command("demote")(demote)
+    sub.command("release")(release)
     app.add_typer(sub, name="agent")

@@ -4,6 +4,14 @@
 cluster operator (Deployment), optionally behind a Lease (``--leader-election``): it waits
 for the lease, renews it every third of its duration, and stops (exit 3) when renewal
 fails, so the Deployment restarts it as a follower rather than having two leaders.
+
+The cluster operator also runs replicated volumes (``--replication``, the default): it
+makes sure the node agents' CA exists (Secret ``statehold-agent-ca`` in
+``--agent-namespace``), issues itself a client certificate from it, and passes the
+controller an ``AgentFleet`` that reaches each node's agent at its InternalIP and
+``--agent-port``; a ticker keeps one certificate Secret per Node current
+(``statehold.controller.agent_certs``). This is the one place that builds both the
+controller and the agent side.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 import yaml
@@ -25,6 +33,11 @@ from statehold.controller.crds import all_crds
 from statehold.controller.leader import LeaderElector
 from statehold.errors import InvalidArgument, StateholdError
 
+if TYPE_CHECKING:
+    from statehold.agent.fleet import AgentFleet
+    from statehold.controller.operator import Ticker
+    from statehold.kube.facade import Kube
+
 operator_app = typer.Typer(help="The Kubernetes operator (kopf) for Statehold's custom resources.",
                            no_args_is_help=True)
 ROLES = ("node", "cluster")
@@ -33,6 +46,37 @@ LOST_LEADERSHIP = 3
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def replication_wiring(kube: Kube, namespace: str, port: int,
+                       interval: float = 60.0) -> tuple[AgentFleet, Ticker]:
+    """The Agents port for the controller (an AgentFleet with the operator's certificate)
+    and the ticker that keeps the node certificates (and the operator's own) current."""
+    from statehold.agent import pki
+    from statehold.agent.fleet import AgentFleet
+    from statehold.controller import agent_certs
+    from statehold.controller.agent_directory import KubeDirectory
+    from statehold.controller.operator import Ticker
+
+    issuer = pki.Issuer()
+    ca = agent_certs.ensure_ca(kube, namespace, issuer)
+    own = [agent_certs.issue_operator(ca, issuer)]
+
+    def bundle() -> pki.Bundle:
+        cert, key = own[0]
+        return pki.Bundle(ca.cert, pki.KeyPair(cert, key))
+
+    fleet = AgentFleet(bundle(), KubeDirectory(kube, port))
+
+    def tick() -> None:
+        now = utcnow()
+        for line in agent_certs.ensure_node_certs(kube, namespace, ca, issuer, now):
+            typer.echo(f"agent certificates: {line}", err=True)
+        if agent_certs.due(own[0][0], (), issuer, now) is not None:
+            own[0] = agent_certs.issue_operator(ca, issuer)
+            fleet.renew(bundle())
+
+    return fleet, Ticker("agent-certificates", interval, tick, immediate=True)
 
 
 def check_role(role: str, node_name: str | None) -> None:
@@ -58,7 +102,19 @@ def run(ctx: typer.Context,
         lease_namespace: str = typer.Option("statehold-system", "--lease-namespace"),
         lease_name: str = typer.Option("statehold-operator", "--lease-name"),
         identity: str | None = typer.Option(None, "--identity", help="Default: the hostname."),
-        lease_seconds: int = typer.Option(15, "--lease-seconds", min=5)) -> None:
+        lease_seconds: int = typer.Option(15, "--lease-seconds", min=5),
+        replication: bool = typer.Option(
+            True, "--replication/--no-replication",
+            help="Role cluster: run replicated volumes (the node agents' CA and certificates, "
+            "records, failover, placement) through the node agents."),
+        agent_namespace: str = typer.Option(
+            "statehold-system", "--agent-namespace", envvar="POD_NAMESPACE",
+            help="Namespace of the agents' CA and certificate Secrets."),
+        agent_port: int = typer.Option(7443, "--agent-port", min=1, max=65535,
+                                       help="TCP port of the node agents (on each Node's InternalIP)."),
+        replication_interval: float = typer.Option(
+            10.0, "--replication-interval", min=1.0,
+            help="Seconds between two passes over every replicated volume.")) -> None:
     """Run the operator until SIGTERM."""
     stop = threading.Event()
     lost = threading.Event()
@@ -70,6 +126,7 @@ def run(ctx: typer.Context,
 
         kube = ApiKube.connect(kubeconfig)
         engine: Any = None
+        fleet: AgentFleet | None = None
         if role == "node":
             from statehold.engine.node import Node
 
@@ -77,6 +134,12 @@ def run(ctx: typer.Context,
             engine = Node(home_dir(ctx, home, create=True))
             registry = op.node_registry(kube, engine, node_name)
             tickers = op.node_tickers(kube, engine, node_name)
+        elif replication:
+            fleet, certificates = replication_wiring(kube, agent_namespace, agent_port)
+            registry = op.cluster_registry(kube, agents=fleet)
+            tickers = [*op.cluster_tickers(kube, agents=fleet,
+                                           replication_interval=replication_interval),
+                       certificates]
         else:
             registry = op.cluster_registry(kube)
             tickers = op.cluster_tickers(kube)
@@ -112,6 +175,8 @@ def run(ctx: typer.Context,
             elector.release()
         if engine is not None:
             engine.close()
+        if fleet is not None:
+            fleet.close()
     if lost.is_set():
         typer.echo("error: lost the leader lease; exiting", err=True)
         raise typer.Exit(LOST_LEADERSHIP)
