@@ -1,5 +1,6 @@
-"""``statehold get|describe ...``, ``statehold backup now`` and the replicated-volume
-commands (``volume get|promote|move``, ``node retire``): the cluster through the facade.
+"""``statehold get|describe ...``, ``statehold backup now`` (a PVC, or a StatefulSet as one
+group with ``--statefulset``) and the replicated-volume commands (``volume get|promote|move``,
+``node retire``): the cluster through the facade.
 
 Installed as ``kubectl-statehold`` too, so ``kubectl statehold get pools`` works. Reads go
 through :class:`statehold.kube.facade.Kube` (``--kubeconfig``, else $KUBECONFIG or
@@ -35,6 +36,9 @@ from statehold.kube.kinds import (
     PV,
     PVC,
     REPLICATED_VOLUME,
+    STATEFUL_SET,
+    STATEFUL_SET_BACKUP,
+    STATEFUL_SET_RESTORE,
     STORAGE_POOL,
     VOLUME_BACKUP,
     VOLUME_RESTORE,
@@ -117,23 +121,37 @@ TABLES: dict[str, tuple[Kind, list[Column], list[Column]]] = {
         ("KEEP", lambda o: str((o["spec"].get("retention") or {}).get("keepLast", 7))),
         ("LAST", lambda o: _st(o, "lastScheduleTime")), ("READY", _ready)],
         [("NEXT", lambda o: _st(o, "nextScheduleTime")), ("REASON", _reason)]),
+    "setbackups": (STATEFUL_SET_BACKUP, [
+        ("NAME", _name), ("STATEFULSET", lambda o: _st(o, "statefulSet")),
+        ("TARGET", lambda o: str(o["spec"]["target"])), ("PHASE", lambda o: _st(o, "phase", "Pending")),
+        ("MEMBERS", lambda o: str(len((o.get("status") or {}).get("members") or []))),
+        ("CONSISTENCY", lambda o: _st(o, "consistency")),
+        ("PROGRESS", lambda o: f"{_st(o, 'progress', 0)}%")],
+        [("GROUP-ID", lambda o: _st(o, "groupBackupId")), ("NODE", lambda o: _st(o, "node")),
+         ("REASON", _reason)]),
 }
 ALIASES = {"pool": "pools", "storagepool": "pools", "storagepools": "pools", "sp": "pools",
            "volume": "volumes", "pv": "volumes", "backup": "backups", "volumebackup": "backups",
            "volumebackups": "backups", "vb": "backups", "schedule": "schedules",
-           "backupschedule": "schedules", "backupschedules": "schedules", "bs": "schedules"}
+           "backupschedule": "schedules", "backupschedules": "schedules", "bs": "schedules",
+           "setbackup": "setbackups", "statefulsetbackup": "setbackups",
+           "statefulsetbackups": "setbackups", "ssb": "setbackups"}
 DESCRIBE_KINDS: dict[str, Kind] = {
     "pools": STORAGE_POOL, "volumes": PV, "backups": VOLUME_BACKUP, "schedules": BACKUP_SCHEDULE,
     "target": BACKUP_TARGET, "targets": BACKUP_TARGET, "backuptarget": BACKUP_TARGET,
     "restore": VOLUME_RESTORE, "restores": VOLUME_RESTORE, "volumerestore": VOLUME_RESTORE,
+    "setbackups": STATEFUL_SET_BACKUP, "setrestore": STATEFUL_SET_RESTORE,
+    "setrestores": STATEFUL_SET_RESTORE, "statefulsetrestore": STATEFUL_SET_RESTORE,
+    "ssr": STATEFUL_SET_RESTORE,
 }
 
 
 def resolve_kind(word: str) -> str:
     key = ALIASES.get(word.lower(), word.lower())
     if key not in TABLES and key not in DESCRIBE_KINDS:
-        raise InvalidArgument(f"unknown kind {word!r}: use pools, volumes, backups, schedules "
-                              "(describe also takes targets and restores)")
+        raise InvalidArgument(f"unknown kind {word!r}: use pools, volumes, backups, schedules, "
+                              "setbackups (describe also takes targets, restores and "
+                              "setrestores)")
     return key
 
 
@@ -166,21 +184,21 @@ def describe_text(kube: Kube, obj: Obj) -> str:
     return "\n".join(lines)
 
 
-def follow(kube: Kube, vb: Obj, timeout: float) -> None:
-    """Watch a VolumeBackup until Completed (return) or Failed (FailedPrecondition); progress
-    goes to stderr."""
+def follow(kube: Kube, vb: Obj, timeout: float, kind: Kind = VOLUME_BACKUP) -> None:
+    """Watch a VolumeBackup (or a StatefulSetBackup) until Completed (return) or Failed
+    (FailedPrecondition); progress goes to stderr."""
     deadline = time.monotonic() + timeout
     ns, name = vb["metadata"]["namespace"], vb["metadata"]["name"]
     rv = vb["metadata"]["resourceVersion"]
     last = ""
     while time.monotonic() < deadline:
-        for ev in kube.watch(VOLUME_BACKUP, ns, resource_version=rv,
+        for ev in kube.watch(kind, ns, resource_version=rv,
                              timeout=max(1.0, min(30.0, deadline - time.monotonic()))):
             rv = ev.object["metadata"]["resourceVersion"]
             if ev.object["metadata"]["name"] != name:
                 continue
             if ev.type == "DELETED":
-                raise NotFound(f"VolumeBackup {ns}/{name} was deleted")
+                raise NotFound(f"{kind.kind} {ns}/{name} was deleted")
             phase = _st(ev.object, "phase", "Pending")
             line = f"{phase} {_st(ev.object, 'progress', 0)}% {_reason(ev.object)}".strip()
             if line != last:
@@ -191,8 +209,8 @@ def follow(kube: Kube, vb: Obj, timeout: float) -> None:
             if phase == "Failed":
                 message = next((c.get("message", "") for c in (ev.object.get("status") or {}).get(
                     "conditions") or [] if c.get("type") == "Ready"), "")
-                raise FailedPrecondition(f"VolumeBackup {name} failed: {message}")
-    raise Temporary(f"VolumeBackup {ns}/{name} did not finish within {timeout:.0f} s")
+                raise FailedPrecondition(f"{kind.kind} {name} failed: {message}")
+    raise Temporary(f"{kind.kind} {ns}/{name} did not finish within {timeout:.0f} s")
 
 
 # -- replicated volumes ---------------------------------------------------------------------
@@ -417,7 +435,7 @@ def register(app: typer.Typer, *, kube_factory: KubeFactory = connect,
     register_replication(app, kube_factory)
 
     @app.command("get")
-    def get(kind: str = typer.Argument(..., help="pools | volumes | backups | schedules"),
+    def get(kind: str = typer.Argument(..., help="pools | volumes | backups | schedules | setbackups"),
             name: str | None = typer.Argument(None, help="One object; all when omitted."),
             namespace: str = NamespaceOption, all_namespaces: bool = AllNamespacesOption,
             output: Format = OutputOption, kubeconfig: str | None = KubeconfigOption) -> None:
@@ -427,7 +445,8 @@ def register(app: typer.Typer, *, kube_factory: KubeFactory = connect,
         with failures():
             key = resolve_kind(kind)
             if key not in TABLES:
-                raise InvalidArgument(f"get takes pools, volumes, backups or schedules, not {kind!r}")
+                raise InvalidArgument(f"get takes pools, volumes, backups, schedules or setbackups, "
+                                      f"not {kind!r}")
             kube = kube_factory(kubeconfig)
             kind_, cols, wide = TABLES[key]
             ns = None if all_namespaces else namespace
@@ -440,7 +459,8 @@ def register(app: typer.Typer, *, kube_factory: KubeFactory = connect,
             emit(items, output, cols, wide, plain_of=lambda o: o)
 
     @app.command("describe")
-    def describe(kind: str = typer.Argument(..., help="pool | volume | backup | schedule | target | restore"),
+    def describe(kind: str = typer.Argument(..., help="pool | volume | backup | schedule | target | "
+                                            "restore | setbackup | setrestore"),
                  name: str = typer.Argument(...), namespace: str = NamespaceOption,
                  kubeconfig: str | None = KubeconfigOption) -> None:
         """Show one object with its status, conditions and Events."""
@@ -467,21 +487,34 @@ def register(app: typer.Typer, *, kube_factory: KubeFactory = connect,
         c for c in backup_app.registered_commands if c.name != "now"]
 
     @backup_app.command("now")
-    def now(pvc: str = typer.Argument(..., help="The PVC to back up."),
+    def now(pvc: str | None = typer.Argument(None, help="The PVC to back up."),
+            statefulset: str | None = typer.Option(
+                None, "--statefulset", help="Back up this StatefulSet as one group (every "
+                "claim at one instant, with its hooks) instead of a PVC."),
+            hooks_from: str | None = typer.Option(
+                None, "--hooks-from", help="With --statefulset: take the hooks and freeze "
+                "timeout of this BackupSchedule (its statefulSet part)."),
             namespace: str = NamespaceOption,
             target: str | None = typer.Option(None, "--target", "-t",
                                               help="BackupTarget (default: the namespace's only one)."),
-            name: str | None = typer.Option(None, "--name", help="VolumeBackup name."),
+            name: str | None = typer.Option(None, "--name", help="VolumeBackup (or StatefulSetBackup) name."),
             wait: bool = typer.Option(False, "--wait", help="Follow it until it completes or fails."),
             timeout: float = typer.Option(3600.0, "--timeout", help="Seconds --wait waits at most."),
             kubeconfig: str | None = KubeconfigOption) -> None:
-        """Back up a PVC now: creates a VolumeBackup in the cluster (the operator runs it)."""
+        """Back up a PVC, or a StatefulSet as one group, now: creates a VolumeBackup (or a
+        StatefulSetBackup) in the cluster; the operator runs it."""
         with failures():
+            if (pvc is None) == (statefulset is None):
+                raise InvalidArgument("name a PVC or give --statefulset NAME (one of them)")
+            if hooks_from and statefulset is None:
+                raise InvalidArgument("--hooks-from goes with --statefulset")
             kube = kube_factory(kubeconfig)
+            subject = pvc or statefulset or ""
+            kind, what = (PVC, "PVC") if pvc else (STATEFUL_SET, "StatefulSet")
             try:
-                kube.get(PVC, pvc, namespace)
+                kube.get(kind, subject, namespace)
             except NotFound:
-                raise NotFound(f"PVC {namespace}/{pvc} does not exist") from None
+                raise NotFound(f"{what} {namespace}/{subject} does not exist") from None
             if target is None:
                 targets = kube.list(BACKUP_TARGET, namespace)
                 if len(targets) != 1:
@@ -490,12 +523,30 @@ def register(app: typer.Typer, *, kube_factory: KubeFactory = connect,
                 target = _name(targets[0])
             else:
                 kube.get(BACKUP_TARGET, target, namespace)
-            vb_name = name or f"{pvc}-now-{clock().strftime('%Y%m%d%H%M%S')}"[-253:]
+            made_name = name or f"{subject}-now-{clock().strftime('%Y%m%d%H%M%S')}"[-253:]
+            if pvc is not None:
+                made = kube.create({
+                    "apiVersion": VOLUME_BACKUP.api_version, "kind": VOLUME_BACKUP.kind,
+                    "metadata": {"name": made_name, "namespace": namespace,
+                                 "labels": {"statehold.io/pvc": pvc}},
+                    "spec": {"persistentVolumeClaimName": pvc, "target": target}})
+                typer.echo(f"volumebackup.statehold.io/{_name(made)} created")
+                if wait:
+                    follow(kube, made, timeout)
+                return
+            spec: dict[str, Any] = {"statefulSetName": subject, "target": target}
+            if hooks_from:
+                sched = (kube.get(BACKUP_SCHEDULE, hooks_from, namespace).get("spec") or {})
+                part = sched.get("statefulSet") or {}
+                if not part:
+                    raise InvalidArgument(f"BackupSchedule {hooks_from} does not back up "
+                                          "StatefulSets: it has no hooks to take")
+                spec.update({k: part[k] for k in ("hooks", "freezeTimeoutSeconds") if k in part})
             made = kube.create({
-                "apiVersion": VOLUME_BACKUP.api_version, "kind": VOLUME_BACKUP.kind,
-                "metadata": {"name": vb_name, "namespace": namespace,
-                             "labels": {"statehold.io/pvc": pvc}},
-                "spec": {"persistentVolumeClaimName": pvc, "target": target}})
-            typer.echo(f"volumebackup.statehold.io/{_name(made)} created")
+                "apiVersion": STATEFUL_SET_BACKUP.api_version, "kind": STATEFUL_SET_BACKUP.kind,
+                "metadata": {"name": made_name, "namespace": namespace,
+                             "labels": {"statehold.io/statefulset": subject}},
+                "spec": spec})
+            typer.echo(f"statefulsetbackup.statehold.io/{_name(made)} created")
             if wait:
-                follow(kube, made, timeout)
+                follow(kube, made, timeout, STATEFUL_SET_BACKUP)
