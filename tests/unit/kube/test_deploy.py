@@ -42,6 +42,7 @@ def test_every_rendered_manifest_is_valid() -> None:
     {"volumeSnapshotClass": {"create": False}, "storageClass": {"create": False},
      "node": {"nodeSelector": {"statehold.io/storage": "true"}, "tolerations": []},
      "operator": {"resources": {"limits": {"memory": "256Mi"}}}},
+    {"groupSnapshots": {"enabled": True, "isDefault": True, "freezeTimeout": "1m30s"}},
 ])
 def test_chart_output_with_other_values_is_valid(values: dict[str, Any]) -> None:
     docs = render.render_chart(values, name="sh", namespace="storage")
@@ -92,6 +93,29 @@ def test_node_daemonset_has_host_access_and_the_node_sidecars(rendered: list) ->
     assert "--node-deployment=true" in c["csi-snapshotter"]["args"]
     for sidecar in ("csi-provisioner", "csi-snapshotter", "node-driver-registrar", "liveness-probe"):
         assert c[sidecar]["securityContext"]["capabilities"]["drop"] == ["ALL"]
+
+
+def test_group_snapshots_are_off_by_default_and_on_render_the_class_gate_and_grants(
+        rendered: list) -> None:
+    assert not [d for d in rendered if d["apiVersion"].startswith("groupsnapshot.")]
+    snapshotter = containers(by(rendered, "DaemonSet", "statehold-node"))["csi-snapshotter"]
+    assert not any("VolumeGroupSnapshot" in a for a in snapshotter["args"])
+    docs = render.render_chart({"groupSnapshots": {"enabled": True, "isDefault": True}})
+    cls = by(docs, "VolumeGroupSnapshotClass", "statehold-group")
+    assert cls["driver"] == "csi.statehold.io" and cls["deletionPolicy"] == "Delete"
+    assert cls["parameters"] == {"freezeTimeout": "10s"}
+    assert cls["metadata"]["annotations"] == {
+        "groupsnapshot.storage.kubernetes.io/is-default-class": "true"}
+    args = containers(by(docs, "DaemonSet", "statehold-node"))["csi-snapshotter"]["args"]
+    assert "--feature-gates=CSIVolumeGroupSnapshot=true" in args
+    role = by(docs, "ClusterRole", "statehold-node-group-snapshotter")
+    grants = {(g, r): rule["verbs"] for rule in role["rules"] for g in rule["apiGroups"]
+              for r in rule["resources"]}
+    assert "patch" in grants[("groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents")]
+    assert "patch" in grants[("groupsnapshot.storage.k8s.io",
+                              "volumegroupsnapshotcontents/status")]
+    binding = by(docs, "ClusterRoleBinding", "statehold-node-group-snapshotter")
+    assert binding["subjects"][0]["name"] == "statehold-node"
 
 
 def test_controller_and_operator_are_leader_elected_and_unprivileged(rendered: list) -> None:

@@ -1,7 +1,8 @@
 """Validate any object we ship: built-in kinds against the Kubernetes OpenAPI schemas
 (kubernetes-validate, strict), our kinds against our CRD schemas (with CEL twins), and the
-snapshot.storage.k8s.io kinds against a small schema written from their API reference
-(those CRDs ship with the snapshot-controller, not with kubernetes-validate).
+snapshot.storage.k8s.io and groupsnapshot.storage.k8s.io kinds against small schemas written
+from their API reference (those CRDs ship with the snapshot-controller, not with
+kubernetes-validate).
 """
 
 from __future__ import annotations
@@ -61,6 +62,21 @@ SNAPSHOT_SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
+GROUP_SNAPSHOT_SCHEMAS: dict[str, dict[str, Any]] = {
+    # written from external-snapshotter's CRD (v8.6.0): the same fields in v1beta1, v1beta2, v1
+    "VolumeGroupSnapshotClass": {
+        "type": "object", "required": ["apiVersion", "kind", "metadata", "driver", "deletionPolicy"],
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"enum": [f"groupsnapshot.storage.k8s.io/{v}"
+                                    for v in ("v1beta1", "v1beta2", "v1")]},
+            "kind": {"const": "VolumeGroupSnapshotClass"}, "metadata": _META,
+            "driver": {"type": "string", "minLength": 1},
+            "deletionPolicy": {"enum": ["Delete", "Retain"]},
+            "parameters": {"type": "object", "additionalProperties": {"type": "string"}}}},
+}
+
+
 def validate_object(obj: dict[str, Any]) -> None:
     """Raise if obj is not valid for its kind (any Kubernetes version we support)."""
     api = obj.get("apiVersion", "")
@@ -68,6 +84,8 @@ def validate_object(obj: dict[str, Any]) -> None:
         validate_custom_resource(obj)
     elif api.startswith("snapshot.storage.k8s.io/"):
         jsonschema.validate(obj, SNAPSHOT_SCHEMAS[obj["kind"]])
+    elif api.startswith("groupsnapshot.storage.k8s.io/"):
+        jsonschema.validate(obj, GROUP_SNAPSHOT_SCHEMAS[obj["kind"]])
     else:
         for version in K8S_VERSIONS:
             kubernetes_validate.validate(obj, version, strict=True)
