@@ -74,6 +74,21 @@ GROUP_SNAPSHOT_SCHEMAS: dict[str, dict[str, Any]] = {
             "driver": {"type": "string", "minLength": 1},
             "deletionPolicy": {"enum": ["Delete", "Retain"]},
             "parameters": {"type": "object", "additionalProperties": {"type": "string"}}}},
+    "VolumeGroupSnapshot": {
+        "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"enum": [f"groupsnapshot.storage.k8s.io/{v}"
+                                    for v in ("v1beta1", "v1beta2", "v1")]},
+            "kind": {"const": "VolumeGroupSnapshot"}, "metadata": _META,
+            "spec": {"type": "object", "required": ["source"], "additionalProperties": False,
+                     "properties": {
+                         "volumeGroupSnapshotClassName": {"type": "string"},
+                         "source": {"type": "object", "additionalProperties": False,
+                                    "minProperties": 1, "maxProperties": 1, "properties": {
+                                        "selector": {"type": "object", "minProperties": 1},
+                                        "volumeGroupSnapshotContentName": {
+                                            "type": "string"}}}}}}},
 }
 
 
