@@ -16,10 +16,10 @@ from typing import Any
 import kopf
 import pytest
 
+from statehold.controller import operator as op
 from statehold.engine.node import Node
 from statehold.engine.types import MiB, VolumeMode
 from statehold.errors import NotFound
-from statehold.controller import operator as op
 from statehold.kube.kinds import BACKUP_SCHEDULE, PVC, STORAGE_POOL, VOLUME_BACKUP, VOLUME_RESTORE
 from statehold.kube.memory import MemoryKube
 from tests.unit.controller.cluster import NS, bound_pvc, path_target, secret, storage_class
