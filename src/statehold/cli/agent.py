@@ -109,8 +109,11 @@ def serve(
     from statehold.agent.book import Peer
     from statehold.agent.copies import VolumeRef
     from statehold.agent.engine_copies import EngineCopies
+    from statehold.agent.qos_metrics import QosCollector
     from statehold.agent.server import AgentConfig, AgentServer
     from statehold.engine.node import Node
+    from statehold.engine.qos import Overrides
+    from statehold.engine.throttle import Throttle
 
     stop = threading.Event()
     kube: Any = None
@@ -147,6 +150,8 @@ def serve(
             replicas[VolumeRef.parse(name)] = tuple(Peer.parse(p) for p in listed.split(",") if p)
         node = Node(config.home)
         server = AgentServer(config, EngineCopies(node, checkpoint=config.checkpoint or None))
+        server.replicator.metrics.registry.register(  # the volumes' I/O limits (docs/qos.md)
+            QosCollector(node.pools, Throttle.for_home(node.home), Overrides(node.home)))
         for volume, peers in replicas.items():
             server.book.set(volume, peers)
         server.start()

@@ -1,5 +1,5 @@
 """``statehold volume ...``: thin volumes of a pool (create, get, describe, delete, expand,
-attach, detach, mount, unmount, clone)."""
+attach, detach, mount, unmount, clone, limits)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ from statehold.cli.output import (
     pool_holding,
     size_arg,
 )
+from statehold.engine import qos
+from statehold.engine.node import Node
+from statehold.engine.throttle import Throttle
 from statehold.engine.types import FsType, Snapshot, Source, SourceKind, Volume, VolumeMode
 from statehold.errors import InvalidArgument
 
@@ -155,6 +158,7 @@ def describe_cmd(
         p = pool_holding(n, pool, name)
         v = p.get_volume(name)
         snaps = [f"{s.name}  {human(s.size)}  {age(s.created_at)}" for s in p.list_snapshots(name)]
+        limits, throttled = _limits_rows(n, v)
     describe(
         [
             ("Name", v.name),
@@ -169,9 +173,59 @@ def describe_cmd(
             ("Source", f"{v.source.kind.value}/{v.source.name}" if v.source else None),
             ("Labels", [f"{k}={val}" for k, val in sorted(v.labels.items())]),
             ("Backing file", str(v.path)),
+            ("I/O limits", limits),
+            ("Throttle", throttled),
             ("Snapshots", snaps),
         ],
     )
+
+
+def _limits_rows(n: Node, v: Volume) -> tuple[str, list[str] | str]:
+    """What the volume's limits are (and where from), and what the kernel holds for its
+    device right now: one line per cgroup rule."""
+    wanted = qos.configured(v, qos.Overrides(n.home))
+    configured = wanted.limits.text() + ("" if wanted.source == "none" else f" ({wanted.source})")
+    throttle = Throttle.for_home(n.home)
+    if v.device is None:
+        return configured, "not attached: limits are applied when the volume is attached"
+    rules = throttle.applied(v.device)
+    if not rules:
+        return configured, f"no rule for {v.device} ({throttle.text()})"
+    return configured, [f"{r.cgroup}: {r.limits.text()}" for r in rules]
+
+
+def limits(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Volume name."),
+    set_: list[str] = typer.Option(
+        [], "--set", help="read_iops|write_iops|read_bps|write_bps=VALUE (bytes: 20Mi); repeatable. "
+        "The override replaces the class limits whole; unnamed ones are unlimited."),
+    clear: bool = typer.Option(False, "--clear", help="Drop the override: back to the class limits."),
+    pool: str | None = PoolOption,
+    home: Path | None = HomeOption,
+) -> None:
+    """Override a volume's I/O limits; an attached volume gets them at once, without a
+    remount (docs/qos.md)."""
+    with failures():
+        if clear == bool(set_):
+            raise InvalidArgument("give --set NAME=VALUE (one or more) or --clear")
+        pairs = [item.partition("=") for item in set_]
+        bad = [item for item, (k, sep, _v) in zip(set_, pairs, strict=True) if not sep or not k]
+        if bad:
+            raise InvalidArgument(f"--set takes NAME=VALUE, got {bad[0]!r}")
+        wanted = qos.parse_settings({k: v for k, _sep, v in pairs}) if set_ else None
+    with node(ctx, home) as n:
+        v = pool_holding(n, pool, name).get_volume(name)
+        overrides = qos.Overrides(n.home)
+        if wanted is None:
+            overrides.clear(v)
+        else:
+            overrides.put(v, wanted)
+        now = qos.configured(v, overrides)
+        if v.device is not None:
+            Throttle.for_home(n.home).apply(v.device, now.limits)
+    done("volume", name, f"limits {now.limits.text()} ({now.source})"
+         + ("" if v.device is None else f", applied to {v.device}"))
 
 
 def delete(
@@ -283,7 +337,7 @@ def register(app: typer.Typer) -> None:
     for cmd_name, fn in (
         ("create", create), ("get", get), ("describe", describe_cmd), ("delete", delete),
         ("expand", expand), ("attach", attach), ("detach", detach), ("mount", mount),
-        ("unmount", unmount), ("clone", clone),
+        ("unmount", unmount), ("clone", clone), ("limits", limits),
     ):
         sub.command(cmd_name)(fn)
     app.add_typer(sub, name="volume")

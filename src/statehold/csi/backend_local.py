@@ -31,10 +31,19 @@ from statehold.csi.backend import (
 from statehold.csi.conditions import Conditions
 from statehold.csi.requests import LOCAL_FS_TYPES, fs_parameter
 from statehold.engine import fs as engine_fs
+from statehold.engine import qos
 from statehold.engine.node import Node
 from statehold.engine.pool import Pool
+from statehold.engine.throttle import Throttle
 from statehold.engine.types import FsType, MiB, Snapshot, Source, SourceKind, Volume, VolumeMode
-from statehold.errors import AlreadyExists, InvalidArgument, NotFound, OutOfCapacity, OutOfRange
+from statehold.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfCapacity,
+    OutOfRange,
+)
 from statehold.replication.points import node_label
 
 log = logging.getLogger("statehold.csi")
@@ -158,10 +167,14 @@ class LocalBackend:
     supports_block = True
     needs_staging = True
 
-    def __init__(self, config: BackendConfig, node: Node | None = None) -> None:
+    def __init__(self, config: BackendConfig, node: Node | None = None,
+                 throttle: Throttle | None = None) -> None:
         self.config = config
         self.node = node if node is not None else Node(config.home)
         self.segment = {TOPOLOGY_KEY: config.node_id}
+        # I/O limits (docs/qos.md): the class's in the volume's labels, overrides in the home
+        self.throttle = throttle if throttle is not None else Throttle.for_home(self.node.home)
+        self.overrides = qos.Overrides(self.node.home)
 
     # ---- lookups -------------------------------------------------------------------------
     def _pool(self, name: str) -> Pool:
@@ -273,6 +286,7 @@ class LocalBackend:
             raise OutOfCapacity(f"this driver can only provision on {self.segment}")
         fs = self._fs_type(req)
         copies = replication_labels(req.parameters)
+        limits = qos.parse_parameters(req.parameters)  # INVALID_ARGUMENT before anything is made
         name = naming.engine_name(req.name)
         existing = self._find(name)
         if existing is not None:  # a retry: answered without needing the source to still exist
@@ -302,7 +316,7 @@ class LocalBackend:
             mode=VolumeMode.BLOCK if req.block else VolumeMode.FILESYSTEM,
             fs=FsType(fs) if fs else None,
             source=source,
-            labels={**_labels(req), **copies},
+            labels={**_labels(req), **copies, **limits.labels()},
         )
         log.info("csi volume created volume=%s size=%d", vol.id, vol.size)
         return self._info(vol)
@@ -432,19 +446,38 @@ class LocalBackend:
 
     def node_stage(self, req: StageRequest) -> None:
         pool, vol = self._volume(req.volume_id)
+        limits = qos.configured(vol, self.overrides).limits
+        if not limits.unlimited and not self.throttle.available:
+            raise FailedPrecondition(f"volume {vol.id} has I/O limits ({limits.text()}) and this "
+                                     f"node cannot enforce them: {self.throttle.text()}")
         local_node.stage(pool, vol, req, self.site)
+        self._throttle(pool, vol.name)
 
     def node_unstage(self, volume_id: str, staging_path: Path) -> None:
         pool, vol = self._volume(volume_id)
-        local_node.unstage(pool, vol, staging_path, self.site)
+        try:
+            local_node.unstage(pool, vol, staging_path, self.site)
+        finally:  # also when a failed filesystem was detached and reported
+            if vol.device is not None and pool.get_volume(vol.name).device is None:
+                # the next volume (or pool) attached as this loop device must not inherit them
+                self.throttle.clear(vol.device)
 
     def node_publish(self, req: PublishRequest) -> None:
         pool, vol = self._volume(req.volume_id)
         local_node.publish(pool, vol, req, self.site)
+        self._throttle(pool, vol.name)  # cgroup v1: the users of the volume may have changed
 
     def node_unpublish(self, volume_id: str, target_path: Path) -> None:
-        _pool, vol = self._volume(volume_id)
+        pool, vol = self._volume(volume_id)
         local_node.unpublish(vol, target_path, self.site)
+        self._throttle(pool, vol.name)
+
+    def _throttle(self, pool: Pool, name: str) -> None:
+        """Make the attached volume's throttle rules match its configured limits (also when
+        it has none: a rule left on its loop device by a crash goes)."""
+        vol = pool.get_volume(name)
+        if vol.device is not None:
+            self.throttle.apply(vol.device, qos.configured(vol, self.overrides).limits)
 
     def node_stats(self, volume_id: str, volume_path: Path) -> VolumeStats:
         return local_node.stats(self._volume(volume_id)[1], volume_path, self.site.conditions)
