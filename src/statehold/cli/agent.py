@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from statehold.cli.context import home_dir
-from statehold.cli.output import HomeOption, failures, size_arg
-from statehold.errors import InvalidArgument
+from statehold.cli.output import HomeOption, exit_code, failures, size_arg
+from statehold.errors import InvalidArgument, Unavailable
 
 if TYPE_CHECKING:
     from statehold.agent.client import AgentClient
@@ -238,15 +238,17 @@ def status(volume: str = typer.Argument(..., help="pool/volume"), address: str =
 
 def sync(volume: str = typer.Argument(..., help="pool/volume"), address: str = AddressOption,
          certs: Path = CertsOption) -> None:
-    """Replicate a primary volume to each of its replicas now; exit 7 if one failed."""
+    """Replicate a primary volume to each of its replicas now; exit as Unavailable (7) if one
+    failed (the replies are printed either way)."""
     from statehold.agent.copies import VolumeRef
     from statehold.agent.gen import agent_pb2 as pb
 
     with failures(), _client(address, certs) as c:
         replicas = c.sync(VolumeRef.parse(volume))
     _print(pb.SyncReply(replicas=replicas))
-    if any(r.last_error for r in replicas):
-        raise typer.Exit(7)
+    failed = [r for r in replicas if r.last_error]
+    if failed:
+        raise typer.Exit(exit_code(Unavailable(f"{len(failed)} replica(s) did not take the point")))
 
 
 def replicas(volume: str = typer.Argument(..., help="pool/volume"),
