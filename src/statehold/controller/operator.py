@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from statehold.controller import (
+    autoexpand,
     backups,
     pools,
+    qos,
     replication,
     restores,
     schedules,
@@ -185,11 +187,15 @@ def _each(kube: Kube, kind: Kind, reconcile: Reconcile) -> Callable[[], None]:
 
 def node_tickers(kube: Kube, node: Node, node_name: str, now: Clock = utcnow, *,
                  capacity_interval: float = 60.0,
-                 shared: SharedVolumes | None = None) -> list[Ticker]:
+                 shared: SharedVolumes | None = None, autoexpand_interval: float = 30.0,
+                 qos_interval: float = 10.0) -> list[Ticker]:
     """Capacity of this node's pools into their StoragePool status; the roots of the shared
     StorageClasses into this node's root registry (at once, then every interval), so the
-    plugin here can delete or measure a shared volume another node created."""
+    plugin here can delete or measure a shared volume another node created; claims of this
+    node's volumes grown before they fill (autoexpand); claim I/O limits and every attached
+    volume's throttle rules (qos)."""
     volumes = shared or shared_volumes(node)
+    limits = qos.QosPass(kube, node, node_name)
 
     def roots() -> None:
         shared_backups.register_class_roots(kube, volumes)
@@ -198,6 +204,9 @@ def node_tickers(kube: Kube, node: Node, node_name: str, now: Clock = utcnow, *,
         Ticker("capacity", capacity_interval, _each(
             kube, STORAGE_POOL, lambda o: pools.reconcile_pool(kube, o, node, node_name, now))),
         Ticker("shared-roots", capacity_interval, roots, immediate=True),
+        Ticker("autoexpand", autoexpand_interval, lambda: log_reports(
+            autoexpand.autoexpand_pass(kube, node, node_name, now))),
+        Ticker("qos", qos_interval, lambda: log_reports(limits.run()), immediate=True),
     ]
 
 
@@ -212,6 +221,13 @@ def cluster_tickers(kube: Kube, now: Clock = utcnow, *, schedule_interval: float
         tickers.append(Ticker("replication", replication_interval,
                               lambda: log_results(replication.replication_pass(kube, agents, now))))
     return tickers
+
+
+def log_reports(reports: Mapping[str, object]) -> None:
+    """One line per claim a volume pass acted on (autoexpand, qos)."""
+    for name, report in reports.items():
+        if getattr(report, "outcome", "") not in ("within", "skipped"):
+            log.info("name=%s %s", name, report)
 
 
 def log_results(results: dict[str, Result]) -> None:
