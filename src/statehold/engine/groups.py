@@ -235,7 +235,6 @@ def create(pools: Mapping[str, PoolContext], name: str, members: Sequence[Member
     plans = _plan(involved, wanted)
     first = next(iter(involved.values()))
     fault = first.fault
-    created_at = time.time()
     to_freeze = [p for p in plans if p.target is not None]
     holder = keeper(timeout) if to_freeze else None
     intents: list[tuple[PoolContext, int]] = []
@@ -259,6 +258,7 @@ def create(pools: Mapping[str, PoolContext], name: str, members: Sequence[Member
                           sent=lambda: fault("group.freezing"))
             for _ in to_freeze:
                 fault("group.member_frozen")
+        created_at = time.time()  # the instant: every member is frozen now
         fault("group.frozen")
         for p in plans:
             if p.target is None:
