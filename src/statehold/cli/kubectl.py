@@ -14,6 +14,7 @@ cluster one when run as ``kubectl statehold`` (program name ``kubectl-statehold`
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -42,6 +43,7 @@ from statehold.kube.kinds import (
     STORAGE_POOL,
     VOLUME_BACKUP,
     VOLUME_RESTORE,
+    VOLUME_SNAPSHOT,
     Kind,
 )
 from statehold.kube.objects import as_pv
@@ -429,6 +431,86 @@ def register_replication(app: typer.Typer, kube_factory: KubeFactory) -> None:
     app.add_typer(nodes, name="node")
 
 
+def related_objects(kube: Kube, target: str, namespace: str) -> list[Obj]:
+    """A claim (or a volume, by its PV name) and every object of it: its PV, its
+    ReplicatedVolume, its VolumeBackups and VolumeSnapshots, the VolumeRestores of those
+    backups or into it. NotFound when neither a PVC nor a PV has the name."""
+    objs: list[Obj] = []
+    claim: Obj | None = None
+    pv: Obj | None = None
+    try:
+        claim = kube.get(PVC, target, namespace)
+    except NotFound:
+        try:
+            pv = kube.get(PV, target)
+        except NotFound:
+            raise NotFound(f"neither PVC {namespace}/{target} nor volume {target} "
+                           "exists") from None
+        ref = (pv.get("spec") or {}).get("claimRef") or {}
+        if ref.get("name"):
+            namespace = str(ref.get("namespace") or namespace)
+            try:
+                claim = kube.get(PVC, str(ref["name"]), namespace)
+            except NotFound:
+                claim = None
+    if claim is not None:
+        objs.append(claim)
+        pv_name = (claim.get("spec") or {}).get("volumeName")
+        if pv is None and pv_name:
+            try:
+                pv = kube.get(PV, pv_name)
+            except NotFound:
+                pv = None
+    if pv is not None:
+        objs.append(pv)
+        with contextlib.suppress(NotFound):
+            objs.append(kube.get(REPLICATED_VOLUME, pv["metadata"]["name"]))
+    if claim is None:
+        return objs
+    name = claim["metadata"]["name"]
+    backups = [b for b in kube.list(VOLUME_BACKUP, namespace)
+               if (b.get("spec") or {}).get("persistentVolumeClaimName") == name]
+    names = {b["metadata"]["name"] for b in backups}
+    objs += backups
+    objs += [s for s in kube.list(VOLUME_SNAPSHOT, namespace)
+             if ((s.get("spec") or {}).get("source") or {}).get("persistentVolumeClaimName") == name]
+    objs += [r for r in kube.list(VOLUME_RESTORE, namespace)
+             if (r.get("spec") or {}).get("backup") in names
+             or (r.get("spec") or {}).get("persistentVolumeClaimName") == name]
+    return objs
+
+
+def _event_time(e: Obj) -> str:
+    return str(e.get("lastTimestamp") or e.get("eventTime") or e.get("firstTimestamp")
+               or e["metadata"].get("creationTimestamp") or "")
+
+
+def events_of(kube: Kube, objs: list[Obj]) -> list[Obj]:
+    """The Events about objs (matched by uid, else kind, name and namespace), oldest first."""
+    uids = {o["metadata"].get("uid") for o in objs if o["metadata"].get("uid")}
+    keys = {(o["kind"], o["metadata"]["name"], o["metadata"].get("namespace", "")) for o in objs}
+    spaces = {o["metadata"].get("namespace") or "default" for o in objs} | {"default"}
+    found: dict[tuple[str, str], Obj] = {}
+    for ns in sorted(spaces):
+        for e in kube.list(EVENT, ns):
+            inv = e.get("involvedObject") or {}
+            if inv.get("uid") in uids or (not inv.get("uid") and (
+                    inv.get("kind"), inv.get("name"), inv.get("namespace", "")) in keys):
+                found[(ns, e["metadata"]["name"])] = e
+    return sorted(found.values(), key=lambda e: (_event_time(e), e["metadata"]["name"]))
+
+
+EVENT_COLUMNS: list[Column] = [
+    ("LAST SEEN", _event_time), ("TYPE", lambda e: str(e.get("type", ""))),
+    ("REASON", lambda e: str(e.get("reason", ""))),
+    ("OBJECT", lambda e: f"{(e.get('involvedObject') or {}).get('kind', '').lower()}/"
+                         f"{(e.get('involvedObject') or {}).get('name', '')}"),
+    ("COUNT", lambda e: str(e.get("count", 1))),
+    ("MESSAGE", lambda e: str(e.get("message", "")))]
+EVENT_WIDE: list[Column] = [("SOURCE", lambda e: str((e.get("source") or {}).get("component")
+                                                     or e.get("reportingComponent") or ""))]
+
+
 def register(app: typer.Typer, *, kube_factory: KubeFactory = connect,
              clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
     """Add ``get``, ``describe``, ``backup now`` and the replicated-volume commands to app."""
@@ -457,6 +539,21 @@ def register(app: typer.Typer, *, kube_factory: KubeFactory = connect,
             if all_namespaces and kind_.namespaced:
                 cols = [("NAMESPACE", _ns), *cols]
             emit(items, output, cols, wide, plain_of=lambda o: o)
+
+    @app.command("events")
+    def events(target: str = typer.Argument(..., help="A PVC (in --namespace) or a volume "
+                                             "(its PV name)."),
+               namespace: str = NamespaceOption, output: Format = OutputOption,
+               kubeconfig: str | None = KubeconfigOption) -> None:
+        """List the Events of a claim or volume across kinds (the PVC, its PV and
+        ReplicatedVolume, its VolumeBackups, VolumeSnapshots and VolumeRestores), oldest
+        first."""
+        from statehold.cli.output import emit
+
+        with failures():
+            kube = kube_factory(kubeconfig)
+            emit(events_of(kube, related_objects(kube, target, namespace)), output,
+                 EVENT_COLUMNS, EVENT_WIDE, plain_of=lambda o: o)
 
     @app.command("describe")
     def describe(kind: str = typer.Argument(..., help="pool | volume | backup | schedule | target | "

@@ -8,6 +8,7 @@ classes. Every client exception is translated once, in :func:`_translated`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import re
 import time
@@ -313,6 +314,28 @@ class ApiKube:
         except (OSError, websocket.WebSocketException) as exc:
             raise Unavailable(f"{where}: the stream broke: {exc}") from exc
         return ExecResult(code, out.value(), err.value())
+
+    def may(self, verb: str, kind: Kind, namespace: str | None = None) -> bool:
+        attrs: Obj = {"verb": verb, "group": kind.group, "resource": kind.plural}
+        if namespace and kind.namespaced:
+            attrs["namespace"] = namespace
+        review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                  "spec": {"resourceAttributes": attrs}}
+        with _translated(f"access review {verb} {kind.plural}"):
+            got = self._call("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                             body=review)
+        return bool((got.get("status") or {}).get("allowed"))
+
+    def with_token(self, token: str) -> ApiKube:
+        """The same API server as another identity: a bearer token (the dashboard acts as
+        its user, so RBAC and audit see the user, not the operator)."""
+        cfg = copy.copy(self._api.configuration)
+        cfg.api_key = {"authorization": token}
+        cfg.api_key_prefix = {"authorization": "Bearer"}
+        cfg.username = cfg.password = None
+        cfg.cert_file = cfg.key_file = None
+        cfg.refresh_api_key_hook = None
+        return ApiKube(kubernetes.client.ApiClient(cfg), request_timeout=self._timeout)
 
     def close(self) -> None:
         with contextlib.suppress(StateholdError, OSError):

@@ -34,6 +34,11 @@ Contract (held by both implementations and checked by one shared test suite,
   :class:`ExecResult` whatever its exit code; one still running at the timeout returns
   ``exit_code=None`` with the output so far (the API cannot kill it: it may go on in the
   container). Each stream keeps its last :data:`EXEC_OUTPUT_LIMIT` characters.
+* ``may`` asks the API server whether the facade's own identity may do a verb on a kind
+  (a SelfSubjectAccessReview): True or False, never PermissionDenied for a refusal (any
+  authenticated identity may ask about itself); an unreachable server is Unavailable. It
+  is advice for a user interface (show a button or not): the write itself is still
+  authorized by the API server.
 
 Implementations: :class:`statehold.kube.memory.MemoryKube` (in memory, for tests and for
 other areas' tests) and :class:`statehold.kube.client.ApiKube` (the official client, from
@@ -145,4 +150,9 @@ class Kube(Protocol):
              container: str | None = None, timeout: float = 30.0) -> ExecResult:
         """Run command in the pod's container (default: its first); see the module
         contract. NotFound, FailedPrecondition, PermissionDenied, Unavailable."""
+        ...
+
+    def may(self, verb: str, kind: Kind, namespace: str | None = None) -> bool:
+        """Whether this identity may ``verb`` objects of kind (in namespace): a
+        SelfSubjectAccessReview. See the module contract."""
         ...

@@ -64,6 +64,7 @@ class MemoryKube:
         self._cond = threading.Condition()
         self._names = itertools.count(1)
         self._exec: ExecHandler | None = None
+        self._refused: set[tuple[str, str]] = set()
 
     # -- helpers ---------------------------------------------------------------------
     def _key(self, kind: Kind, name: str, namespace: str | None) -> Key:
@@ -291,6 +292,14 @@ class MemoryKube:
                               "registered with on_exec)")
         got = handler(ExecCall(namespace, pod, chosen, tuple(command), timeout))
         return ExecResult(got.exit_code, tail(got.stdout), tail(got.stderr))
+
+    def may(self, verb: str, kind: Kind, namespace: str | None = None) -> bool:
+        """Everything is allowed unless :meth:`refuse` said otherwise (no RBAC in memory)."""
+        return (verb, kind.plural) not in self._refused
+
+    def refuse(self, verb: str, kind: Kind) -> None:
+        """Make :meth:`may` answer False for verb on kind (a test stand-in for RBAC)."""
+        self._refused.add((verb, kind.plural))
 
     def on_exec(self, handler: ExecHandler | None) -> None:
         """What runs the commands of :meth:`exec` (None: nothing can, Unavailable)."""

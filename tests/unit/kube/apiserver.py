@@ -73,6 +73,9 @@ def _route(path: str) -> tuple[Kind, str | None, str | None, bool] | None:
     return kind, ns, name, len(rest) > 2 and rest[2] == "status"
 
 
+SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+
+
 def allowed(rules: list[dict[str, Any]], kind: Kind, verb: str, status: bool) -> bool:
     resource = kind.plural + ("/status" if status else "")
     return any(kind.group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]
@@ -111,6 +114,9 @@ class _Handler(BaseHTTPRequestHandler):
                     and (self.headers.get("Upgrade") or "").lower() == "websocket"):
                 self._exec(url.path, parse_qs(url.query))
                 return
+            if self.command == "POST" and url.path == SSAR_PATH:
+                self._access_review()
+                return
             route = _route(url.path)
             if route is None:
                 self._send(404, _status(404, "NotFound", f"no route {url.path}"))
@@ -129,6 +135,26 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(422, _status(422, "Invalid", str(exc)))
         except StateholdError as exc:
             self._send(500, _status(500, "InternalError", str(exc)))
+
+    def _access_review(self) -> None:
+        """A SelfSubjectAccessReview, answered from the caller's token's rules (or, without
+        tokens, from MemoryKube.may)."""
+        attrs = ((self.body or {}).get("spec") or {}).get("resourceAttributes") or {}
+        kind = next((k for k in kinds.ALL if k.group == attrs.get("group", "")
+                     and k.plural == attrs.get("resource")), None)
+        verb = str(attrs.get("verb", ""))
+        if kind is None:
+            ok = False
+        elif self.tokens is None:
+            ok = self.kube.may(verb, kind, attrs.get("namespace"))
+        else:
+            token = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+            rules = self.tokens.get(token)
+            if rules is None:
+                self._send(401, _status(401, "Unauthorized", "unknown token"))
+                return
+            ok = allowed(rules, kind, verb, False)
+        self._send(201, {**(self.body or {}), "status": {"allowed": ok}})
 
     def _authorized(self, kind: Kind, name: str | None, status: bool, query: dict[str, str]) -> bool:
         """With tokens configured, a request is allowed only by its token's RBAC rules."""

@@ -349,3 +349,11 @@ def test_exec_still_running_at_the_timeout_returns_no_exit_code(
     finally:
         release.set()
     assert got.timed_out and got.exit_code is None
+
+
+def test_may_answers_an_access_review_for_the_callers_own_identity(
+        kube_impl: tuple[Kube, str]) -> None:
+    # every implementation runs as an identity that may manage ConfigMaps (the suite does)
+    kube, ns = kube_impl
+    assert kube.may("create", CONFIG_MAP, ns) is True
+    assert kube.may("list", PVC, ns) is True
