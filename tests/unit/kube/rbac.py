@@ -85,6 +85,11 @@ class RbacKube:
         return self.inner.record_event(involved, type=type, reason=reason, message=message,
                                        component=component)
 
+    def may(self, verb: str, kind: Kind, namespace: str | None = None) -> bool:
+        """An access review of these rules (never refused itself, as on a real server)."""
+        return any(kind.group in r["apiGroups"] and kind.plural in r["resources"]
+                   and verb in r["verbs"] for r in self.rules)
+
     def exec(self, pod: str, namespace: str, command: Sequence[str], *,
              container: str | None = None, timeout: float = 30.0) -> ExecResult:
         self._check(POD, "get")            # the pod is read first (is it running?)
