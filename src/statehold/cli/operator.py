@@ -114,7 +114,13 @@ def run(ctx: typer.Context,
                                        help="TCP port of the node agents (on each Node's InternalIP)."),
         replication_interval: float = typer.Option(
             10.0, "--replication-interval", min=1.0,
-            help="Seconds between two passes over every replicated volume.")) -> None:
+            help="Seconds between two passes over every replicated volume."),
+        metrics_address: str = typer.Option(
+            "", "--metrics-address", help="IP:PORT for Prometheus metrics (docs/metrics.md); "
+            "empty: off."),
+        metrics_per_volume: bool = typer.Option(
+            True, "--metrics-per-volume/--no-metrics-per-volume",
+            help="Export per-claim series (newest successful backup); off for thousands of claims.")) -> None:
     """Run the operator until SIGTERM."""
     stop = threading.Event()
     lost = threading.Event()
@@ -125,6 +131,9 @@ def run(ctx: typer.Context,
         from statehold.kube.kopf_runtime import login_like
 
         kube = ApiKube.connect(kubeconfig)
+        from statehold.controller.metrics import OperatorMetrics, serve
+
+        metrics = OperatorMetrics(kube if role == "cluster" else None, per_volume=metrics_per_volume)
         engine: Any = None
         fleet: AgentFleet | None = None
         if role == "node":
@@ -132,19 +141,20 @@ def run(ctx: typer.Context,
 
             assert node_name is not None  # check_role refused a node role without it
             engine = Node(home_dir(ctx, home, create=True))
-            registry = op.node_registry(kube, engine, node_name)
-            tickers = op.node_tickers(kube, engine, node_name)
+            registry = op.node_registry(kube, engine, node_name, metrics=metrics)
+            tickers = op.node_tickers(kube, engine, node_name, metrics=metrics)
         elif replication:
             fleet, certificates = replication_wiring(kube, agent_namespace, agent_port)
-            registry = op.cluster_registry(kube, agents=fleet)
-            tickers = [*op.cluster_tickers(kube, agents=fleet,
+            registry = op.cluster_registry(kube, agents=fleet, metrics=metrics)
+            tickers = [*op.cluster_tickers(kube, agents=fleet, metrics=metrics,
                                            replication_interval=replication_interval),
                        certificates]
         else:
-            registry = op.cluster_registry(kube)
-            tickers = op.cluster_tickers(kube)
+            registry = op.cluster_registry(kube, metrics=metrics)
+            tickers = op.cluster_tickers(kube, metrics=metrics)
         settings = op.settings_for(role, node_name)
         login_like(registry, kube.configuration)
+        stop_metrics = serve(metrics_address, metrics.registry) if metrics_address else None
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         stop.set()
@@ -177,6 +187,8 @@ def run(ctx: typer.Context,
             engine.close()
         if fleet is not None:
             fleet.close()
+        if stop_metrics is not None:
+            stop_metrics()
     if lost.is_set():
         typer.echo("error: lost the leader lease; exiting", err=True)
         raise typer.Exit(LOST_LEADERSHIP)

@@ -26,6 +26,7 @@ down, would hang.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -45,6 +46,7 @@ from statehold.controller import (
     statefulset_restores,
     target_status,
 )
+from statehold.controller.metrics import OperatorMetrics
 from statehold.controller.problems import Result, backoff
 from statehold.controller.replicas import Agents
 from statehold.controller.report import Clock
@@ -81,7 +83,11 @@ def outcome(result: Result, retry: int) -> None:
         kopf_runtime.give_up(result.message)
 
 
-def _handler(kube: Kube, kind: Kind, reconcile: Reconcile) -> Callable[..., None]:
+def _handler(kube: Kube, kind: Kind, reconcile: Reconcile, *,
+             metrics: OperatorMetrics | None = None) -> Callable[..., None]:
+    if metrics is not None:
+        reconcile = metrics.instrument(kube, kind, reconcile)
+
     def handle(name: str, namespace: str | None, retry: int = 0, **_: Any) -> None:
         try:
             obj = kube.get(kind, name, namespace)
@@ -99,8 +105,10 @@ def shared_volumes(node: Node) -> SharedVolumes:
 
 
 def node_registry(kube: Kube, node: Node, node_name: str, now: Clock = utcnow,
-                  shared: SharedVolumes | None = None) -> kopf_runtime.Registry:
+                  shared: SharedVolumes | None = None,
+                  metrics: OperatorMetrics | None = None) -> kopf_runtime.Registry:
     reg = kopf_runtime.new_registry()
+    handler = functools.partial(_handler, metrics=metrics)
     mine = {backups.NODE_LABEL: node_name}
     shared = shared or shared_volumes(node)
 
@@ -110,22 +118,22 @@ def node_registry(kube: Kube, node: Node, node_name: str, now: Clock = utcnow,
     def to_forget(meta: Any, **_: Any) -> bool:
         return (meta.get("annotations") or {}).get(backups.FORGET_ANNOTATION) == "true"
 
-    pool = _handler(kube, STORAGE_POOL, lambda o: pools.reconcile_pool(kube, o, node, node_name, now))
+    pool = handler(kube, STORAGE_POOL, lambda o: pools.reconcile_pool(kube, o, node, node_name, now))
     kopf_runtime.on_changes(reg, STORAGE_POOL, pool, id="pool", when=on_node)
-    kopf_runtime.on_changes(reg, VOLUME_BACKUP, _handler(
+    kopf_runtime.on_changes(reg, VOLUME_BACKUP, handler(
         kube, VOLUME_BACKUP, lambda o: backups.run_backup(kube, o, node, node_name, now, shared)),
         id="backup", labels=mine)
-    kopf_runtime.on_changes(reg, VOLUME_BACKUP, _handler(
+    kopf_runtime.on_changes(reg, VOLUME_BACKUP, handler(
         kube, VOLUME_BACKUP, lambda o: backups.forget_backup(kube, o, node_name, now)),
         id="forget", labels=mine, when=to_forget)
-    kopf_runtime.on_changes(reg, VOLUME_RESTORE, _handler(
+    kopf_runtime.on_changes(reg, VOLUME_RESTORE, handler(
         kube, VOLUME_RESTORE, lambda o: restores.run_restore(kube, o, node, node_name, now, shared)),
         id="restore", labels=mine)
-    kopf_runtime.on_changes(reg, STATEFUL_SET_BACKUP, _handler(
+    kopf_runtime.on_changes(reg, STATEFUL_SET_BACKUP, handler(
         kube, STATEFUL_SET_BACKUP,
         lambda o: statefulset_backups.run_set_backup(kube, o, node, node_name, now)),
         id="set-backup", labels=mine)
-    kopf_runtime.on_changes(reg, STATEFUL_SET_RESTORE, _handler(
+    kopf_runtime.on_changes(reg, STATEFUL_SET_RESTORE, handler(
         kube, STATEFUL_SET_RESTORE,
         lambda o: statefulset_restores.run_set_restore(kube, o, node, node_name, now)),
         id="set-restore", labels=mine)
@@ -133,24 +141,26 @@ def node_registry(kube: Kube, node: Node, node_name: str, now: Clock = utcnow,
 
 
 def cluster_registry(kube: Kube, now: Clock = utcnow,
-                     agents: Agents | None = None) -> kopf_runtime.Registry:
+                     agents: Agents | None = None,
+                     metrics: OperatorMetrics | None = None) -> kopf_runtime.Registry:
     reg = kopf_runtime.new_registry()
+    handler = functools.partial(_handler, metrics=metrics)
     if agents is not None:  # replicated volumes need the node agents (replication.py)
-        kopf_runtime.on_changes(reg, REPLICATED_VOLUME, _handler(
+        kopf_runtime.on_changes(reg, REPLICATED_VOLUME, handler(
             kube, REPLICATED_VOLUME,
             lambda o: replication.reconcile_volume(kube, agents, o, now)[0]), id="replication")
-    target = _handler(kube, BACKUP_TARGET, lambda o: target_status.reconcile_target(kube, o, now))
+    target = handler(kube, BACKUP_TARGET, lambda o: target_status.reconcile_target(kube, o, now))
     kopf_runtime.on_changes(reg, BACKUP_TARGET, target, id="target")
-    sched = _handler(kube, BACKUP_SCHEDULE, lambda o: schedules.reconcile_schedule(kube, o, now))
+    sched = handler(kube, BACKUP_SCHEDULE, lambda o: schedules.reconcile_schedule(kube, o, now))
     kopf_runtime.on_changes(reg, BACKUP_SCHEDULE, sched, id="schedule")
-    kopf_runtime.on_changes(reg, VOLUME_BACKUP, _handler(
+    kopf_runtime.on_changes(reg, VOLUME_BACKUP, handler(
         kube, VOLUME_BACKUP, lambda o: backups.assign_backup(kube, o, now)), id="assign")
-    kopf_runtime.on_changes(reg, VOLUME_RESTORE, _handler(
+    kopf_runtime.on_changes(reg, VOLUME_RESTORE, handler(
         kube, VOLUME_RESTORE, lambda o: restores.assign_restore(kube, o, now)), id="assign")
-    kopf_runtime.on_changes(reg, STATEFUL_SET_BACKUP, _handler(
+    kopf_runtime.on_changes(reg, STATEFUL_SET_BACKUP, handler(
         kube, STATEFUL_SET_BACKUP, lambda o: statefulset_backups.assign_set_backup(kube, o, now)),
         id="assign")
-    kopf_runtime.on_changes(reg, STATEFUL_SET_RESTORE, _handler(
+    kopf_runtime.on_changes(reg, STATEFUL_SET_RESTORE, handler(
         kube, STATEFUL_SET_RESTORE, lambda o: statefulset_restores.assign_set_restore(kube, o, now)),
         id="assign")
     return reg
@@ -174,7 +184,11 @@ class Ticker:
                 log.exception("ticker=%s failed; next try in %ss", self.name, self.interval)
 
 
-def _each(kube: Kube, kind: Kind, reconcile: Reconcile) -> Callable[[], None]:
+def _each(kube: Kube, kind: Kind, reconcile: Reconcile, *,
+          metrics: OperatorMetrics | None = None) -> Callable[[], None]:
+    if metrics is not None:
+        reconcile = metrics.instrument(kube, kind, reconcile)
+
     def tick() -> None:
         for obj in kube.list(kind):
             result = reconcile(obj)
@@ -188,7 +202,8 @@ def _each(kube: Kube, kind: Kind, reconcile: Reconcile) -> Callable[[], None]:
 def node_tickers(kube: Kube, node: Node, node_name: str, now: Clock = utcnow, *,
                  capacity_interval: float = 60.0,
                  shared: SharedVolumes | None = None, autoexpand_interval: float = 30.0,
-                 qos_interval: float = 10.0) -> list[Ticker]:
+                 qos_interval: float = 10.0,
+                 metrics: OperatorMetrics | None = None) -> list[Ticker]:
     """Capacity of this node's pools into their StoragePool status; the roots of the shared
     StorageClasses into this node's root registry (at once, then every interval), so the
     plugin here can delete or measure a shared volume another node created; claims of this
@@ -202,7 +217,8 @@ def node_tickers(kube: Kube, node: Node, node_name: str, now: Clock = utcnow, *,
 
     return [
         Ticker("capacity", capacity_interval, _each(
-            kube, STORAGE_POOL, lambda o: pools.reconcile_pool(kube, o, node, node_name, now))),
+            kube, STORAGE_POOL, lambda o: pools.reconcile_pool(kube, o, node, node_name, now),
+            metrics=metrics)),
         Ticker("shared-roots", capacity_interval, roots, immediate=True),
         Ticker("autoexpand", autoexpand_interval, lambda: log_reports(
             autoexpand.autoexpand_pass(kube, node, node_name, now))),
@@ -212,11 +228,13 @@ def node_tickers(kube: Kube, node: Node, node_name: str, now: Clock = utcnow, *,
 
 def cluster_tickers(kube: Kube, now: Clock = utcnow, *, schedule_interval: float = 30.0,
                     agents: Agents | None = None,
-                    replication_interval: float = 10.0) -> list[Ticker]:
+                    replication_interval: float = 10.0,
+                    metrics: OperatorMetrics | None = None) -> list[Ticker]:
     """Every BackupSchedule, so slots come due without a change to the object; with the
     agents, every replicated volume (records for new PVs, Node health for failover)."""
     tickers = [Ticker("schedules", schedule_interval, _each(
-        kube, BACKUP_SCHEDULE, lambda o: schedules.reconcile_schedule(kube, o, now)))]
+        kube, BACKUP_SCHEDULE, lambda o: schedules.reconcile_schedule(kube, o, now),
+        metrics=metrics))]
     if agents is not None:
         tickers.append(Ticker("replication", replication_interval,
                               lambda: log_results(replication.replication_pass(kube, agents, now))))
