@@ -34,6 +34,12 @@ def register(app: typer.Typer) -> None:
         ),
         max_volumes: int = typer.Option(256, help="max_volumes_per_node reported by NodeGetInfo"),
         grace: float = typer.Option(10.0, help="seconds in-flight calls get on shutdown"),
+        cluster: bool = typer.Option(
+            False, "--cluster/--standalone",
+            help="read replicated volumes' records from the Kubernetes API at NodeStage (in-cluster "
+            "credentials, or --kubeconfig): a copy stages only where the record makes it the "
+            "writable primary; standalone reads nothing"),
+        kubeconfig: str | None = typer.Option(None, "--kubeconfig", help="with --cluster"),
     ) -> None:
         """Serve the CSI Identity, Controller and/or Node services (driver csi.statehold.io)."""
         from statehold.csi.server import MODES, CsiServer, ServerConfig
@@ -48,7 +54,12 @@ def register(app: typer.Typer) -> None:
                 home=home_dir(ctx, home, create=True), allowed_roots=roots,
                 max_volumes=max_volumes, grace=grace,
             )
-            server = CsiServer(config)
+            kube = None
+            if cluster:
+                from statehold.kube.client import ApiKube
+
+                kube = ApiKube.connect(kubeconfig)
+            server = CsiServer(config, kube=kube)
             server.start()
 
         def _shutdown(signum: int, _frame: FrameType | None) -> None:

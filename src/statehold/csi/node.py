@@ -9,8 +9,9 @@ from pathlib import Path
 import grpc
 
 from statehold.csi import requests
-from statehold.csi.backend import TOPOLOGY_KEY, Capability, PublishRequest, StageRequest
+from statehold.csi.backend import TOPOLOGY_KEY, Capability, PublishRequest, StageRequest, VolumeBackend
 from statehold.csi.gen import csi_pb2, csi_pb2_grpc
+from statehold.csi.replicated import Replicas
 from statehold.csi.router import Router
 from statehold.csi.status import VolumeLocks, rpc
 from statehold.errors import FailedPrecondition, InvalidArgument
@@ -43,8 +44,10 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
         node_id: str,
         allowed_roots: Sequence[Path],
         max_volumes: int = DEFAULT_MAX_VOLUMES,
+        replicas: Replicas | None = None,
     ) -> None:
         self.router = router
+        self.replicas = replicas
         self.locks = locks
         self.node_id = node_id
         self.roots = tuple(allowed_roots)
@@ -52,6 +55,13 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
         # directory moved to another disk), and protected paths compare as real paths
         self.real_roots = tuple((r, Path(os.path.realpath(r))) for r in self.roots)
         self.max_volumes = max_volumes
+
+    def _copy(self, volume_id: str, backend: VolumeBackend) -> str:
+        """The id of this node's copy of a local volume (a replicated volume's copy may sit
+        in a pool named otherwise than the handle's: ``csi.replicated``)."""
+        if self.replicas is not None and backend is self.router.local:
+            return self.replicas.local_id(volume_id)
+        return volume_id
 
     def _path(self, value: str, field: str) -> Path:
         """A staging or target path: inside an allowed root, outside what the driver owns."""
@@ -69,9 +79,13 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
         why = requests.unsupported(backend, (cap,))
         if why:
             raise InvalidArgument(why)
+        copy_id = self._copy(volume_id, backend)
+        if self.replicas is not None and backend is self.router.local:
+            # a replicated volume stages only where the cluster's record makes it writable
+            self.replicas.check_stage(copy_id, volume_id, dict(request.volume_context))
         backend.node_stage(
             StageRequest(
-                volume_id=volume_id,
+                volume_id=copy_id,
                 staging_path=staging,
                 capability=cap,
                 context=dict(request.volume_context),
@@ -86,7 +100,8 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
     ) -> csi_pb2.NodeUnstageVolumeResponse:
         volume_id = requests.require(request.volume_id, "volume_id")
         staging = self._path(request.staging_target_path, "staging_target_path")
-        self.router.for_id(volume_id).node_unstage(volume_id, staging)
+        backend = self.router.for_id(volume_id)
+        backend.node_unstage(self._copy(volume_id, backend), staging)
         return csi_pb2.NodeUnstageVolumeResponse()
 
     @rpc(lock=lambda r: r.volume_id)
@@ -107,7 +122,7 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
             raise FailedPrecondition("staging_target_path is required: the volume must be staged first")
         backend.node_publish(
             PublishRequest(
-                volume_id=volume_id,
+                volume_id=self._copy(volume_id, backend),
                 target_path=target,
                 staging_path=staging,
                 capability=cap,
@@ -124,7 +139,8 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
     ) -> csi_pb2.NodeUnpublishVolumeResponse:
         volume_id = requests.require(request.volume_id, "volume_id")
         target = self._path(request.target_path, "target_path")
-        self.router.for_id(volume_id).node_unpublish(volume_id, target)
+        backend = self.router.for_id(volume_id)
+        backend.node_unpublish(self._copy(volume_id, backend), target)
         return csi_pb2.NodeUnpublishVolumeResponse()
 
     @rpc()
@@ -135,7 +151,8 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
         # only read here, so not confined to the allowed roots: a path where the volume
         # is not mounted is simply "volume not found there" (the spec's NOT_FOUND row)
         volume_path = Path(requests.require(request.volume_path, "volume_path"))
-        stats = self.router.for_id(volume_id).node_stats(volume_id, volume_path)
+        backend = self.router.for_id(volume_id)
+        stats = backend.node_stats(self._copy(volume_id, backend), volume_path)
         unit = csi_pb2.VolumeUsage.Unit
         usage = [
             csi_pb2.VolumeUsage(
@@ -170,7 +187,8 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
         )
         if request.HasField("volume_capability"):
             requests.capability(request.volume_capability)
-        size = self.router.for_id(volume_id).node_expand(volume_id, volume_path, required)
+        backend = self.router.for_id(volume_id)
+        size = backend.node_expand(self._copy(volume_id, backend), volume_path, required)
         return csi_pb2.NodeExpandVolumeResponse(capacity_bytes=size)
 
     @rpc()

@@ -29,9 +29,11 @@ from statehold.csi.groupcontroller import GroupControllerServicer
 from statehold.csi.identity import IdentityServicer, missing_tools
 from statehold.csi.local_groups import LocalGroups
 from statehold.csi.node import DEFAULT_MAX_VOLUMES, NodeServicer
+from statehold.csi.replicated import Replicas
 from statehold.csi.router import Router, load_shared
 from statehold.csi.status import VolumeLocks
 from statehold.errors import FailedPrecondition, InvalidArgument
+from statehold.kube.facade import Kube
 
 log = logging.getLogger("statehold.csi")
 
@@ -93,10 +95,13 @@ def clear_stale_socket(path: Path) -> None:
 
 
 class CsiServer:
-    """Build, start and stop the gRPC server. ``local`` may be injected (tests, bench)."""
+    """Build, start and stop the gRPC server. ``local`` may be injected (tests, bench).
+    ``kube``: the cluster's API, where NodeStage reads a replicated volume's record
+    (``csi.replicated``); None (standalone) reads nothing."""
 
     def __init__(self, config: ServerConfig, local: VolumeBackend | None = None,
-                 shared: VolumeBackend | None = None, *, with_shared: bool = True) -> None:
+                 shared: VolumeBackend | None = None, *, with_shared: bool = True,
+                 kube: Kube | None = None) -> None:
         if config.mode not in MODES:
             raise InvalidArgument(f"mode {config.mode!r} is not one of {list(MODES)}")
         self.config = config
@@ -110,6 +115,8 @@ class CsiServer:
         self.router = Router(local, shared)
         self.groups = (LocalGroups(local.node, config.node_id)
                        if isinstance(local, LocalBackend) else None)
+        self.replicas = (Replicas(local.node, config.node_id, kube)
+                         if isinstance(local, LocalBackend) else None)
         self.locks = VolumeLocks()
         self._server: grpc.Server | None = None
         self._stopped = threading.Event()
@@ -132,6 +139,7 @@ class CsiServer:
             node = NodeServicer(
                 self.router, self.locks, node_id=cfg.node_id,
                 allowed_roots=cfg.allowed_roots, max_volumes=cfg.max_volumes,
+                replicas=self.replicas,
             )
             add.add_NodeServicer_to_server(node, server)  # type: ignore[no-untyped-call]
         self.path.parent.mkdir(parents=True, exist_ok=True)
