@@ -120,7 +120,8 @@ def run(ctx: typer.Context,
             "empty: off."),
         metrics_per_volume: bool = typer.Option(
             True, "--metrics-per-volume/--no-metrics-per-volume",
-            help="Export per-claim series (newest successful backup); off for thousands of claims.")) -> None:
+            help="Export per-volume series (role cluster: newest successful backup per claim; role "
+            "node: size, usage, I/O, snapshots, condition); off for thousands of volumes.")) -> None:
     """Run the operator until SIGTERM."""
     stop = threading.Event()
     lost = threading.Event()
@@ -142,6 +143,13 @@ def run(ctx: typer.Context,
             assert node_name is not None  # check_role refused a node role without it
             engine = Node(home_dir(ctx, home, create=True))
             registry = op.node_registry(kube, engine, node_name, metrics=metrics)
+            from statehold.agent.storage_metrics import StorageCollector
+            from statehold.csi.metrics import ConditionCollector
+
+            # this node's pools and volumes (docs/metrics.md), read at scrape time
+            metrics.registry.register(StorageCollector(engine.pools, per_volume=metrics_per_volume))
+            metrics.registry.register(ConditionCollector(engine.pools, engine.home,
+                                                         per_volume=metrics_per_volume))
             tickers = op.node_tickers(kube, engine, node_name, metrics=metrics)
         elif replication:
             fleet, certificates = replication_wiring(kube, agent_namespace, agent_port)

@@ -9,17 +9,20 @@ from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client import CollectorRegistry
 
 from statehold.csi.backend import BackendConfig
 from statehold.csi.backend_local import LocalBackend
+from statehold.csi.conditions import Conditions
 from statehold.csi.controller import ControllerServicer
 from statehold.csi.gen import csi_pb2 as pb
 from statehold.csi.gen import csi_pb2_grpc as rpc
 from statehold.csi.identity import IdentityServicer
-from statehold.csi.metrics import CsiMetrics, method_name
+from statehold.csi.metrics import ConditionCollector, CsiMetrics, method_name
 from statehold.csi.router import Router
 from statehold.csi.status import VolumeLocks
 from statehold.engine.node import Node
+from statehold.engine.pool import Pool
 from tests.fixtures.metrics import scrape, served, value
 
 
@@ -71,3 +74,23 @@ def test_a_failed_call_is_counted_with_its_code(channel: tuple[grpc.Channel, Csi
 
 def test_method_names_drop_the_service() -> None:
     assert method_name("/csi.v1.Controller/CreateVolume") == "CreateVolume"
+
+
+@pytest.mark.root
+def test_a_volume_whose_filesystem_failed_is_abnormal_in_the_metrics(node: Node, pool: Pool) -> None:
+    sick = pool.create_volume("sick", 64 * 1024 * 1024)
+    well = pool.create_volume("well", 64 * 1024 * 1024)
+    Conditions(node.home).put(sick, "xfs: metadata I/O error", "/staging/sick")
+    registry = CollectorRegistry()
+    registry.register(ConditionCollector(node.pools, node.home))
+    with served(registry) as url:
+        got = scrape(url)
+    assert value(got, "statehold_volume_condition_abnormal", volume=sick.id) == 1
+    assert value(got, "statehold_volume_condition_abnormal", volume=well.id) == 0
+    assert value(got, "statehold_pool_volumes_abnormal", pool=pool.name) == 1
+    quiet = CollectorRegistry()
+    quiet.register(ConditionCollector(node.pools, node.home, per_volume=False))
+    with served(quiet) as url:
+        got = scrape(url)
+    assert value(got, "statehold_pool_volumes_abnormal", pool=pool.name) == 1
+    assert value(got, "statehold_volume_condition_abnormal", volume=sick.id) is None
