@@ -29,6 +29,7 @@ AREAS = (
     "statehold.cli.scheduler",
     "statehold.cli.shared",
     "statehold.cli.agent",
+    "statehold.cli.dashboard",
 )
 
 
