@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := xfsprogs btrfs-progs e2fsprogs util-linux fio restic sqlite3 iproute2 attr quota \
                 glusterfs-server glusterfs-client postgresql etcd-server golang-1.19-go \
-                golang-github-modern-go-reflect2-dev dpkg-dev
+                golang-github-modern-go-reflect2-dev dpkg-dev samba smbnetfs smbclient chromium chromium-driver
 PYTEST_ARGS ?=
 
 .PHONY: demo test deps apt venv proto proto-check lint unit integration bench clean-venv kube-bins
@@ -26,6 +26,7 @@ apt:
 	fi
 	@# the Debian packages start these services; our tests start their own instances by pid
 	@-systemctl disable --now glusterd >/dev/null 2>&1 || true
+	@-systemctl disable --now smbd nmbd samba-ad-dc >/dev/null 2>&1 || true
 	@-systemctl disable --now etcd >/dev/null 2>&1 || true
 
 # kube-apiserver, kube-controller-manager, kube-scheduler v1.20.2 for the tests' control

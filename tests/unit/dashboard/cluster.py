@@ -3,7 +3,7 @@ a restore, a snapshot."""
 
 from __future__ import annotations
 
-from statehold.kube.kinds import BACKUP_SCHEDULE, STORAGE_POOL, VOLUME_BACKUP, VOLUME_RESTORE
+from statehold.kube.kinds import BACKUP_SCHEDULE, PV, STORAGE_POOL, VOLUME_BACKUP, VOLUME_RESTORE
 from statehold.kube.memory import MemoryKube
 from tests.unit.controller.cluster import NS, bound_pvc, path_target, secret, volume_backup
 
@@ -26,6 +26,8 @@ def populate(k: MemoryKube) -> MemoryKube:
     path_target(k)
     bound_pvc(k, "data", node="n1", size="10Gi")
     bound_pvc(k, "logs", node="n1", size="2Gi")
+    for pv in ("pv-data", "pv-logs"):
+        k.patch_status(PV, pv, {"phase": "Bound"})
     volume_backup(k, "data-1", "data")
     k.patch_status(VOLUME_BACKUP, "data-1", {"phase": "Completed", "bytesTotal": 3 * GiB,
                                              "startTime": "2026-01-04T02:00:00Z"}, NS)
