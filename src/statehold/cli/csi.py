@@ -40,6 +40,9 @@ def register(app: typer.Typer) -> None:
             "credentials, or --kubeconfig): a copy stages only where the record makes it the "
             "writable primary; standalone reads nothing"),
         kubeconfig: str | None = typer.Option(None, "--kubeconfig", help="with --cluster"),
+        metrics_address: str = typer.Option(
+            "", "--metrics-address", help="IP:PORT for Prometheus metrics of the CSI calls "
+            "(docs/metrics.md); empty: off"),
     ) -> None:
         """Serve the CSI Identity, Controller and/or Node services (driver csi.statehold.io)."""
         from statehold.csi.server import MODES, CsiServer, ServerConfig
@@ -61,6 +64,10 @@ def register(app: typer.Typer) -> None:
                 kube = ApiKube.connect(kubeconfig)
             server = CsiServer(config, kube=kube)
             server.start()
+            if metrics_address:
+                from statehold.controller.metrics import serve
+
+                serve(metrics_address, server.metrics.registry)  # a daemon thread, ends with us
 
         def _shutdown(signum: int, _frame: FrameType | None) -> None:
             # grpc's stop() must not run inside the signal handler's frame while the main

@@ -28,6 +28,7 @@ from statehold.csi.gen import csi_pb2_grpc
 from statehold.csi.groupcontroller import GroupControllerServicer
 from statehold.csi.identity import IdentityServicer, missing_tools
 from statehold.csi.local_groups import LocalGroups
+from statehold.csi.metrics import CsiMetrics
 from statehold.csi.node import DEFAULT_MAX_VOLUMES, NodeServicer
 from statehold.csi.replicated import Replicas
 from statehold.csi.router import Router, load_shared
@@ -118,12 +119,14 @@ class CsiServer:
         self.replicas = (Replicas(local.node, config.node_id, kube)
                          if isinstance(local, LocalBackend) else None)
         self.locks = VolumeLocks()
+        self.metrics = CsiMetrics()  # every call counted by method and code (docs/metrics.md)
         self._server: grpc.Server | None = None
         self._stopped = threading.Event()
 
     def start(self) -> None:
         cfg = self.config
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="csi"))
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="csi"),
+                             interceptors=[self.metrics.interceptor()])
         controller = cfg.mode in ("controller", "all")
         add = csi_pb2_grpc  # generated, untyped
         identity = IdentityServicer(health=missing_tools)

@@ -24,6 +24,7 @@ from statehold.csi.status import VolumeLocks
 from statehold.engine.node import Node
 from statehold.engine.pool import Pool
 from tests.fixtures.metrics import scrape, served, value
+from tests.integration.csi.harness import Driver
 
 
 @pytest.fixture
@@ -94,3 +95,14 @@ def test_a_volume_whose_filesystem_failed_is_abnormal_in_the_metrics(node: Node,
         got = scrape(url)
     assert value(got, "statehold_pool_volumes_abnormal", pool=pool.name) == 1
     assert value(got, "statehold_volume_condition_abnormal", volume=sick.id) is None
+
+
+@pytest.mark.root
+def test_the_driver_counts_its_calls_through_the_real_socket(driver: Driver) -> None:
+    with pytest.raises(grpc.RpcError) as bad:
+        driver.node.NodeUnstageVolume(pb.NodeUnstageVolumeRequest(volume_id="test/none",
+                                                                  staging_target_path=""))
+    with served(driver.server.metrics.registry) as url:
+        got = scrape(url)
+    assert value(got, "statehold_csi_calls_total", method="NodeUnstageVolume",
+                 code=bad.value.code().name) == 1
