@@ -196,8 +196,9 @@ def restore_tree(repo: Repository, backup_id: str, target: Path, *, parallel: in
                     elif e["type"] == "symlink":
                         os.symlink(e["target"], dest)
                     elif e["type"] == "file":
-                        with open(dest, "wb") as f:
-                            f.truncate(int(e["size"]))
+                        # by path, not ftruncate: smbnetfs (SMB) answers EIO to ftruncate
+                        dest.touch(exist_ok=False)
+                        os.truncate(dest, int(e["size"]))
                         jobs.extend(pool.submit(_restore_chunk, repo, dest, int(off), bytes.fromhex(cid),
                                                 min(m.chunk_size, int(e["size"]) - int(off)))
                                     for off, cid in e["chunks"])

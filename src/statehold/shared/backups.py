@@ -11,7 +11,10 @@ Files are cut into the repository's chunks, so content already stored (an earlie
 another volume) is not stored again; the parent is the newest tree backup of the same
 volume key. A restore builds the tree aside and turns it into a new volume atomically,
 with the size limit set afterwards; it fails before creating anything when the backup
-holds more bytes than the requested size.
+holds more bytes than the requested size, or what the root cannot store (see
+:func:`unstorable`): files whose names differ only by case on a case-insensitive root
+(SMB), symlinks where the filesystem has none (smbnetfs). File modes and owners are set
+as recorded; an SMB server maps them to its own, so on SMB they read back as the server's.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from collections.abc import Mapping
 from statehold.backup.manifest import Manifest
 from statehold.backup.repository import Repository
 from statehold.backup.tree import backup_tree, restore_tree
-from statehold.errors import InvalidArgument, OutOfRange
+from statehold.errors import FailedPrecondition, InvalidArgument, OutOfRange
+from statehold.shared.names import case_clashes
 from statehold.shared.root import SharedRoot
 from statehold.shared.snapshots import SnapshotStore
 from statehold.shared.types import DeletionPolicy, SharedVolume, Source, SourceKind
@@ -62,6 +66,9 @@ def restore_volume(repo: Repository, backup_id: str, root: SharedRoot, name: str
     manifest = repo.load_manifest(backup_id)
     if manifest.kind != "tree":
         raise InvalidArgument(f"backup {backup_id} is a {manifest.kind} backup, not a file tree")
+    problem = unstorable(manifest, root)
+    if problem:
+        raise FailedPrecondition(f"backup {backup_id} cannot be restored onto {root.path}: {problem}")
     recorded = manifest.labels.get("statehold.io/size", "")
     want = size if size is not None else (int(recorded) if recorded.isdigit() else max(manifest.size, 1))
     if want < manifest.size:
@@ -70,3 +77,23 @@ def restore_volume(repo: Repository, backup_id: str, root: SharedRoot, name: str
         name, want, policy=policy, enforce=enforce, source=Source(SourceKind.BACKUP, backup_id),
         populate=lambda staging: restore_tree(repo, backup_id, staging, parallel=parallel),
     )
+
+
+def unstorable(manifest: Manifest, root: SharedRoot) -> str:
+    """Why the backup's tree cannot be stored on ``root`` as it is ("" when it can): rather
+    a clear refusal before anything is created than two files merged into one or a
+    restore that fails half-way."""
+    entries = manifest.tree or []
+    if not root.traits.case_sensitive:
+        clashes = case_clashes(str(e["path"]) for e in entries)
+        if clashes:
+            shown = "; ".join(" and ".join(group) for group in clashes[:3])
+            more = f" (and {len(clashes) - 3} more)" if len(clashes) > 3 else ""
+            return (f"names on it are case-insensitive and the backup holds files whose names "
+                    f"differ only by case: {shown}{more}")
+    if not root.traits.symlinks:
+        links = [str(e["path"]) for e in entries if e.get("type") == "symlink"]
+        if links:
+            return (f"its filesystem ({root.traits.fstype or 'probed'}) stores no symlinks and "
+                    f"the backup holds {len(links)}, e.g. {links[0]}")
+    return ""

@@ -4,6 +4,10 @@
 either side is written); ``cp -a --reflink=never`` copies bytes. Which one a root gets is
 decided by a probe on that filesystem, once, so the method we report is the one used,
 not a guess (an empty tree "reflinks" anywhere).
+
+On SMB (``plain=True``) a copy keeps only times: ``cp -a`` there asks smbnetfs to copy ACLs
+and xattrs it cannot take, which fails with EIO and leaves the client answering EIO for a
+while (measured); modes and owners are the server's on SMB anyway.
 """
 
 from __future__ import annotations
@@ -36,11 +40,16 @@ def reflink_supported(scratch_dir: Path) -> bool:
                 path.unlink()
 
 
-def copy_tree(src: Path, dst: Path, *, reflink: bool) -> CopyMethod:
+def _cp(reflink: bool, plain: bool) -> list[str]:
+    keep = ["-R", "--no-dereference", "--preserve=timestamps"] if plain else ["-a"]
+    return ["cp", *keep, f"--reflink={'always' if reflink else 'never'}"]
+
+
+def copy_tree(src: Path, dst: Path, *, reflink: bool, plain: bool = False) -> CopyMethod:
     """Copy directory ``src`` to the new path ``dst`` (must not exist), keeping owners,
-    modes, times, links and xattrs. On failure nothing is left at ``dst``."""
-    mode = "always" if reflink else "never"
-    argv = ["cp", "-a", f"--reflink={mode}", "--no-target-directory", "--", str(src), str(dst)]
+    modes, times, links and xattrs (only times with ``plain``). On failure nothing is left
+    at ``dst``."""
+    argv = [*_cp(reflink, plain), "--no-target-directory", "--", str(src), str(dst)]
     try:
         run(argv, timeout=COPY_TIMEOUT)
     except CommandError as exc:
@@ -51,12 +60,11 @@ def copy_tree(src: Path, dst: Path, *, reflink: bool) -> CopyMethod:
     return CopyMethod.REFLINK if reflink else CopyMethod.COPY
 
 
-def copy_into(src: Path, dst: Path, *, reflink: bool) -> None:
+def copy_into(src: Path, dst: Path, *, reflink: bool, plain: bool = False) -> None:
     """Copy the content of directory ``src`` into the existing directory ``dst`` (and
     ``src``'s own mode, owner and times onto ``dst``)."""
-    mode = "always" if reflink else "never"
     try:
-        run(["cp", "-a", f"--reflink={mode}", "-T", "--", str(src), str(dst)], timeout=COPY_TIMEOUT)
+        run([*_cp(reflink, plain), "-T", "--", str(src), str(dst)], timeout=COPY_TIMEOUT)
     except CommandError as exc:
         if "No space left" in exc.stderr or "quota exceeded" in exc.stderr.lower():
             raise OutOfCapacity(f"no room to copy {src}: {exc.stderr}") from exc

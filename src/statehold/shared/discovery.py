@@ -32,6 +32,7 @@ from statehold.engine.mounts import mounts as read_mounts
 from statehold.errors import AlreadyExists, NotFound, StateholdError, Unavailable
 from statehold.runner import run
 from statehold.shared.copying import remove_tree
+from statehold.shared.traits import NETWORK_FSTYPES
 
 log = logging.getLogger("statehold.shared.discovery")
 
@@ -142,7 +143,9 @@ def pv_view(obj: dict[str, Any]) -> PvView:
 
 def scan(directory: Path, mounts: list[Mount] | None = None) -> list[Disk]:
     """Mount points (Filesystem) and block devices or links to them (Block) directly under
-    ``directory``; anything else (a plain directory not yet mounted) is not a disk."""
+    ``directory``; anything else (a plain directory not yet mounted) is not a disk, and
+    neither is a network filesystem mounted there (an SMB share, NFS, GlusterFS...): its
+    data is not this node's, and smbnetfs reports its size as 0."""
     mounts = read_mounts() if mounts is None else mounts
     disks: list[Disk] = []
     try:
@@ -156,7 +159,10 @@ def scan(directory: Path, mounts: list[Mount] | None = None) -> list[Disk]:
             continue
         if stat.S_ISBLK(st.st_mode):
             disks.append(Disk(entry.name, str(entry), "Block", _device_size(entry)))
-        elif stat.S_ISDIR(st.st_mode) and mount_at(entry, mounts) is not None:
+        elif stat.S_ISDIR(st.st_mode) and (entry_mount := mount_at(entry, mounts)) is not None:
+            if entry_mount.fstype in NETWORK_FSTYPES:
+                log.info("discovery skips a network filesystem path=%s fstype=%s", entry, entry_mount.fstype)
+                continue
             vfs = os.statvfs(entry)
             disks.append(Disk(entry.name, str(entry), "Filesystem", vfs.f_blocks * vfs.f_frsize))
     return disks

@@ -9,6 +9,7 @@ refused, not that the name was too long.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from statehold.errors import InvalidArgument
 
@@ -42,6 +43,20 @@ def validate_name(name: str, *, what: str = "volume") -> str:
             "starting and ending with a letter or digit)"
         )
     return name
+
+
+def case_clashes(paths: Iterable[str]) -> list[tuple[str, ...]]:
+    """Paths (``a/b/c``, relative) that name one file on a case-insensitive filesystem:
+    siblings equal but for case (``README`` and ``readme``), each group sorted, groups in
+    order. Two such files restored onto an SMB share would become one, silently; callers
+    refuse instead. Volume and snapshot names cannot clash (they are lowercase DNS names);
+    the files inside a backup can."""
+    groups: dict[str, set[str]] = {}
+    for path in paths:
+        parent, _, leaf = path.rpartition("/")
+        # The parent is folded too: children of two clashing directories land in one.
+        groups.setdefault(f"{parent.casefold()}/{leaf.casefold()}", set()).add(path)
+    return sorted(tuple(sorted(g)) for g in groups.values() if len(g) > 1)
 
 
 def parse_size(value: str | int) -> int:

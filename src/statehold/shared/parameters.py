@@ -4,8 +4,9 @@ Parameters (see docs/shared.md)::
 
     sharedRoot: /mnt/share            # host-based: the share is mounted there on every node
     source: 10.0.0.5:/vol0            # native: we mount it (or server: + share:)
-    fsType: glusterfs | nfs | nfs4 | cephfs
+    fsType: glusterfs | nfs | nfs4 | cephfs | cifs
     mountOptions: "opt1,opt2"
+    credentialsFile: /etc/statehold/smb/credentials   # cifs: a file from a Secret
     deletionPolicy: delete | retain | archive      (default delete)
     enforceQuota: "true" | "false"                 (default false)
 

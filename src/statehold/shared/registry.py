@@ -63,14 +63,18 @@ class RootSpec:
         if source:
             fstype = params.get("fsType", "") or params.get("csi.storage.k8s.io/fstype", "")
             if not fstype:
-                raise InvalidArgument("a native shared volume needs fsType (glusterfs, nfs, cephfs)")
-            return cls(style=NATIVE, share=ShareSpec.parse(source, fstype, params.get("mountOptions", "")))
+                raise InvalidArgument("a native shared volume needs fsType (glusterfs, nfs, cephfs, cifs)")
+            return cls(style=NATIVE, share=ShareSpec.parse(source, fstype, params.get("mountOptions", ""),
+                                                           credentials=params.get("credentialsFile", "")))
         raise InvalidArgument("type=shared needs sharedRoot (host-based) or source/server (native)")
 
     def to_context(self) -> dict[str, str]:
         if self.share is not None:
-            return {"source": self.share.source, "fsType": self.share.fstype,
-                    "mountOptions": ",".join(self.share.options)}
+            context = {"source": self.share.source, "fsType": self.share.fstype,
+                       "mountOptions": ",".join(self.share.options)}
+            if self.share.credentials:  # the file's path; its content stays in the Secret
+                context["credentialsFile"] = self.share.credentials
+            return context
         return {"sharedRoot": str(self.path)}
 
     def to_json(self) -> dict[str, object]:

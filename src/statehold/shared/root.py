@@ -18,6 +18,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from statehold.engine.mounts import mount_of, mounts
 from statehold.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -31,6 +32,7 @@ from statehold.shared import metadata as md
 from statehold.shared.copying import copy_into, copy_tree, reflink_supported, remove_tree
 from statehold.shared.names import format_size, validate_name
 from statehold.shared.quota import Enforcer, detect
+from statehold.shared.traits import RootTraits, probe
 from statehold.shared.types import (
     CopyMethod,
     DeletionPolicy,
@@ -70,7 +72,9 @@ class SharedRoot:
                 (self.meta / sub).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise Unavailable(f"cannot prepare {self.meta}: {exc}") from exc
-        self.enforcer = enforcer if enforcer is not None else detect(path)
+        entries = mounts()
+        self.enforcer = enforcer if enforcer is not None else detect(path, entries)
+        self.traits: RootTraits = probe(path, self.meta / "tmp", mount_of(path.resolve(), entries))
         self.on_event = on_event
         self._reflink: bool | None = None
 
@@ -90,11 +94,15 @@ class SharedRoot:
         return replace(md.volume_from_json(data), path=self.path / name)
 
     def _write(self, vol: SharedVolume) -> None:
-        md.write_json(self._sidecar(vol.name), md.volume_to_json(vol))
+        self.write_meta(self._sidecar(vol.name), md.volume_to_json(vol))
+
+    def write_meta(self, path: Path, data: dict[str, object]) -> None:
+        """Replace a metadata file of this root the way its filesystem allows (see traits)."""
+        md.write_json(path, data, atomic_replace=self.traits.atomic_replace)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        with md.locked(self.path):
+        with md.locked(self.path, shared_locks=self.traits.shared_locks):
             yield
 
     def staging(self, kind: str, name: str) -> Path:
@@ -148,7 +156,7 @@ class SharedRoot:
                 self._undo_or_finish(existing)
             path = self.path / name
             if os.path.lexists(path):
-                raise FailedPrecondition(f"{path} exists but is not a Statehold volume; not touching it")
+                raise FailedPrecondition(self._taken_message(name))
             if source is not None and source.kind == SourceKind.BACKUP:
                 if populate is None:
                     raise InvalidArgument("a volume restored from a backup needs its content")
@@ -187,7 +195,7 @@ class SharedRoot:
         if method is not None:
             return method
         staging = self.staging("volume", vol.name)
-        method = copy_tree(src_path, staging, reflink=self.reflink)
+        method = copy_tree(src_path, staging, reflink=self.reflink, plain=self.traits.smb)
         os.rename(staging, vol.path)
         return method
 
@@ -198,7 +206,7 @@ class SharedRoot:
         populate(staging)
         if self.enforcer.kind == QuotaKind.BTRFS_QGROUP:
             self.enforcer.make_dir(vol.path)
-            copy_into(staging, vol.path, reflink=self.reflink)
+            copy_into(staging, vol.path, reflink=self.reflink, plain=self.traits.smb)
             remove_tree(staging)
         else:
             os.rename(staging, vol.path)
@@ -220,8 +228,18 @@ class SharedRoot:
             self.enforcer.remove_dir(vol.path)
         with contextlib.suppress(StateholdError, OSError):
             self.clear_staging("volume", vol.name)
-        with contextlib.suppress(OSError):
-            self._sidecar(vol.name).unlink()
+        with contextlib.suppress(StateholdError):
+            md.remove_json(self._sidecar(vol.name))
+
+    def _taken_message(self, name: str) -> str:
+        path = self.path / name
+        if not self.traits.case_sensitive:
+            with contextlib.suppress(OSError):
+                same = [p.name for p in self.path.iterdir() if p.name.lower() == name and p.name != name]
+                if same:
+                    return (f"{path} is taken: names on {self.path} are case-insensitive and "
+                            f"{same[0]!r} there is the same name; not touching it")
+        return f"{path} exists but is not a Statehold volume; not touching it"
 
     def _undo_or_finish(self, vol: SharedVolume) -> None:
         """A crash left ``vol`` half-created (undo) or half-deleted (finish)."""
@@ -236,8 +254,8 @@ class SharedRoot:
 
     def _all(self) -> list[SharedVolume]:
         out = []
-        for entry in sorted((self.meta / "volumes").glob("*.json")):
-            vol = self._read(entry.stem)
+        for name in md.json_names(self.meta / "volumes"):
+            vol = self._read(name)
             if vol is not None:
                 out.append(vol)
         return out
@@ -287,8 +305,7 @@ class SharedRoot:
         else:
             self.enforcer.release(vol.path, vol.project_id)
             self.enforcer.remove_dir(vol.path)
-        with contextlib.suppress(FileNotFoundError):
-            self._sidecar(vol.name).unlink()
+        md.remove_json(self._sidecar(vol.name))
         log.info("volume deleted name=%s policy=%s archive=%s", vol.name, vol.policy, dest)
         return dest
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from statehold.backup.manifest import Manifest
 from statehold.backup.repository import Repository
 from statehold.engine.mounts import mount_at
-from statehold.errors import InvalidArgument, NotFound
+from statehold.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from statehold.shared.backups import backup_volume, restore_volume
 from statehold.shared.ids import make_id, split_id
 from statehold.shared.parameters import VolumeClass
@@ -48,6 +48,11 @@ ROOT_ATTRIBUTES = ("sharedRoot", "source", "server")
 class UnknownRoot(NotFound):
     """The id names a root this host has not recorded: no volume of it was created, staged,
     backed up or registered here."""
+
+
+class UnknownCapacity(FailedPrecondition):
+    """The root's filesystem reports no size (statfs: 0 blocks, as smbnetfs does): its free
+    space is unknown, which is not the same as none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,8 +207,20 @@ class SharedVolumes:
         return sorted(out, key=lambda r: r.id)
 
     def available_bytes(self, spec: RootSpec) -> int:
-        """Free bytes on the root's filesystem (what a new volume may still take)."""
-        st = os.statvfs(self.open(spec).path)
+        """Free bytes on the root's filesystem (what a new volume may still take).
+
+        UnknownCapacity where the filesystem reports no size at all (SMB through smbnetfs:
+        0 blocks): answering 0 there would say "full" about a share with room."""
+        root = self.open(spec)
+        if not root.traits.reports_size:
+            raise UnknownCapacity(
+                f"the filesystem of shared root {root.path} ({root.traits.fstype or 'unknown type'}) "
+                "reports no size, so its free space is unknown; use Immediate volume binding "
+                "for this StorageClass (capacity is only consulted for WaitForFirstConsumer)")
+        try:
+            st = os.statvfs(root.path)
+        except OSError as exc:
+            raise Unavailable(f"cannot statfs {root.path}: {exc}") from exc
         return st.f_bavail * st.f_frsize
 
     def expand_volume(self, volume_id: str, size: int, *, mount: bool = True) -> SharedVolume:

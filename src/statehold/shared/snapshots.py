@@ -59,15 +59,16 @@ class SnapshotStore:
             snap = SharedSnapshot(name=name, volume=volume, path=path, size=vol.size,
                                   copy_method=CopyMethod.COPY, ready=False,
                                   created=datetime.now(UTC).isoformat())
-            md.write_json(self._sidecar(name), md.snapshot_to_json(snap))
+            self.root.write_meta(self._sidecar(name), md.snapshot_to_json(snap))
             try:
                 method = self.root.enforcer.snapshot(vol.path, path, readonly=True)
                 if method is None:
                     staging = self.root.staging("snapshot", name)
-                    method = copy_tree(vol.path, staging, reflink=self.root.reflink)
+                    method = copy_tree(vol.path, staging, reflink=self.root.reflink,
+                                       plain=self.root.traits.smb)
                     os.rename(staging, path)
                 snap = replace(snap, copy_method=method, ready=True)
-                md.write_json(self._sidecar(name), md.snapshot_to_json(snap))
+                self.root.write_meta(self._sidecar(name), md.snapshot_to_json(snap))
             except BaseException:
                 with contextlib.suppress(StateholdError, OSError):
                     self._remove(snap)
@@ -83,8 +84,8 @@ class SnapshotStore:
 
     def list(self, volume: str | None = None) -> list[SharedSnapshot]:
         out = []
-        for entry in sorted(self.dir.glob("*.json")):
-            snap = self._read(entry.stem)
+        for entry in md.json_names(self.dir):
+            snap = self._read(entry)
             if snap is not None and snap.ready and (volume is None or snap.volume == volume):
                 out.append(snap)
         return out
@@ -100,5 +101,4 @@ class SnapshotStore:
     def _remove(self, snap: SharedSnapshot) -> None:
         self.root.enforcer.remove_dir(snap.path)
         self.root.clear_staging("snapshot", snap.name)
-        with contextlib.suppress(FileNotFoundError):
-            self._sidecar(snap.name).unlink()
+        md.remove_json(self._sidecar(snap.name))
