@@ -1,9 +1,10 @@
-"""The CSI SharedBackend end to end below gRPC: a host-based root on a plain directory and
-a native GlusterFS share staged on two "nodes" at once (separate homes, separate mounts)."""
+"""The CSI SharedBackend below gRPC: bad requests and ids, and a native GlusterFS share
+staged on two "nodes" at once (separate homes, separate mounts). The host-based lifecycle
+(create, stage, publish, stats, expand, snapshot, clone, delete) runs over every shared
+filesystem in test_contract.py."""
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 from pathlib import Path
@@ -54,69 +55,6 @@ def stage_and_publish(be: SharedBackend, vid: str, ctx: dict[str, str], base: Pa
     be.node_publish(PublishRequest(volume_id=vid, target_path=target, staging_path=staging,
                                    capability=cap, readonly=readonly, context=ctx))
     return target
-
-
-def test_host_based_lifecycle(scratch: Path, mounts: list[Path]) -> None:
-    share = scratch / "share"
-    share.mkdir()
-    events: list[VolumeEvent] = []
-    be = backend(scratch / "home", "n1", events)
-    params = {"sharedRoot": str(share), "deletionPolicy": "archive"}
-    info = be.create_volume(request("pvc-1", params))
-    assert info.volume_id.startswith("shared/") and info.capacity_bytes == 4 * MiB and not info.block
-    assert be.create_volume(request("pvc-1", params)) == info
-    assert [v.volume_id for v in be.list_volumes()] == [info.volume_id]
-
-    ctx = dict(info.context)
-    target = stage_and_publish(be, info.volume_id, ctx, scratch / "pod1", mounts)
-    stage_and_publish(be, info.volume_id, ctx, scratch / "pod1", mounts)  # idempotent
-    (target / "f").write_bytes(b"hello")
-    assert (share / "pvc-1" / "f").read_bytes() == b"hello"
-
-    ro = stage_and_publish(be, info.volume_id, ctx, scratch / "pod2", mounts, cap=ROX)
-    assert (ro / "f").read_bytes() == b"hello"
-    with pytest.raises(OSError) as err:
-        (ro / "g").write_bytes(b"no")
-    assert err.value.errno == errno.EROFS
-
-    stats = be.node_stats(info.volume_id, target)
-    assert stats.bytes_total == 4 * MiB and not stats.abnormal and stats.inodes_total
-    (target / "big").write_bytes(os.urandom(5 * MiB))
-    stats = be.node_stats(info.volume_id, target)
-    assert stats.abnormal and stats.bytes_used > 4 * MiB and stats.bytes_available == 0
-    assert [e.reason for e in events] == ["OverSize"]
-    assert be.get_volume(info.volume_id).abnormal
-
-    grown = be.expand_volume(info.volume_id, 16 * MiB, 0)
-    assert grown.capacity_bytes == 16 * MiB and not grown.node_expansion_required
-    assert be.node_expand(info.volume_id, target, 16 * MiB) == 16 * MiB
-    assert not be.node_stats(info.volume_id, target).abnormal
-    assert be.expand_volume(info.volume_id, MiB, 0).capacity_bytes == 16 * MiB  # never shrinks
-
-    snap = be.create_snapshot(info.volume_id, "snap-1", {})
-    assert snap.snapshot_id.startswith("shared/") and snap.source_volume_id == info.volume_id
-    assert be.list_snapshots(info.volume_id) == [snap]
-    clone = be.create_volume(request("pvc-2", params, size=16 * MiB,
-                                     source=ContentSource("snapshot", snap.snapshot_id)))
-    assert clone.source == ContentSource("snapshot", snap.snapshot_id)
-    assert (share / "pvc-2" / "f").read_bytes() == b"hello"
-
-    for pod in ("pod1", "pod2"):
-        be.node_unpublish(info.volume_id, scratch / pod / "target")
-        be.node_unpublish(info.volume_id, scratch / pod / "target")
-        be.node_unstage(info.volume_id, scratch / pod / "staging")
-        be.node_unstage(info.volume_id, scratch / pod / "staging")
-        assert mount_at(scratch / pod / "staging") is None
-    be.delete_volume(info.volume_id)
-    with pytest.raises(NotFound):
-        be.get_volume(info.volume_id)
-    with pytest.raises(NotFound):
-        be.delete_volume(info.volume_id)
-    [archived] = (share / ".statehold" / "archive").iterdir()
-    assert (archived / "f").read_bytes() == b"hello"
-    be.delete_snapshot(snap.snapshot_id)
-    with pytest.raises(NotFound):
-        be.get_snapshot(snap.snapshot_id)
 
 
 @pytest.mark.parametrize(
