@@ -117,6 +117,12 @@ class RecordingProxy:
         with self._lock:
             return [a for a in self.answers if a.status >= 400 and a.status not in (404, 409)]
 
+    def watches(self, who: str) -> set[str]:
+        """The collections ``who`` opened a watch on (their paths, without the query)."""
+        with self._lock:
+            return {a.path.partition("?")[0] for a in self.answers
+                    if a.who == who and a.method == "GET" and "watch=true" in a.path}
+
     def seen(self, who: str) -> int:
         with self._lock:
             return sum(1 for a in self.answers if a.who == who)

@@ -47,11 +47,14 @@ from typing import Any
 import pytest
 import yaml
 
+from statehold.controller.backup_runner import open_repository
+from statehold.controller.targets import TargetConfig
 from statehold.engine.node import Node
 from statehold.engine.types import FsType, MiB
 from statehold.errors import NotFound, PermissionDenied
 from statehold.kube.client import ApiKube
 from statehold.kube.kinds import (
+    API_VERSION,
     BACKUP_SCHEDULE,
     BACKUP_TARGET,
     EVENT,
@@ -86,6 +89,7 @@ LEASE_NAME = "statehold-operator"
 DRIVER, TOPOLOGY_KEY = "csi.statehold.io", "topology.statehold.io/node"
 VOLUME, VOLUME_SIZE = "pvc-data", 320 * MiB  # XFS volumes are at least 300 MiB
 SCHEDULE = "every-minute"
+PASSWORD = "operator e2e password"
 TIMEOUT = 120.0       # seconds for one flow to reach its end state on 2 busy cores
 SLOT_TIMEOUT = 180.0  # a minute slot, then the operator's 30 s schedule tick, then the backup
 STOP_TIMEOUT = 30.0
@@ -114,12 +118,17 @@ class Process:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def terminate(self) -> None:
+        """SIGTERM to this pid (once it runs)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self) -> int | None:
         """SIGTERM to this pid, SIGKILL if it has not exited in time: the exit code."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.proc.wait(timeout=STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
@@ -321,7 +330,7 @@ def deployment(kube_control_plane: ControlPlane) -> Iterator[Deployment]:
         # what a user writes before anything runs: the schedule first (its minute slot is
         # waited for last), the password, the target, a pool per node
         kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pw", "namespace": ns},
-                     "stringData": {"password": "operator e2e password"}})
+                     "stringData": {"password": PASSWORD}})
         kube.create(statehold_object("BackupTarget", "t", ns, {
             "path": {"path": str(root / "repo")}, "passwordSecretRef": {"name": "pw"}}))
         kube.create(statehold_object("BackupSchedule", SCHEDULE, ns, {
@@ -350,9 +359,12 @@ def deployment(kube_control_plane: ControlPlane) -> Iterator[Deployment]:
     finally:
         try:
             if d is not None:
-                for name in ("op-2", "op-1", "agent-n1", "agent-n2"):  # the follower first
-                    if name in d.processes:
-                        d.processes[name].stop()
+                if "op-2" in d.processes:  # the follower first, then the rest at once
+                    d.processes["op-2"].stop()
+                for p in d.processes.values():
+                    p.terminate()
+                for p in d.processes.values():
+                    p.stop()
         finally:
             if proxy is not None:
                 proxy.stop()
@@ -443,6 +455,11 @@ def test_operator_leads_and_every_process_runs_as_its_service_account(
     assert int(lease["spec"].get("leaseTransitions") or 0) == 0  # op-2 never took it
     # the node agents' CA (replicated volumes), in the release namespace the chart passes
     assert d.kube.get(SECRET, "statehold-agent-ca", d.ns)["data"]["ca.crt"]
+    # kopf logged in as each account too (login_like: the facade never watches)
+    for account in ACCOUNTS:
+        watched = d.wait(f"kopf's watches as {account}", lambda account=account: (
+            w := d.proxy.watches(account)) and f"/apis/{API_VERSION}/volumebackups" in w and w)
+        assert f"/apis/{API_VERSION}/volumerestores" in watched, watched
     # the accounts are not admins: what the chart does not grant, the server refuses
     as_operator = ApiKube.from_kubeconfig(str(d.direct["statehold-operator"]))
     as_node = ApiKube.from_kubeconfig(str(d.direct["statehold-node"]))
@@ -478,6 +495,7 @@ def test_each_node_agent_creates_its_pool_and_reports_capacity(
         assert st["capacity"] > 0 and st["allocatable"] > 0 and st["free"] > 0, st
         assert st["mountpoint"] == str(d.homes[n] / "pools" / d.pool_name(n))
         assert Path(st["mountpoint"]).is_mount()
+        assert not pool["metadata"].get("finalizers")  # deleting the object never waits
         assert d.wait(f"the Created Event of {n}'s pool", lambda pool=pool: d.events(pool)) == {
             "Created": "Normal"}
     d.check_healthy()
@@ -549,12 +567,41 @@ def test_backup_schedule_makes_a_backup_on_its_slot(deployment: Deployment,
     d.check_healthy()
 
 
+def test_a_forgotten_volume_backup_leaves_the_repository_and_the_cluster(
+        deployment: Deployment, backups: list[dict[str, Any]]) -> None:
+    d = deployment
+    first, kept = backups[0], backups[1:]
+    name = first["metadata"]["name"]
+    d.kube.patch(VOLUME_BACKUP, name, {"metadata": {"annotations": {
+        "statehold.io/forget": "true"}}}, d.ns)
+
+    def gone() -> bool:
+        try:
+            d.kube.get(VOLUME_BACKUP, name, d.ns)
+        except NotFound:
+            return True
+        return False
+
+    d.wait(f"VolumeBackup {name} deleted by n1's agent", gone)
+    assert d.wait("the Forgotten Event", lambda: d.events(first).get("Forgotten")) == "Normal"
+    target = TargetConfig(name="t", namespace=d.ns, kind="path", password=PASSWORD,
+                          path=str(d.root / "repo"))
+    ids = open_repository(target).backup_ids()
+    assert first["status"]["backupId"] not in ids
+    assert {b["status"]["backupId"] for b in kept} <= set(ids)
+    d.check_healthy()
+
+
 def test_every_process_stops_cleanly_on_sigterm_and_the_lease_is_released(
         deployment: Deployment) -> None:
     d = deployment
     d.check_healthy()
-    # the follower first: it would take the lease the leader gives up
-    codes = {name: d.processes[name].stop() for name in ("op-2", "op-1", "agent-n1", "agent-n2")}
+    # the follower first: it would take the lease the leader gives up; then the rest at once
+    codes = {"op-2": d.processes["op-2"].stop()}
+    rest = ("op-1", "agent-n1", "agent-n2")
+    for name in rest:
+        d.processes[name].terminate()
+    codes |= {name: d.processes[name].stop() for name in rest}
     assert codes == {"op-2": 0, "op-1": 0, "agent-n1": 0, "agent-n2": 0}, d.logs()
     assert d.kube.get(LEASE, LEASE_NAME, d.ns)["spec"]["holderIdentity"] == ""
     assert d.proxy.refused() == []
