@@ -1,6 +1,7 @@
-"""The dashboard's HTTP server: pages, sign-in, confirmation and actions.
+"""The dashboard's HTTP server: pages, sign-in, confirmation and actions, over a
+:class:`statehold.dashboard.sources.Source` (a cluster, or this host's home).
 
-Identity: reads use the dashboard's own Kube (the operator's service account, or the
+Identity in a cluster: reads use the dashboard's own Kube (the operator's service account, or the
 kubeconfig given to ``statehold dashboard``) and are the same for every visitor, so the
 server listens on 127.0.0.1 only and is reached through ``kubectl port-forward``. To act,
 a user signs in with a Kubernetes bearer token (or sends ``Authorization: Bearer``);
@@ -23,8 +24,9 @@ from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
-from statehold.dashboard import pages, views
-from statehold.dashboard.actions import KIND_OF, TITLE, Action, allowed_verbs, perform
+from statehold.dashboard import pages
+from statehold.dashboard.actions import KIND_OF, TITLE, Action
+from statehold.dashboard.sources import ClusterSource, Source
 from statehold.errors import InvalidArgument, NotFound, PermissionDenied, StateholdError
 from statehold.kube.facade import Kube
 
@@ -52,29 +54,20 @@ class Response:
 
 
 class Dashboard:
-    """The pages and actions over a Kube; ``handle`` maps a Request to a Response."""
+    """The pages and actions over a source; ``handle`` maps a Request to a Response."""
 
-    def __init__(self, kube: Kube, as_user: UserKube | None = None) -> None:
-        self.kube = kube
-        self.as_user = as_user
+    def __init__(self, source: Source) -> None:
+        self.source = source
 
-    # -- identity ----------------------------------------------------------------------
-    def _token(self, req: Request) -> str:
+    @classmethod
+    def for_cluster(cls, kube: Kube, as_user: UserKube | None = None) -> Dashboard:
+        return cls(ClusterSource(kube, as_user))
+
+    @staticmethod
+    def _token(req: Request) -> str:
         if req.authorization.startswith("Bearer "):
             return req.authorization.removeprefix("Bearer ").strip()
         return req.cookies.get(TOKEN_COOKIE, "")
-
-    def _user(self, req: Request) -> Kube | None:
-        token = self._token(req)
-        return self.as_user(token) if token and self.as_user is not None else None
-
-    def _allowed(self, user: Kube | None, namespaces: set[str]) -> dict[str, set[str]]:
-        if user is None:
-            return {}
-        try:
-            return {ns: allowed_verbs(user, ns) for ns in namespaces if ns}
-        except StateholdError:  # an unknown or expired token: read-only
-            return {}
 
     # -- dispatch ----------------------------------------------------------------------
     def handle(self, req: Request) -> Response:
@@ -86,7 +79,7 @@ class Dashboard:
                     if isinstance(exc, PermissionDenied) else 404 if isinstance(exc, NotFound)
                     else 502)
             resp = Response(code, pages.layout("Error", "", f'<p class="Failed" id="error">'
-                                         f"{pages.h(exc)}</p>", user=""))
+                                               f"{pages.h(exc)}</p>", user=""))
         if CSRF_COOKIE not in req.cookies:
             resp.headers.append(("Set-Cookie", f"{CSRF_COOKIE}={csrf}; Path=/; HttpOnly; "
                                                "SameSite=Strict"))
@@ -104,8 +97,8 @@ class Dashboard:
             if req.path == "/act":
                 return self._act(req)
             return Response(404, "not found")
-        user = self._user(req)
-        who = "signed in" if user is not None else ""
+        token, src = self._token(req), self.source
+        who = "signed in" if token else ""
         if req.path in ("/", ""):
             return Response(303, headers=[("Location", "/pools")])
         if req.path == "/favicon.ico":
@@ -116,35 +109,34 @@ class Dashboard:
             return Response(303, headers=[("Location", "/pools"), (
                 "Set-Cookie", f"{TOKEN_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict")])
         if req.path == "/pools":
-            return self._page("Nodes and pools", req.path, pages.pools_page(views.pools(self.kube)), who)
+            return self._page("Nodes and pools", req.path, pages.pools_page(src.pools()), who)
         if req.path == "/volumes":
-            rows = views.volumes(self.kube)
-            nss = {v.namespace for v in rows}
-            allowed = self._allowed(user, nss)
-            targets = {ns: views.targets(self.kube, ns) for ns in allowed}
+            rows = src.volumes()
+            allowed = src.allowed(token, {v.namespace for v in rows})
+            targets = {ns: src.targets(ns) for ns in allowed}
             return self._page("Volumes", req.path, pages.volumes_page(rows, allowed, targets), who)
         if req.path == "/snapshots":
             return self._page("Snapshots", req.path,
-                              pages.snapshots_page(views.snapshots(self.kube)), who)
+                              pages.snapshots_page(src.snapshots()), who)
         if req.path == "/backups":
-            lines = views.backups(self.kube)
-            allowed = self._allowed(user, {line.namespace for line in lines})
+            lines = src.backups()
+            allowed = src.allowed(token, {line.namespace for line in lines})
             return self._page("Backups", req.path, pages.backups_page(lines, allowed), who)
         if req.path == "/schedules":
             return self._page("Schedules", req.path,
-                              pages.schedules_page(views.schedules(self.kube)), who)
+                              pages.schedules_page(src.schedules()), who)
         if req.path == "/restores":
             return self._page("Restores", req.path,
-                              pages.restores_page(views.restores(self.kube)), who)
+                              pages.restores_page(src.restores()), who)
         if req.path == "/confirm":
             action = self._action(req.query)
-            if user is None or action.verb not in self._allowed(user, {action.namespace}).get(
+            if action.verb not in src.allowed(token, {action.namespace}).get(
                     action.namespace, set()):
                 return Response(403, pages.layout("Refused", "", "<p>Your identity may not do "
                                                   "this: sign in with a token that may.</p>",
                                                   user=who))
             return self._page(f"Confirm: {TITLE[action.verb]}", "", pages.confirm_page(
-                action, csrf, views.targets(self.kube, action.namespace)), who)
+                action, csrf, src.targets(action.namespace)), who)
         return Response(404, pages.layout("Not found", "", "<p>No such page.</p>", user=who))
 
     @staticmethod
@@ -161,21 +153,21 @@ class Dashboard:
 
     def _login(self, req: Request, csrf: str) -> Response:
         token = req.form.get("token", "").strip()
-        if not token or self.as_user is None:
+        if not token:
             return self._page("Sign in", "/login", pages.login_page(csrf, "no token"), "")
         return Response(303, headers=[("Location", "/volumes"), (
             "Set-Cookie", f"{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict")])
 
     def _act(self, req: Request) -> Response:
-        user = self._user(req)
-        if user is None:
+        token = self._token(req)
+        if not token:
             return Response(403, pages.layout("Refused", "", "<p>Sign in to act.</p>", user=""))
         action = self._action(req.form)
-        made = perform(user, action)
-        log.info("dashboard action=%s namespace=%s subject=%s created=%s", action.verb,
-                 action.namespace, action.subject, made["metadata"]["name"])
-        return self._page("Done", "", pages.done_page(made["kind"], made["metadata"]["name"],
-                                                       action.namespace), "signed in")
+        kind, name = self.source.perform(token, action)
+        log.info("dashboard action=%s namespace=%s subject=%s created=%s/%s", action.verb,
+                 action.namespace, action.subject, kind, name)
+        return self._page("Done", "", pages.done_page(kind, name, action.namespace),
+                          "signed in")
 
 
 def _handler(app: Dashboard) -> type[BaseHTTPRequestHandler]:

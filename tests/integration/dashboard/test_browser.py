@@ -53,7 +53,7 @@ def dashboard_url(cluster: MemoryKube) -> Iterator[str]:
         cfg.api_key = {"authorization": "dashboard-sa"}
         cfg.api_key_prefix = {"authorization": "Bearer"}
         kube = ApiKube(kubernetes.client.ApiClient(cfg), request_timeout=10)
-        with serving(Dashboard(kube, as_user=kube.with_token)) as url:
+        with serving(Dashboard.for_cluster(kube, as_user=kube.with_token)) as url:
             yield url
 
 

@@ -31,7 +31,7 @@ def cluster(memory_kube: MemoryKube) -> MemoryKube:
 def dash(cluster: MemoryKube) -> Dashboard:
     users: dict[str, Kube] = {"admin": RbacKube(cluster, OPERATOR),
                               "viewer": RbacKube(cluster, READ_ONLY)}
-    return Dashboard(cluster, as_user=lambda token: users[token])
+    return Dashboard.for_cluster(cluster, as_user=lambda token: users[token])
 
 
 def get(d: Dashboard, path: str, token: str = "", **query: str) -> tuple[int, str]:
