@@ -1,4 +1,5 @@
-"""Prometheus metrics of this node's pools and volumes, on the agent's metrics endpoint.
+"""Prometheus metrics of this node's pools and volumes, on the node agent's metrics endpoint
+(``operator run --role node`` registers this collector; docs/metrics.md).
 
 Read at scrape time from the engine (``Pool.capacity()``, the volume and snapshot records),
 ``statvfs`` of a mounted volume and the loop device's ``/sys/block/loopN/stat``; nothing is
@@ -10,7 +11,7 @@ Per pool (``pool`` label; a node has a handful):
   ``_allocatable_bytes``; ``statehold_pool_overprovision_ratio`` (the configured ratio) and
   ``statehold_pool_overprovisioned_ratio`` (provisioned / capacity, what the alerts watch).
 
-Per volume (``volume`` label = ``pool/name``), only with ``per_volume`` (the agent's
+Per volume (``volume`` label = ``pool/name``), only with ``per_volume`` (the node agent's
 ``--metrics-per-volume``, on by default; clusters with thousands of volumes turn it off to
 keep the series count bounded):
 

@@ -97,10 +97,6 @@ def serve(
         "(pool/volume) of this node; repeatable; replaces what the agent recorded for it."),
     metrics_listen: str = typer.Option("", "--metrics-address", "--metrics-listen",
                                        help="IP:PORT for Prometheus metrics (docs/metrics.md); empty: off."),
-    metrics_per_volume: bool = typer.Option(
-        True, "--metrics-per-volume/--no-metrics-per-volume",
-        help="Export per-volume series (size, usage, I/O, snapshots); clusters with thousands of "
-        "volumes turn it off to keep the series count bounded (pool series stay)."),
     checkpoint: str = typer.Option("0", "--checkpoint", hidden=True,
                                    help="Seed bytes between durable progress records (tests)."),
     pause_dir: Path | None = typer.Option(None, "--pause-dir", hidden=True,
@@ -116,7 +112,6 @@ def serve(
     from statehold.agent.engine_copies import EngineCopies
     from statehold.agent.qos_metrics import QosCollector
     from statehold.agent.server import AgentConfig, AgentServer
-    from statehold.agent.storage_metrics import StorageCollector
     from statehold.engine.node import Node
     from statehold.engine.qos import Overrides
     from statehold.engine.throttle import Throttle
@@ -158,8 +153,6 @@ def serve(
         server = AgentServer(config, EngineCopies(node, checkpoint=config.checkpoint or None))
         server.replicator.metrics.registry.register(  # the volumes' I/O limits (docs/qos.md)
             QosCollector(node.pools, Throttle.for_home(node.home), Overrides(node.home)))
-        server.replicator.metrics.registry.register(  # pools and volumes (docs/metrics.md)
-            StorageCollector(node.pools, per_volume=metrics_per_volume))
         for volume, peers in replicas.items():
             server.book.set(volume, peers)
         server.start()
