@@ -52,8 +52,23 @@ class Source(Protocol):
 class ClusterSource:
     label = "cluster"
 
+    USERS_KEPT = 32  # clients kept for recent tokens (each holds a connection pool)
+
     def __init__(self, kube: Kube, as_user: Callable[[str], Kube] | None = None) -> None:
-        self.kube, self.as_user = kube, as_user
+        self.kube, self._as_user = kube, as_user
+        self._users: dict[str, Kube] = {}
+        self._users_lock = threading.Lock()
+
+    def _user(self, token: str) -> Kube | None:
+        """The Kube acting as token's holder, reused across requests (None: no token)."""
+        if not token or self._as_user is None:
+            return None
+        with self._users_lock:
+            user = self._users.pop(token, None) or self._as_user(token)
+            self._users[token] = user  # most recent last
+            while len(self._users) > self.USERS_KEPT:
+                self._users.pop(next(iter(self._users)))
+            return user
 
     def pools(self) -> list[views.PoolRow]:
         return views.pools(self.kube)
@@ -77,18 +92,19 @@ class ClusterSource:
         return views.targets(self.kube, namespace)
 
     def allowed(self, token: str, namespaces: set[str]) -> dict[str, set[str]]:
-        if not token or self.as_user is None:
+        user = self._user(token)
+        if user is None:
             return {}
-        user = self.as_user(token)
         try:
             return {ns: allowed_verbs(user, ns) for ns in namespaces if ns}
         except StateholdError:  # an unknown or expired token: read-only
             return {}
 
     def perform(self, token: str, action: Action) -> tuple[str, str]:
-        if not token or self.as_user is None:
+        user = self._user(token)
+        if user is None:
             raise PermissionDenied("sign in to act")
-        made = perform(self.as_user(token), action)
+        made = perform(user, action)
         return str(made["kind"]), str(made["metadata"]["name"])
 
 
