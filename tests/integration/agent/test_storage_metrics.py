@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -63,7 +64,7 @@ def test_a_1gib_write_moves_the_write_bytes_counter_by_at_least_1gib(node: Node,
     assert used is not None and used >= GiB
 
 
-def test_snapshots_and_filesystem_usage_per_volume(node: Node, pool: Pool, tmp_path: object) -> None:
+def test_snapshots_are_counted_per_volume(node: Node, pool: Pool) -> None:
     vol = pool.create_volume("data", 400 * MiB)
     pool.create_snapshot("data", "s1", freeze=False)
     pool.create_snapshot("data", "s2", freeze=False)
@@ -84,3 +85,23 @@ def test_without_per_volume_only_pool_series_are_exported(node: Node, pool: Pool
         got = scrape(url)
     assert value(got, "statehold_pool_capacity_bytes", pool="test") is not None
     assert not [name for name, _ in got if name.startswith("statehold_volume_")]
+
+
+def test_a_mounted_volume_reports_its_filesystem_usage(node: Node, pool: Pool, scratch: Path) -> None:
+    vol = pool.create_volume("files", 400 * MiB)
+    target = scratch / "mnt"
+    target.mkdir()
+    pool.mount(vol.name, target)
+    registry = CollectorRegistry()
+    registry.register(StorageCollector(node.pools))
+    try:
+        with served(registry) as url:
+            empty = value(scrape(url), "statehold_volume_used_bytes", volume=vol.id)
+            data = target / "data"
+            data.write_bytes(b"\x5a" * (32 * MiB))
+            os.sync()
+            full = value(scrape(url), "statehold_volume_used_bytes", volume=vol.id)
+    finally:
+        pool.unmount(vol.name, target)
+    assert empty is not None and full is not None
+    assert full - empty >= 32 * MiB
