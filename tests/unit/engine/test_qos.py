@@ -206,3 +206,23 @@ def test_a_config_file_in_the_home_names_the_hierarchy_and_scopes(tmp_path: Path
     (tmp_path / "qos.json").write_text('{"scopes": ["x"]}')
     with pytest.raises(InvalidArgument):
         Throttle.for_home(tmp_path)
+
+
+def test_the_sweep_removes_rules_of_loop_devices_that_back_nothing(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only loop devices (major 7) without a backing file lose their rules; a bound loop
+    device and any other device keep theirs."""
+    scope = tmp_path / "cg" / "kubepods"
+    scope.mkdir(parents=True)
+    (scope / "io.max").write_text("7:40 rbps=max wbps=max riops=max wiops=5\n"
+                                  "7:41 rbps=max wbps=max riops=max wiops=6\n"
+                                  "8:0 rbps=max wbps=max riops=max wiops=7\n")
+    sysfs = tmp_path / "dev-block"
+    (sysfs / "7:41" / "loop").mkdir(parents=True)
+    (sysfs / "7:41" / "loop" / "backing_file").write_text("/pool/volumes/db.img\n")
+    monkeypatch.setattr(throttle, "SYS_DEV_BLOCK", sysfs)
+    writes: list[str] = []
+    monkeypatch.setattr(throttle, "_write", lambda path, text: writes.append(text))
+    t = Throttle(Hierarchy(2, tmp_path / "cg"), [scope])
+    assert t.sweep() == ["7:40"]
+    assert writes == ["7:40 rbps=max wbps=max riops=max wiops=max\n"]
