@@ -104,6 +104,7 @@ class Process:
     env: dict[str, str]
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    terminated: bool = False
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items()
@@ -119,8 +120,10 @@ class Process:
         return self.proc is not None and self.proc.poll() is None
 
     def terminate(self) -> None:
-        """SIGTERM to this pid (once it runs)."""
-        if self.proc is not None and self.proc.poll() is None:
+        """SIGTERM to this pid, once, as the kubelet sends it (a second one during the
+        shutdown would find the default disposition kopf leaves behind, and kill it)."""
+        if self.proc is not None and self.proc.poll() is None and not self.terminated:
+            self.terminated = True
             self.proc.send_signal(signal.SIGTERM)
 
     def stop(self) -> int | None:
