@@ -6,6 +6,13 @@ certificate from the call's auth context and requires it to be a Statehold node 
 controller certificate issued directly by the cluster CA (:func:`pki.identify`), before
 any servicer code runs. The identity is available to the servicer through
 :func:`caller`.
+
+Then the caller's role must be allowed the method: the calls that change who is primary
+or where a volume's data goes (Promote, Demote, SetReplicas, Sync, Release) are the
+controller's alone. A node certificate is enough for what agents ask of each other
+(Ping, CopyStatus, CreateCopy, Replicate), so a compromised node can stream its own data
+to the replicas it was given but cannot promote itself or demote another node's primary
+(PERMISSION_DENIED).
 """
 
 from __future__ import annotations
@@ -23,6 +30,14 @@ from statehold.errors import PermissionDenied, StateholdError
 log = logging.getLogger("statehold.agent")
 
 _PEM_KEY = "x509_pem_cert"
+
+CONTROLLER_ONLY = frozenset({"Promote", "Demote", "SetReplicas", "Sync", "Release"})
+"""Methods (by name) only a ``controller`` certificate may call."""
+
+
+def allowed(role: str, method: str) -> bool:
+    """Whether ``role`` may call the gRPC ``method`` (``/package.Service/Name``)."""
+    return role == "controller" or method.rsplit("/", 1)[-1] not in CONTROLLER_ONLY
 
 
 def caller(context: grpc.ServicerContext, ca: bytes) -> pki.Identity:
@@ -59,6 +74,13 @@ class Authenticator(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is un
                     log.warning("refused call method=%s peer=%s reason=%s", method, context.peer(), exc)
                     context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
                     raise AssertionError("unreachable: abort raises") from exc  # pragma: no cover
+                if not allowed(who.role, method):
+                    log.warning("refused call method=%s caller=%s/%s reason=role", method, who.role,
+                                who.name)
+                    context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                  f"{who.role} {who.name!r} may not call {method.rsplit('/', 1)[-1]}: "
+                                  "only the controller may")
+                    raise AssertionError("unreachable: abort raises")  # pragma: no cover
                 log.debug("call method=%s caller=%s/%s", method, who.role, who.name)
                 return behaviour(request, context)
 

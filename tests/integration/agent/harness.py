@@ -20,6 +20,8 @@ from tests.fixtures.netns import STATEHOLD, Cluster, NetNode, wait_for
 
 PORT = 7443
 VOLUME = "db"
+CONTROLLER_COMMANDS = frozenset({"promote", "demote", "sync", "replicas", "release"})
+"""Agent commands only a controller certificate may call (agent/auth.py)."""
 MiB = 1024 * 1024
 
 
@@ -35,10 +37,18 @@ class Agents:
                             "--ca-dir", str(self.ca_dir), "--node", node.name, "--ip", node.ip],
                            check=True, capture_output=True, timeout=60)
             self.pause_dir(node).mkdir()
+        subprocess.run([STATEHOLD, "agent", "certs", "--out", str(self.controller_certs),
+                        "--ca-dir", str(self.ca_dir), "--node", "statehold-test-operator",
+                        "--role", "controller"], check=True, capture_output=True, timeout=60)
 
     # -- places --------------------------------------------------------------------------
     def certs(self, node: NetNode) -> Path:
         return node.home.parent / "certs"
+
+    @property
+    def controller_certs(self) -> Path:
+        """A controller certificate (the operator's role), for the calls only it may make."""
+        return self.ca_dir.parent / "controller-certs"
 
     def pause_dir(self, node: NetNode) -> Path:
         return node.home.parent / "pause"
@@ -83,8 +93,8 @@ class Agents:
         """``statehold agent <args>`` run on ``node`` against ``target``'s agent (default: its
         own); (exit code, parsed JSON stdout or the raw text)."""
         target = target or node
-        argv = [STATEHOLD, "agent", *args, "--address", self.address(target), "--certs",
-                str(self.certs(node))]
+        certs = self.controller_certs if args and args[0] in CONTROLLER_COMMANDS else self.certs(node)
+        argv = [STATEHOLD, "agent", *args, "--address", self.address(target), "--certs", str(certs)]
         try:
             done = self.cluster.run(node, argv, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
@@ -115,7 +125,7 @@ class Agents:
     def spawn_sync(self, node: NetNode, volume: str = VOLUME) -> subprocess.Popen[bytes]:
         """A sync running in the background (a process of its own, tracked by pid)."""
         argv = [STATEHOLD, "agent", "sync", f"{node.pool}/{volume}", "--address", self.address(node),
-                "--certs", str(self.certs(node))]
+                "--certs", str(self.controller_certs)]
         return self.cluster.spawn(node, argv)
 
     # -- pause points ----------------------------------------------------------------------

@@ -166,6 +166,7 @@ def test_core_errors_arrive_as_their_statehold_errors(agents, bundle_for) -> Non
         assert c.state(VolumeRef("pool", "nope")) == (None, (1,))
         with pytest.raises(errors.InvalidArgument):
             c.replicate(VolumeRef("pool", "x"), iter([]))
+    with client_of(b, bundle_for("ctl", role="controller")) as c:
         with pytest.raises(errors.FailedPrecondition):
             c.promote(vol, 5)
         assert c.promote(vol, 6).role == "primary"
@@ -220,3 +221,18 @@ def test_sync_streams_now_and_reports_each_replica(agents, bundle_for) -> None: 
         with pytest.raises(errors.FailedPrecondition, match="not the primary"):
             c.sync(vol)
     assert replica.copies[vol].data == DATA
+
+
+def test_only_a_controller_certificate_may_change_roles_or_data_placement(agents, bundle_for) -> None:  # type: ignore[no-untyped-def]
+    copies = MemoryCopies()
+    vol = copies.add("pool/db", "replica", DATA, epoch=1)
+    server = agents("n1", copies)
+    with client_of(server, bundle_for("n2")) as node:
+        assert node.copy_status(vol).role == "replica"  # what agents ask of each other still works
+        for call in (lambda: node.promote(vol, 2), lambda: node.demote(vol, 2),
+                     lambda: node.set_replicas(vol, []), lambda: node.sync(vol)):
+            with pytest.raises(errors.PermissionDenied, match="only the controller"):
+                call()
+    assert (copies.copies[vol].role, copies.copies[vol].epoch) == ("replica", 1)  # nothing changed
+    with client_of(server, bundle_for("ctl", role="controller")) as ctl:
+        assert ctl.promote(vol, 2).role == "primary"
