@@ -186,10 +186,16 @@ class Window:
     first_freeze: float      # CLOCK_MONOTONIC seconds
     last_thaw: float
     expired: bool            # the watchdog thawed before the parent asked
+    all_frozen: float = 0.0  # when the last FIFREEZE returned (0: unknown)
 
     @property
     def seconds(self) -> float:
         return max(0.0, self.last_thaw - self.first_freeze)
+
+    @property
+    def freezing(self) -> float:
+        """The part of the window spent in FIFREEZE itself."""
+        return max(0.0, self.all_frozen - self.first_freeze) if self.all_frozen else 0.0
 
 
 def check_timeout(timeout: float, *, most: float) -> float:
@@ -207,6 +213,7 @@ class FreezeKeeper:
         self.timeout = float(timeout)
         self._asked: list[str] = []
         self._window: Window | None = None
+        self._all_frozen = 0.0
         self._pending = b""
         self._proc = subprocess.Popen(
             [sys.executable, "-m", __name__, repr(self.timeout)],
@@ -244,6 +251,7 @@ class FreezeKeeper:
         self._asked += targets  # first: if the keeper dies now, we thaw them ourselves
         verb, rest = self._ask("freeze " + "\0".join(targets), sent)
         if verb == "frozen":
+            self._all_frozen = float(rest.split()[1])
             return
         why, _, text = rest.partition(" ")
         if why == "expired":
@@ -261,7 +269,7 @@ class FreezeKeeper:
             self._fallback()
             raise StateholdError(f"freeze keeper answered {verb} {rest} to thaw")
         first, last, expired = rest.split()
-        self._window = Window(float(first), float(last), expired == "1")
+        self._window = Window(float(first), float(last), expired == "1", self._all_frozen)
         self._reap()
         return self._window
 

@@ -84,6 +84,8 @@ class GroupSnapshot:
     window: float | None = None
     """Seconds from the first freeze to the last thaw (only on the call that took it; None
     when nothing needed freezing)."""
+    freezing: float | None = None
+    """The part of ``window`` spent in FIFREEZE itself (the rest: catch-up, clones, thaw)."""
 
     @property
     def complete(self) -> bool:
@@ -290,7 +292,8 @@ def create(pools: Mapping[str, PoolContext], name: str, members: Sequence[Member
     seconds = window.seconds if window is not None else None
     log.info("group snapshot created group=%s members=%d frozen=%d window_ms=%s", name,
              len(plans), len(to_freeze), "-" if seconds is None else f"{seconds * 1000:.1f}")
-    return GroupSnapshot(name, wanted, created_at, frozen=len(to_freeze), window=seconds)
+    return GroupSnapshot(name, wanted, created_at, frozen=len(to_freeze), window=seconds,
+                         freezing=window.freezing if window is not None else None)
 
 
 def _clone(p: _Plan, before: catchup.Prepared | None, fault: Callable[[str], None]) -> None:
