@@ -81,18 +81,18 @@ def wait_group_gone(pgid: int, deadline: float = DEADLINE) -> list[int]:
 
 
 def children_running(module: str) -> list[int]:
-    """Our own child processes whose command line names ``module``."""
+    """Our own child processes (parent pid: this process) whose command line names
+    ``module``, from /proc."""
     found = []
-    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        try:
-            pids = (task / "children").read_text().split()
-        except OSError:
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
             continue
-        for pid in pids:
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if module.encode() in cmdline:
-                found.append(int(pid))
+        try:
+            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == me and module.encode() in cmdline:
+            found.append(int(entry.name))
     return found

@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -287,12 +288,16 @@ def test_the_watchdog_thaws_a_freeze_that_outlasts_its_timeout(env: Env) -> None
 def test_a_keeper_killed_mid_group_is_replaced_by_a_thaw_here(env: Env) -> None:
     name = "keeperdies"
     killed: list[int] = []
+    once = threading.Lock()  # members are cloned on several threads: the first kills
 
     def hook(step: str) -> None:
-        if step == "group.member_cloned" and not killed:
-            (pid,) = children_running("statehold.engine.freezekeeper")
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
+        if step != "group.member_cloned":
+            return
+        with once:
+            if not killed:
+                (pid,) = children_running("statehold.engine.freezekeeper")
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
 
     node = Node(env.home, fault_hook=hook)
     try:
