@@ -56,7 +56,7 @@ from statehold.errors import (
 )
 from statehold.kube.events import rfc3339
 from statehold.kube.facade import Kube, Obj
-from statehold.kube.kinds import CSI_NODE, PV, PVC, VOLUME_BACKUP
+from statehold.kube.kinds import CSI_NODE, PV, PVC, VOLUME_BACKUP, Kind
 from statehold.kube.objects import as_pv, as_pvc
 from statehold.shared.service import SharedVolumes
 
@@ -101,13 +101,25 @@ def assign_backup(kube: Kube, obj: Obj, now: Clock) -> Result:
             where = f"volume {handle} is on node {node}"
     except Problem as p:
         return report_problem(rep, p)
-    # status first, label second: the label wakes the agent, which needs the location
-    rep.update({"phase": "Pending", "node": node, "volumeHandle": handle,
-                "bytesTotal": size, "progress": 0},
+    return pin_to_node(kube, rep, VOLUME_BACKUP, obj, node,
+                       {"volumeHandle": handle, "bytesTotal": size, "progress": 0},
+                       {PVC_LABEL: pvc["metadata"]["name"]}, scheduled=where)
+
+
+def pin_to_node(kube: Kube, rep: Reporter, kind: Kind, obj: Obj, node: str, status: dict[str, Any],
+                labels: dict[str, str] | None = None, *, scheduled: str) -> Result:
+    """The cluster side's last step: hand ``obj`` to the agent on ``node``.
+
+    Status first, label second: the label wakes the agent, which reads the location the
+    status carries (an agent that sees the label first retries: :func:`not_yet_assigned`),
+    and once it has begun it may write Running, which a later Pending from here would undo.
+    """
+    meta = obj["metadata"]
+    rep.update({"phase": "Pending", "node": node, **status},
                condition=("Ready", False, "Scheduled", f"waiting for the agent on {node}"))
-    kube.patch(VOLUME_BACKUP, obj["metadata"]["name"], {"metadata": {"labels": {
-        NODE_LABEL: node, PVC_LABEL: pvc["metadata"]["name"]}}}, ns)
-    rep.event("Normal", "Scheduled", where)
+    kube.patch(kind, meta["name"], {"metadata": {"labels": {NODE_LABEL: node, **(labels or {})}}},
+               meta.get("namespace"))
+    rep.event("Normal", "Scheduled", scheduled)
     return Result()
 
 

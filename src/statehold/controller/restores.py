@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from statehold.controller import backup_runner
-from statehold.controller.backups import NODE_LABEL, not_yet_assigned
+from statehold.controller.backups import NODE_LABEL, not_yet_assigned, pin_to_node
 from statehold.controller.claims import RESTORE_ANNOTATION, create_bound_pair
 from statehold.controller.locate import DRIVER, TOPOLOGY_KEY
 from statehold.controller.problems import Problem, Result
@@ -65,6 +65,18 @@ def _backup_of(kube: Kube, ns: str, name: str) -> dict[str, Any]:
     return vb
 
 
+def our_storage_class(kube: Kube, name: str) -> Obj:
+    """StorageClass ``name``, which must exist and be ours (a Problem otherwise)."""
+    try:
+        sc = kube.get(STORAGE_CLASS, name)
+    except NotFound:
+        raise Problem("StorageClassNotFound", f"StorageClass {name} does not exist") from None
+    if sc.get("provisioner") != DRIVER:
+        raise Problem("UnsupportedStorageClass", f"StorageClass {name} is provisioned by "
+                      f"{sc.get('provisioner')}, not {DRIVER}", permanent=True)
+    return sc
+
+
 def assign_restore(kube: Kube, obj: Obj, now: Clock) -> Result:
     rep = Reporter(kube, obj, now)
     meta, spec = obj["metadata"], obj["spec"]
@@ -81,14 +93,7 @@ def assign_restore(kube: Kube, obj: Obj, now: Clock) -> Result:
                               "exists; restore into a new name", permanent=True)
         except NotFound:
             pass
-        sc_name = spec.get("storageClassName", "statehold-local")
-        try:
-            sc = kube.get(STORAGE_CLASS, sc_name)
-        except NotFound:
-            raise Problem("StorageClassNotFound", f"StorageClass {sc_name} does not exist") from None
-        if sc.get("provisioner") != DRIVER:
-            raise Problem("UnsupportedStorageClass", f"StorageClass {sc_name} is provisioned by "
-                          f"{sc.get('provisioner')}, not {DRIVER}", permanent=True)
+        sc = our_storage_class(kube, spec.get("storageClassName", "statehold-local"))
         # a file-tree backup of a shared volume into a shared class, an image into a local one
         kind = restore_kind(str((vb.get("status") or {}).get("volumeHandle", "")), sc)
         check_access_modes(spec.get("accessModes") or [], kind)
@@ -98,13 +103,8 @@ def assign_restore(kube: Kube, obj: Obj, now: Clock) -> Result:
                           permanent=True)
     except Problem as p:
         return report_problem(rep, p)
-    # status first, label second (see statehold.controller.backups): once the agent sees
-    # the label it may write Running, which a later Pending from here would undo
-    rep.update({"phase": "Pending", "node": node},
-               condition=("Ready", False, "Scheduled", f"waiting for the agent on {node}"))
-    kube.patch(VOLUME_RESTORE, meta["name"], {"metadata": {"labels": {NODE_LABEL: node}}}, ns)
-    rep.event("Normal", "Scheduled", f"restoring {spec['backup']} on node {node}")
-    return Result()
+    return pin_to_node(kube, rep, VOLUME_RESTORE, obj, node, {},
+                       scheduled=f"restoring {spec['backup']} on node {node}")
 
 
 def local_pv(uid: str, namespace: str, claim: str, handle: str, size: int, fs: str, sc: str,

@@ -37,7 +37,7 @@ from typing import Any
 from statehold.backup.groupmanifest import GroupManifest, Member, new_group_id, prune_groups, save_group
 from statehold.backup.volumes import snapshot_name
 from statehold.controller import backup_runner
-from statehold.controller.backups import KEEP_LAST_ANNOTATION, NODE_LABEL, not_yet_assigned
+from statehold.controller.backups import KEEP_LAST_ANNOTATION, NODE_LABEL, not_yet_assigned, pin_to_node
 from statehold.controller.locate import check_pvc_bound, locate
 from statehold.controller.problems import Problem, Result
 from statehold.controller.report import Clock, Reporter, report_problem
@@ -139,16 +139,13 @@ def assign_set_backup(kube: Kube, obj: Obj, now: Clock) -> Result:
     node = nodes[0]
     listed = [{"ordinal": m.ordinal, "template": m.template, "claim": m.claim,
                "volumeHandle": loc.handle, "bytesTotal": loc.size} for m, loc in located]
-    # status first, label second: the label wakes the agent, which needs the members
-    rep.update({"phase": "Pending", "node": node, "statefulSet": set_name,
-                "replicas": len(ords), "members": listed,
-                "bytesTotal": sum(loc.size for _, loc in located), "progress": 0},
-               condition=("Ready", False, "Scheduled", f"waiting for the agent on {node}"))
-    kube.patch(STATEFUL_SET_BACKUP, meta["name"], {"metadata": {"labels": {
-        NODE_LABEL: node, SET_LABEL: set_name}}}, ns)
-    rep.event("Normal", "Scheduled", f"{len(located)} claim(s) of StatefulSet {set_name} "
-              f"({len(ords)} pod(s) x {len(tmpl)} template(s)) on node {node}")
-    return Result()
+    return pin_to_node(
+        kube, rep, STATEFUL_SET_BACKUP, obj, node,
+        {"statefulSet": set_name, "replicas": len(ords), "members": listed,
+         "bytesTotal": sum(loc.size for _, loc in located), "progress": 0},
+        {SET_LABEL: set_name},
+        scheduled=f"{len(located)} claim(s) of StatefulSet {set_name} "
+                  f"({len(ords)} pod(s) x {len(tmpl)} template(s)) on node {node}")
 
 
 # -- node side -------------------------------------------------------------------------------

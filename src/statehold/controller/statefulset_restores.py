@@ -30,12 +30,12 @@ from statehold.backup.groupmanifest import Member as GroupMember
 from statehold.backup.manifest import Manifest
 from statehold.backup.repository import Repository
 from statehold.controller import backup_runner
-from statehold.controller.backups import NODE_LABEL, not_yet_assigned
+from statehold.controller.backups import NODE_LABEL, not_yet_assigned, pin_to_node
 from statehold.controller.claims import RESTORE_ANNOTATION
 from statehold.controller.locate import DRIVER
 from statehold.controller.problems import Problem, Result
 from statehold.controller.report import Clock, Reporter, report_problem
-from statehold.controller.restores import choose_pool, local_pv
+from statehold.controller.restores import choose_pool, local_pv, our_storage_class
 from statehold.controller.shared_locate import class_kind, restore_kind
 from statehold.controller.statefulsets import claim_name
 from statehold.controller.targets import TargetConfig, resolve_target
@@ -114,13 +114,7 @@ def _source_backup(kube: Kube, ns: str, name: str) -> Obj:
 
 
 def _check_class(kube: Kube, name: str) -> Obj:
-    try:
-        sc = kube.get(STORAGE_CLASS, name)
-    except NotFound:
-        raise Problem("StorageClassNotFound", f"StorageClass {name} does not exist") from None
-    if sc.get("provisioner") != DRIVER:
-        raise Problem("UnsupportedStorageClass", f"StorageClass {name} is provisioned by "
-                      f"{sc.get('provisioner')}, not {DRIVER}", permanent=True)
+    sc = our_storage_class(kube, name)
     restore_kind("pool/volume", sc)  # a group member is an image: a local class only
     return sc
 
@@ -160,11 +154,9 @@ def assign_set_restore(kube: Kube, obj: Obj, now: Clock) -> Result:
                           permanent=True)
     except Problem as p:
         return report_problem(rep, p)
-    rep.update({"phase": "Pending", "node": node, "target": target, "groupBackupId": group_id},
-               condition=("Ready", False, "Scheduled", f"waiting for the agent on {node}"))
-    kube.patch(STATEFUL_SET_RESTORE, meta["name"], {"metadata": {"labels": {NODE_LABEL: node}}}, ns)
-    rep.event("Normal", "Scheduled", f"restoring group backup {group_id} on node {node}")
-    return Result()
+    return pin_to_node(kube, rep, STATEFUL_SET_RESTORE, obj, node,
+                       {"target": target, "groupBackupId": group_id},
+                       scheduled=f"restoring group backup {group_id} on node {node}")
 
 
 # -- node side -------------------------------------------------------------------------------
