@@ -74,15 +74,18 @@ def quarantine_damaged(repo: Repository, damaged: list[Damaged]) -> tuple[Damage
 
 
 def prune(repo: Repository, policy: retention.Policy, *, volume: str | None = None,
-          dry_run: bool = False) -> PruneResult:
-    """Remove the manifests the policy does not keep (only of ``volume`` when given).
+          origin: str | None = None, dry_run: bool = False) -> PruneResult:
+    """Remove the manifests the policy does not keep (only of ``volume`` when given, and
+    only of ``origin`` when given: ``""`` is the backups made by hand). The others are
+    neither kept nor removed: the result names only the backups the policy judged.
     Damaged manifests are quarantined and reported, never counted or removed."""
-    retention.apply(policy, [])  # refuse a policy that keeps nothing before taking the lock
+    policy.check()  # refuse a policy that keeps nothing before taking the lock
     with Lock(repo, "exclusive"):
         listing = repo.scan()
         damaged = tuple(listing.damaged) if dry_run else quarantine_damaged(repo, listing.damaged)
         items = [retention.Item(m.backup_id, m.volume, m.created) for m in listing.manifests
-                 if volume is None or m.volume == volume]
+                 if (volume is None or m.volume == volume)
+                 and (origin is None or m.origin == origin)]
         decision = retention.apply(policy, items)
         if not dry_run:
             for bid in decision.remove:

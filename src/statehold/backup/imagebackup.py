@@ -89,8 +89,9 @@ def create_backup(repo: Repository, image: Path, *, volume: str, parent: Parent 
                   snapshot: str | None = None, labels: Mapping[str, str] | None = None,
                   workers: int | None = None, progress: Progress | None = None,
                   fault: FaultHook | None = None, lock_ttl: float = 30 * 60.0,
-                  commit_every: int = COMMIT_EVERY) -> Manifest:
-    """Back up ``image`` (a snapshot's backing file) and return the committed manifest."""
+                  commit_every: int = COMMIT_EVERY, origin: str = "") -> Manifest:
+    """Back up ``image`` (a snapshot's backing file) and return the committed manifest
+    (``origin``: who asked for it, recorded for retention, format §6.2)."""
     if not volume:
         raise InvalidArgument("a backup needs the volume name it belongs to")
     cs = repo.chunk_size
@@ -129,6 +130,7 @@ def create_backup(repo: Repository, image: Path, *, volume: str, parent: Parent 
                 snapshot=snapshot, host=socket.gethostname(), labels=dict(labels or {}),
                 stats=Stats(bytes_read=res.bytes_read, bytes_new=res.bytes_new, stored_new=res.stored_new,
                             chunks=len(offsets), chunks_new=res.chunks_new),
+                origin=origin,
             )
             if fault is not None:
                 fault("before-manifest")

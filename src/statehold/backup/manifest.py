@@ -50,6 +50,11 @@ class Manifest:
     stats: Stats = field(default_factory=Stats)
     tree: list[dict[str, Any]] | None = field(default=None, repr=False)
     """File-tree entries (kind "tree") -- see backup.tree."""
+    origin: str = ""
+    """Who made the backup (format §6.2): ``schedule/<namespace>/<name>`` for a cluster
+    BackupSchedule; empty for a backup made by hand (the CLI, a VolumeBackup written by a
+    user) and for every manifest written before the field existed. A schedule's retention
+    only ever considers the backups of its own origin."""
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -81,6 +86,8 @@ class Manifest:
         }
         if self.tree is not None:
             head["entries"] = self.tree
+        if self.origin:  # absent means made by hand, as in manifests from before the field
+            head["origin"] = self.origin
         return head
 
     def encode(self) -> bytes:
@@ -118,7 +125,7 @@ def decode(data: bytes, key: str) -> Manifest:
             snapshot=head.get("snapshot"), host=str(head.get("host", "")),
             labels=dict(head.get("labels") or {}),
             stats=Stats(**{k: int(st.get(k, 0)) for k in Stats.__dataclass_fields__}),
-            tree=head.get("entries"),
+            tree=head.get("entries"), origin=str(head.get("origin") or ""),
         )
     except (struct.error, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise Corrupt(f"{key}: manifest does not parse: {exc}") from exc

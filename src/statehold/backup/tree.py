@@ -53,8 +53,9 @@ def _walk(root: Path) -> list[tuple[str, os.stat_result]]:
 
 def backup_tree(repo: Repository, root: Path, *, volume: str, parent: Manifest | None = None,
                 labels: Mapping[str, str] | None = None, workers: int = 8,
-                progress: Progress | None = None) -> Manifest:
-    """Back up the directory tree at ``root`` and return the committed manifest."""
+                progress: Progress | None = None, origin: str = "") -> Manifest:
+    """Back up the directory tree at ``root`` and return the committed manifest
+    (``origin``: who asked for it, recorded for retention, format §6.2)."""
     if not root.is_dir():
         raise NotFound(f"directory {root} does not exist")
     cs = repo.chunk_size
@@ -140,6 +141,7 @@ def backup_tree(repo: Repository, root: Path, *, volume: str, parent: Manifest |
             host=socket.gethostname(), labels=dict(labels or {}), tree=entries,
             stats=Stats(bytes_read=state["read"], bytes_new=state["new"], stored_new=state["stored"],
                         chunks=sum(len(e["chunks"]) for e in entries), chunks_new=state["chunks_new"]),
+            origin=origin,
         )
         lock.check_alive()
         repo.save_manifest(m)

@@ -9,7 +9,10 @@ volume. Conventions (docs/design/backup-format.md §7.1):
   ``vb-<24 hex>`` from the operator), so their snapshots are still cleaned up.
 * **Manifest**: ``snapshot`` is ``pool/name``; a bare ``name`` (operator backups of
   earlier releases) means the volume's own pool, and is read as well. Labels: ``mode``,
-  ``fs`` (filesystem volumes), then the caller's.
+  ``fs`` (filesystem volumes), then the caller's. ``origin``: the caller's (a schedule's
+  ``schedule/<namespace>/<name>``), empty for a backup made by hand.
+* **Retention**: a policy given with the backup is applied to the volume's backups of the
+  same origin only, so a schedule never removes a backup made by hand or by another.
 * **Parent**: the newest backup of the volume in this repository whose snapshot is still
   in the pool: taken from this volume, before that backup was committed (a later snapshot
   under the same name is not what the backup read).
@@ -133,10 +136,12 @@ class _Earlier:
 
 def backup_volume(repo: Repository, pool: Pool, volume: str, *, key: str | None = None,
                   freeze: bool = True, labels: Mapping[str, str] | None = None,
-                  progress: Progress | None = None, retention: Policy | None = None) -> BackupResult:
+                  progress: Progress | None = None, retention: Policy | None = None,
+                  origin: str = "") -> BackupResult:
     """Snapshot ``volume`` (fsfreeze if mounted and ``freeze``), back the snapshot up
     against the parent, delete the snapshots it superseded, then apply ``retention`` to the
-    volume's backups (best effort: the backup is committed; the next one prunes again).
+    volume's backups of the same ``origin`` (best effort: the backup is committed; the next
+    one prunes again).
 
     With ``key``, idempotent: the same key names the same snapshot, and when a backup of
     it is already committed that backup is the result (nothing is read again).
@@ -153,19 +158,20 @@ def backup_volume(repo: Repository, pool: Pool, volume: str, *, key: str | None 
             log.info("backup volume=%s key=%s already done: %s", vol.id, key, m.backup_id)
         else:
             m = _back_up(repo, pool, vol, name, earlier, freeze=freeze, labels=labels,
-                         progress=progress)
-        pruned = _apply(retention, repo, vol.id) if retention is not None else ()
+                         progress=progress, origin=origin)
+        pruned = _apply(retention, repo, vol.id, origin) if retention is not None else ()
         return BackupResult(m, name, pruned, damaged)
 
 
 def _back_up(repo: Repository, pool: Pool, vol: Volume, name: str, earlier: list[_Earlier], *,
-             freeze: bool, labels: Mapping[str, str] | None, progress: Progress | None) -> Manifest:
+             freeze: bool, labels: Mapping[str, str] | None, progress: Progress | None,
+             origin: str) -> Manifest:
     parent = _parent(repo, pool, vol, earlier)
     snap = pool.create_snapshot(vol.name, name, freeze=freeze)  # a retry's reuses it
     meta = {"mode": vol.mode.value, **({"fs": vol.fs.value} if vol.fs else {}), **(labels or {})}
     try:
         m = create_backup(repo, snap.path, volume=vol.id, parent=parent, snapshot=snap.id,
-                          labels=meta, progress=progress)
+                          labels=meta, progress=progress, origin=origin)
     except BaseException:
         with contextlib.suppress(Exception):
             pool.delete_snapshot(snap.name)
@@ -219,9 +225,9 @@ def _delete_backup_snapshot(pool: Pool, vol: Volume, name: str) -> None:
     log.info("backup volume=%s deleted superseded snapshot %s", vol.id, name)
 
 
-def _apply(policy: Policy, repo: Repository, volume_id: str) -> tuple[str, ...]:
+def _apply(policy: Policy, repo: Repository, volume_id: str, origin: str) -> tuple[str, ...]:
     try:
-        return tuple(prune(repo, policy, volume=volume_id).removed)
+        return tuple(prune(repo, policy, volume=volume_id, origin=origin).removed)
     except StateholdError as exc:  # e.g. Aborted: another backup holds the repository
         log.warning("backup volume=%s retention not applied this time: %s", volume_id, exc)
         return ()

@@ -40,19 +40,22 @@ def latest_tree_backup(repo: Repository, volume_key: str) -> Manifest | None:
 
 def backup_volume(repo: Repository, root: SharedRoot, name: str, *, volume_key: str,
                   snapshot: bool = True, labels: Mapping[str, str] | None = None,
-                  workers: int = 8) -> Manifest:
+                  workers: int = 8, origin: str = "") -> Manifest:
     """Back up volume ``name`` of ``root``, listed in the repository as ``volume_key``
-    (the CSI volume id, so backups follow the volume whichever node mounts the share)."""
+    (the CSI volume id, so backups follow the volume whichever node mounts the share);
+    ``origin`` (who asked) goes into the manifest for retention."""
     vol = root.get_volume(name)
     parent = latest_tree_backup(repo, volume_key)
     tags = {"statehold.io/kind": "shared", "statehold.io/size": str(vol.size), **(labels or {})}
     if not snapshot:
-        return backup_tree(repo, vol.path, volume=volume_key, parent=parent, labels=tags, workers=workers)
+        return backup_tree(repo, vol.path, volume=volume_key, parent=parent, labels=tags,
+                           workers=workers, origin=origin)
     store = SnapshotStore(root)
     digest = hashlib.sha256(f"{name}\0{time.time_ns()}".encode()).hexdigest()[:16]
     snap = store.create(name, f"backup-{digest}")
     try:
-        return backup_tree(repo, snap.path, volume=volume_key, parent=parent, labels=tags, workers=workers)
+        return backup_tree(repo, snap.path, volume=volume_key, parent=parent, labels=tags,
+                           workers=workers, origin=origin)
     finally:
         store.delete(snap.name)
 

@@ -281,12 +281,13 @@ class SharedVolumes:
 
     # ---- backups -------------------------------------------------------------------------
     def backup(self, volume_id: str, repo: Repository, *, snapshot: bool = True,
-               labels: Mapping[str, str] | None = None) -> Manifest:
+               labels: Mapping[str, str] | None = None, origin: str = "") -> Manifest:
         """A file-tree backup of the volume, listed under its volume id; ``labels`` (the
-        PVC, namespace and VolumeBackup, as block backups record them) go into its manifest."""
+        PVC, namespace and VolumeBackup, as block backups record them) and ``origin`` (who
+        asked: a schedule prunes only its own) go into its manifest."""
         key, name = split_id(volume_id)
         return backup_volume(repo, self.root_for(key), name, volume_key=volume_id,
-                             snapshot=snapshot, labels=labels)
+                             snapshot=snapshot, labels=labels, origin=origin)
 
     def restore(self, backup_id: str, repo: Repository, name: str, cls: VolumeClass,
                 size: int | None = None) -> VolumeRecord:
