@@ -19,7 +19,7 @@ from statehold.cli.output import HomeOption, failures
 from statehold.errors import InvalidArgument
 
 
-def _loopback(listen: str) -> tuple[str, int]:
+def loopback(listen: str) -> tuple[str, int]:
     from statehold.dashboard.server import parse_listen
 
     host, port = parse_listen(listen)
@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
         from statehold.dashboard.server import Dashboard, serve_forever
 
         with failures():
-            host, port = _loopback(listen)
+            host, port = loopback(listen)
             if allow_snapshots and not standalone:
                 raise InvalidArgument("--allow-snapshots goes with --standalone (in a cluster, "
                                       "RBAC decides who may act)")
@@ -66,3 +66,16 @@ def register(app: typer.Typer) -> None:
         with failures():
             kube = ApiKube.connect(kubeconfig)
             serve_forever(Dashboard.for_cluster(kube, as_user=kube.with_token), host, port)
+
+    @app.command("serve")
+    def serve(ctx: typer.Context,
+              listen: str = typer.Option("127.0.0.1:8089", "--listen",
+                                         help="HOST:PORT to serve on (loopback only)."),
+              allow_snapshots: bool = typer.Option(False, "--allow-snapshots", help=(
+                  "Allow 'snapshot now' for visitors who sign in with the token printed "
+                  "on stderr.")),
+              home: Path | None = HomeOption) -> None:
+        """The standalone mode's dashboard: this host's pools, volumes and snapshots
+        (the same pages as ``statehold dashboard --standalone``)."""
+        dashboard(ctx, listen=listen, kubeconfig=None, standalone=True,
+                  allow_snapshots=allow_snapshots, home=home)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -79,6 +80,16 @@ def replication_wiring(kube: Kube, namespace: str, port: int,
     return fleet, Ticker("agent-certificates", interval, tick, immediate=True)
 
 
+def _dashboard(kube: Any, address: str) -> Callable[[], None]:
+    """The web dashboard beside the cluster operator: reads with the operator's identity,
+    acts with the token a visitor signs in with (docs/dashboard.md)."""
+    from statehold.cli.dashboard import loopback
+    from statehold.dashboard.server import Dashboard, start
+
+    host, port = loopback(address)
+    return start(Dashboard.for_cluster(kube, as_user=kube.with_token), host, port)
+
+
 def check_role(role: str, node_name: str | None) -> None:
     if role not in ROLES:
         raise InvalidArgument(f"--role must be node or cluster, not {role!r}")
@@ -121,7 +132,11 @@ def run(ctx: typer.Context,
         metrics_per_volume: bool = typer.Option(
             True, "--metrics-per-volume/--no-metrics-per-volume",
             help="Export per-volume series (role cluster: newest successful backup per claim; role "
-            "node: size, usage, I/O, snapshots, condition); off for thousands of volumes.")) -> None:
+            "node: size, usage, I/O, snapshots, condition); off for thousands of volumes."),
+        dashboard_address: str = typer.Option(
+            "", "--dashboard-address", help="Role cluster: 127.0.0.1:PORT to serve the web "
+            "dashboard on (docs/dashboard.md; loopback only, reach it with kubectl "
+            "port-forward); empty: off.")) -> None:
     """Run the operator until SIGTERM."""
     stop = threading.Event()
     lost = threading.Event()
@@ -162,7 +177,10 @@ def run(ctx: typer.Context,
             tickers = op.cluster_tickers(kube, metrics=metrics)
         settings = op.settings_for(role, node_name)
         login_like(registry, kube.configuration)
+        if dashboard_address and role != "cluster":
+            raise InvalidArgument("--dashboard-address goes with --role cluster")
         stop_metrics = serve(metrics_address, metrics.registry) if metrics_address else None
+        stop_dashboard = _dashboard(kube, dashboard_address) if dashboard_address else None
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         stop.set()
@@ -197,6 +215,8 @@ def run(ctx: typer.Context,
             fleet.close()
         if stop_metrics is not None:
             stop_metrics()
+        if stop_dashboard is not None:
+            stop_dashboard()
     if lost.is_set():
         typer.echo("error: lost the leader lease; exiting", err=True)
         raise typer.Exit(LOST_LEADERSHIP)

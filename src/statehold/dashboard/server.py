@@ -27,7 +27,13 @@ from urllib.parse import parse_qs, urlparse
 from statehold.dashboard import pages
 from statehold.dashboard.actions import KIND_OF, TITLE, Action
 from statehold.dashboard.sources import ClusterSource, Source
-from statehold.errors import InvalidArgument, NotFound, PermissionDenied, StateholdError
+from statehold.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    StateholdError,
+)
 from statehold.kube.facade import Kube
 
 log = logging.getLogger(__name__)
@@ -223,6 +229,27 @@ def serving(app: Dashboard, host: str = "127.0.0.1", port: int = 0) -> Iterator[
     finally:
         server.shutdown()
         server.server_close()
+
+
+def start(app: Dashboard, host: str, port: int) -> Callable[[], None]:
+    """Serve app in a daemon thread beside another job (the operator); returns its stop.
+    A busy or bad address is FailedPrecondition, raised here, so the process that asked
+    exits at start rather than run without the dashboard it was told to serve."""
+    try:
+        server = ThreadingHTTPServer((host, port), _handler(app))
+    except OSError as exc:
+        raise FailedPrecondition(f"cannot serve the dashboard on {host}:{port}: {exc}") from exc
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="dashboard", daemon=True)
+    thread.start()
+    log.info("dashboard listening=http://%s:%d", host, server.server_address[1])
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+    return stop
 
 
 def serve_forever(app: Dashboard, host: str, port: int) -> None:

@@ -34,10 +34,12 @@ import hashlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -158,6 +160,7 @@ class Deployment:
     processes: dict[str, Process]
     homes: dict[str, Path]
     sha_at: dict[str, str] = field(default_factory=dict)   # VolumeBackup -> volume sha256
+    dashboards: dict[str, str] = field(default_factory=dict)  # operator process -> its dashboard URL
 
     def pool_name(self, node: str) -> str:
         return f"{node}-pool"
@@ -288,6 +291,19 @@ def container(docs: list[dict[str, Any]], kind: str, name: str, container: str) 
     return Container(list(c["args"]), env, pod["serviceAccountName"])
 
 
+def own_dashboard_port(d: Deployment, name: str, c: Container) -> Container:
+    """The chart's operator serves its dashboard on 127.0.0.1 of its own pod; here the two
+    operator "pods" share the host's loopback, so each gets a free port of its own."""
+    flag = "--dashboard-address="
+    (i,) = [i for i, a in enumerate(c.args) if a.startswith(flag)]
+    assert c.args[i].startswith(f"{flag}127.0.0.1:"), c.args[i]  # loopback, as rendered
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    d.dashboards[name] = f"http://127.0.0.1:{port}"
+    return Container([*c.args[:i], f"{flag}127.0.0.1:{port}", *c.args[i + 1:]], c.env, c.account)
+
+
 def start(d: Deployment, name: str, c: Container, kubeconfigs: dict[str, Path],
           pod: dict[str, str], home: Path | None = None) -> Process:
     """Run a container's command as its pod would: $(VAR)s from the pod's downward-API
@@ -348,11 +364,13 @@ def deployment(kube_control_plane: ControlPlane) -> Iterator[Deployment]:
         # node DaemonSet's pod on each fake node, with the arguments the chart gives them
         operator = container(docs, "Deployment", "statehold-operator", "operator")
         agent = container(docs, "DaemonSet", "statehold-node", "statehold-agent")
-        leader = start(d, "op-1", operator, via_proxy, {"NAMESPACE": ns, "POD_NAME": "op-1"})
+        leader = start(d, "op-1", own_dashboard_port(d, "op-1", operator), via_proxy,
+                       {"NAMESPACE": ns, "POD_NAME": "op-1"})
         d.wait("op-1 to hold the lease", lambda: kube.get(LEASE, LEASE_NAME, ns)["spec"][
             "holderIdentity"] == "op-1")
         assert leader.alive()
-        start(d, "op-2", operator, via_proxy, {"NAMESPACE": ns, "POD_NAME": "op-2"})
+        start(d, "op-2", own_dashboard_port(d, "op-2", operator), via_proxy,
+              {"NAMESPACE": ns, "POD_NAME": "op-2"})
         for n in NODES:
             start(d, f"agent-{n}", agent, via_proxy,
                   {"NAMESPACE": ns, "POD_NAME": f"statehold-node-{n}", "NODE_NAME": n}, homes[n])
@@ -592,6 +610,28 @@ def test_a_forgotten_volume_backup_leaves_the_repository_and_the_cluster(
     ids = open_repository(target).backup_ids()
     assert first["status"]["backupId"] not in ids
     assert {b["status"]["backupId"] for b in kept} <= set(ids)
+    d.check_healthy()
+
+
+def test_both_operators_serve_the_dashboard_read_only_under_the_charts_rbac(
+        deployment: Deployment, pools: dict[str, dict[str, Any]], claim: dict[str, Any]) -> None:
+    """The chart turns the dashboard on: every operator replica (the follower too) serves
+    it with the operator's own, chart-granted identity; an anonymous visitor sees the pools
+    with their capacities and the claim, and no action."""
+    d = deployment
+    assert set(d.dashboards) == {"op-1", "op-2"}
+    for name, base in d.dashboards.items():
+        page = {}
+        for path in ("/pools", "/volumes", "/backups", "/schedules", "/restores"):
+            with urllib.request.urlopen(base + path, timeout=30) as resp:
+                assert resp.status == 200, (name, path)
+                page[path] = resp.read().decode()
+        for pool in pools.values():
+            fresh = d.kube.get(STORAGE_POOL, pool["metadata"]["name"])
+            assert pool["metadata"]["name"] in page["/pools"]
+            assert f'data-capacity="{fresh["status"]["capacity"]}"' in page["/pools"], name
+        assert claim["metadata"]["name"] in page["/volumes"]
+        assert 'class="action' not in page["/volumes"] + page["/backups"]  # read-only
     d.check_healthy()
 
 
