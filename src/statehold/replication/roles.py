@@ -19,7 +19,7 @@ from statehold.replication.points import U64_MAX, common_base
 from statehold.replication.receiving import recover
 from statehold.replication.state import CopyState, Role, StateStore
 
-__all__ = ["check_writable", "common_base", "copy_state", "demote", "promote", "release"]
+__all__ = ["check_writable", "common_base", "copy_state", "demote", "fence", "promote", "release"]
 
 log = logging.getLogger("statehold.replication.roles")
 
@@ -119,6 +119,33 @@ def check_writable(pool: Pool, volume: str, cluster_epoch: int) -> CopyState:
             raise Fenced(f"volume {volume!r}: this copy is stale; it must resync before it serves")
         raise FailedPrecondition(f"volume {volume!r}: this copy is a {state.role}; it must be "
                                  "promoted before it is staged")
+
+
+def fence(pool: Pool, volume: str, cluster_epoch: int) -> CopyState:
+    """The cluster's record does not make this copy the primary at ``cluster_epoch``: a
+    primary of that epoch or an older one becomes stale at ``cluster_epoch``, durably (an
+    agent comparing its copies with the record at start, §6.3). Unlike :func:`demote`, the
+    record's own epoch suffices: a record naming *another* node at this copy's epoch fences
+    it too. Other roles adopt a newer epoch.
+
+    FailedPrecondition: this copy knows a newer epoch than the record (the record was
+    rolled back); nothing is changed then.
+    """
+    _epoch(cluster_epoch, "cluster epoch")
+    store = StateStore(pool.meta_dir)
+    with store.locked(validate_name(volume, what="volume name")):
+        state = recover(pool, store, store.load(volume))
+        if state.epoch > cluster_epoch:
+            raise FailedPrecondition(
+                f"volume {volume!r}: this copy knows epoch {state.epoch}, newer than the "
+                f"cluster's {cluster_epoch}; it cannot be fenced by that record")
+        if state.role is Role.PRIMARY:
+            state = store.save(state, role=Role.STALE, epoch=cluster_epoch, peers={})
+            log.warning("replication copy fenced volume=%s/%s cluster_epoch=%d", pool.name,
+                        volume, cluster_epoch)
+        elif cluster_epoch > state.epoch:
+            state = store.save(state, epoch=cluster_epoch)
+    return state
 
 
 def release(pool: Pool, volume: str) -> None:
