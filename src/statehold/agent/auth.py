@@ -8,11 +8,11 @@ any servicer code runs. The identity is available to the servicer through
 :func:`caller`.
 
 Then the caller's role must be allowed the method: the calls that change who is primary
-or where a volume's data goes (Promote, Demote, SetReplicas, Sync, Release) are the
-controller's alone. A node certificate is enough for what agents ask of each other
-(Ping, CopyStatus, CreateCopy, Replicate), so a compromised node can stream its own data
-to the replicas it was given but cannot promote itself or demote another node's primary
-(PERMISSION_DENIED).
+or where a volume's data goes (Promote, Demote, SetReplicas, Sync, Release), and the
+export of a retired pool (ExportPool), are the controller's alone. A node certificate is
+enough for what agents ask of each other (Ping, CopyStatus, CreateCopy, Replicate), so a
+compromised node can stream its own data to the replicas it was given but cannot promote
+itself, demote another node's primary or export another node's pool (PERMISSION_DENIED).
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ log = logging.getLogger("statehold.agent")
 
 _PEM_KEY = "x509_pem_cert"
 
-CONTROLLER_ONLY = frozenset({"Promote", "Demote", "SetReplicas", "Sync", "Release"})
+CONTROLLER_ONLY = frozenset({"Promote", "Demote", "SetReplicas", "Sync", "Release",
+                             "ExportPool"})
 """Methods (by name) only a ``controller`` certificate may call."""
 
 

@@ -131,3 +131,9 @@ class AgentClient:
     def release(self, volume: VolumeRef) -> None:
         """Delete the peer's copy (a copy already gone is fine)."""
         self._call("Release", pb.ReleaseRequest(volume=str(volume)))
+
+    def export_pool(self, pool: str) -> bool:
+        """Export the peer's retired ``pool``: True once done, False when it had none (an
+        earlier export)."""
+        reply: pb.ExportPoolReply = self._call("ExportPool", pb.ExportPoolRequest(pool=pool))
+        return bool(reply.exported)

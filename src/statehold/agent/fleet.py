@@ -161,3 +161,6 @@ class AgentFleet:
         client.release(ref)
         with self._lock:
             self._acks.pop((volume, node), None)
+
+    def export_pool(self, node: str, pool: str) -> None:
+        self._client(node).export_pool(pool)

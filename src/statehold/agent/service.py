@@ -31,6 +31,7 @@ from statehold.agent.feed import Feed
 from statehold.agent.gen import agent_pb2 as pb
 from statehold.agent.gen import agent_pb2_grpc
 from statehold.agent.pause import NO_PAUSE, Pauser
+from statehold.agent.pools import EnginePools, PoolExports
 from statehold.agent.replicator import ReplicaReport
 from statehold.errors import Aborted, FailedPrecondition, InvalidArgument, Unavailable
 from statehold.grpcerrors import status_of
@@ -102,13 +103,23 @@ def _replica(r: ReplicaReport) -> pb.ReplicaStatus:
                             sent_bytes=r.sent_bytes, last_error=r.last_error)
 
 
+def engine_pools(copies: Copies) -> PoolExports | None:
+    """The pools behind ``copies`` when they are the engine's (None for a copies port
+    without pools: ExportPool is then refused)."""
+    from statehold.agent.engine_copies import EngineCopies
+
+    return EnginePools(copies.node) if isinstance(copies, EngineCopies) else None
+
+
 class AgentServicer(agent_pb2_grpc.AgentServicer):
     def __init__(self, node: str, copies: Copies, book: ReplicaBook, *, ca: bytes,
                  replicas: Callable[[VolumeRef], list[ReplicaReport]] = lambda _v: [],
                  sync: Callable[[VolumeRef], list[ReplicaReport]] = lambda _v: [],
-                 feed_frames: int = 8, workers: int = 4, pauser: Pauser = NO_PAUSE) -> None:
+                 feed_frames: int = 8, workers: int = 4, pauser: Pauser = NO_PAUSE,
+                 pools: PoolExports | None = None) -> None:
         self.node = node
         self.copies = copies
+        self.pools = pools if pools is not None else engine_pools(copies)
         self.book = book
         self.ca = ca
         self.replicas = replicas
@@ -192,6 +203,17 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         self.copies.release(volume)
         self.book.set(volume, ())  # a released copy streams to nobody
         return pb.ReleaseReply()
+
+    @answer
+    def ExportPool(self, request: pb.ExportPoolRequest,
+                   context: grpc.ServicerContext) -> pb.ExportPoolReply:
+        if not request.pool or "/" in request.pool:
+            raise InvalidArgument(f"pool {request.pool!r} must be a pool name")
+        if self.pools is None:
+            raise FailedPrecondition(f"the agent on {self.node} does not manage pools")
+        exported = self.pools.export(request.pool)
+        log.info("pool export pool=%s exported=%s", request.pool, exported)
+        return pb.ExportPoolReply(pool=request.pool, exported=exported)
 
     @answer
     def Replicate(self, request_iterator: Iterator[pb.Frame], context: grpc.ServicerContext) -> pb.Ack:

@@ -14,7 +14,8 @@ Contract of every implementation:
 
 * Every method may be called again after a success, a failure or a crash (the reconciler
   is level-triggered): ``create_copy`` of a copy that exists, ``promote`` at the epoch the
-  copy already has as primary, ``release`` of a copy already gone are successes.
+  copy already has as primary, ``release`` of a copy already gone, ``export_pool`` of a
+  pool already exported are successes.
 * ``promote`` is called only after the controller recorded ``status.epoch``/``primary``
   by compare-and-set; it refuses (``Fenced``/``FailedPrecondition``) an epoch not newer
   than the copy's, and a copy still seeding.
@@ -67,4 +68,10 @@ class Agents(Protocol):
 
     def release(self, node: str, volume: str) -> None:
         """Delete the copy on ``node``: its point snapshots, state and engine volume."""
+        ...
+
+    def export_pool(self, node: str, pool: str) -> None:
+        """Unmount and detach the retired ``pool`` of ``node`` and forget it there (its
+        disks keep their data). FailedPrecondition while a volume or snapshot is left in it
+        or it is busy; a pool already exported is a success."""
         ...

@@ -173,3 +173,17 @@ class ReleaseRequest(_message.Message):
 class ReleaseReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ExportPoolRequest(_message.Message):
+    __slots__ = ("pool",)
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    pool: str
+    def __init__(self, pool: _Optional[str] = ...) -> None: ...
+
+class ExportPoolReply(_message.Message):
+    __slots__ = ("pool", "exported")
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    EXPORTED_FIELD_NUMBER: _ClassVar[int]
+    pool: str
+    exported: bool
+    def __init__(self, pool: _Optional[str] = ..., exported: _Optional[bool] = ...) -> None: ...

@@ -79,6 +79,11 @@ class AgentStub:
                 request_serializer=agent__pb2.ReleaseRequest.SerializeToString,
                 response_deserializer=agent__pb2.ReleaseReply.FromString,
                 _registered_method=True)
+        self.ExportPool = channel.unary_unary(
+                '/statehold.agent.v1.Agent/ExportPool',
+                request_serializer=agent__pb2.ExportPoolRequest.SerializeToString,
+                response_deserializer=agent__pb2.ExportPoolReply.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -159,6 +164,16 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportPool(self, request, context):
+        """Unmount and detach a retired pool of this node and forget it here; its disks keep
+        their data (`statehold pool import` brings it back). FAILED_PRECONDITION while any
+        volume or snapshot is left in it (listed) or another process keeps it busy. A pool
+        this node does not have (already exported) is OK: exported = false.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -206,6 +221,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.Release,
                     request_deserializer=agent__pb2.ReleaseRequest.FromString,
                     response_serializer=agent__pb2.ReleaseReply.SerializeToString,
+            ),
+            'ExportPool': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportPool,
+                    request_deserializer=agent__pb2.ExportPoolRequest.FromString,
+                    response_serializer=agent__pb2.ExportPoolReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -451,6 +471,33 @@ class Agent:
             '/statehold.agent.v1.Agent/Release',
             agent__pb2.ReleaseRequest.SerializeToString,
             agent__pb2.ReleaseReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportPool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statehold.agent.v1.Agent/ExportPool',
+            agent__pb2.ExportPoolRequest.SerializeToString,
+            agent__pb2.ExportPoolReply.FromString,
             options,
             channel_credentials,
             insecure,
