@@ -1,5 +1,8 @@
 """StoragePool: the agent of ``spec.node`` creates or imports the pool and reports capacity.
 
+A decommissioned pool that is not on the node is left so (it was exported once retired,
+``statehold.controller.retirement``): it is neither created nor imported again.
+
 :func:`plan_pool` (pure) turns the spec into the engine call; :func:`reconcile_pool` acts on
 the node's engine and reports. Deleting a StoragePool object never destroys the pool (its
 disks keep the data and can be imported again); that is a deliberate, documented choice.
@@ -88,6 +91,14 @@ def reconcile_pool(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock)
             pool = node.pool(name)
             made = ""
         except NotFound:
+            if obj["spec"].get("decommission"):
+                # retired, then exported by the cluster operator (controller.retirement):
+                # making or importing it again would undo the export
+                rep.update({"phase": "Pending"}, condition=(
+                    "Ready", False, "NotOnNode", f"the pool is not on {node_name} and is "
+                    "decommissioned, so it is neither created nor imported (a retired pool "
+                    "is exported); clear spec.decommission to bring it back"))
+                return Result()
             if plan.action == "import":
                 pool = node.import_pool(plan.sources, name=name)
                 made = "Imported"

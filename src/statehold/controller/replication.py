@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -35,8 +35,10 @@ from statehold.controller.problems import Result
 from statehold.controller.replicas import Agents, CopyReport, CopyTarget
 from statehold.controller.replication_policy import (
     SERVING_ROLES,
+    CancelMove,
     CopyInfo,
     CopyPlan,
+    CordonMove,
     Failover,
     Placement,
     PoolRoom,
@@ -44,6 +46,7 @@ from statehold.controller.replication_policy import (
     Refuse,
     deduct,
     plan_copies,
+    plan_cordon,
     plan_failover,
     primary_state,
 )
@@ -51,13 +54,15 @@ from statehold.controller.replication_records import (
     ClusterFacts,
     ensure_records,
     first_primary,
+    moves_on_cordon,
     read_facts,
     set_label,
 )
+from statehold.controller.retirement import retire_pools
 from statehold.errors import Aborted, NotFound, StateholdError
 from statehold.kube.events import rfc3339
 from statehold.kube.facade import Kube, Obj
-from statehold.kube.kinds import PV, REPLICATED_VOLUME, STORAGE_POOL
+from statehold.kube.kinds import PV, REPLICATED_VOLUME
 from statehold.replication.cluster import record_of
 from statehold.replication.points import node_label
 
@@ -93,6 +98,7 @@ class VolumePass:
     facts: ClusterFacts
     now: Clock
     pools: list[PoolRoom] = field(default_factory=list)
+    move_on_cordon: bool = True
     reports: dict[str, Report] = field(default_factory=dict)
     plan: CopyPlan = field(default_factory=CopyPlan)
 
@@ -218,11 +224,10 @@ class VolumePass:
                                "it is off, or `kubectl statehold volume promote`")
             return Result.retry(f"primary {rec.primary} unavailable", RETRY)
         self.converge_roles(rec)
-        if rec.move is not None:
-            outcome = self.planned_move(rec)
-            if outcome is not None:
-                return outcome
-            rec = self.record()
+        outcome = self.moves(rec)
+        if outcome is not None:
+            return outcome
+        rec = self.record()
         self.plan = plan_copies(rec, self.pools, self.facts.health, self.facts.retiring)
         self.apply_plan(rec)
         rec = self.record()
@@ -300,12 +305,33 @@ class VolumePass:
                 log.warning("event=role_change_failed volume=%s node=%s error=%s",
                             self.volume, node, exc)
 
-    def planned_move(self, rec: Record) -> Result | None:
-        """§9.5. None when the move is done (or not needed) and the pass goes on."""
-        to = rec.move
-        assert to is not None
+    def moves(self, rec: Record) -> Result | None:
+        """A requested move (``spec.move``: by hand or a retirement), else one a cordon
+        starts or a cancelled cordon ends (§9.5). None: the pass goes on."""
+        if rec.move is not None:
+            return self.planned_move(rec, rec.move)
+        decision = plan_cordon(rec, self.facts.health, enabled=self.move_on_cordon
+                               and moves_on_cordon(self.rv))
+        if isinstance(decision, CordonMove):
+            return self.planned_move(rec, decision.to, cordon=True)
+        if isinstance(decision, CancelMove):
+            return self.cancel_move(rec, decision)
+        moving = {c.get("type"): c for c in self.status.get("conditions") or []}.get("Moving")
+        if isinstance(decision, Refuse):
+            if (moving or {}).get("reason") != decision.reason:
+                self.event("Warning", decision.reason, decision.message)
+            self.condition("Moving", False, decision.reason, decision.message)
+        elif (moving or {}).get("reason") == "NoMoveTarget":
+            self.condition("Moving", False, "NotCordoned", f"node {rec.primary} is schedulable")
+        return None
+
+    def planned_move(self, rec: Record, to: str, *, cordon: bool = False) -> Result | None:
+        """§9.5. None when the move is done (or not needed) and the pass goes on.
+        ``cordon``: started because the primary's Node is cordoned, not by ``spec.move``
+        (there is no request to clear)."""
         if to == rec.primary and rec.moving is None:
-            self.clear_request("move")
+            if not cordon:
+                self.clear_request("move")
             return None
         target = rec.copy_on(to)
         if target is None or target.role != "replica" or not target.point or not target.reachable:
@@ -324,8 +350,11 @@ class VolumePass:
         if rec.moving is None:
             if not self.cas(moving={"to": to, "epoch": rec.epoch}):
                 return Result.retry("record changed; deciding again", 1.0)
-            self.event("Normal", "MoveStarted", f"moving the primary from {rec.primary} to {to}: "
-                       f"{rec.primary} no longer stages the volume; final sync once it is unstaged")
+            why = (f"node {rec.primary} is cordoned (or being drained)" if cordon
+                   else "move requested")
+            self.event("Normal", "MoveStarted", f"{why}: moving the primary from {rec.primary} "
+                       f"to {to}: {rec.primary} no longer stages the volume; final sync once "
+                       "it is unstaged")
         try:
             point = self.agents.final_sync(rec.primary, self.volume, to)
         except Aborted:
@@ -333,12 +362,40 @@ class VolumePass:
                            f"the volume is still staged on {rec.primary}")
             return Result.retry(f"still staged on {rec.primary}", RETRY)
         except StateholdError as exc:
-            self.cas(moving=None)
+            return self.abandon_move(rec, to, exc, requested=not cordon)
+        return self.finish_move(rec, to, point, requested=not cordon)
+
+    def cancel_move(self, rec: Record, cancel: CancelMove) -> Result | None:
+        """A move that lost its reason: cancelled while the volume is still staged on the
+        primary (the final sync says so: Aborted); finished when it is not (the pod has
+        left and will start where the move leads)."""
+        try:
+            point = self.agents.final_sync(rec.primary, self.volume, cancel.to)
+        except Aborted:
+            if not self.cas(moving=None):
+                return Result.retry("record changed; deciding again", 1.0)
+            message = (f"{cancel.why} before the volume was unstaged: the move to {cancel.to} "
+                       f"is cancelled; the primary stays on {rec.primary} at epoch {rec.epoch}")
+            self.condition("Moving", False, "MoveCancelled", message)
+            self.event("Normal", "MoveCancelled", message)
+            return None
+        except StateholdError as exc:
+            return self.abandon_move(rec, cancel.to, exc, requested=False)
+        return self.finish_move(rec, cancel.to, point, requested=False)
+
+    def abandon_move(self, rec: Record, to: str, exc: StateholdError, *,
+                     requested: bool) -> Result:
+        self.cas(moving=None)
+        if requested:
             self.clear_request("move")
-            self.condition("Moving", False, "MoveAbandoned", f"final sync to {to} failed: {exc}")
-            self.event("Warning", "MoveAbandoned", f"final sync to {to} failed ({exc}); the "
-                       f"primary stays on {rec.primary} at epoch {rec.epoch}")
-            return Result()
+        self.condition("Moving", False, "MoveAbandoned", f"final sync to {to} failed: {exc}")
+        self.event("Warning", "MoveAbandoned", f"final sync to {to} failed ({exc}); the "
+                   f"primary stays on {rec.primary} at epoch {rec.epoch}")
+        return Result()
+
+    def finish_move(self, rec: Record, to: str, point: str, *, requested: bool) -> Result | None:
+        """The final point reached ``to``: the new epoch and primary by compare-and-set,
+        then promote ``to`` and demote the old primary."""
         epoch = rec.epoch + 1
         if not self.cas(epoch=epoch, primary=to, moving=None):
             return Result.retry("record changed; deciding again", 1.0)
@@ -350,7 +407,8 @@ class VolumePass:
             self.agents.demote(rec.primary, self.volume, epoch)
         except StateholdError as exc:
             log.info("event=demote_later volume=%s node=%s error=%s", self.volume, rec.primary, exc)
-        self.clear_request("move")
+        if requested:
+            self.clear_request("move")
         self.condition("Moving", True, "Moved", f"primary on {to} at epoch {epoch}")
         self.event("Normal", "Moved", f"primary moved from {rec.primary} to {to} at point {point} "
                    f"(epoch {epoch}); nothing acknowledged was lost")
@@ -474,11 +532,14 @@ class VolumePass:
 
 def reconcile_volume(kube: Kube, agents: Agents, rv: Obj, now: Clock,
                      facts: ClusterFacts | None = None,
-                     pools: list[PoolRoom] | None = None) -> tuple[Result, CopyPlan]:
-    """One pass over one record (the kopf handler and the ticker both call it)."""
+                     pools: list[PoolRoom] | None = None, *,
+                     move_on_cordon: bool = True) -> tuple[Result, CopyPlan]:
+    """One pass over one record (the kopf handler and the ticker both call it).
+    ``move_on_cordon``: a cordoned primary's node starts a planned move (§9.5; the
+    operator's ``--no-move-on-cordon`` turns it off for every volume)."""
     facts = facts if facts is not None else read_facts(kube)
     p = VolumePass(kube, agents, rv, facts, now,
-                   pools if pools is not None else list(facts.pools))
+                   pools if pools is not None else list(facts.pools), move_on_cordon)
     try:
         result = p.run()
     except NotFound:
@@ -488,43 +549,19 @@ def reconcile_volume(kube: Kube, agents: Agents, rv: Obj, now: Clock,
     return result, p.plan
 
 
-def replication_pass(kube: Kube, agents: Agents, now: Clock) -> dict[str, Result]:
+def replication_pass(kube: Kube, agents: Agents, now: Clock, *,
+                     move_on_cordon: bool = True) -> dict[str, Result]:
     """The ticker: records for replicated PVs, one pass over each record (Node health is
-    read fresh, so an out-of-service taint fails a volume over without any change to the
-    record), then the ``Retiring`` condition of each decommissioned StoragePool."""
+    read fresh, so an out-of-service taint fails a volume over, and a cordon starts a
+    move, without any change to the record), then each decommissioned StoragePool:
+    its ``Retiring`` condition, and its export once nothing is left in it."""
     facts = read_facts(kube)
     pools = list(facts.pools)
     out: dict[str, Result] = {}
     plans: dict[str, CopyPlan] = {}
     for rv in ensure_records(kube, agents, facts):
         name = rv["metadata"]["name"]
-        out[name], plans[name] = reconcile_volume(kube, agents, rv, now, facts, pools)
-    report_retirement(kube, facts, plans, now)
+        out[name], plans[name] = reconcile_volume(kube, agents, rv, now, facts, pools,
+                                                  move_on_cordon=move_on_cordon)
+    retire_pools(kube, agents, facts, plans, now)
     return out
-
-
-def report_retirement(kube: Kube, facts: ClusterFacts, plans: Mapping[str, CopyPlan],
-                      now: Clock) -> None:
-    """``Retiring`` on each decommissioned pool: False/InsufficientCapacity when a copy in
-    it cannot be re-placed, True/InProgress while copies remain, True/Retired when none."""
-    for node, pool in sorted(facts.retiring):
-        refused = [f"{name}: {p.refuse.message}" for name, p in sorted(plans.items())
-                   if p.refuse is not None and node in p.retiring]
-        left = sorted(name for name, p in plans.items() if node in p.retiring)
-        if refused:
-            cond = ("Retiring", False, "InsufficientCapacity", "; ".join(refused))
-        elif left:
-            cond = ("Retiring", True, "InProgress", f"{len(left)} replicated volumes still "
-                    f"have a copy here: {', '.join(left)}")
-        else:
-            cond = ("Retiring", True, "Retired", "no replicated volume has a copy in this pool; "
-                    "it can be exported")
-        try:
-            obj = kube.get(STORAGE_POOL, pool)
-        except NotFound:
-            continue
-        conds = set_condition((obj.get("status") or {}).get("conditions"), *cond, now=now())
-        if conds != (obj.get("status") or {}).get("conditions"):
-            kube.patch_status(STORAGE_POOL, pool, {"conditions": conds})
-            kube.record_event(obj, type="Warning" if not cond[1] else "Normal", reason=cond[2],
-                              message=cond[3], component=COMPONENT)

@@ -14,6 +14,8 @@ frozen values, no I/O, no clock.
   applies the same table at NodeStage; they are re-exported here.
 * :func:`plan_copies` — what a volume's copies need: new ones placed, a retiring
   primary moved, retiring or surplus copies released once others acknowledged.
+* :func:`plan_cordon` — a planned move started because the primary's Node was cordoned
+  (or is being drained), and its cancellation once the node is schedulable again.
 
 The reconciler (:mod:`statehold.controller.replication`) reads the cluster, asks these,
 and acts through the Kube facade and the ``Agents`` port.
@@ -43,10 +45,10 @@ from statehold.replication.cluster import (
 )
 
 __all__ = [
-    "SERVING_ROLES", "CopyInfo", "CopyPlan", "Decision", "Failover", "Move", "Placement",
-    "PoolRoom", "Record", "Refuse", "Stage", "choose_failover", "deduct", "newest_copy",
-    "place_copies", "plan_copies", "plan_failover", "point_key", "primary_state",
-    "stage_decision",
+    "SERVING_ROLES", "CancelMove", "CopyInfo", "CopyPlan", "CordonMove", "Decision", "Failover",
+    "Move", "Placement", "PoolRoom", "Record", "Refuse", "Stage", "choose_failover", "deduct",
+    "newest_copy", "place_copies", "plan_copies", "plan_cordon", "plan_failover", "point_key",
+    "primary_state", "stage_decision",
 ]
 
 
@@ -198,3 +200,72 @@ def plan_copies(record: Record, pools: Sequence[PoolRoom], health: Mapping[str, 
     if refuse is None and len(serving) >= record.replicas:
         release = tuple(sorted(n for n in leaving if n != record.primary))
     return CopyPlan(add, release, move_to, refuse, leaving)
+
+
+# -- moves started by a cordon or a drain (§9.5) --------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class CordonMove:
+    """Move the primary to ``to`` (or go on moving it there): its Node is cordoned."""
+
+    to: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelMove:
+    """The move to ``to`` under way has no reason left (its node was uncordoned, the
+    request was withdrawn, or moves on cordon were turned off): cancel it while the volume
+    is still staged on the primary; once it is unstaged the pod has left, and the move
+    finishes instead (the pod is rescheduled elsewhere, most likely onto ``to``)."""
+
+    to: str
+    why: str
+
+
+def plan_cordon(record: Record, health: Mapping[str, NodeHealth], *,
+                enabled: bool) -> CordonMove | CancelMove | Refuse | None:
+    """A planned move because the primary's Node is unschedulable (§9.5).
+
+    Only a cordon records ``status.moving`` without ``spec.move``, so a move recorded
+    without a request is a cordon's (or one whose request was withdrawn).
+
+    =====================================================  ==================================
+    the record, the primary's Node                         decision
+    =====================================================  ==================================
+    ``spec.promote`` or ``spec.move`` set                  None (the request goes first)
+    moving, no ``spec.move``; Node cordoned, enabled       CordonMove(moving.to): go on
+    moving, no ``spec.move``; otherwise                    CancelMove(moving.to)
+    not moving; Node not Ready, unknown or schedulable     None (a NotReady node is failover's)
+    not moving; Node cordoned, disabled                    None
+    not moving; Node cordoned                              CordonMove(best replica) or Refuse
+    =====================================================  ==================================
+
+    The best replica: reachable, holding an acknowledged point, on a Node that is Ready,
+    in service and schedulable (the pod must be able to follow); the newest point, ties
+    by node name. None qualifies: Refuse ``NoMoveTarget`` (the primary stays; nothing is
+    lost, the pod just cannot leave).
+    """
+    if record.promote is not None or record.move is not None:
+        return None
+    h = health.get(record.primary)
+    cordoned = h is not None and h.available and h.unschedulable
+    if record.moving is not None:
+        if cordoned and enabled:
+            return CordonMove(record.moving)
+        why = ("moves on cordon are turned off" if cordoned else
+               f"node {record.primary} is schedulable again" if h is not None and h.available
+               else "the move was not asked for")
+        return CancelMove(record.moving, why)
+    if not cordoned or not enabled:
+        return None
+    fit = []
+    for c in record.copies:
+        t = health.get(c.node)
+        if (c.node != record.primary and c.reachable and c.role == "replica" and c.point
+                and t is not None and t.available and not t.unschedulable):
+            fit.append(c)
+    if not fit:
+        return Refuse("NoMoveTarget", f"node {record.primary} is cordoned, but no other copy "
+                      "holds an acknowledged point on a Ready, schedulable node: the primary "
+                      "stays (the volume's pod cannot leave the node until one does)")
+    return CordonMove(newest_copy(fit).node)

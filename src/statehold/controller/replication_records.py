@@ -39,6 +39,10 @@ match ``statehold.csi.backend_local``)."""
 
 DEFAULT_RPO = 15
 
+MOVE_ON_CORDON = "statehold.io/move-on-cordon"
+"""Annotation of a ReplicatedVolume: ``"false"`` keeps its primary where it is when its node
+is cordoned or drained (the operator's ``--no-move-on-cordon`` does so for every volume)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ClusterFacts:
@@ -84,6 +88,12 @@ def replicas_of(pv: Obj) -> int:
         return max(1, int(_attrs(pv).get(ATTR_REPLICAS, 1)))
     except (TypeError, ValueError):
         return 1
+
+
+def moves_on_cordon(rv: Obj) -> bool:
+    """Whether a cordon of the primary's node moves this volume (default yes)."""
+    value = ((rv.get("metadata") or {}).get("annotations") or {}).get(MOVE_ON_CORDON, "true")
+    return str(value).strip().lower() not in ("false", "no", "off", "0")
 
 
 def first_primary(pv: Obj) -> str | None:

@@ -36,6 +36,8 @@ class FakeAgents:
     copies: dict[tuple[str, str], FakeCopy] = field(default_factory=dict)
     down: set[str] = field(default_factory=set)
     staged: set[str] = field(default_factory=set)
+    pools: dict[str, set[str]] = field(default_factory=dict)  # node -> pools it still has
+    busy_pools: set[str] = field(default_factory=set)          # ExportPool refuses these
     replicas: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     sync_error: Exception | None = None
     refuse_promote: set[str] = field(default_factory=set)  # Promote on these does not answer
@@ -106,6 +108,17 @@ class FakeAgents:
         self.log.append(("release", node))
         self._copy(node, volume)
         del self.copies[(node, volume)]
+
+    def export_pool(self, node: str, pool: str) -> None:
+        self.log.append(("export_pool", node, pool))
+        if node in self.down:
+            raise Unavailable(f"agent on {node} does not answer")
+        if pool in self.busy_pools:
+            raise FailedPrecondition(f"pool {pool!r} is busy")
+        held = sorted(v for (n, v), c in self.copies.items() if n == node and c.pool == pool)
+        if held:
+            raise FailedPrecondition(f"pool {pool!r} is not empty: {', '.join(held)}")
+        self.pools.setdefault(node, set()).discard(pool)
 
     # -- what the primaries' replication loops would do -------------------------------------
     def take_point(self, node: str, volume: str) -> str:
