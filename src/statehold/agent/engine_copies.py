@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from itertools import chain
 
 from statehold.agent.copies import Applied, CopyView, Outgoing, VolumeRef, VolumeSpec
+from statehold.engine import readonly
 from statehold.engine.node import Node
 from statehold.engine.pool import Pool
 from statehold.engine.types import FsType, VolumeMode
@@ -174,3 +175,24 @@ class EngineCopies:
 
     def demote(self, volume: VolumeRef, epoch: int) -> CopyView:
         return view_of(roles.demote(self._pool(volume), volume.name, epoch))
+
+    # -- the agent's own fencing (agent/fencing.py) --------------------------------------------
+    def local_copies(self) -> list[VolumeRef]:
+        """Every volume of this node's pools that has replication state."""
+        self.node.refresh()
+        out = []
+        for pool in self.node.pools():
+            for name in StateStore(pool.meta_dir).volumes():
+                try:
+                    pool.get_volume(name)
+                except NotFound:  # a release that crashed between state and volume
+                    continue
+                out.append(VolumeRef(pool.name, name))
+        return out
+
+    def fence(self, volume: VolumeRef, epoch: int) -> CopyView:
+        return view_of(roles.fence(self._pool(volume), volume.name, epoch))
+
+    def seal(self, volume: VolumeRef) -> bool:
+        """Make the copy read-only where it is attached or mounted (engine/readonly.py)."""
+        return readonly.seal(self._pool(volume).get_volume(volume.name).device).complete

@@ -1,9 +1,14 @@
-"""The agent process: the gRPC server on TCP (mutual TLS only), its replication loop, and
-optionally a Prometheus endpoint.
+"""The agent process: the gRPC server on TCP (mutual TLS only), its replication loop, its
+own fencing by the cluster record, and optionally a Prometheus endpoint.
 
 There is no plaintext port: :meth:`AgentServer.start` binds one ``add_secure_port`` whose
 credentials require a client certificate from the cluster CA, and the
 :class:`~statehold.agent.auth.Authenticator` checks the caller's identity on every call.
+
+With the cluster's records (``records``), :meth:`AgentServer.start` first compares this
+node's primaries with them (``statehold.agent.fencing``) and only then serves; the
+replication loop streams only from primaries the record confirmed, and a copy fenced while
+it is still in use here is made read-only.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from statehold.agent.auth import Authenticator
 from statehold.agent.book import Peer, ReplicaBook
 from statehold.agent.client import AgentClient
 from statehold.agent.copies import Copies
+from statehold.agent.fencing import Fencing, GatedCopies, LocalCopies, Records, WatchfulCopies
 from statehold.agent.gen import agent_pb2_grpc
 from statehold.agent.limits import SERVER_OPTIONS
 from statehold.agent.pause import Pauser
@@ -56,6 +62,12 @@ class AgentConfig:
     """``IP:PORT`` for Prometheus metrics; empty: none."""
     pause_dir: Path | None = None
     """Tests only: the directory of pause points (``statehold.agent.pause``)."""
+    record_interval: float = 30.0
+    """Seconds between two comparisons of this node's copies with the cluster records (5 s,
+    or less, while a primary is held or the records cannot be read)."""
+    record_wait: float = 10.0
+    """Seconds the start waits for the first comparison before serving (primaries stay
+    unreplicated until it is done, however long it takes)."""
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -66,8 +78,12 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 class AgentServer:
+    """``records``: the cluster's ReplicatedVolume records (``fencing.kube_records``); None
+    for a standalone agent, whose primaries replicate unchecked."""
+
     def __init__(self, config: AgentConfig, copies: Copies, *,
-                 connect: Callable[[Peer], PeerAgent] | None = None) -> None:
+                 connect: Callable[[Peer], PeerAgent] | None = None,
+                 records: Records | None = None) -> None:
         split_address(config.listen)
         self.config = config
         self.copies = copies
@@ -75,9 +91,14 @@ class AgentServer:
         self.pauser = Pauser(config.pause_dir)
         self._clients: dict[str, AgentClient] = {}
         self._clients_lock = threading.Lock()
-        self.replicator = Replicator(copies, self.book, connect or self._connect,
+        self.fencing = Fencing(config.node, copies if isinstance(copies, LocalCopies) else None,
+                               records, interval=config.record_interval,
+                               retry=min(5.0, config.record_interval))
+        self.replicator = Replicator(GatedCopies(copies, self.fencing), self.book,
+                                     connect or self._connect,
                                      interval=config.interval, pauser=self.pauser)
-        self.servicer = AgentServicer(config.node, copies, self.book, ca=config.bundle.ca,
+        self.servicer = AgentServicer(config.node, WatchfulCopies(copies, self.fencing), self.book,
+                                      ca=config.bundle.ca,
                                       replicas=self.replicator.report, sync=self.replicator.sync_volume,
                                       feed_frames=config.feed_frames,
                                       workers=config.workers, pauser=self.pauser)
@@ -101,6 +122,10 @@ class AgentServer:
 
     def start(self, *, replicate: bool = True) -> None:
         cfg = self.config
+        # before serving: this node's primaries against the record (fenced, confirmed or held)
+        if not self.fencing.start(self._stop, wait=cfg.record_wait):
+            log.warning("the first comparison with the cluster records is not done after %.0f s; "
+                        "serving, with every primary held until it is", cfg.record_wait)
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="agent"),
             interceptors=[Authenticator(cfg.bundle.ca)], options=SERVER_OPTIONS)
@@ -137,6 +162,7 @@ class AgentServer:
         if self._loop is not None:
             self._loop.join(grace + 30)
             self._loop = None
+        self.fencing.join(grace + 30)
         self.servicer.close()
         if self._metrics is not None:
             self._metrics.shutdown()

@@ -187,6 +187,12 @@ class StateStore:
     def exists(self, volume: str) -> bool:
         return self.path(volume).exists()
 
+    def volumes(self) -> list[str]:
+        """The volumes of this pool that have a state file (replicated copies), by name."""
+        if not self.dir.is_dir():
+            return []
+        return sorted(p.name.removesuffix(".json") for p in self.dir.glob("*.json"))
+
     def load(self, volume: str) -> CopyState:
         try:
             raw = json.loads(self.path(volume).read_bytes())
