@@ -83,6 +83,10 @@ def attach(path: Path | str, *, readonly: bool = False) -> str:
     device = proc.stdout.strip()
     if not device.startswith("/dev/loop"):
         raise StateholdError(f"losetup returned no device for {path}: {proc.stdout!r}")
+    if not readonly:
+        # a read-only flag set by BLKROSET (a fenced copy's seal, engine/readonly.py)
+        # outlives the detach: this device's previous user may have left it
+        run(["blockdev", "--setrw", device], timeout=30)
     return device
 
 
@@ -140,3 +144,46 @@ def size_of(device: str) -> int:
     """Size of a block device in bytes (from sysfs, in 512-byte units)."""
     name = device.removeprefix("/dev/")
     return int((SYS_BLOCK / name / "size").read_text()) * 512
+
+
+def discard_max_bytes(device: str) -> int:
+    """Largest discard the device accepts in one request; 0 when it takes none.
+
+    The loop driver turns a discard (``fstrim`` or a filesystem mounted ``-o discard``
+    inside the volume) into ``fallocate(PUNCH_HOLE)`` on the backing file, so the blocks go
+    back to the pool. It offers discard only when the backing file's filesystem can punch
+    holes (XFS and btrfs, every pool filesystem, can); this says whether it did.
+    """
+    name = device.removeprefix("/dev/")
+    try:
+        return int((SYS_BLOCK / name / "queue" / "discard_max_bytes").read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+def in_flight(device: str) -> int:
+    """Requests the device has started and not completed (reads + writes, discards count as
+    writes); 0 when the device is gone."""
+    name = device.removeprefix("/dev/")
+    try:
+        return sum(int(n) for n in (SYS_BLOCK / name / "inflight").read_text().split())
+    except (OSError, ValueError):
+        return 0
+
+
+def wait_idle(device: str, timeout: float) -> bool:
+    """Wait until ``device`` has nothing in flight (True), or ``timeout`` s (False).
+
+    XFS's ``FITRIM`` returns once it has *issued* its discards; the loop driver punches the
+    holes as it completes them. Waiting here is how a trim knows what it gave back. A
+    volume under constant I/O may never be idle: the caller then measures early, and the
+    rest of the space still comes back moments later.
+    """
+    deadline = time.monotonic() + timeout
+    pause = 0.001
+    while in_flight(device):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+    return True

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from statehold.engine import fs, groups, lifecycle, loop, mounts, pooldir, pooldisk
+from statehold.engine import capacity, fs, groups, lifecycle, loop, mounts, pooldir, pooldisk
 from statehold.engine.hostregistry import DIRECTORY, DISKS, HostRegistry, identity, spec_to_dict
 from statehold.engine.metadata import Metadata, PoolRecord
 from statehold.engine.names import check_size, validate_name
@@ -198,6 +198,8 @@ class Node:
         with contextlib.ExitStack() as held:
             for pool in pools.values():
                 held.enter_context(pool.exclusive())
+                if groups.read(pool, name) is None:  # new snapshots in this pool
+                    capacity.refuse_new(pool.space(), f"group snapshot {name!r}")
             return groups.create(pools, name, wanted, timeout=timeout)
 
     def _group_pools(self, name: str, pool: str | None) -> tuple[groups.GroupSnapshot,

@@ -25,7 +25,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+from statehold.engine import capacity as fullness
 from statehold.engine import fs, lifecycle, loop, mounts, recovery, snapshotting
+from statehold.engine import trim as trimming
+from statehold.engine.exclusive import SpaceUse, space_use
 from statehold.engine.metadata import Metadata, SnapshotRecord, VolumeRecord
 from statehold.engine.steps import FaultHook, no_fault
 from statehold.engine.types import (
@@ -234,6 +237,26 @@ class Pool:
         lifecycle.check_ratio(ratio)
         self.db.set_overprovision_ratio(ratio)
 
+    @_locked
+    def thresholds(self) -> fullness.Thresholds:
+        """The pool's warning and critical marks (% of capacity used; see engine/capacity)."""
+        with self.db.transaction() as db:
+            return fullness.read_thresholds(db)
+
+    @_locked
+    def set_thresholds(self, warning: float, critical: float) -> fullness.Thresholds:
+        """Change the marks (``0 < warning <= critical <= 100``, InvalidArgument otherwise);
+        recorded in the pool, so they move with it."""
+        marks = fullness.check_thresholds(warning, critical)
+        with self.db.transaction() as db:
+            fullness.write_thresholds(db, marks)
+        return marks
+
+    @_locked
+    def space(self) -> fullness.Space:
+        """Usage against the marks now: ok, warning, critical or full."""
+        return fullness.space_of(self.name, self.capacity(), self.thresholds())
+
     # -- volumes ---------------------------------------------------------------------------
     @_locked
     def create_volume(
@@ -255,6 +278,8 @@ class Pool:
         than its source: OutOfRange; missing source: NotFound. Nothing is formatted here:
         the first ``mount`` does it.
         """
+        if self.db.volume(name) is None:  # a retry of a volume that exists is still answered
+            fullness.refuse_new(self.space(), f"{'clone' if source else 'volume'} {name!r}")
         rec = lifecycle.create_volume(self, name, size, mode=mode, fs=fs, source=source,
                                       labels=labels)
         return self._to_volume(rec)
@@ -274,6 +299,8 @@ class Pool:
         Its snapshots are independent files and stay.
         """
         lifecycle.delete_volume(self, name)
+        with self.db.transaction() as db:
+            trimming.drop_record(db, name)
 
     @_locked
     def expand(self, name: str, new_size: int) -> ExpandResult:
@@ -351,6 +378,8 @@ class Pool:
         buffer flush for an attached block volume). Idempotent for the same volume; the
         name used for another volume's snapshot is AlreadyExists.
         """
+        if self.db.snapshot(name) is None:  # a retry of a snapshot that exists is still answered
+            fullness.refuse_new(self.space(), f"snapshot {name!r}")
         return self._to_snapshot(snapshotting.create(self, volume, name, freeze=freeze))
 
     @_locked
@@ -367,6 +396,74 @@ class Pool:
     @_locked
     def delete_snapshot(self, name: str) -> None:
         snapshotting.delete(self, name)
+
+    # -- space -----------------------------------------------------------------------------
+    @_locked
+    def snapshot_space(self, name: str) -> SpaceUse:
+        """Bytes the snapshot holds alone (what deleting it frees) and shares (engine/exclusive)."""
+        if self.db.snapshot(name) is None:
+            raise NotFound(f"snapshot {name!r} not found in pool {self.name!r}")
+        return space_use(self.snapshot_path(name))
+
+    @_locked
+    def volume_space(self, name: str) -> SpaceUse:
+        """Bytes the volume's backing file holds alone and shares with snapshots and clones."""
+        self._record(name)
+        return space_use(self.volume_path(name))
+
+    def trim(self, name: str, *, at: float | None = None) -> trimming.TrimResult:
+        """Discard the free space of a mounted filesystem volume (``FITRIM``): its loop
+        device punches the holes in the backing file and the pool gets the blocks back,
+        except those a snapshot still shares. Returns what the pool got back.
+
+        FailedPrecondition for a block volume (whatever is on it discards by itself), a
+        volume not mounted read-write, or a device without discard. The pool lock is held
+        only to find the mount: the trim itself runs on an open descriptor of it (which
+        also keeps it mounted) so that other operations on the pool are not held up.
+        ``at`` is the instant recorded as the trim's (a scheduled pass records its own, so
+        the next slot is counted from it); default: when the trim finished.
+        """
+        with self.exclusive():
+            rec = self._record(name)
+            if rec.mode == VolumeMode.BLOCK or rec.fs is None:
+                raise FailedPrecondition(
+                    f"volume {name!r} is a block volume: the filesystem or application on it "
+                    "discards for itself (the loop device passes discards through)")
+            path = self.volume_path(name)
+            devices = loop.find(path)
+            found = [m for m in mounts.mounts() if m.source in devices and not m.readonly]
+            if not found:
+                raise FailedPrecondition(
+                    f"volume {name!r} is not mounted read-write: only its mounted filesystem "
+                    "knows which blocks are free")
+            entry = found[0]
+            if loop.discard_max_bytes(entry.source) == 0:
+                raise FailedPrecondition(
+                    f"{entry.source} takes no discards: the pool filesystem cannot punch holes")
+            created_at = rec.created_at
+        with trimming.open_mount(entry.target, entry.mount_id) as fd:
+            result = trimming.trim_fd(fd, f"{self.name}/{name}", entry.target, path, entry.source)
+        with self.exclusive():
+            current = self.db.volume(name)
+            if current is not None and current.created_at == created_at:
+                with self.db.transaction() as db:
+                    trimming.write_record(db, name, trimming.TrimRecord(
+                        created_at, result.at if at is None else at, result.released))
+        return result
+
+    @_locked
+    def trim_records(self) -> dict[str, trimming.TrimRecord]:
+        """The last recorded trim of every volume trimmed since it was created, by name."""
+        created = {r.name: r.created_at for r in self.db.volumes()}
+        with self.db.transaction() as db:
+            return trimming.read_records(db, created)
+
+    @_locked
+    def last_trim(self, name: str) -> trimming.TrimRecord | None:
+        """The volume's last recorded trim (None: never trimmed since it was created)."""
+        rec = self._record(name)
+        with self.db.transaction() as db:
+            return trimming.read_record(db, name, rec.created_at)
 
     # -- lifecycle -------------------------------------------------------------------------
     def settle(self, intent_id: int) -> list[str]:
@@ -387,7 +484,8 @@ class Pool:
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary (CLI ``describe``)."""
-        cap = self.capacity()
+        now = self.space()
+        cap = now.capacity
         return {
             "name": self.name,
             "uuid": self.uuid,
@@ -401,5 +499,9 @@ class Pool:
                 "total": cap.total, "used": cap.used, "provisioned": cap.provisioned,
                 "free": cap.free, "overprovision_ratio": cap.overprovision_ratio,
                 "allocatable": cap.allocatable,
+            },
+            "space": {
+                "level": now.level.value, "used_percent": round(now.used_percent, 2),
+                "warning": now.thresholds.warning, "critical": now.thresholds.critical,
             },
         }
