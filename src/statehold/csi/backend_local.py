@@ -30,8 +30,10 @@ from statehold.csi.backend import (
 )
 from statehold.csi.conditions import Conditions
 from statehold.csi.requests import LOCAL_FS_TYPES, fs_parameter
+from statehold.engine import capacity as fullness
 from statehold.engine import fs as engine_fs
 from statehold.engine import qos
+from statehold.engine import trim as trimming
 from statehold.engine.node import Node
 from statehold.engine.pool import Pool
 from statehold.engine.throttle import Throttle
@@ -43,6 +45,7 @@ from statehold.errors import (
     NotFound,
     OutOfCapacity,
     OutOfRange,
+    StateholdError,
 )
 from statehold.replication.points import node_label
 
@@ -196,7 +199,20 @@ class LocalBackend:
         except (NotFound, InvalidArgument) as exc:
             raise NotFound(f"snapshot {snapshot_id!r} does not exist") from exc
 
-    def _info(self, vol: Volume) -> VolumeInfo:
+    def _space(self, pool_name: str, memo: dict[str, fullness.Space] | None = None
+               ) -> fullness.Space | None:
+        """The pool's usage against its marks (None if the pool cannot be read now)."""
+        if memo is not None and pool_name in memo:
+            return memo[pool_name]
+        try:
+            found = self._pool(pool_name).space()
+        except StateholdError:
+            return None
+        if memo is not None:
+            memo[pool_name] = found
+        return found
+
+    def _info(self, vol: Volume, memo: dict[str, fullness.Space] | None = None) -> VolumeInfo:
         source = None
         if vol.source is not None:
             source = ContentSource(vol.source.kind.value, naming.join_id(vol.pool, vol.source.name))
@@ -204,11 +220,16 @@ class LocalBackend:
         damage = Conditions(self.node.home).get(vol)  # a filesystem failure the node recorded
         problems = [f"backing file {vol.path} is missing"] if missing else []
         problems += [damage.message] if damage is not None else []
+        space = self._space(vol.pool, memo)
+        full = fullness.volume_problem(space) if space is not None else None
+        problems += [full] if full is not None else []
         context = {
             "statehold.io/type": "local",
             "statehold.io/pool": vol.pool,
             "statehold.io/fs": vol.fs.value if vol.fs else "",
         }
+        if vol.labels.get(trimming.SCHEDULE_LABEL):
+            context[trimming.SCHEDULE_LABEL] = vol.labels[trimming.SCHEDULE_LABEL]
         topology = dict(self.segment)
         replicated = replicated_view(vol.id, vol.labels, self.config.node_id)
         if replicated is not None:
@@ -276,8 +297,13 @@ class LocalBackend:
         pools = self.node.pools()
         if not pools:
             raise OutOfCapacity("this node has no storage pool")
-        best = max(pools, key=lambda p: p.capacity().allocatable)
-        if best.capacity().allocatable < size:
+        spaces = {p.name: p.space() for p in pools}
+        below = [p for p in pools if spaces[p.name].level.rank < fullness.Level.CRITICAL.rank]
+        if not below:  # each pool says why, in the words the engine would refuse with
+            raise OutOfCapacity("; ".join(f"{s.describe()}: new volumes are refused"
+                                          for s in spaces.values()))
+        best = max(below, key=lambda p: spaces[p.name].capacity.allocatable)
+        if spaces[best.name].capacity.allocatable < size:
             raise OutOfCapacity(f"no pool has room for {size} bytes")
         return best
 
@@ -287,6 +313,10 @@ class LocalBackend:
         fs = self._fs_type(req)
         copies = replication_labels(req.parameters)
         limits = qos.parse_parameters(req.parameters)  # INVALID_ARGUMENT before anything is made
+        trim_schedule = trimming.schedule_labels(req.parameters)
+        if trim_schedule and req.block:
+            raise InvalidArgument(f"parameter {trimming.SCHEDULE_PARAMETER} is for filesystem "
+                                  "volumes; a block volume's user discards for itself")
         name = naming.engine_name(req.name)
         existing = self._find(name)
         if existing is not None:  # a retry: answered without needing the source to still exist
@@ -316,7 +346,7 @@ class LocalBackend:
             mode=VolumeMode.BLOCK if req.block else VolumeMode.FILESYSTEM,
             fs=FsType(fs) if fs else None,
             source=source,
-            labels={**_labels(req), **copies, **limits.labels()},
+            labels={**_labels(req), **copies, **limits.labels(), **trim_schedule},
         )
         log.info("csi volume created volume=%s size=%d", vol.id, vol.size)
         return self._info(vol)
@@ -352,7 +382,8 @@ class LocalBackend:
         return self._info(self._volume(volume_id)[1])
 
     def list_volumes(self) -> Sequence[VolumeInfo]:
-        infos = [self._info(v) for p in self.node.pools() for v in p.list_volumes()]
+        memo: dict[str, fullness.Space] = {}
+        infos = [self._info(v, memo) for p in self.node.pools() for v in p.list_volumes()]
         return sorted(infos, key=lambda i: i.volume_id)
 
     def capacity(self, parameters: Mapping[str, str], segment: Mapping[str, str] | None) -> CapacityInfo:
@@ -360,7 +391,10 @@ class LocalBackend:
             return CapacityInfo(available=0, maximum_volume_size=0)
         wanted = parameters.get(POOL_PARAMETER, "")
         pools = [p for p in self.node.pools() if not wanted or p.name == wanted]
-        best = max((p.capacity().allocatable for p in pools), default=0)
+        # a pool at or above its critical mark takes no new volume: it offers nothing
+        spaces = [p.space() for p in pools]
+        best = max((s.capacity.allocatable for s in spaces
+                    if s.level.rank < fullness.Level.CRITICAL.rank), default=0)
         best = best // MiB * MiB
         fs = fs_parameter(parameters) or DEFAULT_FS  # the smallest volume of this class
         return CapacityInfo(
@@ -480,7 +514,8 @@ class LocalBackend:
             self.throttle.apply(vol.device, qos.configured(vol, self.overrides).limits)
 
     def node_stats(self, volume_id: str, volume_path: Path) -> VolumeStats:
-        return local_node.stats(self._volume(volume_id)[1], volume_path, self.site.conditions)
+        pool, vol = self._volume(volume_id)
+        return local_node.stats(vol, volume_path, self.site.conditions, self._space(pool.name))
 
     def node_expand(self, volume_id: str, volume_path: Path, required_bytes: int) -> int:
         pool, vol = self._volume(volume_id)

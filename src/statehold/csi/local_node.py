@@ -35,7 +35,7 @@ from statehold.csi import mounts as node_mounts
 from statehold.csi.backend import AccessMode, PublishRequest, StageRequest, VolumeStats
 from statehold.csi.conditions import Conditions
 from statehold.csi.mounts import device_readonly, set_device_readonly
-from statehold.engine import fshealth, mounts, safepath
+from statehold.engine import capacity, fshealth, mounts, safepath
 from statehold.engine.mounts import Mount
 from statehold.engine.pool import Pool
 from statehold.engine.safepath import Handle
@@ -329,7 +329,11 @@ def _is_ours(vol: Volume, entry: Mount) -> bool:
     return entry.source == vol.device
 
 
-def stats(vol: Volume, path: Path, conditions: Conditions) -> VolumeStats:
+def stats(vol: Volume, path: Path, conditions: Conditions,
+          space: capacity.Space | None = None) -> VolumeStats:
+    """Usage and condition of a volume staged or published at ``path``. ``space``, the
+    pool's usage now, makes the volume abnormal while the pool is full, or above its
+    critical mark once a write to this volume failed for lack of space."""
     entry = mounts.mount_at(path)
     missing = not vol.path.exists()
     damage = conditions.get(vol)
@@ -344,10 +348,14 @@ def stats(vol: Volume, path: Path, conditions: Conditions) -> VolumeStats:
     problems = [f"backing file {vol.path} is missing"] if missing else []
     if damage is not None:
         problems.append(damage.message)
+    lines: list[str] = []
     if vol.device is not None and vol.mode is VolumeMode.FILESYSTEM:
-        failed, _lines = fshealth.kernel_trouble(vol.device)
+        failed, lines = fshealth.kernel_trouble(vol.device)
         if failed:
             problems.append(f"the kernel reports {os.path.basename(vol.device)}: {failed[-1]}")
+    full = capacity.volume_problem(space, lines) if space is not None else None
+    if full is not None:
+        problems.append(full)
     message = "; ".join(problems)
     if vol.mode is VolumeMode.BLOCK:
         return VolumeStats(

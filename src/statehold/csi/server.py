@@ -33,6 +33,8 @@ from statehold.csi.node import DEFAULT_MAX_VOLUMES, NodeServicer
 from statehold.csi.replicated import Replicas
 from statehold.csi.router import Router, load_shared
 from statehold.csi.status import VolumeLocks
+from statehold.csi.trimmer import DEFAULT_INTERVAL as DEFAULT_TRIM_INTERVAL
+from statehold.csi.trimmer import Trimmer
 from statehold.errors import FailedPrecondition, InvalidArgument
 from statehold.kube.facade import Kube
 
@@ -52,6 +54,7 @@ class ServerConfig:
     max_volumes: int = DEFAULT_MAX_VOLUMES
     workers: int = 8
     grace: float = 10.0                     # seconds in-flight calls get on shutdown
+    trim_interval: float = DEFAULT_TRIM_INTERVAL  # node modes: seconds between trim rounds
 
     def backend_config(self) -> BackendConfig:
         return BackendConfig(
@@ -119,6 +122,10 @@ class CsiServer:
         self.replicas = (Replicas(local.node, config.node_id, kube)
                          if isinstance(local, LocalBackend) else None)
         self.locks = VolumeLocks()
+        # trimSchedule of the node's volumes (docs/csi.md, "Trim"): node modes only
+        self.trimmer = (Trimmer(local.node, self.locks, interval=config.trim_interval)
+                        if isinstance(local, LocalBackend) and config.mode in ("node", "all")
+                        else None)
         self.metrics = CsiMetrics()  # every call counted by method and code (docs/metrics.md)
         self._server: grpc.Server | None = None
         self._stopped = threading.Event()
@@ -155,10 +162,14 @@ class CsiServer:
             os.umask(old)
         os.chmod(self.path, 0o600)
         self._server = server
+        if self.trimmer is not None:
+            self.trimmer.start()
         log.info("csi serving endpoint=%s mode=%s node=%s", cfg.endpoint, cfg.mode, cfg.node_id)
 
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let in-flight ones finish for ``grace`` s, remove the socket."""
+        if self.trimmer is not None:
+            self.trimmer.stop()
         if self._server is not None:
             self._server.stop(self.config.grace if grace is None else grace).wait()
             self._server = None
