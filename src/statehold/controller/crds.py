@@ -92,6 +92,15 @@ def storage_pool_schema() -> Schema:
                                 "moved or re-placed on other nodes first (refused, with the "
                                 "condition Retiring=False, when they lack the room).",
                                 default=False),
+        "thresholds": obj({
+            "warningPercent": integer("Above this share of the pool's capacity in use: a "
+                                      "Warning Event and the condition SpacePressure.",
+                                      minimum=1, maximum=100, default=80),
+            "criticalPercent": integer("Above this share: also new volumes, clones and "
+                                       "snapshots in the pool are refused (RESOURCE_EXHAUSTED) "
+                                       "until space is freed. Not below warningPercent.",
+                                       minimum=1, maximum=100, default=90),
+        }, desc="How full the pool may get (thin volumes can fill it).", default={}),
     }, required=("node",), rules=(
         (ONE_OF_DEVICES_DIRECTORY, "exactly one of devices or directory must be set"),
         (RAID_NEEDS_BTRFS, "RAID profiles other than single need filesystem btrfs"),
@@ -107,6 +116,10 @@ def storage_pool_schema() -> Schema:
         "free": integer("Bytes physically free.", minimum=0),
         "allocatable": integer("Bytes that may still be provisioned.", minimum=0),
         "volumes": integer(minimum=0),
+        "usedPercent": number("Share of the capacity in use, in percent.", minimum=0,
+                              maximum=100),
+        "spaceLevel": string("Usage against spec.thresholds.",
+                             enum=["ok", "warning", "critical", "full"]),
     })
     return obj({"spec": spec, "status": st}, required=("spec",))
 

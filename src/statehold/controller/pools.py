@@ -6,16 +6,25 @@ A decommissioned pool that is not on the node is left so (it was exported once r
 :func:`plan_pool` (pure) turns the spec into the engine call; :func:`reconcile_pool` acts on
 the node's engine and reports. Deleting a StoragePool object never destroys the pool (its
 disks keep the data and can be imported again); that is a deliberate, documented choice.
+
+Space (engine/capacity.py): ``spec.thresholds`` become the pool's own warning and critical
+marks; each reconcile reports ``status.usedPercent`` and ``status.spaceLevel``, the
+condition ``SpacePressure`` (False below the warning mark; True with reason AboveWarning,
+AboveCritical or Full) and, when the level changes, one Event (Warning on the way up,
+Normal ``SpaceRecovered`` on the way back below the warning mark). Above the critical mark
+the engine itself refuses new volumes, clones and snapshots.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from statehold.controller.conditions import find
 from statehold.controller.problems import Problem, Result
 from statehold.controller.report import Clock, Reporter, report_problem
+from statehold.engine import capacity as fullness
 from statehold.engine.names import parse_size
 from statehold.engine.node import Node
 from statehold.engine.pool import Pool
@@ -36,6 +45,7 @@ class PoolPlan:
     action: Literal["create", "import"]
     spec: PoolSpec
     sources: tuple[str, ...]
+    thresholds: fullness.Thresholds = field(default_factory=fullness.Thresholds)
 
 
 def plan_pool(name: str, spec: dict[str, Any]) -> PoolPlan:
@@ -54,10 +64,14 @@ def plan_pool(name: str, spec: dict[str, Any]) -> PoolPlan:
                              profile=RaidProfile(spec.get("profile", "single")),
                              overprovision_ratio=float(spec.get("overprovisionRatio", 10)),
                              force=bool(spec.get("force", False)))
+        marks = spec.get("thresholds") or {}
+        thresholds = fullness.check_thresholds(
+            marks.get("warningPercent", fullness.DEFAULT_WARNING),
+            marks.get("criticalPercent", fullness.DEFAULT_CRITICAL))
     except (InvalidArgument, OutOfRange, ValueError, KeyError) as exc:
         raise Problem("InvalidSpec", f"StoragePool {name}: {exc}", permanent=True) from exc
     action: Literal["create", "import"] = "import" if spec.get("importExisting") else "create"
-    return PoolPlan(action, pool_spec, devices or images)
+    return PoolPlan(action, pool_spec, devices or images, thresholds)
 
 
 def drift(plan: PoolPlan, pool: Pool) -> str:
@@ -72,11 +86,50 @@ def drift(plan: PoolPlan, pool: Pool) -> str:
     return "; ".join(problems)
 
 
-def capacity_status(pool: Pool) -> dict[str, Any]:
-    cap = pool.capacity()
+def capacity_status(pool: Pool, space: fullness.Space | None = None) -> dict[str, Any]:
+    space = space or pool.space()
+    cap = space.capacity
     return {"capacity": cap.total, "allocated": cap.used, "provisioned": cap.provisioned,
             "free": cap.free, "allocatable": max(0, cap.allocatable),
-            "volumes": len(pool.list_volumes()), "mountpoint": str(pool.mountpoint)}
+            "volumes": len(pool.list_volumes()), "mountpoint": str(pool.mountpoint),
+            "usedPercent": round(min(100.0, space.used_percent), 2),
+            "spaceLevel": space.level.value}
+
+
+PRESSURE = "SpacePressure"
+PRESSURE_REASONS: dict[fullness.Level, str] = {
+    fullness.Level.OK: "BelowWarning",
+    fullness.Level.WARNING: "AboveWarning",
+    fullness.Level.CRITICAL: "AboveCritical",
+    fullness.Level.FULL: "Full",
+}
+EVENT_REASONS: dict[fullness.Level, str] = {
+    fullness.Level.OK: "SpaceRecovered",
+    fullness.Level.WARNING: "SpaceWarning",
+    fullness.Level.CRITICAL: "SpaceCritical",
+    fullness.Level.FULL: "PoolFull",
+}
+
+
+def pressure(space: fullness.Space) -> tuple[str, bool, str, str]:
+    """The SpacePressure condition for the pool's level now (pure)."""
+    message = space.describe()
+    if space.level.rank >= fullness.Level.CRITICAL.rank:
+        message += ("; new volumes, clones and snapshots are refused until it is below "
+                    f"{space.thresholds.critical:g} % again; {fullness.REMEDY}")
+    return (PRESSURE, space.level is not fullness.Level.OK, PRESSURE_REASONS[space.level],
+            message)
+
+
+def pressure_event(before: str | None, space: fullness.Space
+                   ) -> tuple[Literal["Normal", "Warning"], str, str] | None:
+    """The Event for a change of level (``before``: the condition's previous reason, None
+    the first time), or None when nothing changed. A pool first seen at ok says nothing."""
+    now = PRESSURE_REASONS[space.level]
+    if before == now or (before is None and space.level is fullness.Level.OK):
+        return None
+    kind: Literal["Normal", "Warning"] = "Normal" if space.level is fullness.Level.OK else "Warning"
+    return kind, EVENT_REASONS[space.level], pressure(space)[3]
 
 
 def reconcile_pool(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock) -> Result:
@@ -107,7 +160,10 @@ def reconcile_pool(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock)
                 made = "Created"
         if abs(pool.capacity().overprovision_ratio - plan.spec.overprovision_ratio) > 1e-9:
             pool.set_overprovision_ratio(plan.spec.overprovision_ratio)
-        fields = capacity_status(pool)
+        if pool.thresholds() != plan.thresholds:
+            pool.set_thresholds(plan.thresholds.warning, plan.thresholds.critical)
+        space = pool.space()
+        fields = capacity_status(pool, space)
     except Problem as p:
         return report_problem(rep, p)
     except (InvalidArgument, AlreadyExists, FailedPrecondition, OutOfRange) as exc:
@@ -126,4 +182,9 @@ def reconcile_pool(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock)
     if made:
         rep.event("Normal", made, f"{made.lower()} pool {name} on {node_name}: "
                   f"{fields['capacity']} bytes")
+    before = find(rep.status.get("conditions"), PRESSURE)
+    change = pressure_event(before["reason"] if before else None, space)
+    rep.update(condition=pressure(space))
+    if change is not None:
+        rep.event(*change)
     return Result()
