@@ -9,7 +9,11 @@ Per pool (``pool`` label; a node has a handful):
 
 * ``statehold_pool_capacity_bytes``, ``_used_bytes``, ``_free_bytes``, ``_provisioned_bytes``,
   ``_allocatable_bytes``; ``statehold_pool_overprovision_ratio`` (the configured ratio) and
-  ``statehold_pool_overprovisioned_ratio`` (provisioned / capacity, what the alerts watch).
+  ``statehold_pool_overprovisioned_ratio`` (provisioned / capacity, what the alerts watch);
+* ``statehold_pool_used_ratio`` (used / capacity), ``statehold_pool_threshold_ratio{level}``
+  (the pool's ``warning`` and ``critical`` marks, as ratios, so an alert compares the two
+  without knowing the marks) and ``statehold_pool_space_state{state}`` (1 for the pool's
+  level now, ``ok``/``warning``/``critical``/``full``, 0 for the others).
 
 Per volume (``volume`` label = ``pool/name``), only with ``per_volume`` (the node agent's
 ``--metrics-per-volume``, on by default; clusters with thousands of volumes turn it off to
@@ -21,7 +25,10 @@ keep the series count bounded):
   ``_device_io_seconds_total{op}`` (``op``: ``read``/``write``): the loop device's own
   counters from sysfs while attached (they restart at 0 when the device is attached again);
 * ``statehold_volume_snapshots`` and ``statehold_volume_snapshot_bytes`` (bytes the
-  snapshots of the volume hold on the pool's disk).
+  snapshots of the volume hold on the pool's disk);
+* ``statehold_volume_last_trim_timestamp_seconds`` and ``statehold_volume_trim_released_bytes``
+  (when the volume's filesystem was last trimmed, and what that gave back to the pool; only
+  for volumes trimmed since they were made).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from pathlib import Path
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from statehold.engine.capacity import Level
 from statehold.engine.pool import Pool
 from statehold.errors import StateholdError
 
@@ -103,6 +111,12 @@ class StorageCollector(Collector):
         allocatable = pool_gauge("allocatable_bytes", "Bytes new volumes and expansions may still take")
         ratio = pool_gauge("overprovision_ratio", "Configured over-provisioning ratio")
         over = pool_gauge("overprovisioned_ratio", "Provisioned bytes / capacity bytes")
+        used_ratio = pool_gauge("used_ratio", "Used bytes / capacity bytes")
+        marks = GaugeMetricFamily("statehold_pool_threshold_ratio", "The pool's warning and "
+                                  "critical marks, as a share of its capacity", labels=["pool", "level"])
+        state = GaugeMetricFamily("statehold_pool_space_state", "1 for the pool's space level "
+                                  "now (ok, warning, critical, full), 0 for the others",
+                                  labels=["pool", "state"])
         vol = ["volume"]
         size = GaugeMetricFamily("statehold_volume_size_bytes", "Provisioned size of the volume", labels=vol)
         vused = GaugeMetricFamily("statehold_volume_used_bytes", "Bytes used in the volume's "
@@ -116,12 +130,22 @@ class StorageCollector(Collector):
         snaps = GaugeMetricFamily("statehold_volume_snapshots", "Snapshots of the volume", labels=vol)
         snap_bytes = GaugeMetricFamily("statehold_volume_snapshot_bytes", "Bytes the volume's "
                                        "snapshots hold on the pool's disk", labels=vol)
+        trimmed = GaugeMetricFamily("statehold_volume_last_trim_timestamp_seconds", "When the "
+                                    "volume's filesystem was last trimmed", labels=vol)
+        released = GaugeMetricFamily("statehold_volume_trim_released_bytes", "Bytes the last "
+                                     "trim of the volume gave back to the pool", labels=vol)
         for pool in self._pools():
             try:
-                cap = pool.capacity()
+                space = pool.space()
             except StateholdError:
                 continue
+            cap = space.capacity
             labels = [pool.name]
+            used_ratio.add_metric(labels, cap.used / cap.total if cap.total else 1.0)
+            marks.add_metric([pool.name, "warning"], space.thresholds.warning / 100)
+            marks.add_metric([pool.name, "critical"], space.thresholds.critical / 100)
+            for level in Level:
+                state.add_metric([pool.name, level.value], 1.0 if space.level is level else 0.0)
             capacity.add_metric(labels, cap.total)
             used.add_metric(labels, cap.used)
             free.add_metric(labels, cap.free)
@@ -132,9 +156,18 @@ class StorageCollector(Collector):
             if self.per_volume:
                 with contextlib.suppress(StateholdError):
                     self._volumes(pool, size, vused, ios, nbytes, secs, snaps, snap_bytes)
-        yield from (capacity, used, free, provisioned, allocatable, ratio, over)
+                with contextlib.suppress(StateholdError):
+                    self._trims(pool, trimmed, released)
+        yield from (capacity, used, free, provisioned, allocatable, ratio, over, used_ratio,
+                    marks, state)
         if self.per_volume:
-            yield from (size, vused, ios, nbytes, secs, snaps, snap_bytes)
+            yield from (size, vused, ios, nbytes, secs, snaps, snap_bytes, trimmed, released)
+
+    @staticmethod
+    def _trims(pool: Pool, trimmed: GaugeMetricFamily, released: GaugeMetricFamily) -> None:
+        for name, last in sorted(pool.trim_records().items()):
+            trimmed.add_metric([f"{pool.name}/{name}"], last.last)
+            released.add_metric([f"{pool.name}/{name}"], last.released)
 
     def _volumes(self, pool: Pool, size: GaugeMetricFamily, vused: GaugeMetricFamily,
                  ios: CounterMetricFamily, nbytes: CounterMetricFamily, secs: CounterMetricFamily,
