@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from statehold.backup import targets
+from statehold.backup.collecting import GcResult, gc
 from statehold.backup.pipeline import Progress
 from statehold.backup.repository import Repository
 from statehold.backup.retention import Policy
@@ -55,13 +56,21 @@ def probe(target: TargetConfig) -> str:
 
 def back_up_volume(pool: Pool, volume: str, target: TargetConfig, *, key: str,
                    labels: Mapping[str, str] | None = None, progress: Progress | None = None,
-                   keep_last: int = 0) -> BackupResult:
+                   keep_last: int = 0, origin: str = "") -> BackupResult:
     """Back ``volume`` up to the target's repository through the volume backup service;
     ``key`` (the VolumeBackup's uid) makes a retry name the same snapshot and find the
-    backup if it was already committed. Prunes the volume's backups to ``keep_last`` if set."""
+    backup if it was already committed; ``origin`` (a schedule's) goes into the manifest.
+    Prunes the volume's backups of that origin to ``keep_last`` if set (the operator
+    prunes as a step of its own: :mod:`statehold.controller.pruning`)."""
     policy = Policy(keep_last=keep_last) if keep_last > 0 else None
     return backup_volume(open_repository(target), pool, volume, key=key, labels=labels,
-                         progress=progress, retention=policy)
+                         progress=progress, retention=policy, origin=origin)
+
+
+def collect_garbage(target: TargetConfig, *, grace: float) -> GcResult:
+    """Garbage collection of the target's repository (under its exclusive lock: Aborted
+    while anything else holds it). NotFound when there is no repository yet."""
+    return gc(Repository.open(open_store(target), target.password), grace=grace)
 
 
 def backup_size(target: TargetConfig, backup_id: str) -> int:

@@ -6,7 +6,8 @@ Two halves, because the data is on one node and the checks are cluster-wide:
   Statehold local volume -> label the VolumeBackup with its node. Anything wrong: a
   condition with the reason and a Warning Event; nothing is created.
 * :func:`run_backup` (the agent on that node): snapshot, back up, report phase, bytes and
-  progress.
+  progress; then, for a schedule's backup, apply the schedule's retention to the volume's
+  backups of that schedule (:mod:`statehold.controller.pruning`).
 * :func:`forget_backup` (the same agent): a VolumeBackup annotated
   ``statehold.io/forget: "true"`` has its backup removed from the repository, then the
   object is deleted. The agent does it because it reaches the repository (a directory
@@ -31,7 +32,7 @@ from typing import Any
 from statehold.backup.collecting import forget
 from statehold.backup.repository import Repository
 from statehold.backup.volumes import snapshot_name
-from statehold.controller import backup_runner
+from statehold.controller import backup_runner, pruning
 from statehold.controller.locate import check_pvc_bound, locate
 from statehold.controller.problems import Problem, Result
 from statehold.controller.report import Clock, Reporter, report_problem
@@ -62,8 +63,8 @@ from statehold.shared.service import SharedVolumes
 
 NODE_LABEL = "statehold.io/node"
 PVC_LABEL = "statehold.io/pvc"
-SCHEDULE_LABEL = "statehold.io/schedule"
-KEEP_LAST_ANNOTATION = "statehold.io/keep-last"
+SCHEDULE_LABEL = pruning.SCHEDULE_LABEL
+KEEP_LAST_ANNOTATION = pruning.KEEP_LAST_ANNOTATION
 FORGET_ANNOTATION = "statehold.io/forget"
 """``"true"``: remove this VolumeBackup's backup from the repository, then the object."""
 FORGET_RETRY = 30.0
@@ -156,10 +157,10 @@ def run_backup(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock,
     file-tree backup instead."""
     rep = Reporter(kube, obj, now, component=f"statehold-agent/{node_name}")
     st = rep.status
-    if st.get("phase") in FINAL:
-        return Result("skipped")
     if (obj["metadata"].get("labels") or {}).get(NODE_LABEL) != node_name:
         return Result("skipped")
+    if st.get("phase") in FINAL:
+        return retention_after(kube, rep) if pruning.pending(obj) else Result("skipped")
     if (wait := not_yet_assigned(obj, "volumeHandle")) is not None:
         return wait
     if handle_kind(str(st.get("volumeHandle", ""))) == "shared":
@@ -185,10 +186,10 @@ def run_backup(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock,
                condition=("Ready", False, "Running", "backing up"))
     if st.get("phase") != "Running":
         rep.event("Normal", "Started", f"backing up {pool_name}/{volume} to {target.describe()}")
-    keep = int((meta.get("annotations") or {}).get(KEEP_LAST_ANNOTATION, "0") or 0)
     try:
         done = backup_runner.back_up_volume(
-            pool, volume, target, key=meta["uid"], progress=_Progress(rep), keep_last=keep,
+            pool, volume, target, key=meta["uid"], progress=_Progress(rep),
+            origin=pruning.origin_of(obj),
             labels={"namespace": ns, "pvc": spec["persistentVolumeClaimName"],
                     "volumebackup": meta["name"]})
     except (FailedPrecondition, OutOfCapacity) as exc:
@@ -211,7 +212,18 @@ def run_backup(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock,
         rep.event("Warning", "DamagedBackups", f"{target.describe()} holds backups that cannot be "
                   f"read: {', '.join(d.backup_id for d in done.damaged)}; `statehold backup "
                   "verify` names the damage, `statehold backup forget` removes one")
-    return Result()
+    return pruning.apply_retention(kube, rep, target, str(st.get("volumeHandle")))
+
+
+def retention_after(kube: Kube, rep: Reporter) -> Result:
+    """A Completed VolumeBackup whose retention is still to apply (deferred: the
+    repository was busy; or the agent stopped in between): apply it now."""
+    try:
+        target = resolve_target(kube, rep.obj["metadata"]["namespace"], rep.obj["spec"]["target"])
+    except Problem as p:
+        rep.update(condition=(pruning.CONDITION, False, p.reason, p.message))
+        return Result.retry(p.message, p.retry_after)
+    return pruning.apply_retention(kube, rep, target, str(rep.status.get("volumeHandle")))
 
 
 def wants_forget(obj: Obj) -> bool:

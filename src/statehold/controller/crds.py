@@ -141,15 +141,47 @@ def backup_target_schema() -> Schema:
         "path": string("Absolute path, the same on every node (e.g. an NFS mount).",
                        pattern="^/.+"),
     }, required=("path",), desc="A directory reachable from every node.")
+    gc = obj({
+        "schedule": string("Cron expression, five fields, UTC (e.g. \"0 4 * * 0\"); checked "
+                           "by the operator.", minLength=1, maxLength=128),
+        "graceSeconds": integer("Chunks younger than this are kept even when no backup names "
+                                "them (a safety margin for writers with wrong clocks; the "
+                                "exclusive lock already keeps gc from racing a backup).",
+                                minimum=0, maximum=30 * 86400, default=3600),
+    }, required=("schedule",), desc="Garbage collection of the repository: deletes the "
+        "chunks no backup names any more (what pruning and forgetting left), under the "
+        "repository's exclusive lock, run by one node agent on this schedule.")
     spec = obj({
         "s3": s3,
         "path": path,
         "passwordSecretRef": secret_key_ref(
             "Secret holding the repository password (encryption key).", "password"),
+        "gc": gc,
     }, required=("passwordSecretRef",), rules=(
         (ONE_OF_S3_PATH, "exactly one target type must be set: s3 or path"),))
+    gc_status = obj({
+        "phase": string("Of the latest run.", enum=["Pending", "Running", "Completed", "Failed"]),
+        "node": string("The node whose agent runs it.", maxLength=253),
+        "scheduledTime": string("The slot of the latest run.", format="date-time"),
+        "lastScheduleTime": string(format="date-time"),
+        "nextScheduleTime": string(format="date-time"),
+        "startTime": string(format="date-time"),
+        "completionTime": string(format="date-time"),
+        "durationSeconds": number("How long the latest completed run took.", minimum=0),
+        "bytesFreed": integer("Stored bytes of the chunks the latest run deleted.", minimum=0),
+        "chunksDeleted": integer(minimum=0),
+        "chunksTotal": integer("Chunks in the repository before the latest run.", minimum=0),
+        "chunksReferenced": integer(minimum=0),
+        "chunksInGrace": integer("Unreferenced chunks kept as younger than graceSeconds.",
+                                 minimum=0),
+        "chunksKeptUnknown": integer("Unreferenced chunks kept because a backup cannot be "
+                                     "read (no chunk is deleted while one cannot).", minimum=0),
+        "damagedBackups": integer(minimum=0),
+        "message": string(maxLength=4096),
+    }, desc="Garbage collection: the latest run and the schedule.")
     st = status({"phase": string(enum=["Pending", "Ready", "Failed"]),
-                 "repository": string("Repository location, for display.")})
+                 "repository": string("Repository location, for display."),
+                 "gc": gc_status})
     return obj({"spec": spec, "status": st}, required=("spec",))
 
 
@@ -226,6 +258,35 @@ FREEZE_TIMEOUT = integer("Seconds the set's filesystems may stay frozen before t
                          default=10)
 
 
+RETENTION_WITHIN_PATTERN = r"^([0-9]+[hdw])+$"
+
+
+def _keep(what: str) -> Schema:
+    return integer(f"Keep the newest backup of each of the N most recent {what} that have "
+                   "one (UTC), per PVC. PVC schedules only.", minimum=1, maximum=1000)
+
+
+def retention_schema() -> Schema:
+    """Which of its own backups a schedule keeps; a backup kept by any rule is kept. Every
+    field is optional, but at least one must be set (no default inside, so a calendar
+    policy is not silently widened by a keepLast it did not ask for)."""
+    return obj({
+        "keepLast": integer("Keep the N newest completed backups per PVC (per StatefulSet "
+                            "for statefulSet schedules).", minimum=1, maximum=1000),
+        "keepHourly": _keep("hours"),
+        "keepDaily": _keep("days"),
+        "keepWeekly": _keep("ISO weeks"),
+        "keepMonthly": _keep("months"),
+        "keepYearly": _keep("years"),
+        "keepWithin": string("Keep every backup made within this long of the PVC's newest "
+                             "backup: hours, days or weeks, e.g. 36h, 14d, 2w. PVC schedules "
+                             "only.", pattern=RETENTION_WITHIN_PATTERN, maxLength=32),
+    }, desc="Pruning of the backups this schedule made (never of backups made by hand or by "
+       "another schedule): after each of its backups, the PVC's backups of this schedule "
+       "that no rule keeps are removed from the repository and their VolumeBackups deleted. "
+       "Default: keepLast 7.", default={"keepLast": 7}, minProperties=1)
+
+
 def backup_schedule_schema() -> Schema:
     stateful_set = obj({
         "name": name_ref("The StatefulSet (same namespace)."),
@@ -241,11 +302,7 @@ def backup_schedule_schema() -> Schema:
         "target": name_ref("The BackupTarget (same namespace)."),
         "selector": checked_selector("PVCs to back up (same namespace)."),
         "statefulSet": stateful_set,
-        "retention": obj({
-            "keepLast": integer("How many completed backups to keep per PVC (per StatefulSet "
-                                "for statefulSet schedules).", minimum=1, maximum=1000,
-                                default=7),
-        }, desc="Pruning of the backups this schedule created.", default={}),
+        "retention": retention_schema(),
         "suspend": boolean("Create no new backups while true.", default=False),
     }, required=("schedule", "target"), rules=(
         (ONE_OF_PVCS_SET, "exactly one of selector (PVCs) or statefulSet must be set"),))
@@ -476,7 +533,11 @@ def all_crds() -> list[dict[str, Any]]:
         crd("BackupTarget", "backuptargets", scope="Namespaced", short=["bt"],
             schema=backup_target_schema(), doc="Where backups go: an S3 bucket or a "
             "directory; credentials and the repository password come from Secrets.",
-            columns=[column("Repository", ".status.repository"), phase, READY, REASON, AGE]),
+            columns=[column("Repository", ".status.repository"), phase, READY,
+                     column("GC", ".status.gc.phase", priority=1),
+                     column("Freed", ".status.gc.bytesFreed", "integer", priority=1),
+                     column("Last GC", ".status.gc.completionTime", "date", priority=1),
+                     REASON, AGE]),
         crd("VolumeBackup", "volumebackups", scope="Namespaced", short=["vb"],
             schema=volume_backup_schema(), doc="One backup of one PVC's volume.", columns=[
                 column("PVC", ".spec.persistentVolumeClaimName"),

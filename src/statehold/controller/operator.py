@@ -17,7 +17,8 @@ Two roles, one process each:
   given the node agents' port (``agents``), ReplicatedVolumes too, on changes and on a
   ticker that also watches Node health for out-of-service failover.
 
-Periodic work (pool capacity every minute, schedule ticks every 30 s) runs in plain threads
+Periodic work (pool capacity every minute, schedule and gc-schedule ticks every 30 s, each
+agent's look for a gc requested of it every 30 s) runs in plain threads
 (:class:`Ticker`) rather than kopf timers: kopf puts a finalizer on every object with a
 timer, so deleting a StoragePool of a dead node, or any schedule while the operator is
 down, would hang.
@@ -44,6 +45,7 @@ from statehold.controller import (
     shared_backups,
     statefulset_backups,
     statefulset_restores,
+    target_gc,
     target_status,
 )
 from statehold.controller.metrics import OperatorMetrics
@@ -202,13 +204,13 @@ def _each(kube: Kube, kind: Kind, reconcile: Reconcile, *,
 def node_tickers(kube: Kube, node: Node, node_name: str, now: Clock = utcnow, *,
                  capacity_interval: float = 60.0,
                  shared: SharedVolumes | None = None, autoexpand_interval: float = 30.0,
-                 qos_interval: float = 10.0,
+                 qos_interval: float = 10.0, gc_interval: float = 30.0,
                  metrics: OperatorMetrics | None = None) -> list[Ticker]:
     """Capacity of this node's pools into their StoragePool status; the roots of the shared
     StorageClasses into this node's root registry (at once, then every interval), so the
     plugin here can delete or measure a shared volume another node created; claims of this
     node's volumes grown before they fill (autoexpand); claim I/O limits and every attached
-    volume's throttle rules (qos)."""
+    volume's throttle rules (qos); the repository gc the operator asked of this node."""
     volumes = shared or shared_volumes(node)
     limits = qos.QosPass(kube, node, node_name)
 
@@ -223,6 +225,8 @@ def node_tickers(kube: Kube, node: Node, node_name: str, now: Clock = utcnow, *,
         Ticker("autoexpand", autoexpand_interval, lambda: log_reports(
             autoexpand.autoexpand_pass(kube, node, node_name, now))),
         Ticker("qos", qos_interval, lambda: log_reports(limits.run()), immediate=True),
+        Ticker("gc", gc_interval, lambda: log_gc(target_gc.gc_pass(kube, node_name, now)),
+               immediate=True),
     ]
 
 
@@ -230,11 +234,13 @@ def cluster_tickers(kube: Kube, now: Clock = utcnow, *, schedule_interval: float
                     agents: Agents | None = None,
                     replication_interval: float = 10.0,
                     metrics: OperatorMetrics | None = None) -> list[Ticker]:
-    """Every BackupSchedule, so slots come due without a change to the object; with the
-    agents, every replicated volume (records for new PVs, Node health for failover)."""
+    """Every BackupSchedule, and every BackupTarget's gc schedule, so slots come due without
+    a change to the object; with the agents, every replicated volume (records for new PVs,
+    Node health for failover)."""
     tickers = [Ticker("schedules", schedule_interval, _each(
         kube, BACKUP_SCHEDULE, lambda o: schedules.reconcile_schedule(kube, o, now),
-        metrics=metrics))]
+        metrics=metrics)),
+        Ticker("gc-schedules", schedule_interval, lambda: target_gc.tick_all(kube, now))]
     if agents is not None:
         tickers.append(Ticker("replication", replication_interval,
                               lambda: log_results(replication.replication_pass(kube, agents, now))))
@@ -246,6 +252,11 @@ def log_reports(reports: Mapping[str, object]) -> None:
     for name, report in reports.items():
         if getattr(report, "outcome", "") not in ("within", "skipped"):
             log.info("name=%s %s", name, report)
+
+
+def log_gc(outcomes: Mapping[str, str]) -> None:
+    for name, outcome_ in outcomes.items():
+        log.info("gc target=%s outcome=%s", name, outcome_)
 
 
 def log_results(results: dict[str, Result]) -> None:

@@ -1,10 +1,17 @@
 """BackupSchedule: when to run (cron, UTC), what to back up (PVC selector, or StatefulSets),
 what to prune.
 
+A PVC schedule puts its ``spec.retention`` on each VolumeBackup it creates; the agent that
+runs the backup records the schedule as the backup's origin and then prunes the volume's
+backups of this schedule only, deleting the VolumeBackups of those it removed
+(:mod:`statehold.controller.pruning`): one decision, the repository's, for both. Here only
+failed VolumeBackups (no data) are deleted: :func:`failed_to_prune`.
+
 A schedule with ``spec.statefulSet`` (a set's name, or a selector of sets) creates one
 StatefulSetBackup per set and slot instead of VolumeBackups, carrying the schedule's hooks
-and freeze timeout, and prunes them per set by ``keepLast``; the node agent prunes the
-set's group backups in the repository by the same number.
+and freeze timeout, and prunes them per set by ``keepLast`` (the only rule group
+retention has); the node agent prunes the set's group backups in the repository by the
+same number.
 
 Pure parts (:func:`parse_cron`, :func:`due`, :func:`to_prune`, :func:`backup_name`) are
 table-tested with a fake clock; :func:`reconcile_schedule` is called by the cluster operator
@@ -15,6 +22,7 @@ CronJob's do: backing up twice in a row gains nothing.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +31,7 @@ from croniter import CroniterBadCronError, CroniterBadDateError, CroniterNotAlph
 
 from statehold.controller.backups import KEEP_LAST_ANNOTATION, PVC_LABEL, SCHEDULE_LABEL
 from statehold.controller.problems import Problem, Result
+from statehold.controller.pruning import RETENTION_ANNOTATION, describe, policy_from
 from statehold.controller.report import Clock, Reporter
 from statehold.controller.statefulsets import SET_LABEL
 from statehold.controller.targets import resolve_target
@@ -103,6 +112,48 @@ def to_prune(backups: list[dict[str, Any]], keep_last: int) -> list[str]:
     return sorted(doomed)
 
 
+FAILED_KEPT = 3
+"""Failed VolumeBackups of one PVC a schedule keeps (the newest), while none completed
+after them: they say why backups fail."""
+
+
+def _when(o: dict[str, Any]) -> str:
+    st = o.get("status") or {}
+    return str(st.get("completionTime") or o["metadata"].get("creationTimestamp") or "")
+
+
+def failed_to_prune(backups: list[dict[str, Any]], keep: int = FAILED_KEPT) -> list[str]:
+    """Names of one PVC's schedule-made VolumeBackups that failed and may go: those older
+    than the newest completed one (superseded), and beyond the newest ``keep`` failed
+    ones. Completed ones are the agent's to prune (with their backups); running and
+    pending ones are never pruned."""
+    def phase(o: dict[str, Any]) -> str:
+        return str((o.get("status") or {}).get("phase", ""))
+
+    failed = sorted((b for b in backups if phase(b) == "Failed"), key=_when, reverse=True)
+    newest_done = max((_when(b) for b in backups if phase(b) == "Completed"), default="")
+    doomed = {b["metadata"]["name"] for b in failed[keep:]}
+    doomed |= {b["metadata"]["name"] for b in failed if _when(b) < newest_done}
+    return sorted(doomed)
+
+
+def check_retention(spec: dict[str, Any]) -> dict[str, Any]:
+    """The schedule's retention, checked: Problem(InvalidRetention) when it keeps nothing or
+    does not parse, or (StatefulSet schedules: group retention counts groups only) sets a
+    rule other than keepLast."""
+    doc = dict(spec.get("retention") or {"keepLast": 7})
+    try:
+        policy_from(doc)
+    except InvalidArgument as exc:
+        raise Problem("InvalidRetention", f"retention {describe(doc)}: {exc}",
+                      permanent=True) from exc
+    if spec.get("statefulSet") is not None and set(doc) != {"keepLast"}:
+        raise Problem("InvalidRetention", f"retention {describe(doc)}: a statefulSet schedule "
+                      "keeps the newest keepLast group backups of each set; keepHourly.."
+                      "keepYearly and keepWithin apply to PVC schedules only", permanent=True)
+    return doc
+
+
 @dataclass(frozen=True, slots=True)
 class Subjects:
     """What one schedule backs up: one VolumeBackup per PVC, or one StatefulSetBackup per
@@ -112,16 +163,19 @@ class Subjects:
     label: str
     names: list[str]
 
-    def backup(self, schedule: Obj, subject: str, name: str, keep: int) -> Obj:
+    def backup(self, schedule: Obj, subject: str, name: str, retention: dict[str, Any]) -> Obj:
         spec = schedule["spec"]
         meta = {"name": name, "namespace": schedule["metadata"]["namespace"],
                 "labels": {SCHEDULE_LABEL: schedule["metadata"]["name"], self.label: subject},
                 # no ownerReference: deleting a schedule must not delete the backups it
                 # made (they are what a restore names)
-                "annotations": {KEEP_LAST_ANNOTATION: str(keep)}}
+                "annotations": {}}
         if self.kind == VOLUME_BACKUP:
+            meta["annotations"][RETENTION_ANNOTATION] = json.dumps(
+                retention, sort_keys=True, separators=(",", ":"))
             body: dict[str, Any] = {"persistentVolumeClaimName": subject, "target": spec["target"]}
         else:
+            meta["annotations"][KEEP_LAST_ANNOTATION] = str(retention["keepLast"])
             sts = spec["statefulSet"]
             body = {"statefulSetName": subject, "target": spec["target"]}
             body.update({k: sts[k] for k in ("hooks", "freezeTimeoutSeconds") if k in sts})
@@ -160,6 +214,7 @@ def reconcile_schedule(kube: Kube, obj: Obj, now: Clock) -> Result:
     t = now()
     try:
         expr = parse_cron(spec["schedule"])
+        retention = check_retention(spec)
         resolve_target(kube, ns, spec["target"])
         chosen = subjects(kube, ns, spec)
     except Problem as p:
@@ -170,13 +225,12 @@ def reconcile_schedule(kube: Kube, obj: Obj, now: Clock) -> Result:
     last = parse_time(st.get("lastScheduleTime")) or parse_time(meta.get("creationTimestamp")) or t
     timing = due(expr, last, t)
     fields: dict[str, Any] = {"nextScheduleTime": rfc3339(timing.next_at)}
-    keep = int((spec.get("retention") or {}).get("keepLast", 7))
     made = []
     if timing.run_at is not None and not spec.get("suspend"):
         for subject in chosen.names:
             backup = backup_name(name, subject, timing.run_at)
             try:
-                kube.create(chosen.backup(obj, subject, backup, keep))
+                kube.create(chosen.backup(obj, subject, backup, retention))
                 made.append(backup)
             except AlreadyExists:
                 pass
@@ -190,7 +244,9 @@ def reconcile_schedule(kube: Kube, obj: Obj, now: Clock) -> Result:
     for subject in chosen.names:
         mine = kube.list(chosen.kind, ns, label_selector={SCHEDULE_LABEL: name,
                                                           chosen.label: subject})
-        for doomed in to_prune(mine, keep):
+        doomed_names = (failed_to_prune(mine) if chosen.kind == VOLUME_BACKUP
+                        else to_prune(mine, int(retention["keepLast"])))
+        for doomed in doomed_names:
             try:
                 kube.delete(chosen.kind, doomed, ns)
                 pruned.append(doomed)
@@ -202,7 +258,10 @@ def reconcile_schedule(kube: Kube, obj: Obj, now: Clock) -> Result:
     if made:
         rep.event("Normal", "BackupsCreated", f"created {len(made)} {chosen.kind.kind}(s) for the "
                   f"{rfc3339(timing.run_at) if timing.run_at else ''} run: {', '.join(made)}")
-    if pruned:
+    if pruned and chosen.kind == VOLUME_BACKUP:
+        rep.event("Normal", "Pruned", f"deleted {len(pruned)} failed VolumeBackup(s) (they hold "
+                  f"no data): {', '.join(pruned)}")
+    elif pruned:
         rep.event("Normal", "Pruned", f"deleted {len(pruned)} {chosen.kind.kind}(s) beyond keepLast="
-                  f"{keep}: {', '.join(pruned)}")
+                  f"{retention['keepLast']}: {', '.join(pruned)}")
     return Result()

@@ -19,7 +19,7 @@ import contextlib
 from typing import Any
 
 from statehold.backup.volumelock import volume_lock
-from statehold.controller import backup_runner
+from statehold.controller import backup_runner, pruning
 from statehold.controller.claims import RESTORE_ANNOTATION, create_bound_pair
 from statehold.controller.locate import DRIVER, check_pvc_bound
 from statehold.controller.problems import Problem, Result
@@ -93,8 +93,7 @@ def run_shared_backup(kube: Kube, obj: Obj, volumes: SharedVolumes, node_name: s
         if st.get("phase") != "Running":
             rep.event("Normal", "Started", f"backing up shared volume {loc.handle} to "
                       f"{target.describe()}")
-        keep = int((meta.get("annotations") or {}).get("statehold.io/keep-last", "0") or 0)
-        m = back_up(volumes, loc.handle, target, keep_last=keep,
+        m = back_up(volumes, loc.handle, target, origin=pruning.origin_of(obj),
                     labels={"namespace": ns, "pvc": spec["persistentVolumeClaimName"],
                             "volumebackup": meta["name"]})
     except StateholdError as exc:
@@ -107,22 +106,16 @@ def run_shared_backup(kube: Kube, obj: Obj, volumes: SharedVolumes, node_name: s
     kind = "incremental" if m.parent else "full"
     rep.event("Normal", "Completed", f"{kind} file-tree backup {m.backup_id}: read "
               f"{m.stats.bytes_read} bytes, uploaded {m.stats.stored_new}")
-    return Result()
+    return pruning.apply_retention(kube, rep, target, loc.handle)
 
 
-def back_up(volumes: SharedVolumes, handle: str, target: TargetConfig, *, keep_last: int = 0,
+def back_up(volumes: SharedVolumes, handle: str, target: TargetConfig, *, origin: str = "",
             labels: dict[str, str] | None = None) -> Any:
-    """One backup of the volume at a time on this node (the same lock as local volumes),
-    then prune the volume's backups to keep_last if set."""
-    from statehold.backup.collecting import prune
-    from statehold.backup.retention import Policy
-
+    """One backup of the volume at a time on this node (the same lock as local volumes);
+    ``origin`` (a schedule's) goes into the manifest, whose retention the caller applies."""
     with volume_lock(handle):
         repo = backup_runner.open_repository(target)
-        m = volumes.backup(handle, repo, labels=labels)
-        if keep_last > 0:
-            prune(repo, Policy(keep_last=keep_last), volume=handle)
-        return m
+        return volumes.backup(handle, repo, labels=labels, origin=origin)
 
 
 def _pv(obj: Obj, rec: VolumeRecord, sc: str, modes: list[str]) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """BackupTarget (cluster operator): are the Secrets there, and for S3 targets, does the
-repository open with them? Ready condition + Events.
+repository open with them? Ready condition + Events. Then the gc schedule
+(:mod:`statehold.controller.target_gc`).
 
 Directory targets live on the nodes (the same path on each), which the operator's pod does
 not mount: those are checked by the agents at backup time.
@@ -7,7 +8,7 @@ not mount: those are checked by the agents at backup time.
 
 from __future__ import annotations
 
-from statehold.controller import backup_runner
+from statehold.controller import backup_runner, target_gc
 from statehold.controller.problems import Problem, Result
 from statehold.controller.report import Clock, Reporter
 from statehold.controller.targets import TargetConfig, target_from
@@ -47,4 +48,5 @@ def reconcile_target(kube: Kube, obj: Obj, now: Clock) -> Result:
                condition=("Ready", True, "Checked", message))
     if not was_ready:
         rep.event("Normal", "Ready", message)
+    target_gc.schedule_gc(kube, rep)
     return Result()

@@ -163,18 +163,19 @@ def test_schedule_creates_backups_on_time_and_prunes_by_retention(memory_kube: M
     made = memory_kube.get(VOLUME_BACKUP, "nightly-data-0-202601060300", NS)
     assert made["metadata"]["labels"]["statehold.io/schedule"] == "nightly"
     assert "ownerReferences" not in made["metadata"]  # deleting the schedule keeps backups
-    assert made["metadata"]["annotations"]["statehold.io/keep-last"] == "2"
+    # the retention goes with the backup: the agent prunes with it (controller/pruning.py)
+    assert made["metadata"]["annotations"] == {"statehold.io/retention": '{"keepLast":2}'}
 
     for day in ("06", "07", "08"):
         for pvc in ("data-0", "data-1"):
             complete(memory_kube, f"nightly-{pvc}-202601{day}0300", f"2026-01-{day}T03:10:00Z")
         fake_clock.advance(days=1)
         names = run()
-    # three completed runs per PVC, keepLast=2: the oldest of each PVC is gone, plus the new run
+    # completed runs are the agent's to prune, with their backups: the operator keeps them all
     assert names == sorted(f"nightly-{p}-202601{d}0300" for p in ("data-0", "data-1")
-                           for d in ("07", "08", "09"))
+                           for d in ("06", "07", "08", "09"))
     events = [e["reason"] for e in memory_kube.events_for(memory_kube.get(BACKUP_SCHEDULE, "nightly", NS))]
-    assert "BackupsCreated" in events and "Pruned" in events
+    assert "BackupsCreated" in events and "Pruned" not in events
 
 
 def test_suspended_schedule_creates_nothing(memory_kube: MemoryKube, fake_clock: Any) -> None:

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from statehold.controller import target_gc
 from statehold.controller.backups import assign_backup
 from statehold.controller.restores import assign_restore
 from statehold.controller.schedules import reconcile_schedule
 from statehold.controller.target_status import reconcile_target
-from statehold.kube.kinds import BACKUP_SCHEDULE, BACKUP_TARGET, VOLUME_BACKUP, VOLUME_RESTORE
+from statehold.kube.kinds import (
+    BACKUP_SCHEDULE,
+    BACKUP_TARGET,
+    STORAGE_POOL,
+    VOLUME_BACKUP,
+    VOLUME_RESTORE,
+)
 from statehold.kube.memory import MemoryKube
 from tests.unit.controller.cluster import NS, bound_pvc, path_target, secret, storage_class
 from tests.unit.kube.rbac import RbacKube, rules_for
@@ -27,14 +34,22 @@ def test_cluster_operator_rbac_covers_its_handlers(memory_kube: MemoryKube, fake
                         "metadata": {"name": "nightly", "namespace": NS},
                         "spec": {"schedule": "0 3 * * *", "target": "t", "retention": {"keepLast": 1},
                                  "selector": {"matchLabels": {"backup": "nightly"}}}})
+    memory_kube.patch(BACKUP_TARGET, "t", {"spec": {"gc": {"schedule": "0 4 * * *"}}}, NS)
+    memory_kube.create({"apiVersion": "statehold.io/v1alpha1", "kind": "StoragePool",
+                        "metadata": {"name": "p1"},
+                        "spec": {"node": "n1", "directory": "/var/tmp/x", "imageSize": "1Gi"}})
+    memory_kube.patch_status(STORAGE_POOL, "p1", {"phase": "Ready"})
     reconcile_target(rbac, memory_kube.get(BACKUP_TARGET, "t", NS), fake_clock)
     for day in range(3):
         fake_clock.advance(days=1)
         reconcile_schedule(rbac, memory_kube.get(BACKUP_SCHEDULE, "nightly", NS), fake_clock)
+        target_gc.tick(rbac, memory_kube.get(BACKUP_TARGET, "t", NS), fake_clock)
         for vb in memory_kube.list(VOLUME_BACKUP, NS):
+            if (vb.get("status") or {}).get("phase") in ("Completed", "Failed"):
+                continue
             assign_backup(rbac, vb, fake_clock)
             memory_kube.patch_status(VOLUME_BACKUP, vb["metadata"]["name"], {
-                "phase": "Completed", "backupId": f"id{day}",
+                "phase": "Failed" if day == 0 else "Completed", "backupId": f"id{day}",
                 "completionTime": f"2026-01-0{6 + day}T03:10:00Z"}, NS)
     memory_kube.create({"apiVersion": "statehold.io/v1alpha1", "kind": "VolumeBackup",
                         "metadata": {"name": "foreign", "namespace": NS},
@@ -47,7 +62,8 @@ def test_cluster_operator_rbac_covers_its_handlers(memory_kube: MemoryKube, fake
                                  "persistentVolumeClaimName": "copy"}})
     assign_restore(rbac, memory_kube.get(VOLUME_RESTORE, "r", NS), fake_clock)
     assert rbac.denied == []
-    assert ("statehold.io", "volumebackups", "delete") in rbac.used      # pruning ran
+    assert ("statehold.io", "volumebackups", "delete") in rbac.used      # the failed one went
+    assert memory_kube.get(BACKUP_TARGET, "t", NS)["status"]["gc"]["phase"] == "Pending"
     assert memory_kube.get(VOLUME_RESTORE, "r", NS)["status"]["phase"] == "Pending"
 
 

@@ -1,0 +1,205 @@
+"""Garbage collection of a BackupTarget's repository in the cluster (``spec.gc``).
+
+Pruning and forgetting remove manifests; the chunks only they named stay until a gc
+deletes them (format §9). In a cluster, gc runs on the target's own cron schedule:
+
+* **Cluster side** (:func:`schedule_gc`, the operator, on a change of the target and every
+  30 s): when a slot is due, it chooses one node agent (a node with a Ready StoragePool or
+  our CSI driver, the same one while it stays) and writes the request into
+  ``status.gc``: ``phase: Pending``, ``node``, ``scheduledTime``. The operator cannot do
+  it itself: a directory target is mounted on the nodes only. Missed slots collapse into
+  one; a slot that finds the previous run still Pending or Running is skipped, unless that
+  run looks abandoned (:data:`PENDING_STALE`, :data:`RUNNING_STALE`): then it goes to a
+  node again.
+* **Node side** (:func:`gc_pass`, every agent, every 30 s): the agent named by a Pending
+  (or, after a restart, Running) request runs :func:`statehold.backup.collecting.gc`,
+  which holds the repository's exclusive lock, so it never runs beside a backup, a
+  restore, a prune or another gc. A busy repository leaves the request Pending, tried
+  again at the next pass. The result (bytes and chunks freed, duration, what was kept and
+  why) goes into ``status.gc`` and a ``GarbageCollected`` Event.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from statehold.backup.collecting import GcResult
+from statehold.controller import backup_runner
+from statehold.controller.problems import Problem
+from statehold.controller.report import Clock, Reporter
+from statehold.controller.schedules import due, parse_cron, parse_time
+from statehold.controller.shared_locate import choose_node, driver_nodes
+from statehold.controller.targets import TargetConfig, target_from
+from statehold.errors import Aborted, NotFound, StateholdError
+from statehold.kube.events import rfc3339
+from statehold.kube.facade import Kube, Obj
+from statehold.kube.kinds import BACKUP_TARGET, CSI_NODE, STORAGE_POOL
+
+log = logging.getLogger("statehold.controller.gc")
+
+CONDITION = "GarbageCollection"
+PENDING_STALE = timedelta(minutes=10)
+"""A request no agent has started for this long goes to a node again at the next slot."""
+RUNNING_STALE = timedelta(hours=24)
+"""A run reported Running for this long (its agent died mid-way) is requested again."""
+ACTIVE = ("Pending", "Running")
+
+
+def gc_status(obj: Obj) -> dict[str, Any]:
+    return dict((obj.get("status") or {}).get("gc") or {})
+
+
+def candidate_nodes(kube: Kube) -> list[str]:
+    """Nodes running an agent: a Ready StoragePool's node, or a CSINode with our driver."""
+    pools = {str(p["spec"].get("node")) for p in kube.list(STORAGE_POOL)
+             if (p.get("status") or {}).get("phase") == "Ready" and p["spec"].get("node")}
+    return sorted(pools | set(driver_nodes(kube.list(CSI_NODE))))
+
+
+def _abandoned(st: dict[str, Any], now: datetime) -> bool:
+    if st.get("phase") == "Pending":
+        asked = parse_time(st.get("scheduledTime"))
+        return asked is None or now - asked > PENDING_STALE
+    started = parse_time(st.get("startTime")) or parse_time(st.get("scheduledTime"))
+    return started is None or now - started > RUNNING_STALE
+
+
+def schedule_gc(kube: Kube, rep: Reporter) -> None:
+    """Cluster side: note the next slot, and hand a due one to a node. Problems (a bad cron
+    line, no node to run it) go into the ``GarbageCollection`` condition and an Event; the
+    target itself stays usable."""
+    obj = rep.obj
+    spec = (obj.get("spec") or {}).get("gc")
+    if not spec:
+        return
+    st = gc_status(obj)
+    t = rep.now()
+    try:
+        expr = parse_cron(str(spec["schedule"]))
+        last = (parse_time(st.get("lastScheduleTime"))
+                or parse_time(obj["metadata"].get("creationTimestamp")) or t)
+        timing = due(expr, last, t)
+        fields: dict[str, Any] = {"nextScheduleTime": rfc3339(timing.next_at)}
+        asked = None
+        if timing.run_at is not None:
+            fields["lastScheduleTime"] = rfc3339(timing.run_at)
+            if st.get("phase") not in ACTIVE or _abandoned(st, t):
+                prefer = st.get("node") if st.get("phase") not in ACTIVE else None
+                node = choose_node(obj["metadata"]["uid"], candidate_nodes(kube), prefer)
+                asked = node
+                fields.update(phase="Pending", node=node, scheduledTime=rfc3339(timing.run_at),
+                              message=f"requested of the agent on {node}")
+    except Problem as p:
+        rep.update(condition=(CONDITION, False, p.reason, p.message))
+        rep.event("Warning", p.reason, p.message)
+        return
+    rep.update({"gc": fields}, condition=(CONDITION, True, "Scheduled",
+                                          f"next run {fields['nextScheduleTime']}"))
+    if asked:
+        rep.event("Normal", "GarbageCollectionScheduled",
+                  f"gc of {obj['metadata']['name']} requested of the agent on {asked}")
+
+
+def tick(kube: Kube, obj: Obj, now: Clock) -> None:
+    """The operator's periodic look at one target: only the gc schedule (the checks of
+    Secrets and repository run on changes)."""
+    if (obj.get("spec") or {}).get("gc"):
+        schedule_gc(kube, Reporter(kube, obj, now))
+
+
+def tick_all(kube: Kube, now: Clock) -> None:
+    """:func:`tick` for every BackupTarget; one failing does not stop the others."""
+    for obj in kube.list(BACKUP_TARGET):
+        try:
+            tick(kube, obj, now)
+        except StateholdError as exc:
+            log.warning("gc schedule of %s/%s: %s", obj["metadata"].get("namespace"),
+                        obj["metadata"]["name"], exc)
+
+
+# -- node side --------------------------------------------------------------------------------
+
+def mine(obj: Obj, node_name: str) -> bool:
+    st = gc_status(obj)
+    return st.get("node") == node_name and st.get("phase") in ACTIVE
+
+
+def gc_pass(kube: Kube, node_name: str, now: Clock,
+            clock: Callable[[], float] = time.monotonic) -> dict[str, str]:
+    """Run every gc requested of this node; target -> outcome."""
+    done = {}
+    for obj in kube.list(BACKUP_TARGET):
+        if mine(obj, node_name):
+            key = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
+            try:
+                done[key] = run_gc(kube, obj, node_name, now, clock)
+            except StateholdError as exc:  # e.g. the status write failed: next pass
+                log.warning("gc target=%s: %s", key, exc)
+                done[key] = "Error"
+    return done
+
+
+def run_gc(kube: Kube, obj: Obj, node_name: str, now: Clock,
+           clock: Callable[[], float] = time.monotonic) -> str:
+    """Collect the target's repository; the outcome (``Completed``, ``Pending`` when busy
+    or the target's Secrets are missing, ``Failed``) is written into ``status.gc``."""
+    rep = Reporter(kube, obj, now, component=f"statehold-agent/{node_name}")
+    name = obj["metadata"]["name"]
+    spec = (obj.get("spec") or {}).get("gc") or {}
+    grace = float(spec.get("graceSeconds", 3600))
+    try:
+        target = target_from(kube, obj)
+    except Problem as p:
+        rep.update({"gc": {"phase": "Pending", "message": p.message}})
+        rep.event("Warning", p.reason, p.message)
+        return "Pending"
+    rep.update({"gc": {"phase": "Running", "startTime": rfc3339(now()),
+                       "message": f"collecting {target.describe()}"}})
+    started = clock()
+    try:
+        result = collect(target, grace)
+    except Aborted as exc:  # a backup, restore, prune or gc holds the repository
+        rep.update({"gc": {"phase": "Pending", "message": f"repository busy, retried: {exc}"}})
+        return "Pending"
+    except StateholdError as exc:
+        message = f"gc of {target.describe()} failed: {exc}"
+        rep.update({"gc": {"phase": "Failed", "completionTime": rfc3339(now()), "message": message}})
+        rep.event("Warning", "GarbageCollectionFailed", message)
+        return "Failed"
+    took = round(max(0.0, clock() - started), 3)
+    damaged = len(result.damaged) if result else 0
+    fields: dict[str, Any] = {
+        "phase": "Completed", "completionTime": rfc3339(now()), "durationSeconds": took,
+        "bytesFreed": result.bytes_deleted if result else 0,
+        "chunksDeleted": result.chunks_deleted if result else 0,
+        "chunksTotal": result.chunks_total if result else 0,
+        "chunksReferenced": result.chunks_referenced if result else 0,
+        "chunksInGrace": result.chunks_in_grace if result else 0,
+        "chunksKeptUnknown": result.chunks_kept_unknown if result else 0,
+        "damagedBackups": damaged,
+        "message": (f"freed {result.bytes_deleted} bytes ({result.chunks_deleted} chunks) in "
+                    f"{took:.1f} s" if result else "no repository yet: nothing to collect")}
+    rep.update({"gc": fields})
+    rep.event("Normal", "GarbageCollected", f"{target.describe()}: {fields['message']}"
+              + (f"; {result.chunks_in_grace} unreferenced chunk(s) younger than "
+                 f"{grace:.0f} s kept" if result and result.chunks_in_grace else ""))
+    if result and result.damaged:
+        rep.event("Warning", "DamagedBackups", f"{target.describe()}: gc deleted no chunk: "
+                  f"{damaged} backup(s) cannot be read "
+                  f"({', '.join(d.backup_id for d in result.damaged[:5])}); `statehold backup "
+                  "forget` of each lets the next gc collect")
+    log.info("gc target=%s/%s freed=%s seconds=%s", obj["metadata"]["namespace"], name,
+             fields["bytesFreed"], took)
+    return "Completed"
+
+
+def collect(target: TargetConfig, grace: float) -> GcResult | None:
+    """gc of the target's repository; None when there is no repository yet."""
+    try:
+        return backup_runner.collect_garbage(target, grace=grace)
+    except NotFound:
+        return None
