@@ -33,7 +33,7 @@ from statehold.backup.collecting import forget, gc, prune
 from statehold.backup.manifest import Manifest
 from statehold.backup.repository import Damaged, Repository
 from statehold.backup.restoring import restore_image
-from statehold.backup.retention import Policy
+from statehold.backup.retention import Policy, parse_duration
 from statehold.backup.targets import Target
 from statehold.backup.verifying import verify
 from statehold.cli.context import node, open_repository, repo_password, target_book, target_store
@@ -308,16 +308,24 @@ def prune_cmd(
     daily: int = typer.Option(0, "--daily", help="... of each of the last N days."),
     weekly: int = typer.Option(0, "--weekly", help="... of each of the last N ISO weeks."),
     monthly: int = typer.Option(0, "--monthly", help="... of each of the last N months."),
+    yearly: int = typer.Option(0, "--yearly", help="... of each of the last N years."),
+    within: str | None = typer.Option(None, "--within", help="Keep every backup made within this "
+                                      "long of the volume's newest (e.g. 36h, 14d, 2w)."),
     volume: str | None = typer.Option(None, "--volume", help="Only this volume's backups (POOL/NAME)."),
+    origin: str | None = typer.Option(None, "--origin", help="Only the backups of this origin: "
+                                      "schedule/NAMESPACE/NAME (a cluster schedule's), or "
+                                      "'manual' (made by hand). Default: every backup."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be removed."),
     password_file: Path | None = PasswordFileOption,
     home: Path | None = HomeOption,
 ) -> None:
     """Remove backups a retention policy does not keep (then run `backup gc`)."""
     with failures():
-        policy = Policy(keep_last, hourly, daily, weekly, monthly)
+        policy = Policy(keep_last, hourly, daily, weekly, monthly, yearly,
+                        parse_duration(within) if within else 0.0)
         repo = open_repository(ctx, home, target, password_file)
-        result = prune(repo, policy, volume=volume, dry_run=dry_run)
+        result = prune(repo, policy, volume=volume, dry_run=dry_run,
+                       origin=None if origin is None else "" if origin == "manual" else origin)
     verb = "would be removed" if dry_run else "removed"
     for bid in result.removed:
         done("backup", bid, verb)
