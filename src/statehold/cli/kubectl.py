@@ -88,6 +88,14 @@ def _name(o: Obj) -> str:
     return str(o["metadata"]["name"])
 
 
+def _keep(o: Obj) -> str:
+    """A schedule's retention: ``7`` for keepLast alone, else ``last=3,daily=7,within=36h``."""
+    rules = o["spec"].get("retention") or {"keepLast": 7}
+    if set(rules) == {"keepLast"}:
+        return str(rules["keepLast"])
+    return ",".join(f"{k.removeprefix('keep').lower()}={v}" for k, v in rules.items())
+
+
 def _ns(o: Obj) -> str:
     return str(o["metadata"].get("namespace", ""))
 
@@ -120,7 +128,7 @@ TABLES: dict[str, tuple[Kind, list[Column], list[Column]]] = {
     "schedules": (BACKUP_SCHEDULE, [
         ("NAME", _name), ("SCHEDULE", lambda o: str(o["spec"]["schedule"])),
         ("TARGET", lambda o: str(o["spec"]["target"])),
-        ("KEEP", lambda o: str((o["spec"].get("retention") or {}).get("keepLast", 7))),
+        ("KEEP", _keep),
         ("LAST", lambda o: _st(o, "lastScheduleTime")), ("READY", _ready)],
         [("NEXT", lambda o: _st(o, "nextScheduleTime")), ("REASON", _reason)]),
     "setbackups": (STATEFUL_SET_BACKUP, [

@@ -82,6 +82,24 @@ def test_get_schedules_empty_and_unknown_kind(app: typer.Typer, cluster: MemoryK
     assert res.exit_code != 0 and "unknown kind" in res.output
 
 
+def test_get_schedules_shows_the_retention_rules(app: typer.Typer, cluster: MemoryKube) -> None:
+    for name, retention in (("plain", None), ("calendar", {"keepLast": 3, "keepDaily": 7,
+                                                         "keepWithin": "36h"})):
+        spec: dict = {"schedule": "0 3 * * *", "target": "t",
+                      "selector": {"matchLabels": {"backup": name}}}
+        if retention:
+            spec["retention"] = retention
+        cluster.create({"apiVersion": "statehold.io/v1alpha1", "kind": "BackupSchedule",
+                        "metadata": {"name": name, "namespace": NS}, "spec": spec})
+    rows = {r[0]: r for r in lines(runner.invoke(app, ["get", "schedules", "-n", NS]).stdout)}
+    assert rows["NAME"][3] == "KEEP"
+
+    def keep(row: list[str]) -> str:  # the cron line is five words
+        return row[row.index("t") + 1]
+
+    assert keep(rows["plain"]) == "7" and keep(rows["calendar"]) == "last=3,daily=7,within=36h"
+
+
 def test_describe_shows_status_and_events(app: typer.Typer, cluster: MemoryKube) -> None:
     res = runner.invoke(app, ["describe", "backup", "b1", "-n", NS])
     assert res.exit_code == 0, res.output
