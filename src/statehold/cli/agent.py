@@ -8,8 +8,10 @@ agent's answer as JSON.
 
 In a cluster the operator keeps the CA in a Secret and writes one Secret per node
 (``statehold.controller.agent_certs``); ``serve --certs-secret-namespace NS`` reads this
-node's (``statehold-agent-<node>``) through the API, waiting for it to appear, and exits
-(status 0, for the kubelet to restart it) when the operator issued a new one.
+node's (``statehold-agent-<node>``) through the API, waiting for it to appear and become
+readable (the agents may get those Secrets by name only, as the operator's Role lists
+them), and exits (status 0, for the kubelet to restart it) when the operator issued a new
+one.
 """
 
 from __future__ import annotations
@@ -51,23 +53,33 @@ def _print(message: Any) -> None:
                                         always_print_fields_with_no_presence=True), indent=2))
 
 
-def _secret_certs(kube: Any, namespace: str, node: str, stop: threading.Event) -> Any:
-    """This node's certificates from its Secret, waiting until the operator made it (None
-    if ``stop`` was set first)."""
+def read_secret_certs(kube: Any, namespace: str, node: str) -> Any:
+    """This node's certificates (a ``pki.Bundle``) from its Secret, read once: NotFound
+    before the operator issued it, PermissionDenied before the operator's Role lets this
+    node's agents read it (they may get the node certificate Secrets by name only)."""
     from statehold.agent import pki
     from statehold.controller.agent_certs import node_secret_name, read_node_certs
-    from statehold.errors import NotFound
     from statehold.kube.kinds import SECRET
 
-    name = node_secret_name(node)
+    got = read_node_certs(kube.get(SECRET, node_secret_name(node), namespace))
+    return pki.Bundle(got.ca, pki.KeyPair(got.cert, got.key))
+
+
+def _secret_certs(kube: Any, namespace: str, node: str, stop: threading.Event) -> Any:
+    """This node's certificates from its Secret, waiting until the operator made it and
+    granted this node's agents access to it (None if ``stop`` was set first)."""
+    from statehold.controller.agent_certs import node_secret_name
+    from statehold.errors import NotFound, PermissionDenied
+
     said = False
     while not stop.is_set():
         try:
-            got = read_node_certs(kube.get(SECRET, name, namespace))
-            return pki.Bundle(got.ca, pki.KeyPair(got.cert, got.key))
-        except NotFound:
+            return read_secret_certs(kube, namespace, node)
+        except (NotFound, PermissionDenied) as exc:
             if not said:
-                print(f"waiting for Secret {namespace}/{name} (the operator issues it)",
+                why = "not there" if isinstance(exc, NotFound) else "not readable by this agent"
+                print(f"waiting for Secret {namespace}/{node_secret_name(node)} ({why} yet: "
+                      "the operator issues it and grants the agents access)",
                       file=sys.stderr, flush=True)
                 said = True
         stop.wait(SECRET_POLL)
@@ -185,8 +197,8 @@ def _watch_certs(kube: Any, namespace: str, node: str, current: Any, interval: f
     idle = threading.Event()
     while not server.wait(0) and not idle.wait(interval):
         try:
-            fresh = _secret_certs(kube, namespace, node, threading.Event())
-        except StateholdError as exc:  # the API is away: keep serving, look again later
+            fresh = read_secret_certs(kube, namespace, node)
+        except StateholdError as exc:  # API away, Secret gone or not granted: keep serving
             print(f"cannot read the certificate Secret: {exc}", file=sys.stderr, flush=True)
             continue
         if fresh != current:

@@ -11,6 +11,12 @@ node's certificate (docs/design/replication.md §8.4).
   Node is gone (:func:`ensure_node_certs`, on the operator's ticker). The node's agent reads
   its own Secret at start (``statehold agent serve --certs-secret-namespace``) and restarts
   when it changes.
+* ``<namespace>/statehold-agent-certs`` (Role, :data:`AGENT_ROLE`): the agents' only grant
+  on Secrets, ``get`` on exactly the names of the node certificate Secrets this module
+  manages (:func:`ensure_agent_role`, after every pass). The chart binds it to the agents'
+  ServiceAccount; it never names the CA Secret, so the CA key stays out of the agents'
+  reach. RBAC has no prefix match, hence a Role kept in step with the Nodes. No Nodes: no
+  rule at all (an empty ``resourceNames`` would mean *every* Secret).
 * The operator's own client certificate (CN ``statehold-operator``, role ``controller``)
   is issued in memory from the CA at start and renewed the same way; it is never stored.
 
@@ -33,7 +39,7 @@ from typing import Protocol
 from statehold.controller.agent_directory import internal_ips
 from statehold.errors import AlreadyExists, Corrupt, NotFound
 from statehold.kube.facade import Kube, Obj
-from statehold.kube.kinds import NODE, SECRET
+from statehold.kube.kinds import NODE, ROLE, SECRET
 
 log = logging.getLogger("statehold.operator.certs")
 
@@ -45,6 +51,10 @@ NODE_ANNOTATION = "statehold.io/node"
 COMPONENT = "app.kubernetes.io/component"
 NODE_CERT_COMPONENT = "agent-certificate"
 CA_CERT, CA_KEY, TLS_CERT, TLS_KEY = "ca.crt", "ca.key", "tls.crt", "tls.key"
+AGENT_ROLE = "statehold-agent-certs"
+"""The Role granting the agents ``get`` on the node certificate Secrets, by name (the chart
+binds it to ServiceAccount ``statehold-agent``; the operator writes its rules)."""
+AGENT_ROLE_COMPONENT = "agent-certificate-access"
 
 
 class Issuer(Protocol):
@@ -80,9 +90,10 @@ class NodeCerts:
 
 
 def node_secret_name(node: str) -> str:
-    """``statehold-agent-<node>``; a node name too long for that gets its hash instead."""
+    """``statehold-agent-<node>``; a node name too long for that, or one that would name the
+    CA's Secret (a Node called ``ca``), gets its hash instead."""
     name = NODE_SECRET_PREFIX + node
-    if len(name) <= 253:
+    if len(name) <= 253 and name != CA_SECRET:
         return name
     return NODE_SECRET_PREFIX + hashlib.sha256(node.encode()).hexdigest()[:16]
 
@@ -160,12 +171,14 @@ def ensure_node_certs(kube: Kube, namespace: str, ca: CA, issuer: Issuer,
     secrets = {s["metadata"]["name"]: s for s in kube.list(
         SECRET, namespace, label_selector={COMPONENT: NODE_CERT_COMPONENT})}
     nodes = {n["metadata"]["name"]: n for n in kube.list(NODE)}
+    readable: set[str] = set()  # the node Secrets the agents may read: ours, of a Node
     for node, obj in sorted(nodes.items()):
         name = node_secret_name(node)
         ips = internal_ips(obj)
         secret = secrets.get(name)
         reason = _node_reason(secret, ca, ips, issuer, now)
         if reason is None:
+            readable.add(name)
             continue
         cert, key = issuer.issue(ca.cert, ca.key, node, ips, "node")
         data = {CA_CERT: _b64(ca.cert), TLS_CERT: _b64(cert), TLS_KEY: _b64(key)}
@@ -182,8 +195,12 @@ def ensure_node_certs(kube: Kube, namespace: str, ca: CA, issuer: Issuer,
                 continue
         else:
             kube.patch(SECRET, name, {"data": data}, namespace)
+        readable.add(name)
         changed.append(f"issued {node} ({reason})")
         log.info("event=agent_cert_issued node=%s reason=%r ips=%s", node, reason, list(ips))
+    granted = ensure_agent_role(kube, namespace, sorted(readable))
+    if granted is not None:
+        changed.append(granted)
     wanted = {node_secret_name(n) for n in nodes}
     for name, secret in sorted(secrets.items()):
         if name not in wanted:
@@ -193,3 +210,39 @@ def ensure_node_certs(kube: Kube, namespace: str, ca: CA, issuer: Issuer,
             changed.append(f"deleted {name} (node {node} is gone)")
             log.info("event=agent_cert_deleted secret=%s/%s node=%s", namespace, name, node)
     return changed
+
+
+def agent_role(namespace: str, secret_names: Sequence[str]) -> Obj:
+    """The Role letting the agents ``get`` exactly ``secret_names`` (never the CA's Secret);
+    no rule at all when there are none, as an empty ``resourceNames`` allows every name."""
+    names = sorted(set(secret_names) - {CA_SECRET})
+    rules = [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"],
+              "resourceNames": names}] if names else []
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": AGENT_ROLE, "namespace": namespace, "labels": {
+                "app.kubernetes.io/managed-by": "statehold", COMPONENT: AGENT_ROLE_COMPONENT}},
+            "rules": rules}
+
+
+def ensure_agent_role(kube: Kube, namespace: str, secret_names: Sequence[str]) -> str | None:
+    """Make the agents' Role grant ``get`` on ``secret_names`` and nothing else (rules that
+    differ, added by hand or left from before, are replaced). Returns what changed, if
+    anything. The API server lets the operator write it only because it may get those
+    Secrets itself (RBAC escalation prevention)."""
+    want = agent_role(namespace, secret_names)
+    names = want["rules"][0]["resourceNames"] if want["rules"] else []
+    try:
+        current = kube.get(ROLE, AGENT_ROLE, namespace)
+    except NotFound:
+        try:
+            kube.create(want)
+        except AlreadyExists:  # another operator replica made it first: correct it below
+            current = kube.get(ROLE, AGENT_ROLE, namespace)
+        else:
+            log.info("event=agent_role_created role=%s/%s secrets=%s", namespace, AGENT_ROLE, names)
+            return f"agents may read {names}"
+    if (current.get("rules") or []) == want["rules"]:
+        return None
+    kube.patch(ROLE, AGENT_ROLE, {"rules": want["rules"]}, namespace)
+    log.info("event=agent_role_updated role=%s/%s secrets=%s", namespace, AGENT_ROLE, names)
+    return f"agents may read {names}"

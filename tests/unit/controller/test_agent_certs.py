@@ -14,6 +14,7 @@ import pytest
 from statehold.agent import pki
 from statehold.controller import agent_certs
 from statehold.controller.agent_certs import (
+    AGENT_ROLE,
     CA_SECRET,
     ensure_ca,
     ensure_node_certs,
@@ -24,7 +25,7 @@ from statehold.controller.agent_certs import (
 from statehold.controller.agent_directory import KubeDirectory, agent_address
 from statehold.errors import NotFound
 from statehold.kube.facade import Obj
-from statehold.kube.kinds import NODE, REPLICATED_VOLUME, SECRET
+from statehold.kube.kinds import NODE, REPLICATED_VOLUME, ROLE, SECRET
 from statehold.kube.memory import MemoryKube
 
 NS = "statehold-system"
@@ -65,7 +66,9 @@ def test_every_node_gets_a_certificate_naming_it_and_its_addresses() -> None:
     node(kube, "n1", "10.0.0.1")
     node(kube, "n2", "10.0.0.2", "fd00::2")
     ca = ensure_ca(kube, NS, pki.Issuer())
-    assert ensure_node_certs(kube, NS, ca, pki.Issuer(), NOW) == ["issued n1 (new)", "issued n2 (new)"]
+    assert ensure_node_certs(kube, NS, ca, pki.Issuer(), NOW) == [
+        "issued n1 (new)", "issued n2 (new)",
+        "agents may read ['statehold-agent-n1', 'statehold-agent-n2']"]
     certs = read_node_certs(kube.get(SECRET, node_secret_name("n2"), NS))
     assert certs.ca == ca.cert
     facts = pki.facts(certs.cert)
@@ -88,6 +91,7 @@ def test_a_changed_address_or_a_near_expiry_issues_again_and_a_gone_node_loses_i
     kube.delete(NODE, "n2")
     changed = ensure_node_certs(kube, NS, ca, pki.Issuer(), NOW)
     assert changed == ["issued n1 (addresses ['10.0.0.1'] -> ['10.0.0.9'])",
+                       "agents may read ['statehold-agent-n1']",
                        "deleted statehold-agent-n2 (node n2 is gone)"]
     after = read_node_certs(kube.get(SECRET, node_secret_name("n1"), NS))
     assert after.cert != before.cert and pki.facts(after.cert).ips == ("10.0.0.9",)
@@ -106,14 +110,19 @@ def test_a_secret_of_that_name_not_made_by_us_is_left_alone() -> None:
                    "data": {"x": "eQ=="}}
     kube.create(theirs)
     ca = ensure_ca(kube, NS, pki.Issuer())
-    assert ensure_node_certs(kube, NS, ca, pki.Issuer(), NOW) == []
+    # nor readable by the agents: the Role they get is made, naming nothing
+    assert ensure_node_certs(kube, NS, ca, pki.Issuer(), NOW) == ["agents may read []"]
     assert kube.get(SECRET, node_secret_name("n1"), NS)["data"] == {"x": "eQ=="}
+    assert kube.get(ROLE, AGENT_ROLE, NS)["rules"] == []
 
 
 def test_a_very_long_node_name_gets_a_hashed_secret_name() -> None:
     assert node_secret_name("n1") == "statehold-agent-n1"
     long = "n" * 250
     assert len(node_secret_name(long)) == len("statehold-agent-") + 16
+    # and so does a Node named "ca": its Secret must never be the CA's
+    assert node_secret_name("ca") != CA_SECRET
+    assert len(node_secret_name("ca")) == len("statehold-agent-") + 16
 
 
 def test_agents_are_reached_at_their_nodes_internal_ip() -> None:

@@ -1,7 +1,9 @@
 """RbacKube: a facade that allows only what a ServiceAccount's rendered RBAC rules allow.
 
 Handlers run through it in tests, so a missing grant in the chart fails a test instead of
-a cluster (and an unused grant is visible in ``used``)."""
+a cluster (and an unused grant is visible in ``used``). A rule with ``resourceNames``
+allows a call on one of those names only, as on a real server: never ``create``, ``list``
+or ``watch`` (they carry no name), and an access review without a name."""
 
 from __future__ import annotations
 
@@ -20,8 +22,20 @@ def rules_for(docs: list[dict[str, Any]], account: str) -> list[dict[str, Any]]:
     for b in docs:
         if b["kind"] in ("ClusterRoleBinding", "RoleBinding") and any(
                 s["kind"] == "ServiceAccount" and s["name"] == account for s in b["subjects"]):
-            rules += roles[(b["roleRef"]["kind"], b["roleRef"]["name"])]["rules"]
+            # a binding to a Role the chart does not render (one the operator keeps) grants
+            # what that Role holds once made: nothing here
+            role = roles.get((b["roleRef"]["kind"], b["roleRef"]["name"])) or {}
+            rules += role.get("rules") or []
     return rules
+
+
+def allows(rule: dict[str, Any], group: str, resource: str, verb: str,
+           name: str | None = None) -> bool:
+    """Whether one RBAC rule allows verb on resource (and, if it lists names, on name)."""
+    if group not in rule["apiGroups"] or resource not in rule["resources"] or verb not in rule["verbs"]:
+        return False
+    names = rule.get("resourceNames")
+    return not names or (name is not None and name in names)
 
 
 class RbacKube:
@@ -30,17 +44,17 @@ class RbacKube:
         self.denied: list[tuple[str, str, str]] = []
         self.used: set[tuple[str, str, str]] = set()
 
-    def _check(self, kind: Kind, verb: str, sub: str = "") -> None:
+    def _check(self, kind: Kind, verb: str, sub: str = "", name: str | None = None) -> None:
         resource = kind.plural + (f"/{sub}" if sub else "")
         for r in self.rules:
-            if kind.group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]:
+            if allows(r, kind.group, resource, verb, name):
                 self.used.add((kind.group, resource, verb))
                 return
         self.denied.append((kind.group, resource, verb))
         raise PermissionDenied(f"forbidden: {verb} {kind.group or 'core'}/{resource}")
 
     def get(self, kind: Kind, name: str, namespace: str | None = None) -> Obj:
-        self._check(kind, "get")
+        self._check(kind, "get", name=name)
         return self.inner.get(kind, name, namespace)
 
     def list(self, kind: Kind, namespace: str | None = None, *,
@@ -59,23 +73,23 @@ class RbacKube:
         return self.inner.create(obj)
 
     def replace(self, obj: Obj) -> Obj:
-        self._check(kind_of(obj), "update")
+        self._check(kind_of(obj), "update", name=obj["metadata"]["name"])
         return self.inner.replace(obj)
 
     def patch(self, kind: Kind, name: str, patch: Obj, namespace: str | None = None) -> Obj:
-        self._check(kind, "patch")
+        self._check(kind, "patch", name=name)
         return self.inner.patch(kind, name, patch, namespace)
 
     def patch_status(self, kind: Kind, name: str, status: Obj, namespace: str | None = None) -> Obj:
-        self._check(kind, "patch", "status")
+        self._check(kind, "patch", "status", name)
         return self.inner.patch_status(kind, name, status, namespace)
 
     def replace_status(self, obj: Obj) -> Obj:
-        self._check(kind_of(obj), "update", "status")
+        self._check(kind_of(obj), "update", "status", obj["metadata"]["name"])
         return self.inner.replace_status(obj)
 
     def delete(self, kind: Kind, name: str, namespace: str | None = None) -> None:
-        self._check(kind, "delete")
+        self._check(kind, "delete", name=name)
         self.inner.delete(kind, name, namespace)
 
     def record_event(self, involved: Obj, *, type: Literal["Normal", "Warning"], reason: str,
@@ -87,11 +101,10 @@ class RbacKube:
 
     def may(self, verb: str, kind: Kind, namespace: str | None = None) -> bool:
         """An access review of these rules (never refused itself, as on a real server)."""
-        return any(kind.group in r["apiGroups"] and kind.plural in r["resources"]
-                   and verb in r["verbs"] for r in self.rules)
+        return any(allows(r, kind.group, kind.plural, verb) for r in self.rules)
 
     def exec(self, pod: str, namespace: str, command: Sequence[str], *,
              container: str | None = None, timeout: float = 30.0) -> ExecResult:
-        self._check(POD, "get")            # the pod is read first (is it running?)
-        self._check(POD, "create", "exec")
+        self._check(POD, "get", name=pod)  # the pod is read first (is it running?)
+        self._check(POD, "create", "exec", pod)
         return self.inner.exec(pod, namespace, command, container=container, timeout=timeout)

@@ -12,15 +12,16 @@ from typing import Any, cast
 import pytest
 
 from statehold.agent import pki
-from statehold.cli.agent import _secret_certs
+from statehold.cli.agent import _secret_certs, read_secret_certs
 from statehold.controller.agent_certs import ensure_ca, ensure_node_certs
 from statehold.csi.replicated import Replicas
 from statehold.engine.node import Node
 from statehold.errors import PermissionDenied
-from statehold.kube.kinds import NODE, REPLICATED_VOLUME
+from statehold.kube.facade import Obj
+from statehold.kube.kinds import NODE, REPLICATED_VOLUME, Kind
 from statehold.kube.memory import MemoryKube
 from tests.unit.kube.rbac import RbacKube, rules_for
-from tests.unit.kube.test_rbac_agent_certs import NOW, RELEASE_NS, rules_in
+from tests.unit.kube.test_rbac_agent_certs import NOW, RELEASE_NS, agent_rules
 from tests.unit.kube.validation import render, validate_object
 
 
@@ -77,8 +78,8 @@ def test_other_agent_values_render_valid_objects() -> None:
 
 def test_without_agents_the_operator_runs_no_replication() -> None:
     docs = render.render_chart({"agent": {"enabled": False}}, name="sh", namespace=RELEASE_NS)
-    assert not [d for d in docs if d["metadata"]["name"] in ("statehold-agent",
-                                                               "statehold-agent-certificate")]
+    assert not [d for d in docs if d["metadata"]["name"] in (
+        "statehold-agent", "statehold-agent-certs", "statehold-operator-agent-role")]
     operator = containers(one(docs, "Deployment", "statehold-operator"))["operator"]
     assert "--no-replication" in operator["args"]
     assert not [a for a in operator["args"] if a.startswith("--agent-port")]
@@ -91,14 +92,27 @@ def test_an_agent_reads_its_certificate_secret_in_the_release_namespace_only(
     kube.patch_status(NODE, "n1", {"addresses": [{"type": "InternalIP", "address": "10.0.0.1"}]})
     ca = ensure_ca(kube, RELEASE_NS, pki.Issuer())
     ensure_node_certs(kube, RELEASE_NS, ca, pki.Issuer(), NOW)
-    rbac = RbacKube(kube, rules_in(docs, "statehold-agent", RELEASE_NS))
+    rbac = RbacKube(kube, agent_rules(docs, kube))
     bundle = _secret_certs(rbac, RELEASE_NS, "n1", threading.Event())
     assert bundle is not None and bundle.ca == ca.cert
     assert pki.identify(bundle.own.cert, ca.cert) == pki.Identity("n1", "node")
     assert rbac.denied == []
-    elsewhere = RbacKube(kube, rules_in(docs, "statehold-agent", "databases"))
+    elsewhere = RbacKube(kube, agent_rules(docs, kube, "databases"))
     with pytest.raises(PermissionDenied):
-        _secret_certs(elsewhere, "databases", "n1", threading.Event())
+        read_secret_certs(elsewhere, "databases", "n1")
+    # before the operator granted it, an agent waits (403 is "not yet", as 404 is)
+    stop = threading.Event()
+
+    class StopAfterOneRead(RbacKube):
+        def get(self, kind: Kind, name: str, namespace: str | None = None) -> Obj:
+            try:
+                return super().get(kind, name, namespace)
+            finally:
+                stop.set()
+
+    waiting = StopAfterOneRead(kube, [])
+    assert _secret_certs(waiting, RELEASE_NS, "n1", stop) is None
+    assert waiting.denied == [("", "secrets", "get")]
 
 
 def test_the_csi_plugin_may_read_records_and_node_health_at_stage(docs: list[dict[str, Any]]) -> None:
