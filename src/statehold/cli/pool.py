@@ -1,4 +1,5 @@
-"""``statehold pool create|get|describe|import|export|delete``: the node's disk pools."""
+"""``statehold pool create|get|describe|import|export|delete|thresholds``: the node's disk
+pools."""
 
 from __future__ import annotations
 
@@ -27,9 +28,11 @@ if TYPE_CHECKING:
 
 
 def pool_view(p: Pool) -> dict[str, Any]:
-    """What ``get -o json`` shows for a pool: its name, mount point and capacity."""
-    c = p.capacity()
+    """What ``get -o json`` shows for a pool: its name, mount point, capacity and how full
+    it is against its marks."""
     info = p.describe()
+    c = p.capacity()
+    space = info.get("space", {})
     return {
         "name": p.name,
         "uuid": info.get("uuid"),
@@ -44,6 +47,12 @@ def pool_view(p: Pool) -> dict[str, Any]:
             "free": c.free,
             "allocatable": c.allocatable,
             "overprovisionRatio": c.overprovision_ratio,
+        },
+        "space": {
+            "level": space.get("level"),
+            "usedPercent": space.get("used_percent"),
+            "warningPercent": space.get("warning"),
+            "criticalPercent": space.get("critical"),
         },
     }
 
@@ -60,6 +69,9 @@ WIDE = [
     ("PROFILE", lambda v: v["profile"] or "-"),
     ("ALLOCATABLE", lambda v: human(v["capacity"]["allocatable"])),
     ("RATIO", lambda v: f"{v['capacity']['overprovisionRatio']:g}"),
+    ("SPACE", lambda v: str(v["space"]["level"])),
+    ("USED%", lambda v: f"{v['space']['usedPercent']:g}"),
+    ("MARKS", lambda v: f"{v['space']['warningPercent']:g}/{v['space']['criticalPercent']:g}"),
     ("MOUNTPOINT", lambda v: v["mountpoint"]),
 ]
 
@@ -129,7 +141,7 @@ def describe_cmd(
         v = pool_view(p)
         vols = [f"{x.name}  {human(x.size)}  {x.mode.value}" for x in p.list_volumes()]
         snaps = [f"{s.name}  (of {s.source_volume})" for s in p.list_snapshots()]
-    c = v["capacity"]
+    c, sp = v["capacity"], v["space"]
     describe(
         [
             ("Name", name),
@@ -143,6 +155,9 @@ def describe_cmd(
             ("Free", human(c["free"])),
             ("Allocatable", human(c["allocatable"])),
             ("Overprovision ratio", f"{c['overprovisionRatio']:g}"),
+            ("Space", f"{sp['level']} ({sp['usedPercent']:g} % used; warning at "
+                      f"{sp['warningPercent']:g} %, critical at {sp['criticalPercent']:g} %: "
+                      "new volumes, clones and snapshots are refused from there)"),
             ("Volumes", vols),
             ("Snapshots", snaps),
         ],
@@ -205,6 +220,29 @@ def delete(
     done("pool", name, "deleted")
 
 
+def thresholds(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Pool name."),
+    warning: float | None = typer.Option(None, "--warning", help="Percent used that warns."),
+    critical: float | None = typer.Option(
+        None, "--critical", help="Percent used from which new volumes, clones and snapshots "
+        "are refused."),
+    home: Path | None = HomeOption,
+) -> None:
+    """Show or set how full the pool may get (kept in the pool; in a cluster the StoragePool's
+    spec.thresholds set them)."""
+    with node(ctx, home) as n:
+        p = n.pool(name)
+        if warning is not None or critical is not None:
+            now = p.thresholds()
+            p.set_thresholds(now.warning if warning is None else warning,
+                             now.critical if critical is None else critical)
+        space = p.space()
+    typer.echo(f"pool/{name}: warning at {space.thresholds.warning:g} %, critical at "
+               f"{space.thresholds.critical:g} %; now {space.used_percent:.1f} % used "
+               f"({space.level.value})")
+
+
 def register(app: typer.Typer) -> None:
     """Add ``statehold pool ...`` to app."""
     sub = typer.Typer(help="Disk pools of this node.", no_args_is_help=True)
@@ -214,4 +252,5 @@ def register(app: typer.Typer) -> None:
     sub.command("import")(import_cmd)
     sub.command("export")(export_cmd)
     sub.command("delete")(delete)
+    sub.command("thresholds")(thresholds)
     app.add_typer(sub, name="pool")

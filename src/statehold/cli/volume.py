@@ -1,9 +1,10 @@
 """``statehold volume ...``: thin volumes of a pool (create, get, describe, delete, expand,
-attach, detach, mount, unmount, clone, limits)."""
+attach, detach, mount, unmount, clone, limits, trim)."""
 
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 
 import typer
@@ -26,6 +27,7 @@ from statehold.cli.output import (
     size_arg,
 )
 from statehold.engine import qos
+from statehold.engine import trim as trimming
 from statehold.engine.node import Node
 from statehold.engine.throttle import Throttle
 from statehold.engine.types import FsType, Snapshot, Source, SourceKind, Volume, VolumeMode
@@ -84,6 +86,9 @@ def create(
     from_snapshot: str | None = typer.Option(None, "--from-snapshot", help="Clone a snapshot."),
     from_volume: str | None = typer.Option(None, "--from-volume", help="Clone a volume."),
     label: list[str] = typer.Option([], "--label", "-l", help="key=value; repeat for several."),
+    trim_schedule: str = typer.Option(
+        "", "--trim-schedule", help="Cron line (UTC), e.g. '0 3 * * 0': trim the mounted "
+        "filesystem at each slot (`volume trim --due` or the CSI node plugin runs it)."),
     pool: str | None = PoolOption,
     home: Path | None = HomeOption,
     output: Format = OutputOption,
@@ -93,6 +98,9 @@ def create(
         nbytes = size_arg(size)
         labels = _labels(label)
         source = _source(from_snapshot, from_volume)
+        if trim_schedule and mode is VolumeMode.BLOCK:
+            raise InvalidArgument("--trim-schedule is for filesystem volumes")
+        labels.update(trimming.schedule_labels({trimming.SCHEDULE_PARAMETER: trim_schedule}))
     with node(ctx, home) as n:
         p = pick_pool(n, pool)
         existed = any(v.name == name for v in p.list_volumes())
@@ -159,6 +167,8 @@ def describe_cmd(
         v = p.get_volume(name)
         snaps = [f"{s.name}  {human(s.size)}  {age(s.created_at)}" for s in p.list_snapshots(name)]
         limits, throttled = _limits_rows(n, v)
+        held = p.volume_space(name)
+        last = p.last_trim(name)
     describe(
         [
             ("Name", v.name),
@@ -173,6 +183,11 @@ def describe_cmd(
             ("Source", f"{v.source.kind.value}/{v.source.name}" if v.source else None),
             ("Labels", [f"{k}={val}" for k, val in sorted(v.labels.items())]),
             ("Backing file", str(v.path)),
+            ("In the pool", f"{human(held.allocated)}: {human(held.exclusive)} its own, "
+                            f"{human(held.shared)} shared with snapshots or clones"),
+            ("Trim schedule", v.labels.get(trimming.SCHEDULE_LABEL) or "none"),
+            ("Last trim", f"{age(last.last)} ago, gave back {human(last.released)}" if last
+             else "never"),
             ("I/O limits", limits),
             ("Throttle", throttled),
             ("Snapshots", snaps),
@@ -331,13 +346,54 @@ def unmount(
     done("volume", name, f"unmounted from {target.resolve()}")
 
 
+def trim(
+    ctx: typer.Context,
+    name: str | None = typer.Argument(None, help="Volume name (or --all, or --due)."),
+    all_: bool = typer.Option(False, "--all", help="Every mounted filesystem volume."),
+    due: bool = typer.Option(False, "--due", help="The volumes whose --trim-schedule (or "
+                             "StorageClass trimSchedule) has a slot since their last trim: "
+                             "for a systemd timer or cron job on a standalone host."),
+    pool: str | None = PoolOption,
+    home: Path | None = HomeOption,
+) -> None:
+    """Give the space of deleted files back to the pool: discard a mounted volume's free
+    blocks (FITRIM), which punches holes in its backing file. Snapshots keep what they share."""
+    with failures():
+        if sum([bool(name), all_, due]) != 1:
+            raise InvalidArgument("give a volume name, --all or --due")
+    results: list[trimming.TrimResult] = []
+    problems: list[str] = []
+    with node(ctx, home) as n:
+        if name:
+            results.append(pool_holding(n, pool, name).trim(name))
+        elif due:
+            for out in trimming.run_due(list(listed_pools(n, pool)), time.time()):
+                if out.result is not None:
+                    results.append(out.result)
+                else:
+                    problems.append(f"volume/{out.volume.split('/', 1)[1]}: "
+                                    f"{out.skipped or out.error}")
+        else:
+            for p in listed_pools(n, pool):
+                for v in p.list_volumes():
+                    if v.fs is not None and v.mounts:
+                        results.append(p.trim(v.name))
+    for r in results:
+        typer.echo(f"volume/{r.volume.split('/', 1)[1]} trimmed at {r.target}: gave back "
+                   f"{human(r.released)} to the pool ({human(r.allocated_after)} held now)")
+    for line in problems:
+        typer.echo(line, err=True)
+    if not results and not problems:
+        typer.echo("nothing to trim", err=True)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``statehold volume ...`` to app."""
     sub = typer.Typer(help="Thin volumes of a pool.", no_args_is_help=True)
     for cmd_name, fn in (
         ("create", create), ("get", get), ("describe", describe_cmd), ("delete", delete),
         ("expand", expand), ("attach", attach), ("detach", detach), ("mount", mount),
-        ("unmount", unmount), ("clone", clone), ("limits", limits),
+        ("unmount", unmount), ("clone", clone), ("limits", limits), ("trim", trim),
     ):
         sub.command(cmd_name)(fn)
     app.add_typer(sub, name="volume")
