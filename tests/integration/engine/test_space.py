@@ -18,6 +18,7 @@ import pytest
 
 from statehold.engine import loop, trim
 from statehold.engine.capacity import Level
+from statehold.engine.node import Node
 from statehold.engine.pool import Pool
 from statehold.engine.types import FsType, MiB, Source, SourceKind, VolumeMode
 from statehold.errors import FailedPrecondition, InvalidArgument, OutOfCapacity
@@ -136,7 +137,7 @@ def test_snapshot_exclusive_bytes_are_what_was_overwritten_since(pool: Pool) -> 
 
 
 def test_above_the_critical_mark_new_volumes_clones_and_snapshots_are_refused(
-        pool: Pool) -> None:
+        node: Node, pool: Pool) -> None:
     pool.create_volume("data", 512 * MiB, mode=VolumeMode.BLOCK, fs=None)
     write_device(pool.attach("data"), 0, 128 * MiB, seed=3)
     pool.create_snapshot("data", "keep")
@@ -154,6 +155,7 @@ def test_above_the_critical_mark_new_volumes_clones_and_snapshots_are_refused(
         lambda: pool.create_volume("copy", 512 * MiB, mode=VolumeMode.BLOCK, fs=None,
                                    source=Source(SourceKind.SNAPSHOT, "keep")),
         lambda: pool.create_snapshot("data", "another"),
+        lambda: node.snapshot_group("group", [("test", "data", "group-data")]),
     ]
     for attempt in refusals:
         with pytest.raises(OutOfCapacity, match="critical mark") as caught:
