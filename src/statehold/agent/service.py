@@ -103,12 +103,17 @@ def _replica(r: ReplicaReport) -> pb.ReplicaStatus:
                             sent_bytes=r.sent_bytes, last_error=r.last_error)
 
 
-def engine_pools(copies: Copies) -> PoolExports | None:
-    """The pools behind ``copies`` when they are the engine's (None for a copies port
-    without pools: ExportPool is then refused)."""
+def engine_pools(copies: object) -> PoolExports | None:
+    """The pools behind ``copies`` when they are the engine's, through the wrappers that
+    expose what they wrap as ``inner`` (``agent.fencing``); None for a copies port without
+    pools (ExportPool is then refused)."""
     from statehold.agent.engine_copies import EngineCopies
 
-    return EnginePools(copies.node) if isinstance(copies, EngineCopies) else None
+    for _ in range(8):
+        if isinstance(copies, EngineCopies):
+            return EnginePools(copies.node)
+        copies = getattr(copies, "inner", None)
+    return None
 
 
 class AgentServicer(agent_pb2_grpc.AgentServicer):

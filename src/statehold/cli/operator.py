@@ -126,6 +126,10 @@ def run(ctx: typer.Context,
         replication_interval: float = typer.Option(
             10.0, "--replication-interval", min=1.0,
             help="Seconds between two passes over every replicated volume."),
+        move_on_cordon: bool = typer.Option(
+            True, "--move-on-cordon/--no-move-on-cordon",
+            help="Role cluster: a cordon or drain of a replicated volume's primary node moves "
+            "the primary to its newest replica on a schedulable node (docs/replication.md)."),
         metrics_address: str = typer.Option(
             "", "--metrics-address", help="IP:PORT for Prometheus metrics (docs/metrics.md); "
             "empty: off."),
@@ -168,8 +172,10 @@ def run(ctx: typer.Context,
             tickers = op.node_tickers(kube, engine, node_name, metrics=metrics)
         elif replication:
             fleet, certificates = replication_wiring(kube, agent_namespace, agent_port)
-            registry = op.cluster_registry(kube, agents=fleet, metrics=metrics)
+            registry = op.cluster_registry(kube, agents=fleet, metrics=metrics,
+                                           move_on_cordon=move_on_cordon)
             tickers = [*op.cluster_tickers(kube, agents=fleet, metrics=metrics,
+                                           move_on_cordon=move_on_cordon,
                                            replication_interval=replication_interval),
                        certificates]
         else:

@@ -15,7 +15,8 @@ Two roles, one process each:
   and the cluster half of VolumeBackups, VolumeRestores, StatefulSetBackups and
   StatefulSetRestores (checks, then pin to a node);
   given the node agents' port (``agents``), ReplicatedVolumes too, on changes and on a
-  ticker that also watches Node health for out-of-service failover.
+  ticker that also reads Node health: out-of-service failover, and moves on cordon (the
+  ticker's pass reads every Node, so no Node watch is needed).
 
 Periodic work (pool capacity every minute, schedule and gc-schedule ticks every 30 s, each
 agent's look for a gc requested of it every 30 s) runs in plain threads
@@ -144,13 +145,15 @@ def node_registry(kube: Kube, node: Node, node_name: str, now: Clock = utcnow,
 
 def cluster_registry(kube: Kube, now: Clock = utcnow,
                      agents: Agents | None = None,
-                     metrics: OperatorMetrics | None = None) -> kopf_runtime.Registry:
+                     metrics: OperatorMetrics | None = None, *,
+                     move_on_cordon: bool = True) -> kopf_runtime.Registry:
     reg = kopf_runtime.new_registry()
     handler = functools.partial(_handler, metrics=metrics)
     if agents is not None:  # replicated volumes need the node agents (replication.py)
         kopf_runtime.on_changes(reg, REPLICATED_VOLUME, handler(
             kube, REPLICATED_VOLUME,
-            lambda o: replication.reconcile_volume(kube, agents, o, now)[0]), id="replication")
+            lambda o: replication.reconcile_volume(
+                kube, agents, o, now, move_on_cordon=move_on_cordon)[0]), id="replication")
     target = handler(kube, BACKUP_TARGET, lambda o: target_status.reconcile_target(kube, o, now))
     kopf_runtime.on_changes(reg, BACKUP_TARGET, target, id="target")
     sched = handler(kube, BACKUP_SCHEDULE, lambda o: schedules.reconcile_schedule(kube, o, now))
@@ -233,7 +236,8 @@ def node_tickers(kube: Kube, node: Node, node_name: str, now: Clock = utcnow, *,
 def cluster_tickers(kube: Kube, now: Clock = utcnow, *, schedule_interval: float = 30.0,
                     agents: Agents | None = None,
                     replication_interval: float = 10.0,
-                    metrics: OperatorMetrics | None = None) -> list[Ticker]:
+                    metrics: OperatorMetrics | None = None,
+                    move_on_cordon: bool = True) -> list[Ticker]:
     """Every BackupSchedule, and every BackupTarget's gc schedule, so slots come due without
     a change to the object; with the agents, every replicated volume (records for new PVs,
     Node health for failover)."""
@@ -243,7 +247,8 @@ def cluster_tickers(kube: Kube, now: Clock = utcnow, *, schedule_interval: float
         Ticker("gc-schedules", schedule_interval, lambda: target_gc.tick_all(kube, now))]
     if agents is not None:
         tickers.append(Ticker("replication", replication_interval,
-                              lambda: log_results(replication.replication_pass(kube, agents, now))))
+                              lambda: log_results(replication.replication_pass(
+                                  kube, agents, now, move_on_cordon=move_on_cordon))))
     return tickers
 
 
