@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from statehold.backup.store import ObjectInfo, check_key
+from statehold.backup.store import ObjectInfo, check_key, check_range
 from statehold.engine.files import fsync_dir
 from statehold.errors import NotFound, OutOfCapacity, PermissionDenied, StateholdError, Unavailable
 
@@ -146,6 +146,28 @@ class DirectoryStore:
                 return f.read()
         except OSError as exc:
             raise _translate(exc, f"object {key} in {self.describe()}") from exc
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        check_range(offset, length)
+        path = self._path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _translate(exc, f"object {key} in {self.describe()}") from exc
+        try:
+            parts = []
+            got = 0
+            while got < length:
+                piece = os.pread(fd, length - got, offset + got)
+                if not piece:
+                    break
+                parts.append(piece)
+                got += len(piece)
+            return b"".join(parts)
+        except OSError as exc:
+            raise _translate(exc, f"object {key} in {self.describe()}") from exc
+        finally:
+            os.close(fd)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

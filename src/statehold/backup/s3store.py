@@ -21,7 +21,7 @@ import botocore.config
 import botocore.exceptions
 
 from statehold.backup.retry import Backoff, TransientError
-from statehold.backup.store import ObjectInfo, check_key
+from statehold.backup.store import ObjectInfo, check_key, check_range
 from statehold.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 
 T = TypeVar("T")
@@ -177,6 +177,25 @@ class S3Store:
             return data
 
         return self._call(f"get {key}", fetch)
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        check_range(offset, length)
+        full = self._key(key)
+        span = f"bytes={offset}-{offset + length - 1}"
+
+        def fetch() -> bytes:
+            try:
+                resp = self._client.get_object(Bucket=self.config.bucket, Key=full, Range=span)
+            except botocore.exceptions.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                    return b""  # the range starts past the end: nothing there (the contract)
+                raise
+            data: bytes = resp["Body"].read()
+            if not resp.get("ContentRange"):  # a server that ignored Range sent it all
+                return data[offset : offset + length]
+            return data[:length]
+
+        return self._call(f"get {key} [{offset}+{length}]", fetch)
 
     def exists(self, key: str) -> bool:
         full = self._key(key)

@@ -5,6 +5,9 @@ Contract (every implementation, and the shared suite in tests/integration/backup
 - ``put(key, data)`` is atomic and idempotent: readers see no object or all of ``data``;
   when it returns the object is durable. Re-putting a key replaces it atomically.
 - ``get(key)`` returns the whole object; a missing key raises :class:`NotFound`.
+- ``get_range(key, offset, length)`` returns bytes ``[offset, min(offset+length, size))`` in
+  one request (empty past the end); a missing key raises :class:`NotFound`. Format 2
+  reads several chunks of a pack with one call.
 - ``list(prefix)`` yields :class:`ObjectInfo` for every key starting with ``prefix`` that was
   completely put before the call started; order unspecified.
 - ``delete(key)`` is idempotent (a missing key is fine). ``exists(key)`` never raises
@@ -45,6 +48,8 @@ class Store(Protocol):
 
     def get(self, key: str) -> bytes: ...
 
+    def get_range(self, key: str, offset: int, length: int) -> bytes: ...
+
     def exists(self, key: str) -> bool: ...
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
@@ -80,6 +85,12 @@ def check_key(key: str) -> str:
     return key
 
 
+def check_range(offset: int, length: int) -> None:
+    """A range is a non-negative offset and a positive length."""
+    if offset < 0 or length <= 0:
+        raise InvalidArgument(f"invalid range: offset {offset}, length {length}")
+
+
 class MemoryStore:
     """An in-process store: the reference implementation of the contract, for tests."""
 
@@ -99,6 +110,10 @@ class MemoryStore:
                 return self._objects[key][0]
             except KeyError:
                 raise NotFound(f"object {key} not found in {self.describe()}") from None
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        check_range(offset, length)
+        return self.get(key)[offset : offset + length]
 
     def exists(self, key: str) -> bool:
         check_key(key)

@@ -171,3 +171,23 @@ def test_s3_server_errors_are_retried_then_succeed() -> None:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def test_get_range_returns_the_bytes_asked_for_in_one_call(store: Store) -> None:
+    data = os.urandom(3 << 20)
+    store.put("packs/ab/abcd", data)
+    assert store.get_range("packs/ab/abcd", 0, 10) == data[:10]
+    assert store.get_range("packs/ab/abcd", 1 << 20, 5000) == data[1 << 20 : (1 << 20) + 5000]
+    assert store.get_range("packs/ab/abcd", len(data) - 7, 7) == data[-7:]
+    assert store.get_range("packs/ab/abcd", 0, len(data)) == data
+
+
+def test_get_range_past_the_end_is_cut_short_and_a_missing_key_is_not_found(store: Store) -> None:
+    store.put("packs/ab/short", b"0123456789")
+    assert store.get_range("packs/ab/short", 6, 100) == b"6789"
+    assert store.get_range("packs/ab/short", 10, 5) == b""
+    assert store.get_range("packs/ab/short", 50, 5) == b""
+    with pytest.raises(NotFound):
+        store.get_range("packs/ab/missing", 0, 4)
+    with pytest.raises(InvalidArgument):
+        store.get_range("packs/ab/short", -1, 4)
