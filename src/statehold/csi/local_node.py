@@ -40,7 +40,15 @@ from statehold.engine.mounts import Mount
 from statehold.engine.pool import Pool
 from statehold.engine.safepath import Handle
 from statehold.engine.types import Volume, VolumeMode
-from statehold.errors import AlreadyExists, CommandError, FailedPrecondition, InvalidArgument, NotFound
+from statehold.errors import (
+    AlreadyExists,
+    CommandError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    StateholdError,
+)
+from statehold.replication.state import Role, StateStore
 
 log = logging.getLogger("statehold.csi")
 
@@ -109,7 +117,7 @@ def owned(vol: Volume) -> node_mounts.Owned:
     def test(handle: Handle, entry: Mount) -> bool:
         if mounts.backing_of(handle, entry) != backing:
             return False
-        return stat.S_ISBLK(handle.stat().st_mode) == (vol.mode is VolumeMode.BLOCK)
+        return mounts.shows_device(handle) == (vol.mode is VolumeMode.BLOCK)
 
     return test
 
@@ -204,9 +212,19 @@ def unstage(pool: Pool, vol: Volume, staging: Path, site: NodeSite) -> None:
     if fresh.mounts:
         return  # still published or mounted elsewhere: the filesystem is still up
     pool.detach(vol.name)
-    if unmounted and device is not None:
+    if unmounted and device is not None and not _fenced(pool, vol):
         _report_failure(vol, device, staging, site.conditions)
     refuse_until_repaired(vol, site.conditions)
+
+
+def _fenced(pool: Pool, vol: Volume) -> bool:
+    """A replicated copy fenced by a newer epoch (stale) had its filesystem shut down on
+    purpose, so that a surviving writer stopped (engine/readonly.py); it is resynced before
+    it serves again, so that shutdown is not a failure to record."""
+    try:
+        return StateStore(pool.meta_dir).load(vol.name).role is Role.STALE
+    except StateholdError:
+        return False
 
 
 def _report_failure(vol: Volume, device: str, staging: Path, conditions: Conditions) -> None:

@@ -280,6 +280,18 @@ def loop_backing(device: int | str) -> str | None:
     return text or None
 
 
+def shows_device(handle: Handle) -> bool:
+    """Is ``handle`` a device node (a block publication)? A filesystem shut down (a fenced
+    copy's seal, engine/readonly.py) answers even ``fstat`` of its root with EIO: it is a
+    filesystem, not a device node, and must still be recognised to be unmounted."""
+    try:
+        return stat.S_ISBLK(handle.stat().st_mode)
+    except OSError as exc:
+        if exc.errno == errno.EIO:
+            return False
+        raise
+
+
 def backing_of(handle: Handle, entry: Mount) -> str | None:
     """The loop backing file of what ``handle`` (the root of mount ``entry``) shows: a
     device node bound there (a block publication), or the filesystem mounted there.
@@ -287,9 +299,8 @@ def backing_of(handle: Handle, entry: Mount) -> str | None:
     The filesystem's device comes from the kernel (mountinfo's ``major:minor``); btrfs
     reports an anonymous device there, so for btrfs the source device is used — its mount
     opened that very device, so unlike a ``tmpfs`` it cannot name another one."""
-    st = handle.stat()
-    if stat.S_ISBLK(st.st_mode):
-        return loop_backing(st.st_rdev)
+    if shows_device(handle):
+        return loop_backing(handle.stat().st_rdev)
     found = loop_backing(entry.device)
     if found is None and entry.fstype == "btrfs" and entry.source.startswith("/dev/"):
         try:
