@@ -8,10 +8,10 @@ deletes them (format §9). In a cluster, gc runs on the target's own cron schedu
   created when ``spec.gc`` is added later, collapse into one), it chooses one node agent
   (a node with a Ready StoragePool or our CSI driver, the same one while it stays) and
   writes the request into ``status.gc``: ``phase: Pending``, ``node``, ``scheduledTime``.
-  The operator cannot do it itself: a directory target is mounted on the nodes only. Missed slots collapse into
-  one; a slot that finds the previous run still Pending or Running is skipped, unless that
-  run looks abandoned (:data:`PENDING_STALE`, :data:`RUNNING_STALE`): then it goes to a
-  node again.
+  The operator cannot do it itself: a directory target is mounted on the nodes only.
+  Missed slots collapse into one; a slot that finds the previous run still Pending or
+  Running is skipped, unless that run looks abandoned (:data:`PENDING_STALE`,
+  :data:`RUNNING_STALE`): then it goes to a node again.
 * **Node side** (:func:`gc_pass`, every agent, every 30 s): the agent named by a Pending
   (or, after a restart, Running) request runs :func:`statehold.backup.collecting.gc`,
   which holds the repository's exclusive lock, so it never runs beside a backup, a
