@@ -115,6 +115,15 @@ def serve(
                                           envvar="STATEHOLD_AGENT_PAUSE_DIR",
                                           help="Tests only: directory of pause points."),
     grace: float = typer.Option(5.0, help="Seconds in-flight calls get on shutdown."),
+    cluster: bool | None = typer.Option(
+        None, "--cluster/--standalone",
+        help="Compare this node's primaries with the cluster's ReplicatedVolume records at start, "
+        "before serving, and then every --record-check-interval: only a primary the record "
+        "confirms is replicated, one it does not name is fenced (stale), and a fenced copy "
+        "still in use here is made read-only (docs/design/replication.md §8.4). Default: on "
+        "with --certs-secret-namespace; uses --kubeconfig, else in-cluster credentials."),
+    record_interval: float = typer.Option(30.0, "--record-check-interval", min=0.1,
+                                          help="Seconds between two comparisons with the records."),
 ) -> None:
     """Serve this node's agent: the agent API for the controller and the other agents, and
     the replication of this node's primary volumes to their replicas."""
@@ -154,7 +163,13 @@ def serve(
             node=node_name, listen=listen, bundle=bundle,
             home=home_dir(ctx, home, create=True), interval=interval,
             checkpoint=size_arg(checkpoint) if checkpoint != "0" else 0,
-            metrics_listen=metrics_listen, pause_dir=pause_dir)
+            metrics_listen=metrics_listen, pause_dir=pause_dir, record_interval=record_interval)
+        records = None
+        if cluster if cluster is not None else certs_secret_namespace is not None:
+            from statehold.agent.fencing import kube_records
+            from statehold.kube.client import ApiKube
+
+            records = kube_records(kube if kube is not None else ApiKube.connect(kubeconfig))
         replicas: dict[VolumeRef, tuple[Peer, ...]] = {}
         for spec in replica:
             name, sep, listed = spec.partition("=")
@@ -162,7 +177,8 @@ def serve(
                 raise InvalidArgument(f"--replica {spec!r} must be VOLUME=NODE@IP:PORT[,...]")
             replicas[VolumeRef.parse(name)] = tuple(Peer.parse(p) for p in listed.split(",") if p)
         node = Node(config.home)
-        server = AgentServer(config, EngineCopies(node, checkpoint=config.checkpoint or None))
+        server = AgentServer(config, EngineCopies(node, checkpoint=config.checkpoint or None),
+                             records=records)
         server.replicator.metrics.registry.register(  # the volumes' I/O limits (docs/qos.md)
             QosCollector(node.pools, Throttle.for_home(node.home), Overrides(node.home)))
         for volume, peers in replicas.items():

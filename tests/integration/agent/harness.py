@@ -10,6 +10,7 @@ import json
 import os
 import random
 import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,3 +172,48 @@ def sha256(path: Path) -> str:
         while chunk := f.read(4 * MiB):
             h.update(chunk)
     return h.hexdigest()
+
+
+# -- agents that read the cluster's records (issue 12) -----------------------------------------
+KUBE_PORT = 16443
+"""Where a node's relay to the test's API server listens, on the node's own 127.0.0.1."""
+
+
+def kube_relay(cluster: Cluster, node: NetNode, socket_file: Path) -> subprocess.Popen[bytes]:
+    """In ``node``'s namespace, 127.0.0.1:KUBE_PORT forwarded to ``socket_file`` (which the
+    test process serves, ``relay.UnixRelay``); returns once the port accepts."""
+    root = str(Path(__file__).resolve().parents[3])
+    proc = cluster.spawn(node, [sys.executable, "-m", "tests.integration.agent.relay",
+                                str(KUBE_PORT), str(socket_file)],
+                         env={"PYTHONPATH": root}, log=node.home.parent / "kube-relay.log")
+    probe = [sys.executable, "-c", "import socket,sys; socket.create_connection(('127.0.0.1', "
+             f"{KUBE_PORT}), 2).close()"]
+    wait_for(lambda: cluster.run(node, probe, check=False).returncode == 0, 60,
+             f"the API relay on {node.name}")
+    return proc
+
+
+def write_kubeconfig(path: Path, port: int = KUBE_PORT) -> Path:
+    """A kubeconfig naming http://127.0.0.1:<port> (a node's relay) with a dummy token."""
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "relay",
+        "clusters": [{"name": "relay", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+        "users": [{"name": "agent", "user": {"token": "t"}}],
+        "contexts": [{"name": "relay", "context": {"cluster": "relay", "user": "agent"}}]}))
+    return path
+
+
+def start_cluster_agent(agents: Agents, node: NetNode, kubeconfig: Path, *,
+                        interval: float = 1.0, record_interval: float = 1.0) -> subprocess.Popen[bytes]:
+    """``statehold agent serve --cluster``: as :meth:`Agents.start`, reading the records
+    through ``kubeconfig`` (at start, before serving, then every ``record_interval`` s)."""
+    argv = [STATEHOLD, "agent", "serve", "--listen", agents.address(node), "--certs",
+            str(agents.certs(node)), "--home", str(node.home), "--node-name", node.name,
+            "--interval", str(interval), "--pause-dir", str(agents.pause_dir(node)), "--grace", "0",
+            "--cluster", "--kubeconfig", str(kubeconfig),
+            "--record-check-interval", str(record_interval)]
+    proc = agents.cluster.spawn(node, argv, env={"STATEHOLD_LOG_LEVEL": "INFO"},
+                                log=node.home.parent / "agent.log")
+    agents.procs[node.name] = proc
+    wait_for(lambda: agents.ask(node, "ping", check=False)[0] == 0, 60, f"agent on {node.name}")
+    return proc
