@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from statehold.engine import readonly
+from statehold.engine import loop, readonly
 from statehold.engine.pool import Pool
 from statehold.engine.types import FsType, VolumeMode
 
@@ -99,3 +99,26 @@ def test_a_block_writer_is_refused(pool: Pool) -> None:
     assert pool.get_volume("v").path.read_bytes()[:4096] == b"a" * 4096
     pool.detach("v")
     readonly.set_device_readonly(device, False)
+
+
+def test_the_next_attach_of_a_sealed_loop_device_is_writable(pool: Pool) -> None:
+    pool.create_volume("v", 64 * MiB, mode=VolumeMode.BLOCK)
+    device = pool.attach("v")
+    readonly.seal(device)
+    pool.detach("v")
+    assert readonly.device_readonly(device)  # the kernel keeps the flag on the free device
+    path = pool.get_volume("v").path
+    again = loop.attach(path)  # clears it on whichever device it gets
+    try:
+        assert not readonly.device_readonly(again)
+        fd = os.open(again, os.O_WRONLY)
+        try:
+            os.pwrite(fd, b"c" * 4096, 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        loop.detach(again)
+    if again != device:  # another device was free first: clear the flag left on ours
+        readonly.set_device_readonly(device, False)
+    assert path.read_bytes()[:4096] == b"c" * 4096
