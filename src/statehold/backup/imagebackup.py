@@ -14,11 +14,11 @@ import os
 import socket
 import time
 from array import array
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from statehold.backup import extents
+from statehold.backup import chunkstore, extents
 from statehold.backup.locks import Lock
 from statehold.backup.manifest import Manifest, Stats
 from statehold.backup.pipeline import COMMIT_EVERY, FaultHook, Progress, run_pipeline
@@ -72,7 +72,7 @@ def plan(size: int, chunk_size: int, data: list[tuple[int, int]],
     return Plan(sorted(i for i in with_data if i in touched), copied)
 
 
-def keep_only_stored(p: Plan, known: set[bytes]) -> Plan:
+def keep_only_stored(p: Plan, known: Container[bytes]) -> Plan:
     """Copy from the parent only entries whose chunk is in the store now (listed under the
     lock, so gc cannot take it before the manifest names it); read the others again. A
     chunk the parent names can be gone: quarantined as damaged, or collected after the
@@ -89,9 +89,10 @@ def create_backup(repo: Repository, image: Path, *, volume: str, parent: Parent 
                   snapshot: str | None = None, labels: Mapping[str, str] | None = None,
                   workers: int | None = None, progress: Progress | None = None,
                   fault: FaultHook | None = None, lock_ttl: float = 30 * 60.0,
-                  commit_every: int = COMMIT_EVERY, origin: str = "") -> Manifest:
+                  commit_every: int = COMMIT_EVERY, origin: str = "", uploads: int = 4) -> Manifest:
     """Back up ``image`` (a snapshot's backing file) and return the committed manifest
-    (``origin``: who asked for it, recorded for retention, format §6.2)."""
+    (``origin``: who asked for it, recorded for retention, format §6.2; ``uploads``: format
+    2 packs being put at once)."""
     if not volume:
         raise InvalidArgument("a backup needs the volume name it belongs to")
     cs = repo.chunk_size
@@ -104,7 +105,7 @@ def create_backup(repo: Repository, image: Path, *, volume: str, parent: Parent 
     try:
         size = os.fstat(fd).st_size
         with Lock(repo, "shared", ttl=lock_ttl) as lock:
-            known = repo.known_chunks()  # after the lock: gc cannot remove them now
+            known = chunkstore.known_chunks(repo)  # after the lock: gc cannot remove them now
             usable = parent if parent is not None and _usable(parent, cs, volume) else None
             changed = extents.changed_ranges(usable.path, image) if usable is not None else None
             p = keep_only_stored(plan(size, cs, extents.data_ranges(image), changed,
@@ -115,8 +116,13 @@ def create_backup(repo: Repository, image: Path, *, volume: str, parent: Parent 
             # CPU-bound stages want ~2 threads per core; a remote store wants enough requests
             # in flight to hide its latency (the store says how many it can take)
             nworkers = workers or max(4, 2 * (os.cpu_count() or 2), getattr(repo.store, "parallelism", 0))
-            res = run_pipeline(repo, fd, size, p.read, total=total, known=known, workers=nworkers,
-                               progress=progress, fault=fault, commit_every=commit_every)
+            sink = chunkstore.open_sink(repo, known, commit_every=commit_every, fault=fault, uploads=uploads)
+            try:
+                res = run_pipeline(repo, fd, size, p.read, total=total, sink=sink, workers=nworkers,
+                                   progress=progress, fault=fault)
+                sink.finish()  # every chunk stored and findable before the manifest (format §7, §11.5)
+            finally:
+                sink.close()
             ids = dict(p.copied)
             ids.update(res.ids)
             offsets: array[int] = array("Q")

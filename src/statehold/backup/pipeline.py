@@ -1,10 +1,13 @@
-"""The parallel chunk pipeline: read -> hash -> (skip zero / known) -> compress+encrypt -> put.
+"""The parallel chunk pipeline: read -> hash -> (skip zero / known) -> compress+encrypt -> store.
 
 One reader (the calling thread) fills chunk buffers taken from a fixed pool with
-``os.preadv``; worker threads hash, encode and upload. The buffer pool bounds memory: the
-reader blocks when every buffer is in flight, so memory is ``(workers + 2) * chunk_size``
-plus the encoded blobs being uploaded, whatever the image size. BLAKE3, zstd, AES-GCM and
-file/socket I/O release the GIL, so the workers really run in parallel.
+``os.preadv``; worker threads hash, encode and hand new chunks to the repository's sink
+(:mod:`.chunkstore`: one object per chunk in format 1, packs in format 2). The buffer pool
+bounds memory: the reader blocks when every buffer is in flight, and a sink that cannot
+take more (format 2: every upload slot busy) blocks the worker holding its buffer, so
+memory is ``(workers + 2) * chunk_size`` plus the sink's own bound, whatever the image
+size. BLAKE3, zstd, AES-GCM and file/socket I/O release the GIL, so the workers really run
+in parallel.
 """
 
 from __future__ import annotations
@@ -16,17 +19,18 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from statehold.backup.repository import Repository, chunk_key
-from statehold.backup.store import BatchingStore
+from statehold.backup.chunkstore import COMMIT_EVERY, ChunkSink
+from statehold.backup.packs import blob_key
+from statehold.backup.repository import Repository
 from statehold.errors import Unavailable
+
+__all__ = ["COMMIT_EVERY", "FaultHook", "PipelineResult", "Progress", "run_pipeline"]
 
 Progress = Callable[[int, int], None]
 """progress(done_bytes, total_bytes); called from worker threads, serialised by a lock."""
-COMMIT_EVERY = 256 << 20
-"""Batching stores publish staged chunks after this many stored bytes: a killed backup
-loses at most this much work (the next run reuses everything committed before)."""
 FaultHook = Callable[[str], None]
-"""fault(point) for failure tests: points are 'chunk-stored' and 'before-manifest'."""
+"""fault(point) for failure tests: points are 'chunk-stored' and 'before-manifest' (and in
+format 2 the packer's 'pack-stored' and 'index-stored')."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +44,8 @@ class PipelineResult:
 
 
 class _Shared:
-    def __init__(self, known: set[bytes], total: int, progress: Progress | None) -> None:
+    def __init__(self, total: int, progress: Progress | None) -> None:
         self.lock = threading.Lock()
-        self.known = known
-        self.pending: set[bytes] = set()
         self.ids: dict[int, bytes] = {}
         self.done = 0
         self.total = total
@@ -54,32 +56,17 @@ class _Shared:
 
 
 def run_pipeline(repo: Repository, fd: int, size: int, indices: Iterable[int], *, total: int,
-                 known: set[bytes], workers: int, progress: Progress | None = None,
-                 fault: FaultHook | None = None, commit_every: int = COMMIT_EVERY) -> PipelineResult:
-    """Back up the chunks ``indices`` (sorted) of the image open as ``fd``."""
+                 sink: ChunkSink, workers: int, progress: Progress | None = None,
+                 fault: FaultHook | None = None) -> PipelineResult:
+    """Back up the chunks ``indices`` (sorted) of the image open as ``fd`` into ``sink``;
+    the caller calls ``sink.finish()`` before its manifest."""
     cs = repo.chunk_size
     codec = repo.codec
-    st = _Shared(known, total, progress)
+    st = _Shared(total, progress)
     free: queue.Queue[bytearray] = queue.Queue()
     for _ in range(workers + 2):
         free.put(bytearray(cs))
     failure: list[BaseException] = []
-    store = repo.store
-    batching = store if isinstance(store, BatchingStore) else None
-    since_commit = [0]
-
-    def put(key: str, blob: bytes) -> None:
-        if batching is None:
-            store.put(key, blob)
-            return
-        batching.put_later(key, blob)
-        with st.lock:
-            since_commit[0] += len(blob)
-            due = since_commit[0] >= commit_every
-            if due:
-                since_commit[0] = 0
-        if due:
-            batching.commit()
 
     def work(idx: int, buf: bytearray, length: int) -> None:
         try:
@@ -89,19 +76,14 @@ def run_pipeline(repo: Repository, fd: int, size: int, indices: Iterable[int], *
             if cid != codec.zero_id(length):
                 with st.lock:
                     st.ids[idx] = cid
-                    if cid not in st.known and cid not in st.pending:
-                        st.pending.add(cid)
-                        upload = True
+                upload = sink.claim(cid)
             if upload:
-                key = chunk_key(cid)
-                blob = codec.encode(key, view)
+                blob = codec.encode(blob_key(cid), view)
                 view.release()
                 free.put(buf)
                 buf = None  # type: ignore[assignment]
-                put(key, blob)
+                sink.store(cid, blob)
                 with st.lock:
-                    st.known.add(cid)
-                    st.pending.discard(cid)
                     st.bytes_new += length
                     st.stored_new += len(blob)
                     st.chunks_new += 1
@@ -138,8 +120,6 @@ def run_pipeline(repo: Repository, fd: int, size: int, indices: Iterable[int], *
                 f.exception()  # wait for all
     if failure:
         raise failure[0]
-    if batching is not None:
-        batching.commit()  # every chunk durable and visible before the caller's manifest
     return PipelineResult(st.ids, bytes_read, st.bytes_new, st.stored_new, st.chunks_new)
 
 

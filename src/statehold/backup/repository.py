@@ -31,8 +31,11 @@ from statehold.errors import AlreadyExists, Corrupt, FailedPrecondition, Invalid
 log = logging.getLogger("statehold.backup.repository")
 
 FORMAT = "statehold-backup"
-VERSION = 1
+VERSION = 2
+"""The newest repository format this code reads and writes (format §5, §11)."""
 DEFAULT_CHUNK_SIZE = 1 << 20
+V2_CHUNK_SIZE = 256 << 10
+"""Default chunk size of a new version 2 repository (format §11.8)."""
 CONFIG_KEY = "config"
 QUARANTINE = "quarantine/"
 """Prefix a damaged object is moved under, keeping its key and bytes (format §2, §9.1)."""
@@ -62,6 +65,9 @@ class RepoConfig:
     id: str
     chunk_size: int
     created: str
+    version: int = 1
+    pack_size: int = 0
+    """Version 2: the size at which a writer seals a pack (format §11.1)."""
 
 
 DamageState = Literal["damaged", "quarantined", "unsupported"]
@@ -111,8 +117,15 @@ class Repository:
         return self.config.chunk_size
 
     @classmethod
-    def init(cls, store: Store, password: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
-             scrypt_n: int = 1 << 15) -> Repository:
+    def init(cls, store: Store, password: str, *, chunk_size: int | None = None,
+             scrypt_n: int = 1 << 15, version: int = 1, pack_size: int | None = None) -> Repository:
+        from statehold.backup.packs import DEFAULT_PACK_SIZE, check_pack_size
+
+        if version not in (1, 2):
+            raise InvalidArgument(f"repository format {version} is not 1 or 2")
+        if chunk_size is None:
+            chunk_size = V2_CHUNK_SIZE if version >= 2 else DEFAULT_CHUNK_SIZE
+        pack_size = check_pack_size(pack_size or DEFAULT_PACK_SIZE) if version >= 2 else 0
         if not password:
             raise InvalidArgument("a repository password is required (there is no default)")
         if chunk_size & (chunk_size - 1) or not (64 << 10) <= chunk_size <= (16 << 20):
@@ -127,12 +140,13 @@ class Repository:
         nonce, wrapped = wrap(derive_kek(password.encode(), params), master, repo_id)
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         doc = {
-            "format": FORMAT, "version": VERSION, "id": repo_id, "chunk_size": chunk_size,
+            "format": FORMAT, "version": version, "id": repo_id, "chunk_size": chunk_size,
+            **({"pack_size": pack_size} if version >= 2 else {}),
             "kdf": {"name": "scrypt", "n": params.n, "r": params.r, "p": params.p, "salt": _b64(params.salt)},
             "key": {"nonce": _b64(nonce), "wrapped": _b64(wrapped)}, "created": created,
         }
         store.put(CONFIG_KEY, json.dumps(doc, indent=1).encode())
-        return cls(store, RepoConfig(repo_id, chunk_size, created), master)
+        return cls(store, RepoConfig(repo_id, chunk_size, created, version, pack_size), master)
 
     @classmethod
     def open(cls, store: Store, password: str, *, level: int = 1) -> Repository:
@@ -153,7 +167,8 @@ class Repository:
             params = ScryptParams(int(kdf["n"]), int(kdf["r"]), int(kdf["p"]), base64.b64decode(kdf["salt"]))
             nonce = base64.b64decode(doc["key"]["nonce"])
             wrapped = base64.b64decode(doc["key"]["wrapped"])
-            config = RepoConfig(str(doc["id"]), int(doc["chunk_size"]), str(doc.get("created", "")))
+            config = RepoConfig(str(doc["id"]), int(doc["chunk_size"]), str(doc.get("created", "")),
+                                int(doc["version"]), int(doc.get("pack_size") or 0))
         except (ValueError, KeyError, TypeError) as exc:
             raise Corrupt(f"{store.describe()}: config does not parse: {exc}") from exc
         master = unwrap(derive_kek(password.encode(), params), nonce, wrapped, config.id)
@@ -170,6 +185,10 @@ class Repository:
 
     def read_chunk(self, cid: bytes, length: int) -> bytes:
         """A chunk's plaintext, checked against its id and expected length (Corrupt otherwise)."""
+        if self.config.version >= 2:  # in a pack, found through the index (format §11)
+            from statehold.backup import chunkstore
+
+            return chunkstore.read_chunk(self, cid, length)
         key = chunk_key(cid)
         try:
             data = self.get_blob(key)

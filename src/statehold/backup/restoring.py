@@ -1,6 +1,7 @@
 """Restoring a backup into a new file or into a fresh volume's (blank) backing file.
 
-Sparse: chunks absent from the manifest are zeros and are never written. Every chunk is
+Sparse: chunks absent from the manifest are zeros and are never written. Format 2 reads
+several chunks of a pack per request (:mod:`.packreader`), format 1 one object per chunk. Every chunk is
 decrypted, re-hashed and length-checked before it is written (``Repository.read_chunk``);
 the first mismatch stops the restore with Corrupt naming the chunk, and the target is
 removed (new file) or blanked (existing file): a restore either completes or leaves
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from statehold.backup import extents
+from statehold.backup import chunkstore, extents, packreader
 from statehold.backup.locks import Lock
 from statehold.backup.manifest import Manifest
 from statehold.backup.repository import Repository
@@ -107,10 +108,9 @@ def _write_all(repo: Repository, m: Manifest, path: Path, parallel: int, progres
         progress(0, total)
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
-        def one(off: int, cid: bytes) -> None:
+        def put(off: int, data: bytes) -> None:
             nonlocal done
-            length = m.chunk_length(off)
-            data = repo.read_chunk(cid, length)  # Corrupt / NotFound name the chunk
+            length = len(data)
             view = memoryview(data)
             pos = 0
             try:
@@ -123,22 +123,15 @@ def _write_all(repo: Repository, m: Manifest, path: Path, parallel: int, progres
                 if progress is not None:
                     progress(done, total)
 
-        window = max(2, 2 * parallel)
-        with ThreadPoolExecutor(max(1, parallel), thread_name_prefix="restore") as pool:
-            running: set[Future[None]] = set()
-            try:
-                for off, cid in m.entries():
-                    if len(running) >= window:
-                        finished, running = wait(running, return_when=FIRST_EXCEPTION)
-                        for f in finished:
-                            f.result()
-                    running.add(pool.submit(one, off, cid))
-                for f in running:
-                    f.result()
-            except BaseException:
-                for f in running:
-                    f.cancel()
-                raise
+        def one(off: int, cid: bytes) -> None:
+            put(off, repo.read_chunk(cid, m.chunk_length(off)))  # Corrupt / NotFound name the chunk
+
+        if chunkstore.packed(repo):
+            chunkstore.known_chunks(repo)  # the index cache synced under our lock
+            packreader.fetch(repo, ((cid, m.chunk_length(off), off) for off, cid in m.entries()), put,
+                             parallel=parallel)
+        else:
+            _fetch_each(m, one, parallel)
         try:
             os.fsync(fd)
         except OSError as exc:
@@ -152,3 +145,23 @@ def _write_all(repo: Repository, m: Manifest, path: Path, parallel: int, progres
     finally:
         if fd >= 0:
             os.close(fd)
+
+
+def _fetch_each(m: Manifest, one: Callable[[int, bytes], None], parallel: int) -> None:
+    """Format 1: one request per chunk, ``parallel`` at a time."""
+    window = max(2, 2 * parallel)
+    with ThreadPoolExecutor(max(1, parallel), thread_name_prefix="restore") as pool:
+        running: set[Future[None]] = set()
+        try:
+            for off, cid in m.entries():
+                if len(running) >= window:
+                    finished, running = wait(running, return_when=FIRST_EXCEPTION)
+                    for f in finished:
+                        f.result()
+                running.add(pool.submit(one, off, cid))
+            for f in running:
+                f.result()
+        except BaseException:
+            for f in running:
+                f.cancel()
+            raise

@@ -22,9 +22,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from statehold.backup import chunkstore
 from statehold.backup.locks import Lock
 from statehold.backup.manifest import Manifest, Stats
-from statehold.backup.repository import Repository, chunk_key, new_backup_id
+from statehold.backup.packs import blob_key
+from statehold.backup.repository import Repository, new_backup_id
 from statehold.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 
 log = logging.getLogger("statehold.backup.tree")
@@ -64,7 +66,8 @@ def backup_tree(repo: Repository, root: Path, *, volume: str, parent: Manifest |
     if parent is not None and parent.kind == "tree" and parent.chunk_size == cs:
         previous = {e["path"]: e for e in parent.tree or ()}
     with Lock(repo, "shared") as lock:
-        known = repo.known_chunks()
+        known = chunkstore.known_chunks(repo)
+        sink = chunkstore.open_sink(repo, known)  # format 1 objects or format 2 packs
         try:
             listing = _walk(root)
         except OSError as exc:
@@ -72,7 +75,6 @@ def backup_tree(repo: Repository, root: Path, *, volume: str, parent: Manifest |
         total = sum(st.st_size for _, st in listing if stat.S_ISREG(st.st_mode))
         state = {"done": 0, "read": 0, "new": 0, "stored": 0, "chunks_new": 0}
         mutex = threading.Lock()
-        pending: set[bytes] = set()
         slots = threading.Semaphore(2 * workers)
         entries: list[dict[str, Any]] = []
 
@@ -81,16 +83,10 @@ def backup_tree(repo: Repository, root: Path, *, volume: str, parent: Manifest |
                 cid = codec.chunk_id(data)
                 if cid == codec.zero_id(len(data)):
                     return None
-                with mutex:
-                    upload = cid not in known and cid not in pending
-                    if upload:
-                        pending.add(cid)
-                if upload:
-                    key = chunk_key(cid)
-                    blob = codec.encode(key, data)
-                    repo.store.put(key, blob)
+                if sink.claim(cid):
+                    blob = codec.encode(blob_key(cid), data)
+                    sink.store(cid, blob)
                     with mutex:
-                        known.add(cid)
                         state["new"] += len(data)
                         state["stored"] += len(blob)
                         state["chunks_new"] += 1
@@ -143,6 +139,10 @@ def backup_tree(repo: Repository, root: Path, *, volume: str, parent: Manifest |
                         chunks=sum(len(e["chunks"]) for e in entries), chunks_new=state["chunks_new"]),
             origin=origin,
         )
+        try:
+            sink.finish()  # every chunk stored and findable before the manifest
+        finally:
+            sink.close()
         lock.check_alive()
         repo.save_manifest(m)
         return m

@@ -8,6 +8,11 @@ the damaged objects it finds to ``quarantine/`` (format §9.1): damaged manifest
 ``deep`` the chunks that fail their check. A quarantined chunk is no longer known, so the
 next backup that reads the same data stores it again, and every backup naming that id
 is whole again.
+
+Format 2 (format §11.6): a chunk is present when the index names it and its pack is
+listed; deep reads go through :mod:`.packreader` (several chunks per request); damaged
+index objects are problems of their own (``index``). A corrupt chunk inside a pack is
+reported, not moved (one blob of a pack cannot be quarantined alone).
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from statehold.backup import chunkstore, packreader
 from statehold.backup.locks import Lock
+from statehold.backup.packs import PACK_PREFIX, pack_id_of
 from statehold.backup.repository import Repository, chunk_key
 from statehold.errors import Corrupt, NotFound, StateholdError
 
@@ -27,8 +34,9 @@ Progress = Callable[[int, int], None]
 @dataclass(frozen=True, slots=True)
 class Problem:
     what: str
-    """'missing' or 'corrupt' (a chunk), 'manifest' (a backup that cannot be read), or
-    'quarantined' (a backup whose manifest was moved to quarantine/)."""
+    """'missing' or 'corrupt' (a chunk), 'manifest' (a backup that cannot be read),
+    'quarantined' (a backup whose manifest was moved to quarantine/), or 'index' (format
+    2: an index object that cannot be read)."""
     name: str
     """Chunk id (hex) or backup id."""
     detail: str
@@ -76,6 +84,10 @@ def verify(repo: Repository, *, deep: bool = False, parallel: int = 8,
                     cid = bytes.fromhex(hexid)
                     users.setdefault(cid, []).append(m.backup_id)
                     lengths[cid] = min(m.chunk_size, int(entry["size"]) - int(off))
+        if chunkstore.packed(repo):
+            checked = _verify_packed(repo, users, lengths, problems, deep=deep, parallel=parallel,
+                                     progress=progress)
+            return VerifyReport(deep, count, len(users), checked, problems)
         present = repo.known_chunks()
         for cid in sorted(users):
             if cid not in present:
@@ -115,3 +127,53 @@ def verify(repo: Repository, *, deep: bool = False, parallel: int = 8,
                     list(pool.map(check, todo[start : start + step]))
             checked = done
         return VerifyReport(deep, count, len(users), checked, problems)
+
+
+def _verify_packed(repo: Repository, users: dict[bytes, list[str]], lengths: dict[bytes, int],
+                   problems: list[Problem], *, deep: bool, parallel: int,
+                   progress: Progress | None) -> int:
+    """Format 2: every needed chunk indexed, in a listed pack; with ``deep`` read and
+    re-hashed through ranged reads. Returns the plaintext bytes checked."""
+    chunkstore.known_chunks(repo)  # the cache synced under the caller's lock
+    index = chunkstore.index_of(repo)
+    for key, why in sorted(index.damaged.items()):
+        problems.append(Problem("index", key, why, ()))
+    packs: set[bytes] = set()
+    for info in repo.store.list(PACK_PREFIX):
+        try:
+            packs.add(pack_id_of(info.key))
+        except Corrupt:
+            continue
+    todo: list[bytes] = []
+    for cid in sorted(users):
+        loc = index.lookup(cid)
+        if loc is None:
+            detail = "chunk not in the index"
+        elif loc.pack not in packs:
+            detail = f"its pack {loc.pack.hex()} is missing"
+        else:
+            todo.append(cid)
+            continue
+        problems.append(Problem("missing", cid.hex(), detail, tuple(sorted(set(users[cid])))))
+    if not deep:
+        return 0
+    total = sum(lengths[c] for c in todo)
+    done = 0
+    lock = threading.Lock()
+    if progress is not None:
+        progress(0, total)
+
+    def ok(cid: bytes, data: bytes) -> None:
+        nonlocal done
+        with lock:
+            done += len(data)
+            if progress is not None:
+                progress(done, total)
+
+    def bad(cid: bytes, exc: Exception) -> None:
+        kind = "missing" if isinstance(exc, NotFound) else "corrupt"
+        with lock:
+            problems.append(Problem(kind, cid.hex(), str(exc), tuple(sorted(set(users[cid])))))
+
+    packreader.fetch(repo, ((cid, lengths[cid], cid) for cid in todo), ok, parallel=parallel, on_error=bad)
+    return done

@@ -1,0 +1,169 @@
+"""Where a repository keeps its chunks, per format version: the one seam backup, restore,
+verify and gc go through.
+
+Version 1 (format §2): one ``chunks/`` object per chunk; the known set is a listing.
+Version 2 (format §11): chunks in packs, found through the index cache
+(:class:`~.chunkindex.ChunkIndex`, on disk). Callers ask for the known set after taking
+their lock (:func:`known_chunks`), store new chunks through a sink (:func:`open_sink`),
+and read chunks back with :func:`read_chunk` (one) or :mod:`.packreader` (many).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable, Container
+from pathlib import Path
+from typing import Protocol
+
+from statehold.backup.chunkindex import ChunkIndex
+from statehold.backup.packs import blob_key, pack_key
+from statehold.backup.repository import Repository, chunk_key
+from statehold.backup.store import BatchingStore
+from statehold.errors import Corrupt, NotFound
+
+FaultHook = Callable[[str], None]
+COMMIT_EVERY = 256 << 20
+"""Publish stored chunks (v1: a batching store's commit; v2: an index object) after this
+many stored bytes: a killed backup loses at most this much work."""
+
+_indexes: weakref.WeakKeyDictionary[Repository, ChunkIndex] = weakref.WeakKeyDictionary()
+_roots: weakref.WeakKeyDictionary[Repository, Path] = weakref.WeakKeyDictionary()
+_guard = threading.Lock()
+
+
+def packed(repo: Repository) -> bool:
+    """True for a version 2 repository (chunks in packs)."""
+    return getattr(repo.config, "version", 1) >= 2
+
+
+def use_cache(repo: Repository, root: Path) -> None:
+    """Keep ``repo``'s index cache under ``root`` instead of the default (tests, benches,
+    an agent with its own state directory)."""
+    with _guard:
+        _roots[repo] = root
+        old = _indexes.pop(repo, None)
+    if old is not None:
+        old.close()
+
+
+def index_of(repo: Repository) -> ChunkIndex:
+    """The (lazily opened) index cache of a version 2 repository. Not synced: see
+    :func:`known_chunks`."""
+    with _guard:
+        idx = _indexes.get(repo)
+        if idx is None:
+            idx = _indexes[repo] = ChunkIndex.for_repository(repo, _roots.get(repo))
+        return idx
+
+
+def known_chunks(repo: Repository) -> Container[bytes]:
+    """The ids of every chunk stored now (format §7 step 2, §11.5): call only while holding
+    a lock. Version 2: the index cache, synced with the repository's index objects."""
+    if not packed(repo):
+        return repo.known_chunks()
+    idx = index_of(repo)
+    idx.sync(repo)
+    return idx
+
+
+class ChunkSink(Protocol):
+    """Where a backup puts the chunks it found new."""
+
+    def claim(self, cid: bytes) -> bool:
+        """True when the caller must store ``cid``: not known, and not claimed by another
+        worker of this backup (two workers hashing equal chunks store it once)."""
+        ...
+
+    def store(self, cid: bytes, blob: bytes) -> None:
+        """Store the blob of a claimed chunk (may block: backpressure)."""
+        ...
+
+    def finish(self) -> None:
+        """Every stored chunk durable and findable: call before putting the manifest."""
+        ...
+
+    def close(self) -> None:
+        """Stop background work (after finish, or to abandon a failed backup)."""
+        ...
+
+
+class V1Sink:
+    """Version 1: one object per chunk; a batching store commits every ``commit_every``."""
+
+    def __init__(self, repo: Repository, known: set[bytes], *, commit_every: int = COMMIT_EVERY) -> None:
+        self.repo = repo
+        self.known = known
+        self.pending: set[bytes] = set()
+        self.lock = threading.Lock()
+        self.batching = repo.store if isinstance(repo.store, BatchingStore) else None
+        self.commit_every = commit_every
+        self.since_commit = 0
+
+    def claim(self, cid: bytes) -> bool:
+        with self.lock:
+            if cid in self.known or cid in self.pending:
+                return False
+            self.pending.add(cid)
+            return True
+
+    def store(self, cid: bytes, blob: bytes) -> None:
+        key = chunk_key(cid)
+        if self.batching is None:
+            self.repo.store.put(key, blob)
+        else:
+            self.batching.put_later(key, blob)
+            with self.lock:
+                self.since_commit += len(blob)
+                due = self.since_commit >= self.commit_every
+                if due:
+                    self.since_commit = 0
+            if due:
+                self.batching.commit()
+        with self.lock:
+            self.known.add(cid)
+            self.pending.discard(cid)
+
+    def finish(self) -> None:
+        if self.batching is not None:
+            self.batching.commit()
+
+    def close(self) -> None:
+        pass
+
+
+def open_sink(repo: Repository, known: Container[bytes], *, commit_every: int = COMMIT_EVERY,
+              fault: FaultHook | None = None, uploads: int = 4) -> ChunkSink:
+    """The sink for ``repo``'s format; ``known`` is what :func:`known_chunks` returned."""
+    if not packed(repo):
+        assert isinstance(known, set)
+        return V1Sink(repo, known, commit_every=commit_every)
+    from statehold.backup.packer import Packer
+
+    return Packer(repo, index_of(repo), index_every=commit_every, fault=fault, uploads=uploads)
+
+
+def read_chunk(repo: Repository, cid: bytes, length: int) -> bytes:
+    """One chunk's plaintext from a version 2 repository, checked against its id and
+    length (format §4): one ranged read of its pack."""
+    loc = index_of(repo).lookup(cid)
+    if loc is None:
+        raise NotFound(f"chunk {cid.hex()} is not in the index of {repo.store.describe()}")
+    key = pack_key(loc.pack)
+    try:
+        blob = repo.store.get_range(key, loc.offset, loc.length)
+    except NotFound:
+        raise NotFound(f"chunk {cid.hex()}: its pack {key} is missing from {repo.store.describe()}") from None
+    return check_blob(repo, cid, length, blob)
+
+
+def check_blob(repo: Repository, cid: bytes, length: int, blob: bytes | memoryview) -> bytes:
+    """Decode a chunk blob and check its id and length; Corrupt naming the chunk."""
+    if len(blob) == 0:
+        raise Corrupt(f"chunk {cid.hex()}: its pack is shorter than the index says")
+    data = repo.codec.decode(blob_key(cid), bytes(blob))
+    got = repo.codec.chunk_id(data)
+    if len(data) != length or got != cid:
+        raise Corrupt(f"chunk {cid.hex()}: content does not match its id: expected {length} bytes "
+                      f"with id {cid.hex()}, got {len(data)} bytes with id {got.hex()}")
+    return data
