@@ -334,3 +334,20 @@ def test_an_export_the_agent_refuses_is_retried(
     replication_pass(kube, agents, fake_clock)
     assert retiring(kube, "p3")["reason"] == "Exported"
     assert pool_events(kube, "p3").count("ExportFailed") == 1
+
+
+def test_the_node_operator_leaves_an_exported_pool_exported(
+        kube: LoggingKube, tmp_path: Any, fake_clock: Any) -> None:
+    from statehold.controller.pools import reconcile_pool
+    from statehold.engine.node import Node
+
+    engine = Node(tmp_path / "home")  # a real, empty home: p3 is not (or no longer) here
+    try:
+        kube.patch(STORAGE_POOL, "p3", {"spec": {"decommission": True}})
+        reconcile_pool(kube, kube.get(STORAGE_POOL, "p3"), engine, "n3", fake_clock)
+        assert [p.name for p in engine.pools()] == []  # neither created nor imported
+        st = kube.get(STORAGE_POOL, "p3")["status"]
+        ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+        assert (st["phase"], ready["status"], ready["reason"]) == ("Pending", "False", "NotOnNode")
+    finally:
+        engine.close()
