@@ -9,6 +9,9 @@ Damaged manifests (format §9.1) never stop them: prune and gc move each one the
 ``quarantine/`` and report it. GC deletes no chunk at all while any manifest cannot be
 read, quarantined ones included: nobody can tell which chunks such a manifest names, so
 no chunk is provably unreferenced. ``forget`` of that backup is the way out.
+
+In a version 2 repository gc works on packs (:mod:`.packgc`, format §11.7): dead packs are
+deleted, sparse ones repacked, the index objects naming them rewritten.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from statehold.backup import retention
+from statehold.backup import chunkstore, packgc, retention
 from statehold.backup.dirstore import DirectoryStore
 from statehold.backup.locks import Lock, remove_expired
+from statehold.backup.manifest import Manifest
 from statehold.backup.repository import Damaged, Repository, manifest_key, quarantine_key
 from statehold.errors import NotFound
 
@@ -117,6 +121,8 @@ def gc(repo: Repository, *, grace: float = 3600.0, clock: Callable[[], float] = 
     with Lock(repo, "exclusive"):
         listing = repo.scan()
         damaged = tuple(listing.damaged) if dry_run else quarantine_damaged(repo, listing.damaged)
+        if chunkstore.packed(repo):
+            return _gc_packed(repo, listing.manifests, damaged, grace=grace, now=clock(), dry_run=dry_run)
         marked: set[bytes] = set()
         for m in listing.manifests:
             marked.update(m.chunk_ids())
@@ -149,3 +155,19 @@ def gc(repo: Repository, *, grace: float = 3600.0, clock: Callable[[], float] = 
         log.info("gc chunks=%d referenced=%d deleted=%d bytes=%d grace=%d", total, len(marked), deleted,
                  freed, in_grace)
         return GcResult(total, len(marked), deleted, freed, in_grace, locks, unknown, damaged)
+
+
+def _gc_packed(repo: Repository, manifests: list[Manifest], damaged: tuple[Damaged, ...], *, grace: float,
+               now: float, dry_run: bool) -> GcResult:
+    """Format 2: pack-level gc (format §11.7), reported in the terms of format 1's."""
+    r = packgc.collect(repo, manifests, unreadable=bool(damaged), grace=grace, now=now, dry_run=dry_run)
+    locks = 0 if dry_run else remove_expired(repo, now)
+    if not dry_run and isinstance(repo.store, DirectoryStore):
+        repo.store.remove_stale(grace)
+    if damaged or r.index_damaged:
+        log.warning("gc kept=%d unreferenced chunks: %d manifests and %d index objects cannot be read",
+                    r.chunks_kept_unknown, len(damaged), len(r.index_damaged))
+    log.info("gc chunks=%d referenced=%d deleted=%d bytes=%d packs deleted=%d repacked=%d", r.chunks_total,
+             r.chunks_referenced, r.chunks_deleted, r.bytes_deleted, r.packs_deleted, r.packs_repacked)
+    return GcResult(r.chunks_total, r.chunks_referenced, r.chunks_deleted, r.bytes_deleted, r.chunks_in_grace,
+                    locks, r.chunks_kept_unknown, damaged)
