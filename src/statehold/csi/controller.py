@@ -9,6 +9,7 @@ import grpc
 from statehold.csi import convert, pagination, requests
 from statehold.csi.backend import Capability, SnapshotInfo, VolumeInfo, VolumeRequest
 from statehold.csi.gen import csi_pb2, csi_pb2_grpc
+from statehold.csi.replicated import Replicas
 from statehold.csi.router import Router
 from statehold.csi.status import VolumeLocks, rpc
 from statehold.errors import InvalidArgument, NotFound
@@ -41,9 +42,13 @@ def _snapshot_key(r: csi_pb2.CreateSnapshotRequest) -> str:
 
 
 class ControllerServicer(csi_pb2_grpc.ControllerServicer):
-    def __init__(self, router: Router, locks: VolumeLocks) -> None:
+    """``replicas``: local volumes are deleted through it (a replicated volume only on its
+    primary's node, copy state and point snapshots included; csi/replicated.py)."""
+
+    def __init__(self, router: Router, locks: VolumeLocks, replicas: Replicas | None = None) -> None:
         self.router = router
         self.locks = locks
+        self.replicas = replicas
 
     @rpc(lock=_create_key)
     def CreateVolume(
@@ -84,8 +89,12 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         self, request: csi_pb2.DeleteVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.DeleteVolumeResponse:
         volume_id = requests.require(request.volume_id, "volume_id")
+        backend = self.router.for_id(volume_id)
         with contextlib.suppress(NotFound):  # the spec: deleting nothing succeeds
-            self.router.for_id(volume_id).delete_volume(volume_id)
+            if self.replicas is not None and backend is self.router.local:
+                self.replicas.delete_volume(volume_id)
+            else:
+                backend.delete_volume(volume_id)
         return csi_pb2.DeleteVolumeResponse()
 
     @rpc()

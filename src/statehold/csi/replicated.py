@@ -14,8 +14,20 @@
   ``status.primary`` and no move is under way. Otherwise FAILED_PRECONDITION with the
   reason, which kubelet retries; a stale or lagging copy is never staged. A volume without
   a record (or with no epoch yet) is refused the same way: the operator records it first.
+  A copy found fenced while it is still staged here (kubelet repeating NodeStage) is made
+  read-only on the spot (``engine.readonly.seal``).
+* **DeleteVolume** reaches one node's plugin, whichever the provisioner asked (any node
+  whose copy label the PV's affinity admits, or a central one). A replicated volume is
+  deleted only where the record's primary is (:meth:`Replicas.delete_volume`): there the
+  copy goes whole — its point snapshots, replication state and work file
+  (``roles.release``), then the engine volume; the operator releases every other copy
+  once the PV is gone. Anywhere else the answer is FAILED_PRECONDITION naming the
+  primary's node, never a success that would leave the primary's copy behind. A volume
+  without replicas, or without a record (the operator never saw it), is deleted here as
+  before; with no copy here, NotFound (a success for the CO).
 * **Standalone** (no Kubernetes API: the driver run without ``--cluster``): nothing is
-  read and a replicated volume stages as any other, as before.
+  read and a replicated volume stages as any other, as before; DeleteVolume deletes this
+  node's copy named by the handle, its replication state and point snapshots included.
 """
 
 from __future__ import annotations
@@ -24,8 +36,10 @@ import logging
 from collections.abc import Mapping
 
 from statehold.csi import naming
+from statehold.engine import readonly
 from statehold.engine.node import Node
-from statehold.errors import FailedPrecondition, Fenced, NotFound, StateholdError
+from statehold.engine.pool import Pool
+from statehold.errors import FailedPrecondition, Fenced, InvalidArgument, NotFound, StateholdError
 from statehold.kube.facade import Kube, Obj
 from statehold.kube.kinds import NODE, REPLICATED_VOLUME
 from statehold.kube.nodes import NodeHealth, node_health
@@ -98,16 +112,62 @@ class Replicas:
             except Fenced:
                 log.warning("stage refused: copy fenced volume=%s node=%s epoch=%d", handle,
                             self.node_id, record.epoch)
+                _seal_if_used(pool, name)
                 raise
         if not isinstance(decision, Stage):
             reason, message = _why(decision)
             log.info("stage refused volume=%s node=%s reason=%s", handle, self.node_id, reason)
             raise FailedPrecondition(f"{reason}: {message}")
 
-    def _record(self, handle: str) -> Record:
+    def delete_volume(self, handle: str) -> None:
+        """DeleteVolume of the local volume ``handle`` on this node (see the module
+        docstring). NotFound: nothing of it here (the CO's success); FailedPrecondition:
+        the primary's copy is on another node, or this node's copy is in use."""
+        local = self.local_id(handle)
+        pool_name, name = naming.split_id(local)
+        try:
+            pool = self.node.pool(pool_name)
+            vol = pool.get_volume(name)
+        except (NotFound, InvalidArgument):  # no such pool or volume here (or no such name)
+            pool, vol = None, None
+        tracked = pool is not None and StateStore(pool.meta_dir).exists(name)
+        plain = vol is not None and not tracked and not replicated(vol.labels)
+        if self.kube is not None and not plain:
+            self._check_delete(handle, here=pool is not None and local == handle)
+        if pool is None or vol is None:
+            raise NotFound(f"no copy of volume {handle!r} on {self.node_id}")
+        if vol.device is not None or vol.mounts:
+            raise FailedPrecondition(f"volume {handle!r} is in use on {self.node_id} (attached or "
+                                     "mounted); it is not deleted")
+        if tracked:
+            _release_copy(pool, name)
+        pool.delete_volume(name)
+        log.info("volume deleted volume=%s copy=%s node=%s replicated=%s", handle, local,
+                 self.node_id, tracked)
+
+    def _check_delete(self, handle: str, *, here: bool) -> None:
+        """Refuse unless this node may delete the replicated volume: the record's primary,
+        or, before the operator recorded one, the node that created it (its pool is here)."""
+        found = self._find(handle)
+        if found is None:
+            return  # never recorded: only the copy CreateVolume made exists
+        record = record_of(found)
+        if record.primary and record.primary != self.node_id:
+            raise FailedPrecondition(
+                f"PrimaryElsewhere: the primary copy of {handle} is on {record.primary} (epoch "
+                f"{record.epoch}); DeleteVolume deletes it on that node's plugin, and the "
+                "operator releases the other copies once the PV is gone")
+        if not record.primary and not here:
+            raise FailedPrecondition(f"NotRecorded: the record of {handle} names no primary yet; "
+                                     "the node that created it deletes it")
+
+    def _find(self, handle: str) -> Obj | None:
         assert self.kube is not None
-        found: Obj | None = next((rv for rv in self.kube.list(REPLICATED_VOLUME)
-                                  if (rv.get("spec") or {}).get("volumeHandle") == handle), None)
+        return next((rv for rv in self.kube.list(REPLICATED_VOLUME)
+                     if (rv.get("spec") or {}).get("volumeHandle") == handle), None)
+
+    def _record(self, handle: str) -> Record:
+        found = self._find(handle)
         if found is None:
             raise FailedPrecondition(f"NotRecorded: replicated volume {handle} has no "
                                      "ReplicatedVolume record yet; the operator creates it")
@@ -125,6 +185,23 @@ class Replicas:
         except StateholdError as exc:
             log.info("node health unreadable at stage: %s", exc)
             return {}
+
+
+def _seal_if_used(pool: Pool, name: str) -> None:
+    """A copy just found fenced that is still staged here (kubelet repeating NodeStage of
+    an old primary): made read-only at once, as its agent would (engine/readonly.py)."""
+    try:
+        vol = pool.get_volume(name)
+        if vol.device is not None or vol.mounts:
+            readonly.seal(vol.device)
+    except StateholdError as exc:
+        log.error("sealing the fenced copy %s/%s failed: %s", pool.name, name, exc)
+
+
+def _release_copy(pool: Pool, name: str) -> None:
+    """The copy's replication: point snapshots, work file, state (the engine volume is the
+    caller's to delete next; a crash in between leaves a plain volume a retry deletes)."""
+    roles.release(pool, name)
 
 
 def _why(decision: Decision) -> tuple[str, str]:

@@ -140,7 +140,7 @@ class CsiServer:
         add.add_IdentityServicer_to_server(identity, server)  # type: ignore[no-untyped-call]
         if controller:
             add.add_ControllerServicer_to_server(  # type: ignore[no-untyped-call]
-                ControllerServicer(self.router, self.locks), server
+                ControllerServicer(self.router, self.locks, self.replicas), server
             )
             add.add_GroupControllerServicer_to_server(  # type: ignore[no-untyped-call]
                 GroupControllerServicer(self.groups, self.locks), server
