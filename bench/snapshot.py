@@ -23,6 +23,34 @@ volumes).
 
 Usage: ``.venv/bin/python bench/snapshot.py [--small 1Gi] [--large 32Gi] [--runs 100]
 [--mounted]``.
+
+**Fragmented case** (issue 14), ``--fragmented``: what a snapshot costs once a volume has
+lived under random writes with snapshots kept, and how long it stalls the application. Two
+block volumes of ``--size`` (default 2 GiB), attached with direct I/O, filled sequentially:
+``fresh`` stays so; ``aged`` gets rounds of 4 KiB random writes (fio through its loop
+device), one snapshot kept between rounds so every write copies on write, until its backing
+file has ``--extents`` extents (default 200,000). The last round's snapshot stays (a
+retained backup). Then, with a **probe** running (a child process writing 4 KiB with
+O_DIRECT + fdatasync in a loop into the first 64 MiB of the aged volume, logging each
+write's start and end), ``--frag-runs`` times, fresh and aged alternating: a snapshot, timed;
+the longest probe write overlapping it is the **stall**; the same probe measured over an
+equal interval with no snapshot is the **baseline stall**; the snapshot is deleted and the
+pool settled (untimed). Then 4 KiB random-write IOPS of each volume (fio, qd32, a snapshot
+retained), informational. ``--layout`` picks the candidate:
+
+* ``file`` (today): ``volumes/<n>.img`` in the pool filesystem, the engine's own
+  ``Pool.create_snapshot`` (FICLONE); ``--pool-fs xfs`` (default) or ``btrfs``;
+* ``subvolume``: btrfs pool, each volume file alone in a subvolume; snapshot = a read-only
+  subvolume snapshot (``BTRFS_IOC_SNAP_CREATE_V2``); ``--presync`` commits the pool's
+  transaction first (``BTRFS_IOC_SYNC``, timed as part of the snapshot).
+
+With ``--mounted`` the two volumes are XFS filesystems, mounted, and fio, the fragmentation
+and the probe write a data file filling each; snapshots then freeze (the engine: early copy,
+keeper-held freeze for the catch-up only; the subvolume layout: freeze around the ioctl).
+
+Last line ``ratio=<p99 snapshot of the aged volume / 50 ms>`` (goal <= 1); the fresh
+figures are printed beside it.
+
 Runs as root; everything lives under its own home in /var/tmp and is removed at the end.
 """
 
@@ -37,6 +65,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import snapshot_aged
 from benchhome import cleanup
 
 from statehold.engine.ficlone import FICLONE
@@ -114,7 +143,11 @@ def main() -> None:
     parser.add_argument("--mounted", action="store_true",
                         help="XFS volumes mounted and filled through the filesystem; snapshots "
                         "then fsfreeze around the FICLONE (default: attached block volumes)")
+    snapshot_aged.add_options(parser)
     args = parser.parse_args()
+    if args.fragmented:
+        snapshot_aged.main(args)
+        return
     sizes = {"small": parse_size(args.small), "large": parse_size(args.large)}
 
     home = Path(tempfile.mkdtemp(prefix="statehold-bench-snap-", dir="/var/tmp"))
