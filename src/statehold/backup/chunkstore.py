@@ -10,6 +10,7 @@ and read chunks back with :func:`read_chunk` (one) or :mod:`.packreader` (many).
 
 from __future__ import annotations
 
+import json
 import threading
 import weakref
 from collections.abc import Callable, Container
@@ -18,9 +19,9 @@ from typing import Protocol
 
 from statehold.backup.chunkindex import ChunkIndex
 from statehold.backup.packs import blob_key, pack_key
-from statehold.backup.repository import Repository, chunk_key
+from statehold.backup.repository import CONFIG_KEY, Repository, chunk_key
 from statehold.backup.store import BatchingStore
-from statehold.errors import Corrupt, NotFound
+from statehold.errors import Aborted, Corrupt, NotFound
 
 FaultHook = Callable[[str], None]
 COMMIT_EVERY = 256 << 20
@@ -61,10 +62,23 @@ def known_chunks(repo: Repository) -> Container[bytes]:
     """The ids of every chunk stored now (format §7 step 2, §11.5): call only while holding
     a lock. Version 2: the index cache, synced with the repository's index objects."""
     if not packed(repo):
+        _still_version_1(repo)
         return repo.known_chunks()
     idx = index_of(repo)
     idx.sync(repo)
     return idx
+
+
+def _still_version_1(repo: Repository) -> None:
+    """A repository opened as version 1 may have been converted (format §11.9) before this
+    lock: writing ``chunks/`` objects into it would make backups nobody can find."""
+    try:
+        version = int(json.loads(repo.store.get(CONFIG_KEY)).get("version", 1))
+    except (NotFound, ValueError, TypeError, AttributeError):
+        return  # whatever is wrong with config, opening reported it; nothing new here
+    if version >= 2:
+        raise Aborted(f"{repo.store.describe()} was converted to format 2 after it was opened; "
+                      "run the operation again")
 
 
 class ChunkSink(Protocol):

@@ -361,6 +361,30 @@ def gc_cmd(
     _warn(r.damaged)
 
 
+@backup_app.command("migrate")
+def migrate_cmd(
+    ctx: typer.Context,
+    target: str = TargetOption,
+    pack_size: int | None = typer.Option(None, "--pack-size", help="Pack size, bytes (default 16 MiB)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    password_file: Path | None = PasswordFileOption,
+    home: Path | None = HomeOption,
+) -> None:
+    """Convert a format 1 repository to format 2 in place (packs and an index; every backup
+    stays restorable). Safe to run again after an interruption. Stop older Statehold
+    releases writing to it first: they cannot read format 2."""
+    from statehold.backup.migrate import migrate
+
+    with failures():
+        repo = open_repository(ctx, home, target, password_file)
+        was = repo.config.version
+        with _bar("migrate", not quiet) as bar:
+            r = migrate(repo, pack_size=pack_size, progress=bar)
+    state = "converted to format 2" if r.converted else f"already format {was}"
+    done("target", target, f"{state}: {r.chunks_packed} chunks packed into {r.packs} packs "
+         f"({human(r.bytes_packed) or 0}), {r.chunks_removed} chunk objects removed")
+
+
 @backup_app.command("forget")
 def forget_cmd(
     ctx: typer.Context,
@@ -434,7 +458,13 @@ def target_add(
     s3_credentials_file: Path | None = typer.Option(
         None, "--s3-credentials-file", help="AWS shared-credentials file (default: $AWS_* keys)."),
     create_bucket: bool = typer.Option(False, "--create-bucket", help="Create the S3 bucket if missing."),
-    chunk_size: int = typer.Option(1 << 20, "--chunk-size", help="Chunk size of a new repository, bytes."),
+    chunk_size: int | None = typer.Option(
+        None, "--chunk-size", help="Chunk size of a new repository, bytes (default 256 KiB in format 2, "
+        "1 MiB in format 1)."),
+    repo_format: int = typer.Option(2, "--format", help="Format of a new repository: 2 (packs and an "
+                                    "index) or 1 (one object per chunk, for older Statehold releases)."),
+    pack_size: int | None = typer.Option(None, "--pack-size", help="Format 2: pack size of a new "
+                                         "repository, bytes (default 16 MiB)."),
     password_file: Path | None = PasswordFileOption,
     home: Path | None = HomeOption,
 ) -> None:
@@ -460,8 +490,8 @@ def target_add(
             Repository.open(store, password)
             state = "opened existing repository"
         else:
-            Repository.init(store, password, chunk_size=chunk_size)
-            state = "initialised repository"
+            Repository.init(store, password, chunk_size=chunk_size, version=repo_format, pack_size=pack_size)
+            state = f"initialised format {repo_format} repository"
         changed = book.add(t)
     done("target", name, f"{'added' if changed else 'unchanged'} ({state} at {t.url()})")
 
