@@ -209,7 +209,10 @@ def check_timeout(timeout: float, *, most: float) -> float:
 class FreezeKeeper:
     """A running keeper. Use as a context manager: leaving the block thaws everything."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, *, wait_ready: bool = True) -> None:
+        """Start the keeper. ``wait_ready=False`` returns at once and waits for its
+        ``ready`` before the first request instead: the ~0.1 s an interpreter takes to start
+        then overlaps the caller's own work (a single snapshot's early copy)."""
         self.timeout = float(timeout)
         self._asked: list[str] = []
         self._window: Window | None = None
@@ -222,11 +225,20 @@ class FreezeKeeper:
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._to = self._proc.stdin.fileno()
         self._from = self._proc.stdout.fileno()
+        self._ready = False
+        if wait_ready:
+            self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        if self._ready:
+            return
         try:
             self._expect("ready")
         except BaseException:
-            self.close()
+            self._proc.kill()  # nothing was asked of it yet: nothing to thaw
+            self._reap()
             raise
+        self._ready = True
 
     @property
     def pid(self) -> int:
@@ -248,6 +260,7 @@ class FreezeKeeper:
         for target in targets:
             if not target or "\n" in target or "\0" in target:
                 raise InvalidArgument(f"cannot freeze {target!r}: not a usable path")
+        self._wait_ready()
         self._asked += targets  # first: if the keeper dies now, we thaw them ourselves
         verb, rest = self._ask("freeze " + "\0".join(targets), sent)
         if verb == "frozen":
@@ -264,6 +277,7 @@ class FreezeKeeper:
         """Thaw everything (idempotent); says whether the watchdog had thawed first."""
         if self._window is not None:
             return self._window
+        self._wait_ready()
         verb, rest = self._ask("thaw")
         if verb != "thawed":
             self._fallback()
@@ -275,7 +289,7 @@ class FreezeKeeper:
 
     def close(self) -> None:
         """Thaw (by the keeper, or here if it is gone) and reap the keeper. Never raises."""
-        if self._window is None and self._proc.poll() is None:
+        if self._window is None and self._ready and self._proc.poll() is None:
             with contextlib.suppress(StateholdError):
                 self.thaw()
         if self._window is None:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from statehold.engine import freeze, fs, loop, mounts
+from statehold.engine import catchup, fs, loop, mounts
 from statehold.engine.ficlone import reflink
 from statehold.engine.files import fsync_dir
 from statehold.engine.metadata import Metadata, VolumeRecord
@@ -158,9 +158,12 @@ def create_volume(pool: PoolContext, name: str, size: int, *, mode: VolumeMode |
     with acting(pool, intent):
         pool.fault(f"{op}.intent")
         if src_path is not None:
-            with freeze.frozen(freeze_target):
+            if freeze_target is None:
                 pool.fault(f"{op}.frozen")
                 reflink(src_path, path)
+            else:  # a mounted source volume: frozen only for the catch-up, by a keeper
+                catchup.copy_frozen(src_path, path, freeze_target,
+                                    frozen=lambda: pool.fault(f"{op}.frozen"))
             if size > src_size:
                 os.truncate(path, size)
         else:

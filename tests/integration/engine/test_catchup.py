@@ -7,11 +7,14 @@ import hashlib
 import mmap
 import os
 import random
+import threading
 from pathlib import Path
 
 import pytest
 
 from statehold.engine import catchup
+from statehold.engine.ficlone import reflink
+from statehold.engine.fiemap import raw_extents
 from statehold.engine.pool import Pool
 
 pytestmark = pytest.mark.root
@@ -53,4 +56,42 @@ def test_catch_up_makes_the_early_copy_equal_the_source_again(pool: Pool) -> Non
     assert _digest(dst) != _digest(src)
     shared = catchup.catch_up(src, dst, before, mode=0o600)
     assert 0 < shared <= 301
+    assert _digest(dst) == _digest(src)
+
+
+def test_an_early_copy_made_in_steps_while_written_is_caught_up_exactly(pool: Pool) -> None:
+    """Issue 14: a fragmented file is shared in steps of a few extents (so no step stalls its
+    writers for long) while a writer keeps changing it; the copy is then a mix of instants,
+    and the catch-up still makes it byte-for-byte the source."""
+    src, dst = pool.mountpoint / "src.img", pool.mountpoint / "dst.img"
+    rng = random.Random(11)
+    with open(src, "wb") as fh:
+        fh.write(os.urandom(BLOCKS * B))
+        fh.flush()
+        os.fsync(fh.fileno())
+    keep = pool.mountpoint / "keep.img"
+    reflink(src, keep)  # a retained snapshot: every write below copies on write
+    _write_blocks(src, rng.sample(range(BLOCKS), 400), seed=2)
+    assert len(raw_extents(src)) > 40
+
+    stop = threading.Event()
+    written: list[int] = []
+
+    def writer() -> None:
+        seed = 100
+        while not stop.is_set():
+            seed += 1
+            _write_blocks(src, [rng.randrange(BLOCKS)], seed=seed)
+            written.append(seed)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        before = catchup.preclone(src, dst, mode=0o600, per_step=8)
+    finally:
+        stop.set()
+        thread.join()
+    assert written  # the source did change while it was being copied
+    assert before.mapping is not None
+    catchup.catch_up(src, dst, before, mode=0o600)
     assert _digest(dst) == _digest(src)

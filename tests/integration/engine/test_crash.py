@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,6 +97,14 @@ def _not_frozen(target: str) -> bool:
     return True
 
 
+def _wait_thawed(target: str, seconds: float = 30.0) -> None:
+    """The keeper notices its parent's death (end of file on its pipe) and thaws: poll."""
+    deadline = time.monotonic() + seconds
+    while not _not_frozen(target):
+        assert time.monotonic() < deadline, f"{target} still frozen {seconds:g} s after the crash"
+        time.sleep(0.05)
+
+
 def assert_consistent(pool: Pool) -> None:
     assert pool.db.intents() == []
     vols = {v.name: v for v in pool.db.volumes()}
@@ -172,6 +181,7 @@ def test_crash_during_clone(env: Env, i: int, step: str, kind: SourceKind) -> No
         _run_child(env, step, "clone",
                    {"name": name, "size": SMALL, "fs": "ext4", "kind": kind.value,
                     "source": origin})
+        _wait_thawed(str(mnt))  # by the freeze keeper, before any recovery runs
         env.restart()
         pool = env.pool
         assert_consistent(pool)
@@ -195,6 +205,8 @@ def test_crash_during_snapshot(env: Env, i: int, step: str) -> None:
         pool.mount(vol, mnt)
         digest = _write_data(mnt, vol)
         _run_child(env, step, "create_snapshot", {"volume": vol, "name": snap})
+        # the freeze keeper thaws as soon as the engine dies, before any recovery runs
+        _wait_thawed(str(mnt))
         env.restart()
         pool = env.pool
         assert_consistent(pool)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from statehold.engine import freeze, snapshotting
 from statehold.engine.pool import Pool
 from statehold.engine.types import FsType, GrowResult, MiB, Source, SourceKind, VolumeMode
-from statehold.errors import AlreadyExists, InvalidArgument, NotFound, OutOfRange
+from statehold.errors import AlreadyExists, InvalidArgument, NotFound, OutOfRange, Temporary
 
 pytestmark = pytest.mark.root
 
@@ -169,3 +170,20 @@ def test_retried_clone_is_idempotent_after_its_snapshot_is_deleted(pool: Pool, s
     first = pool.create_volume("c", 64 * MiB, fs=FsType.EXT4, source=src)
     pool.delete_snapshot("s")
     assert pool.create_volume("c", 64 * MiB, fs=FsType.EXT4, source=src) == first
+
+
+def test_a_snapshot_whose_freeze_outlasts_its_timeout_keeps_nothing_and_thaws(
+        pool: Pool, scratch: Path) -> None:
+    """Issue 14, part 2: a single-volume snapshot's freeze is held by the freeze keeper,
+    whose watchdog thaws on timeout; the snapshot then fails Temporary and nothing stays
+    (no row, no file, no intent), and the filesystem takes writes again."""
+    mnt = _filled(pool, scratch)
+    with pytest.raises(Temporary):
+        snapshotting.create(pool, "src", "s1", freeze=True, freeze_timeout=1e-6)
+    assert pool.list_snapshots() == []
+    assert list(pool.snapshots_dir.iterdir()) == []
+    assert pool.db.intents() == []
+    assert not freeze.is_frozen(str(mnt))
+    (mnt / "f").write_bytes(b"after" * 4096)  # would block on a frozen filesystem
+    snap = pool.create_snapshot("src", "s1")  # the retry succeeds
+    assert snap.frozen

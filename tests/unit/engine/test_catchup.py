@@ -3,10 +3,12 @@ reports, for any pair of extent maps: it may only report more."""
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from statehold.engine.catchup import changed, index
+from statehold.engine.catchup import changed, index, steps
 from statehold.engine.extents import align, compare_maps, merge
 from statehold.engine.fiemap import Extent, ExtentFlag, Raw
 
@@ -86,3 +88,14 @@ def test_a_rewritten_block_and_a_punched_hole_are_reported() -> None:
     before = [raw(0, 8 * B, 4 * B)]
     now = [raw(0, 8 * B, B), raw(B, 50 * B, B), raw(2 * B, 10 * B, B)]  # block 1 moved, 3 punched
     assert changed(index(before), now, 4 * B, B) == [(0, 4 * B)]  # over-reports, never misses
+
+
+def test_steps_cover_the_file_once_cut_at_aligned_extent_starts() -> None:
+    mapping: list[Raw] = [(i * 8192, 10_000 + i, 4096, 0, 0, 0) for i in range(10)]
+    mapping.append((10 * 8192 + 512, 99, 4096, 0, 0, 0))  # unaligned start: never a cut
+    size = 12 * 8192
+    ranges = steps(mapping, size, 4096, 3)
+    assert [r[0] for r in ranges] == [0, 3 * 8192, 6 * 8192, 9 * 8192]
+    assert sum(length for _, length in ranges) == size
+    assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(ranges))
+    assert steps(mapping, size, 4096, 100) == [(0, size)]
