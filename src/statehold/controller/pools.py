@@ -87,10 +87,13 @@ def drift(plan: PoolPlan, pool: Pool) -> str:
 
 
 def capacity_status(pool: Pool, space: fullness.Space | None = None) -> dict[str, Any]:
+    """Status fields of the pool now. At or above its critical mark a pool takes no new
+    volume, so ``allocatable`` is 0 there (the scheduler extender reads it as no room)."""
     space = space or pool.space()
     cap = space.capacity
+    refusing = space.level.rank >= fullness.Level.CRITICAL.rank
     return {"capacity": cap.total, "allocated": cap.used, "provisioned": cap.provisioned,
-            "free": cap.free, "allocatable": max(0, cap.allocatable),
+            "free": cap.free, "allocatable": 0 if refusing else max(0, cap.allocatable),
             "volumes": len(pool.list_volumes()), "mountpoint": str(pool.mountpoint),
             "usedPercent": round(min(100.0, space.used_percent), 2),
             "spaceLevel": space.level.value}

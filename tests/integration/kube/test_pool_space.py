@@ -76,6 +76,7 @@ def test_thresholds_raise_conditions_and_events_and_critical_refuses_new_volumes
     obj = reconcile(memory_kube, node, fake_clock)
     status, reason, message = pressure(obj)
     assert (status, reason, obj["status"]["spaceLevel"]) == ("True", "AboveCritical", "critical")
+    assert obj["status"]["allocatable"] == 0  # the scheduler extender sends claims elsewhere
     assert "new volumes, clones and snapshots are refused" in message
     assert space_events(memory_kube, obj)[-1] == ("Warning", "SpaceCritical")
     with pytest.raises(OutOfCapacity, match="critical mark"):
@@ -86,6 +87,7 @@ def test_thresholds_raise_conditions_and_events_and_critical_refuses_new_volumes
     set_marks(memory_kube, 80, 90)
     obj = reconcile(memory_kube, node, fake_clock)
     assert pressure(obj)[:2] == ("False", "BelowWarning")
+    assert obj["status"]["allocatable"] > 0
     assert space_events(memory_kube, obj)[-1] == ("Normal", "SpaceRecovered")
     assert pool.create_volume("more", 64 * MiB, mode=VolumeMode.BLOCK, fs=None).name == "more"
 
