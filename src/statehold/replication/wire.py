@@ -14,8 +14,8 @@ import enum
 import struct
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import BinaryIO
+from dataclasses import dataclass, field
+from typing import BinaryIO, cast
 
 import blake3
 
@@ -51,7 +51,12 @@ class FrameType(enum.IntEnum):
     ACK = 5
 
 
-def checksum(data: bytes) -> bytes:
+Data = bytes | memoryview
+"""An extent's bytes: a decoded extent's data is a read-only view into the received frame
+(not a copy of it)."""
+
+
+def checksum(data: Data) -> bytes:
     """BLAKE3-256 of an extent's data."""
     return blake3.blake3(data).digest()
 
@@ -70,15 +75,22 @@ class StreamHeader:
 
 @dataclass(frozen=True, slots=True)
 class Extent:
-    """``data`` at ``offset``; ``checksum`` = BLAKE3-256(data)."""
+    """``data`` at ``offset``; ``checksum`` = BLAKE3-256(data).
+
+    ``verified``: the checksum was computed from, or checked against, ``data`` by this
+    module (:meth:`of`, :func:`decode`), so a receiver need not hash the bytes a second
+    time. Not part of the frame (never encoded, ignored by ``==``); an extent built by hand
+    is unverified and gets checked.
+    """
 
     offset: int
-    data: bytes
+    data: Data
     checksum: bytes
+    verified: bool = field(default=False, compare=False, repr=False)
 
     @classmethod
-    def of(cls, offset: int, data: bytes) -> Extent:
-        return cls(offset, data, checksum(data))
+    def of(cls, offset: int, data: Data) -> Extent:
+        return cls(offset, data, checksum(data), verified=True)
 
     @property
     def length(self) -> int:
@@ -121,10 +133,16 @@ def _int(name: str, value: object, lo: int = 0, hi: int = U64_MAX) -> int:
     return value
 
 
-def _bytes(name: str, value: object, size: int | None = None) -> bytes:
-    if not isinstance(value, bytes) or (size is not None and len(value) != size):
-        raise InvalidArgument(f"{name} must be {size} bytes" if size else f"{name} must be bytes")
-    return value
+def _bytes(name: str, value: object, size: int | None = None) -> Data:
+    """``value`` if it is bytes, or a flat view of bytes (whose ``len`` is its byte count)."""
+    flat_view = (isinstance(value, memoryview) and value.ndim == 1 and value.itemsize == 1
+                 and value.contiguous)
+    if not (isinstance(value, bytes) or flat_view):
+        raise InvalidArgument(f"{name} must be bytes")
+    data = cast(Data, value)
+    if size is not None and len(data) != size:
+        raise InvalidArgument(f"{name} must be {size} bytes")
+    return data
 
 
 def check(frame: Frame | Ack) -> None:
@@ -180,7 +198,8 @@ def header_meta(header: StreamHeader) -> tuple[int, bytes]:
 def encode(frame: Frame | Ack) -> bytes:
     """One frame as bytes (InvalidArgument for a field out of range)."""
     check(frame)
-    flags, data = 0, b""
+    flags = 0
+    data: Data = b""
     if isinstance(frame, StreamHeader):
         kind = FrameType.HEADER
         flags, meta = header_meta(frame)
@@ -242,7 +261,7 @@ def frame_size(prefix: bytes) -> int:
     return PREFIX_SIZE + meta_len + _CRC.size + data_len
 
 
-def _parse(buf: bytes) -> tuple[FrameType, int, bytes, bytes]:
+def _parse(buf: bytes) -> tuple[FrameType, int, bytes, memoryview]:
     total = frame_size(buf)
     if len(buf) != total:
         raise Corrupt(f"frame is {len(buf)} bytes, its prefix says {total}")
@@ -259,7 +278,8 @@ def _parse(buf: bytes) -> tuple[FrameType, int, bytes, bytes]:
         raise Corrupt(f"a {ftype.name.lower()} frame carries {data_len} data bytes")
     if flags & ~(_BASE_PRESENT if ftype is FrameType.HEADER else 0):
         raise InvalidArgument(f"undefined flags {flags:#x} on a {ftype.name.lower()} frame")
-    return ftype, flags, buf[PREFIX_SIZE:end], buf[end + _CRC.size:]
+    # the data is a view, not a copy: an extent's megabyte is not duplicated on its way
+    return ftype, flags, buf[PREFIX_SIZE:end], memoryview(buf)[end + _CRC.size:]
 
 
 def _decode(buf: bytes) -> Frame | Ack:
@@ -276,7 +296,7 @@ def _decode(buf: bytes) -> Frame | Ack:
         offset, digest = r.u64(), r.take(CHECKSUM_SIZE)
         if checksum(data) != digest:
             raise Corrupt(f"extent at offset {offset}: data does not match its checksum")
-        frame = Extent(offset, data, digest)
+        frame = Extent(offset, data, digest, verified=True)
     elif ftype is FrameType.ZERO:
         frame = Zero(r.u64(), r.u64())
     elif ftype is FrameType.END:

@@ -7,6 +7,7 @@ never under-report), so the property is: for all old, new and covering ranges,
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 from pathlib import Path
@@ -17,9 +18,9 @@ from hypothesis import strategies as st
 
 from statehold.engine.extents import merge
 from statehold.errors import Corrupt, InvalidArgument, Unavailable
-from statehold.replication.receiving import apply_frames
+from statehold.replication.receiving import ExtentWriter, apply_frames
 from statehold.replication.sending import frames
-from statehold.replication.wire import MAX_PAYLOAD, Extent, Frame, StreamHeader, Zero
+from statehold.replication.wire import MAX_PAYLOAD, Extent, Frame, StreamDigest, StreamHeader, Zero
 
 BLOCK = 4096
 
@@ -164,3 +165,51 @@ def test_a_seed_cut_after_a_checkpoint_resumes_from_it(tmp_path: Path) -> None:
     full = sum(len(f.data) for f in stream if isinstance(f, Extent))
     assert 0 < sent < full
     assert target.read_bytes() == new
+
+
+def test_aligned_and_unaligned_extents_both_land_and_the_descriptor_is_left_as_given(
+        tmp_path: Path) -> None:
+    # aligned extents take the direct path, an unaligned one switches the rest to buffered
+    # writes; the image must be the same bytes either way
+    rng = random.Random(11)
+    size = 4 * MAX_PAYLOAD
+    target = _file(tmp_path / "t", b"", size)
+    pieces = [(0, MAX_PAYLOAD), (MAX_PAYLOAD, 8192), (MAX_PAYLOAD + 3 * BLOCK + 7, 1000),
+              (2 * MAX_PAYLOAD, MAX_PAYLOAD), (3 * MAX_PAYLOAD + 100, 5000)]
+    want = bytearray(size)
+    stream: list[Frame] = []
+    header = StreamHeader("vol", 1, None, "e1-1", size)
+    for offset, length in pieces:
+        data = rng.randbytes(length)
+        want[offset:offset + length] = data
+        stream.append(Extent.of(offset, data))
+    digest = StreamDigest(header)
+    for frame in stream:
+        digest.add(frame)  # type: ignore[arg-type]
+    fd = os.open(target, os.O_RDWR)
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        assert apply_frames(fd, header, iter([*stream, digest.end()])) == sum(n for _, n in pieces)
+        assert fcntl.fcntl(fd, fcntl.F_GETFL) == flags
+    finally:
+        os.close(fd)
+    assert target.read_bytes() == want
+
+
+def test_the_writer_bypasses_the_page_cache_where_the_filesystem_allows_it(tmp_path: Path) -> None:
+    target = _file(tmp_path / "t", b"", 2 * MAX_PAYLOAD)
+    data = random.Random(12).randbytes(MAX_PAYLOAD)
+    fd = os.open(target, os.O_RDWR)
+    try:
+        writer = ExtentWriter(fd)
+        assert writer.direct  # this host's scratch filesystem (ext4/xfs) has O_DIRECT
+        writer.write(memoryview(b"\0" * 60 + data)[60:], MAX_PAYLOAD)  # a view at any address
+        assert writer.direct
+        writer.write(b"abc", 5)  # unaligned: buffered from now on
+        assert not writer.direct
+        writer.close()
+        assert not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
+    finally:
+        os.close(fd)
+    raw = target.read_bytes()
+    assert raw[MAX_PAYLOAD:] == data and raw[5:8] == b"abc"

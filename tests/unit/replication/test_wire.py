@@ -158,3 +158,13 @@ def test_digest_depends_on_every_frame_and_the_header() -> None:
     assert digest(header, body[::-1]) != base
     assert digest(StreamHeader("v", 2, None, "e1-1", 1 << 20), body) != base
     assert digest(header, [Extent.of(0, b"b"), Zero(4096, 4096)]) != base
+
+
+def test_a_decoded_extent_is_marked_verified_and_one_built_by_hand_is_not() -> None:
+    # the receiver skips a second BLAKE3 only for extents decode (or Extent.of) hashed
+    ext = Extent.of(4096, b"payload" * 100)
+    decoded = decode(encode(ext))
+    assert isinstance(decoded, Extent) and decoded.verified and ext.verified
+    assert not Extent(ext.offset, ext.data, ext.checksum).verified
+    assert decoded == Extent(ext.offset, ext.data, ext.checksum)  # not part of the frame
+    assert bytes(decoded.data) == ext.data
