@@ -16,7 +16,7 @@ from tests.unit.metrics.test_dashboard_names import known_names, names_in
 
 ON = {"metrics": {"enabled": True}}
 MONITORING = {"metrics": {"enabled": True, "serviceMonitor": {"enabled": True},
-                          "prometheusRule": {"enabled": True, "poolWarningPercent": 70,
+                          "prometheusRule": {"enabled": True,
                                              "backupMaxAgeHours": 8, "replicaLagSeconds": 60}}}
 ALERTS = {"StateholdPoolUsageWarning", "StateholdPoolUsageCritical", "StateholdBackupFailed",
           "StateholdBackupTooOld", "StateholdScheduleMissed", "StateholdVolumeConditionAbnormal",
@@ -89,14 +89,17 @@ def test_service_monitor_and_alerts_name_only_metrics_that_exist(tmp_path: Path)
         assert names and names <= known, rule["expr"]
         assert rule["labels"]["severity"] in ("warning", "critical")
     expr = {r["alert"]: r["expr"] for r in rules}
-    assert expr["StateholdPoolUsageWarning"].endswith("> 70")
+    # each pool's own marks, through the level the node agent reports
+    assert expr["StateholdPoolUsageWarning"] == 'statehold_pool_space_state{state="warning"} == 1'
+    assert expr["StateholdPoolUsageCritical"] == 'statehold_pool_space_state{state=~"critical|full"} == 1'
     assert expr["StateholdBackupTooOld"].endswith("> 8 * 3600")
     assert expr["StateholdReplicaLagAboveRPO"].endswith("> 60")
     assert "{{ $labels.pool }}" in next(r for r in rules if r["alert"] == "StateholdPoolUsageWarning"
                                         )["annotations"]["summary"]
 
 
-@pytest.mark.parametrize("bad", [{"prometheusRule": {"poolWarningPercent": 150}},
+@pytest.mark.parametrize("bad", [{"prometheusRule": {"poolWarningPercent": 80}},  # gone: per pool
+                                 {"prometheusRule": {"replicaLagSeconds": 0}},
                                  {"serviceMonitor": {"interval": "often"}},
                                  {"nodePort": 0}, {"perVolumes": False}])
 def test_the_schema_refuses_bad_metrics_values(bad: dict[str, Any]) -> None:
