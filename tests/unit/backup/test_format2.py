@@ -4,6 +4,7 @@ rebuilt from the repository; ranged reads; damage found by verify."""
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 from pathlib import Path
@@ -64,7 +65,7 @@ changes_st = st.lists(st.tuples(st.integers(0, 48 * CS), st.integers(1, 150_000)
 def test_random_images_and_change_sets_round_trip(kind: str, tmp_path: Path, chunks: int, tail: int,
                                                   blocks: list[Block], changes: list[tuple[int, int, int]],
                                                   pack_mib: int) -> None:
-    work = Path(tmp_path) / f"ex-{random.getrandbits(40):x}"
+    work = Path(tmp_path) / f"ex-{os.urandom(5).hex()}"
     work.mkdir()
     try:
         store = _store(kind, work / "repo")
