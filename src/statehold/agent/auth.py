@@ -13,6 +13,12 @@ export of a retired pool (ExportPool), are the controller's alone. A node certif
 enough for what agents ask of each other (Ping, CopyStatus, CreateCopy, Replicate), so a
 compromised node can stream its own data to the replicas it was given but cannot promote
 itself, demote another node's primary or export another node's pool (PERMISSION_DENIED).
+
+The group-snapshot calls (PrepareGroupSnapshot, CommitGroupSnapshot, AbortGroupSnapshot,
+GroupSnapshotPart) are open to node certificates: the coordinator of a group across nodes
+is the CSI plugin of a node, with that node's certificate. Their finer rules need the
+request, so :mod:`statehold.agent.groupfreeze` applies them: a node may prepare (or delete)
+only a group whose node list names it, and only whoever prepared an attempt may decide it.
 """
 
 from __future__ import annotations
@@ -34,6 +40,11 @@ _PEM_KEY = "x509_pem_cert"
 CONTROLLER_ONLY = frozenset({"Promote", "Demote", "SetReplicas", "Sync", "Release",
                              "ExportPool"})
 """Methods (by name) only a ``controller`` certificate may call."""
+
+GROUP_CALLS = frozenset({"PrepareGroupSnapshot", "CommitGroupSnapshot", "AbortGroupSnapshot",
+                         "GroupSnapshotPart"})
+"""Methods a ``node`` certificate may call as a group's coordinator (checked further by
+``groupfreeze`` against the request)."""
 
 
 def allowed(role: str, method: str) -> bool:

@@ -12,7 +12,7 @@ node's agent, whatever address it was found at.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -24,6 +24,7 @@ from statehold.agent.copies import Applied, CopyView, VolumeRef, VolumeSpec
 from statehold.agent.gen import agent_pb2 as pb
 from statehold.agent.gen import agent_pb2_grpc
 from statehold.agent.limits import CLIENT_OPTIONS
+from statehold.engine.groups import Member
 from statehold.errors import NotFound
 from statehold.grpcerrors import error_from
 
@@ -137,3 +138,32 @@ class AgentClient:
         earlier export)."""
         reply: pb.ExportPoolReply = self._call("ExportPool", pb.ExportPoolRequest(pool=pool))
         return bool(reply.exported)
+
+    # -- group snapshots across nodes (docs/design/group-snapshots.md) ---------------------
+    def prepare_group(self, attempt: str, name: str, members: Sequence[Member],
+                      nodes: Sequence[str], lease: float, *, timeout: float) -> pb.GroupPhaseReply:
+        """Phase 1 on this node: READY (frozen under ``lease``), or the node's error."""
+        request = pb.PrepareGroupRequest(
+            id=attempt, name=name, nodes=list(nodes), lease_seconds=lease,
+            members=[pb.GroupMember(pool=m.pool, volume=m.volume, snapshot=m.snapshot)
+                     for m in members])
+        reply: pb.GroupPhaseReply = self._call("PrepareGroupSnapshot", request, timeout)
+        return reply
+
+    def commit_group(self, attempt: str, name: str, instant: float, *,
+                     timeout: float) -> pb.GroupPhaseReply:
+        reply: pb.GroupPhaseReply = self._call(
+            "CommitGroupSnapshot", pb.GroupDecision(id=attempt, name=name, instant=instant), timeout)
+        return reply
+
+    def abort_group(self, attempt: str, name: str, *, timeout: float) -> pb.GroupPhaseReply:
+        reply: pb.GroupPhaseReply = self._call(
+            "AbortGroupSnapshot", pb.GroupDecision(id=attempt, name=name), timeout)
+        return reply
+
+    def group_part(self, name: str, *, delete: bool = False,
+                   timeout: float | None = None) -> pb.GroupPartReply:
+        """This node's part of a committed group (``found`` false: none); ``delete``: delete it."""
+        reply: pb.GroupPartReply = self._call(
+            "GroupSnapshotPart", pb.GroupPartRequest(name=name, delete=delete), timeout)
+        return reply

@@ -22,13 +22,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from statehold.agent import pki
 from statehold.agent.book import Peer
 from statehold.agent.client import AgentClient
 from statehold.agent.copies import VolumeRef, VolumeSpec
 from statehold.agent.gen import agent_pb2 as pb
+from statehold.agent.groupcoordinator import Coordinator
 from statehold.errors import FailedPrecondition, NotFound, StateholdError, Unavailable
 from statehold.replication.cluster import CopyReport, CopyTarget
 
@@ -72,6 +73,15 @@ class AgentFleet:
 
     def close(self) -> None:
         self.renew(self._bundle)
+
+    def client(self, node: str) -> AgentClient:
+        """The channel to ``node``'s agent (shared; do not close it)."""
+        return self._client(node)
+
+    def group_coordinator(self, **options: Any) -> Coordinator:
+        """A coordinator of group snapshots across nodes over this fleet's channels
+        (``options``: :class:`~statehold.agent.groupcoordinator.Coordinator`'s)."""
+        return Coordinator(self._client, **options)
 
     def _client(self, node: str) -> AgentClient:
         try:

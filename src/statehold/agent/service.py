@@ -17,7 +17,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
@@ -30,9 +30,11 @@ from statehold.agent.copies import Applied, Copies, CopyView, VolumeRef, VolumeS
 from statehold.agent.feed import Feed
 from statehold.agent.gen import agent_pb2 as pb
 from statehold.agent.gen import agent_pb2_grpc
+from statehold.agent.groupfreeze import Caller, GroupFreezes, Phase
 from statehold.agent.pause import NO_PAUSE, Pauser
 from statehold.agent.pools import EnginePools, PoolExports
 from statehold.agent.replicator import ReplicaReport
+from statehold.engine.groups import Member
 from statehold.errors import Aborted, FailedPrecondition, InvalidArgument, Unavailable
 from statehold.grpcerrors import status_of
 
@@ -116,12 +118,33 @@ def engine_pools(copies: object) -> PoolExports | None:
     return None
 
 
+def engine_groups(copies: object, node: str, pauser: Pauser) -> GroupFreezes | None:
+    """This node's group-snapshot attempts over the engine behind ``copies`` (as
+    :func:`engine_pools`); None without one (the group calls are then refused)."""
+    from statehold.agent.engine_copies import EngineCopies
+
+    for _ in range(8):
+        if isinstance(copies, EngineCopies):
+            return GroupFreezes(copies.node, node, pauser=pauser)
+        copies = getattr(copies, "inner", None)
+    return None
+
+
+def _phase(p: Phase) -> pb.GroupPhaseReply:
+    return pb.GroupPhaseReply(id=p.id, state=p.state, reason=p.reason, frozen=p.frozen,
+                              lease_left=p.lease_left, window_seconds=p.window)
+
+
+def _members(members: Sequence[Member]) -> list[pb.GroupMember]:
+    return [pb.GroupMember(pool=m.pool, volume=m.volume, snapshot=m.snapshot) for m in members]
+
+
 class AgentServicer(agent_pb2_grpc.AgentServicer):
     def __init__(self, node: str, copies: Copies, book: ReplicaBook, *, ca: bytes,
                  replicas: Callable[[VolumeRef], list[ReplicaReport]] = lambda _v: [],
                  sync: Callable[[VolumeRef], list[ReplicaReport]] = lambda _v: [],
                  feed_frames: int = 8, workers: int = 4, pauser: Pauser = NO_PAUSE,
-                 pools: PoolExports | None = None) -> None:
+                 pools: PoolExports | None = None, groups: GroupFreezes | None = None) -> None:
         self.node = node
         self.copies = copies
         self.pools = pools if pools is not None else engine_pools(copies)
@@ -133,9 +156,47 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         self.pauser = pauser
         self.streams = Streams()
         self.appliers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="apply")
+        self.groups = groups if groups is not None else engine_groups(copies, node, pauser)
 
     def close(self) -> None:
         self.appliers.shutdown(wait=False, cancel_futures=True)
+        if self.groups is not None:
+            self.groups.close()
+
+    def _group_port(self, context: grpc.ServicerContext) -> tuple[GroupFreezes, Caller]:
+        if self.groups is None:
+            raise FailedPrecondition(f"the agent on {self.node} does not take group snapshots")
+        who = auth.caller(context, self.ca)
+        return self.groups, Caller(who.name, who.role)
+
+    @answer
+    def PrepareGroupSnapshot(self, request: pb.PrepareGroupRequest,
+                             context: grpc.ServicerContext) -> pb.GroupPhaseReply:
+        port, who = self._group_port(context)
+        members = [Member(m.pool, m.volume, m.snapshot) for m in request.members]
+        return _phase(port.prepare(who, request.id, request.name, members, list(request.nodes),
+                                   request.lease_seconds))
+
+    @answer
+    def CommitGroupSnapshot(self, request: pb.GroupDecision,
+                            context: grpc.ServicerContext) -> pb.GroupPhaseReply:
+        port, who = self._group_port(context)
+        return _phase(port.commit(who, request.id, request.name, request.instant))
+
+    @answer
+    def AbortGroupSnapshot(self, request: pb.GroupDecision,
+                           context: grpc.ServicerContext) -> pb.GroupPhaseReply:
+        port, who = self._group_port(context)
+        return _phase(port.abort(who, request.id, request.name))
+
+    @answer
+    def GroupSnapshotPart(self, request: pb.GroupPartRequest,
+                          context: grpc.ServicerContext) -> pb.GroupPartReply:
+        port, who = self._group_port(context)
+        part = port.part(who, request.name, delete=request.delete)
+        return pb.GroupPartReply(name=part.name, found=part.found, attempt=part.attempt,
+                                 members=_members(part.members), missing=_members(part.missing),
+                                 created_at=part.created_at, nodes=list(part.nodes))
 
     @answer
     def Ping(self, request: pb.PingRequest, context: grpc.ServicerContext) -> pb.PingReply:

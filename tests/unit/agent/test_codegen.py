@@ -25,4 +25,5 @@ def test_grpc_module_imports_messages_as_a_package_module() -> None:
     assert agent_pb2.DESCRIPTOR.package == "statehold.agent.v1"
     assert set(agent_pb2.DESCRIPTOR.services_by_name["Agent"].methods_by_name) == {
         "Ping", "Replicate", "CopyStatus", "CreateCopy", "Sync", "Promote", "Demote", "SetReplicas",
-        "Release", "ExportPool"}
+        "Release", "ExportPool", "PrepareGroupSnapshot", "CommitGroupSnapshot",
+        "AbortGroupSnapshot", "GroupSnapshotPart"}

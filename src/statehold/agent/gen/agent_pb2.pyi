@@ -187,3 +187,79 @@ class ExportPoolReply(_message.Message):
     pool: str
     exported: bool
     def __init__(self, pool: _Optional[str] = ..., exported: _Optional[bool] = ...) -> None: ...
+
+class GroupMember(_message.Message):
+    __slots__ = ("pool", "volume", "snapshot")
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    pool: str
+    volume: str
+    snapshot: str
+    def __init__(self, pool: _Optional[str] = ..., volume: _Optional[str] = ..., snapshot: _Optional[str] = ...) -> None: ...
+
+class PrepareGroupRequest(_message.Message):
+    __slots__ = ("id", "name", "members", "nodes", "lease_seconds")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    members: _containers.RepeatedCompositeFieldContainer[GroupMember]
+    nodes: _containers.RepeatedScalarFieldContainer[str]
+    lease_seconds: float
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., members: _Optional[_Iterable[_Union[GroupMember, _Mapping]]] = ..., nodes: _Optional[_Iterable[str]] = ..., lease_seconds: _Optional[float] = ...) -> None: ...
+
+class GroupDecision(_message.Message):
+    __slots__ = ("id", "name", "instant")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INSTANT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    instant: float
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., instant: _Optional[float] = ...) -> None: ...
+
+class GroupPhaseReply(_message.Message):
+    __slots__ = ("id", "state", "reason", "frozen", "lease_left", "window_seconds")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FROZEN_FIELD_NUMBER: _ClassVar[int]
+    LEASE_LEFT_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    state: str
+    reason: str
+    frozen: int
+    lease_left: float
+    window_seconds: float
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., frozen: _Optional[int] = ..., lease_left: _Optional[float] = ..., window_seconds: _Optional[float] = ...) -> None: ...
+
+class GroupPartRequest(_message.Message):
+    __slots__ = ("name", "delete")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DELETE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    delete: bool
+    def __init__(self, name: _Optional[str] = ..., delete: _Optional[bool] = ...) -> None: ...
+
+class GroupPartReply(_message.Message):
+    __slots__ = ("name", "found", "attempt", "members", "missing", "created_at", "nodes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    found: bool
+    attempt: str
+    members: _containers.RepeatedCompositeFieldContainer[GroupMember]
+    missing: _containers.RepeatedCompositeFieldContainer[GroupMember]
+    created_at: float
+    nodes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., found: _Optional[bool] = ..., attempt: _Optional[str] = ..., members: _Optional[_Iterable[_Union[GroupMember, _Mapping]]] = ..., missing: _Optional[_Iterable[_Union[GroupMember, _Mapping]]] = ..., created_at: _Optional[float] = ..., nodes: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -84,6 +84,26 @@ class AgentStub:
                 request_serializer=agent__pb2.ExportPoolRequest.SerializeToString,
                 response_deserializer=agent__pb2.ExportPoolReply.FromString,
                 _registered_method=True)
+        self.PrepareGroupSnapshot = channel.unary_unary(
+                '/statehold.agent.v1.Agent/PrepareGroupSnapshot',
+                request_serializer=agent__pb2.PrepareGroupRequest.SerializeToString,
+                response_deserializer=agent__pb2.GroupPhaseReply.FromString,
+                _registered_method=True)
+        self.CommitGroupSnapshot = channel.unary_unary(
+                '/statehold.agent.v1.Agent/CommitGroupSnapshot',
+                request_serializer=agent__pb2.GroupDecision.SerializeToString,
+                response_deserializer=agent__pb2.GroupPhaseReply.FromString,
+                _registered_method=True)
+        self.AbortGroupSnapshot = channel.unary_unary(
+                '/statehold.agent.v1.Agent/AbortGroupSnapshot',
+                request_serializer=agent__pb2.GroupDecision.SerializeToString,
+                response_deserializer=agent__pb2.GroupPhaseReply.FromString,
+                _registered_method=True)
+        self.GroupSnapshotPart = channel.unary_unary(
+                '/statehold.agent.v1.Agent/GroupSnapshotPart',
+                request_serializer=agent__pb2.GroupPartRequest.SerializeToString,
+                response_deserializer=agent__pb2.GroupPartReply.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -174,6 +194,38 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PrepareGroupSnapshot(self, request, context):
+        """Group snapshots across nodes, phase 1: copy this node's members early, freeze them
+        under a lease (this node's freeze keeper thaws at its end, whatever happens) and answer
+        READY. Repeats of an id answer its state. A node certificate may prepare only a group
+        whose `nodes` name it; COMMIT and ABORT only from whoever prepared (or a controller).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitGroupSnapshot(self, request, context):
+        """Phase 2: catch up, thaw and keep this node's part (DONE), or ABORTED when the lease had
+        ended first (nothing kept). Never an error for a decided attempt: its state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortGroupSnapshot(self, request, context):
+        """Thaw and discard this node's part of the attempt (a committed part is deleted).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GroupSnapshotPart(self, request, context):
+        """This node's part of a committed group (found = false: none); delete = true deletes it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -226,6 +278,26 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.ExportPool,
                     request_deserializer=agent__pb2.ExportPoolRequest.FromString,
                     response_serializer=agent__pb2.ExportPoolReply.SerializeToString,
+            ),
+            'PrepareGroupSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareGroupSnapshot,
+                    request_deserializer=agent__pb2.PrepareGroupRequest.FromString,
+                    response_serializer=agent__pb2.GroupPhaseReply.SerializeToString,
+            ),
+            'CommitGroupSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitGroupSnapshot,
+                    request_deserializer=agent__pb2.GroupDecision.FromString,
+                    response_serializer=agent__pb2.GroupPhaseReply.SerializeToString,
+            ),
+            'AbortGroupSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortGroupSnapshot,
+                    request_deserializer=agent__pb2.GroupDecision.FromString,
+                    response_serializer=agent__pb2.GroupPhaseReply.SerializeToString,
+            ),
+            'GroupSnapshotPart': grpc.unary_unary_rpc_method_handler(
+                    servicer.GroupSnapshotPart,
+                    request_deserializer=agent__pb2.GroupPartRequest.FromString,
+                    response_serializer=agent__pb2.GroupPartReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -498,6 +570,114 @@ class Agent:
             '/statehold.agent.v1.Agent/ExportPool',
             agent__pb2.ExportPoolRequest.SerializeToString,
             agent__pb2.ExportPoolReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareGroupSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statehold.agent.v1.Agent/PrepareGroupSnapshot',
+            agent__pb2.PrepareGroupRequest.SerializeToString,
+            agent__pb2.GroupPhaseReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitGroupSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statehold.agent.v1.Agent/CommitGroupSnapshot',
+            agent__pb2.GroupDecision.SerializeToString,
+            agent__pb2.GroupPhaseReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortGroupSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statehold.agent.v1.Agent/AbortGroupSnapshot',
+            agent__pb2.GroupDecision.SerializeToString,
+            agent__pb2.GroupPhaseReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GroupSnapshotPart(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statehold.agent.v1.Agent/GroupSnapshotPart',
+            agent__pb2.GroupPartRequest.SerializeToString,
+            agent__pb2.GroupPartReply.FromString,
             options,
             channel_credentials,
             insecure,
