@@ -67,6 +67,8 @@ class ChunkIndex:
         self.repo_id = repo_id
         self._lock = threading.RLock()
         self.damaged: dict[str, str] = {}
+        self.synced = False
+        """True once :meth:`sync` ran in this process."""
         try:
             self._db = self._connect()
         except sqlite3.DatabaseError as exc:
@@ -237,4 +239,5 @@ class ChunkIndex:
                         damaged[index_key(name)] = why
                         log.warning("index object %s unreadable, its chunks are not found: %s", name, why)
         self.damaged = damaged
+        self.synced = True
         return SyncResult(loaded, len(gone), dict(damaged))

@@ -159,8 +159,12 @@ def open_sink(repo: Repository, known: Container[bytes], *, commit_every: int = 
 
 def read_chunk(repo: Repository, cid: bytes, length: int) -> bytes:
     """One chunk's plaintext from a version 2 repository, checked against its id and
-    length (format §4): one ranged read of its pack."""
-    loc = index_of(repo).lookup(cid)
+    length (format §4): one ranged read of its pack. The first read of a process syncs the
+    index cache (the caller holds a lock: tree restores read chunk by chunk)."""
+    idx = index_of(repo)
+    if not idx.synced:
+        idx.sync(repo)
+    loc = idx.lookup(cid)
     if loc is None:
         raise NotFound(f"chunk {cid.hex()} is not in the index of {repo.store.describe()}")
     key = pack_key(loc.pack)
