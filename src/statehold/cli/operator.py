@@ -120,7 +120,8 @@ def run(ctx: typer.Context,
             "records, failover, placement) through the node agents."),
         agent_namespace: str = typer.Option(
             "statehold-system", "--agent-namespace", envvar="POD_NAMESPACE",
-            help="Namespace of the agents' CA and certificate Secrets."),
+            help="Namespace of the agents' CA and certificate Secrets, and of the node "
+            "plugin's ServiceAccount (role cluster grants it Secrets and exec per namespace)."),
         agent_port: int = typer.Option(7443, "--agent-port", min=1, max=65535,
                                        help="TCP port of the node agents (on each Node's InternalIP)."),
         replication_interval: float = typer.Option(
@@ -147,6 +148,7 @@ def run(ctx: typer.Context,
     with failures():
         check_role(role, node_name)
         from statehold.controller import operator as op  # loads kopf: only for this command
+        from statehold.controller.node_grants import NodeGrants
         from statehold.kube.client import ApiKube  # kopf logs in with the client's configuration
         from statehold.kube.kopf_runtime import login_like
 
@@ -172,15 +174,17 @@ def run(ctx: typer.Context,
             tickers = op.node_tickers(kube, engine, node_name, metrics=metrics)
         elif replication:
             fleet, certificates = replication_wiring(kube, agent_namespace, agent_port)
+            grants = NodeGrants(kube, agent_namespace)
             registry = op.cluster_registry(kube, agents=fleet, metrics=metrics,
-                                           move_on_cordon=move_on_cordon)
+                                           move_on_cordon=move_on_cordon, grants=grants)
             tickers = [*op.cluster_tickers(kube, agents=fleet, metrics=metrics,
-                                           move_on_cordon=move_on_cordon,
+                                           move_on_cordon=move_on_cordon, grants=grants,
                                            replication_interval=replication_interval),
                        certificates]
         else:
-            registry = op.cluster_registry(kube, metrics=metrics)
-            tickers = op.cluster_tickers(kube, metrics=metrics)
+            grants = NodeGrants(kube, agent_namespace)
+            registry = op.cluster_registry(kube, metrics=metrics, grants=grants)
+            tickers = op.cluster_tickers(kube, metrics=metrics, grants=grants)
         settings = op.settings_for(role, node_name)
         login_like(registry, kube.configuration)
         if dashboard_address and role != "cluster":

@@ -16,7 +16,10 @@ Two roles, one process each:
   StatefulSetRestores (checks, then pin to a node);
   given the node agents' port (``agents``), ReplicatedVolumes too, on changes and on a
   ticker that also reads Node health: out-of-service failover, and moves on cordon (the
-  ticker's pass reads every Node, so no Node watch is needed).
+  ticker's pass reads every Node, so no Node watch is needed); given ``grants``, the node
+  plugin's Secrets and exec per namespace (:mod:`node_grants`): on a change of a
+  BackupTarget or StatefulSetBackup, before that change's other handlers (a backup is
+  pinned to its node only after its namespace's grants), and on a ticker (revocations).
 
 Periodic work (pool capacity every minute, schedule and gc-schedule ticks every 30 s, each
 agent's look for a gc requested of it every 30 s) runs in plain threads
@@ -38,6 +41,7 @@ from typing import Any
 from statehold.controller import (
     autoexpand,
     backups,
+    node_grants,
     pools,
     qos,
     replication,
@@ -54,7 +58,7 @@ from statehold.controller.problems import Result, backoff
 from statehold.controller.replicas import Agents
 from statehold.controller.report import Clock
 from statehold.engine.node import Node
-from statehold.errors import NotFound
+from statehold.errors import NotFound, StateholdError
 from statehold.kube import kopf_runtime
 from statehold.kube.facade import Kube, Obj
 from statehold.kube.kinds import (
@@ -146,9 +150,14 @@ def node_registry(kube: Kube, node: Node, node_name: str, now: Clock = utcnow,
 def cluster_registry(kube: Kube, now: Clock = utcnow,
                      agents: Agents | None = None,
                      metrics: OperatorMetrics | None = None, *,
-                     move_on_cordon: bool = True) -> kopf_runtime.Registry:
+                     move_on_cordon: bool = True,
+                     grants: node_grants.NodeGrants | None = None) -> kopf_runtime.Registry:
     reg = kopf_runtime.new_registry()
     handler = functools.partial(_handler, metrics=metrics)
+    if grants is not None:  # first: kopf runs one object's handlers in this order
+        for kind in (BACKUP_TARGET, STATEFUL_SET_BACKUP):  # (not counted as reconciles)
+            kopf_runtime.on_changes(reg, kind, _handler(
+                kube, kind, functools.partial(_grant, grants)), id="node-grants")
     if agents is not None:  # replicated volumes need the node agents (replication.py)
         kopf_runtime.on_changes(reg, REPLICATED_VOLUME, handler(
             kube, REPLICATED_VOLUME,
@@ -169,6 +178,15 @@ def cluster_registry(kube: Kube, now: Clock = utcnow,
         kube, STATEFUL_SET_RESTORE, lambda o: statefulset_restores.assign_set_restore(kube, o, now)),
         id="assign")
     return reg
+
+
+def _grant(grants: node_grants.NodeGrants, obj: Obj) -> Result:
+    """The node plugin's grants in obj's namespace, now (a refusal is retried)."""
+    try:
+        grants.sync(obj["metadata"]["namespace"])
+    except StateholdError as exc:
+        return Result.retry(f"node grants: {exc}", 10.0)
+    return Result()
 
 
 class Ticker:
@@ -237,10 +255,13 @@ def cluster_tickers(kube: Kube, now: Clock = utcnow, *, schedule_interval: float
                     agents: Agents | None = None,
                     replication_interval: float = 10.0,
                     metrics: OperatorMetrics | None = None,
-                    move_on_cordon: bool = True) -> list[Ticker]:
+                    move_on_cordon: bool = True,
+                    grants: node_grants.NodeGrants | None = None,
+                    grants_interval: float = 30.0) -> list[Ticker]:
     """Every BackupSchedule, and every BackupTarget's gc schedule, so slots come due without
     a change to the object; with the agents, every replicated volume (records for new PVs,
-    Node health for failover)."""
+    Node health for failover); with ``grants``, every namespace's node grants (at once,
+    then every ``grants_interval``: a backup that ended loses its exec)."""
     tickers = [Ticker("schedules", schedule_interval, _each(
         kube, BACKUP_SCHEDULE, lambda o: schedules.reconcile_schedule(kube, o, now),
         metrics=metrics)),
@@ -249,6 +270,13 @@ def cluster_tickers(kube: Kube, now: Clock = utcnow, *, schedule_interval: float
         tickers.append(Ticker("replication", replication_interval,
                               lambda: log_results(replication.replication_pass(
                                   kube, agents, now, move_on_cordon=move_on_cordon))))
+    if grants is not None:
+        keep = grants
+
+        def regrant() -> None:  # each change is logged by the pass itself
+            keep.sync_all()
+
+        tickers.append(Ticker("node-grants", grants_interval, regrant, immediate=True))
     return tickers
 
 

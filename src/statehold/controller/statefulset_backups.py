@@ -10,6 +10,8 @@ Two halves, like VolumeBackup (:mod:`statehold.controller.backups`):
   group snapshot freezes the volumes of one host).
 * :func:`run_set_backup` (the agent on that node), in this order:
 
+  0. the hooks' exec granted (:func:`hooks_granted`; the operator grants it while the
+     backup is pending or running: :mod:`statehold.controller.node_grants`);
   1. every pre-hook, then one group snapshot of every member (freeze all, reflink all, thaw
      all: :meth:`statehold.engine.node.Node.snapshot_group`), then every post-hook, even
      when the snapshot failed (:func:`statefulset_hooks.capture`). Hook runs go to
@@ -43,7 +45,7 @@ from statehold.controller.problems import Problem, Result
 from statehold.controller.report import Clock, Reporter, report_problem
 from statehold.controller.schedules import parse_time
 from statehold.controller.shared_locate import is_shared_pv
-from statehold.controller.statefulset_hooks import Capture, HookRun, capture, parse_hooks
+from statehold.controller.statefulset_hooks import Capture, HookRun, capture, parse_hooks, pod_name
 from statehold.controller.statefulsets import (
     SET_LABEL,
     find_statefulset,
@@ -52,7 +54,7 @@ from statehold.controller.statefulsets import (
     ordinals,
     templates,
 )
-from statehold.controller.targets import TargetConfig, resolve_target
+from statehold.controller.targets import GRANT_RETRY, TargetConfig, resolve_target
 from statehold.engine.groups import GroupSnapshot
 from statehold.engine.node import Node
 from statehold.errors import (
@@ -70,7 +72,7 @@ from statehold.errors import (
 )
 from statehold.kube.events import rfc3339
 from statehold.kube.facade import Kube, Obj
-from statehold.kube.kinds import PV, PVC, STATEFUL_SET, STATEFUL_SET_BACKUP
+from statehold.kube.kinds import POD, PV, PVC, STATEFUL_SET, STATEFUL_SET_BACKUP
 from statehold.kube.objects import as_pv, as_pvc
 
 log = logging.getLogger("statehold.controller.statefulset_backups")
@@ -175,6 +177,9 @@ def run_set_backup(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock)
                 raise Problem("VolumeNotFound", f"claim {m['claim']}: volume {pool_name}/{volume} "
                               f"is not on node {node_name}: {exc}", permanent=True) from exc
             volumes.append((pool_name, volume))
+        if not st.get("snapshotTime"):
+            hooks_granted(kube, ns, set_name, [int(m["ordinal"]) for m in st["members"]],
+                          spec.get("hooks"))
     except Problem as p:
         return report_problem(rep, p)
     if st.get("phase") != "Running":
@@ -189,6 +194,31 @@ def run_set_backup(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock)
         if stopped is not None:
             return stopped
     return _back_up_members(rep, node, node_name, target, sts, volumes)
+
+
+def hooks_granted(kube: Kube, namespace: str, set_name: str, ords: list[int],
+                  hooks: dict[str, Any] | None) -> None:
+    """Before any hook runs: the node plugin may exec into the set's pods only while the
+    operator grants it (RoleBinding statehold-node-hooks, :mod:`node_grants`, with the
+    pods' ``get`` that every exec does first). Refused -> ``HooksNotGranted``, retried:
+    nothing has run yet, so nothing is left half done. A pod that is not there is the
+    hook's own failure, recorded when it runs."""
+    pre, post = parse_hooks(hooks)
+    first = next((h for h in pre + post), None)
+    if first is None:
+        return
+    ordinal = min(first.ordinals if first.ordinals else ords, default=0)
+    try:
+        kube.get(POD, pod_name(set_name, ordinal), namespace)
+    except NotFound:
+        return
+    except PermissionDenied:
+        raise Problem("HooksNotGranted", f"the hooks cannot run in the pods of StatefulSet "
+                      f"{namespace}/{set_name} yet: the operator lets the node plugin exec "
+                      f"there while a StatefulSetBackup with hooks is pending or running "
+                      f"(RoleBinding statehold-node-hooks in {namespace}; never in the "
+                      "operator's own namespace); waiting for it",
+                      retry_after=GRANT_RETRY) from None
 
 
 def _snapshot(kube: Kube, rep: Reporter, node: Node, volumes: list[tuple[str, str]]

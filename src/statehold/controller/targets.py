@@ -1,7 +1,10 @@
 """BackupTargets: from the custom resource and its Secrets to what the backup engine needs.
 
 ``resolve_target`` does the reads; everything it can find wrong is a :class:`Problem` with a
-reason a user can act on (TargetNotFound, SecretNotFound, SecretKeyMissing).
+reason a user can act on (TargetNotFound, SecretNotFound, SecretKeyMissing). The node
+plugin may get a target's Secrets only once the operator has granted them by name
+(:mod:`statehold.controller.node_grants`): until then it is refused, and that is
+``SecretNotGranted``, retried soon, never a failure.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from statehold.controller.problems import Problem
-from statehold.errors import NotFound
+from statehold.errors import NotFound, PermissionDenied
 from statehold.kube.facade import Kube
 from statehold.kube.kinds import BACKUP_TARGET, SECRET
 
@@ -52,12 +55,22 @@ def secret_value(secret: dict[str, Any], key: str) -> str:
                       "UTF-8 text") from exc
 
 
+GRANT_RETRY = 10.0
+"""Seconds before a read the operator had not granted yet is tried again."""
+
+
 def _secret(kube: Kube, namespace: str, name: str, purpose: str) -> dict[str, Any]:
     try:
         return kube.get(SECRET, name, namespace)
     except NotFound:
         raise Problem("SecretNotFound", f"Secret {namespace}/{name} ({purpose}) does not "
                       "exist") from None
+    except PermissionDenied:
+        raise Problem("SecretNotGranted", f"Secret {namespace}/{name} ({purpose}) is not "
+                      "readable here yet: the operator grants the node plugin each Secret a "
+                      f"BackupTarget names (Role statehold-node-secrets in {namespace}); "
+                      "waiting for it (never the agents' CA or certificate Secrets, nor a "
+                      "service-account token)", retry_after=GRANT_RETRY) from None
 
 
 def target_from(kube: Kube, target: dict[str, Any]) -> TargetConfig:

@@ -70,6 +70,8 @@ LEASE = Kind("coordination.k8s.io/v1", "Lease", "leases", namespaced=True,
              status_subresource=False)
 ROLE = Kind("rbac.authorization.k8s.io/v1", "Role", "roles", namespaced=True,
             status_subresource=False)
+ROLE_BINDING = Kind("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings", namespaced=True,
+                    status_subresource=False)
 VOLUME_SNAPSHOT = Kind("snapshot.storage.k8s.io/v1", "VolumeSnapshot", "volumesnapshots",
                        namespaced=True)
 VOLUME_SNAPSHOT_CONTENT = Kind("snapshot.storage.k8s.io/v1", "VolumeSnapshotContent",
@@ -79,7 +81,7 @@ ALL: tuple[Kind, ...] = (
     STORAGE_POOL, BACKUP_TARGET, VOLUME_BACKUP, BACKUP_SCHEDULE, VOLUME_RESTORE,
     REPLICATED_VOLUME, STATEFUL_SET_BACKUP, STATEFUL_SET_RESTORE, NAMESPACE, NODE, PVC, PV,
     SECRET, CONFIG_MAP, EVENT, POD, STATEFUL_SET, STORAGE_CLASS, CSI_STORAGE_CAPACITY, CSI_NODE,
-    LEASE, ROLE, VOLUME_SNAPSHOT, VOLUME_SNAPSHOT_CONTENT,
+    LEASE, ROLE, ROLE_BINDING, VOLUME_SNAPSHOT, VOLUME_SNAPSHOT_CONTENT,
 )
 
 

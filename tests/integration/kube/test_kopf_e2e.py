@@ -17,14 +17,22 @@ import kopf
 import pytest
 
 from statehold.controller import operator as op
+from statehold.controller.node_grants import SECRETS_ROLE, NodeGrants
 from statehold.engine.node import Node
 from statehold.engine.types import MiB, VolumeMode
 from statehold.errors import NotFound
-from statehold.kube.kinds import BACKUP_SCHEDULE, PVC, STORAGE_POOL, VOLUME_BACKUP, VOLUME_RESTORE
+from statehold.kube.kinds import (
+    BACKUP_SCHEDULE,
+    PVC,
+    ROLE,
+    STORAGE_POOL,
+    VOLUME_BACKUP,
+    VOLUME_RESTORE,
+)
 from statehold.kube.memory import MemoryKube
 from tests.unit.controller.cluster import NS, bound_pvc, path_target, secret, storage_class
 from tests.unit.kube.apiserver import serve
-from tests.unit.kube.rbac import RbacKube, rules_for
+from tests.unit.kube.rbac import RbacKube, as_node_plugin, rules_for
 from tests.unit.kube.validation import render
 
 pytestmark = pytest.mark.root
@@ -65,14 +73,17 @@ def test_schedule_to_backup_to_restore_through_kopf(memory_kube: MemoryKube, nod
     # each role's handlers act only with what the chart grants its ServiceAccount
     docs = render.render_chart()
     as_operator = RbacKube(kube, rules_for(docs, "statehold-operator"))
-    as_node = RbacKube(kube, rules_for(docs, "statehold-node"))
+    as_node = as_node_plugin(kube, docs)  # the chart's rules and the operator's grants
+    grants = NodeGrants(as_operator, "statehold-system")
     # and kopf's own requests (list, watch, annotation patches) are checked the same way
     tokens = {"operator": as_operator.rules, "node": as_node.rules}
     refused: list[str] = []
     with serve(kube, tokens=tokens, denied=refused) as url, \
-            operator_running(url, "operator", op.cluster_registry(as_operator, fake_clock),
+            operator_running(url, "operator", op.cluster_registry(as_operator, fake_clock,
+                                                                 grants=grants),
                              op.settings_for("cluster", None),
-                             op.cluster_tickers(as_operator, fake_clock, schedule_interval=0.2)), \
+                             op.cluster_tickers(as_operator, fake_clock, schedule_interval=0.2,
+                                               grants=grants)), \
             operator_running(url, "node", op.node_registry(as_node, node, NODE, fake_clock),
                              op.settings_for("node", NODE),
                              op.node_tickers(as_node, node, NODE, fake_clock, capacity_interval=0.5)):
@@ -92,6 +103,8 @@ def test_schedule_to_backup_to_restore_through_kopf(memory_kube: MemoryKube, nod
         storage_class(kube)
         secret(kube, "pw", password="e2e password")
         path_target(kube, path=str(scratch / "repo"))
+        # the operator lets the node read the target's password (its BackupTarget handler)
+        wait_for("node grants", lambda: kube.get(ROLE, SECRETS_ROLE, NS)["rules"])
         kube.create({"apiVersion": "statehold.io/v1alpha1", "kind": "BackupSchedule",
                      "metadata": {"name": "nightly", "namespace": NS},
                      "spec": {"schedule": "0 3 * * *", "target": "t",

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from statehold.controller import operator as op
+from statehold.controller.node_grants import SECRETS_ROLE, NodeGrants
 from statehold.engine.node import Node
-from statehold.kube.kinds import BACKUP_SCHEDULE, PV, PVC, VOLUME_BACKUP, VOLUME_RESTORE
+from statehold.kube.kinds import BACKUP_SCHEDULE, PV, PVC, ROLE, VOLUME_BACKUP, VOLUME_RESTORE
 from statehold.kube.memory import MemoryKube
 from statehold.shared.ids import split_id
 from statehold.shared.parameters import VolumeClass
@@ -21,7 +22,7 @@ from statehold.shared.service import SharedVolumes
 from tests.integration.kube.test_kopf_e2e import operator_running, wait_for
 from tests.unit.controller.cluster import NS, path_target, secret
 from tests.unit.kube.apiserver import serve
-from tests.unit.kube.rbac import RbacKube, rules_for
+from tests.unit.kube.rbac import RbacKube, as_node_plugin, rules_for
 from tests.unit.kube.validation import render
 
 NODE = "n1"
@@ -64,19 +65,24 @@ def test_shared_pvc_schedule_backup_restore_through_kopf(memory_kube: MemoryKube
     engine = Node(scratch / "home-n1")
     docs = render.render_chart()
     as_operator = RbacKube(kube, rules_for(docs, "statehold-operator"))
-    as_node = RbacKube(kube, rules_for(docs, "statehold-node"))
+    as_node = as_node_plugin(kube, docs)  # the chart's rules and the operator's grants
+    grants = NodeGrants(as_operator, "statehold-system")
     refused: list[str] = []
     with serve(kube, tokens={"operator": as_operator.rules, "node": as_node.rules},
                denied=refused) as url, \
-            operator_running(url, "operator", op.cluster_registry(as_operator, fake_clock),
+            operator_running(url, "operator", op.cluster_registry(as_operator, fake_clock,
+                                                                 grants=grants),
                              op.settings_for("cluster", None),
-                             op.cluster_tickers(as_operator, fake_clock, schedule_interval=0.2)), \
+                             op.cluster_tickers(as_operator, fake_clock, schedule_interval=0.2,
+                                               grants=grants)), \
             operator_running(url, "node", op.node_registry(as_node, engine, NODE, fake_clock),
                              op.settings_for("node", NODE),
                              op.node_tickers(as_node, engine, NODE, fake_clock,
                                              capacity_interval=0.5)):
         # the agent registers the class's root at start
         wait_for("root registered", lambda: RootRegistry(engine.home).known() == [info.context["rootKey"]])
+        # the operator lets the node read the target's password (its first grants pass)
+        wait_for("node grants", lambda: kube.get(ROLE, SECRETS_ROLE, NS)["rules"])
         kube.create({"apiVersion": "statehold.io/v1alpha1", "kind": "BackupSchedule",
                      "metadata": {"name": "nightly", "namespace": NS},
                      "spec": {"schedule": "0 3 * * *", "target": "t",

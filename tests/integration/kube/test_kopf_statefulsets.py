@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from statehold.controller import operator as op
+from statehold.controller.node_grants import SECRETS_ROLE, NodeGrants
 from statehold.engine.node import Node
 from statehold.engine.types import MiB, VolumeMode
 from statehold.kube.execs import ExecCall
@@ -22,6 +23,7 @@ from statehold.kube.facade import ExecResult, Obj
 from statehold.kube.kinds import (
     PV,
     PVC,
+    ROLE,
     STATEFUL_SET_BACKUP,
     STATEFUL_SET_RESTORE,
     STORAGE_POOL,
@@ -32,7 +34,7 @@ from tests.integration.kube.test_kopf_e2e import operator_running
 from tests.unit.controller.cluster import NS, bound_pvc, path_target, secret, storage_class
 from tests.unit.controller.statefulset_cluster import hook, running_pods, statefulset
 from tests.unit.kube.apiserver import serve
-from tests.unit.kube.rbac import RbacKube, rules_for
+from tests.unit.kube.rbac import RbacKube, as_node_plugin, rules_for
 from tests.unit.kube.validation import render
 
 pytestmark = pytest.mark.root
@@ -54,13 +56,22 @@ def until(kube: MemoryKube, kind: Kind, name: str, namespace: str | None, phase:
     raise AssertionError(f"{kind.kind} {name} never reached {phase}")
 
 
+def until_granted(kube: MemoryKube, timeout: float = 60) -> None:
+    """The node plugin's Secrets Role in NS, once the operator has written it (watched)."""
+    for ev in kube.watch(ROLE, NS, timeout=timeout):
+        if ev.object["metadata"]["name"] == SECRETS_ROLE and ev.object.get("rules"):
+            return
+    raise AssertionError(f"no Role {SECRETS_ROLE} in {NS}")
+
+
 def test_a_scheduled_set_backup_and_its_restore_through_kopf(
         memory_kube: MemoryKube, node: Node, engine_home: Path, scratch: Path,
         fake_clock: Any) -> None:
     kube = memory_kube
     docs = render.render_chart()
     as_operator = RbacKube(kube, rules_for(docs, "statehold-operator"))
-    as_node = RbacKube(kube, rules_for(docs, "statehold-node"))
+    as_node = as_node_plugin(kube, docs)  # the chart's rules and the operator's grants
+    grants = NodeGrants(as_operator, "statehold-system")
     tokens = {"operator": as_operator.rules, "node": as_node.rules}
     refused: list[str] = []
     ran: list[str] = []
@@ -73,9 +84,11 @@ def test_a_scheduled_set_backup_and_its_restore_through_kopf(
 
     kube.on_exec(exec_)
     with serve(kube, tokens=tokens, denied=refused) as url, \
-            operator_running(url, "operator", op.cluster_registry(as_operator, fake_clock),
+            operator_running(url, "operator", op.cluster_registry(as_operator, fake_clock,
+                                                                 grants=grants),
                              op.settings_for("cluster", None),
-                             op.cluster_tickers(as_operator, fake_clock, schedule_interval=0.2)), \
+                             op.cluster_tickers(as_operator, fake_clock, schedule_interval=0.2,
+                                               grants=grants)), \
             operator_running(url, "node", op.node_registry(as_node, node, NODE, fake_clock),
                              op.settings_for("node", NODE), []):
         kube.create({"apiVersion": API, "kind": "StoragePool", "metadata": {"name": "fast"},
@@ -97,6 +110,8 @@ def test_a_scheduled_set_backup_and_its_restore_through_kopf(
         storage_class(kube)
         secret(kube, "pw", password="kopf sets")
         path_target(kube, path=str(scratch / "repo"))
+        # the operator lets the node read the target's password (its BackupTarget handler)
+        until_granted(kube)
         kube.create({"apiVersion": API, "kind": "BackupSchedule",
                      "metadata": {"name": "nightly", "namespace": NS},
                      "spec": {"schedule": "0 3 * * *", "target": "t", "statefulSet": {

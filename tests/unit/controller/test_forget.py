@@ -16,6 +16,7 @@ from statehold.backup.imagebackup import create_backup
 from statehold.backup.repository import Repository
 from statehold.controller.backups import FORGET_ANNOTATION, NODE_LABEL, forget_backup
 from statehold.controller.conditions import find
+from statehold.controller.node_grants import NodeGrants
 from statehold.controller.operator import node_registry
 from statehold.engine.node import Node
 from statehold.errors import NotFound
@@ -23,7 +24,7 @@ from statehold.kube.kinds import VOLUME_BACKUP
 from statehold.kube.memory import MemoryKube
 from tests.unit.controller.cluster import NS, path_target, secret, volume_backup
 from tests.unit.controller.test_operator_wiring import handlers
-from tests.unit.kube.rbac import RbacKube, rules_for
+from tests.unit.kube.rbac import RbacKube, as_node_plugin, rules_for
 from tests.unit.kube.validation import render
 
 PASSWORD = "s3cret"
@@ -64,7 +65,10 @@ def test_forget_removes_the_backup_from_the_repository_then_the_object(
         node_rules: list[dict[str, Any]]) -> None:
     gone, kept = backed_up(repo, scratch), backed_up(repo, scratch, "fast/other")
     vb = backup_object(memory_kube, "b1", {"phase": "Completed", "backupId": gone})
-    agent = RbacKube(memory_kube, node_rules)
+    docs = render.render_chart()
+    NodeGrants(RbacKube(memory_kube, rules_for(docs, "statehold-operator")),
+               "statehold-system").sync(NS)  # the operator lets the node read pw
+    agent = as_node_plugin(memory_kube, docs)
     assert forget_backup(agent, vb, "n1", fake_clock).outcome == "done"
     assert repo.backup_ids() == [kept]
     with pytest.raises(NotFound):

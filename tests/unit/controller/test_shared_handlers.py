@@ -15,6 +15,7 @@ import pytest
 from statehold.controller import backup_runner
 from statehold.controller.backups import NODE_LABEL, assign_backup, run_backup
 from statehold.controller.conditions import find
+from statehold.controller.node_grants import NodeGrants
 from statehold.controller.restores import assign_restore, run_restore
 from statehold.controller.shared_backups import register_class_roots
 from statehold.controller.targets import resolve_target
@@ -26,7 +27,7 @@ from statehold.shared.parameters import VolumeClass
 from statehold.shared.registry import RootSpec
 from statehold.shared.service import SharedVolumes
 from tests.unit.controller.cluster import NS, path_target, secret, storage_class, volume_backup
-from tests.unit.kube.rbac import RbacKube, rules_for
+from tests.unit.kube.rbac import RbacKube, kept_rules, rules_for
 from tests.unit.kube.validation import render
 
 DRIVER = "csi.statehold.io"
@@ -37,7 +38,8 @@ FILES = {"index.html": b"<h1>hello</h1>\n", "media/a.bin": os.urandom(300_000),
 @pytest.fixture(scope="module")
 def accounts() -> dict[str, list[dict[str, Any]]]:
     docs = render.render_chart()
-    return {a: rules_for(docs, a) for a in ("statehold-operator", "statehold-node")}
+    return {a: rules_for(docs, a) for a in ("statehold-operator", "statehold-node")} | {
+        "cluster-roles": [d for d in docs if d["kind"] == "ClusterRole"]}
 
 
 @pytest.fixture
@@ -76,9 +78,12 @@ def world(memory_kube: MemoryKube, scratch: Path, accounts: dict) -> dict[str, A
                                  "storageClassName": "shared-host",
                                  "resources": {"requests": {"storage": "64Mi"}}}})
     memory_kube.patch_status(PVC, "uploads", {"phase": "Bound"}, NS)
+    operator = RbacKube(memory_kube, accounts["statehold-operator"])
+    NodeGrants(operator, "statehold-system").sync(NS)  # the node may read the target's pw
     return {"root": root, "params": params, "handle": info.id, "scratch": scratch,
-            "operator": RbacKube(memory_kube, accounts["statehold-operator"]),
-            "agent": RbacKube(memory_kube, accounts["statehold-node"])}
+            "operator": operator,
+            "agent": RbacKube(memory_kube, accounts["statehold-node"], kept=kept_rules(
+                memory_kube, accounts["cluster-roles"], "statehold-node"))}
 
 
 def agent(world: dict[str, Any], node: str) -> tuple[Node, SharedVolumes]:

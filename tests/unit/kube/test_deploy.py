@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from statehold.controller.agent_certs import AGENT_ROLE
+from statehold.controller.node_grants import HOOKS_ROLE, SECRETS_ROLE
 from tests.unit.kube.validation import ROOT, load_all, render, validate_object, yaml_blocks
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -137,8 +138,9 @@ def test_rbac_is_least_privilege(rendered: list) -> None:
         for rule in role["rules"]:
             assert "*" not in rule["verbs"] and "*" not in rule["resources"], role["metadata"]["name"]
             if "secrets" in rule["resources"]:
-                # reading by name everywhere (targets' passwords and credentials); writing
-                # only the node agents' CA and certificates, in the release namespace
+                # the operator reads by name everywhere (targets' passwords and credentials)
+                # and writes only the node agents' CA and certificates, in the release
+                # namespace; the node plugin gets none from the chart (node_grants)
                 writes = role["kind"] == "Role" and role["metadata"]["name"] == (
                     "statehold-operator-agent-certificates")
                 assert rule["verbs"] == (["get", "list", "create", "patch", "delete"] if writes
@@ -146,9 +148,19 @@ def test_rbac_is_least_privilege(rendered: list) -> None:
     bound = {(b["roleRef"]["name"], s["name"]) for b in rendered
              if b["kind"] in ("ClusterRoleBinding", "RoleBinding") for s in b["subjects"]}
     # the one Role bound but not rendered: the agents' grant on their certificate Secrets,
-    # by name, which the operator writes as Nodes come and go (agent_certs.AGENT_ROLE)
-    assert {r["metadata"]["name"] for r in roles} | {AGENT_ROLE} == {name for name, _ in bound}
+    # by name, which the operator writes as Nodes come and go (agent_certs.AGENT_ROLE);
+    # the one rendered but not bound: the node plugin's exec for hooks, which the operator
+    # binds per namespace while a hooked StatefulSetBackup runs (node_grants.HOOKS_ROLE)
+    assert ({r["metadata"]["name"] for r in roles} - {HOOKS_ROLE}) | {AGENT_ROLE} == {
+        name for name, _ in bound}
     assert (AGENT_ROLE, "statehold-agent") in bound
+    # the node plugin runs privileged on every node: no Secret and no exec from the chart
+    node = [r for b in rendered if b["kind"] in ("ClusterRoleBinding", "RoleBinding")
+            and any(s["name"] == "statehold-node" for s in b["subjects"])
+            for role in roles if role["metadata"]["name"] == b["roleRef"]["name"]
+            and role["kind"] == b["roleRef"]["kind"] for r in role["rules"]]
+    assert node and not [r for r in node if {"secrets", "pods/exec"} & set(r["resources"])]
+    assert SECRETS_ROLE not in {r["metadata"]["name"] for r in roles}
     accounts = {d["metadata"]["name"] for d in rendered if d["kind"] == "ServiceAccount"}
     for kind in ("DaemonSet", "Deployment"):
         for w in (d for d in rendered if d["kind"] == kind):

@@ -1,11 +1,13 @@
 """The chart's RBAC covers the StatefulSet handlers: the operator's (assign, schedules that
-target sets) and the node agent's (hooks through pods/exec, the set, status), each run
-through a facade that allows only its account's rendered rules."""
+target sets, the node plugin's grants) and the node agent's (hooks through pods/exec, the
+set, status), each run through a facade that allows only its account's rendered rules and,
+for the node, what the operator granted it (``node_grants``: nothing before)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from statehold.controller.node_grants import NodeGrants
 from statehold.controller.schedules import reconcile_schedule
 from statehold.controller.statefulset_backups import assign_set_backup, run_set_backup
 from statehold.controller.statefulset_restores import assign_set_restore
@@ -21,7 +23,7 @@ from tests.unit.controller.statefulset_cluster import (
     running_pods,
     statefulset,
 )
-from tests.unit.kube.rbac import RbacKube, rules_for
+from tests.unit.kube.rbac import RbacKube, as_node_plugin, rules_for
 from tests.unit.kube.validation import render
 
 API = "statehold.io/v1alpha1"
@@ -31,7 +33,7 @@ def test_operator_and_node_rbac_cover_the_statefulset_handlers(memory_kube: Memo
                                                               fake_clock: Any) -> None:
     docs = render.render_chart()
     operator = RbacKube(memory_kube, rules_for(docs, "statehold-operator"))
-    agent = RbacKube(memory_kube, rules_for(docs, "statehold-node"))
+    agent = as_node_plugin(memory_kube, docs)
     secret(memory_kube, "pw", password="x")
     path_target(memory_kube)
     storage_class(memory_kube)
@@ -69,8 +71,15 @@ def test_operator_and_node_rbac_cover_the_statefulset_handlers(memory_kube: Memo
                             "pre": [hook("checkpoint", "psql", "CHECKPOINT")]}}})
     assign_set_backup(operator, memory_kube.get(STATEFUL_SET_BACKUP, "now", NS), fake_clock)
     node = FakeNode(rec, fail=Temporary("busy"))
+    # before the operator's grants the node may read no Secret and exec into no pod: it waits
+    waited = run_set_backup(agent, memory_kube.get(STATEFUL_SET_BACKUP, "now", NS), node, "n1",
+                            fake_clock)
+    assert waited.outcome == "retry" and rec.log == []
+    assert agent.denied == [("", "secrets", "get")]
+    agent.denied.clear()
+    NodeGrants(operator, "statehold-system").sync(NS)
     run_set_backup(agent, memory_kube.get(STATEFUL_SET_BACKUP, "now", NS), node, "n1", fake_clock)
-    assert agent.denied == []
+    assert agent.denied == [] and operator.denied == []
     assert ("", "pods/exec", "create") in agent.used and ("", "pods", "get") in agent.used
     assert rec.log[:3] == ["exec db-0 psql CHECKPOINT", "exec db-1 psql CHECKPOINT",
                            "exec db-2 psql CHECKPOINT"]
