@@ -98,12 +98,10 @@ class World:
         return text
 
     def kept(self, node: str, group: str = GROUP) -> list[str]:
-        """What this node keeps of the group: snapshot rows, files, records."""
+        """What this node keeps of the group: snapshot rows and files, records."""
         pool = self.engines[node].pool(self.node(node).pool)
-        snap = f"{group}-{VOLUMES[node]}"
         found = [s.name for s in pool.list_snapshots()]
-        if pool.snapshot_path(snap).exists():
-            found.append(f"file {snap}")
+        found += [f"file {f.name}" for f in pool.snapshots_dir.glob(f"{group}*")]
         if groups.read(pool, group) is not None:
             found.append(f"record {group}")
         return found
@@ -232,3 +230,35 @@ def test_a_node_cut_off_after_ready_is_aborted_and_thaws_on_its_own(world: World
         wait_for(lambda: not world.kept("n2"), LEASE + 30, "n2 rolling back by itself")
     finally:
         world.cluster.link_up(n2)
+
+
+def test_the_csi_group_controller_takes_reads_and_deletes_a_group_across_nodes(world: World) -> None:
+    """The CSI side (LocalGroups, as the GroupController calls it) on n1, coordinating
+    through the agents with n1's own node certificate."""
+    from statehold.agent import pki
+    from statehold.agent.fleet import AgentFleet
+    from statehold.csi.local_groups import LocalGroups
+    from statehold.csi.remote_groups import GroupsAcrossNodes, StaticPoolNodes
+    from tests.integration.agent.groupcoord import StaticDirectory
+
+    world.cluster.attach_host()  # the test process is n1's plugin: it reaches the agents
+    n1 = world.node("n1")
+    addresses = {n.name: world.agents.address(n) for n in world.cluster.nodes}
+    fleet = AgentFleet(pki.load_bundle(world.agents.certs(n1)), StaticDirectory(addresses))
+    try:
+        remote: GroupsAcrossNodes = fleet.group_coordinator()
+        csi = LocalGroups(world.engines["n1"], "n1", remote=remote,
+                          pool_nodes=StaticPoolNodes({"pa": "n1", "pb": "n2"}))
+        ids = ["pa/va", "pb/vb"]
+        info = csi.create("csi-group", ids, {"freezeTimeout": "5s"})
+        assert info.ready and info.group_snapshot_id == "pa/csi-group"
+        assert sorted(s.source_volume_id for s in info.snapshots) == ids
+        again = csi.create("csi-group", ids, {"freezeTimeout": "5s"})  # a sidecar's retry
+        assert again.member_ids == info.member_ids and again.created_at == info.created_at
+        got = csi.get(info.group_snapshot_id)
+        assert got.ready and sorted(got.member_ids) == sorted(info.member_ids)
+        csi.delete(info.group_snapshot_id)
+        assert world.kept("n1", "csi-group") == [] and world.kept("n2", "csi-group") == []
+    finally:
+        fleet.close()
+    world.thawed()
