@@ -13,6 +13,9 @@ Format 2 (format §11.6): a chunk is present when the index names it and its pac
 listed; deep reads go through :mod:`.packreader` (several chunks per request); damaged
 index objects are problems of their own (``index``). A corrupt chunk inside a pack is
 reported, not moved (one blob of a pack cannot be quarantined alone).
+
+With ``subset`` (:mod:`.sampling`, ``--read-data-subset``) the quick checks run as usual
+and then a slice of the stored objects (packs, or format 1 chunk objects) is read in full.
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from statehold.backup import chunkstore, packreader
+from statehold.backup import chunkstore, packreader, sampling
 from statehold.backup.locks import Lock
 from statehold.backup.packs import PACK_PREFIX, pack_id_of
 from statehold.backup.repository import Repository, chunk_key
-from statehold.errors import Corrupt, NotFound, StateholdError
+from statehold.errors import Corrupt, InvalidArgument, NotFound, StateholdError
 
 Progress = Callable[[int, int], None]
 
@@ -36,7 +39,8 @@ class Problem:
     what: str
     """'missing' or 'corrupt' (a chunk), 'manifest' (a backup that cannot be read),
     'quarantined' (a backup whose manifest was moved to quarantine/), or 'index' (format
-    2: an index object that cannot be read)."""
+    2: an index object that cannot be read, or whose entries disagree with a pack's
+    header), or 'pack' (a pack whose header cannot be read: every chunk in it is lost)."""
     name: str
     """Chunk id (hex) or backup id."""
     detail: str
@@ -52,6 +56,8 @@ class VerifyReport:
     chunks: int
     bytes_checked: int
     problems: list[Problem] = field(default_factory=list)
+    subset: sampling.Sampled | None = None
+    """What ``--read-data-subset`` read (its plaintext is counted in bytes_checked)."""
 
     @property
     def ok(self) -> bool:
@@ -62,8 +68,21 @@ class VerifyReport:
 
 
 def verify(repo: Repository, *, deep: bool = False, parallel: int = 8,
-           progress: Progress | None = None, quarantine: bool = False) -> VerifyReport:
+           progress: Progress | None = None, quarantine: bool = False,
+           subset: sampling.Subset | None = None) -> VerifyReport:
     problems: list[Problem] = []
+    if deep and subset is not None:
+        raise InvalidArgument("a deep verify reads every chunk already; give a subset or deep")
+    guard = threading.Lock()
+
+    def found(what: str, name: str, detail: str, backups: tuple[str, ...], moved: str) -> None:
+        with guard:
+            problems.append(Problem(what, name, detail, backups, moved))
+
+    def sample() -> sampling.Sampled | None:
+        return None if subset is None else sampling.read_subset(
+            repo, subset, users, lengths, found, parallel=parallel, progress=progress,
+            quarantine=quarantine)
     with Lock(repo, "exclusive" if quarantine else "shared"):
         users: dict[bytes, list[str]] = {}
         lengths: dict[bytes, int] = {}
@@ -87,7 +106,9 @@ def verify(repo: Repository, *, deep: bool = False, parallel: int = 8,
         if chunkstore.packed(repo):
             checked = _verify_packed(repo, users, lengths, problems, deep=deep, parallel=parallel,
                                      progress=progress)
-            return VerifyReport(deep, count, len(users), checked, problems)
+            sampled = sample()
+            return VerifyReport(deep, count, len(users), checked + (sampled.plain_bytes if sampled else 0),
+                                problems, sampled)
         present = repo.known_chunks()
         for cid in sorted(users):
             if cid not in present:
@@ -126,7 +147,9 @@ def verify(repo: Repository, *, deep: bool = False, parallel: int = 8,
                 for start in range(0, len(todo), step):
                     list(pool.map(check, todo[start : start + step]))
             checked = done
-        return VerifyReport(deep, count, len(users), checked, problems)
+        sampled = sample()
+        return VerifyReport(deep, count, len(users), checked + (sampled.plain_bytes if sampled else 0),
+                            problems, sampled)
 
 
 def _verify_packed(repo: Repository, users: dict[bytes, list[str]], lengths: dict[bytes, int],
