@@ -34,6 +34,7 @@ from statehold.backup.manifest import Manifest
 from statehold.backup.repository import Damaged, Repository
 from statehold.backup.restoring import restore_image
 from statehold.backup.retention import Policy, parse_duration
+from statehold.backup.sampling import Subset
 from statehold.backup.targets import Target
 from statehold.backup.verifying import verify
 from statehold.cli.context import node, open_repository, repo_password, target_book, target_store
@@ -270,6 +271,12 @@ def verify_cmd(
     ctx: typer.Context,
     target: str = TargetOption,
     deep: bool = typer.Option(False, "--deep", help="Download, decrypt and re-hash every chunk."),
+    read_data_subset: str | None = typer.Option(
+        None, "--read-data-subset", metavar="N/M|P%", help="Also read a part of the stored data "
+        "in full (packs; chunk objects in format 1), every chunk decrypted and re-hashed: N/M is "
+        "slice N of M (1/5 .. 5/5 together read everything once), P% a random share (--seed)."),
+    seed: int | None = typer.Option(None, "--seed", help="With P%: pick the same packs as an "
+                                    "earlier run with this seed (the seed used is printed)."),
     quarantine: bool = typer.Option(
         False, "--quarantine", help="Move damaged manifests (and with --deep, damaged chunks) to "
         "quarantine/ (takes the exclusive lock)."),
@@ -280,19 +287,31 @@ def verify_cmd(
 ) -> None:
     """Check that every backup can be restored; exits 1 and lists the affected backups if not."""
     with failures():
+        subset = Subset.parse(read_data_subset, seed) if read_data_subset is not None else None
+        if seed is not None and subset is None:
+            raise InvalidArgument("--seed needs --read-data-subset P%")
+        if deep and subset is not None:
+            raise InvalidArgument("--deep reads every chunk already: give --deep or --read-data-subset")
+        subset = subset.resolved() if subset is not None else None
         repo = open_repository(ctx, home, target, password_file)
-        with _bar("verify", deep and not quiet) as bar:
-            report = verify(repo, deep=deep, progress=bar, quarantine=quarantine)
+        with _bar("verify", (deep or subset is not None) and not quiet) as bar:
+            report = verify(repo, deep=deep, progress=bar, quarantine=quarantine, subset=subset)
     if output in (Format.JSON, Format.YAML):
         emit(report, output, [])
     else:
         mode = "deep" if deep else "quick"
+        sampled = report.subset
         typer.echo(f"verify ({mode}): {report.backups} backups, {report.chunks} chunks"
                    + (f", {human(report.bytes_checked)} checked" if deep else "")
                    + (": ok" if report.ok else f": {len(report.problems)} problems"))
+        if sampled is not None:
+            typer.echo(f"read data subset {sampled.subset}: {sampled.read} of {sampled.total} "
+                       f"{sampled.objects} ({human(sampled.bytes_read)} stored, "
+                       f"{sampled.chunks_checked} chunks, {human(sampled.plain_bytes)} checked)")
         for p in report.problems:
             moved = f"; moved to {p.quarantined}" if p.quarantined else ""
-            typer.echo(f"{p.what} {p.name}: {p.detail}; affects {', '.join(p.backups)}{moved}")
+            typer.echo(f"{p.what} {p.name}: {p.detail}; affects {', '.join(p.backups) or 'no backup'}"
+                       f"{moved}")
     if not report.ok:
         with failures():
             raise Corrupt(f"{len(report.problems)} problems; affected backups: "
