@@ -9,6 +9,10 @@ backup stores.
 
 Ordering (format §7.2): a group manifest is put only after every member's manifest is
 stored, so a group that exists names backups that existed when it was written.
+
+A group is one unit for removal (format §9): prune, forget and gc live in
+:mod:`statehold.backup.collecting`, which never removes a member a group names without
+its group.
 """
 
 from __future__ import annotations
@@ -90,6 +94,9 @@ class GroupManifest:
     key: str = ""
     host: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
+    origin: str = ""
+    """Who made it (format §6.2's rule): ``schedule/<namespace>/<name>`` for a schedule's,
+    ``""`` (absent in the object) for one made by hand or written before the field."""
 
     def member(self, template: str, ordinal: int) -> Member:
         for m in self.members:
@@ -101,8 +108,12 @@ class GroupManifest:
     def ordinals(self) -> list[int]:
         return sorted({m.ordinal for m in self.members})
 
+    @property
+    def backup_ids(self) -> list[str]:
+        return [m.backup_id for m in self.members]
+
     def encode(self) -> bytes:
-        return json.dumps({
+        doc: dict[str, object] = {
             "format": FORMAT, "version": VERSION, "id": self.group_id, "created": self.created,
             "kind": "statefulset", "key": self.key, "host": self.host,
             "consistency": self.consistency, "labels": dict(self.labels),
@@ -117,7 +128,10 @@ class GroupManifest:
             "members": [{"ordinal": m.ordinal, "template": m.template, "claim": m.claim,
                          "backup": m.backup_id, "size": m.size, "volume": m.volume}
                         for m in self.members],
-        }, sort_keys=True).encode()
+        }
+        if self.origin:  # absent means made by hand, as in group manifests from before
+            doc["origin"] = self.origin
+        return json.dumps(doc, sort_keys=True).encode()
 
 
 def decode(data: bytes, key: str) -> GroupManifest:
@@ -146,21 +160,25 @@ def decode(data: bytes, key: str) -> GroupManifest:
             members=members, selector={str(k): str(v) for k, v in (sts.get("selector") or {}).items()},
             consistency=str(doc.get("consistency") or "crash"), key=str(doc.get("key") or ""),
             host=str(doc.get("host") or ""),
-            labels={str(k): str(v) for k, v in (doc.get("labels") or {}).items()})
+            labels={str(k): str(v) for k, v in (doc.get("labels") or {}).items()},
+            origin=str(doc.get("origin") or ""))
     except (ValueError, KeyError, TypeError) as exc:
         raise Corrupt(f"{key}: group manifest does not parse: {exc}") from exc
 
 
 def save_group(repo: Repository, group: GroupManifest) -> None:
     """Put the group manifest, after checking that every member's manifest is stored
-    (format §7.2): FailedPrecondition naming the first that is not."""
+    (format §7.2): FailedPrecondition naming the first that is not. Under a shared lock, so
+    no prune or forget (exclusive) removes a member between the check and the put; Aborted
+    while one runs (the caller retries)."""
     if not group.members:
         raise InvalidArgument(f"group {group.group_id} has no members")
-    for m in group.members:
-        if not repo.store.exists(manifest_key(m.backup_id)):
-            raise FailedPrecondition(f"group {group.group_id}: member {m.claim}'s backup "
-                                     f"{m.backup_id} is not stored")
-    repo.put_blob(group_key(group.group_id), group.encode())
+    with Lock(repo, "shared"):
+        for m in group.members:
+            if not repo.store.exists(manifest_key(m.backup_id)):
+                raise FailedPrecondition(f"group {group.group_id}: member {m.claim}'s backup "
+                                         f"{m.backup_id} is not stored")
+        repo.put_blob(group_key(group.group_id), group.encode())
     log.info("group saved id=%s set=%s/%s members=%d", group.group_id, group.namespace,
              group.set_name, len(group.members))
 
@@ -195,37 +213,3 @@ def groups(repo: Repository, *,
 def missing_members(repo: Repository, group: GroupManifest) -> list[Member]:
     """Members whose backup is no longer stored (forgotten, or pruned on its own)."""
     return [m for m in group.members if not repo.store.exists(manifest_key(m.backup_id))]
-
-
-@dataclass(frozen=True, slots=True)
-class GroupPrune:
-    kept: tuple[str, ...]
-    removed: tuple[str, ...]
-    backups_removed: tuple[str, ...]
-
-
-def prune_groups(repo: Repository, *, namespace: str, set_name: str, keep_last: int) -> GroupPrune:
-    """Keep the ``keep_last`` newest group backups of one set; remove the others: their
-    member backups (those no kept group of any set names), then the group manifests, under
-    the exclusive lock (format §9). Member chunks go at the next gc."""
-    if keep_last < 1:
-        raise InvalidArgument("keep_last must be at least 1: a policy never removes every backup")
-    with Lock(repo, "exclusive"):
-        every = list(groups(repo))
-        mine = sorted((g for g in every if (g.namespace, g.set_name) == (namespace, set_name)),
-                      key=lambda g: (g.created, g.group_id), reverse=True)
-        kept, doomed = mine[:keep_last], mine[keep_last:]
-        doomed_ids = {g.group_id for g in doomed}
-        still_named = {m.backup_id for g in every if g.group_id not in doomed_ids for m in g.members}
-        gone: list[str] = []
-        for g in doomed:
-            for m in g.members:
-                if m.backup_id not in still_named and repo.store.exists(manifest_key(m.backup_id)):
-                    repo.store.delete(manifest_key(m.backup_id))
-                    gone.append(m.backup_id)
-            # the members first: a prune cut short leaves a group naming missing backups, which
-            # the next prune removes, never a backup no group accounts for
-            repo.store.delete(group_key(g.group_id))
-            log.info("prune group=%s set=%s/%s", g.group_id, namespace, set_name)
-        return GroupPrune(tuple(g.group_id for g in kept), tuple(sorted(doomed_ids)), tuple(gone))
-

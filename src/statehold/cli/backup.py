@@ -29,7 +29,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from statehold.backup.collecting import forget, gc, prune
+from statehold.backup.collecting import forget, forget_group, gc, prune
 from statehold.backup.manifest import Manifest
 from statehold.backup.repository import Damaged, Repository
 from statehold.backup.restoring import restore_image
@@ -330,7 +330,11 @@ def prune_cmd(
     yearly: int = typer.Option(0, "--yearly", help="... of each of the last N years."),
     within: str | None = typer.Option(None, "--within", help="Keep every backup made within this "
                                       "long of the volume's newest (e.g. 36h, 14d, 2w)."),
-    volume: str | None = typer.Option(None, "--volume", help="Only this volume's backups (POOL/NAME)."),
+    volume: str | None = typer.Option(None, "--volume", help="Only this volume's single backups "
+                                      "(POOL/NAME; group backups are judged by set)."),
+    statefulset: str | None = typer.Option(None, "--statefulset", help="Only this StatefulSet's "
+                                           "group backups (NAMESPACE/NAME), each judged by its "
+                                           "group manifest's time and removed with its members."),
     origin: str | None = typer.Option(None, "--origin", help="Only the backups of this origin: "
                                       "schedule/NAMESPACE/NAME (a cluster schedule's), or "
                                       "'manual' (made by hand). Default: every backup."),
@@ -338,21 +342,36 @@ def prune_cmd(
     password_file: Path | None = PasswordFileOption,
     home: Path | None = HomeOption,
 ) -> None:
-    """Remove backups a retention policy does not keep (then run `backup gc`)."""
+    """Remove backups a retention policy does not keep (then run `backup gc`). Group backups
+    (StatefulSets) are units: a set's groups are judged by their time, and a group goes
+    with all its members, never a member alone."""
     with failures():
         policy = Policy(keep_last, hourly, daily, weekly, monthly, yearly,
                         parse_duration(within) if within else 0.0)
+        the_set: tuple[str, str] | None = None
+        if statefulset is not None:
+            ns, _, name = statefulset.partition("/")
+            if not ns or not name or "/" in name:
+                raise InvalidArgument(f"--statefulset {statefulset!r} must be NAMESPACE/NAME")
+            the_set = (ns, name)
         repo = open_repository(ctx, home, target, password_file)
-        result = prune(repo, policy, volume=volume, dry_run=dry_run,
+        result = prune(repo, policy, volume=volume, statefulset=the_set, dry_run=dry_run,
                        origin=None if origin is None else "" if origin == "manual" else origin)
     verb = "would be removed" if dry_run else "removed"
+    for gid, members in sorted(result.groups_removed.items()):
+        done("group", gid, f"{verb} with {len(members)} member backup(s)")
     for bid in result.removed:
         done("backup", bid, verb)
+    for gid in result.groups_unreadable:
+        done("group", gid, "cannot be read: neither kept nor removed, nor any backup that may "
+             "be its member")
     for d in result.damaged:
         state = "cannot be read" if d.state == "unsupported" else (
             "would be quarantined" if dry_run else "quarantined")
         done("backup", d.backup_id, f"{state} ({d.key}): {d.reason}")
     typer.echo(f"{len(result.kept)} kept, {len(result.removed)} {verb}"
+               + (f"; groups: {len(result.groups_kept)} kept, {len(result.groups_removed)} {verb}"
+                  if result.groups_kept or result.groups_removed else "")
                + (f", {len(result.damaged)} cannot be read (neither kept nor removed)"
                   if result.damaged else ""))
 
@@ -407,14 +426,26 @@ def migrate_cmd(
 @backup_app.command("forget")
 def forget_cmd(
     ctx: typer.Context,
-    backup: str = typer.Argument(..., help="Backup id (or a unique part of it)."),
+    backup: str | None = typer.Argument(None, help="Backup id (or a unique part of it)."),
     target: str = TargetOption,
+    group: str | None = typer.Option(None, "--group", help="Forget this group backup (a "
+                                     "StatefulSet's, full id) with all its members instead."),
     password_file: Path | None = PasswordFileOption,
     home: Path | None = HomeOption,
 ) -> None:
-    """Remove one backup, readable or damaged (its manifest; its chunks go at the next `backup gc`)."""
+    """Remove one backup, readable or damaged (its manifest; its chunks go at the next `backup
+    gc`). A member of a group backup is refused: forget its group with --group."""
     with failures():
+        if (backup is None) == (group is None):
+            raise InvalidArgument("name one backup id, or one group with --group")
         repo = open_repository(ctx, home, target, password_file)
+        if group is not None:
+            r = forget_group(repo, group)
+            n = sum(k.startswith("manifests/") for k in r.removed)
+            done("group", r.backup_id, f"forgotten with {n} member backup(s) (their chunks go "
+                 "at the next `backup gc`)")
+            return
+        assert backup is not None
         r = forget(repo, repo.resolve(backup))
     done("backup", r.backup_id, "forgotten (its chunks go at the next `backup gc`)")
 

@@ -124,6 +124,9 @@ def storage_pool_schema() -> Schema:
     return obj({"spec": spec, "status": st}, required=("spec",))
 
 
+VERIFY_SUBSET_PATTERN = r"^([0-9]+(\.[0-9]+)?%|[0-9]+/[0-9]+)$"
+
+
 def backup_target_schema() -> Schema:
     s3 = obj({
         "endpoint": string("S3 endpoint URL.", pattern="^https?://.+"),
@@ -151,12 +154,27 @@ def backup_target_schema() -> Schema:
     }, required=("schedule",), desc="Garbage collection of the repository: deletes the "
         "chunks no backup names any more (what pruning and forgetting left), under the "
         "repository's exclusive lock, run by one node agent on this schedule.")
+    verify = obj({
+        "schedule": string("Cron expression, five fields, UTC (e.g. \"0 3 * * *\"); checked "
+                           "by the operator.", minLength=1, maxLength=128),
+        "readDataSubset": string("Also read this part of the stored data in full, every chunk "
+                                 "decrypted and re-hashed: \"N%\" a fresh random share of the "
+                                 "packs each run, or \"n/m\": slice n at the first run and the "
+                                 "next slice at each run after, so m runs read everything once. "
+                                 "Unset: only the quick checks (every chunk a backup names is "
+                                 "indexed and its pack exists).",
+                                 pattern=VERIFY_SUBSET_PATTERN, maxLength=16),
+    }, required=("schedule",), desc="Verification of the repository on this schedule, by one "
+        "node agent, under the repository's shared lock (it runs beside backups and waits "
+        "only for prune and gc); the result goes into status.verify and a Verified or "
+        "VerifyFailed Event.")
     spec = obj({
         "s3": s3,
         "path": path,
         "passwordSecretRef": secret_key_ref(
             "Secret holding the repository password (encryption key).", "password"),
         "gc": gc,
+        "verify": verify,
     }, required=("passwordSecretRef",), rules=(
         (ONE_OF_S3_PATH, "exactly one target type must be set: s3 or path"),))
     gc_status = obj({
@@ -179,9 +197,44 @@ def backup_target_schema() -> Schema:
         "damagedBackups": integer(minimum=0),
         "message": string(maxLength=4096),
     }, desc="Garbage collection: the latest run and the schedule.")
+    damage = obj({
+        "what": string("missing, corrupt, pack, index, manifest or quarantined.", maxLength=32),
+        "name": string("The chunk id, pack id, index object or backup id.", maxLength=256),
+        "detail": string(maxLength=1024),
+        "backups": array(string(maxLength=256), "Backups it breaks (the first ten).",
+                         maxItems=10),
+    })
+    verify_status = obj({
+        "phase": string("Of the latest run.", enum=["Pending", "Running", "Completed", "Failed"]),
+        "outcome": string("Of the latest completed run.", enum=["Clean", "Damaged"]),
+        "node": string("The node whose agent runs it.", maxLength=253),
+        "scheduledTime": string("The slot of the latest run.", format="date-time"),
+        "lastScheduleTime": string(format="date-time"),
+        "nextScheduleTime": string(format="date-time"),
+        "startTime": string(format="date-time"),
+        "completionTime": string(format="date-time"),
+        "durationSeconds": number("How long the latest completed run took.", minimum=0),
+        "subset": string("The data subset the latest run reads (a percentage with the seed "
+                         "it used, once done).", maxLength=64),
+        "nextSlice": integer("With readDataSubset n/m: the slice the next run reads.",
+                             minimum=1),
+        "backups": integer("Backups whose manifests were checked.", minimum=0),
+        "chunks": integer("Chunks those backups name.", minimum=0),
+        "objects": string("What the subset counts: packs, or chunks (format 1).",
+                          enum=["packs", "chunks"]),
+        "objectsTotal": integer(minimum=0),
+        "objectsRead": integer(minimum=0),
+        "bytesRead": integer("Stored bytes the subset read.", minimum=0),
+        "bytesChecked": integer("Plaintext bytes decrypted and re-hashed.", minimum=0),
+        "problems": integer("Damaged objects found.", minimum=0),
+        "damage": array(damage, "The damaged objects found (the first twenty).", maxItems=20),
+        "damagedBackups": array(string(maxLength=256), "Backups that cannot be restored whole "
+                                "(the first hundred).", maxItems=100),
+        "message": string(maxLength=4096),
+    }, desc="Verification: the latest run and the schedule.")
     st = status({"phase": string(enum=["Pending", "Ready", "Failed"]),
                  "repository": string("Repository location, for display."),
-                 "gc": gc_status})
+                 "gc": gc_status, "verify": verify_status})
     return obj({"spec": spec, "status": st}, required=("spec",))
 
 
@@ -263,7 +316,8 @@ RETENTION_WITHIN_PATTERN = r"^([0-9]+[hdw])+$"
 
 def _keep(what: str) -> Schema:
     return integer(f"Keep the newest backup of each of the N most recent {what} that have "
-                   "one (UTC), per PVC. PVC schedules only.", minimum=1, maximum=1000)
+                   "one (UTC), per PVC (per StatefulSet, of its group backups, for statefulSet "
+                   "schedules).", minimum=1, maximum=1000)
 
 
 def retention_schema() -> Schema:
@@ -271,20 +325,25 @@ def retention_schema() -> Schema:
     field is optional, but at least one must be set (no default inside, so a calendar
     policy is not silently widened by a keepLast it did not ask for)."""
     return obj({
-        "keepLast": integer("Keep the N newest completed backups per PVC (per StatefulSet "
-                            "for statefulSet schedules).", minimum=1, maximum=1000),
+        "keepLast": integer("Keep the N newest completed backups per PVC (the N newest group "
+                            "backups per StatefulSet for statefulSet schedules).", minimum=1,
+                            maximum=1000),
         "keepHourly": _keep("hours"),
         "keepDaily": _keep("days"),
         "keepWeekly": _keep("ISO weeks"),
         "keepMonthly": _keep("months"),
         "keepYearly": _keep("years"),
         "keepWithin": string("Keep every backup made within this long of the PVC's newest "
-                             "backup: hours, days or weeks, e.g. 36h, 14d, 2w. PVC schedules "
-                             "only.", pattern=RETENTION_WITHIN_PATTERN, maxLength=32),
+                             "backup (of the StatefulSet's newest group backup): hours, days "
+                             "or weeks, e.g. 36h, 14d, 2w.", pattern=RETENTION_WITHIN_PATTERN,
+                             maxLength=32),
     }, desc="Pruning of the backups this schedule made (never of backups made by hand or by "
        "another schedule): after each of its backups, the PVC's backups of this schedule "
-       "that no rule keeps are removed from the repository and their VolumeBackups deleted. "
-       "Default: keepLast 7.", default={"keepLast": 7}, minProperties=1)
+       "that no rule keeps are removed from the repository and their VolumeBackups deleted; "
+       "for statefulSet schedules, the set's group backups of this schedule, each judged by "
+       "its group manifest's time and removed with all its members (never a member alone), "
+       "and their StatefulSetBackups deleted. Default: keepLast 7.",
+       default={"keepLast": 7}, minProperties=1)
 
 
 def backup_schedule_schema() -> Schema:
@@ -537,6 +596,8 @@ def all_crds() -> list[dict[str, Any]]:
                      column("GC", ".status.gc.phase", priority=1),
                      column("Freed", ".status.gc.bytesFreed", "integer", priority=1),
                      column("Last GC", ".status.gc.completionTime", "date", priority=1),
+                     column("Verify", ".status.verify.outcome", priority=1),
+                     column("Last Verify", ".status.verify.completionTime", "date", priority=1),
                      REASON, AGE]),
         crd("VolumeBackup", "volumebackups", scope="Namespaced", short=["vb"],
             schema=volume_backup_schema(), doc="One backup of one PVC's volume.", columns=[

@@ -8,10 +8,12 @@ backups of this schedule only, deleting the VolumeBackups of those it removed
 failed VolumeBackups (no data) are deleted: :func:`failed_to_prune`.
 
 A schedule with ``spec.statefulSet`` (a set's name, or a selector of sets) creates one
-StatefulSetBackup per set and slot instead of VolumeBackups, carrying the schedule's hooks
-and freeze timeout, and prunes them per set by ``keepLast`` (the only rule group
-retention has); the node agent prunes the set's group backups in the repository by the
-same number.
+StatefulSetBackup per set and slot instead of VolumeBackups, carrying the schedule's hooks,
+freeze timeout and ``spec.retention`` (every rule: keepLast, the calendar ones and
+keepWithin). The node agent that runs it records the schedule as the origin of the group
+and its members, then prunes the set's groups of this schedule only, as units, and deletes
+the StatefulSetBackups of those it removed (:mod:`statehold.controller.set_retention`).
+Here, as for PVCs, only failed StatefulSetBackups (no data) are deleted.
 
 Pure parts (:func:`parse_cron`, :func:`due`, :func:`to_prune`, :func:`backup_name`) are
 table-tested with a fake clock; :func:`reconcile_schedule` is called by the cluster operator
@@ -139,18 +141,14 @@ def failed_to_prune(backups: list[dict[str, Any]], keep: int = FAILED_KEPT) -> l
 
 def check_retention(spec: dict[str, Any]) -> dict[str, Any]:
     """The schedule's retention, checked: Problem(InvalidRetention) when it keeps nothing or
-    does not parse, or (StatefulSet schedules: group retention counts groups only) sets a
-    rule other than keepLast."""
+    does not parse. PVC and StatefulSet schedules take the same rules (a set's groups are
+    judged by their manifests' time, format §9)."""
     doc = dict(spec.get("retention") or {"keepLast": 7})
     try:
         policy_from(doc)
     except InvalidArgument as exc:
         raise Problem("InvalidRetention", f"retention {describe(doc)}: {exc}",
                       permanent=True) from exc
-    if spec.get("statefulSet") is not None and set(doc) != {"keepLast"}:
-        raise Problem("InvalidRetention", f"retention {describe(doc)}: a statefulSet schedule "
-                      "keeps the newest keepLast group backups of each set; keepHourly.."
-                      "keepYearly and keepWithin apply to PVC schedules only", permanent=True)
     return doc
 
 
@@ -170,12 +168,13 @@ class Subjects:
                 # no ownerReference: deleting a schedule must not delete the backups it
                 # made (they are what a restore names)
                 "annotations": {}}
+        meta["annotations"][RETENTION_ANNOTATION] = json.dumps(
+            retention, sort_keys=True, separators=(",", ":"))
         if self.kind == VOLUME_BACKUP:
-            meta["annotations"][RETENTION_ANNOTATION] = json.dumps(
-                retention, sort_keys=True, separators=(",", ":"))
             body: dict[str, Any] = {"persistentVolumeClaimName": subject, "target": spec["target"]}
         else:
-            meta["annotations"][KEEP_LAST_ANNOTATION] = str(retention["keepLast"])
+            if set(retention) == {"keepLast"}:  # what agents before calendar rules read
+                meta["annotations"][KEEP_LAST_ANNOTATION] = str(retention["keepLast"])
             sts = spec["statefulSet"]
             body = {"statefulSetName": subject, "target": spec["target"]}
             body.update({k: sts[k] for k in ("hooks", "freezeTimeoutSeconds") if k in sts})
@@ -244,9 +243,7 @@ def reconcile_schedule(kube: Kube, obj: Obj, now: Clock) -> Result:
     for subject in chosen.names:
         mine = kube.list(chosen.kind, ns, label_selector={SCHEDULE_LABEL: name,
                                                           chosen.label: subject})
-        doomed_names = (failed_to_prune(mine) if chosen.kind == VOLUME_BACKUP
-                        else to_prune(mine, int(retention["keepLast"])))
-        for doomed in doomed_names:
+        for doomed in failed_to_prune(mine):
             try:
                 kube.delete(chosen.kind, doomed, ns)
                 pruned.append(doomed)
@@ -258,10 +255,7 @@ def reconcile_schedule(kube: Kube, obj: Obj, now: Clock) -> Result:
     if made:
         rep.event("Normal", "BackupsCreated", f"created {len(made)} {chosen.kind.kind}(s) for the "
                   f"{rfc3339(timing.run_at) if timing.run_at else ''} run: {', '.join(made)}")
-    if pruned and chosen.kind == VOLUME_BACKUP:
-        rep.event("Normal", "Pruned", f"deleted {len(pruned)} failed VolumeBackup(s) (they hold "
-                  f"no data): {', '.join(pruned)}")
-    elif pruned:
-        rep.event("Normal", "Pruned", f"deleted {len(pruned)} {chosen.kind.kind}(s) beyond keepLast="
-                  f"{retention['keepLast']}: {', '.join(pruned)}")
+    if pruned:
+        rep.event("Normal", "Pruned", f"deleted {len(pruned)} failed {chosen.kind.kind}(s) (they "
+                  f"hold no data): {', '.join(pruned)}")
     return Result()

@@ -21,8 +21,13 @@ Two halves, like VolumeBackup (:mod:`statehold.controller.backups`):
      the service names the group's own snapshot and reads it; it stays as the next parent);
   3. one group manifest in the repository (:mod:`statehold.backup.groupmanifest`) naming
      the set, its claim templates and ordinals, and each member's backup;
-  4. with a schedule's ``keep-last``, the set's older group backups pruned in the
-     repository.
+  4. with a schedule's retention, the set's group backups of that schedule pruned in the
+     repository as units, and the StatefulSetBackups of removed groups deleted
+     (:mod:`statehold.controller.set_retention`).
+
+Every member backup and the group manifest record the object's origin (its schedule's, or
+none: made by hand, format §6.2), and each member carries the label ``group`` (the group's
+id, known from the snapshot's instant before any member is backed up).
 
 Each step is recorded in status, so a retry resumes after the last one done: a snapshot
 taken is not taken again, a member backed up is not read again.
@@ -36,12 +41,14 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from statehold.backup.groupmanifest import GroupManifest, Member, new_group_id, prune_groups, save_group
+from statehold.backup.groupmanifest import GroupManifest, Member, new_group_id, save_group
 from statehold.backup.volumes import snapshot_name
-from statehold.controller import backup_runner
-from statehold.controller.backups import KEEP_LAST_ANNOTATION, NODE_LABEL, not_yet_assigned, pin_to_node
+from statehold.controller import backup_runner, set_retention
+from statehold.controller.backups import NODE_LABEL, not_yet_assigned, pin_to_node
 from statehold.controller.locate import check_pvc_bound, locate
 from statehold.controller.problems import Problem, Result
+from statehold.controller.pruning import CONDITION as RETENTION
+from statehold.controller.pruning import origin_of
 from statehold.controller.report import Clock, Reporter, report_problem
 from statehold.controller.schedules import parse_time
 from statehold.controller.shared_locate import is_shared_pv
@@ -156,8 +163,10 @@ def run_set_backup(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock)
     """Hooks and one group snapshot, each member backed up, one group manifest."""
     rep = Reporter(kube, obj, now, component=f"statehold-agent/{node_name}")
     meta, spec, st = obj["metadata"], obj["spec"], rep.status
-    if st.get("phase") in FINAL or (meta.get("labels") or {}).get(NODE_LABEL) != node_name:
+    if (meta.get("labels") or {}).get(NODE_LABEL) != node_name:
         return Result("skipped")
+    if st.get("phase") in FINAL:
+        return _retention_after(kube, rep) if set_retention.pending(obj) else Result("skipped")
     if (wait := not_yet_assigned(obj, "members")) is not None:
         return wait
     ns, set_name = meta["namespace"], str(st.get("statefulSet") or "")
@@ -193,7 +202,17 @@ def run_set_backup(kube: Kube, obj: Obj, node: Node, node_name: str, now: Clock)
         stopped = _snapshot(kube, rep, node, volumes)
         if stopped is not None:
             return stopped
-    return _back_up_members(rep, node, node_name, target, sts, volumes)
+    return _back_up_members(kube, rep, node, node_name, target, sts, volumes)
+
+
+def _retention_after(kube: Kube, rep: Reporter) -> Result:
+    """A Completed StatefulSetBackup whose retention is still to apply: apply it now."""
+    try:
+        target = resolve_target(kube, rep.obj["metadata"]["namespace"], rep.obj["spec"]["target"])
+    except Problem as p:
+        rep.update(condition=(RETENTION, False, p.reason, p.message))
+        return Result.retry(p.message, p.retry_after)
+    return set_retention.apply_set_retention(kube, rep, target)
 
 
 def hooks_granted(kube: Kube, namespace: str, set_name: str, ords: list[int],
@@ -285,12 +304,15 @@ def _snapshot_problem(error: StateholdError | None) -> Problem:
     return Problem("GroupSnapshotFailed", text, permanent=True)
 
 
-def _back_up_members(rep: Reporter, node: Node, node_name: str, target: TargetConfig, sts: Obj,
-                     volumes: list[tuple[str, str]]) -> Result:
+def _back_up_members(kube: Kube, rep: Reporter, node: Node, node_name: str, target: TargetConfig,
+                     sts: Obj, volumes: list[tuple[str, str]]) -> Result:
     meta, st = rep.obj["metadata"], rep.status
     ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
     set_name, group = str(st["statefulSet"]), group_name(uid)
     listed: list[dict[str, Any]] = [dict(m) for m in st["members"]]
+    created = parse_time(st.get("snapshotTime"))
+    assert created is not None  # written with the group snapshot, before any member
+    group_id, origin = new_group_id(created.timestamp(), key=uid), origin_of(rep.obj)
     base = {"namespace": ns, "statefulset": set_name, "statefulsetbackup": name}
     damaged: set[str] = set()
     for i, (m, (pool_name, volume)) in enumerate(zip(listed, volumes, strict=True)):
@@ -298,8 +320,8 @@ def _back_up_members(rep: Reporter, node: Node, node_name: str, target: TargetCo
             continue
         try:
             done = backup_runner.back_up_volume(
-                node.pool(pool_name), volume, target, key=uid,
-                labels={**base, "pvc": m["claim"], "template": m["template"],
+                node.pool(pool_name), volume, target, key=uid, origin=origin,
+                labels={**base, "group": group_id, "pvc": m["claim"], "template": m["template"],
                         "ordinal": str(m["ordinal"])})
         except StateholdError as exc:
             return _member_failed(rep, node, group, listed, m["claim"], exc)
@@ -310,41 +332,31 @@ def _back_up_members(rep: Reporter, node: Node, node_name: str, target: TargetCo
         damaged |= {d.backup_id for d in done.damaged}
         rep.update({"members": listed, "progress": (i + 1) * 100 // len(listed),
                     "bytesUploaded": sum(int(x.get("bytesUploaded") or 0) for x in listed)})
-    created = parse_time(st.get("snapshotTime"))
-    assert created is not None  # written with the group snapshot, before any member
     manifest = GroupManifest(
-        group_id=new_group_id(created.timestamp(), key=uid), created=created.timestamp(),
+        group_id=group_id, created=created.timestamp(),
         namespace=ns, set_name=set_name, replicas=int(st.get("replicas") or 0),
         ordinals_start=min(int(m["ordinal"]) for m in listed), templates=templates(sts),
         members=tuple(Member(int(m["ordinal"]), m["template"], m["claim"], m["backupId"],
                              int(m.get("bytesTotal") or 0), m.get("volumeHandle", ""))
                       for m in listed),
         selector=match_labels(sts), consistency=str(st.get("consistency") or "Crash").lower(),
-        key=uid, host=node_name, labels=base)
-    keep = int((meta.get("annotations") or {}).get(KEEP_LAST_ANNOTATION, "0") or 0)
+        key=uid, host=node_name, labels=base, origin=origin)
     try:
         repo = backup_runner.open_repository(target)
         save_group(repo, manifest)
     except StateholdError as exc:
         return report_problem(rep, Problem("GroupManifestRetrying", f"group manifest: {exc}",
                                            retry_after=30), pending_phase="Running")
-    pruned: tuple[str, ...] = ()
-    if keep > 0:
-        try:
-            pruned = prune_groups(repo, namespace=ns, set_name=set_name, keep_last=keep).removed
-        except StateholdError as exc:  # busy: the next backup prunes again
-            log.warning("prune groups set=%s/%s deferred: %s", ns, set_name, exc)
     _forget_spent_groups(node, keep=group)
     rep.update({"phase": "Completed", "groupBackupId": manifest.group_id, "progress": 100,
                 "completionTime": rfc3339(rep.now())},
                condition=("Ready", True, "Completed", f"group backup {manifest.group_id}"))
     rep.event("Normal", "Completed", f"group backup {manifest.group_id} of StatefulSet {set_name}: "
-              f"{len(listed)} member(s), {manifest.consistency}-consistent"
-              + (f"; pruned {len(pruned)} older group backup(s)" if pruned else ""))
+              f"{len(listed)} member(s), {manifest.consistency}-consistent")
     if damaged:
         rep.event("Warning", "DamagedBackups", f"{target.describe()} holds backups that cannot be "
                   f"read: {', '.join(sorted(damaged))}; `statehold backup verify` names the damage")
-    return Result()
+    return set_retention.apply_set_retention(kube, rep, target)
 
 
 def _member_failed(rep: Reporter, node: Node, group: str, listed: list[dict[str, Any]],

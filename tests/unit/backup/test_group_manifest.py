@@ -1,12 +1,15 @@
 """Group manifests (format §6.4) on an in-memory repository: the round trip, damage and newer
-versions refused, the ordering rule (members first), and retention per set."""
+versions refused, the ordering rule (members first), and retention per set (more in
+test_group_retention.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 from array import array
 
 import pytest
 
+from statehold.backup.collecting import prune
 from statehold.backup.groupmanifest import (
     ClaimTemplate,
     GroupManifest,
@@ -18,11 +21,11 @@ from statehold.backup.groupmanifest import (
     load_group,
     missing_members,
     new_group_id,
-    prune_groups,
     save_group,
 )
 from statehold.backup.manifest import Manifest
 from statehold.backup.repository import Repository, manifest_key, new_backup_id
+from statehold.backup.retention import Policy
 from statehold.backup.store import MemoryStore
 from statehold.errors import Corrupt, FailedPrecondition, InvalidArgument, NotFound
 
@@ -59,6 +62,9 @@ def group(repo: Repository, set_name: str, created: float, *, ns: str = "db",
 def test_a_group_manifest_round_trips_encrypted(repo: Repository) -> None:
     g = group(repo, "pg", T0)
     assert load_group(repo, g.group_id) == g
+    assert b'"origin"' not in g.encode()  # absent: made by hand, as before the field
+    scheduled = dataclasses.replace(g, origin="schedule/db/n")
+    assert decode(scheduled.encode(), "k").origin == "schedule/db/n"
     assert b"data-pg-0" not in repo.store.get(group_key(g.group_id))  # encrypted like the rest
     assert [x.group_id for x in groups(repo)] == [g.group_id]
     assert g.ordinals == [0, 1, 2] and g.member("data", 1).claim == "data-pg-1"
@@ -106,16 +112,17 @@ def test_prune_keeps_the_newest_groups_of_one_set_with_their_members(repo: Repos
     old, mid, new = (group(repo, "pg", T0 + d * 86400) for d in range(3))
     other = group(repo, "mq", T0)              # another set: never touched
     elsewhere = group(repo, "pg", T0, ns="staging")  # the same name in another namespace
-    done = prune_groups(repo, namespace="db", set_name="pg", keep_last=2)
-    assert done.kept == (new.group_id, mid.group_id) and done.removed == (old.group_id,)
-    assert sorted(done.backups_removed) == sorted(m.backup_id for m in old.members)
+    done = prune(repo, Policy(keep_last=2), statefulset=("db", "pg"))
+    assert set(done.groups_kept) == {new.group_id, mid.group_id}
+    assert done.groups_removed == {old.group_id: tuple(m.backup_id for m in old.members)}
+    assert done.kept == {} and done.removed == []
     assert set(group_ids(repo)) == {mid.group_id, new.group_id, other.group_id, elsewhere.group_id}
     for g in (mid, new, other, elsewhere):
         assert missing_members(repo, g) == []
     assert repo.backup_ids() == sorted(m.backup_id for g in (mid, new, other, elsewhere)
                                        for m in g.members)
     with pytest.raises(InvalidArgument):
-        prune_groups(repo, namespace="db", set_name="pg", keep_last=0)
+        prune(repo, Policy(), statefulset=("db", "pg"))
 
 
 def test_prune_spares_a_backup_a_kept_group_still_names(repo: Repository) -> None:
@@ -125,7 +132,7 @@ def test_prune_spares_a_backup_a_kept_group_still_names(repo: Repository) -> Non
                         set_name="pg", replicas=1, ordinals_start=0, templates=old.templates,
                         members=(shared,))
     save_group(repo, new)
-    done = prune_groups(repo, namespace="db", set_name="pg", keep_last=1)
-    assert done.removed == (old.group_id,)
-    assert shared.backup_id not in done.backups_removed
+    done = prune(repo, Policy(keep_last=1), statefulset=("db", "pg"))
+    assert list(done.groups_removed) == [old.group_id]
+    assert shared.backup_id not in done.groups_removed[old.group_id]
     assert missing_members(repo, new) == []

@@ -18,7 +18,13 @@ from statehold.controller.schedules import failed_to_prune, reconcile_schedule
 from statehold.controller.target_gc import candidate_nodes, gc_pass, tick
 from statehold.controller.target_status import reconcile_target
 from statehold.errors import InvalidArgument
-from statehold.kube.kinds import BACKUP_SCHEDULE, BACKUP_TARGET, STORAGE_POOL, VOLUME_BACKUP
+from statehold.kube.kinds import (
+    BACKUP_SCHEDULE,
+    BACKUP_TARGET,
+    STATEFUL_SET_BACKUP,
+    STORAGE_POOL,
+    VOLUME_BACKUP,
+)
 from statehold.kube.memory import MemoryKube
 from tests.unit.controller.cluster import NS, bound_pvc, path_target, secret
 
@@ -66,21 +72,25 @@ def test_bad_retention_is_refused_by_the_schema(memory_kube: MemoryKube, retenti
     assert memory_kube.list(BACKUP_SCHEDULE, NS) == []
 
 
-def test_a_statefulset_schedule_with_calendar_rules_is_refused_with_a_reason(
+def test_a_statefulset_schedule_takes_calendar_rules_and_carries_them(
         memory_kube: MemoryKube, fake_clock: Any) -> None:
     secret(memory_kube, "pw", password="x")
     path_target(memory_kube)
+    memory_kube.create({"apiVersion": "apps/v1", "kind": "StatefulSet",
+                        "metadata": {"name": "pg", "namespace": NS}, "spec": {"replicas": 1}})
     sch = memory_kube.create({"apiVersion": "statehold.io/v1alpha1", "kind": "BackupSchedule",
                               "metadata": {"name": "nightly", "namespace": NS},
                               "spec": {"schedule": "0 3 * * *", "target": "t",
                                        "statefulSet": {"name": "pg"},
-                                       "retention": {"keepDaily": 7}}})
+                                       "retention": {"keepDaily": 7, "keepWithin": "2d"}}})
     fake_clock.advance(days=1)
-    assert reconcile_schedule(memory_kube, sch, fake_clock).outcome == "failed"
+    assert reconcile_schedule(memory_kube, sch, fake_clock).outcome == "done"
     got = memory_kube.get(BACKUP_SCHEDULE, "nightly", NS)
-    ready = find(got["status"]["conditions"], "Ready")
-    assert (ready["status"], ready["reason"]) == ("False", "InvalidRetention")
-    assert "PVC schedules only" in ready["message"]
+    assert find(got["status"]["conditions"], "Ready")["status"] == "True"
+    (made,) = memory_kube.list(STATEFUL_SET_BACKUP, NS)
+    assert retention_doc(made) == {"keepDaily": 7, "keepWithin": "2d"}
+    assert origin_of(made) == f"schedule/{NS}/nightly"
+    assert "statehold.io/keep-last" not in made["metadata"]["annotations"]  # not keepLast only
 
 
 def test_each_scheduled_volume_backup_carries_the_retention_and_its_origin(

@@ -411,16 +411,25 @@ def test_a_schedule_backs_up_each_selected_set_as_one_group_and_prunes(cluster: 
     made = cluster.get(STATEFUL_SET_BACKUP, "nightly-db-202601060300", NS)
     assert made["spec"]["statefulSetName"] == "db" and made["spec"]["freezeTimeoutSeconds"] == 5
     assert made["spec"]["hooks"]["pre"][0]["command"] == ["psql", "-c", "CHECKPOINT"]
-    assert made["metadata"]["annotations"]["statehold.io/keep-last"] == "1"
+    assert made["metadata"]["annotations"]["statehold.io/keep-last"] == "1"  # older agents
+    assert made["metadata"]["annotations"]["statehold.io/retention"] == '{"keepLast":1}'
     assert cluster.list(VOLUME_BACKUP, NS) == []
     cluster.patch_status(STATEFUL_SET_BACKUP, "nightly-db-202601060300", {
         "phase": "Completed", "completionTime": "2026-01-06T03:10:00Z"}, NS)
     fake_clock.advance(days=1)
     run()
     cluster.patch_status(STATEFUL_SET_BACKUP, "nightly-db-202601070300", {
-        "phase": "Completed", "completionTime": "2026-01-07T03:10:00Z"}, NS)
+        "phase": "Failed", "completionTime": "2026-01-07T03:10:00Z"}, NS)
     fake_clock.advance(days=1)
-    assert run() == ["nightly-db-202601070300", "nightly-db-202601080300"]
+    # completed ones are the agent's to prune with their groups (set_retention); the
+    # schedule deletes only failed ones older than a completed one
+    assert run() == ["nightly-db-202601060300", "nightly-db-202601070300",
+                     "nightly-db-202601080300"]
+    cluster.patch_status(STATEFUL_SET_BACKUP, "nightly-db-202601080300", {
+        "phase": "Completed", "completionTime": "2026-01-08T03:10:00Z"}, NS)
+    fake_clock.advance(days=1)
+    assert run() == ["nightly-db-202601060300", "nightly-db-202601080300",
+                     "nightly-db-202601090300"]
 
 
 def test_a_schedule_names_pvcs_or_sets_never_both(memory_kube: MemoryKube) -> None:
