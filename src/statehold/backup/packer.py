@@ -4,8 +4,9 @@ them (format §11.5), in bounded memory.
 Workers hand encoded blobs to :meth:`Packer.store`; the open pack is sealed at
 ``pack_size`` and put by a small pool of upload threads while the next one fills. At most
 ``uploads`` sealed packs are in flight: a worker that seals one more blocks until an upload
-finishes, so its chunk buffer is not returned and the image reader stops too
-(backpressure: memory stays flat however fast the source reads). Every ``index_every``
+finishes, and every other worker blocks behind it with its one blob, so the pipeline's
+chunk buffers run out and the image reader stops too (backpressure: memory stays at about
+``(uploads + 2) * pack_size`` however fast the source reads). Every ``index_every``
 bytes of uploaded packs, and at :meth:`finish`, an index object naming them is put (after
 a batching store's commit) and then added to the local cache: pack before index, index
 before manifest.
@@ -49,6 +50,7 @@ class Packer:
         self.store_ = repo.store
         self.batching = repo.store if isinstance(repo.store, BatchingStore) else None
         self._lock = threading.Lock()
+        self._gate = threading.Lock()
         self._flush_lock = threading.Lock()
         self._claimed: set[bytes] = set()
         """Ids stored (or being stored) by this packer and not yet in the cache."""
@@ -72,16 +74,20 @@ class Packer:
             return True
 
     def store(self, cid: bytes, blob: bytes) -> None:
-        sealed = None
-        with self._lock:
-            self._raise_failure()
-            if self._open is None:
-                self._open = PackBuilder(self.repo.codec)
-            self._open.add(cid, blob)
-            if self._open.size >= self.pack_size:
-                sealed, self._open = self._open, None
-        if sealed is not None:
-            self._upload(sealed)
+        # The gate: while a sealed pack waits for an upload slot, every other worker waits
+        # here with its one blob, rather than filling further packs: memory is one open
+        # pack, one sealed pack waiting and `uploads` in flight, whatever the worker count.
+        with self._gate:
+            sealed = None
+            with self._lock:
+                self._raise_failure()
+                if self._open is None:
+                    self._open = PackBuilder(self.repo.codec)
+                self._open.add(cid, blob)
+                if self._open.size >= self.pack_size:
+                    sealed, self._open = self._open, None
+            if sealed is not None:
+                self._upload(sealed)
 
     def finish(self) -> None:
         """Upload the open pack, wait for every upload, put the last index object."""
