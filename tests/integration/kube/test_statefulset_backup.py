@@ -265,3 +265,49 @@ def test_a_failing_pre_hook_freezes_nothing_and_the_post_hooks_still_run(
         "exitCode": 3, "onError": "Fail", "output": ""}
     assert host.node.list_snapshot_groups() == []
     assert all(host.pool.list_snapshots(f"pvc-data-{o}") == [] for o in range(3))
+
+
+def test_a_schedule_prunes_its_own_groups_whole_and_their_objects(
+        cluster: MemoryKube, host: Host, scratch: Path, fake_clock: Any) -> None:
+    """Three scheduled group backups with keepLast 2, beside one made by hand: the oldest
+    scheduled group goes with every member and its StatefulSetBackup; the manual one and
+    every kept group stay complete; members record the schedule as their origin."""
+    from statehold.backup.collecting import gc
+    from statehold.backup.groupmanifest import group_ids, missing_members
+
+    def scheduled(name: str) -> dict[str, Any]:
+        cluster.create({"apiVersion": API, "kind": "StatefulSetBackup",
+                        "metadata": {"name": name, "namespace": NS,
+                                     "labels": {"statehold.io/schedule": "nightly"},
+                                     "annotations": {"statehold.io/retention": '{"keepLast":2}'}},
+                        "spec": {"statefulSetName": "db", "target": "t"}})
+        assert assign_set_backup(cluster, cluster.get(STATEFUL_SET_BACKUP, name, NS),
+                                 fake_clock).outcome == "done"
+        done = run_set_backup(cluster, cluster.get(STATEFUL_SET_BACKUP, name, NS), host.node, NODE,
+                              fake_clock)
+        assert done.outcome == "done", done
+        return cluster.get(STATEFUL_SET_BACKUP, name, NS)
+
+    by_hand = back_up(cluster, host, fake_clock, "manual")
+    made = []
+    for i in range(3):
+        for pod in host.mounts:
+            host.write(pod, "data.bin", 10 + i)
+        made.append(scheduled(f"nightly-{i}"))
+        fake_clock.advance(hours=1)
+    repo = Repository.open(DirectoryStore(scratch / "repo"), PASSWORD)
+    kept = [load_group(repo, m["status"]["groupBackupId"]) for m in made[1:]]
+    assert made[0]["status"]["groupBackupId"] not in group_ids(repo)
+    assert not {m["backupId"] for m in made[0]["status"]["members"]} & set(repo.backup_ids())
+    names = {o["metadata"]["name"] for o in cluster.list(STATEFUL_SET_BACKUP, NS)}
+    assert names == {"manual", "nightly-1", "nightly-2"}
+    last = cluster.get(STATEFUL_SET_BACKUP, "nightly-2", NS)
+    cond = find(last["status"]["conditions"], "Retention")
+    assert cond is not None and cond["status"] == "True", cond
+    for g in [*kept, load_group(repo, by_hand["status"]["groupBackupId"])]:
+        assert missing_members(repo, g) == []
+    for g in kept:
+        assert g.origin == f"schedule/{NS}/nightly"
+        assert {repo.load_manifest(b).origin for b in g.backup_ids} == {g.origin}
+    assert load_group(repo, by_hand["status"]["groupBackupId"]).origin == ""
+    assert gc(repo, grace=0).chunks_deleted > 0  # the pruned group's own data went
