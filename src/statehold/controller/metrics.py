@@ -20,7 +20,11 @@ Prometheus; backups, restores and schedules are observed from the status a recon
 * ``statehold_backup_last_success_timestamp_seconds{volume}`` (``namespace/claim``): the
   completion time of the newest completed VolumeBackup of each claim, read from the
   VolumeBackups at scrape time (so it survives an operator restart); only with
-  ``per_volume``.
+  ``per_volume``;
+* ``statehold_backup_verify_last_timestamp_seconds{target}`` and
+  ``statehold_backup_verify_damaged_objects{target}`` (``namespace/name``): when the latest
+  scheduled verify of a BackupTarget finished and the damaged objects it found, from the
+  targets' ``status.verify`` at scrape time (:mod:`.target_verify`); only with ``per_volume``.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from statehold.controller.problems import Result
+from statehold.controller.target_verify import VerifyMetrics
 from statehold.errors import StateholdError
 from statehold.kube.facade import Kube, Obj
 from statehold.kube.kinds import BACKUP_SCHEDULE, VOLUME_BACKUP, VOLUME_RESTORE, Kind
@@ -122,6 +127,7 @@ class OperatorMetrics:
             self.restores.labels(result=result)
         if kube is not None and per_volume:
             r.register(_LastSuccess(kube))
+            r.register(VerifyMetrics(kube))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

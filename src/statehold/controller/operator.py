@@ -21,8 +21,8 @@ Two roles, one process each:
   BackupTarget or StatefulSetBackup, before that change's other handlers (a backup is
   pinned to its node only after its namespace's grants), and on a ticker (revocations).
 
-Periodic work (pool capacity every minute, schedule and gc-schedule ticks every 30 s, each
-agent's look for a gc requested of it every 30 s) runs in plain threads
+Periodic work (pool capacity every minute, schedule, gc-schedule and verify-schedule ticks
+every 30 s, each agent's look for a gc or verify requested of it every 30 s) runs in plain threads
 (:class:`Ticker`) rather than kopf timers: kopf puts a finalizer on every object with a
 timer, so deleting a StoragePool of a dead node, or any schedule while the operator is
 down, would hang.
@@ -52,6 +52,7 @@ from statehold.controller import (
     statefulset_restores,
     target_gc,
     target_status,
+    target_verify,
 )
 from statehold.controller.metrics import OperatorMetrics
 from statehold.controller.problems import Result, backoff
@@ -248,6 +249,8 @@ def node_tickers(kube: Kube, node: Node, node_name: str, now: Clock = utcnow, *,
         Ticker("qos", qos_interval, lambda: log_reports(limits.run()), immediate=True),
         Ticker("gc", gc_interval, lambda: log_gc(target_gc.gc_pass(kube, node_name, now)),
                immediate=True),
+        Ticker("verify", gc_interval, lambda: log_verify(target_verify.verify_pass(kube, node_name, now)),
+               immediate=True),
     ]
 
 
@@ -265,7 +268,8 @@ def cluster_tickers(kube: Kube, now: Clock = utcnow, *, schedule_interval: float
     tickers = [Ticker("schedules", schedule_interval, _each(
         kube, BACKUP_SCHEDULE, lambda o: schedules.reconcile_schedule(kube, o, now),
         metrics=metrics)),
-        Ticker("gc-schedules", schedule_interval, lambda: target_gc.tick_all(kube, now))]
+        Ticker("gc-schedules", schedule_interval, lambda: target_gc.tick_all(kube, now)),
+        Ticker("verify-schedules", schedule_interval, lambda: target_verify.tick_all(kube, now))]
     if agents is not None:
         tickers.append(Ticker("replication", replication_interval,
                               lambda: log_results(replication.replication_pass(
@@ -290,6 +294,11 @@ def log_reports(reports: Mapping[str, object]) -> None:
 def log_gc(outcomes: Mapping[str, str]) -> None:
     for name, outcome_ in outcomes.items():
         log.info("gc target=%s outcome=%s", name, outcome_)
+
+
+def log_verify(outcomes: Mapping[str, str]) -> None:
+    for name, outcome_ in outcomes.items():
+        log.info("verify target=%s outcome=%s", name, outcome_)
 
 
 def log_results(results: dict[str, Result]) -> None:

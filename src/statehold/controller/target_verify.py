@@ -1,0 +1,291 @@
+"""Scheduled verification of a BackupTarget's repository in the cluster (``spec.verify``).
+
+A backup that cannot be restored is found when it is needed, unless something reads the
+repository before. ``spec.verify: {schedule, readDataSubset}`` runs ``backup verify`` on
+the target's own cron schedule, split like the cluster gc (:mod:`.target_gc`):
+
+* **Cluster side** (:func:`schedule_verify`, the operator, every 30 s): a due slot (missed
+  slots collapse into one) picks one node agent (a node with a Ready StoragePool or our
+  CSI driver; the same one while it stays) and writes the request into ``status.verify``:
+  ``phase: Pending``, ``node``, ``scheduledTime``, and the ``subset`` this run reads. A
+  slot that finds the previous run still Pending or Running is skipped unless that run
+  looks abandoned.
+* **Node side** (:func:`verify_pass`, every agent, every 30 s): the agent named by the
+  request runs :func:`statehold.backup.verifying.verify` under the repository's **shared**
+  lock, so it runs beside backups and restores and only waits for an exclusive holder
+  (prune, gc, migrate): then the request stays Pending and is tried at the next pass. The
+  result (objects and bytes read, the damage found with the backups it breaks, duration)
+  goes into ``status.verify`` and an Event: ``Verified`` (Normal) or ``VerifyFailed``
+  (Warning, naming the damaged objects).
+
+``readDataSubset`` (optional; without it only the quick checks run): ``N%`` reads a fresh
+random N percent of the packs each run (the seed is recorded, so a run can be repeated by
+hand with ``backup verify --read-data-subset N% --seed S``); ``n/m`` reads slice ``n`` at
+the first run and the next slice at each run after (``status.verify.nextSlice``), so ``m``
+runs read every pack once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from statehold.backup.repository import Repository
+from statehold.backup.sampling import Subset
+from statehold.backup.verifying import VerifyReport, verify
+from statehold.controller import backup_runner
+from statehold.controller.problems import Problem
+from statehold.controller.report import Clock, Reporter
+from statehold.controller.schedules import due, parse_cron, parse_time
+from statehold.controller.shared_locate import choose_node
+from statehold.controller.target_gc import candidate_nodes
+from statehold.controller.targets import TargetConfig, target_from
+from statehold.errors import Aborted, InvalidArgument, NotFound, StateholdError
+from statehold.kube.events import rfc3339
+from statehold.kube.facade import Kube, Obj
+from statehold.kube.kinds import BACKUP_TARGET
+
+log = logging.getLogger("statehold.controller.verify")
+
+CONDITION = "Verification"
+PENDING_STALE = timedelta(minutes=10)
+"""A request no agent has started for this long goes to a node again at the next slot."""
+RUNNING_STALE = timedelta(hours=24)
+"""A run reported Running for this long (its agent died mid-way) is requested again."""
+ACTIVE = ("Pending", "Running")
+MAX_DAMAGE = 20
+"""Damaged objects listed in the status (all are counted in ``problems``)."""
+MAX_DETAIL = 300
+
+
+def verify_status(obj: Obj) -> dict[str, Any]:
+    return dict((obj.get("status") or {}).get("verify") or {})
+
+
+def _abandoned(st: dict[str, Any], now: datetime) -> bool:
+    if st.get("phase") == "Pending":
+        asked = parse_time(st.get("scheduledTime"))
+        return asked is None or now - asked > PENDING_STALE
+    started = parse_time(st.get("startTime")) or parse_time(st.get("scheduledTime"))
+    return started is None or now - started > RUNNING_STALE
+
+
+def subset_for_run(spec: dict[str, Any], st: dict[str, Any]) -> str:
+    """The subset the next run reads: a percentage as given; for ``n/m`` the slice after
+    the previous run's (``nextSlice``), starting at ``n``. Empty: quick checks only."""
+    text = str(spec.get("readDataSubset") or "").strip()
+    if not text:
+        return ""
+    try:
+        subset = Subset.parse(text)
+    except InvalidArgument as exc:
+        raise Problem("InvalidSubset", f"spec.verify.readDataSubset: {exc}", permanent=True) from exc
+    if not subset.parts:
+        return text
+    nxt = st.get("nextSlice")
+    part = int(nxt) if isinstance(nxt, int) and 1 <= nxt <= subset.parts else subset.part
+    return f"{part}/{subset.parts}"
+
+
+def schedule_verify(kube: Kube, rep: Reporter) -> None:
+    """Cluster side: note the next slot, and hand a due one to a node. A bad cron line, a
+    bad subset or no node to run it go into the ``Verification`` condition and an Event."""
+    obj = rep.obj
+    spec = (obj.get("spec") or {}).get("verify")
+    if not spec:
+        return
+    st = verify_status(obj)
+    t = rep.now()
+    try:
+        expr = parse_cron(str(spec["schedule"]))
+        subset = subset_for_run(spec, st)
+        last = (parse_time(st.get("lastScheduleTime"))
+                or parse_time(obj["metadata"].get("creationTimestamp")) or t)
+        timing = due(expr, last, t)
+        fields: dict[str, Any] = {"nextScheduleTime": rfc3339(timing.next_at)}
+        asked = None
+        if timing.run_at is not None:
+            fields["lastScheduleTime"] = rfc3339(timing.run_at)
+            if st.get("phase") not in ACTIVE or _abandoned(st, t):
+                prefer = st.get("node") if st.get("phase") not in ACTIVE else None
+                node = choose_node(obj["metadata"]["uid"], candidate_nodes(kube), prefer)
+                asked = node
+                fields.update(phase="Pending", node=node, scheduledTime=rfc3339(timing.run_at),
+                              subset=subset, message=f"requested of the agent on {node}")
+    except Problem as p:
+        rep.update(condition=(CONDITION, False, p.reason, p.message))
+        rep.event("Warning", p.reason, p.message)
+        return
+    rep.update({"verify": fields}, condition=(CONDITION, True, "Scheduled",
+                                              f"next run {fields['nextScheduleTime']}"))
+    if asked:
+        rep.event("Normal", "VerifyScheduled", f"verify of {obj['metadata']['name']}"
+                  + (f" (read data subset {subset})" if subset else "")
+                  + f" requested of the agent on {asked}")
+
+
+def tick_all(kube: Kube, now: Clock) -> None:
+    """:func:`schedule_verify` for every BackupTarget with ``spec.verify``; one failing does
+    not stop the others."""
+    for obj in kube.list(BACKUP_TARGET):
+        if not (obj.get("spec") or {}).get("verify"):
+            continue
+        try:
+            schedule_verify(kube, Reporter(kube, obj, now))
+        except StateholdError as exc:
+            log.warning("verify schedule of %s/%s: %s", obj["metadata"].get("namespace"),
+                        obj["metadata"]["name"], exc)
+
+
+# -- node side --------------------------------------------------------------------------------
+
+def mine(obj: Obj, node_name: str) -> bool:
+    st = verify_status(obj)
+    return st.get("node") == node_name and st.get("phase") in ACTIVE
+
+
+def verify_pass(kube: Kube, node_name: str, now: Clock,
+                clock: Callable[[], float] = time.monotonic) -> dict[str, str]:
+    """Run every verify requested of this node; target -> outcome."""
+    done = {}
+    for obj in kube.list(BACKUP_TARGET):
+        if mine(obj, node_name):
+            key = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
+            try:
+                done[key] = run_verify(kube, obj, node_name, now, clock)
+            except StateholdError as exc:  # e.g. the status write failed: next pass
+                log.warning("verify target=%s: %s", key, exc)
+                done[key] = "Error"
+    return done
+
+
+def run_verify(kube: Kube, obj: Obj, node_name: str, now: Clock,
+               clock: Callable[[], float] = time.monotonic) -> str:
+    """Verify the target's repository; the outcome (``Completed``, ``Pending`` when an
+    exclusive holder has it or the Secrets are missing, ``Failed`` when it could not be
+    read at all) goes into ``status.verify``, damage into a ``VerifyFailed`` Event."""
+    rep = Reporter(kube, obj, now, component=f"statehold-agent/{node_name}")
+    st = verify_status(obj)
+    spec = (obj.get("spec") or {}).get("verify") or {}
+    try:
+        target = target_from(kube, obj)
+        text = str(st.get("subset") or "")
+        subset = Subset.parse(text).resolved() if text else None
+    except Problem as p:
+        rep.update({"verify": {"phase": "Pending", "message": p.message}})
+        rep.event("Warning", p.reason, p.message)
+        return "Pending"
+    except InvalidArgument as exc:
+        message = f"status.verify.subset {text!r}: {exc}"
+        rep.update({"verify": {"phase": "Failed", "completionTime": rfc3339(now()), "message": message}})
+        rep.event("Warning", "VerifyFailed", message)
+        return "Failed"
+    rep.update({"verify": {"phase": "Running", "startTime": rfc3339(now()),
+                           "message": f"verifying {target.describe()}"
+                           + (f", reading {subset.describe()}" if subset else "")}})
+    started = clock()
+    try:
+        report = check(target, subset)
+    except Aborted as exc:  # prune, gc or migrate holds the repository exclusively
+        rep.update({"verify": {"phase": "Pending", "message": f"repository busy, retried: {exc}"}})
+        return "Pending"
+    except StateholdError as exc:
+        message = f"verify of {target.describe()} failed: {exc}"
+        rep.update({"verify": {"phase": "Failed", "completionTime": rfc3339(now()), "message": message}})
+        rep.event("Warning", "VerifyFailed", message)
+        return "Failed"
+    took = round(max(0.0, clock() - started), 3)
+    fields = result_fields(report, took)
+    fields.update(phase="Completed", completionTime=rfc3339(now()), node=node_name)
+    fields["nextSlice"] = _next_slice(spec, subset)
+    rep.update({"verify": fields})
+    name = target.describe()
+    if report is None or report.ok:
+        rep.event("Normal", "Verified", f"{name}: {fields['message']}")
+    else:
+        named = "; ".join(f"{p.what} {p.name} ({p.detail[:160]})" for p in report.problems[:5])
+        more = len(report.problems) - 5
+        rep.event("Warning", "VerifyFailed", f"{name}: {len(report.problems)} damaged object(s): "
+                  f"{named}{f' and {more} more' if more > 0 else ''}; affected backups: "
+                  f"{', '.join(report.affected()[:10]) or 'none'}")
+    log.info("verify target=%s/%s outcome=%s problems=%s seconds=%s", obj["metadata"]["namespace"],
+             obj["metadata"]["name"], fields["outcome"], fields["problems"], took)
+    return "Completed"
+
+
+def _next_slice(spec: dict[str, Any], subset: Subset | None) -> int | None:
+    """After slice n of m, slice n+1 (m wraps to 1); None for a percentage or none."""
+    if subset is None or not subset.parts:
+        return None
+    return subset.part % subset.parts + 1
+
+
+def result_fields(report: VerifyReport | None, took: float) -> dict[str, Any]:
+    """``status.verify`` fields of a finished run (None: no repository yet)."""
+    if report is None:
+        return {"outcome": "Clean", "durationSeconds": took, "backups": 0, "problems": 0,
+                "damage": [], "damagedBackups": [], "bytesChecked": 0,
+                "message": "no repository yet: nothing to verify"}
+    sampled = report.subset
+    fields: dict[str, Any] = {
+        "outcome": "Clean" if report.ok else "Damaged", "durationSeconds": took,
+        "backups": report.backups, "chunks": report.chunks, "bytesChecked": report.bytes_checked,
+        "problems": len(report.problems),
+        "damage": [{"what": p.what, "name": p.name, "detail": p.detail[:MAX_DETAIL],
+                    "backups": list(p.backups[:10])} for p in report.problems[:MAX_DAMAGE]],
+        "damagedBackups": report.affected()[:100]}
+    if sampled is not None:
+        fields.update(subset=sampled.subset, objects=sampled.objects, objectsTotal=sampled.total,
+                      objectsRead=sampled.read, bytesRead=sampled.bytes_read)
+    read = (f"; read {sampled.read} of {sampled.total} {sampled.objects} ({sampled.bytes_read} "
+            f"bytes, subset {sampled.subset})" if sampled else "")
+    fields["message"] = (f"{report.backups} backups, {report.chunks} chunks{read}: "
+                         + ("ok" if report.ok else f"{len(report.problems)} damaged object(s)")
+                         + f" in {took:.1f} s")
+    return fields
+
+
+def check(target: TargetConfig, subset: Subset | None) -> VerifyReport | None:
+    """Verify the target's repository (shared lock); None when there is none yet."""
+    try:
+        repo = Repository.open(backup_runner.open_store(target), target.password)
+    except NotFound:
+        return None
+    return verify(repo, subset=subset)
+
+
+class VerifyMetrics(Collector):
+    """``statehold_backup_verify_last_timestamp_seconds{target}`` (completion of the latest
+    finished verify) and ``statehold_backup_verify_damaged_objects{target}`` (what it found),
+    read from the BackupTargets' status at each scrape."""
+
+    def __init__(self, kube: Kube) -> None:
+        self._kube = kube
+
+    def collect(self) -> Iterator[Metric]:
+        when = GaugeMetricFamily("statehold_backup_verify_last_timestamp_seconds",
+                                 "Completion time of a BackupTarget's latest finished verify",
+                                 labels=["target"])
+        damaged = GaugeMetricFamily("statehold_backup_verify_damaged_objects",
+                                    "Damaged objects the latest verify of a BackupTarget found",
+                                    labels=["target"])
+        try:
+            targets = self._kube.list(BACKUP_TARGET)
+        except StateholdError:
+            targets = []
+        for t in targets:
+            st = verify_status(t)
+            done = parse_time(st.get("completionTime"))
+            if done is None or st.get("outcome") not in ("Clean", "Damaged"):
+                continue
+            key = f"{t['metadata'].get('namespace', '')}/{t['metadata']['name']}"
+            when.add_metric([key], done.timestamp())
+            damaged.add_metric([key], float(st.get("problems") or 0))
+        yield when
+        yield damaged
