@@ -18,7 +18,7 @@ writing to a copy the cluster has given up on. So the agent:
   none, and looks again every ``retry`` seconds until it can;
 * **afterwards**, every ``interval`` seconds, does the same (an agent cut off from the
   controller but not from the API server learns of a failover so), and whenever a copy
-  turns out not to be the primary while its volume is still attached or mounted here it
+  turns out fenced (stale) while its volume is still attached or mounted here it
   **seals** it (``statehold.engine.readonly``: loop device read-only, filesystem
   remounted read-only or shut down), so a surviving writer gets ``EROFS``/``EIO``;
 * seals at once a copy the controller demotes through the agent API (``Demote``) while
@@ -159,7 +159,7 @@ class Fencing:
         """The copy was told of a newer epoch: seal it if it is still in use here."""
         with self._lock:
             self._confirmed = {c for c in self._confirmed if c[0] != volume}
-        if view.role != "primary" and self.copies is not None:
+        if view.role == "stale" and self.copies is not None:
             self._seal_if_used(volume)
 
     # -- the pass ------------------------------------------------------------------------------
@@ -195,7 +195,8 @@ class Fencing:
         assert self.copies is not None
         view = self.copies.state(volume)
         if view.role != "primary":
-            self._seal_if_used(volume)
+            if view.role == "stale":  # fenced (a replica in use is a reader's business)
+                self._seal_if_used(volume)
             return None
         if self.records is None:
             return Verdict(CONFIRMED, view.epoch, "standalone")

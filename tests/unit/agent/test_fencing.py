@@ -174,10 +174,25 @@ def test_the_gate_refuses_an_unconfirmed_primary_and_promote_confirms_it() -> No
     assert not fencing.allows(ref, 2)
 
 
+class StaleOnDemote(MemoryCopies):
+    """A primary demoted turns stale, as the core's does."""
+
+    def demote(self, volume: VolumeRef, epoch: int) -> CopyView:
+        super().demote(volume, epoch)
+        self.copies[volume].role = "stale"
+        return self.state(volume)
+
+
 def test_a_demote_through_the_api_seals_the_copy_in_use() -> None:
     local = Local(views={A: CopyView("primary", 1, "e1-3")}, used={A})
-    memory = MemoryCopies()
+    memory = StaleOnDemote()
     memory.add("pool-a/db", "primary", b"x", epoch=1)
     fencing = Fencing("n1", local, None)
-    WatchfulCopies(memory, fencing).demote(A, 2)
+    assert WatchfulCopies(memory, fencing).demote(A, 2).role == "stale"
     assert local.sealed == [A]
+
+
+def test_a_replica_in_use_is_left_alone() -> None:
+    local = Local(views={A: CopyView("replica", 1, "e1-3")}, used={A})
+    Fencing("n1", local, None).check()
+    assert local.sealed == []
