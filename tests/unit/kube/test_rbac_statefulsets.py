@@ -56,6 +56,12 @@ def test_operator_and_node_rbac_cover_the_statefulset_handlers(memory_kube: Memo
             memory_kube.patch_status(STATEFUL_SET_BACKUP, b["metadata"]["name"], {
                 "phase": "Completed", "groupBackupId": "20260105T100000Z-0a0b0c0d",
                 "completionTime": "2026-01-06T03:10:00Z"}, NS)
+    # completed ones are the agent's to prune with their groups; the schedule deletes a
+    # failed one older than a completed one
+    oldest = sorted(o["metadata"]["name"] for o in memory_kube.list(STATEFUL_SET_BACKUP, NS))[0]
+    memory_kube.patch_status(STATEFUL_SET_BACKUP, oldest, {
+        "phase": "Failed", "completionTime": "2026-01-05T03:10:00Z"}, NS)
+    reconcile_schedule(operator, memory_kube.get(BACKUP_SCHEDULE, "nightly", NS), fake_clock)
     first = memory_kube.list(STATEFUL_SET_BACKUP, NS)[0]
     memory_kube.create({"apiVersion": API, "kind": "StatefulSetRestore",
                         "metadata": {"name": "r", "namespace": NS},
@@ -83,3 +89,6 @@ def test_operator_and_node_rbac_cover_the_statefulset_handlers(memory_kube: Memo
     assert ("", "pods/exec", "create") in agent.used and ("", "pods", "get") in agent.used
     assert rec.log[:3] == ["exec db-0 psql CHECKPOINT", "exec db-1 psql CHECKPOINT",
                            "exec db-2 psql CHECKPOINT"]
+    # the agent deletes the StatefulSetBackups of the groups its prune removed
+    agent.delete(STATEFUL_SET_BACKUP, first["metadata"]["name"], NS)
+    assert agent.denied == []
