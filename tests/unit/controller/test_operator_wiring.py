@@ -57,8 +57,9 @@ def test_schedule_ticker_creates_backups_when_a_slot_comes_due(memory_kube: Memo
                         "metadata": {"name": "hourly", "namespace": NS},
                         "spec": {"schedule": "0 * * * *", "target": "t",
                                  "selector": {"matchLabels": {"backup": "nightly"}}}})
-    ticker, _gc = cluster_tickers(memory_kube, fake_clock)
-    assert (ticker.name, _gc.name) == ("schedules", "gc-schedules")
+    ticker, *others = cluster_tickers(memory_kube, fake_clock)
+    assert [ticker.name] + [t.name for t in others] == ["schedules", "gc-schedules",
+                                                         "verify-schedules"]
     ticker.tick()
     assert memory_kube.list(VOLUME_BACKUP, NS) == []
     fake_clock.advance(hours=1)

@@ -439,7 +439,7 @@ def test_the_cluster_role_runs_replicated_volumes_only_with_the_agents(
     assert "replicatedvolumes" not in {p for p, _ in handlers(cluster_registry(kube, fake_clock))}
     found = handlers(cluster_registry(kube, fake_clock, agents))
     assert ("replicatedvolumes", "replication") in found
-    assert [t.name for t in cluster_tickers(kube, fake_clock)] == ["schedules", "gc-schedules"]
+    assert "replication" not in [t.name for t in cluster_tickers(kube, fake_clock)]
     tickers = {t.name: t for t in cluster_tickers(kube, fake_clock, agents=agents)}
     agents.made_by_create_volume("n1")
     replicated_pv(kube)
