@@ -9,6 +9,10 @@ With the cluster's records (``records``), :meth:`AgentServer.start` first compar
 node's primaries with them (``statehold.agent.fencing``) and only then serves; the
 replication loop streams only from primaries the record confirmed, and a copy fenced while
 it is still in use here is made read-only.
+
+With ``local_socket``, the agent also serves its node's CSI plugin on a Unix socket of the
+host (``statehold.agent.localsock``): only the coordination of group snapshots across
+nodes, which the plugin cannot do itself (it holds no agent certificate).
 """
 
 from __future__ import annotations
@@ -68,6 +72,9 @@ class AgentConfig:
     record_wait: float = 10.0
     """Seconds the start waits for the first comparison before serving (primaries stay
     unreplicated until it is done, however long it takes)."""
+    local_socket: Path | None = None
+    """A Unix socket (0600, root) where this node's CSI plugin asks this agent to coordinate
+    group snapshots across nodes (``statehold.agent.localsock``); None: not served."""
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -108,6 +115,12 @@ class AgentServer:
         self._loop: threading.Thread | None = None
         self._stopped = threading.Event()
         self._metrics: Any = None
+        self._local: Any = None
+
+    def own_address(self) -> str:
+        """Where this agent is reached: its listening host and the port it bound."""
+        host, _port = split_address(self.config.listen)
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
     def _connect(self, peer: Peer) -> AgentClient:
         """One channel per peer, reused across cycles (gRPC reconnects by itself). The
@@ -139,6 +152,12 @@ class AgentServer:
         self.port = port
         server.start()
         self._server = server
+        if cfg.local_socket is not None:
+            from statehold.agent.localsock import LocalGroupsServicer, LocalSocket
+
+            self._local = LocalSocket(cfg.local_socket, LocalGroupsServicer(
+                cfg.node, cfg.bundle, self.own_address))
+            self._local.start()
         if cfg.metrics_listen:
             from prometheus_client import start_http_server
 
@@ -156,6 +175,9 @@ class AgentServer:
 
     def stop(self, grace: float = 5.0) -> None:
         self._stop.set()
+        if self._local is not None:
+            self._local.stop(grace)
+            self._local = None
         if self._server is not None:
             self._server.stop(grace).wait()
             self._server = None

@@ -124,6 +124,10 @@ def serve(
         "with --certs-secret-namespace; uses --kubeconfig, else in-cluster credentials."),
     record_interval: float = typer.Option(30.0, "--record-check-interval", min=0.1,
                                           help="Seconds between two comparisons with the records."),
+    local_socket: Path | None = typer.Option(
+        None, "--local-socket",
+        help="Also serve this node's CSI plugin on this Unix socket (0600, root only): the "
+        "coordination of group snapshots across nodes, nothing else (docs/security.md)."),
 ) -> None:
     """Serve this node's agent: the agent API for the controller and the other agents, and
     the replication of this node's primary volumes to their replicas."""
@@ -163,7 +167,8 @@ def serve(
             node=node_name, listen=listen, bundle=bundle,
             home=home_dir(ctx, home, create=True), interval=interval,
             checkpoint=size_arg(checkpoint) if checkpoint != "0" else 0,
-            metrics_listen=metrics_listen, pause_dir=pause_dir, record_interval=record_interval)
+            metrics_listen=metrics_listen, pause_dir=pause_dir, record_interval=record_interval,
+            local_socket=local_socket.absolute() if local_socket is not None else None)
         records = None
         if cluster if cluster is not None else certs_secret_namespace is not None:
             from statehold.agent.fencing import kube_records

@@ -6,6 +6,79 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class NodeMembers(_message.Message):
+    __slots__ = ("node", "address", "members")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    address: str
+    members: _containers.RepeatedCompositeFieldContainer[GroupMember]
+    def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., members: _Optional[_Iterable[_Union[GroupMember, _Mapping]]] = ...) -> None: ...
+
+class CoordinateGroupRequest(_message.Message):
+    __slots__ = ("name", "parts", "lease_seconds")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    parts: _containers.RepeatedCompositeFieldContainer[NodeMembers]
+    lease_seconds: float
+    def __init__(self, name: _Optional[str] = ..., parts: _Optional[_Iterable[_Union[NodeMembers, _Mapping]]] = ..., lease_seconds: _Optional[float] = ...) -> None: ...
+
+class CoordinatedGroup(_message.Message):
+    __slots__ = ("name", "attempt", "created_at", "existed", "parts", "windows")
+    class WindowsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXISTED_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    attempt: str
+    created_at: float
+    existed: bool
+    parts: _containers.RepeatedCompositeFieldContainer[NodeMembers]
+    windows: _containers.ScalarMap[str, float]
+    def __init__(self, name: _Optional[str] = ..., attempt: _Optional[str] = ..., created_at: _Optional[float] = ..., existed: _Optional[bool] = ..., parts: _Optional[_Iterable[_Union[NodeMembers, _Mapping]]] = ..., windows: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class NodeAgent(_message.Message):
+    __slots__ = ("node", "address")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    address: str
+    def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+
+class LocalGroupRequest(_message.Message):
+    __slots__ = ("name", "nodes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeAgent]
+    def __init__(self, name: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeAgent, _Mapping]]] = ...) -> None: ...
+
+class NodeGroupPart(_message.Message):
+    __slots__ = ("node", "part")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    part: GroupPartReply
+    def __init__(self, node: _Optional[str] = ..., part: _Optional[_Union[GroupPartReply, _Mapping]] = ...) -> None: ...
+
+class LocalGroupParts(_message.Message):
+    __slots__ = ("parts",)
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    parts: _containers.RepeatedCompositeFieldContainer[NodeGroupPart]
+    def __init__(self, parts: _Optional[_Iterable[_Union[NodeGroupPart, _Mapping]]] = ...) -> None: ...
+
 class PingRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

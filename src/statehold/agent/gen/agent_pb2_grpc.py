@@ -687,3 +687,187 @@ class Agent:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class LocalGroupsStub:
+    """The node-local API (agent/localsock.py): served only on a Unix socket of the node (mode
+    0600 in a 0700 directory: root on that host), never on TCP, and nothing else is served
+    there. The node's CSI plugin, which holds no agent certificate, asks its own node's
+    agent to coordinate a group snapshot across nodes; the agent does, with its node
+    certificate (PrepareGroupSnapshot... above, on every involved node, its own included).
+    Every call must involve this node (PERMISSION_DENIED otherwise): the local caller gets
+    no more than this node's certificate may do with the group calls.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CoordinateGroupSnapshot = channel.unary_unary(
+                '/statehold.agent.v1.LocalGroups/CoordinateGroupSnapshot',
+                request_serializer=agent__pb2.CoordinateGroupRequest.SerializeToString,
+                response_deserializer=agent__pb2.CoordinatedGroup.FromString,
+                _registered_method=True)
+        self.ReadGroupSnapshot = channel.unary_unary(
+                '/statehold.agent.v1.LocalGroups/ReadGroupSnapshot',
+                request_serializer=agent__pb2.LocalGroupRequest.SerializeToString,
+                response_deserializer=agent__pb2.LocalGroupParts.FromString,
+                _registered_method=True)
+        self.DeleteGroupSnapshot = channel.unary_unary(
+                '/statehold.agent.v1.LocalGroups/DeleteGroupSnapshot',
+                request_serializer=agent__pb2.LocalGroupRequest.SerializeToString,
+                response_deserializer=agent__pb2.LocalGroupParts.FromString,
+                _registered_method=True)
+
+
+class LocalGroupsServicer:
+    """The node-local API (agent/localsock.py): served only on a Unix socket of the node (mode
+    0600 in a 0700 directory: root on that host), never on TCP, and nothing else is served
+    there. The node's CSI plugin, which holds no agent certificate, asks its own node's
+    agent to coordinate a group snapshot across nodes; the agent does, with its node
+    certificate (PrepareGroupSnapshot... above, on every involved node, its own included).
+    Every call must involve this node (PERMISSION_DENIED otherwise): the local caller gets
+    no more than this node's certificate may do with the group calls.
+    """
+
+    def CoordinateGroupSnapshot(self, request, context):
+        """Take group `name` (or find it whole): PREPARE on every node, COMMIT on all, or ABORT
+        on all (docs/design/group-snapshots.md). Errors: the coordinator's (UNAVAILABLE when a
+        lease ended or a node could not be reached: nothing kept, retry; a node's own code).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadGroupSnapshot(self, request, context):
+        """Each listed node's part of the group (GroupSnapshotPart on each).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteGroupSnapshot(self, request, context):
+        """Delete each listed node's part (a node without one is fine); answers nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_LocalGroupsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CoordinateGroupSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.CoordinateGroupSnapshot,
+                    request_deserializer=agent__pb2.CoordinateGroupRequest.FromString,
+                    response_serializer=agent__pb2.CoordinatedGroup.SerializeToString,
+            ),
+            'ReadGroupSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadGroupSnapshot,
+                    request_deserializer=agent__pb2.LocalGroupRequest.FromString,
+                    response_serializer=agent__pb2.LocalGroupParts.SerializeToString,
+            ),
+            'DeleteGroupSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteGroupSnapshot,
+                    request_deserializer=agent__pb2.LocalGroupRequest.FromString,
+                    response_serializer=agent__pb2.LocalGroupParts.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'statehold.agent.v1.LocalGroups', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('statehold.agent.v1.LocalGroups', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class LocalGroups:
+    """The node-local API (agent/localsock.py): served only on a Unix socket of the node (mode
+    0600 in a 0700 directory: root on that host), never on TCP, and nothing else is served
+    there. The node's CSI plugin, which holds no agent certificate, asks its own node's
+    agent to coordinate a group snapshot across nodes; the agent does, with its node
+    certificate (PrepareGroupSnapshot... above, on every involved node, its own included).
+    Every call must involve this node (PERMISSION_DENIED otherwise): the local caller gets
+    no more than this node's certificate may do with the group calls.
+    """
+
+    @staticmethod
+    def CoordinateGroupSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statehold.agent.v1.LocalGroups/CoordinateGroupSnapshot',
+            agent__pb2.CoordinateGroupRequest.SerializeToString,
+            agent__pb2.CoordinatedGroup.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadGroupSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statehold.agent.v1.LocalGroups/ReadGroupSnapshot',
+            agent__pb2.LocalGroupRequest.SerializeToString,
+            agent__pb2.LocalGroupParts.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteGroupSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statehold.agent.v1.LocalGroups/DeleteGroupSnapshot',
+            agent__pb2.LocalGroupRequest.SerializeToString,
+            agent__pb2.LocalGroupParts.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
