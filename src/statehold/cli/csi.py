@@ -1,4 +1,11 @@
-"""CLI: ``statehold csi`` runs the CSI driver on a unix socket until SIGTERM/SIGINT."""
+"""CLI: ``statehold csi`` runs the CSI driver on a unix socket until SIGTERM/SIGINT.
+
+With ``--agent-socket`` (and ``--cluster``), a group snapshot whose members live on several
+nodes is coordinated by this node's agent, asked over that node-local Unix socket
+(``statehold.agent.localsock``): the plugin holds no agent certificate. The plugin reads
+which node holds each pool (StoragePools' ``spec.node``) and where each node's agent
+listens (the Node's InternalIP and ``--agent-port``), as the operator does.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import typer
 
@@ -43,6 +51,14 @@ def register(app: typer.Typer) -> None:
         metrics_address: str = typer.Option(
             "", "--metrics-address", help="IP:PORT for Prometheus metrics of the CSI calls "
             "(docs/metrics.md); empty: off"),
+        agent_socket: Path | None = typer.Option(
+            None, "--agent-socket", help="this node's agent's local socket (`statehold agent "
+            "serve --local-socket`): group snapshots across nodes are coordinated by that agent; "
+            "needs --cluster. Without it such groups are refused (FAILED_PRECONDITION)"),
+        agent_port: int = typer.Option(
+            7443, "--agent-port", min=1, max=65535,
+            help="with --agent-socket: the port every node's agent listens on (at its Node's "
+            "InternalIP)"),
     ) -> None:
         """Serve the CSI Identity, Controller and/or Node services (driver csi.statehold.io)."""
         from statehold.csi.server import MODES, CsiServer, ServerConfig
@@ -57,12 +73,25 @@ def register(app: typer.Typer) -> None:
                 home=home_dir(ctx, home, create=True), allowed_roots=roots,
                 max_volumes=max_volumes, grace=grace,
             )
+            if agent_socket is not None and not cluster:
+                raise InvalidArgument("--agent-socket needs --cluster: the nodes of the pools and "
+                                      "the agents' addresses are read from the cluster")
             kube = None
             if cluster:
                 from statehold.kube.client import ApiKube
 
                 kube = ApiKube.connect(kubeconfig)
-            server = CsiServer(config, kube=kube)
+            across: Any = None
+            pool_nodes: Any = None
+            if agent_socket is not None and kube is not None:
+                from statehold.agent.localsock import LocalGroupsClient
+                from statehold.controller.agent_directory import KubeDirectory
+                from statehold.csi.remote_groups import KubePoolNodes
+
+                across = LocalGroupsClient(agent_socket.absolute(), node_id,
+                                           KubeDirectory(kube, agent_port))
+                pool_nodes = KubePoolNodes(kube)
+            server = CsiServer(config, kube=kube, across=across, pool_nodes=pool_nodes)
             server.start()
             if metrics_address:
                 from statehold.controller.metrics import serve

@@ -124,8 +124,9 @@ class LocalGroups:
         if away:
             raise FailedPrecondition(
                 f"volumes {', '.join(repr(v) for v in away)} are not on node {self.node_id!r}, "
-                "where the other members are: a group snapshot needs every member on one "
-                "node (groups across nodes are not supported yet)")
+                "where the other members are: this plugin takes groups across nodes only "
+                "through its node's agent, and was started without it (statehold csi "
+                "--agent-socket; the chart passes it when agent.enabled is true)")
         members = []
         for volume_id in volume_ids:
             at = found[volume_id]

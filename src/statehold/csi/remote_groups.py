@@ -5,9 +5,12 @@ ports, implemented outside ``csi`` (which never imports the agent).
   ``statehold.agent.groupcoordinator.Coordinator`` (from ``AgentFleet.group_coordinator``
   with this node's agent certificate); docs/design/group-snapshots.md.
 * :class:`PoolNodes`: which node holds a pool (a volume id names its pool; a StoragePool
-  names its node).
+  names its node): :class:`KubePoolNodes` in a cluster.
 
-The wiring (certificate, agents' addresses) is the CLI's.
+The wiring is the CLI's: ``statehold csi --agent-socket`` hands the plugin
+``statehold.agent.localsock.LocalGroupsClient``, which asks this node's agent (over a
+node-local Unix socket) to coordinate; the agent holds the node certificate, the plugin
+none (docs/security.md).
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from statehold.engine.groups import Member
+from statehold.errors import NotFound
+from statehold.kube.facade import Kube
+from statehold.kube.kinds import STORAGE_POOL
 
 
 class TakenGroup(Protocol):
@@ -54,3 +60,18 @@ class StaticPoolNodes:
 
     def node_of(self, pool: str) -> str | None:
         return self.nodes.get(pool)
+
+
+class KubePoolNodes:
+    """The pool -> node map of a cluster: each StoragePool's ``spec.node``, read when asked
+    (a pool's node never changes while it lives; a new pool is found at once)."""
+
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+
+    def node_of(self, pool: str) -> str | None:
+        try:
+            found = self.kube.get(STORAGE_POOL, pool)
+        except NotFound:
+            return None
+        return str((found.get("spec") or {}).get("node") or "") or None

@@ -30,6 +30,7 @@ from statehold.csi.identity import IdentityServicer, missing_tools
 from statehold.csi.local_groups import LocalGroups
 from statehold.csi.metrics import CsiMetrics
 from statehold.csi.node import DEFAULT_MAX_VOLUMES, NodeServicer
+from statehold.csi.remote_groups import GroupsAcrossNodes, PoolNodes
 from statehold.csi.replicated import Replicas
 from statehold.csi.router import Router, load_shared
 from statehold.csi.status import VolumeLocks
@@ -101,11 +102,15 @@ def clear_stale_socket(path: Path) -> None:
 class CsiServer:
     """Build, start and stop the gRPC server. ``local`` may be injected (tests, bench).
     ``kube``: the cluster's API, where NodeStage reads a replicated volume's record
-    (``csi.replicated``); None (standalone) reads nothing."""
+    (``csi.replicated``); None (standalone) reads nothing. ``across`` and ``pool_nodes``:
+    the GroupController's ports for groups whose members live on several nodes
+    (``csi.remote_groups``; the CLI gives this node's agent over its local socket); without
+    them such a group is FAILED_PRECONDITION."""
 
     def __init__(self, config: ServerConfig, local: VolumeBackend | None = None,
                  shared: VolumeBackend | None = None, *, with_shared: bool = True,
-                 kube: Kube | None = None) -> None:
+                 kube: Kube | None = None, across: GroupsAcrossNodes | None = None,
+                 pool_nodes: PoolNodes | None = None) -> None:
         if config.mode not in MODES:
             raise InvalidArgument(f"mode {config.mode!r} is not one of {list(MODES)}")
         self.config = config
@@ -117,7 +122,8 @@ class CsiServer:
         if shared is None and with_shared:
             shared = load_shared(config.backend_config())
         self.router = Router(local, shared)
-        self.groups = (LocalGroups(local.node, config.node_id)
+        self.groups = (LocalGroups(local.node, config.node_id, remote=across,
+                                   pool_nodes=pool_nodes)
                        if isinstance(local, LocalBackend) else None)
         self.replicas = (Replicas(local.node, config.node_id, kube)
                          if isinstance(local, LocalBackend) else None)

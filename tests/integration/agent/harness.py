@@ -217,3 +217,56 @@ def start_cluster_agent(agents: Agents, node: NetNode, kubeconfig: Path, *,
     agents.procs[node.name] = proc
     wait_for(lambda: agents.ask(node, "ping", check=False)[0] == 0, 60, f"agent on {node.name}")
     return proc
+
+
+# -- the CSI node plugin beside its agent (issue 13: groups across nodes) ------------------------
+def start_agent_with_local_socket(agents: Agents, node: NetNode,
+                                  local_socket: Path) -> subprocess.Popen[bytes]:
+    """As :meth:`Agents.start`, also serving the node's CSI plugin on ``local_socket`` (the
+    chart's ``--local-socket``); returns once the agent answers and the socket exists."""
+    argv = [STATEHOLD, "agent", "serve", "--listen", agents.address(node), "--certs",
+            str(agents.certs(node)), "--home", str(node.home), "--node-name", node.name,
+            "--interval", "0", "--pause-dir", str(agents.pause_dir(node)), "--grace", "0",
+            "--local-socket", str(local_socket)]
+    proc = agents.cluster.spawn(node, argv, env={"STATEHOLD_LOG_LEVEL": "INFO"},
+                                log=node.home.parent / "agent.log")
+    agents.procs[node.name] = proc
+    wait_for(lambda: agents.ask(node, "ping", check=False)[0] == 0, 60, f"agent on {node.name}")
+    wait_for(local_socket.is_socket, 30, f"the local socket of {node.name}'s agent")
+    return proc
+
+
+def start_csi_plugin(cluster: Cluster, node: NetNode, csi_socket: Path, *, kubeconfig: Path,
+                     kubelet: Path, agent_socket: Path | None = None,
+                     log: Path | None = None) -> subprocess.Popen[bytes]:
+    """``statehold csi`` on ``node`` as the chart runs it in the node DaemonSet (``--mode=all
+    --cluster``, and ``--agent-socket``/``--agent-port`` unless ``agent_socket`` is None),
+    reading the cluster through ``kubeconfig``; returns once its CSI socket answers (the
+    socket is a file: the test process reaches it across namespaces)."""
+    import grpc
+
+    from statehold.csi.gen import csi_pb2, csi_pb2_grpc
+
+    argv = [STATEHOLD, "csi", f"--endpoint=unix://{csi_socket}", f"--node-id={node.name}",
+            "--mode=all", f"--home={node.home}", "--cluster", f"--kubeconfig={kubeconfig}",
+            f"--allowed-root={kubelet}"]
+    if agent_socket is not None:
+        argv += [f"--agent-socket={agent_socket}", f"--agent-port={PORT}"]
+    proc = cluster.spawn(node, argv, env={"STATEHOLD_LOG_LEVEL": "INFO"},
+                         log=log or node.home.parent / f"csi-{csi_socket.stem}.log")
+
+    def answers() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"statehold csi on {node.name} exited {proc.returncode}")
+        if not csi_socket.is_socket():
+            return False
+        with grpc.insecure_channel(f"unix://{csi_socket}") as channel:
+            try:
+                csi_pb2_grpc.IdentityStub(channel).GetPluginInfo(  # type: ignore[no-untyped-call]
+                    csi_pb2.GetPluginInfoRequest(), timeout=5)
+            except grpc.RpcError:
+                return False
+        return True
+
+    wait_for(answers, 60, f"statehold csi on {node.name}")
+    return proc
