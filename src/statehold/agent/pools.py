@@ -5,8 +5,11 @@ of a retired pool (docs/design/replication.md §9.7, RPC ``ExportPool``).
 agent's engine :class:`~statehold.engine.node.Node`. The controller exports a pool only once
 the cluster knows of nothing left in it, and the agent checks again here, on the node: a
 pool that still holds any volume or snapshot is refused (listed), whatever the cluster
-thinks. The engine's export then refuses a pool whose volumes are attached, or which another
-process keeps busy (its mount cannot be released).
+thinks. The engine's export then refuses a pool whose volumes are attached, and runs the
+release protocol with the other Statehold processes of the node (the CSI node plugin, the
+node operator), which let go of the pool; one still held after the wait is Temporary
+(UNAVAILABLE) naming the holders, and the next call finishes it
+(docs/design/pool-metadata.md, "Export").
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from statehold.errors import FailedPrecondition, NotFound
 class PoolExports(Protocol):
     def export(self, pool: str) -> bool:
         """Export ``pool``: True once done now, False when this node does not have it (an
-        earlier export), FailedPrecondition while anything is left in it or it is busy."""
+        earlier export), FailedPrecondition while anything is left in it, Temporary while
+        a process still holds it."""
         ...
 
 
@@ -30,6 +34,9 @@ class EnginePools:
 
     def export(self, pool: str) -> bool:
         self.node.refresh()  # a pool exported or imported by a CLI beside the agent
+        if pool in self.node.exporting:  # an earlier export that waited in vain or died
+            self.node.export_pool(pool)
+            return True
         if pool in self.node.errors:  # its disks are gone: forgetting it is all there is
             self.node.export_pool(pool)
             return True

@@ -186,14 +186,18 @@ def export_cmd(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="Pool name."),
     home: Path | None = HomeOption,
+    wait: float = typer.Option(20.0, "--wait", min=0.0,
+                               help="Seconds to wait for the host's other processes to let go."),
 ) -> None:
     """Unmount a pool and detach its disks; they keep everything (`pool import` brings it back).
 
-    Refused while a volume or snapshot of the pool is attached.
+    Refused while a volume or snapshot of the pool is attached. The other Statehold
+    processes of the host let go of the pool first; one still held after a while is
+    reported (Temporary) with its holders, and running the command again finishes it.
     """
     with node(ctx, home) as n:
-        sources = list(n.pool(name).sources)
-        n.export_pool(name)
+        sources = n.sources_of(name)
+        n.export_pool(name, wait=wait)
     done("pool", name, "exported")
     typer.echo(f"import it again with: statehold pool import {' '.join(sources)} --name {name}")
 

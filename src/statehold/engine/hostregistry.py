@@ -4,6 +4,11 @@ Only the location of each pool's disks (device paths, image files or a directory
 here; everything else lives inside the pool, so losing this file loses nothing that
 ``import`` cannot bring back. Writes are atomic (temp file, fsync, rename). Callers hold
 the home's lock (``Node._exclusive``) around read-modify-write.
+
+A pool entry may carry ``"exporting"``: the pool is being exported, and every process on
+this home lets go of it and opens it no more (the release protocol of
+docs/design/pool-metadata.md, "Export"). The mark is durable, so an exporter that dies
+leaves it for a retry to finish, or for an import of the same disks to clear.
 """
 
 from __future__ import annotations
@@ -12,17 +17,23 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from statehold.engine.types import PoolSpec
-from statehold.errors import Corrupt, FailedPrecondition
+from statehold.errors import Corrupt, FailedPrecondition, NotFound
 
 REGISTRY = "node.json"
 REGISTRY_VERSION = 1
 DISKS = "disks"
 DIRECTORY = "directory"
+EXPORTING = "exporting"
+
+
+def is_exporting(entry: Mapping[str, Any]) -> bool:
+    """True for a registry entry marked as being exported."""
+    return bool(entry.get(EXPORTING))
 
 
 def spec_to_dict(spec: PoolSpec) -> dict[str, Any]:
@@ -79,3 +90,23 @@ class HostRegistry:
         data = self.load()
         data["pools"].pop(name, None)
         self.save(data)
+
+    def mark_exporting(self, name: str) -> None:
+        """Mark ``name`` as being exported (durably; idempotent). NotFound if unregistered."""
+        data = self.load()
+        entry = data["pools"].get(name)
+        if entry is None:
+            raise NotFound(f"pool {name!r} not found")
+        if not is_exporting(entry):
+            entry[EXPORTING] = {"since": time.time(), "pid": os.getpid()}
+            self.save(data)
+
+    def clear_exporting(self, name: str) -> bool:
+        """Cancel the export mark of ``name``; True if there was one."""
+        data = self.load()
+        entry = data["pools"].get(name)
+        if entry is None or not is_exporting(entry):
+            return False
+        del entry[EXPORTING]
+        self.save(data)
+        return True

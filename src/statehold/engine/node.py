@@ -5,6 +5,14 @@ other state lives inside the pool. Opening a Node re-attaches image files, mount
 ``<home>/pools/<name>`` and reconciles each one, so a restart (or a crash) ends with every
 pool usable and consistent. A pool whose disks are missing is reported by ``errors`` and
 raises Unavailable from ``pool(name)``; it never stops the other pools from opening.
+
+Several processes of a host (the agent, the CSI node plugin, the node operator, a CLI) each
+open the home's pools through a Node of their own and keep them open. Exporting a pool
+therefore follows a release protocol (docs/design/pool-metadata.md, "Export"): the exporter
+marks the pool ``exporting`` in the registry; every Node notices the mark before it hands
+the pool out and in a periodic check of its own (a watcher thread), and lets go of the
+pool; the exporter waits, bounded, until no process holds anything in it, then unmounts,
+detaches and forgets it.
 """
 
 from __future__ import annotations
@@ -18,16 +26,35 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from statehold.engine import capacity, fs, groups, lifecycle, loop, mounts, pooldir, pooldisk
-from statehold.engine.hostregistry import DIRECTORY, DISKS, HostRegistry, identity, spec_to_dict
+from statehold.engine import (
+    capacity,
+    fs,
+    groups,
+    holders,
+    lifecycle,
+    loop,
+    mounts,
+    pooldir,
+    pooldisk,
+    poolexport,
+)
+from statehold.engine.hostregistry import (
+    DIRECTORY,
+    DISKS,
+    HostRegistry,
+    identity,
+    is_exporting,
+    spec_to_dict,
+)
 from statehold.engine.metadata import Metadata, PoolRecord
 from statehold.engine.names import check_size, validate_name
 from statehold.engine.pool import LOCK_TIMEOUT, META_DIR, SNAPSHOTS_DIR, VOLUMES_DIR, Pool
-from statehold.engine.steps import FaultHook
+from statehold.engine.steps import FaultHook, no_fault
 from statehold.engine.types import FsType, PoolSpec, RaidProfile
 from statehold.errors import (
     Aborted,
@@ -42,11 +69,40 @@ from statehold.errors import (
 log = logging.getLogger("statehold.engine.node")
 
 META_DB = "meta.db"
+WATCH_INTERVAL = 1.0
+"""Seconds between two looks of a Node's watcher at the registry's export marks."""
+EXPORT_WAIT = 20.0
+"""Seconds an export waits for the other processes to let go of the pool (below the
+agent client's 30 s deadline), before it fails Temporary naming those that did not."""
+EXPORT_POLL = 0.1
+"""Seconds between two looks of a waiting export at the pool's holders."""
+
+
+def exporting_message(name: str) -> str:
+    """What a caller asking for a pool being exported is told (FailedPrecondition)."""
+    return (f"pool {name!r} is being exported from this node: it is not served here any "
+            "more (an import of its disks keeps it instead)")
+
+
+def _watch(ref: weakref.ref[Node], stop: threading.Event, interval: float) -> None:
+    """A Node's periodic check: let go of pools marked exporting, even while idle. Holds
+    the Node weakly, so a Node nobody closed still goes away (and so does this thread)."""
+    while not stop.wait(interval):
+        node = ref()
+        if node is None:
+            return
+        try:
+            node.follow_marks()
+        except StateholdError as exc:  # an unreadable registry: say so, look again later
+            log.warning("registry watch failed home=%s error=%s", node.home, exc)
+        del node
+
 
 class Node:
     """The pools of one host. Not a daemon: several short-lived Nodes may open one home."""
 
-    def __init__(self, home: Path, *, fault_hook: FaultHook | None = None) -> None:
+    def __init__(self, home: Path, *, fault_hook: FaultHook | None = None,
+                 watch_interval: float = WATCH_INTERVAL) -> None:
         self.home = Path(os.path.abspath(home))
         self.registry = HostRegistry(self.home)
         self.fault_hook = fault_hook
@@ -54,14 +110,20 @@ class Node:
         self._pools: dict[str, Pool] = {}
         self.errors: dict[str, str] = {}
         """Pools that are registered but could not be opened, with the reason."""
+        self.exporting: dict[str, str] = {}
+        """Pools registered but marked as being exported: not opened here (see the module)."""
         self.recovered: dict[str, list[str]] = {}
         """What recovery did per pool when this Node opened it."""
         self._depth = 0
         self._closed = False
+        self._stop = threading.Event()
         self.home.mkdir(parents=True, exist_ok=True)
         with self._exclusive():
             self._recover_registry()
             for name, entry in self.registry.load()["pools"].items():
+                if is_exporting(entry):
+                    self.exporting[name] = exporting_message(name)
+                    continue
                 try:
                     pool = self._open(name, entry["sources"], entry.get("kind", DISKS))
                 except StateholdError as exc:
@@ -76,6 +138,9 @@ class Node:
                     pool.close()
                     continue
                 self._pools[name] = pool
+        if watch_interval > 0:
+            threading.Thread(target=_watch, args=(weakref.ref(self), self._stop, watch_interval),
+                             name="statehold-pool-watch", daemon=True).start()
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -134,24 +199,40 @@ class Node:
         return Pool(name, mountpoint, db, fault_hook=self.fault_hook, devices=devices,
                     sources=sources, directory=kind == DIRECTORY)
 
+    def follow_marks(self) -> bool:
+        """Let go of the pools the registry marks as being exported, or no longer lists
+        (each after the operation in flight on it); True when registered pools that are
+        not marked are not open here yet (``refresh`` opens them). The watcher's check."""
+        with self._lock:
+            if self._closed:
+                return False
+            registered = self.registry.load()["pools"]
+            marked = {n for n, e in registered.items() if is_exporting(e)}
+            usable = set(registered) - marked
+            doomed = [(n, self._pools.pop(n)) for n in sorted(self._pools) if n not in usable]
+            for name in [n for n in self.errors if n not in usable]:
+                del self.errors[name]
+            self.exporting = {n: exporting_message(n) for n in sorted(marked)}
+            missing = bool(usable - set(self._pools) - set(self.errors))
+        for name, pool in doomed:
+            why = self.exporting.get(name) or f"pool {name!r} was exported from this node"
+            pool.release(why)
+            log.info("pool released pool=%s reason=%s", name,
+                     "exporting" if name in marked else "unregistered")
+        return missing
+
     def refresh(self) -> None:
         """Follow registry changes made by other processes on this home (a CLI beside the
-        agent): open pools registered since, forget pools exported since."""
+        agent): open pools registered since, let go of pools exported or being exported."""
+        if not self.follow_marks():
+            return
         with self._lock:
             if self._closed:
                 return
-            registered = self.registry.load()["pools"]
-            known = set(self._pools) | set(self.errors)
-            if known == set(registered):
-                return
             with self._exclusive():
                 registered = self.registry.load()["pools"]
-                for name in [n for n in self._pools if n not in registered]:
-                    self._pools.pop(name).close()
-                for name in [n for n in self.errors if n not in registered]:
-                    del self.errors[name]
                 for name, entry in registered.items():
-                    if name in self._pools or name in self.errors:
+                    if name in self._pools or name in self.errors or is_exporting(entry):
                         continue
                     try:
                         pool = self._open(name, entry["sources"], entry.get("kind", DISKS))
@@ -167,16 +248,21 @@ class Node:
                     self._pools[name] = pool
 
     def pools(self) -> list[Pool]:
+        """The pools usable here now (the registry is read first: see ``refresh``)."""
+        self.refresh()
         with self._lock:
-            self.refresh()
             return [self._pools[n] for n in sorted(self._pools)]
 
     def pool(self, name: str) -> Pool:
+        """The pool, after a look at the registry (``refresh``): NotFound if it is not
+        registered here, FailedPrecondition while it is being exported, Unavailable when
+        its disks could not be opened."""
+        self.refresh()
         with self._lock:
-            if name not in self._pools:
-                self.refresh()
             if name in self._pools:
                 return self._pools[name]
+            if name in self.exporting:
+                raise FailedPrecondition(self.exporting[name])
             if name in self.errors:
                 raise Unavailable(f"pool {name!r} is unavailable: {self.errors[name]}")
             raise NotFound(f"pool {name!r} not found")
@@ -435,6 +521,14 @@ class Node:
             srcs = [os.path.abspath(s) for s in sources]
             if name is not None:
                 validate_name(name, what="pool name")
+            marked = poolexport.marked_with(self.registry.load()["pools"], srcs)
+            if marked is not None:  # its export did not finish: keep the pool instead
+                if name is not None and name != marked:
+                    raise AlreadyExists(f"{', '.join(srcs)} are pool {marked!r}, being exported "
+                                        f"here: import them as {marked!r} to keep it")
+                self.registry.clear_exporting(marked)
+                log.warning("pool export cancelled by an import pool=%s", marked)
+                return self.pool(marked)
             if len(srcs) == 1 and os.path.isdir(srcs[0]):
                 return self._import_directory(Path(srcs[0]), name)
             self._check_not_in_use(srcs)
@@ -495,51 +589,91 @@ class Node:
                 pooldisk.check_not_held(src)
 
     # -- export / destroy ------------------------------------------------------------------
-    def export_pool(self, name: str) -> None:
-        """Unmount and detach a pool and forget it here; its disks keep everything."""
+    def sources_of(self, name: str) -> list[str]:
+        """The devices, image files or directory pool ``name`` is registered with (read from
+        the registry: also for a pool being exported, which is not opened). NotFound."""
+        entry = self.registry.load()["pools"].get(name)
+        if entry is None:
+            raise NotFound(f"pool {name!r} not found")
+        return list(entry["sources"])
+
+    def export_pool(self, name: str, *, wait: float = EXPORT_WAIT) -> None:
+        """Unmount and detach a pool and forget it here; its disks keep everything.
+
+        The release protocol (docs/design/pool-metadata.md, "Export"): refused
+        (FailedPrecondition) while a volume or snapshot of the pool is attached; otherwise
+        the pool is marked ``exporting`` in the registry, so every Node on this home (in
+        every process) lets go of it and opens it no more, and this call waits up to
+        ``wait`` s until no process holds anything in it, then unmounts it, detaches its
+        images and unregisters it. Still held then: Temporary naming the holders it can
+        see, the mark kept (a retry finishes the export, an import of the same disks
+        cancels it). A pool already marked (an export that failed or died) is finished.
+        NotFound if not registered; Aborted if an import cancelled the export meanwhile.
+        """
+        fault = self.fault_hook or no_fault
         with self._exclusive():
-            if name in self.errors and name not in self._pools:
-                # its disks are gone: forgetting it is all that can be done
-                self.registry.unregister(name)
-                del self.errors[name]
-                return
-            pool = self.pool(name)
-            busy = loop.under(pool.volumes_dir) | loop.under(pool.snapshots_dir)
-            if busy:
-                raise FailedPrecondition(
-                    f"pool {name!r} has attached volumes or snapshots: {', '.join(sorted(busy))}")
-            pool.close()
-            if not pool.is_directory:
-                try:
-                    pooldisk.release(pool.mountpoint, pool.image_files)
-                except StateholdError as exc:
-                    # still mounted (busy): keep serving it rather than hold a closed pool
-                    self._pools[name] = self._open(name, pool.sources)
-                    raise FailedPrecondition(
-                        f"pool {name!r} is busy (another process has it open?): {exc}") from exc
-                if pool.mountpoint.is_dir() and not os.path.ismount(pool.mountpoint):
-                    pool.mountpoint.rmdir()
-            self.registry.unregister(name)
-            del self._pools[name]
+            entry = self.registry.load()["pools"].get(name)
+            if entry is None:
+                raise NotFound(f"pool {name!r} not found")
+            place = poolexport.where(self.pools_dir, name, entry)
+            if not is_exporting(entry):
+                self.refresh()
+                if name in self.errors:
+                    # its disks are gone: forgetting it is all that can be done
+                    self.registry.unregister(name)
+                    del self.errors[name]
+                    return
+                poolexport.refuse_attached(place)
+                self.registry.mark_exporting(name)
+                log.info("pool export started pool=%s", name)
+                fault("export_pool.marked")
+        self.follow_marks()  # this Node lets go first; the others on their own
+        deadline = time.monotonic() + wait
+        busy = ""
+        while True:
+            held = holders.holders(place.roots)
+            if not held or poolexport.state(self.registry, name) != "exporting":
+                done, busy = self._finish_export(name)  # gone: done; cancelled: Aborted
+                if done:
+                    return
+            if time.monotonic() >= deadline:
+                raise poolexport.still_held(name, held, busy)
+            time.sleep(EXPORT_POLL)
+
+    def _finish_export(self, name: str) -> tuple[bool, str]:
+        """``poolexport.finish`` under the home lock; forgets the mark here once done."""
+        with self._exclusive():
+            done, busy = poolexport.finish(self.registry, self.pools_dir, name,
+                                           self.fault_hook or no_fault)
+            if done or poolexport.state(self.registry, name) != "exporting":
+                self.exporting.pop(name, None)
+            return done, busy
 
     def destroy_pool(self, name: str) -> None:
         """Export the pool, then delete the image files it was made of (devices are kept)."""
         with self._exclusive():
-            if name in self.errors and name not in self._pools:
-                self.export_pool(name)
+            entry = self.registry.load()["pools"].get(name)
+            if entry is None:
+                raise NotFound(f"pool {name!r} not found")
+            self.refresh()
+            broken = name in self.errors
+            place = poolexport.where(self.pools_dir, name, entry)
+        self.export_pool(name)
+        if broken:  # disks gone or unreadable: forgotten, nothing deleted
+            return
+        with self._exclusive():
+            if name in self.registry.load()["pools"]:  # imported again meanwhile
                 return
-            pool = self.pool(name)
-            images = pool.image_files
-            self.export_pool(name)
-            for img in images:
+            for img in place.images:
                 Path(img).unlink(missing_ok=True)
-            if pool.is_directory:  # only what the pool made; the directory itself stays
+            if place.directory:  # only what the pool made; the directory itself stays
                 for sub in (VOLUMES_DIR, SNAPSHOTS_DIR, META_DIR):
-                    shutil.rmtree(pool.mountpoint / sub, ignore_errors=True)
+                    shutil.rmtree(place.mountpoint / sub, ignore_errors=True)
             log.info("pool destroyed pool=%s", name)
 
     def close(self) -> None:
         """Release database handles; leaves pools mounted and volumes attached."""
+        self._stop.set()
         with self._lock:
             self._closed = True
             for pool in self._pools.values():

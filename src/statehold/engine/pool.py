@@ -114,6 +114,8 @@ class Pool:
         """True for a pool made in an existing directory (no disks, nothing to mount)."""
         self._lock = threading.RLock()
         self._depth = 0
+        self._released: str | None = None
+        """Why this process let go of the pool (``release``); None while it is open."""
         self._lock_fd: int | None = os.open(
             self.meta_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         record = db.pool()
@@ -126,8 +128,12 @@ class Pool:
         """Hold the pool (the lock every public method takes) across several calls: an
         operation spanning pools, such as a group snapshot, takes each pool's in name order."""
         with self._lock:
+            if self._lock_fd is None:  # released or closed: its handles are gone
+                if self._released is not None:
+                    raise FailedPrecondition(self._released)
+                raise Unavailable(f"pool {self.name!r} is closed in this process")
             outer = self._depth == 0
-            if outer and self._lock_fd is not None:
+            if outer:
                 _flock(self._lock_fd, self.name)
             self._depth += 1
             try:
@@ -476,11 +482,26 @@ class Pool:
         return recovery.reconcile(self)
 
     def close(self) -> None:
+        """Close the database and the lock file (after the operation in flight, if any);
+        the pool stays mounted. Later calls raise Unavailable."""
         with self._lock:
             self.db.close()
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
+
+    def release(self, reason: str) -> None:
+        """Let go of every handle this process holds in the pool, as ``close``, because
+        another process exports it (Node's release protocol); later calls raise
+        FailedPrecondition(``reason``) instead of touching a pool that is going away."""
+        with self._lock:
+            self._released = reason
+            self.close()
+
+    @property
+    def released(self) -> str | None:
+        """Why this process let go of the pool, or None."""
+        return self._released
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary (CLI ``describe``)."""

@@ -26,6 +26,10 @@ STEPS: dict[str, tuple[str, ...]] = {
     "create_pool": ("create_pool.intent", "create_pool.attached", "create_pool.mounted",
                     "create_pool.database", "create_pool.commit"),
     "import_pool": ("import_pool.probed",),
+    # the registry's exporting mark written (every process lets go), then the pool unmounted
+    # (its images still attached, the entry still registered): a retry finishes, an import
+    # of the same disks cancels
+    "export_pool": ("export_pool.marked", "export_pool.unmounted"),
     "delete_snapshot": ("delete_snapshot.intent", "delete_snapshot.unlinked",
                         "delete_snapshot.commit"),
     # a group snapshot (engine/groups.py): member_precloned after each mounted member's whole

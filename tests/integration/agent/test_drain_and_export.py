@@ -10,7 +10,8 @@ operator's reconciler against MemoryKube.
   its epoch and stages again;
 * a retired pool: its replicated copy re-placed, a single-copy volume blocking the export
   (named in the condition) until it is deleted, then the pool exported by its node's agent
-  (unmounted, its image detached, forgotten by the node) and ``Exported``; asking again
+  (unmounted, its image detached, forgotten by the node) and ``Exported`` while the node's
+  CSI driver still has it open (it lets go: the export's release protocol); asking again
   is a success.
 """
 
@@ -27,6 +28,7 @@ import grpc
 import pytest
 
 from statehold.csi.gen import csi_pb2 as pb
+from statehold.errors import NotFound
 from statehold.kube.kinds import NODE, PV, STORAGE_POOL
 from tests.integration.agent import test_failover_e2e as e2e
 from tests.integration.agent.harness import scribble
@@ -167,9 +169,9 @@ def test_a_retired_pool_is_exported_once_nothing_is_left_in_it(world: World) -> 
     # the single-copy volume is deleted (backed up and restored elsewhere, say)
     w.csi["n3"].controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=solo.handle))
     w.kube.delete(PV, solo.pv)
-    # Every Statehold process on a node keeps its pools open; the node plugin here (in the
-    # test process) lets go of its pools, as a real one must before the pool can unmount.
-    w.csi["n3"].engine.close()
+    # n3's agent and its node plugin (here in the test process) both have pool-c open: the
+    # export's release protocol makes both let go (docs/design/pool-metadata.md, "Export")
+    assert w.csi["n3"].engine.pool("pool-c").list_volumes() == []
     try:
         w.converge(lambda: retiring(w, "pool-c").get("reason") == "Exported", "pool-c exported")
     except TimeoutError as exc:
@@ -178,6 +180,8 @@ def test_a_retired_pool_is_exported_once_nothing_is_left_in_it(world: World) -> 
     assert not mounted(mountpoint)
     assert loops_of(image) == ""   # its image detached...
     assert image.stat().st_size > 0  # ...and kept: an export is not a delete
+    with pytest.raises(NotFound):  # the node plugin, still serving, no longer has the pool
+        w.csi["n3"].engine.pool("pool-c")
     pools = w.cluster.statehold(n3, "pool", "get", "--home", str(n3.home), "-o", "json")
     assert "pool-c" not in pools
     assert "Exported" in [e["reason"] for e in w.kube.events_for(

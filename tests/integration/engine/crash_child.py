@@ -40,6 +40,9 @@ def main() -> int:
     if op == "import_pool":
         node.import_pool([args["image"]])
         return 0
+    if op == "export_pool":
+        node.export_pool(args["name"])
+        return 0
     pool = node.pool(pool_name)
     if op == "create_volume":
         pool.create_volume(args["name"], args["size"], fs=args["fs"])

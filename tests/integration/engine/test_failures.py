@@ -50,10 +50,13 @@ def faulty(engine_home: Path) -> Iterator[tuple[Node, Pool, Faults]]:
 
 
 POOL_OPS = ("create_pool", "import_pool")
+EXPORT_OPS = ("export_pool",)
+"""Its steps are failed, and crashed, in tests/integration/engine/test_export_release.py."""
 
 
 def _volume_steps() -> list[tuple[str, str]]:
-    return [(op, step) for op, steps in STEPS.items() for step in steps if op not in POOL_OPS]
+    return [(op, step) for op, steps in STEPS.items() for step in steps
+            if op not in POOL_OPS + EXPORT_OPS]
 
 
 def _pool_steps() -> list[tuple[str, str]]:

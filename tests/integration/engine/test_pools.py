@@ -324,16 +324,23 @@ def test_a_second_node_on_the_same_home_follows_registry_changes(engine_home: Pa
     try:
         made = cli.create_pool(PoolSpec(name="p", image_size=GiB))
         made.create_volume("v", 64 * MiB, fs=FsType.EXT4)
-        assert [v.name for v in agent.pool("p").list_volumes()] == ["v"]
-        with pytest.raises(FailedPrecondition, match="busy"):
-            cli.export_pool("p")  # the agent has it open
-        assert cli.pool("p").get_volume("v").size == 64 * MiB  # still served
+        held = agent.pool("p")
+        assert [v.name for v in held.list_volumes()] == ["v"]
         hostdir = made.mountpoint / "dir"
         hostdir.mkdir()
         cli.create_pool(PoolSpec(name="d", directory=str(hostdir)))
         assert [p.name for p in agent.pools()] == ["d", "p"]
         cli.export_pool("d")
         assert [p.name for p in agent.pools()] == ["p"]
+        image = made.sources[0]
+        cli.export_pool("p")  # the agent had it open: it lets go (the release protocol)
+        with pytest.raises(FailedPrecondition, match="being exported"):
+            held.list_volumes()  # what it held answers, without touching the pool
+        with pytest.raises(NotFound):
+            agent.pool("p")
+        assert loop.find(image) == [] and agent.pools() == []
+        assert [v.name for v in agent.import_pool([image]).list_volumes()] == ["v"]
+        assert cli.pool("p").get_volume("v").size == 64 * MiB  # and the other follows
     finally:
         cli.close()
         close_node(agent)

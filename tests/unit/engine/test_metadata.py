@@ -82,6 +82,9 @@ def test_every_operation_has_intent_first_and_commit_after() -> None:
     for op, steps in STEPS.items():
         if op == "import_pool":  # no intent: nothing but a probe mount to undo
             continue
+        if op == "export_pool":  # its intent is the registry's exporting mark, written first
+            assert steps[0] == "export_pool.marked" and len(set(steps)) == len(steps)
+            continue
         assert steps[0].endswith(".intent"), op
         assert any(s.endswith(".commit") for s in steps), op
         assert len(set(steps)) == len(steps)
