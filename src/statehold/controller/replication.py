@@ -448,7 +448,21 @@ class VolumePass:
                                           {"spec": {"move": {"to": plan.move_to}}})
                 self.event("Normal", "Retiring", f"the primary's pool on {rec.primary} is "
                            f"retiring: moving it to {plan.move_to}")
-            for node in plan.release:
+            release = list(plan.release)
+            if release:
+                # the primary stops streaming to the copies first: released before it
+                # knows, a copy is created again by the primary's next stream and seeded
+                # anew (a retired node kept a copy it had just given up)
+                before = self.record()
+                keep = [CopyTarget(c.node, c.pool) for c in before.copies
+                        if c.node != before.primary and c.node not in set(release)]
+                try:
+                    self.agents.set_replicas(before.primary, self.volume, keep)
+                except StateholdError as exc:
+                    log.info("event=set_replicas_failed volume=%s error=%s (release waits)",
+                             self.volume, exc)
+                    release = []
+            for node in release:
                 try:
                     self.agents.release(node, self.volume)
                 except NotFound:
