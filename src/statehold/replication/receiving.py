@@ -58,28 +58,34 @@ DIRECT_ALIGN = 4096
 """Offset, length and memory alignment of an extent written with O_DIRECT."""
 
 
+WRITE_WINDOW = 4 * MAX_PAYLOAD
+"""Bytes of consecutive extents gathered into one direct write at most."""
+
+
 class ExtentWriter:
     """Writes extents into the work file, bypassing the page cache where it can.
 
     A replica's bytes are not read back (a replica is never in use), so caching them only
     costs: filling new page-cache pages was, measured, the largest CPU cost of a replica's
     agent (docs/benchmarks.md, replication). With ``O_DIRECT`` set on the descriptor (and
-    cleared again by :meth:`close`), each extent is copied into one reused page-aligned
-    buffer and written from there. An extent not aligned to :data:`DIRECT_ALIGN`, a
-    filesystem that refuses ``O_DIRECT`` or its alignment: buffered writes from then on,
-    each followed by :func:`~statehold.replication.holes.start_writeback`. Durability is
-    the caller's fdatasync/fsync either way.
+    cleared again by :meth:`close`), consecutive extents are gathered in one reused
+    page-aligned buffer and written together (up to :data:`WRITE_WINDOW`: fewer, larger
+    writes, as the disk likes them) by :meth:`flush`, which the caller runs before any
+    fdatasync. An extent not aligned to :data:`DIRECT_ALIGN`, a filesystem that refuses
+    ``O_DIRECT`` or its alignment: buffered writes from then on, each followed by
+    :func:`~statehold.replication.holes.start_writeback`.
     """
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self._flags = fcntl.fcntl(fd, fcntl.F_GETFL)
         self._buffer: mmap.mmap | None = None
+        self._at = self._filled = 0  # file offset of the gathered bytes, their count
         try:
             fcntl.fcntl(fd, fcntl.F_SETFL, self._flags | os.O_DIRECT)
         except OSError:  # EINVAL: this filesystem has no direct I/O
             return
-        self._buffer = mmap.mmap(-1, MAX_PAYLOAD)  # anonymous: page aligned
+        self._buffer = mmap.mmap(-1, WRITE_WINDOW)  # anonymous: page aligned
 
     @property
     def direct(self) -> bool:
@@ -88,28 +94,51 @@ class ExtentWriter:
     def write(self, data: Data, offset: int) -> None:
         n = len(data)
         buffer = self._buffer
-        if buffer is not None and not offset % DIRECT_ALIGN and not n % DIRECT_ALIGN and n <= len(buffer):
-            with memoryview(buffer) as view:
-                view[:n] = data
-                try:
-                    _pwrite_all(self.fd, view[:n], offset)
-                    return
-                except OSError as exc:
-                    if exc.errno != errno.EINVAL:
-                        raise
-            # this filesystem wants another alignment: nothing was written, go buffered
+        if buffer is not None and not offset % DIRECT_ALIGN and not n % DIRECT_ALIGN:
+            if self._filled and (offset != self._at + self._filled
+                                 or self._filled + n > len(buffer)):
+                self.flush()
+            if self._buffer is not None and n <= len(buffer):
+                if not self._filled:
+                    self._at = offset
+                with memoryview(buffer) as view:
+                    view[self._filled:self._filled + n] = data
+                self._filled += n
+                return
+        self.flush()
         self._buffered()
         _pwrite_all(self.fd, data, offset)
         start_writeback(self.fd, offset, n)
+
+    def flush(self) -> None:
+        """Write what is gathered (before an fdatasync, a hole, the end)."""
+        buffer, n = self._buffer, self._filled
+        if buffer is None or not n:
+            return
+        self._filled = 0
+        with memoryview(buffer) as view, view[:n] as pending:
+            try:
+                _pwrite_all(self.fd, pending, self._at)
+                return
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+            # this filesystem wants another alignment: nothing was written, go buffered
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, self._flags)
+            _pwrite_all(self.fd, pending, self._at)
+            start_writeback(self.fd, self._at, n)
+        self._buffered()
 
     def _buffered(self) -> None:
         if self._buffer is not None:
             fcntl.fcntl(self.fd, fcntl.F_SETFL, self._flags)
             self._buffer.close()
             self._buffer = None
+            self._filled = 0
 
     def close(self) -> None:
-        """Back to the descriptor's own flags; the buffer is freed."""
+        """Back to the descriptor's own flags; the buffer is freed (unflushed bytes are
+        dropped: only a stream that failed ends without a flush)."""
         self._buffered()
 
 
@@ -150,6 +179,7 @@ def apply_frames(fd: int, header: StreamHeader, frames: Iterator[Frame], *,
         for frame in frames:
             check(frame)
             if isinstance(frame, StreamEnd):
+                writer.flush()
                 ours = digest.end()
                 if (frame.extents, frame.bytes) != (ours.extents, ours.bytes):
                     raise Corrupt(f"stream end says {frame.extents} frames / {frame.bytes} bytes, "
@@ -172,12 +202,14 @@ def apply_frames(fd: int, header: StreamHeader, frames: Iterator[Frame], *,
                 writer.write(frame.data, frame.offset)
                 since += length
             else:
+                writer.flush()
                 punch_hole(fd, frame.offset, length)
             digest.add(frame)
             pos = frame.offset + length
             t1 = clock()
             written += t1 - t0
             if on_checkpoint is not None and since >= checkpoint:
+                writer.flush()
                 os.fdatasync(fd)
                 on_checkpoint(pos)
                 since = 0

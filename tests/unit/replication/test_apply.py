@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from statehold.engine.extents import merge
 from statehold.errors import Corrupt, InvalidArgument, Unavailable
 from statehold.replication.receiving import ExtentWriter, apply_frames
-from statehold.replication.sending import frames
+from statehold.replication.sending import SnapshotReader, frames
 from statehold.replication.wire import MAX_PAYLOAD, Extent, Frame, StreamDigest, StreamHeader, Zero
 
 BLOCK = 4096
@@ -213,3 +213,22 @@ def test_the_writer_bypasses_the_page_cache_where_the_filesystem_allows_it(tmp_p
         os.close(fd)
     raw = target.read_bytes()
     assert raw[MAX_PAYLOAD:] == data and raw[5:8] == b"abc"
+
+
+def test_the_snapshot_reader_returns_the_bytes_asked_for_direct_or_not(tmp_path: Path) -> None:
+    data = random.Random(13).randbytes(3 * MAX_PAYLOAD)
+    path = _file(tmp_path / "point", data)
+    reader = SnapshotReader(path)
+    try:
+        assert reader.direct  # this host's scratch filesystem (ext4/xfs) has O_DIRECT
+        for pos, length, limit in [(0, MAX_PAYLOAD, len(data)), (MAX_PAYLOAD, BLOCK, 2 * MAX_PAYLOAD),
+                                   (2 * MAX_PAYLOAD, MAX_PAYLOAD, len(data))]:
+            assert reader.read(pos, length, limit) == data[pos:pos + length]
+        assert reader.direct
+        assert reader.read(5, 100, 4096) == data[5:105]  # unaligned: buffered from now on
+        assert not reader.direct
+        assert reader.read(MAX_PAYLOAD, MAX_PAYLOAD, len(data)) == data[MAX_PAYLOAD:2 * MAX_PAYLOAD]
+        with pytest.raises(Corrupt, match="short read"):
+            reader.read(len(data) - BLOCK, 2 * BLOCK, len(data) + BLOCK)
+    finally:
+        reader.close()
