@@ -1,4 +1,5 @@
-"""``statehold agent serve|certs|ping|status|sync|replicas|promote|demote``: the node agent.
+"""``statehold agent serve|certs|ping|status|sync|replicas|promote|demote|release|export-pool``:
+the node agent.
 
 Only wiring. ``serve`` runs this node's agent (gRPC over TCP, mutual TLS only) until
 SIGTERM/SIGINT; ``certs`` writes a cluster CA (created on first use) and a node
@@ -326,6 +327,17 @@ def release(volume: str = typer.Argument(..., help="pool/volume"), address: str 
         c.release(VolumeRef.parse(volume))
 
 
+def export_pool(pool: str = typer.Argument(..., help="Pool name."), address: str = AddressOption,
+                certs: Path = CertsOption) -> None:
+    """Export a retired pool of the agent's node (a controller certificate's call): refused
+    while anything is left in it; the node's other Statehold processes let go of it, then it
+    is unmounted and its disks detached (they keep their data). Prints whether this call
+    exported it (false: the node did not have it, an earlier export)."""
+    with failures(), _client(address, certs) as c:
+        exported = c.export_pool(pool)
+    typer.echo(json.dumps({"pool": pool, "exported": exported}, indent=2))
+
+
 def register(app: typer.Typer) -> None:
     """Add ``statehold agent ...`` to app."""
     sub = typer.Typer(help="The node agent: serve it, its certificates, ask it.", no_args_is_help=True)
@@ -338,4 +350,5 @@ def register(app: typer.Typer) -> None:
     sub.command("promote")(promote)
     sub.command("demote")(demote)
     sub.command("release")(release)
+    sub.command("export-pool")(export_pool)
     app.add_typer(sub, name="agent")
