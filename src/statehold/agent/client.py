@@ -129,9 +129,10 @@ class AgentClient:
         peers = [pb.Peer(node=p.node, address=p.address, pool=p.pool) for p in replicas]
         self._call("SetReplicas", pb.SetReplicasRequest(volume=str(volume), replicas=peers))
 
-    def release(self, volume: VolumeRef) -> None:
-        """Delete the peer's copy (a copy already gone is fine)."""
-        self._call("Release", pb.ReleaseRequest(volume=str(volume)))
+    def release(self, volume: VolumeRef, *, whole: bool = False) -> None:
+        """Delete the peer's copy (a copy already gone is fine); ``whole``: even a primary
+        (the volume itself is deleted)."""
+        self._call("Release", pb.ReleaseRequest(volume=str(volume), whole=whole))
 
     def export_pool(self, pool: str) -> bool:
         """Export the peer's retired ``pool``: True once done, False when it had none (an

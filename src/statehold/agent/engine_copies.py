@@ -97,9 +97,11 @@ class EngineCopies:
         vol = self._pool(volume).get_volume(volume.name)
         return vol.device is not None or bool(vol.mounts)
 
-    def release(self, volume: VolumeRef) -> None:
+    def release(self, volume: VolumeRef, *, whole: bool = False) -> None:
         """Point snapshots, work file and state first (the core's release), then the engine
-        volume: a crash in between leaves a volume without state, which a retry deletes."""
+        volume: a crash in between leaves a volume without state, which a retry deletes.
+        ``whole``: the volume itself is deleted (its PV reclaimed, controller/reclaim.py),
+        so a primary goes too, exactly as CSI DeleteVolume deletes it on its node."""
         pool = self._pool(volume)
         try:
             vol = pool.get_volume(volume.name)
@@ -109,13 +111,13 @@ class EngineCopies:
             if vol.device is not None or vol.mounts:
                 raise FailedPrecondition(f"the copy {volume} is in use on this node (attached or "
                                          "mounted); it is not released")
-            if roles.copy_state(pool, volume.name).role is Role.PRIMARY:
+            if not whole and roles.copy_state(pool, volume.name).role is Role.PRIMARY:
                 raise FailedPrecondition(f"the copy {volume} is the primary; demote it before "
                                          "releasing it")
         roles.release(pool, volume.name)
         if vol is not None:
             pool.delete_volume(volume.name)
-        log.info("copy released volume=%s", volume)
+        log.info("copy released volume=%s whole=%s", volume, whole)
 
     def spec(self, volume: VolumeRef) -> VolumeSpec:
         v = self._pool(volume).get_volume(volume.name)

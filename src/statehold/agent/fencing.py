@@ -295,8 +295,8 @@ class _Delegating:
     def in_use(self, volume: VolumeRef) -> bool:
         return self.inner.in_use(volume)
 
-    def release(self, volume: VolumeRef) -> None:
-        self.inner.release(volume)
+    def release(self, volume: VolumeRef, *, whole: bool = False) -> None:
+        self.inner.release(volume, whole=whole)
 
 
 class GatedCopies(_Delegating):

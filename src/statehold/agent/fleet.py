@@ -172,5 +172,15 @@ class AgentFleet:
         with self._lock:
             self._acks.pop((volume, node), None)
 
+    def delete_copy(self, node: str, volume: str) -> None:
+        try:
+            client, ref, _r = self._find(node, volume)
+        except NotFound:
+            return  # already gone (CSI DeleteVolume, or an earlier pass)
+        client.release(ref, whole=True)
+        with self._lock:
+            for key in [k for k in self._acks if k[0] == volume]:
+                self._acks.pop(key, None)
+
     def export_pool(self, node: str, pool: str) -> None:
         self._client(node).export_pool(pool)

@@ -266,7 +266,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
     @answer
     def Release(self, request: pb.ReleaseRequest, context: grpc.ServicerContext) -> pb.ReleaseReply:
         volume = VolumeRef.parse(request.volume)
-        self.copies.release(volume)
+        self.copies.release(volume, whole=request.whole)
         self.book.set(volume, ())  # a released copy streams to nobody
         return pb.ReleaseReply()
 

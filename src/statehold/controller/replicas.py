@@ -70,6 +70,12 @@ class Agents(Protocol):
         """Delete the copy on ``node``: its point snapshots, state and engine volume."""
         ...
 
+    def delete_copy(self, node: str, volume: str) -> None:
+        """Delete the copy on ``node`` even if it is the primary: the volume itself is
+        deleted (its PV was reclaimed). FailedPrecondition while it is attached or mounted
+        there; a copy already gone is a success."""
+        ...
+
     def export_pool(self, node: str, pool: str) -> None:
         """Unmount and detach the retired ``pool`` of ``node`` and forget it there (its
         disks keep their data). FailedPrecondition while a volume or snapshot is left in it

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from statehold.controller.conditions import set_condition
 from statehold.controller.problems import Result
+from statehold.controller.reclaim import reclaim_if_released
 from statehold.controller.replicas import Agents, CopyReport, CopyTarget
 from statehold.controller.replication_policy import (
     SERVING_ROLES,
@@ -552,6 +553,12 @@ def reconcile_volume(kube: Kube, agents: Agents, rv: Obj, now: Clock,
     ``move_on_cordon``: a cordoned primary's node starts a planned move (§9.5; the
     operator's ``--no-move-on-cordon`` turns it off for every volume)."""
     facts = facts if facts is not None else read_facts(kube)
+    try:  # a PV released with reclaimPolicy Delete: its copies are deleted, not kept (§8.1)
+        reclaimed = reclaim_if_released(kube, agents, rv, facts)
+    except Aborted as exc:
+        return Result.retry(f"conflict: {exc}", 1.0), CopyPlan()
+    if reclaimed is not None:
+        return reclaimed, CopyPlan()
     p = VolumePass(kube, agents, rv, facts, now,
                    pools if pools is not None else list(facts.pools), move_on_cordon)
     try:

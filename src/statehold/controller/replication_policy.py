@@ -16,6 +16,8 @@ frozen values, no I/O, no clock.
   primary moved, retiring or surplus copies released once others acknowledged.
 * :func:`plan_cordon` — a planned move started because the primary's Node was cordoned
   (or is being drained), and its cancellation once the node is schedulable again.
+* :func:`plan_reclaim` — whether a replicated PV is reclaimed by the operator (Released,
+  reclaim policy Delete) and in which order its copies go (§8.1).
 
 The reconciler (:mod:`statehold.controller.replication`) reads the cluster, asks these,
 and acts through the Kube facade and the ``Agents`` port.
@@ -46,9 +48,9 @@ from statehold.replication.cluster import (
 
 __all__ = [
     "SERVING_ROLES", "CancelMove", "CopyInfo", "CopyPlan", "CordonMove", "Decision", "Failover",
-    "Move", "Placement", "PoolRoom", "Record", "Refuse", "Stage", "choose_failover", "deduct",
-    "newest_copy", "place_copies", "plan_copies", "plan_cordon", "plan_failover", "point_key",
-    "primary_state", "stage_decision",
+    "Move", "Placement", "PoolRoom", "Reclaim", "Record", "Refuse", "Stage", "choose_failover",
+    "deduct", "newest_copy", "place_copies", "plan_copies", "plan_cordon", "plan_failover",
+    "plan_reclaim", "point_key", "primary_state", "stage_decision",
 ]
 
 
@@ -269,3 +271,49 @@ def plan_cordon(record: Record, health: Mapping[str, NodeHealth], *,
                       "holds an acknowledged point on a Ready, schedulable node: the primary "
                       "stays (the volume's pod cannot leave the node until one does)")
     return CordonMove(newest_copy(fit).node)
+
+
+# -- reclaiming a deleted volume's copies (§8.1) -------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Reclaim:
+    """Delete the replicated volume: ``order`` are the nodes whose copy goes, the primary's
+    first (whole: volume, state, point snapshots, work file); ``unlabel`` the nodes that
+    carry the copy label; then the PV object (finalizer first) and the record."""
+
+    order: tuple[str, ...]
+    unlabel: tuple[str, ...]
+
+
+def plan_reclaim(*, phase: str, policy: str, primary: str, copies: Iterable[str],
+                 labelled: Iterable[str], nodes: Collection[str]) -> Reclaim | None:
+    """Whether the operator reclaims a replicated PV now, and how (§8.1).
+
+    external-provisioner in node-deployment mode deletes a PV only from a node whose
+    topology its affinity admits; a replicated PV's affinity names the per-volume copy
+    label, which no node's CSI topology carries, so nobody would ever call DeleteVolume.
+
+    ===========================================  =============================================
+    the PV                                       decision
+    ===========================================  =============================================
+    reclaim policy Retain, Recycle or unset      None: never touched (unset reads as Retain,
+                                                 the API server's default for a PV)
+    policy Delete, phase Bound, Available,       None: still somebody's, or not yet released
+    Pending, Failed or unknown
+    policy Delete, phase Released                Reclaim: the copies of every node that still
+                                                 has a Node (``nodes``) and is recorded,
+                                                 labelled or the primary: the primary first,
+                                                 the others by name; every labelled node
+                                                 unlabelled
+    ===========================================  =============================================
+
+    A node without a Node object took its copy with it; a repeat after a crash finds
+    fewer copies (a copy gone is done) and the same order.
+    """
+    if policy != "Delete" or phase != "Released":
+        return None
+    labels = set(labelled) & set(nodes)
+    holders = ({n for n in copies if n} | labels | ({primary} if primary else set())) & set(nodes)
+    first = (primary,) if primary in holders else ()
+    order = first + tuple(sorted(holders - {primary}))
+    return Reclaim(order, tuple(sorted(labels)))

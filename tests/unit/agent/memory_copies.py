@@ -139,10 +139,10 @@ class MemoryCopies:
         self._copy(volume)
         return volume in self.in_use_volumes
 
-    def release(self, volume: VolumeRef) -> None:
+    def release(self, volume: VolumeRef, *, whole: bool = False) -> None:
         c = self.copies.get(volume)
         if c is None:
             return
-        if volume in self.in_use_volumes or c.role == "primary":
+        if volume in self.in_use_volumes or (c.role == "primary" and not whole):
             raise FailedPrecondition(f"{volume} is in use or primary")
         del self.copies[volume]

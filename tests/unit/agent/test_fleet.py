@@ -157,6 +157,24 @@ def test_the_primary_is_never_released(world: World) -> None:
     assert VolumeRef.parse(VOLUME) in cores["n1"].copies
 
 
+def test_delete_copy_takes_even_the_primary_but_never_one_in_use(world: World) -> None:
+    """A reclaimed PV's copies (controller/reclaim.py): Release with ``whole``."""
+    cores, servers, _directory, fleet = world
+    ref = VolumeRef.parse(VOLUME)
+    servers["n1"].book.set(ref, (Peer("n2", "127.0.0.1:1", "pool-b"),))
+    cores["n1"].in_use_volumes.add(ref)
+    with pytest.raises(errors.FailedPrecondition):
+        fleet.delete_copy("n1", VOLUME)
+    assert ref in cores["n1"].copies
+    cores["n1"].in_use_volumes.clear()
+    fleet.delete_copy("n1", VOLUME)
+    assert ref not in cores["n1"].copies and servers["n1"].book.get(ref) == ()
+    fleet.delete_copy("n1", VOLUME)  # already gone: a success
+    fleet.delete_copy("n2", VOLUME)  # a replica goes the same way
+    assert VolumeRef("pool-b", "db") not in cores["n2"].copies
+    fleet.delete_copy("n3", VOLUME)  # never held one: a success
+
+
 def test_a_replicas_lag_is_measured_from_when_the_primary_took_its_point(world: World) -> None:
     _cores, _servers, _directory, fleet = world
     fleet.set_replicas("n1", VOLUME, [CopyTarget("n2", "pool-b")])

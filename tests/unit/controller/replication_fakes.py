@@ -109,6 +109,18 @@ class FakeAgents:
         self._copy(node, volume)
         del self.copies[(node, volume)]
 
+    def delete_copy(self, node: str, volume: str) -> None:
+        """The agent's Release with ``whole``: even the primary; refused while staged."""
+        self.log.append(("delete_copy", node))
+        if node in self.down:
+            raise Unavailable(f"agent on {node} does not answer")
+        if (node, volume) not in self.copies:
+            return
+        if node in self.staged:
+            raise FailedPrecondition(f"the copy {volume} is in use on {node}")
+        del self.copies[(node, volume)]
+        self.replicas.pop((node, volume), None)
+
     def export_pool(self, node: str, pool: str) -> None:
         self.log.append(("export_pool", node, pool))
         if node in self.down:

@@ -238,10 +238,12 @@ class SetReplicasReply(_message.Message):
     def __init__(self) -> None: ...
 
 class ReleaseRequest(_message.Message):
-    __slots__ = ("volume",)
+    __slots__ = ("volume", "whole")
     VOLUME_FIELD_NUMBER: _ClassVar[int]
+    WHOLE_FIELD_NUMBER: _ClassVar[int]
     volume: str
-    def __init__(self, volume: _Optional[str] = ...) -> None: ...
+    whole: bool
+    def __init__(self, volume: _Optional[str] = ..., whole: _Optional[bool] = ...) -> None: ...
 
 class ReleaseReply(_message.Message):
     __slots__ = ()

@@ -178,7 +178,9 @@ class AgentServicer:
         """Delete this node's copy of a volume: its point snapshots, replication state and engine
         volume (replication.md §6.4), and forget its replicas. A copy already gone is OK;
         FAILED_PRECONDITION for a copy in use (attached or mounted) or still primary (demote
-        it first).
+        it first) -- unless `whole`: the volume itself is being deleted (its PV was reclaimed),
+        so the primary's copy goes too, as CSI DeleteVolume deletes it; a copy in use is still
+        refused. An agent that predates `whole` ignores it and refuses the primary: safe.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
