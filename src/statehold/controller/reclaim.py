@@ -76,7 +76,13 @@ def reclaim_if_released(kube: Kube, agents: Agents, rv: Obj, facts: ClusterFacts
     plan = plan_for(pv, rv, facts)
     if plan is None:
         return None
-    return Reclaimer(kube, agents, pv, rv, facts).run(plan)
+    reclaimer = Reclaimer(kube, agents, pv, rv, facts)
+    try:
+        return reclaimer.run(plan)
+    except Aborted:
+        raise  # a conflict: the caller decides again at once
+    except StateholdError as exc:  # the API refused (RBAC, admission): this volume waits
+        return reclaimer.wait("ReclaimFailed", f"reclaiming {reclaimer.volume}: {exc}")
 
 
 class Reclaimer:

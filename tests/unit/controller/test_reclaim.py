@@ -12,7 +12,7 @@ from statehold.controller.reclaim import FINALIZER
 from statehold.controller.replication import replication_pass
 from statehold.controller.replication_policy import Reclaim, plan_reclaim
 from statehold.controller.schemas import validate_custom_resource
-from statehold.errors import NotFound
+from statehold.errors import NotFound, PermissionDenied
 from statehold.kube.kinds import NODE, PV, REPLICATED_VOLUME
 from statehold.replication.points import node_label
 from tests.unit.controller.replication_fakes import (
@@ -206,5 +206,27 @@ def test_another_finalizer_keeps_the_record_until_the_pv_is_gone(
     replication_pass(kube, agents, fake_clock)  # repeats: nothing new is created
     assert agents.copies == {} and agents.calls("create_copy") == [("create_copy", "n3", "p3")]
     kube.patch(PV, "pvc-1", {"metadata": {"finalizers": None}})  # the protection goes
+    replication_pass(kube, agents, fake_clock)
+    assert gone(kube, PV) and gone(kube, REPLICATED_VOLUME)
+
+
+def test_a_refused_pv_delete_waits_with_an_event_and_the_pass_goes_on(
+        kube: LoggingKube, agents: FakeAgents, fake_clock: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    running(kube, agents, fake_clock)
+    release_pv(kube)
+    real_delete = kube.delete
+
+    def refuse_pv(kind: Any, name: str, namespace: str | None = None) -> None:
+        if kind == PV:
+            raise PermissionDenied("forbidden: delete core/persistentvolumes")
+        real_delete(kind, name, namespace)
+
+    monkeypatch.setattr(kube, "delete", refuse_pv)
+    out = replication_pass(kube, agents, fake_clock)
+    assert out["pvc-1"].outcome == "retry"
+    assert agents.copies == {} and not gone(kube, PV) and not gone(kube, REPLICATED_VOLUME)
+    assert "ReclaimFailed" in [e["reason"] for e in kube.events_for(kube.get(PV, "pvc-1"))]
+    monkeypatch.setattr(kube, "delete", real_delete)
     replication_pass(kube, agents, fake_clock)
     assert gone(kube, PV) and gone(kube, REPLICATED_VOLUME)
