@@ -201,7 +201,7 @@ class ChunkIndex:
                 db.execute("ROLLBACK")
                 raise
 
-    def sync(self, repo: Repository, *, parallel: int = 8) -> SyncResult:
+    def sync(self, repo: Repository, *, parallel: int = 4) -> SyncResult:
         """Make the cache the repository's index as listed now (format §11.4). Call after
         taking a repository lock; index objects are downloaded ``parallel`` at a time,
         one in memory per thread."""
@@ -221,12 +221,12 @@ class ChunkIndex:
         def load(name: str) -> tuple[str, str | None]:
             key = index_key(name)
             try:
-                rows = list(decode_index(repo.get_blob(key), key))
+                rows = decode_index(repo.get_blob(key), key)  # checked whole, then streamed
             except NotFound:
                 return name, None  # removed since the listing (gc)
             except (Corrupt, FailedPrecondition) as exc:
                 return name, str(exc)
-            self.add(name, rows)
+            self.add(name, rows)  # in batches: one object's bytes in memory, not its rows
             return name, None
 
         loaded = 0
