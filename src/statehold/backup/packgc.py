@@ -101,11 +101,9 @@ def collect(repo: Repository, manifests: list[Manifest], *, unreadable: bool, gr
     dead: list[tuple[bytes, int]] = []
     sparse: list[tuple[bytes, int]] = []
     orphans: list[tuple[bytes, int]] = []
-    young = 0
     for pack, size, mtime in listed:
         assert isinstance(pack, bytes) and isinstance(size, int) and isinstance(mtime, float)
         if now - mtime < grace:
-            young += 1
             continue
         if pack not in indexed:
             orphans.append((pack, size))
@@ -116,7 +114,10 @@ def collect(repo: Repository, manifests: list[Manifest], *, unreadable: bool, gr
     removed = {p for p, _ in dead} | {p for p, _ in sparse}
     unref = _count(index, "SELECT count(DISTINCT c.id) FROM chunks c LEFT JOIN marked m ON m.id = c.id "
                              "WHERE m.id IS NULL")
-    in_grace = unref if frozen else young
+    young_unref = index.execute(
+        "SELECT count(DISTINCT c.id) FROM chunks c JOIN listed l ON l.pack = c.pack "
+        "LEFT JOIN marked m ON m.id = c.id WHERE m.id IS NULL AND l.mtime > ?", (now - grace,))[0][0]
+    in_grace = 0 if frozen or not isinstance(young_unref, int) else young_unref
     if frozen or dry_run:
         freed = 0 if frozen else sum(s for _, s in dead + sparse + orphans)
         return PackGc(total, referenced, 0 if frozen else unref, freed, in_grace, unref if frozen else 0,

@@ -108,7 +108,7 @@ def test_cli_lists_prunes_collects_forgets_and_verifies_around_damage(engine_hom
         ok(home, "volume", "create", name, "--size", "16Mi", "--mode", "block")
         imgs[name] = home / "pools" / "p" / "volumes" / f"{name}.img"
         write(imgs[name], 0, os.urandom(4 * MiB))
-    ok(home, "target", "add", "t", "--path", str(repo_dir))
+    ok(home, "target", "add", "t", "--path", str(repo_dir), "--format", "1")  # counts chunk objects
 
     def create(name: str) -> dict[str, Any]:
         r = run(home, "backup", "create", f"p/{name}", "-t", "t", "-q", "-o", "json")

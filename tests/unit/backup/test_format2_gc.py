@@ -78,7 +78,8 @@ def test_gc_respects_the_grace_period_and_a_dry_run_deletes_nothing(repo: Reposi
     ma, _mb, _b = _two_backups(repo, tmp_path)
     forget(repo, ma.backup_id)
     before = _stored(repo.store)
-    assert gc(repo, grace=3600).chunks_deleted == 0  # every pack is younger than the grace
+    young = gc(repo, grace=3600)  # every pack is younger than the grace
+    assert young.chunks_deleted == 0 and young.chunks_in_grace == 16
     dry = gc(repo, grace=3600, clock=lambda: time.time() + LATER, dry_run=True)
     assert dry.chunks_deleted == 16 and _stored(repo.store) == before
 
