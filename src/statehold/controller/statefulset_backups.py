@@ -50,7 +50,6 @@ from statehold.controller.problems import Problem, Result
 from statehold.controller.pruning import CONDITION as RETENTION
 from statehold.controller.pruning import origin_of
 from statehold.controller.report import Clock, Reporter, report_problem
-from statehold.controller.schedules import parse_time
 from statehold.controller.shared_locate import is_shared_pv
 from statehold.controller.statefulset_hooks import Capture, HookRun, capture, parse_hooks, pod_name
 from statehold.controller.statefulsets import (
@@ -277,7 +276,10 @@ def _snapshot(kube: Kube, rep: Reporter, node: Node, volumes: list[tuple[str, st
     listed = [dict(m, snapshot=snaps[vol]) for m, vol in zip(st["members"], volumes, strict=True)]
     window = g.window or 0.0
     rep.update({**hooks, "groupSnapshot": group, "members": listed,
-                "snapshotTime": rfc3339(datetime.fromtimestamp(g.created_at, UTC)),
+                # to the microsecond: the group's time orders a set's groups for retention,
+                # and two groups within one second would tie (keepLast then kept either)
+                "snapshotTime": datetime.fromtimestamp(g.created_at, UTC).strftime(
+                    "%Y-%m-%dT%H:%M:%S.%fZ"),
                 "freezeWindowSeconds": round(window, 6), "consistency": cap.consistency},
                condition=("Ready", False, "Running", "backing up the members"))
     rep.event("Normal", "Snapshotted", f"group snapshot {group}: {len(wanted)} volume(s) at one "
@@ -310,8 +312,8 @@ def _back_up_members(kube: Kube, rep: Reporter, node: Node, node_name: str, targ
     ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
     set_name, group = str(st["statefulSet"]), group_name(uid)
     listed: list[dict[str, Any]] = [dict(m) for m in st["members"]]
-    created = parse_time(st.get("snapshotTime"))
-    assert created is not None  # written with the group snapshot, before any member
+    created = datetime.fromisoformat(str(st["snapshotTime"]).replace("Z", "+00:00"))
+    # written with the group snapshot, before any member (older agents: whole seconds)
     group_id, origin = new_group_id(created.timestamp(), key=uid), origin_of(rep.obj)
     base = {"namespace": ns, "statefulset": set_name, "statefulsetbackup": name}
     damaged: set[str] = set()

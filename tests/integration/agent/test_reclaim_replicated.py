@@ -51,7 +51,8 @@ def labelled(w: World, v: Volume) -> list[str]:
 def core_files(w: World, v: Volume) -> dict[str, list[str]]:
     """Per node, the volume file and replication state of ``v`` (point snapshots come and
     go with the replication loop; these stay while the copy does)."""
-    return {n: sorted(p for p in paths if p.endswith((".img", ".json")))
+    return {n: sorted(p for p in paths if p.endswith((".img", ".json"))
+                      and "/snapshots/" not in p)
             for n, paths in everything_of(w, v).items()}
 
 
