@@ -124,24 +124,28 @@ def tick_all(kube: Kube, now: Clock) -> None:
 
 # -- node side --------------------------------------------------------------------------------
 
-def mine(obj: Obj, node_name: str) -> bool:
-    st = gc_status(obj)
-    return st.get("node") == node_name and st.get("phase") in ACTIVE
+def requested_pass(kube: Kube, node_name: str, field: str,
+                   run: Callable[[Kube, Obj], str]) -> dict[str, str]:
+    """Run every job (``status.<field>``: gc, verify) that the operator asked of this node;
+    target -> outcome. One target failing (e.g. its status write) waits for the next pass."""
+    done = {}
+    for obj in kube.list(BACKUP_TARGET):
+        st = ((obj.get("status") or {}).get(field)) or {}
+        if st.get("node") == node_name and st.get("phase") in ACTIVE:
+            key = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
+            try:
+                done[key] = run(kube, obj)
+            except StateholdError as exc:
+                log.warning("%s target=%s: %s", field, key, exc)
+                done[key] = "Error"
+    return done
 
 
 def gc_pass(kube: Kube, node_name: str, now: Clock,
             clock: Callable[[], float] = time.monotonic) -> dict[str, str]:
     """Run every gc requested of this node; target -> outcome."""
-    done = {}
-    for obj in kube.list(BACKUP_TARGET):
-        if mine(obj, node_name):
-            key = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
-            try:
-                done[key] = run_gc(kube, obj, node_name, now, clock)
-            except StateholdError as exc:  # e.g. the status write failed: next pass
-                log.warning("gc target=%s: %s", key, exc)
-                done[key] = "Error"
-    return done
+    return requested_pass(kube, node_name, "gc",
+                          lambda k, obj: run_gc(k, obj, node_name, now, clock))
 
 
 def run_gc(kube: Kube, obj: Obj, node_name: str, now: Clock,

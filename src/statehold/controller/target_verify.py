@@ -44,7 +44,7 @@ from statehold.controller.problems import Problem
 from statehold.controller.report import Clock, Reporter
 from statehold.controller.schedules import due, parse_cron, parse_time
 from statehold.controller.shared_locate import choose_node
-from statehold.controller.target_gc import candidate_nodes
+from statehold.controller.target_gc import candidate_nodes, requested_pass
 from statehold.controller.targets import TargetConfig, target_from
 from statehold.errors import Aborted, InvalidArgument, NotFound, StateholdError
 from statehold.kube.events import rfc3339
@@ -145,24 +145,11 @@ def tick_all(kube: Kube, now: Clock) -> None:
 
 # -- node side --------------------------------------------------------------------------------
 
-def mine(obj: Obj, node_name: str) -> bool:
-    st = verify_status(obj)
-    return st.get("node") == node_name and st.get("phase") in ACTIVE
-
-
 def verify_pass(kube: Kube, node_name: str, now: Clock,
                 clock: Callable[[], float] = time.monotonic) -> dict[str, str]:
     """Run every verify requested of this node; target -> outcome."""
-    done = {}
-    for obj in kube.list(BACKUP_TARGET):
-        if mine(obj, node_name):
-            key = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
-            try:
-                done[key] = run_verify(kube, obj, node_name, now, clock)
-            except StateholdError as exc:  # e.g. the status write failed: next pass
-                log.warning("verify target=%s: %s", key, exc)
-                done[key] = "Error"
-    return done
+    return requested_pass(kube, node_name, "verify",
+                          lambda k, obj: run_verify(k, obj, node_name, now, clock))
 
 
 def run_verify(kube: Kube, obj: Obj, node_name: str, now: Clock,
