@@ -1,195 +1,211 @@
 """Three PostgreSQL instances as one StatefulSet, backed up at one instant under load and
-restored as the set's claims (issue 13).
+restored as the set's claims, with the operator's side on a real API server (issue 13).
 
-Three instances run on three Statehold volumes of one pool (the pods ``pg-0..2`` of set
-``pg``, claims ``data-pg-<n>``). A writer stamps one increasing sequence number into all
-three in turn, each insert committed before the next; pgbench loads ``pg-0`` beside it.
-While both run, a StatefulSetBackup takes a CHECKPOINT in every instance (a pre-hook, run
-through the facade's exec; there is no kubelet here, so the "container" is a local process
-with the pod's connection settings), one group snapshot of the three volumes, and backs
-each one up. A StatefulSetRestore then brings the group back into a new namespace as
-claims ``data-pg-0..2``, and on each restored volume:
+**Real:** the session's kube-apiserver, kube-controller-manager (its StatefulSet, PV,
+namespace and garbage-collector controllers) and etcd (``kube_control_plane``), with
+Statehold's CRDs; the StatefulSet ``pg`` (3 replicas, claim template ``data``) whose claims
+``data-pg-0..2`` and pods the real StatefulSet controller makes; the operator's handlers
+(:func:`assign_set_backup`, :func:`run_set_backup`, :func:`assign_set_restore`,
+:func:`run_set_restore`, as the operator's and the node agent's kopf handlers call them)
+reading and writing those objects, their status and Events through ``ApiKube``; one pool of
+loop devices with XFS volumes, the engine's group snapshot (FIFREEZE on every member), the
+backups in a directory repository; PostgreSQL (Debian's), ``pgbench``, ``pg_amcheck``,
+``pg_controldata``; the hook commands (``psql``), run as real processes.
 
-* PostgreSQL starts (crash recovery from the WAL inside the snapshot) and ``pg_amcheck``
-  finds nothing wrong;
-* recovery began at the pre-hook's checkpoint or later (``pg_controldata``): no older WAL
-  had to be replayed;
-* the newest stamps of the three differ by at most one: one instant across the set.
+**Stand-ins, where a kubelet or a sidecar would act:** no CSI sidecar provisions the claims,
+so the test creates each claim's PV as external-provisioner names it (``pvc-<claim uid>``,
+bound ahead; the real PV controller binds it) on a volume it made in the pool; no kubelet
+starts the pods, so the test reports them ``Running`` (their ``schedulerName`` is served by
+no scheduler, so nothing else touches them) and each PostgreSQL runs on the host on its
+pod's volume; and no kubelet can run an exec, so the facade's ``exec`` reads the pod from
+the real API server, checks it as ``ApiKube.exec`` does, and where the API server would
+open the WebSocket to the kubelet runs the command as a local process with the pod's
+connection settings (``tests/fixtures/localexec.py``). The group snapshot is the engine's,
+taken by the StatefulSetBackup path; no VolumeGroupSnapshot is involved (that path is the
+CSI GroupController's, tested in ``tests/integration/agent/``).
+
+The flow, and what a user relies on:
+
+1. A writer stamps one increasing number into all three instances in turn, each insert
+   committed before the next; pgbench loads ``pg-0`` beside it.
+2. A StatefulSetBackup with a pre-hook (mark ``pre``, ``CHECKPOINT``, print the checkpoint's
+   REDO LSN) and a post-hook (mark ``post``): every pre-hook ran before the group snapshot,
+   every post-hook after, in ordinal order; ``status.hooks`` holds each run's output and
+   the real API server holds a ``HookSucceeded`` Event per hook; the backup is
+   ``Completed`` and ``Application``-consistent.
+3. A StatefulSetRestore into the set's own namespace is refused (``ClaimsExist``): the
+   claims are there; nothing is created.
+4. A StatefulSetRestore into a new namespace creates claims ``data-pg-0..2``; the real PV
+   controller binds them; a second restore there is refused and creates nothing; the set
+   created there afterwards is given those claims by the real StatefulSet controller.
+5. On each restored volume: the REDO point is the pre-hook's checkpoint or later (no older
+   WAL to replay), the ``pre`` mark is there and the ``post`` mark is not (the snapshot fell
+   between the hooks), PostgreSQL starts and ``pg_amcheck`` is clean, and the newest stamps
+   of the three differ by at most one: one instant across the set.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
-import subprocess
-import threading
+import secrets
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from statehold.controller.problems import Result
 from statehold.controller.statefulset_backups import assign_set_backup, run_set_backup
 from statehold.controller.statefulset_restores import assign_set_restore, run_set_restore
-from statehold.engine.node import Node
-from statehold.engine.types import GiB, PoolSpec
-from statehold.kube.execs import ExecCall
-from statehold.kube.facade import ExecResult
-from statehold.kube.kinds import PV, PVC, STATEFUL_SET_BACKUP, STATEFUL_SET_RESTORE
-from statehold.kube.memory import MemoryKube
-from tests.e2e.test_postgres_workload import Postgres, _as_postgres, _pg_bin, _traversable
-from tests.fixtures.engine import close_node
-from tests.unit.controller.cluster import NS, bound_pvc, path_target, secret, storage_class
-from tests.unit.controller.statefulset_cluster import hook, running_pods, statefulset
+from statehold.errors import NotFound
+from statehold.kube.client import ApiKube
+from statehold.kube.facade import Obj
+from statehold.kube.kinds import (
+    EVENT,
+    NAMESPACE,
+    POD,
+    PV,
+    PVC,
+    STATEFUL_SET_BACKUP,
+    STATEFUL_SET_RESTORE,
+    STORAGE_CLASS,
+    Kind,
+)
+from tests.e2e.statefulset_pg import (
+    PgHost,
+    Stamper,
+    bound,
+    drive,
+    lsn,
+    now,
+    pods_running,
+    provision_claims,
+    statefulset,
+    storage_class,
+    until,
+    volume_of,
+)
+from tests.e2e.test_postgres_workload import _as_postgres, _pg_bin
+from tests.fixtures.controlplane import ControlPlane
+from tests.fixtures.localexec import LocalExecKube, ProcessExec
+from tests.integration.scheduler.realcluster import install_crds
 
-pytestmark = [pytest.mark.root]
+pytestmark = [pytest.mark.root, pytest.mark.slow]
 
-NODE = "n1"
 API = "statehold.io/v1alpha1"
+POOL = "fast"
 PASSWORD = "pg group backups"
 PODS = ("pg-0", "pg-1", "pg-2")
+CLAIMS = ("data-pg-0", "data-pg-1", "data-pg-2")
 STAMPS_BEFORE = 30
 """Stamps the writer commits before the backup starts, so it is mid-stream."""
+PRE = ["psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
+       "-c", "INSERT INTO hook_marks VALUES ('pre')", "-c", "CHECKPOINT",
+       "-c", "SELECT redo_lsn FROM pg_control_checkpoint()"]
+POST = ["psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
+        "-c", "INSERT INTO hook_marks VALUES ('post')"]
 
 
-def lsn(text: str) -> int:
-    hi, _, lo = text.strip().partition("/")
-    return (int(hi, 16) << 32) | int(lo, 16)
-
-
-class Stamper(threading.Thread):
-    """Stamps 1, 2, 3, ... into every instance in turn; each insert is committed
-    (synchronous_commit, fsync on) before the next instance gets the same number."""
-
-    def __init__(self, instances: list[Postgres]) -> None:
-        super().__init__(name="stamper", daemon=True)
-        self.procs = [subprocess.Popen(
-            ["runuser", "-u", "postgres", "--", _pg_bin("psql"), "-h", str(pg.sockdir), "-p",
-             "5432", "-d", "postgres", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            bufsize=1) for pg in instances]
-        self.stop = threading.Event()
-        self.progress = threading.Condition()
-        self.last = 0
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            n = 0
-            while not self.stop.is_set():
-                n += 1
-                for proc in self.procs:
-                    assert proc.stdin is not None and proc.stdout is not None
-                    proc.stdin.write(f"INSERT INTO stamps VALUES ({n});\n\\echo ok {n}\n")
-                    proc.stdin.flush()
-                    while (line := proc.stdout.readline()) and line.strip() != f"ok {n}":
-                        pass
-                    if not line:
-                        raise RuntimeError(f"psql ended: {proc.stderr.read() if proc.stderr else ''}")
-                with self.progress:
-                    self.last = n
-                    self.progress.notify_all()
-        except BaseException as exc:  # reported by the test
-            self.error = exc
-            with self.progress:
-                self.progress.notify_all()
-
-    def wait_for(self, n: int) -> None:
-        with self.progress:
-            self.progress.wait_for(lambda: self.last >= n or self.error is not None, timeout=300)
-        assert self.error is None and self.last >= n, self.error
-
-    def finish(self) -> None:
-        self.stop.set()
-        self.join(timeout=300)
-        for proc in self.procs:
-            if proc.stdin is not None:
-                proc.stdin.close()
-            proc.wait(timeout=60)
-        assert self.error is None, self.error
-
-
-class PgHost:
-    """The node: one pool, three mounted XFS volumes, a PostgreSQL on each; hooks' exec runs
-    the command as the postgres user against the pod's instance (PGHOST etc.)."""
-
-    def __init__(self, home: Path, scratch: Path) -> None:
-        self.node = Node(home)
-        self.pool = self.node.create_pool(PoolSpec(name="fast", image_size=6 * GiB))
-        self.scratch = scratch
-        self.instances: dict[str, Postgres] = {}
-        self.hook_runs: list[str] = []
-
-    def start_instances(self) -> None:
-        for o, pod in enumerate(PODS):
-            self.pool.create_volume(f"pvc-data-{o}", 1 * GiB)
-            mnt = self.scratch / "mnt" / pod
-            mnt.mkdir(parents=True)
-            self.pool.mount(f"pvc-data-{o}", mnt)
-            self.instances[pod] = self._instance(mnt, pod, init=True)
-
-    def _instance(self, mnt: Path, tag: str, *, init: bool) -> Postgres:
-        _traversable(mnt, self.scratch)
-        data = mnt / "pgdata"
-        if init:
-            shutil.chown(mnt, "postgres", "postgres")
-            data.mkdir()
-            shutil.chown(data, "postgres", "postgres")
-            data.chmod(0o700)
-            _as_postgres([_pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
-                          "--no-sync"], env={**os.environ, "LC_ALL": "C"})
-        pg = Postgres(data, self.scratch / "sock" / tag)
-        _traversable(pg.sockdir, self.scratch)
-        return pg
-
-    def restored_instance(self, pool: str, volume: str, tag: str) -> tuple[Postgres, Path]:
-        mnt = self.scratch / "restored" / tag
-        mnt.mkdir(parents=True)
-        self.node.pool(pool).mount(volume, mnt)
-        return self._instance(mnt, f"r-{tag}", init=False), mnt
-
-    def exec(self, call: ExecCall) -> ExecResult:
-        pg = self.instances[call.pod]
-        self.hook_runs.append(f"{call.pod} {' '.join(call.command)}")
-        env = [f"PGHOST={pg.sockdir}", "PGPORT=5432", "PGDATABASE=postgres", "PGUSER=postgres",
-               f"PATH={os.path.dirname(_pg_bin('psql'))}:/usr/bin:/bin"]
-        try:
-            done = subprocess.run(["runuser", "-u", "postgres", "--", "env", *env, *call.command],
-                                  capture_output=True, text=True, timeout=call.timeout, check=False)
-        except subprocess.TimeoutExpired as exc:
-            return ExecResult(None, str(exc.stdout or ""), str(exc.stderr or ""))
-        return ExecResult(done.returncode, done.stdout, done.stderr)
+@dataclass
+class Scene:
+    ns: str                 # the set's namespace
+    restored_ns: str        # where the group is restored
+    node: str               # the node name (PV affinity, the objects' node label)
+    sc: str                 # the claim template's StorageClass
+    admin: ApiKube          # sets the scene and reads what the handlers did
+    kube: LocalExecKube     # what the handlers get: the real server, exec run locally
+    exec: ProcessExec
+    host: PgHost
+    repo: Path
 
 
 @pytest.fixture
-def host(engine_home: Path, scratch: Path) -> Iterator[PgHost]:
-    h = PgHost(engine_home, scratch)
-    restored: list[Postgres] = []
-    h.restored = restored  # type: ignore[attr-defined]
-    try:
-        yield h
-    finally:
-        for pg in [*h.instances.values(), *restored]:
-            pg.stop()
-        close_node(h.node)
+def scene(kube_control_plane: ControlPlane, engine_home: Path, scratch: Path) -> Iterator[Scene]:
+    """Namespaces, a StorageClass and a node name unique to the run (the API server is the
+    session's); everything made there deleted after, PostgreSQL stopped, the pool released."""
+    install_crds(kube_control_plane.kubeconfig)
+    run = secrets.token_hex(3)
+    admin = ApiKube.from_kubeconfig(str(kube_control_plane.kubeconfig))
+    runner = ProcessExec()
+    s = Scene(ns=f"ssp-{run}", restored_ns=f"ssp-{run}-restored", node=f"ssp-{run}",
+              sc=f"ssp-{run}", admin=admin, kube=LocalExecKube(admin, runner), exec=runner,
+              host=PgHost(engine_home, scratch, POOL), repo=scratch / "repo")
+    with contextlib.ExitStack() as stack:
+        stack.callback(admin.close)
+        stack.callback(_close_host, s.host)
+        stack.callback(_forget_pvs, admin, (s.ns, s.restored_ns))  # after the namespaces
+        for ns in (s.ns, s.restored_ns):
+            admin.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+            stack.callback(_delete, admin, NAMESPACE, ns)
+            admin.create({"apiVersion": "v1", "kind": "Secret",
+                          "metadata": {"name": "pw", "namespace": ns},
+                          "stringData": {"password": PASSWORD}})
+            admin.create({"apiVersion": API, "kind": "BackupTarget",
+                          "metadata": {"name": "t", "namespace": ns},
+                          "spec": {"path": {"path": str(s.repo)},
+                                   "passwordSecretRef": {"name": "pw"}}})
+        admin.create(storage_class(s.sc))
+        stack.callback(_delete, admin, STORAGE_CLASS, s.sc)
+        yield s
+
+
+def _close_host(host: PgHost) -> None:
+    from tests.fixtures.engine import close_node
+
+    host.stop_all()
+    close_node(host.node)
+
+
+def _delete(kube: ApiKube, kind: Kind, name: str, namespace: str | None = None) -> None:
+    with contextlib.suppress(NotFound):
+        kube.delete(kind, name, namespace)
+
+
+def _forget_pvs(kube: ApiKube, namespaces: tuple[str, ...]) -> None:
+    """The PVs of our claims: with no provisioner to delete them, deleted here."""
+    for pv in kube.list(PV):
+        if ((pv["spec"].get("claimRef") or {}).get("namespace")) in namespaces:
+            _delete(kube, PV, pv["metadata"]["name"])
+
+
+def _events(kube: ApiKube, ns: str, name: str) -> list[Obj]:
+    return [ev for ev in kube.list(EVENT, ns)
+            if (ev.get("involvedObject") or {}).get("name") == name]
+
+
+def _reasons(kube: ApiKube, ns: str, name: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for ev in _events(kube, ns, name):
+        out.setdefault(str(ev.get("reason")), []).append(str(ev.get("message")))
+    return out
+
+
+def _claims(kube: ApiKube, ns: str) -> dict[str, str]:
+    """Claim name -> uid."""
+    return {c["metadata"]["name"]: c["metadata"]["uid"] for c in kube.list(PVC, ns)}
 
 
 def test_three_postgres_instances_backed_up_at_one_instant_restore_consistent(
-        memory_kube: MemoryKube, host: PgHost, scratch: Path, fake_clock: Any) -> None:
-    kube = memory_kube
-    secret(kube, "pw", password=PASSWORD)
-    path_target(kube, path=str(scratch / "repo"))
-    storage_class(kube)
-    statefulset(kube, "pg")
-    for o in range(3):
-        bound_pvc(kube, f"data-pg-{o}", node=NODE, pool="fast", volume=f"pvc-data-{o}", size="1Gi")
-    running_pods(kube, "pg")
-    kube.on_exec(host.exec)
+        scene: Scene) -> None:
+    s, admin, kube = scene, scene.admin, scene.kube
+    host = s.host
 
-    host.start_instances()
+    # the set: the controller makes claims and pods; PVs as the provisioner; pods Running
+    admin.create(statefulset("pg", s.ns, replicas=3, storage_class=s.sc,
+                             scheduler=f"{s.node}-none"))
+    host.start_instances(PODS)
+    provision_claims(admin, s.ns, list(CLAIMS), s.node,
+                     lambda claim: f"{POOL}/{volume_of(PODS[CLAIMS.index(claim)])}")
+    pods_running(admin, s.ns, PODS)
+    for pod in PODS:
+        s.exec.add(s.ns, pod, host.container(pod))
+    source_claims = _claims(admin, s.ns)
+    assert sorted(source_claims) == list(CLAIMS)
+
     for pg in host.instances.values():
-        pg.start()
         pg.sql("CREATE TABLE stamps (seq bigint PRIMARY KEY)")
+        pg.sql("CREATE TABLE hook_marks (phase text NOT NULL)")
     primary = host.instances["pg-0"]
     _as_postgres([_pg_bin("pgbench"), "-h", str(primary.sockdir), "-p", "5432", "-i", "-s", "1",
                   "-q", "postgres"])
@@ -198,66 +214,114 @@ def test_three_postgres_instances_backed_up_at_one_instant_restore_consistent(
     stamper.start()
     try:
         stamper.wait_for(STAMPS_BEFORE)
-        kube.create({"apiVersion": API, "kind": "StatefulSetBackup",
-                     "metadata": {"name": "pg-now", "namespace": NS},
-                     "spec": {"statefulSetName": "pg", "target": "t", "hooks": {
-                         "pre": [hook("checkpoint", "psql", "-X", "-A", "-t", "-c", "CHECKPOINT",
-                                      "-c", "SELECT redo_lsn FROM pg_control_checkpoint()",
-                                      timeoutSeconds=120)],
-                         "post": [hook("resume", "psql", "-X", "-A", "-t", "-c", "SELECT 1")]}}})
-        assert assign_set_backup(kube, kube.get(STATEFUL_SET_BACKUP, "pg-now", NS),
-                                 fake_clock).outcome == "done"
-        result = run_set_backup(kube, kube.get(STATEFUL_SET_BACKUP, "pg-now", NS), host.node,
-                                NODE, fake_clock)
+        admin.create({"apiVersion": API, "kind": "StatefulSetBackup",
+                      "metadata": {"name": "pg-now", "namespace": s.ns},
+                      "spec": {"statefulSetName": "pg", "target": "t",
+                               "freezeTimeoutSeconds": 60, "hooks": {
+                                   "pre": [{"name": "checkpoint", "container": "postgres",
+                                            "command": PRE, "timeoutSeconds": 300}],
+                                   "post": [{"name": "mark", "command": POST,
+                                             "timeoutSeconds": 120}]}}})
+        assign = drive(lambda: assign_set_backup(kube, kube.get(STATEFUL_SET_BACKUP, "pg-now", s.ns),
+                                                 now), "the operator assigning the backup")
+        assert assign.outcome == "done", assign
+        result = drive(lambda: run_set_backup(kube, kube.get(STATEFUL_SET_BACKUP, "pg-now", s.ns),
+                                              host.node, s.node, now), "the agent's backup")
         assert result.outcome == "done", result
         stamper.wait_for(stamper.last + 5)  # the writer went on after the thaw
     finally:
         stamper.finish()
         _out, err = load.communicate(timeout=600)
     assert load.returncode == 0, err
-    done = kube.get(STATEFUL_SET_BACKUP, "pg-now", NS)["status"]
-    assert done["phase"] == "Completed" and done["consistency"] == "Application"
+
+    # what the real API server holds
+    ssb = admin.get(STATEFUL_SET_BACKUP, "pg-now", s.ns)
+    done = ssb["status"]
+    assert done["phase"] == "Completed" and done["consistency"] == "Application", done
+    assert ssb["metadata"]["labels"]["statehold.io/node"] == s.node
+    assert [m["claim"] for m in done["members"]] == list(CLAIMS)
+    assert all(m.get("backupId") for m in done["members"])
+    assert [(h["phase"], h["name"], h["pod"], h["outcome"]) for h in done["hooks"]] == [
+        *(("pre", "checkpoint", p, "Succeeded") for p in PODS),
+        *(("post", "mark", p, "Succeeded") for p in PODS)]
     checkpoint = {h["pod"]: lsn(h["output"].strip().splitlines()[-1])
                   for h in done["hooks"] if h["phase"] == "pre"}
-    assert sorted(checkpoint) == list(PODS)
+    # the exec calls, as the stand-in ran them: each hook once per pod, pre before post
+    assert [(r.call.pod, r.call.container, r.call.command[-1]) for r in s.exec.ran] == [
+        *((p, "postgres", PRE[-1]) for p in PODS), *((p, "postgres", POST[-1]) for p in PODS)]
+    assert max(r.ended for r in s.exec.ran[:3]) <= min(r.started for r in s.exec.ran[3:])
+    reasons = _reasons(admin, s.ns, "pg-now")
+    assert "HookFailed" not in reasons, reasons
+    hook_events = sorted(reasons.get("HookSucceeded", []))
+    assert len(hook_events) == 2 and all("pg-0, pg-1, pg-2" in m for m in hook_events), reasons
+    assert reasons.get("Snapshotted") and reasons.get("Completed"), reasons
     for pg in host.instances.values():
         pg.stop()
 
-    # restore the group into a new namespace, as the set's claims
-    kube.create({"apiVersion": "v1", "kind": "Secret",
-                 "metadata": {"name": "pw", "namespace": "restored"},
-                 "stringData": {"password": PASSWORD}})
-    kube.create({"apiVersion": API, "kind": "BackupTarget",
-                 "metadata": {"name": "t", "namespace": "restored"},
-                 "spec": {"path": {"path": str(scratch / "repo")},
-                          "passwordSecretRef": {"name": "pw"}}})
-    kube.create({"apiVersion": API, "kind": "StatefulSetRestore",
-                 "metadata": {"name": "pg", "namespace": "restored"},
-                 "spec": {"groupBackupId": done["groupBackupId"], "target": "t", "node": NODE}})
-    assert assign_set_restore(kube, kube.get(STATEFUL_SET_RESTORE, "pg", "restored"),
-                              fake_clock).outcome == "done"
-    result = run_set_restore(kube, kube.get(STATEFUL_SET_RESTORE, "pg", "restored"), host.node,
-                             NODE, fake_clock)
-    assert result.outcome == "done", result
-    assert sorted(c["metadata"]["name"] for c in kube.list(PVC, "restored")) == [
-        "data-pg-0", "data-pg-1", "data-pg-2"]
+    # a restore into the set's own namespace: its claims are there, nothing is made
+    admin.create({"apiVersion": API, "kind": "StatefulSetRestore",
+                  "metadata": {"name": "over", "namespace": s.ns}, "spec": {"backup": "pg-now"}})
+    refused = drive(lambda: assign_set_restore(kube, kube.get(STATEFUL_SET_RESTORE, "over", s.ns),
+                                               now), "the operator judging the restore")
+    assert refused.outcome == "failed", refused
+    _assert_refused(admin, s.ns, "over")
+    assert _claims(admin, s.ns) == source_claims
+
+    # the group into a new namespace, as the set's claims
+    admin.create({"apiVersion": API, "kind": "StatefulSetRestore",
+                  "metadata": {"name": "pg", "namespace": s.restored_ns},
+                  "spec": {"groupBackupId": done["groupBackupId"], "target": "t",
+                           "node": s.node}})
+    _restore(s, "pg")
+    rst = admin.get(STATEFUL_SET_RESTORE, "pg", s.restored_ns)["status"]
+    assert rst["phase"] == "Completed", rst
+    restored_claims = _claims(admin, s.restored_ns)
+    assert sorted(restored_claims) == list(CLAIMS)
+    volumes = {}
+    for claim in CLAIMS:
+        pvc = admin.get(PVC, claim, s.restored_ns)
+        assert pvc["spec"]["storageClassName"] == s.sc  # the template's class
+        assert pvc["metadata"]["labels"]["app"] == "pg"  # the set's selector
+        pv_name = pvc["spec"]["volumeName"]
+        until(lambda c=claim, p=pv_name: bound(admin, PVC, c, s.restored_ns) and bound(admin, PV, p),  # type: ignore[misc]
+              f"the PV controller binding restored claim {claim}")
+        volumes[claim] = admin.get(PV, pv_name)["spec"]["csi"]["volumeHandle"]
+    pvs_before = sorted(p["metadata"]["name"] for p in admin.list(PV))
+
+    # again, into the same namespace: refused, nothing made
+    admin.create({"apiVersion": API, "kind": "StatefulSetRestore",
+                  "metadata": {"name": "again", "namespace": s.restored_ns},
+                  "spec": {"groupBackupId": done["groupBackupId"], "target": "t",
+                           "node": s.node}})
+    refused = _restore(s, "again")
+    assert refused.outcome == "failed", refused
+    _assert_refused(admin, s.restored_ns, "again")
+    assert _claims(admin, s.restored_ns) == restored_claims
+    assert sorted(p["metadata"]["name"] for p in admin.list(PV)) == pvs_before
+
+    # the set created afterwards is given the restored claims by its controller
+    admin.create(statefulset("pg", s.restored_ns, replicas=3, storage_class=s.sc,
+                             scheduler=f"{s.node}-none"))
+    for o, pod in enumerate(PODS):
+        got = until(lambda p=pod: _pod(admin, p, s.restored_ns), f"the controller making {pod}")  # type: ignore[misc]
+        assert [v["persistentVolumeClaim"]["claimName"] for v in got["spec"]["volumes"]
+                if "persistentVolumeClaim" in v] == [CLAIMS[o]]
+    assert _claims(admin, s.restored_ns) == restored_claims  # adopted, none made anew
 
     newest = {}
-    for o, pod in enumerate(PODS):
-        claim = kube.get(PVC, f"data-pg-{o}", "restored")
-        pool, _, volume = kube.get(PV, claim["spec"]["volumeName"])["spec"]["csi"][
-            "volumeHandle"].partition("/")
-        pg, _mnt = host.restored_instance(pool, volume, pod)
+    for claim, pod in zip(CLAIMS, PODS, strict=True):
+        pool, _, volume = volumes[claim].partition("/")
+        pg = host.restored_instance(pool, volume, pod)
         control = _as_postgres([_pg_bin("pg_controldata"), "-D", str(pg.data)],
                                env={**os.environ, "LC_ALL": "C"}).stdout
         redo = next(line.split(":", 1)[1] for line in control.splitlines()
                     if line.startswith("Latest checkpoint's REDO location"))
         assert lsn(redo) >= checkpoint[pod], (pod, redo)  # nothing older to replay
         (pg.data / "postmaster.pid").unlink()  # the snapshot caught a running server
-        host.restored.append(pg)  # type: ignore[attr-defined]
         pg.start()  # crash recovery from the checkpoint on
         _as_postgres([_pg_bin("pg_amcheck"), "-h", str(pg.sockdir), "-p", "5432", "-d", "postgres",
                       "--install-missing", "--heapallindexed"])
+        assert pg.sql("SELECT string_agg(phase, ',') FROM hook_marks") == "pre", pod
         newest[pod] = int(pg.sql("SELECT max(seq) FROM stamps"))
         if pod == "pg-0":
             assert pg.sql("SELECT count(*) FROM pgbench_accounts") == "100000"
@@ -266,3 +330,28 @@ def test_three_postgres_instances_backed_up_at_one_instant_restore_consistent(
     assert min(newest.values()) >= STAMPS_BEFORE
     assert max(newest.values()) - min(newest.values()) <= 1, newest  # one instant
     assert max(newest.values()) < stamper.last  # the backup is not the end of the run
+
+
+def _restore(s: Scene, name: str) -> Result:
+    kube = s.kube
+    assigned = drive(lambda: assign_set_restore(
+        kube, kube.get(STATEFUL_SET_RESTORE, name, s.restored_ns), now),
+        f"the operator assigning restore {name}")
+    assert assigned.outcome == "done", assigned
+    return drive(lambda: run_set_restore(kube, kube.get(STATEFUL_SET_RESTORE, name, s.restored_ns),
+                                         s.host.node, s.node, now), f"the agent's restore {name}")
+
+
+def _pod(kube: ApiKube, name: str, ns: str) -> Obj | None:
+    try:
+        return kube.get(POD, name, ns)
+    except NotFound:
+        return None
+
+
+def _assert_refused(kube: ApiKube, ns: str, name: str) -> None:
+    st = kube.get(STATEFUL_SET_RESTORE, name, ns)["status"]
+    assert st["phase"] == "Failed", st
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "ClaimsExist" and all(c in ready["message"] for c in CLAIMS), ready
+    assert any(all(c in m for c in CLAIMS) for m in _reasons(kube, ns, name).get("ClaimsExist", []))
