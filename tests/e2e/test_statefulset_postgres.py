@@ -55,11 +55,13 @@ from pathlib import Path
 
 import pytest
 
+from statehold.controller.node_grants import NodeGrants
 from statehold.controller.problems import Result
 from statehold.controller.statefulset_backups import assign_set_backup, run_set_backup
 from statehold.controller.statefulset_restores import assign_set_restore, run_set_restore
-from statehold.errors import NotFound
+from statehold.errors import NotFound, PermissionDenied
 from statehold.kube.client import ApiKube
+from statehold.kube.execs import ExecCall
 from statehold.kube.facade import Obj
 from statehold.kube.kinds import (
     EVENT,
@@ -89,7 +91,14 @@ from tests.e2e.statefulset_pg import (
 from tests.e2e.test_postgres_workload import _as_postgres, _pg_bin
 from tests.fixtures.controlplane import ControlPlane
 from tests.fixtures.localexec import LocalExecKube, ProcessExec
+from tests.integration.kube.installing import (
+    Admin,
+    Installation,
+    service_account_token,
+    token_kubeconfig,
+)
 from tests.integration.scheduler.realcluster import install_crds
+from tests.unit.kube.validation import render
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -98,6 +107,9 @@ POOL = "fast"
 PASSWORD = "pg group backups"
 PODS = ("pg-0", "pg-1", "pg-2")
 CLAIMS = ("data-pg-0", "data-pg-1", "data-pg-2")
+ACCOUNTS = ("statehold-operator", "statehold-node")
+RBAC_KINDS = ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
+              "RoleBinding")
 STAMPS_BEFORE = 30
 """Stamps the writer commits before the backup starts, so it is mid-stream."""
 PRE = ["psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
@@ -114,7 +126,9 @@ class Scene:
     node: str               # the node name (PV affinity, the objects' node label)
     sc: str                 # the claim template's StorageClass
     admin: ApiKube          # sets the scene and reads what the handlers did
-    kube: LocalExecKube     # what the handlers get: the real server, exec run locally
+    operator: ApiKube       # the operator's ServiceAccount: the cluster-side handlers
+    agent: LocalExecKube    # the node plugin's ServiceAccount, exec run locally: node side
+    grants: NodeGrants      # the operator's grants to the node plugin (Secrets, exec)
     exec: ProcessExec
     host: PgHost
     repo: Path
@@ -122,17 +136,39 @@ class Scene:
 
 @pytest.fixture
 def scene(kube_control_plane: ControlPlane, engine_home: Path, scratch: Path) -> Iterator[Scene]:
-    """Namespaces, a StorageClass and a node name unique to the run (the API server is the
-    session's); everything made there deleted after, PostgreSQL stopped, the pool released."""
+    """The chart's accounts and RBAC in a release namespace, namespaces, a StorageClass and a
+    node name unique to the run (the API server is the session's; CRDs another test
+    installed are kept); everything made here deleted after (cluster-wide RBAC another test
+    had put back), PostgreSQL stopped, the pool released."""
     install_crds(kube_control_plane.kubeconfig)
     run = secrets.token_hex(3)
+    release = f"ssp-{run}-system"
+    installer = Admin(kube_control_plane.kubeconfig)
     admin = ApiKube.from_kubeconfig(str(kube_control_plane.kubeconfig))
-    runner = ProcessExec()
-    s = Scene(ns=f"ssp-{run}", restored_ns=f"ssp-{run}-restored", node=f"ssp-{run}",
-              sc=f"ssp-{run}", admin=admin, kube=LocalExecKube(admin, runner), exec=runner,
-              host=PgHost(engine_home, scratch, POOL), repo=scratch / "repo")
     with contextlib.ExitStack() as stack:
+        stack.callback(installer.close)
         stack.callback(admin.close)
+        inst = Installation(installer)
+        stack.callback(inst.remove)
+        docs = render.render_chart(name="statehold", namespace=release)
+        for kind in RBAC_KINDS:
+            for doc in docs:
+                if doc["kind"] == kind:
+                    inst.apply(doc)
+        accounts = {}
+        for account in ACCOUNTS:
+            token, ca = service_account_token(installer, release, account)
+            accounts[account] = ApiKube.from_kubeconfig(str(token_kubeconfig(
+                scratch / f"{account}.kubeconfig", installer.server, ca, token, account)))
+            stack.callback(accounts[account].close)
+        runner = ProcessExec()
+        node_user = f"system:serviceaccount:{release}:statehold-node"
+        s = Scene(ns=f"ssp-{run}", restored_ns=f"ssp-{run}-restored", node=f"ssp-{run}",
+                  sc=f"ssp-{run}", admin=admin, operator=accounts["statehold-operator"],
+                  agent=LocalExecKube(accounts["statehold-node"], runner,
+                                      lambda call: _may_exec(installer, node_user, call)),
+                  grants=NodeGrants(accounts["statehold-operator"], release), exec=runner,
+                  host=PgHost(engine_home, scratch, POOL), repo=scratch / "repo")
         stack.callback(_close_host, s.host)
         stack.callback(_forget_pvs, admin, (s.ns, s.restored_ns))  # after the namespaces
         for ns in (s.ns, s.restored_ns):
@@ -145,9 +181,27 @@ def scene(kube_control_plane: ControlPlane, engine_home: Path, scratch: Path) ->
                           "metadata": {"name": "t", "namespace": ns},
                           "spec": {"path": {"path": str(s.repo)},
                                    "passwordSecretRef": {"name": "pw"}}})
+            s.grants.sync(ns)  # the operator's pass: the node may read the target's Secret
         admin.create(storage_class(s.sc))
         stack.callback(_delete, admin, STORAGE_CLASS, s.sc)
         yield s
+
+
+def _may_exec(admin: Admin, user: str, call: ExecCall) -> bool:
+    """What the API server asks before it opens an exec stream to a kubelet: may this user
+    ``get`` and ``create`` ``pods/exec`` on the pod (1.20 authorizes the WebSocket as get,
+    1.30 and later as create too)."""
+    def may(verb: str) -> bool:
+        review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                  "spec": {"user": user, "groups": ["system:serviceaccounts",
+                                                    "system:authenticated"],
+                           "resourceAttributes": {"namespace": call.namespace, "verb": verb,
+                                                  "resource": "pods", "subresource": "exec",
+                                                  "name": call.pod}}}
+        got = admin.call("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", review)
+        return bool(got["status"].get("allowed"))
+
+    return may("get") and may("create")
 
 
 def _close_host(host: PgHost) -> None:
@@ -188,7 +242,7 @@ def _claims(kube: ApiKube, ns: str) -> dict[str, str]:
 
 def test_three_postgres_instances_backed_up_at_one_instant_restore_consistent(
         scene: Scene) -> None:
-    s, admin, kube = scene, scene.admin, scene.kube
+    s, admin, operator, agent = scene, scene.admin, scene.operator, scene.agent
     host = s.host
 
     # the set: the controller makes claims and pods; PVs as the provisioner; pods Running
@@ -222,11 +276,22 @@ def test_three_postgres_instances_backed_up_at_one_instant_restore_consistent(
                                             "command": PRE, "timeoutSeconds": 300}],
                                    "post": [{"name": "mark", "command": POST,
                                              "timeoutSeconds": 120}]}}})
-        assign = drive(lambda: assign_set_backup(kube, kube.get(STATEFUL_SET_BACKUP, "pg-now", s.ns),
-                                                 now), "the operator assigning the backup")
+        assign = drive(lambda: assign_set_backup(
+            operator, operator.get(STATEFUL_SET_BACKUP, "pg-now", s.ns), now),
+            "the operator assigning the backup")
         assert assign.outcome == "done", assign
-        result = drive(lambda: run_set_backup(kube, kube.get(STATEFUL_SET_BACKUP, "pg-now", s.ns),
-                                              host.node, s.node, now), "the agent's backup")
+
+        def node_side() -> Result:
+            return run_set_backup(agent, agent.get(STATEFUL_SET_BACKUP, "pg-now", s.ns),
+                                  host.node, s.node, now)
+
+        # before the operator's grant the node may not exec there: it waits, nothing ran
+        waiting = node_side()
+        assert waiting.outcome == "retry", waiting
+        assert _ready(admin, STATEFUL_SET_BACKUP, "pg-now", s.ns)["reason"] == "HooksNotGranted"
+        assert s.exec.ran == []
+        s.grants.sync(s.ns)  # the operator's pass grants exec while the backup is pending
+        result = drive(node_side, "the agent's backup")
         assert result.outcome == "done", result
         stamper.wait_for(stamper.last + 5)  # the writer went on after the thaw
     finally:
@@ -255,14 +320,18 @@ def test_three_postgres_instances_backed_up_at_one_instant_restore_consistent(
     hook_events = sorted(reasons.get("HookSucceeded", []))
     assert len(hook_events) == 2 and all("pg-0, pg-1, pg-2" in m for m in hook_events), reasons
     assert reasons.get("Snapshotted") and reasons.get("Completed"), reasons
+    s.grants.sync(s.ns)  # the backup ended: the operator takes the exec grant back
+    with pytest.raises(PermissionDenied):
+        agent.exec("pg-0", s.ns, ["true"])
     for pg in host.instances.values():
         pg.stop()
 
     # a restore into the set's own namespace: its claims are there, nothing is made
     admin.create({"apiVersion": API, "kind": "StatefulSetRestore",
                   "metadata": {"name": "over", "namespace": s.ns}, "spec": {"backup": "pg-now"}})
-    refused = drive(lambda: assign_set_restore(kube, kube.get(STATEFUL_SET_RESTORE, "over", s.ns),
-                                               now), "the operator judging the restore")
+    refused = drive(lambda: assign_set_restore(
+        operator, operator.get(STATEFUL_SET_RESTORE, "over", s.ns), now),
+        "the operator judging the restore")
     assert refused.outcome == "failed", refused
     _assert_refused(admin, s.ns, "over")
     assert _claims(admin, s.ns) == source_claims
@@ -333,13 +402,20 @@ def test_three_postgres_instances_backed_up_at_one_instant_restore_consistent(
 
 
 def _restore(s: Scene, name: str) -> Result:
-    kube = s.kube
+    """The operator assigns the restore, the node's agent runs it (each as its account)."""
+    op, agent = s.operator, s.agent
     assigned = drive(lambda: assign_set_restore(
-        kube, kube.get(STATEFUL_SET_RESTORE, name, s.restored_ns), now),
+        op, op.get(STATEFUL_SET_RESTORE, name, s.restored_ns), now),
         f"the operator assigning restore {name}")
     assert assigned.outcome == "done", assigned
-    return drive(lambda: run_set_restore(kube, kube.get(STATEFUL_SET_RESTORE, name, s.restored_ns),
-                                         s.host.node, s.node, now), f"the agent's restore {name}")
+    return drive(lambda: run_set_restore(
+        agent, agent.get(STATEFUL_SET_RESTORE, name, s.restored_ns), s.host.node, s.node, now),
+        f"the agent's restore {name}")
+
+
+def _ready(kube: ApiKube, kind: Kind, name: str, ns: str) -> Obj:
+    conds = (kube.get(kind, name, ns).get("status") or {}).get("conditions") or []
+    return dict(next(c for c in conds if c["type"] == "Ready"))
 
 
 def _pod(kube: ApiKube, name: str, ns: str) -> Obj | None:
