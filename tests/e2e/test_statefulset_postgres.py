@@ -6,11 +6,15 @@ namespace and garbage-collector controllers) and etcd (``kube_control_plane``), 
 Statehold's CRDs; the StatefulSet ``pg`` (3 replicas, claim template ``data``) whose claims
 ``data-pg-0..2`` and pods the real StatefulSet controller makes; the operator's handlers
 (:func:`assign_set_backup`, :func:`run_set_backup`, :func:`assign_set_restore`,
-:func:`run_set_restore`, as the operator's and the node agent's kopf handlers call them)
-reading and writing those objects, their status and Events through ``ApiKube``; one pool of
-loop devices with XFS volumes, the engine's group snapshot (FIFREEZE on every member), the
-backups in a directory repository; PostgreSQL (Debian's), ``pgbench``, ``pg_amcheck``,
-``pg_controldata``; the hook commands (``psql``), run as real processes.
+:func:`run_set_restore`, called as the operator's and the node plugin's kopf handlers call
+them) reading and writing those objects, their status and Events through ``ApiKube``, each
+with its ServiceAccount's token under the chart's RBAC (``statehold-operator`` for the
+cluster side, ``statehold-node`` for the node side), and the operator's grant pass
+(:class:`NodeGrants`) letting the node read the targets' Secrets and exec in the set's pods
+only while the hooked backup runs; one pool of loop devices with XFS volumes, the engine's
+group snapshot (FIFREEZE on every member), the backups in a directory repository;
+PostgreSQL (Debian's), ``pgbench``, ``pg_amcheck``, ``pg_controldata``; the hook commands
+(``psql``), run as real processes.
 
 **Stand-ins, where a kubelet or a sidecar would act:** no CSI sidecar provisions the claims,
 so the test creates each claim's PV as external-provisioner names it (``pvc-<claim uid>``,
@@ -20,19 +24,21 @@ no scheduler, so nothing else touches them) and each PostgreSQL runs on the host
 pod's volume; and no kubelet can run an exec, so the facade's ``exec`` reads the pod from
 the real API server, checks it as ``ApiKube.exec`` does, and where the API server would
 open the WebSocket to the kubelet runs the command as a local process with the pod's
-connection settings (``tests/fixtures/localexec.py``). The group snapshot is the engine's,
-taken by the StatefulSetBackup path; no VolumeGroupSnapshot is involved (that path is the
-CSI GroupController's, tested in ``tests/integration/agent/``).
+connection settings, once a SubjectAccessReview says the node's account may exec there
+(``tests/fixtures/localexec.py``). The group snapshot is the engine's, taken by the
+StatefulSetBackup path; no VolumeGroupSnapshot is involved (that path is the CSI
+GroupController's, tested in ``tests/integration/agent/``).
 
 The flow, and what a user relies on:
 
 1. A writer stamps one increasing number into all three instances in turn, each insert
    committed before the next; pgbench loads ``pg-0`` beside it.
-2. A StatefulSetBackup with a pre-hook (mark ``pre``, ``CHECKPOINT``, print the checkpoint's
-   REDO LSN) and a post-hook (mark ``post``): every pre-hook ran before the group snapshot,
-   every post-hook after, in ordinal order; ``status.hooks`` holds each run's output and
-   the real API server holds a ``HookSucceeded`` Event per hook; the backup is
-   ``Completed`` and ``Application``-consistent.
+2. A StatefulSetBackup with hooks waits (``HooksNotGranted``, no hook run) until the
+   operator's grant pass, and the exec grant is gone once it ended. Its pre-hook (mark
+   ``pre``, ``CHECKPOINT``, print the checkpoint's REDO LSN) ran in every pod before the
+   group snapshot, its post-hook (mark ``post``) in every pod after, in ordinal order;
+   ``status.hooks`` holds each run's output and the real API server a ``HookSucceeded``
+   Event per hook; the backup is ``Completed`` and ``Application``-consistent.
 3. A StatefulSetRestore into the set's own namespace is refused (``ClaimsExist``): the
    claims are there; nothing is created.
 4. A StatefulSetRestore into a new namespace creates claims ``data-pg-0..2``; the real PV
