@@ -7,7 +7,10 @@ as a set. A mounted member is reflinked whole *before* the freeze (the part whos
 grows with the volume's extents) and only the ranges it rewrote since are shared again
 inside the window (:mod:`catchup`). Block volumes and unmounted ones need no freeze: their buffered writes
 are flushed inside the window and they are reflinked whole there (one FICLONE is atomic;
-a catch-up of several ranges of a volume still being written would not be).
+a catch-up of several ranges of a volume still being written would not be). In a pool of
+layout ``subvolume`` nothing is copied early: the window holds one subvolume snapshot per
+member, whose cost does not grow with extents (the copying is the pool layout's,
+:mod:`layouts`).
 
 Crash safety reuses the pool's intent journal: each member is one ``snapshot`` intent
 (payload ``frozen`` = the mount point the keeper froze), so recovery thaws and rolls back
@@ -26,17 +29,14 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from statehold.engine import catchup, loop, mounts, snapshotting
 from statehold.engine import freeze as freezing
-from statehold.engine.ficlone import reflink
 from statehold.engine.files import fsync_dir
 from statehold.engine.freezekeeper import FreezeKeeper, Window, check_timeout
 from statehold.engine.metadata import Metadata, SnapshotRecord
@@ -57,9 +57,6 @@ RECORD_VERSION = 1
 KEY_PREFIX = "group/"
 
 Keeper = Callable[[float], FreezeKeeper]
-
-_WORKING = 0o600
-"""Mode of a member's file while it is made; 0444 once sealed after the window."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,12 +246,12 @@ def create(pools: Mapping[str, PoolContext], name: str, members: Sequence[Member
         fault("group.intent")
         before: dict[Member, catchup.Prepared] = {}
         for p in to_freeze:  # the slow part, outside the window: the volume still runs
-            before[p.member] = catchup.preclone(p.pool.volume_path(p.member.volume),
-                                                p.pool.snapshot_path(p.member.snapshot),
-                                                mode=_WORKING)
+            _precopy(p, before)
             fault("group.member_precloned")
         for p in plans:  # outside the window: most dirty data goes now, so freezing is short
             _flush(p)
+        for pool in involved.values():
+            pool.layout.before_window()
         if holder is not None:
             holder.freeze([p.target for p in to_freeze if p.target is not None],
                           sent=lambda: fault("group.freezing"))
@@ -275,7 +272,7 @@ def create(pools: Mapping[str, PoolContext], name: str, members: Sequence[Member
                                 "member was cloned; nothing was kept", retry_after=1.0)
         fault("group.thawed")
         for p in plans:
-            _seal(p.pool.snapshot_path(p.member.snapshot))
+            p.pool.layout.seal(p.member.snapshot)
         for pool in involved.values():
             fsync_dir(pool.snapshots_dir)
         _commit(involved, plans, intents, name, wanted, created_at)
@@ -296,13 +293,18 @@ def create(pools: Mapping[str, PoolContext], name: str, members: Sequence[Member
                          freezing=window.freezing if window is not None else None)
 
 
+def _precopy(p: _Plan, before: dict[Member, catchup.Prepared]) -> None:
+    """Outside the window: the member's early copy, if its pool's layout makes one."""
+    prepared = p.pool.layout.precopy(p.member.volume, p.member.snapshot)
+    if prepared is not None:
+        before[p.member] = prepared
+
+
 def _clone(p: _Plan, before: catchup.Prepared | None, fault: Callable[[str], None]) -> None:
-    """Inside the window: catch a frozen member's early copy up; copy a live one whole."""
-    src, dst = p.pool.volume_path(p.member.volume), p.pool.snapshot_path(p.member.snapshot)
-    if before is not None:
-        catchup.catch_up(src, dst, before, mode=_WORKING)
-    else:  # not frozen: one whole FICLONE is the only atomic copy of a live block volume
-        reflink(src, dst, mode=_WORKING)
+    """Inside the window: catch a frozen member's early copy up; copy a live one whole
+    (one FICLONE: the only atomic copy of a live block volume), or, in a subvolume pool,
+    snapshot the member's subvolume."""
+    p.pool.layout.window_copy(p.member.volume, p.member.snapshot, before)
     fault("group.member_cloned")
 
 
@@ -319,16 +321,6 @@ def _side_by_side(jobs: Sequence[Callable[[], None]]) -> None:
         done = [workers.submit(job) for job in jobs]
     for future in done:
         future.result()
-
-
-def _seal(path: Path) -> None:
-    """After the window: durable and read-only, as every snapshot file."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(path, snapshotting.READ_ONLY)
 
 
 def _flush(p: _Plan) -> None:
@@ -444,7 +436,7 @@ class HeldPart:
         fault = next(iter(self.pools.values())).fault
         window: Window | None = None
         try:
-            jobs = [functools.partial(_clone, p, self._before[p.member], fault)
+            jobs = [functools.partial(_clone, p, self._before.get(p.member), fault)
                     for p in self._plans if p.target is not None]
             _side_by_side(jobs)
             fault("group.cloned")
@@ -456,7 +448,7 @@ class HeldPart:
                                     "nothing was kept", retry_after=1.0)
             fault("group.thawed")
             for p in self._plans:
-                _seal(p.pool.snapshot_path(p.member.snapshot))
+                p.pool.layout.seal(p.member.snapshot)
             for pool in self.pools.values():
                 fsync_dir(pool.snapshots_dir)
             record = json.dumps({"version": RECORD_VERSION, "created_at": created_at,
@@ -529,16 +521,15 @@ def prepare(pools: Mapping[str, PoolContext], name: str, members: Sequence[Membe
         fault("group.intent")
         before: dict[Member, catchup.Prepared] = {}
         for p in to_freeze:
-            before[p.member] = catchup.preclone(p.pool.volume_path(p.member.volume),
-                                                p.pool.snapshot_path(p.member.snapshot),
-                                                mode=_WORKING)
+            _precopy(p, before)
             fault("group.member_precloned")
         for p in to_freeze:
             _flush(p)
         for p in plans:
             if p.target is None:  # not attached: no writer (the pool lock keeps it so)
-                reflink(p.pool.volume_path(p.member.volume),
-                        p.pool.snapshot_path(p.member.snapshot), mode=_WORKING)
+                p.pool.layout.window_copy(p.member.volume, p.member.snapshot, None)
+        for pool in involved.values():
+            pool.layout.before_window()
         if holder is not None:
             holder.freeze([p.target for p in to_freeze if p.target is not None],
                           sent=lambda: fault("group.freezing"))

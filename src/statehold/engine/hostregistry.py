@@ -44,7 +44,8 @@ def spec_to_dict(spec: PoolSpec) -> dict[str, Any]:
         "image_size": spec.image_size,
         "profile": str(spec.profile),
         "overprovision_ratio": float(spec.overprovision_ratio),
-    } | ({"directory": os.path.abspath(spec.directory)} if spec.directory else {})
+    } | ({"directory": os.path.abspath(spec.directory)} if spec.directory else {}) \
+      | ({"layout": str(spec.layout)} if spec.layout != "file" else {})  # old specs stay equal
 
 
 def identity(spec: dict[str, Any]) -> dict[str, Any]:

@@ -4,8 +4,10 @@ Each mutating operation follows one pattern, which recovery relies on:
 record the intent (durable) -> change files (each step followed by the fault hook) ->
 one transaction that records the result and deletes the intent. Decisions recorded here:
 
-* create/clone write straight to ``volumes/<name>.img``: no row exists for that name, so
-  recovery may delete the file of an unfinished create without losing anything;
+* create/clone write straight to the volume's entry (``volumes/<name>.img``, or its
+  subvolume ``volumes/<name>/`` in a subvolume pool; the file work is the pool layout's,
+  :mod:`layouts`): no row exists for that name, so recovery may delete the entry of an
+  unfinished create without losing anything;
 * expand truncates first and records the new size after: truncating to a larger size is
   idempotent, so recovery finishes an unfinished expand (capacity was checked already);
 * the filesystem grows in a separate step driven by the ``grow_pending`` flag, so an
@@ -22,9 +24,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from statehold.engine import catchup, fs, loop, mounts
-from statehold.engine.ficlone import reflink
-from statehold.engine.files import fsync_dir
+from statehold.engine import fs, loop, mounts
 from statehold.engine.metadata import Metadata, VolumeRecord
 from statehold.engine.names import check_size, validate_name
 from statehold.engine.poolcontext import PoolContext
@@ -158,17 +158,12 @@ def create_volume(pool: PoolContext, name: str, size: int, *, mode: VolumeMode |
     with acting(pool, intent):
         pool.fault(f"{op}.intent")
         if src_path is not None:
-            if freeze_target is None:
-                pool.fault(f"{op}.frozen")
-                reflink(src_path, path)
-            else:  # a mounted source volume: frozen only for the catch-up, by a keeper
-                catchup.copy_frozen(src_path, path, freeze_target,
-                                    frozen=lambda: pool.fault(f"{op}.frozen"))
+            pool.layout.clone(src_path, name, target=freeze_target,
+                              frozen=lambda: pool.fault(f"{op}.frozen"))
             if size > src_size:
-                os.truncate(path, size)
+                _grow_durably(path, size)
         else:
-            _new_sparse_file(path, size)
-        fsync_dir(pool.volumes_dir)
+            pool.layout.new_volume(name, size)
         pool.fault(f"{op}.file")
         with pool.db.transaction() as db:
             Metadata.insert_volume(db, rec)
@@ -178,8 +173,8 @@ def create_volume(pool: PoolContext, name: str, size: int, *, mode: VolumeMode |
     return rec
 
 
-def _new_sparse_file(path: Path, size: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+def _grow_durably(path: Path, size: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
         os.ftruncate(fd, size)
         os.fsync(fd)
@@ -208,18 +203,18 @@ def delete_volume(pool: PoolContext, name: str) -> None:
         targets = _mounted_targets(path)
         where = f"mounted at {', '.join(targets)}" if targets else f"attached as {devices[0]}"
         raise FailedPrecondition(f"volume {name!r} is {where}; unmount and detach it first")
-    remove_recorded(pool, "delete_volume", "volumes", name, path)
+    remove_recorded(pool, "delete_volume", "volumes", name, pool.layout.volume_entry(name))
     log.info("volume deleted volume=%s/%s", pool.name, name)
 
 
-def remove_recorded(pool: PoolContext, op: str, table: str, name: str, path: Path) -> None:
-    """Unlink a backing file and drop its row under one intent (volumes and snapshots
-    alike): a crash after the unlink leaves the intent, and recovery drops the row."""
+def remove_recorded(pool: PoolContext, op: str, table: str, name: str, entry: Path) -> None:
+    """Remove a backing file (or subvolume) and drop its row under one intent (volumes and
+    snapshots alike): a crash after the removal leaves the intent, and recovery drops the
+    row."""
     intent = pool.db.begin_intent(op, name, {})
     with acting(pool, intent):
         pool.fault(f"{op}.intent")
-        path.unlink(missing_ok=True)
-        fsync_dir(path.parent)
+        pool.layout.remove(entry)
         pool.fault(f"{op}.unlinked")
         with pool.db.transaction() as db:
             db.execute(f"DELETE FROM {table} WHERE name=?", (name,))  # table: a constant of ours

@@ -21,7 +21,16 @@ from typing import Any
 
 from statehold.errors import Corrupt, FailedPrecondition, Unavailable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""The newest schema this build reads. A pool's database records the oldest version that
+describes it: 1 for the ``file`` layout (every pool made before layouts existed, and every
+``file`` pool made now, so older builds keep reading them), 2 for the ``subvolume``
+layout, whose directories a version-1 reader would mistake for backing files: it refuses
+the pool instead (``meta.schema_version`` > what it reads)."""
+
+LAYOUT_FILE = "file"
+LAYOUT_SUBVOLUME = "subvolume"
+LAYOUT_SCHEMA = {LAYOUT_FILE: 1, LAYOUT_SUBVOLUME: 2}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -35,7 +44,8 @@ CREATE TABLE IF NOT EXISTS pools (
     profile             TEXT NOT NULL,
     overprovision_ratio REAL NOT NULL,
     spec                TEXT NOT NULL,
-    created_at          REAL NOT NULL
+    created_at          REAL NOT NULL,
+    layout              TEXT NOT NULL DEFAULT 'file'
 );
 CREATE TABLE IF NOT EXISTS volumes (
     name         TEXT PRIMARY KEY,
@@ -78,6 +88,10 @@ class PoolRecord:
     overprovision_ratio: float
     spec: dict[str, Any]
     created_at: float
+    layout: str = LAYOUT_FILE
+    """Where volumes live (``file`` or ``subvolume``, :mod:`statehold.engine.layouts`);
+    fixed when the pool is made. A database made before layouts existed has no column for
+    it: ``file``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +149,7 @@ class Metadata:
                 self._db.executescript(_SCHEMA)
                 self._db.execute(
                     "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
+                    (str(LAYOUT_SCHEMA[LAYOUT_FILE]),),
                 )
             version = self._scalar("SELECT value FROM meta WHERE key='schema_version'")
         except sqlite3.DatabaseError as exc:
@@ -179,22 +193,31 @@ class Metadata:
 
     # -- pool ------------------------------------------------------------------------------
     def init_pool(self, rec: PoolRecord) -> None:
+        """Record the pool (once, in a new database); a ``subvolume`` pool also raises the
+        schema version to 2 in the same transaction, so older builds refuse it."""
+        if rec.layout not in LAYOUT_SCHEMA:
+            raise FailedPrecondition(f"unknown pool layout {rec.layout!r}")
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO pools(name, uuid, fs, profile, overprovision_ratio, spec, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO pools(name, uuid, fs, profile, overprovision_ratio, spec, created_at,"
+                " layout) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (rec.name, rec.uuid, rec.fs, rec.profile, rec.overprovision_ratio,
-                 json.dumps(rec.spec, sort_keys=True), rec.created_at),
+                 json.dumps(rec.spec, sort_keys=True), rec.created_at, rec.layout),
             )
+            db.execute("UPDATE meta SET value=? WHERE key='schema_version'",
+                       (str(LAYOUT_SCHEMA[rec.layout]),))
 
     def pool(self) -> PoolRecord:
         rows = self._query("SELECT * FROM pools")
         if len(rows) != 1:
             raise Corrupt(f"pool metadata {self.path} holds {len(rows)} pool rows, expected 1")
         r = rows[0]
+        layout = r["layout"] if "layout" in r.keys() else LAYOUT_FILE  # noqa: SIM118 (a Row)
+        if layout not in LAYOUT_SCHEMA:
+            raise Corrupt(f"pool metadata {self.path} names an unknown layout {layout!r}")
         return PoolRecord(r["name"], r["uuid"], r["fs"], r["profile"],
                           float(r["overprovision_ratio"]), json.loads(r["spec"]),
-                          float(r["created_at"]))
+                          float(r["created_at"]), layout)
 
     def rename_pool(self, new_name: str) -> None:
         with self.transaction() as db:

@@ -36,12 +36,14 @@ from statehold.engine import (
     fs,
     groups,
     holders,
+    layouts,
     lifecycle,
     loop,
     mounts,
     pooldir,
     pooldisk,
     poolexport,
+    subvolume,
 )
 from statehold.engine.hostregistry import (
     DIRECTORY,
@@ -360,6 +362,7 @@ class Node:
                 if profile is not RaidProfile.SINGLE:
                     raise InvalidArgument("a directory pool has no RAID profile")
                 return self._build_directory(spec, wanted)
+            layouts.check(spec.layout, pooldisk.XFS if len(sources) == 1 else pooldisk.BTRFS)
             if len(sources) == 1 and profile is not RaidProfile.SINGLE:
                 raise InvalidArgument(f"profile {profile} needs at least two devices")
             if len(sources) < pooldisk.MIN_DEVICES[profile]:
@@ -407,7 +410,8 @@ class Node:
                 (mountpoint / sub).mkdir(exist_ok=True)
             db = Metadata(mountpoint / META_DIR / META_DB, create=True)
             db.init_pool(PoolRecord(spec.name, str(uuid.uuid4()), fstype, str(profile),
-                                    float(spec.overprovision_ratio), wanted, time.time()))
+                                    float(spec.overprovision_ratio), wanted, time.time(),
+                                    str(spec.layout)))
             pool = Pool(spec.name, mountpoint, db, fault_hook=self.fault_hook,
                         devices=devices, sources=sources)
             fault("create_pool.database")
@@ -470,7 +474,9 @@ class Node:
 
     def _build_directory(self, spec: PoolSpec, wanted: dict[str, Any]) -> Pool:
         directory = Path(os.path.abspath(spec.directory))
+        layouts.check(spec.layout, "btrfs")  # the name first, the filesystem below
         fstype = pooldir.check(directory)
+        layouts.check(spec.layout, fstype)
         made = [directory / sub for sub in (META_DIR, VOLUMES_DIR, SNAPSHOTS_DIR)
                 if not (directory / sub).exists()]
         try:
@@ -478,7 +484,8 @@ class Node:
                 sub.mkdir()
             db = Metadata(directory / META_DIR / META_DB, create=True)
             db.init_pool(PoolRecord(spec.name, str(uuid.uuid4()), fstype, "single",
-                                    float(spec.overprovision_ratio), wanted, time.time()))
+                                    float(spec.overprovision_ratio), wanted, time.time(),
+                                    str(spec.layout)))
             pool = Pool(spec.name, directory, db, fault_hook=self.fault_hook,
                         sources=[str(directory)], directory=True)
             self.registry.register(spec.name, [str(directory)], wanted, DIRECTORY)
@@ -668,7 +675,7 @@ class Node:
                 Path(img).unlink(missing_ok=True)
             if place.directory:  # only what the pool made; the directory itself stays
                 for sub in (VOLUMES_DIR, SNAPSHOTS_DIR, META_DIR):
-                    shutil.rmtree(place.mountpoint / sub, ignore_errors=True)
+                    _remove_tree(place.mountpoint / sub)
             log.info("pool destroyed pool=%s", name)
 
     def close(self) -> None:
@@ -679,3 +686,18 @@ class Node:
             for pool in self._pools.values():
                 pool.close()
             self._pools.clear()
+
+
+def _remove_tree(path: Path) -> None:
+    """Delete a directory a destroyed directory pool made, subvolumes included (a subvolume
+    pool's volumes and snapshots, orphans among them: rmtree cannot empty a read-only one)."""
+    if path.is_dir() and not path.is_symlink():
+        for entry in sorted(path.iterdir()):
+            if subvolume.is_subvolume(entry):
+                try:
+                    subvolume.destroy(entry, commit=False)
+                except StateholdError as exc:
+                    log.error("pool destroy cannot delete subvolume path=%s error=%s", entry, exc)
+            elif entry.is_dir() and not entry.is_symlink():
+                _remove_tree(entry)
+    shutil.rmtree(path, ignore_errors=True)

@@ -6,6 +6,10 @@ Layout inside the pool mount (see docs/design/pool-metadata.md)::
     volumes/<name>.img     sparse backing file of each volume
     snapshots/<name>.img   read-only reflink of a volume at one instant
 
+or, for a pool of layout ``subvolume`` (btrfs, opt-in: :mod:`layouts`),
+``volumes/<name>/volume.img`` and ``snapshots/<name>/volume.img``, each directory a btrfs
+subvolume.
+
 The database says what exists; the kernel says what is attached and mounted (loop devices
 are found by exact backing-file path, mounts by device in /proc/self/mountinfo), so a
 crash can never leave the two disagreeing about attachment. Every public method holds the
@@ -26,7 +30,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from statehold.engine import capacity as fullness
-from statehold.engine import fs, lifecycle, loop, mounts, recovery, snapshotting
+from statehold.engine import fs, layouts, lifecycle, loop, mounts, recovery, snapshotting
 from statehold.engine import trim as trimming
 from statehold.engine.exclusive import SpaceUse, space_use
 from statehold.engine.metadata import Metadata, SnapshotRecord, VolumeRecord
@@ -46,8 +50,8 @@ from statehold.errors import Aborted, FailedPrecondition, NotFound, Unavailable
 log = logging.getLogger("statehold.engine.pool")
 
 META_DIR = ".statehold"
-VOLUMES_DIR = "volumes"
-SNAPSHOTS_DIR = "snapshots"
+VOLUMES_DIR = layouts.VOLUMES_DIR
+SNAPSHOTS_DIR = layouts.SNAPSHOTS_DIR
 LOCK_FILE = "lock"
 
 P = ParamSpec("P")
@@ -122,6 +126,8 @@ class Pool:
         self.uuid = record.uuid
         self.fs = record.fs
         self.profile = record.profile
+        self.layout: layouts.Layout = layouts.of(mountpoint, record.layout)
+        """Where volumes and snapshots live and how they are copied (fixed at creation)."""
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -164,10 +170,17 @@ class Pool:
         return self.mountpoint / SNAPSHOTS_DIR
 
     def volume_path(self, name: str) -> Path:
-        return self.volumes_dir / f"{name}.img"
+        """The volume's backing file (``volumes/<name>.img``, or ``volumes/<name>/volume.img``
+        in a subvolume pool)."""
+        return self.layout.volume_path(name)
 
     def snapshot_path(self, name: str) -> Path:
-        return self.snapshots_dir / f"{name}.img"
+        return self.layout.snapshot_path(name)
+
+    def work_dir(self, name: str) -> Path | None:
+        """Where a file that will be renamed over the volume's backing file must be made
+        (inside its subvolume); None when any directory of the pool will do."""
+        return self.layout.work_dir(name)
 
     # -- conversions -----------------------------------------------------------------------
     def _to_volume(self, rec: VolumeRecord) -> Volume:
@@ -378,10 +391,11 @@ class Pool:
     # -- snapshots -------------------------------------------------------------------------
     @_locked
     def create_snapshot(self, volume: str, name: str, *, freeze: bool = True) -> Snapshot:
-        """Reflink the volume's file to ``snapshots/<name>.img`` (0444).
+        """Reflink the volume's file to ``snapshots/<name>.img`` (0444), or, in a subvolume
+        pool, snapshot its subvolume read-only to ``snapshots/<name>/``.
 
-        Mounted read-write and ``freeze``: FIFREEZE around the clone; otherwise syncfs (or a
-        buffer flush for an attached block volume). Idempotent for the same volume; the
+        Mounted read-write and ``freeze``: FIFREEZE around the copy's last step; otherwise
+        syncfs (or a buffer flush for an attached block volume). Idempotent for the same volume; the
         name used for another volume's snapshot is AlreadyExists.
         """
         if self.db.snapshot(name) is None:  # a retry of a snapshot that exists is still answered
@@ -512,6 +526,7 @@ class Pool:
             "uuid": self.uuid,
             "fs": self.fs,
             "profile": self.profile,
+            "layout": self.layout.name,
             "mountpoint": str(self.mountpoint),
             "sources": list(self.sources),
             "directory": self.is_directory,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from statehold.engine.layouts import Layout
 from statehold.engine.metadata import Metadata
 from statehold.engine.steps import FaultHook
 from statehold.engine.types import Capacity
@@ -24,6 +25,7 @@ class PoolContext(Protocol):
     db: Metadata
     fault: FaultHook
     is_directory: bool
+    layout: Layout
 
     @property
     def meta_dir(self) -> Path: ...

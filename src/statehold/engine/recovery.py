@@ -10,9 +10,13 @@ Runs when a Node opens a pool (and on demand via ``Pool.reconcile``). Rules, in 
    delete (volume or snapshot) -> finished, unless the file is attached again (rolled back).
 2. Loop devices backed by a file of this pool that no row names (or that was unlinked)
    are unmounted and detached: nothing else could be using them.
-3. Backing files no row names are moved to ``.statehold/orphans/`` (never deleted: they
-   were not made by a recorded operation); rows whose file is missing are reported.
-4. Snapshot files are made read-only again if something changed their mode.
+3. Backing files (subvolumes, in a subvolume pool) no row names are moved to
+   ``.statehold/orphans/`` (never deleted: they were not made by a recorded operation);
+   rows whose file is missing are reported.
+4. Snapshot files (subvolumes) are made read-only again if something changed that.
+
+What an operation's entry is, and how it is removed or moved, is the pool layout's
+(:mod:`layouts`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import os
 from pathlib import Path
 
 from statehold.engine import freeze, fs, lifecycle, loop, mounts
-from statehold.engine.files import fsync_dir
 from statehold.engine.metadata import Intent, Metadata
 from statehold.engine.poolcontext import PoolContext
 from statehold.errors import FailedPrecondition, StateholdError
@@ -56,17 +59,13 @@ def _finish_intent(pool: PoolContext, it: Intent, done: list[str]) -> None:
     if it.op in ("create_volume", "clone"):
         _thaw(it, done)
         if db.volume(name) is None:
-            path = pool.volume_path(name)
-            _release(path, done)
-            path.unlink(missing_ok=True)
-            fsync_dir(pool.volumes_dir)
+            _release(pool.volume_path(name), done)
+            pool.layout.remove(pool.layout.volume_entry(name))
             done.append(f"rolled back {it.op} of volume {name}")
     elif it.op == "snapshot":
         _thaw(it, done)
         if db.snapshot(name) is None:
-            path = pool.snapshot_path(name)
-            path.unlink(missing_ok=True)
-            fsync_dir(pool.snapshots_dir)
+            pool.layout.remove(pool.layout.snapshot_entry(name))
             done.append(f"rolled back snapshot {name}")
     elif it.op == "expand":
         rec = db.volume(name)
@@ -98,8 +97,8 @@ def _finish_intent(pool: PoolContext, it: Intent, done: list[str]) -> None:
         if loop.find(path):
             done.append(f"rolled back {it.op} of {name}: it is attached")
         else:
-            path.unlink(missing_ok=True)
-            fsync_dir(path.parent)
+            pool.layout.remove(pool.layout.volume_entry(name) if is_vol
+                               else pool.layout.snapshot_entry(name))
             with db.transaction() as tx:
                 table = "volumes" if is_vol else "snapshots"
                 tx.execute(f"DELETE FROM {table} WHERE name=?", (name,))
@@ -132,23 +131,20 @@ def _files(pool: PoolContext, done: list[str]) -> None:
     snaps = {s.name for s in pool.db.snapshots()}
     for directory, names in ((pool.volumes_dir, vols), (pool.snapshots_dir, snaps)):
         present = set()
-        for entry in sorted(directory.iterdir()):
-            stem = entry.name.removesuffix(".img")
-            if entry.name.endswith(".img") and stem in names:
-                present.add(stem)
+        for entry, name in pool.layout.entries(directory):
+            if name is not None and name in names:
+                present.add(name)
                 continue
-            if loop.find(entry):
-                done.append(f"left unknown file {entry}: it is attached")
+            if loop.find(entry) or loop.under(entry):
+                done.append(f"left unknown entry {entry}: it is attached")
                 continue
             orphans.mkdir(exist_ok=True)
-            os.replace(entry, orphans / f"{directory.name}-{entry.name}")
-            done.append(f"moved unknown file {entry} to {orphans}")
+            moved = pool.layout.to_orphans(entry, orphans)
+            done.append(f"moved unknown entry {entry} to {moved}")
         for missing in sorted(names - present):
             done.append(f"{directory.name[:-1]} {missing}: backing file is missing")
     for snap in pool.db.snapshots():
-        path = pool.snapshot_path(snap.name)
-        if path.exists() and path.stat().st_mode & 0o222:
-            os.chmod(path, 0o444)
+        if pool.layout.reseal(snap.name):
             done.append(f"made snapshot {snap.name} read-only again")
 
 

@@ -1,4 +1,9 @@
-"""Snapshots: a read-only reflink of a volume's backing file at one instant.
+"""Snapshots: a read-only copy of a volume's backing file at one instant.
+
+The copy is the pool layout's (:mod:`layouts`): a reflink of the file (``file``), or a
+read-only snapshot of the volume's subvolume (``subvolume``: its cost does not grow with the
+file's extents; frozen, the window holds the snapshot ioctl alone). What follows describes
+the ``file`` layout.
 
 When the volume is mounted and ``freeze`` is asked for, the file is reflinked whole while the
 volume runs, and the filesystem is frozen only to share again what changed since
@@ -12,13 +17,10 @@ independent files: deleting the source volume leaves them intact.
 from __future__ import annotations
 
 import logging
-import os
 import time
 
-from statehold.engine import catchup, loop, mounts
+from statehold.engine import catchup, layouts, loop, mounts
 from statehold.engine import freeze as freezing
-from statehold.engine.ficlone import reflink
-from statehold.engine.files import fsync_dir
 from statehold.engine.freezekeeper import FreezeKeeper
 from statehold.engine.lifecycle import acting, remove_recorded
 from statehold.engine.metadata import Metadata, SnapshotRecord
@@ -28,7 +30,7 @@ from statehold.errors import AlreadyExists, FailedPrecondition, NotFound
 
 log = logging.getLogger("statehold.engine.snapshotting")
 
-READ_ONLY = 0o444
+READ_ONLY = layouts.READ_ONLY
 
 
 def _flush(device: str | None, target: str | None) -> None:
@@ -65,7 +67,6 @@ def create(pool: PoolContext, volume: str, name: str, *, freeze: bool,
     for dev in devices:
         targets += mounts.writable_targets(dev)
     freeze_target = targets[0] if (freeze and targets) else None
-    dst = pool.snapshot_path(name)
     intent = pool.db.begin_intent("snapshot", name, {"volume": volume, "frozen": freeze_target})
     snap = SnapshotRecord(name=name, source_volume=volume, size=rec.size, mode=rec.mode,
                           fs=rec.fs, formatted=rec.formatted or freeze_target is not None,
@@ -73,20 +74,14 @@ def create(pool: PoolContext, volume: str, name: str, *, freeze: bool,
     window_ms = "-"
     with acting(pool, intent):
         pool.fault("snapshot.intent")
-        if freeze_target is None:
-            # one FICLONE: the only atomic copy of a file that is still being written
-            _flush(devices[0] if devices else None, targets[0] if targets else None)
-            pool.fault("snapshot.frozen")
-            reflink(src, dst, mode=READ_ONLY)
-            pool.fault("snapshot.cloned")
-        else:
-            window = catchup.copy_frozen(
-                src, dst, freeze_target, timeout=freeze_timeout, keeper=keeper,
-                frozen=lambda: pool.fault("snapshot.frozen"),
-                cloned=lambda: pool.fault("snapshot.cloned"))
+        window = pool.layout.snapshot(
+            volume, name, target=freeze_target,
+            flush=lambda: _flush(devices[0] if devices else None, targets[0] if targets else None),
+            timeout=freeze_timeout, keeper=keeper,
+            frozen=lambda: pool.fault("snapshot.frozen"),
+            cloned=lambda: pool.fault("snapshot.cloned"))
+        if window is not None:
             window_ms = f"{window.seconds * 1000:.1f}"
-        os.chmod(dst, READ_ONLY)
-        fsync_dir(pool.snapshots_dir)
         with pool.db.transaction() as db:
             Metadata.insert_snapshot(db, snap)
             Metadata.end_intent(db, intent)
@@ -104,5 +99,5 @@ def delete(pool: PoolContext, name: str) -> None:
     devices = loop.find(path)
     if devices:
         raise FailedPrecondition(f"snapshot {name!r} is attached as {devices[0]}; detach it first")
-    remove_recorded(pool, "delete_snapshot", "snapshots", name, path)
+    remove_recorded(pool, "delete_snapshot", "snapshots", name, pool.layout.snapshot_entry(name))
     log.info("snapshot deleted snapshot=%s/%s", pool.name, name)

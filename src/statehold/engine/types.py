@@ -31,6 +31,13 @@ class RaidProfile(enum.StrEnum):
     RAID10 = "raid10"
 
 
+class PoolLayout(enum.StrEnum):
+    """Where a pool keeps volumes (engine/layouts.py); fixed when the pool is made."""
+
+    FILE = "file"            # a reflinked sparse file per volume (every pool's, by default)
+    SUBVOLUME = "subvolume"  # btrfs only: a subvolume per volume, O(1) snapshots and clones
+
+
 class SourceKind(enum.StrEnum):
     SNAPSHOT = "snapshot"
     VOLUME = "volume"
@@ -63,6 +70,7 @@ class PoolSpec:
     overprovision_ratio: float = 10.0
     force: bool = False                    # accept devices holding a filesystem/partition table
     directory: str = ""                    # or: an existing directory on a reflink-capable fs
+    layout: str = PoolLayout.FILE          # or PoolLayout.SUBVOLUME (btrfs only)
 
 
 @dataclass(frozen=True, slots=True)

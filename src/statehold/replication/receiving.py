@@ -242,9 +242,11 @@ def finish_commit(pool: Pool, store: StateStore, state: CopyState) -> CopyState:
                 f"volume {volume!r} is attached; its replica content cannot be switched")
         if vol.size < commit.size:
             pool.expand(volume, commit.size)
-        # the one atomic switch of the volume's content
-        os.rename(work, pool.volume_path(volume))
-        fsync_dir(pool.volumes_dir)
+        # the one atomic switch of the volume's content (in one directory: a subvolume
+        # pool's work file sits beside the backing file, in the volume's subvolume)
+        target = pool.volume_path(volume)
+        os.rename(work, target)
+        fsync_dir(target.parent)
         fsync_dir(store.dir)
     elif vol.size < commit.size:
         pool.expand(volume, commit.size)
@@ -270,7 +272,7 @@ def recover(pool: Pool, store: StateStore, state: CopyState) -> CopyState:
     work = store.work_path(state.volume)
     if state.seed is None and work.exists():
         work.unlink()
-        fsync_dir(store.dir)
+        fsync_dir(work.parent)
     state = holding.settle(pool, store, state)
     return holding.collect(pool, store, state)
 
@@ -286,7 +288,7 @@ class Receiver:
     def __init__(self, pool: Pool, volume: str, *, checkpoint: int = CHECKPOINT) -> None:
         self.pool = pool
         self.volume = validate_name(volume, what="volume name")
-        self.store = StateStore(pool.meta_dir)
+        self.store = StateStore(pool.meta_dir, pool.work_dir)
         if checkpoint <= 0:
             raise InvalidArgument(f"checkpoint must be positive, got {checkpoint}")
         self.checkpoint = checkpoint

@@ -32,7 +32,7 @@ def _epoch(value: int, what: str = "epoch") -> int:
 
 def copy_state(pool: Pool, volume: str) -> CopyState:
     """The copy's state, after finishing a crashed commit (Aborted while one is applying)."""
-    store = StateStore(pool.meta_dir)
+    store = StateStore(pool.meta_dir, pool.work_dir)
     with store.locked(validate_name(volume, what="volume name")):
         return recover(pool, store, store.load(volume))
 
@@ -46,7 +46,7 @@ def promote(pool: Pool, volume: str, epoch: int) -> CopyState:
     copy still seeding (its content is incomplete). NotFound: no such volume.
     """
     _epoch(epoch)
-    store = StateStore(pool.meta_dir)
+    store = StateStore(pool.meta_dir, pool.work_dir)
     with store.locked(validate_name(volume, what="volume name")):
         blank = not store.exists(volume)
         state = recover(pool, store, store.load(volume))
@@ -77,7 +77,7 @@ def demote(pool: Pool, volume: str, epoch: int) -> CopyState:
     Fenced: a primary asked to step down for an epoch that is not newer than its own.
     """
     _epoch(epoch)
-    store = StateStore(pool.meta_dir)
+    store = StateStore(pool.meta_dir, pool.work_dir)
     with store.locked(validate_name(volume, what="volume name")):
         state = recover(pool, store, store.load(volume))
         if epoch <= state.epoch:
@@ -100,7 +100,7 @@ def check_writable(pool: Pool, volume: str, cluster_epoch: int) -> CopyState:
     epoch newer than the cluster's record, is FailedPrecondition.
     """
     _epoch(cluster_epoch, "cluster epoch")
-    store = StateStore(pool.meta_dir)
+    store = StateStore(pool.meta_dir, pool.work_dir)
     with store.locked(validate_name(volume, what="volume name")):
         state = recover(pool, store, store.load(volume))
         if state.role is Role.PRIMARY and state.epoch == cluster_epoch:
@@ -132,7 +132,7 @@ def fence(pool: Pool, volume: str, cluster_epoch: int) -> CopyState:
     rolled back); nothing is changed then.
     """
     _epoch(cluster_epoch, "cluster epoch")
-    store = StateStore(pool.meta_dir)
+    store = StateStore(pool.meta_dir, pool.work_dir)
     with store.locked(validate_name(volume, what="volume name")):
         state = recover(pool, store, store.load(volume))
         if state.epoch > cluster_epoch:
@@ -154,7 +154,7 @@ def release(pool: Pool, volume: str) -> None:
     The engine volume stays (the caller deletes it). FailedPrecondition if a point
     snapshot is attached; a retry after a crash finishes the job.
     """
-    store = StateStore(pool.meta_dir)
+    store = StateStore(pool.meta_dir, pool.work_dir)
     with store.locked(validate_name(volume, what="volume name")):
         state = store.load(volume)
         points = list(state.points)

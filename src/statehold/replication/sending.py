@@ -207,7 +207,7 @@ class Sender:
     def __init__(self, pool: Pool, volume: str) -> None:
         self.pool = pool
         self.volume = validate_name(volume, what="volume name")
-        self.store = StateStore(pool.meta_dir)
+        self.store = StateStore(pool.meta_dir, pool.work_dir)
 
     def state(self) -> CopyState:
         return self.store.load(self.volume)

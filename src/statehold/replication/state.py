@@ -19,7 +19,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -175,14 +175,22 @@ def without(points: Iterable[str], dropped: Iterable[str]) -> tuple[str, ...]:
 class StateStore:
     """The replication directory of one pool: state files, work files, lock files."""
 
-    def __init__(self, meta_dir: Path) -> None:
+    def __init__(self, meta_dir: Path,
+                 work_dir: Callable[[str], Path | None] | None = None) -> None:
         self.dir = meta_dir / DIR_NAME
+        self._work_dir = work_dir
+        """The pool's ``Pool.work_dir``: where a file renamed over a volume's backing file
+        must be made (inside the volume's subvolume, in a subvolume pool)."""
 
     def path(self, volume: str) -> Path:
         return self.dir / f"{volume}.json"
 
     def work_path(self, volume: str) -> Path:
-        return self.dir / f"{volume}.work"
+        """The file a stream is applied to before it replaces the volume's backing file:
+        ``.statehold/replication/<volume>.work``, or ``volumes/<volume>/.work`` in a
+        subvolume pool, because rename(2) across subvolumes fails with EXDEV."""
+        inside = self._work_dir(volume) if self._work_dir is not None else None
+        return inside / ".work" if inside is not None else self.dir / f"{volume}.work"
 
     def exists(self, volume: str) -> bool:
         return self.path(volume).exists()
@@ -223,10 +231,12 @@ class StateStore:
         return new
 
     def delete(self, volume: str) -> None:
-        for path in (self.work_path(volume), self.path(volume)):
+        work = self.work_path(volume)
+        for path in (work, self.path(volume)):
             path.unlink(missing_ok=True)
-        if self.dir.exists():
-            fsync_dir(self.dir)
+        for directory in {work.parent, self.dir}:
+            if directory.exists():
+                fsync_dir(directory)
 
     @contextlib.contextmanager
     def locked(self, volume: str, *, wait: float = LOCK_WAIT) -> Iterator[None]:

@@ -23,13 +23,39 @@ def _vol(name: str, size: int) -> VolumeRecord:
 
 
 def test_database_is_wal_and_carries_its_schema_version(tmp_path: Path) -> None:
+    """A file pool stays at version 1 (older builds read it); a subvolume pool is at 2."""
     db = _db(tmp_path)
+    assert db.pool().layout == "file"
     db.close()
     raw = sqlite3.connect(tmp_path / "meta.db")
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     version = raw.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
-    assert int(version) == SCHEMA_VERSION
+    assert int(version) == 1
     raw.close()
+    sub = Metadata(tmp_path / "sub.db", create=True)
+    sub.init_pool(PoolRecord("s", "u-2", "btrfs", "single", 10.0, {"name": "s"}, 1.0,
+                             "subvolume"))
+    assert sub.pool().layout == "subvolume"
+    sub.close()
+    raw = sqlite3.connect(tmp_path / "sub.db")
+    version = raw.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+    assert int(version) == SCHEMA_VERSION == 2
+    raw.close()
+    assert Metadata(tmp_path / "sub.db").pool().layout == "subvolume"
+
+
+def test_a_database_made_before_layouts_reads_as_a_file_pool(tmp_path: Path) -> None:
+    raw = sqlite3.connect(tmp_path / "old.db")
+    raw.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE pools (name TEXT PRIMARY KEY, uuid TEXT NOT NULL, fs TEXT NOT NULL,
+            profile TEXT NOT NULL, overprovision_ratio REAL NOT NULL, spec TEXT NOT NULL,
+            created_at REAL NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '1');
+        INSERT INTO pools VALUES ('old', 'u-0', 'xfs', 'single', 10.0, '{}', 1.0);
+    """)
+    raw.close()
+    assert Metadata(tmp_path / "old.db").pool().layout == "file"
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
