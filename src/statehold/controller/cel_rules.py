@@ -23,6 +23,7 @@ def _nonempty(d: Any, key: str) -> bool:
 RULES: dict[str, Rule] = {
     crds.ONE_OF_DEVICES_DIRECTORY: lambda s, _: ("devices" in s) != ("directory" in s),
     crds.RAID_NEEDS_BTRFS: lambda s, _: s["profile"] == "single" or s["filesystem"] == "btrfs",
+    crds.SUBVOLUME_NEEDS_BTRFS: lambda s, _: s["layout"] == "file" or s["filesystem"] == "btrfs",
     crds.DIRECTORY_NEEDS_SIZE: lambda s, _: ("directory" not in s or bool(s["importExisting"])
                                              or "imageSize" in s),
     crds.FS_MATCHES_DISKS: lambda s, _: (s["filesystem"] == "btrfs") == (

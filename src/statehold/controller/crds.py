@@ -45,6 +45,7 @@ VERSION = "v1alpha1"
 # The rule strings are named so cel_rules can key its Python twins on them.
 ONE_OF_DEVICES_DIRECTORY = "has(self.devices) != has(self.directory)"
 RAID_NEEDS_BTRFS = "self.profile == 'single' || self.filesystem == 'btrfs'"
+SUBVOLUME_NEEDS_BTRFS = "self.layout == 'file' || self.filesystem == 'btrfs'"
 DIRECTORY_NEEDS_SIZE = "!has(self.directory) || self.importExisting || has(self.imageSize)"
 FS_MATCHES_DISKS = ("(self.filesystem == 'btrfs') == "
                     "(has(self.devices) ? size(self.devices) > 1 : self.imageCount > 1)")
@@ -81,6 +82,11 @@ def storage_pool_schema() -> Schema:
         "profile": string("RAID profile across the disks (btrfs only for anything but "
                           "single).", enum=["single", "raid0", "raid1", "raid10"],
                           default="single"),
+        "layout": string("Where volumes live, fixed when the pool is made: file (a reflinked "
+                         "file per volume) or subvolume (btrfs only: a subvolume per volume, "
+                         "so snapshots and clones cost the same however fragmented a volume "
+                         "is, for slower 4 KiB random writes; docs/design/snapshots.md).",
+                         enum=["file", "subvolume"], default="file"),
         "overprovisionRatio": number("Thin provisioning limit: the sum of volume sizes may "
                                      "reach capacity times this.", minimum=1, maximum=100,
                                      default=10),
@@ -104,6 +110,7 @@ def storage_pool_schema() -> Schema:
     }, required=("node",), rules=(
         (ONE_OF_DEVICES_DIRECTORY, "exactly one of devices or directory must be set"),
         (RAID_NEEDS_BTRFS, "RAID profiles other than single need filesystem btrfs"),
+        (SUBVOLUME_NEEDS_BTRFS, "layout subvolume needs filesystem btrfs"),
         (DIRECTORY_NEEDS_SIZE, "directory pools need imageSize (unless importExisting)"),
         (FS_MATCHES_DISKS, "filesystem must be xfs for one disk and btrfs for several"),
     ))

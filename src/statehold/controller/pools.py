@@ -63,7 +63,8 @@ def plan_pool(name: str, spec: dict[str, Any]) -> PoolPlan:
         pool_spec = PoolSpec(name=name, devices=devices, images=images, image_size=size,
                              profile=RaidProfile(spec.get("profile", "single")),
                              overprovision_ratio=float(spec.get("overprovisionRatio", 10)),
-                             force=bool(spec.get("force", False)))
+                             force=bool(spec.get("force", False)),
+                             layout=str(spec.get("layout", "file")))
         marks = spec.get("thresholds") or {}
         thresholds = fullness.check_thresholds(
             marks.get("warningPercent", fullness.DEFAULT_WARNING),
@@ -75,14 +76,16 @@ def plan_pool(name: str, spec: dict[str, Any]) -> PoolPlan:
 
 
 def drift(plan: PoolPlan, pool: Pool) -> str:
-    """What of the spec the existing pool does not match (disks and profile are fixed when
-    a pool is made; only the over-provisioning ratio changes later). "" when it matches."""
+    """What of the spec the existing pool does not match (disks, profile and layout are
+    fixed when a pool is made; only the over-provisioning ratio changes later). "" when it matches."""
     problems = []
     wanted = sorted(str(Path(s).absolute()) for s in plan.sources)
     if wanted != sorted(pool.sources):
         problems.append(f"disks are {sorted(pool.sources)}, the spec asks for {wanted}")
     if str(pool.profile) != str(plan.spec.profile):
         problems.append(f"profile is {pool.profile}, the spec asks for {plan.spec.profile}")
+    if pool.layout.name != plan.spec.layout:
+        problems.append(f"layout is {pool.layout.name}, the spec asks for {plan.spec.layout}")
     return "; ".join(problems)
 
 

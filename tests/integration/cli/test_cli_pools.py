@@ -92,3 +92,23 @@ def test_a_failed_mount_removes_the_directories_it_made(home: Path) -> None:
     result = cli(home, "volume", "mount", "raw", str(existing / "a" / "b"))
     assert result.exit_code == 5, result.output  # a block volume has no filesystem to mount
     assert existing.exists() and list(existing.iterdir()) == []  # ours removed, the user's kept
+
+
+def test_pool_create_with_layout_subvolume_needs_btrfs_and_shows_its_layout(
+        engine_home: Path) -> None:
+    refused = cli(engine_home, "pool", "create", "one", "--image-size", "1Gi",
+                  "--layout", "subvolume")
+    assert refused.exit_code == 2, refused.output  # InvalidArgument: one disk is XFS
+    assert "btrfs" in refused.stderr
+    assert as_json(engine_home, "pool", "get")["items"] == []
+
+    made = as_json(engine_home, "pool", "create", "sv", "--images", "2", "--image-size", "1Gi",
+                   "--layout", "subvolume")
+    assert made["layout"] == "subvolume" and made["fs"] == "btrfs"
+    ok(engine_home, "volume", "create", "data", "--size", "64Mi", "--mode", "block")
+    ok(engine_home, "snapshot", "create", "data-1", "--volume", "data")
+    assert (engine_home / "pools" / "sv" / "snapshots" / "data-1" / "volume.img").exists()
+    ok(engine_home, "snapshot", "delete", "data-1")
+    ok(engine_home, "volume", "delete", "data")
+    assert ok(engine_home, "pool", "delete", "sv").strip() == "pool/sv deleted"
+    assert loops_backed_under(engine_home) == []

@@ -15,7 +15,7 @@ from statehold.controller import crds
 from statehold.controller.cel_rules import RULES
 
 POOL = {"node": "n", "filesystem": "xfs", "profile": "single", "importExisting": False,
-        "imageCount": 1}
+        "imageCount": 1, "layout": "file"}
 CASES: dict[str, list[Any]] = {
     crds.ONE_OF_DEVICES_DIRECTORY: [POOL, {**POOL, "devices": ["/dev/a"]},
                                     {**POOL, "directory": "/d"},
@@ -23,6 +23,9 @@ CASES: dict[str, list[Any]] = {
     crds.RAID_NEEDS_BTRFS: [POOL, {**POOL, "profile": "raid1"},
                             {**POOL, "profile": "raid1", "filesystem": "btrfs"},
                             {**POOL, "filesystem": "btrfs"}],
+    crds.SUBVOLUME_NEEDS_BTRFS: [POOL, {**POOL, "layout": "subvolume"},
+                                 {**POOL, "layout": "subvolume", "filesystem": "btrfs"},
+                                 {**POOL, "filesystem": "btrfs"}],
     crds.DIRECTORY_NEEDS_SIZE: [POOL, {**POOL, "directory": "/d"},
                                 {**POOL, "directory": "/d", "imageSize": "1Gi"},
                                 {**POOL, "directory": "/d", "importExisting": True}],
