@@ -230,7 +230,7 @@ def read_subset(repo: Repository, subset: Subset, users: Mapping[bytes, Sequence
         pid, info = item
         key, size = info.key, info.size
         try:
-            entries = _header(repo, key, size)
+            entries = read_header(repo, key, size)
         except (Corrupt, NotFound) as exc:
             hit = _indexed_chunks(repo, pid)
             found("pack", pid.hex(), f"{key}: {exc}" if isinstance(exc, NotFound) else str(exc),
@@ -239,7 +239,7 @@ def read_subset(repo: Repository, subset: Subset, users: Mapping[bytes, Sequence
             return
         _check_index(repo, pid, key, entries, found, backups)
         chunks = plain = 0
-        for start, end, group in _ranges(entries):
+        for start, end, group in blob_ranges(entries):
             try:
                 data = memoryview(repo.store.get_range(key, start, end - start))
             except NotFound:
@@ -278,8 +278,9 @@ class _Tally:
                 self.progress(self.stored, self.total)
 
 
-def _header(repo: Repository, key: str, size: int) -> list[Entry]:
-    """A pack's header entries through two ranged reads (its length, then the header)."""
+def read_header(repo: Repository, key: str, size: int) -> list[Entry]:
+    """A pack's header entries through two ranged reads (its length, then the header);
+    Corrupt naming the pack when it fails format §11.2 (verify subsets, rebuild-index)."""
     tail = repo.store.get_range(key, max(0, size - 4), 4) if size >= 4 else b""
     hlen = header_length(tail, key, size)
     blob = repo.store.get_range(key, size - 4 - hlen, hlen)
@@ -288,8 +289,9 @@ def _header(repo: Repository, key: str, size: int) -> list[Entry]:
     return decode_header(repo.codec, key, blob, size)
 
 
-def _ranges(entries: list[Entry]) -> Iterator[tuple[int, int, list[Entry]]]:
-    """Consecutive header entries grouped into reads of at most :data:`MAX_RANGE` bytes."""
+def blob_ranges(entries: list[Entry]) -> Iterator[tuple[int, int, list[Entry]]]:
+    """Consecutive header entries grouped into reads of at most :data:`MAX_RANGE` bytes:
+    ``(start, end, entries)`` (a whole pack read with few requests)."""
     group: list[Entry] = []
     start = end = 0
     for e in entries:

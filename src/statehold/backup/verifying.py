@@ -11,8 +11,11 @@ is whole again.
 
 Format 2 (format §11.6): a chunk is present when the index names it and its pack is
 listed; deep reads go through :mod:`.packreader` (several chunks per request); damaged
-index objects are problems of their own (``index``). A corrupt chunk inside a pack is
-reported, not moved (one blob of a pack cannot be quarantined alone).
+index objects are problems of their own (``index``). A corrupt chunk inside a pack cannot
+be moved alone (it is one blob of a pack); with ``quarantine`` its index entry is dropped
+instead (:func:`.rebuildindex.drop_entries`: the index objects naming that copy are
+rewritten without it), so the chunk is no longer known and the next backup of the same
+data stores it again, as with a quarantined chunk object.
 
 With ``subset`` (:mod:`.sampling`, ``--read-data-subset``) the quick checks run as usual
 and then a slice of the stored objects (packs, or format 1 chunk objects) is read in full.
@@ -20,6 +23,7 @@ and then a slice of the stored objects (packs, or format 1 chunk objects) is rea
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +31,8 @@ from dataclasses import dataclass, field
 
 from statehold.backup import chunkstore, packreader, sampling
 from statehold.backup.locks import Lock
-from statehold.backup.packs import PACK_PREFIX, pack_id_of
+from statehold.backup.packs import PACK_PREFIX, Entry, pack_id_of, pack_key
+from statehold.backup.rebuildindex import drop_entries
 from statehold.backup.repository import Repository, chunk_key
 from statehold.errors import Corrupt, InvalidArgument, NotFound, StateholdError
 
@@ -46,7 +51,9 @@ class Problem:
     detail: str
     backups: tuple[str, ...]
     quarantined: str = ""
-    """Where this verify moved the object (``quarantine``), else empty."""
+    """What this verify did with the object (``quarantine``), else empty: where it moved it
+    (``quarantine/<key>``), or, for a damaged chunk inside a pack (format 2), which index
+    objects its entry was dropped from."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +112,7 @@ def verify(repo: Repository, *, deep: bool = False, parallel: int = 8,
                     lengths[cid] = min(m.chunk_size, int(entry["size"]) - int(off))
         if chunkstore.packed(repo):
             checked = _verify_packed(repo, users, lengths, problems, deep=deep, parallel=parallel,
-                                     progress=progress)
+                                     progress=progress, quarantine=quarantine)
             sampled = sample()
             return VerifyReport(deep, count, len(users), checked + (sampled.plain_bytes if sampled else 0),
                                 problems, sampled)
@@ -154,9 +161,11 @@ def verify(repo: Repository, *, deep: bool = False, parallel: int = 8,
 
 def _verify_packed(repo: Repository, users: dict[bytes, list[str]], lengths: dict[bytes, int],
                    problems: list[Problem], *, deep: bool, parallel: int,
-                   progress: Progress | None) -> int:
+                   progress: Progress | None, quarantine: bool = False) -> int:
     """Format 2: every needed chunk indexed, in a listed pack; with ``deep`` read and
-    re-hashed through ranged reads. Returns the plaintext bytes checked."""
+    re-hashed through ranged reads; with ``quarantine`` (exclusive lock) the index entries
+    of the damaged copies are dropped once every read is done. Returns the plaintext bytes
+    checked."""
     chunkstore.known_chunks(repo)  # the cache synced under the caller's lock
     index = chunkstore.index_of(repo)
     for key, why in sorted(index.damaged.items()):
@@ -193,10 +202,23 @@ def _verify_packed(repo: Repository, users: dict[bytes, list[str]], lengths: dic
             if progress is not None:
                 progress(done, total)
 
+    damaged: dict[bytes, Entry] = {}
+
     def bad(cid: bytes, exc: Exception) -> None:
         kind = "missing" if isinstance(exc, NotFound) else "corrupt"
         with lock:
             problems.append(Problem(kind, cid.hex(), str(exc), tuple(sorted(set(users[cid])))))
+            loc = index.lookup(cid) if quarantine and kind == "corrupt" else None
+            if loc is not None:  # the copy the reader read: the cache is unchanged meanwhile
+                damaged[cid] = loc
 
     packreader.fetch(repo, ((cid, lengths[cid], cid) for cid in todo), ok, parallel=parallel, on_error=bad)
+    if damaged:  # after every read: the index is not changed under the reader
+        dropped = drop_entries(repo, damaged.values())
+        for i, p in enumerate(problems):
+            cid = bytes.fromhex(p.name) if p.what == "corrupt" else b""
+            if cid in dropped:
+                problems[i] = dataclasses.replace(p, quarantined=(
+                    f"unindexed: entry dropped from {', '.join(dropped[cid])} (the blob stays in "
+                    f"{pack_key(damaged[cid].pack)})"))
     return done

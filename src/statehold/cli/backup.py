@@ -54,7 +54,8 @@ from statehold.cli.output import (
 )
 from statehold.errors import AlreadyExists, Corrupt, InvalidArgument, NotFound
 
-backup_app = typer.Typer(help="Backups of volumes: create, list, verify, prune, forget, gc.",
+backup_app = typer.Typer(help="Backups of volumes: create, list, verify, prune, forget, gc, "
+                         "migrate, rebuild-index.",
                          no_args_is_help=True)
 target_app = typer.Typer(help="Backup targets (a directory or an S3 bucket).", no_args_is_help=True)
 
@@ -279,7 +280,8 @@ def verify_cmd(
                                     "earlier run with this seed (the seed used is printed)."),
     quarantine: bool = typer.Option(
         False, "--quarantine", help="Move damaged manifests (and with --deep, damaged chunks) to "
-        "quarantine/ (takes the exclusive lock)."),
+        "quarantine/; a damaged chunk inside a pack (format 2) loses its index entry instead. "
+        "The next backup of the same data stores the chunk again (takes the exclusive lock)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     password_file: Path | None = PasswordFileOption,
     home: Path | None = HomeOption,
@@ -309,7 +311,8 @@ def verify_cmd(
                        f"{sampled.objects} ({human(sampled.bytes_read)} stored, "
                        f"{sampled.chunks_checked} chunks, {human(sampled.plain_bytes)} checked)")
         for p in report.problems:
-            moved = f"; moved to {p.quarantined}" if p.quarantined else ""
+            moved = ("" if not p.quarantined else f"; moved to {p.quarantined}"
+                     if p.quarantined.startswith("quarantine/") else f"; {p.quarantined}")
             typer.echo(f"{p.what} {p.name}: {p.detail}; affects {', '.join(p.backups) or 'no backup'}"
                        f"{moved}")
     if not report.ok:
@@ -421,6 +424,45 @@ def migrate_cmd(
     state = "converted to format 2" if r.converted else f"already format {was}"
     done("target", target, f"{state}: {r.chunks_packed} chunks packed into {r.packs} packs "
          f"({human(r.bytes_packed) or 0}), {r.chunks_removed} chunk objects removed")
+
+
+@backup_app.command("rebuild-index")
+def rebuild_index_cmd(
+    ctx: typer.Context,
+    target: str = TargetOption,
+    all_packs: bool = typer.Option(False, "--all", help="Read the header of every pack, not only "
+                                   "those no index object names (finds entries lost from a pack "
+                                   "that is indexed in part)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    password_file: Path | None = PasswordFileOption,
+    home: Path | None = HomeOption,
+) -> None:
+    """Rebuild a format 2 repository's index from its pack headers, after index objects were
+    lost or damaged (restores then fail: chunk not in the index). Takes the exclusive lock;
+    safe to run again after an interruption. Run it before `backup gc`, which deletes packs
+    no index object names."""
+    from statehold.backup.rebuildindex import rebuild_index
+
+    with failures():
+        repo = open_repository(ctx, home, target, password_file)
+        with _bar("rebuild-index", not quiet) as bar:
+            r = rebuild_index(repo, all_packs=all_packs, progress=bar)
+    for key, why in sorted(r.damaged_packs.items()):
+        typer.echo(f"pack {key}: header cannot be read, skipped (its chunks stay unfound): {why}")
+    for b in r.damaged_blobs:
+        typer.echo(f"chunk {b.chunk} in {b.pack}: damaged, not indexed: {b.detail}")
+    for key in r.index_quarantined:
+        typer.echo(f"index object {key.removeprefix('quarantine/')}: damaged, moved to {key}")
+    for key, why in sorted(r.index_kept.items()):
+        typer.echo(f"index object {key}: cannot be read, left in place: {why}")
+    done("target", target, f"index rebuilt: {r.packs_read} of {r.packs_listed} pack headers read, "
+         f"{human(r.bytes_read) or 0} of chunks checked, {r.entries_added} entries put in "
+         f"{r.index_objects} index objects")
+    if not r.ok:
+        with failures():
+            raise Corrupt(f"{len(r.damaged_packs)} packs and {len(r.damaged_blobs)} chunks could not be "
+                          f"indexed, {len(r.index_kept)} index objects cannot be read; run `backup verify` "
+                          "to see the backups they break")
 
 
 @backup_app.command("forget")
