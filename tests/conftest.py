@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,19 @@ pytest_plugins = [
     "tests.fixtures.netns",
     "tests.fixtures.controlplane",
 ]
+
+
+@pytest.fixture(scope="session")
+def _session_index_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("backup-index-cache")
+
+
+@pytest.fixture(autouse=True)
+def _backup_index_cache(_session_index_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Format 2 repositories (which the operator creates too) keep an index cache on local
+    disk (format §11.4): in tests under the session's temporary directory, never in the
+    user's ~/.cache. Areas that want one per test set ``STATEHOLD_BACKUP_CACHE`` again."""
+    monkeypatch.setenv("STATEHOLD_BACKUP_CACHE", str(_session_index_cache))
 
 
 @pytest.hookimpl(trylast=True)  # after ``-m``/``-k`` deselection: count only what would run

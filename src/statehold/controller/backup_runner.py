@@ -31,14 +31,20 @@ def open_store(target: TargetConfig) -> Store:
                               secret_key=target.secret_key or None, create=t.kind == "dir")
 
 
+NEW_FORMAT = 2
+"""Format of a repository the operator creates (as `statehold target add` does): packs and
+an index (format §11). An existing repository is opened in whatever format it has: a
+format 1 one stays format 1 until `statehold backup migrate` converts it."""
+
+
 def open_repository(target: TargetConfig) -> Repository:
-    """Open the target's repository, creating it on first use."""
+    """Open the target's repository, creating it (format :data:`NEW_FORMAT`) on first use."""
     store = open_store(target)
     try:
         return Repository.open(store, target.password)
     except NotFound:
         try:
-            return Repository.init(store, target.password)
+            return Repository.init(store, target.password, version=NEW_FORMAT)
         except AlreadyExists:  # another node created it meanwhile
             return Repository.open(store, target.password)
 

@@ -23,6 +23,7 @@ import pytest
 
 from statehold.backup.collecting import forget
 from statehold.backup.locks import Lock
+from statehold.backup.packs import INDEX_PREFIX, decode_index
 from statehold.backup.repository import Repository
 from statehold.backup.restoring import restore_image
 from statehold.backup.retention import Item, Policy, apply
@@ -114,6 +115,12 @@ def names(kube: MemoryKube) -> set[str]:
 
 def repo_of(kube: MemoryKube) -> Repository:
     return open_repository(resolve_target(kube, NS, "t"))
+
+
+def indexed_packs(repo: Repository) -> set[str]:
+    """The packs (hex ids) the repository's index objects name, read from the store."""
+    return {pack.hex() for info in repo.store.list(INDEX_PREFIX)
+            for _cid, pack, _off, _len in decode_index(repo.get_blob(info.key), info.key)}
 
 
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
@@ -234,8 +241,10 @@ def test_gc_in_the_cluster_frees_what_the_prune_left_and_reports_it(
         made.append(slot(kube, node, "nightly", fake_clock))
     repo = repo_of(kube)
     assert made[0]["status"]["backupId"] not in repo.backup_ids()
-    chunk_dir = scratch / "repo" / "chunks"
-    before = sum(p.stat().st_size for p in chunk_dir.rglob("*") if p.is_file())
+    assert repo.config.version == 2  # the operator creates format 2 repositories
+    pack_dir = scratch / "repo" / "packs"  # format 2: chunks live in packs (format §11.2)
+    before = sum(p.stat().st_size for p in pack_dir.rglob("*") if p.is_file())
+    packs_before = {p.name for p in pack_dir.rglob("*") if p.is_file()}
 
     kube.patch(BACKUP_TARGET, "t", {"spec": {"gc": {"schedule": "30 4 * * *", "graceSeconds": 0}}}, NS)
     fake_clock.advance(days=1)
@@ -251,7 +260,11 @@ def test_gc_in_the_cluster_frees_what_the_prune_left_and_reports_it(
 
     got = kube.get(BACKUP_TARGET, "t", NS)
     gc = got["status"]["gc"]
-    after = sum(p.stat().st_size for p in chunk_dir.rglob("*") if p.is_file())
+    after = sum(p.stat().st_size for p in pack_dir.rglob("*") if p.is_file())
+    packs_after = {p.name for p in pack_dir.rglob("*") if p.is_file()}
+    assert packs_before - packs_after  # the pruned generation's pack was deleted
+    # no index object names a deleted pack (gc rewrote the index before deleting)
+    assert indexed_packs(repo) <= packs_after
     assert gc["phase"] == "Completed" and gc["node"] == NODE
     assert gc["bytesFreed"] == before - after and gc["bytesFreed"] >= 4 * MiB  # generation 2
     assert gc["chunksDeleted"] >= 4 and gc["chunksInGrace"] == 0 and gc["damagedBackups"] == 0

@@ -31,6 +31,8 @@ from typing import Any
 
 import pytest
 
+from statehold.backup.packs import INDEX_PREFIX, decode_index
+from statehold.backup.repository import Repository
 from statehold.backup.restoring import restore_image
 from statehold.controller.backup_runner import open_repository
 from statehold.controller.targets import TargetConfig
@@ -230,8 +232,15 @@ def gone(d: Deployment, name: str) -> bool:
     return False
 
 
-def chunk_bytes(repo_dir: Path) -> int:
-    return sum(p.stat().st_size for p in (repo_dir / "chunks").rglob("*") if p.is_file())
+def pack_files(repo_dir: Path) -> dict[str, int]:
+    """The repository's packs (format 2, §11.2: where chunk data lives): name -> bytes."""
+    return {p.name: p.stat().st_size for p in (repo_dir / "packs").rglob("*") if p.is_file()}
+
+
+def indexed_packs(repo: Repository) -> set[str]:
+    """The packs (hex ids) the repository's index objects name, read from the store."""
+    return {pack.hex() for info in repo.store.list(INDEX_PREFIX)
+            for _cid, pack, _off, _len in decode_index(repo.get_blob(info.key), info.key)}
 
 
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
@@ -281,13 +290,18 @@ def test_a_schedules_retention_spares_manual_backups_and_gc_frees_what_it_pruned
     assert names == {"by-hand", second["metadata"]["name"]}
 
     # gc on the target's own schedule, run by n1's agent under the exclusive lock
-    before = chunk_bytes(d.root / "repo")
+    assert repo.config.version == 2  # the operator created the repository: format 2
+    packs_before = pack_files(d.root / "repo")
+    before = sum(packs_before.values())
     d.kube.patch(BACKUP_TARGET, "t", {"spec": {"gc": {"schedule": "*/1 * * * *",
                                                       "graceSeconds": 0}}}, d.ns)
     gc = d.wait("gc Completed on the target", lambda: (
         g := (d.kube.get(BACKUP_TARGET, "t", d.ns).get("status") or {}).get("gc") or {}).get(
         "phase") == "Completed" and g, timeout=SLOT_TIMEOUT)
-    after = chunk_bytes(d.root / "repo")
+    packs_after = pack_files(d.root / "repo")
+    after = sum(packs_after.values())
+    assert set(packs_before) - set(packs_after)  # the pruned run's pack was deleted
+    assert indexed_packs(repo) <= set(packs_after)  # and no index object names it
     assert gc["node"] == NODE
     assert gc["bytesFreed"] == before - after, (gc, before, after)
     assert gc["bytesFreed"] >= 4 * MiB  # the 4 MiB only the pruned run held, and more
