@@ -198,6 +198,8 @@ def test_the_node_gets_the_named_secret_and_nothing_that_mints_an_identity(
     target(c.kube, c.ns, "ca", CA_SECRET)
     grants = NodeGrants(c.operator, c.ns)  # as the operator: the server checks escalation
     grants.sync_all()
+    # the authorizer reads RBAC from its own cache: a new binding acts a moment later
+    wait_until("the Secret grant acts", lambda: c.node_may("get", "secrets", c.tenant, name="pw"))
     assert resolve_target(c.node, c.tenant, "t").password == PASSWORD
     assert c.node.get(SECRET, "pw", c.tenant)["metadata"]["name"] == "pw"
     assert c.node_may("get", "secrets", c.tenant, name="pw")
@@ -244,7 +246,8 @@ def test_exec_only_where_a_hooked_backup_has_not_ended(cluster: Cluster) -> None
                    "metadata": {"name": "hooked", "namespace": c.tenant},
                    "spec": {"statefulSetName": "db", "target": "t", "hooks": HOOKS}})
     grants.sync(c.tenant)
-    assert c.may_exec(c.tenant) and not c.may_exec(c.other)
+    wait_until("the exec grant acts", lambda: c.may_exec(c.tenant))  # the authorizer's cache
+    assert not c.may_exec(c.other)
     assert c.kube.get(ROLE_BINDING, HOOKS_ROLE, c.tenant)["roleRef"]["kind"] == "ClusterRole"
     hooks_granted(c.node, c.tenant, "db", [0], HOOKS)
     with pytest.raises(FailedPrecondition):  # allowed; the pod is only not running (no kubelet)
@@ -254,7 +257,7 @@ def test_exec_only_where_a_hooked_backup_has_not_ended(cluster: Cluster) -> None
 
     c.kube.patch_status(STATEFUL_SET_BACKUP, "hooked", {"phase": "Completed"}, c.tenant)
     assert grants.sync_all()
-    assert not c.may_exec(c.tenant)
+    wait_until("the exec grant is revoked", lambda: not c.may_exec(c.tenant))
     with pytest.raises(NotFound):
         c.kube.get(ROLE_BINDING, HOOKS_ROLE, c.tenant)
     assert c.node.get(SECRET, "pw", c.tenant)  # the Secrets' grant is another matter
@@ -263,12 +266,15 @@ def test_exec_only_where_a_hooked_backup_has_not_ended(cluster: Cluster) -> None
 def test_the_garbage_collector_revokes_when_the_last_target_goes(cluster: Cluster) -> None:
     c = cluster
     NodeGrants(c.operator, c.ns).sync_all()
+    wait_until("the Secret grant acts", lambda: c.node_may("get", "secrets", c.tenant, name="pw"))
     assert c.node.get(SECRET, "pw", c.tenant)
     c.kube.delete(BACKUP_TARGET, "t", c.tenant)
     # no operator pass here: the Role is owned by the target, its binding by the Role
     for kind in (ROLE, ROLE_BINDING):
         wait_until(f"{kind.kind} {SECRETS_ROLE} collected", lambda kind=kind: not _exists(
             c.kube, kind, SECRETS_ROLE, c.tenant))
+    wait_until("the Secret grant is revoked",
+               lambda: not c.node_may("get", "secrets", c.tenant, name="pw"))
     with pytest.raises(PermissionDenied):
         c.node.get(SECRET, "pw", c.tenant)
 
