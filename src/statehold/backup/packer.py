@@ -6,7 +6,9 @@ Workers hand encoded blobs to :meth:`Packer.store`; the open pack is sealed at
 ``uploads`` sealed packs are in flight: a worker that seals one more blocks until an upload
 finishes, and every other worker blocks behind it with its one blob, so the pipeline's
 chunk buffers run out and the image reader stops too (backpressure: memory stays at about
-``(uploads + 2) * pack_size`` however fast the source reads). Every ``index_every``
+``(uploads + 2) * pack_size`` however fast the source reads). Packs are built in buffers
+reused from pack to pack and put as views of them: no 16 MiB object is allocated (and
+left to the allocator's arenas) per pack, nor copied to seal it. Every ``index_every``
 bytes of uploaded packs, and at :meth:`finish`, an index object naming them is put (after
 a batching store's commit) and then added to the local cache: pack before index, index
 before manifest.
@@ -20,15 +22,17 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from statehold.backup.chunkindex import ChunkIndex
+from statehold.backup.crypto import Codec
 from statehold.backup.packs import (
     DEFAULT_PACK_SIZE,
     INDEX_MAX_ENTRIES,
     Entry,
-    PackBuilder,
     encode_index,
     index_key,
     new_index_name,
+    new_pack_id,
     pack_key,
+    pack_trailer,
 )
 from statehold.backup.repository import Repository
 from statehold.backup.store import BatchingStore
@@ -37,6 +41,36 @@ log = logging.getLogger("statehold.backup.packer")
 
 FaultHook = Callable[[str], None]
 """fault(point): 'pack-stored' after a pack's put, 'index-stored' after an index object's."""
+
+
+class _Pack:
+    """One pack being filled in a reusable buffer: blobs copied in, then the trailer."""
+
+    def __init__(self, buf: bytearray) -> None:
+        self.pid = new_pack_id()
+        self.buf = buf
+        self.size = 0
+        self.entries: list[tuple[bytes, int, int]] = []
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _append(self, data: bytes | memoryview) -> None:
+        end = self.size + len(data)
+        if end > len(self.buf):  # a pack past its target (one large blob, a large header)
+            self.buf.extend(bytes(end - len(self.buf)))
+        self.buf[self.size : end] = data
+        self.size = end
+
+    def add(self, cid: bytes, blob: bytes) -> None:
+        self.entries.append((cid, self.size, len(blob)))
+        self._append(blob)
+
+    def seal(self, codec: Codec) -> tuple[memoryview, list[Entry]]:
+        """The pack's bytes (a view of the buffer: valid until it is reused) and entries."""
+        self._append(pack_trailer(codec, self.pid, self.entries))
+        entries = [Entry(cid, self.pid, off, n) for cid, off, n in self.entries]
+        return memoryview(self.buf)[: self.size], entries
 
 
 class Packer:
@@ -54,7 +88,10 @@ class Packer:
         self._flush_lock = threading.Lock()
         self._claimed: set[bytes] = set()
         """Ids stored (or being stored) by this packer and not yet in the cache."""
-        self._open: PackBuilder | None = None
+        self._open: _Pack | None = None
+        self._free: list[bytearray] = []
+        """Pack buffers not in use: at most ``uploads + 2`` ever exist (one open, one
+        sealed waiting for a slot, ``uploads`` being put)."""
         self._slots = threading.BoundedSemaphore(max(1, uploads))
         self._pool = ThreadPoolExecutor(max(1, uploads), thread_name_prefix="pack-upload")
         self._futures: list[Future[None]] = []
@@ -82,7 +119,8 @@ class Packer:
             with self._lock:
                 self._raise_failure()
                 if self._open is None:
-                    self._open = PackBuilder(self.repo.codec)
+                    buf = self._free.pop() if self._free else bytearray(self.pack_size + (1 << 20))
+                    self._open = _Pack(buf)
                 self._open.add(cid, blob)
                 if self._open.size >= self.pack_size:
                     sealed, self._open = self._open, None
@@ -108,30 +146,40 @@ class Packer:
         if self._failure is not None:
             raise self._failure
 
-    def _upload(self, builder: PackBuilder) -> None:
+    def _upload(self, pack: _Pack) -> None:
         self._slots.acquire()  # backpressure: at most `uploads` sealed packs held
         try:
             self._raise_failure()
-            data, entries = builder.seal()
-            fut = self._pool.submit(self._put, builder.pid, data, entries)
+            data, entries = pack.seal(self.repo.codec)
+            fut = self._pool.submit(self._put, pack, data, entries)
         except BaseException:
             self._slots.release()
+            self._recycle(pack)
             raise
         with self._lock:
             self._futures = [f for f in self._futures if not f.done()]
             self._futures.append(fut)
 
-    def _put(self, pid: bytes, data: bytes, entries: list[Entry]) -> None:
+    def _recycle(self, pack: _Pack) -> None:
+        with self._lock:
+            self._free.append(pack.buf)
+
+    def _put(self, pack: _Pack, data: memoryview, entries: list[Entry]) -> None:
         try:
-            key = pack_key(pid)
-            if self.batching is not None:
-                self.batching.put_later(key, data)
-            else:
-                self.store_.put(key, data)
+            key = pack_key(pack.pid)
+            try:
+                if self.batching is not None:
+                    self.batching.put_later(key, data)
+                else:
+                    self.store_.put(key, data)  # stores keep no reference after put returns
+            finally:
+                size = len(data)
+                data.release()
+                self._recycle(pack)
             with self._lock:
                 self._uploaded.extend(entries)
-                self._uploaded_bytes += len(data)
-                self.bytes_stored += len(data)
+                self._uploaded_bytes += size
+                self.bytes_stored += size
                 self.packs += 1
                 due = self._uploaded_bytes >= self.index_every
             if self.fault is not None:

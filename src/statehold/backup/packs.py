@@ -116,14 +116,20 @@ class PackBuilder:
         self.size += len(blob)
 
     def seal(self) -> tuple[bytes, list[Entry]]:
-        """The pack's bytes and its entries. The header is stored, not compressed (ids do
-        not compress) and bound to the pack's key."""
-        head = _U32.pack(len(self._entries)) + b"".join(
-            _HEADER_ENTRY.pack(cid, off, length) for cid, off, length in self._entries)
-        sealed = self.codec.encode(pack_key(self.pid), head, compress=False)
-        data = b"".join([*self._parts, sealed, _U32.pack(len(sealed))])
+        """The pack's bytes and its entries."""
+        data = b"".join([*self._parts, pack_trailer(self.codec, self.pid, self._entries)])
         self._parts = []
         return data, [Entry(cid, self.pid, off, length) for cid, off, length in self._entries]
+
+
+def pack_trailer(codec: Codec, pid: bytes, entries: list[tuple[bytes, int, int]]) -> bytes:
+    """What follows a pack's blobs: its encrypted header naming ``(chunk id, offset,
+    length)`` of each, then the header's length. The header is stored, not compressed (ids
+    do not compress) and bound to the pack's key."""
+    head = _U32.pack(len(entries)) + b"".join(
+        _HEADER_ENTRY.pack(cid, off, length) for cid, off, length in entries)
+    sealed = codec.encode(pack_key(pid), head, compress=False)
+    return sealed + _U32.pack(len(sealed))
 
 
 def header_length(tail: bytes, key: str, size: int) -> int:

@@ -1,7 +1,8 @@
 """Restoring a backup into a new file or into a fresh volume's (blank) backing file.
 
 Sparse: chunks absent from the manifest are zeros and are never written. Format 2 reads
-several chunks of a pack per request (:mod:`.packreader`), format 1 one object per chunk. Every chunk is
+several chunks of a pack per request (:mod:`.packreader`), format 1 one object per chunk;
+chunks arrive in any order and are written at their offsets. Every chunk is
 decrypted, re-hashed and length-checked before it is written (``Repository.read_chunk``);
 the first mismatch stops the restore with Corrupt naming the chunk, and the target is
 removed (new file) or blanked (existing file): a restore either completes or leaves
@@ -104,18 +105,22 @@ def _write_all(repo: Repository, m: Manifest, path: Path, parallel: int, progres
     total = sum(m.chunk_length(off) for off in m.offsets)
     done = 0
     lock = threading.Lock()
+    write_lock = threading.Lock()
+    """One pwrite at a time: buffered writes to one file serialise on its inode lock anyway,
+    and decode threads queued there (XFS) spin in the kernel instead of sleeping here."""
     if progress is not None:
         progress(0, total)
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
-        def put(off: int, data: bytes) -> None:
+        def put(off: int, data: bytes | memoryview) -> None:
             nonlocal done
             length = len(data)
             view = memoryview(data)
             pos = 0
             try:
-                while pos < length:
-                    pos += os.pwrite(fd, view[pos:], off + pos)
+                with write_lock:
+                    while pos < length:
+                        pos += os.pwrite(fd, view[pos:], off + pos)
             except OSError as exc:
                 raise _write_error(exc, path, off + pos) from exc
             with lock:
@@ -128,8 +133,8 @@ def _write_all(repo: Repository, m: Manifest, path: Path, parallel: int, progres
 
         if chunkstore.packed(repo):
             chunkstore.known_chunks(repo)  # the index cache synced under our lock
-            packreader.fetch(repo, ((cid, m.chunk_length(off), off) for off, cid in m.entries()), put,
-                             parallel=parallel)
+            packreader.fetch_views(repo, ((cid, m.chunk_length(off), off) for off, cid in m.entries()), put,
+                                   parallel=parallel)
         else:
             _fetch_each(m, one, parallel)
         try:
