@@ -170,10 +170,14 @@ def chunks_listed(repo: Repository) -> Iterator[Item]:
 
 def read_subset(repo: Repository, subset: Subset, users: Mapping[bytes, Sequence[str]],
                 lengths: Mapping[bytes, int], found: Found, *, parallel: int = 8,
-                progress: Progress | None = None, quarantine: bool = False) -> Sampled:
+                progress: Progress | None = None, quarantine: bool = False,
+                on_damaged_blob: Callable[[Entry], None] | None = None) -> Sampled:
     """Read the subset's objects of ``repo`` in full (the caller holds a lock and, in
     format 2, synced the index cache); report each damaged object through ``found``.
-    ``users``/``lengths``: the backups naming each chunk and its plaintext length."""
+    ``users``/``lengths``: the backups naming each chunk and its plaintext length.
+    ``quarantine`` moves damaged chunk objects (format 1) aside; a damaged blob inside a
+    pack (format 2) cannot be moved alone, so its header entry goes to ``on_damaged_blob``
+    (from the workers) for the caller to unindex once every read is done."""
     subset = subset.resolved()
     packed = chunkstore.packed(repo)
     chosen, total = choose(subset, (lambda: packs_listed(repo)) if packed else (lambda: chunks_listed(repo)))
@@ -250,6 +254,8 @@ def read_subset(repo: Repository, subset: Subset, users: Mapping[bytes, Sequence
                 if n >= 0:
                     chunks += 1
                     plain += n
+                elif on_damaged_blob is not None:
+                    on_damaged_blob(e)
         tally.add(size, chunks, plain)
 
     work: Callable[[Item], None] = one_pack if packed else one_chunk

@@ -18,14 +18,16 @@ rewritten without it), so the chunk is no longer known and the next backup of th
 data stores it again, as with a quarantined chunk object.
 
 With ``subset`` (:mod:`.sampling`, ``--read-data-subset``) the quick checks run as usual
-and then a slice of the stored objects (packs, or format 1 chunk objects) is read in full.
+and then a slice of the stored objects (packs, or format 1 chunk objects) is read in full;
+with ``quarantine`` the damaged blobs it finds in packs lose their index entries exactly as
+with ``deep`` (one function, :func:`_unindex`), and damaged chunk objects are moved.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -87,9 +89,18 @@ def verify(repo: Repository, *, deep: bool = False, parallel: int = 8,
             problems.append(Problem(what, name, detail, backups, moved))
 
     def sample() -> sampling.Sampled | None:
-        return None if subset is None else sampling.read_subset(
+        if subset is None:
+            return None
+        damaged: list[Entry] = []
+
+        def blob(e: Entry) -> None:
+            with guard:
+                damaged.append(e)
+        sampled = sampling.read_subset(
             repo, subset, users, lengths, found, parallel=parallel, progress=progress,
-            quarantine=quarantine)
+            quarantine=quarantine, on_damaged_blob=blob if quarantine else None)
+        _unindex(repo, damaged, problems)  # every read done: as the deep verify's
+        return sampled
     with Lock(repo, "exclusive" if quarantine else "shared"):
         users: dict[bytes, list[str]] = {}
         lengths: dict[bytes, int] = {}
@@ -213,12 +224,27 @@ def _verify_packed(repo: Repository, users: dict[bytes, list[str]], lengths: dic
                 damaged[cid] = loc
 
     packreader.fetch(repo, ((cid, lengths[cid], cid) for cid in todo), ok, parallel=parallel, on_error=bad)
-    if damaged:  # after every read: the index is not changed under the reader
-        dropped = drop_entries(repo, damaged.values())
-        for i, p in enumerate(problems):
-            cid = bytes.fromhex(p.name) if p.what == "corrupt" else b""
-            if cid in dropped:
-                problems[i] = dataclasses.replace(p, quarantined=(
-                    f"unindexed: entry dropped from {', '.join(dropped[cid])} (the blob stays in "
-                    f"{pack_key(damaged[cid].pack)})"))
+    _unindex(repo, damaged.values(), problems)  # after every read: the index is not changed under the reader
     return done
+
+
+def _unindex(repo: Repository, damaged: Iterable[Entry], problems: list[Problem]) -> None:
+    """Format 2 quarantine of damaged blobs inside packs (format §11.7), for ``--deep`` and
+    ``--read-data-subset`` alike: drop the index entries placing a chunk at one of the
+    ``damaged`` locations (:func:`.rebuildindex.drop_entries`, under the exclusive lock,
+    after every read) and say so in each ``corrupt`` problem of that chunk. An entry the
+    index does not hold at that place (a copy only a pack header names) drops nothing and
+    its problem stays unannotated: another copy may be the one backups read."""
+    entries = list(damaged)
+    if not entries:
+        return
+    where: dict[bytes, set[str]] = {}
+    for e in entries:
+        where.setdefault(e.cid, set()).add(pack_key(e.pack))
+    dropped = drop_entries(repo, entries)
+    for i, p in enumerate(problems):
+        cid = bytes.fromhex(p.name) if p.what == "corrupt" else b""
+        if cid in dropped:
+            problems[i] = dataclasses.replace(p, quarantined=(
+                f"unindexed: entry dropped from {', '.join(dropped[cid])} (the blob stays in "
+                f"{', '.join(sorted(where[cid]))})"))

@@ -13,9 +13,10 @@ import pytest
 from statehold.backup import chunkstore
 from statehold.backup.dirstore import DirectoryStore
 from statehold.backup.imagebackup import Parent, create_backup
-from statehold.backup.packs import INDEX_PREFIX, decode_index, pack_key
+from statehold.backup.packs import INDEX_PREFIX, PACK_PREFIX, decode_index, pack_id_of, pack_key
 from statehold.backup.repository import Repository
 from statehold.backup.restoring import restore_image
+from statehold.backup.sampling import Subset
 from statehold.backup.verifying import verify
 from statehold.errors import Corrupt
 
@@ -57,6 +58,56 @@ def test_a_damaged_chunk_in_a_pack_is_unindexed_and_the_next_backup_mends_it(tmp
     assert victim not in {c for info in store.list(INDEX_PREFIX)
                           for c, _p, _o, _n in decode_index(repo.get_blob(info.key), info.key)}
     # every other chunk is still indexed: the quick verify finds only this one missing
+    quick = verify(_fresh(repo, tmp_path / "c2"))
+    assert [(p.what, p.name) for p in quick.problems] == [("missing", victim.hex())]
+
+    third = create_backup(_fresh(repo, tmp_path / "c3"), img, volume="p/v", parent=Parent(second, img))
+    assert third.stats.chunks_new == 1  # only the unindexed chunk is stored again
+    reader = _fresh(repo, tmp_path / "c4")
+    for m in (first, second, third):
+        out = tmp_path / f"{m.backup_id}.img"
+        restore_image(reader, m.backup_id, out)
+        assert same_bytes(img, out)
+    assert verify(reader, deep=True).ok
+
+
+def test_a_subset_verify_with_quarantine_unindexes_a_damaged_blob_of_a_pack_it_reads(tmp_path: Path) -> None:
+    """``verify --read-data-subset N% --quarantine``: the same unindexing as the deep verify,
+    for the packs the subset reads, and only those."""
+    store = DirectoryStore(tmp_path / "repo")
+    repo = Repository.init(store, "pw", version=2, chunk_size=64 << 10, pack_size=MiB)
+    rnd = random.Random(11)
+    img = write_image(tmp_path / "v.img", 4 * MiB + 100, [(i * MiB, rnd.randbytes(MiB)) for i in range(4)])
+    first = create_backup(repo, img, volume="p/v", commit_every=MiB)
+    second = create_backup(repo, img, volume="p/v", parent=Parent(first, img))
+    victim = list(first.chunk_ids())[6]
+    loc = chunkstore.index_of(repo).lookup(victim)
+    assert loc is not None
+    flip_byte(store, pack_key(loc.pack), loc.offset + 3)
+    index_before = {i.key for i in store.list(INDEX_PREFIX)}
+
+    # a slice that does not hold the damaged pack reads other packs and changes nothing
+    others = [pack_id_of(i.key) for i in store.list(PACK_PREFIX) if i.key != pack_key(loc.pack)]
+    assert others
+    # pack ids are random: the first m with a slice holding another pack but not this one
+    part, parts = next((n, m) for m in range(2, 64)
+                       for n in sorted({Subset(1, m).slice_of(p) for p in others})
+                       if n != Subset(1, m).slice_of(loc.pack))
+    missed = verify(_fresh(repo, tmp_path / "c0"), quarantine=True, subset=Subset(part=part, parts=parts))
+    assert missed.subset is not None and missed.subset.read >= 1
+    assert missed.ok
+    assert {i.key for i in store.list(INDEX_PREFIX)} == index_before
+
+    report = verify(_fresh(repo, tmp_path / "c1"), quarantine=True, subset=Subset.parse("100%"))
+    assert report.subset is not None and report.subset.read == report.subset.total
+    [problem] = report.problems
+    assert (problem.what, problem.name) == ("corrupt", victim.hex())
+    assert set(problem.backups) == {first.backup_id, second.backup_id}
+    assert problem.quarantined.startswith("unindexed") and pack_key(loc.pack) in problem.quarantined
+    index_after = {i.key for i in store.list(INDEX_PREFIX)}
+    assert index_before - index_after and index_after - index_before
+    assert victim not in {c for info in store.list(INDEX_PREFIX)
+                          for c, _p, _o, _n in decode_index(repo.get_blob(info.key), info.key)}
     quick = verify(_fresh(repo, tmp_path / "c2"))
     assert [(p.what, p.name) for p in quick.problems] == [("missing", victim.hex())]
 
