@@ -111,9 +111,6 @@ def _write_all(repo: Repository, m: Manifest, path: Path, parallel: int, progres
     done = 0
     written = 0
     lock = threading.Lock()
-    write_lock = threading.Lock()
-    """One pwrite at a time: buffered writes to one file serialise on its inode lock anyway,
-    and decode threads queued there (XFS) spin in the kernel instead of sleeping here."""
     if progress is not None:
         progress(0, total)
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
@@ -124,9 +121,8 @@ def _write_all(repo: Repository, m: Manifest, path: Path, parallel: int, progres
             view = memoryview(data)
             pos = 0
             try:
-                with write_lock:
-                    while pos < length:
-                        pos += os.pwrite(fd, view[pos:], off + pos)
+                while pos < length:
+                    pos += os.pwrite(fd, view[pos:], off + pos)
             except OSError as exc:
                 raise _write_error(exc, path, off + pos) from exc
             with lock:
