@@ -38,11 +38,16 @@ equal interval with no snapshot is the **baseline stall**; the snapshot is delet
 pool settled (untimed). Then 4 KiB random-write IOPS of each volume (fio, qd32, a snapshot
 retained), informational. ``--layout`` picks the candidate:
 
-* ``file`` (today): ``volumes/<n>.img`` in the pool filesystem, the engine's own
+* ``file`` (the default pool layout): ``volumes/<n>.img`` in the pool filesystem,
   ``Pool.create_snapshot`` (FICLONE); ``--pool-fs xfs`` (default) or ``btrfs``;
-* ``subvolume``: btrfs pool, each volume file alone in a subvolume; snapshot = a read-only
-  subvolume snapshot (``BTRFS_IOC_SNAP_CREATE_V2``); ``--presync`` commits the pool's
-  transaction first (``BTRFS_IOC_SYNC``, timed as part of the snapshot).
+* ``subvolume`` (the opt-in pool layout, engine/layouts.py): btrfs pool, each volume file
+  alone in a subvolume; ``Pool.create_snapshot`` = a read-only subvolume snapshot
+  (``BTRFS_IOC_SNAP_CREATE_V2``); ``--presync`` commits the pool's transaction first
+  (``BTRFS_IOC_SYNC``, timed as part of the snapshot; a mounted volume's snapshot does it
+  anyway, outside the freeze).
+
+``--layout subvolume`` without ``--fragmented``: the fresh-volume runs above on a pool of
+that layout (two images: btrfs).
 
 With ``--mounted`` the two volumes are XFS filesystems, mounted, and fio, the fragmentation
 and the probe write a data file filling each; snapshots then freeze (the engine: early copy,
@@ -111,7 +116,10 @@ def measure(pool: Pool, volume: str, size: int, i: int, mounted: bool) -> tuple[
 
 def settle(pool: Pool) -> None:
     """syncfs the pool (untimed): XFS frees a deleted reflinked file's extents in the
-    background, and that work must not land inside the next timed operation."""
+    background (btrfs a deleted subvolume's tree), and that work must not land inside the
+    next timed operation."""
+    if pool.layout.name == "subvolume":
+        run(["btrfs", "subvolume", "sync", str(pool.mountpoint)], timeout=1800)
     syncfs(str(pool.mountpoint))
 
 
@@ -156,10 +164,12 @@ def main() -> None:
     ratio = float("nan")
     try:
         image_size = sum(sizes.values()) + 4 * GiB
+        count = 2 if args.layout == "subvolume" else 1  # several disks: btrfs
         pool = node.create_pool(PoolSpec(
-            name="bench", images=(str(home / "disks" / "bench-0.img"),),
-            image_size=image_size, overprovision_ratio=float(len(sizes) + 2),
+            name="bench", images=tuple(str(home / "disks" / f"bench-{i}.img") for i in range(count)),
+            image_size=image_size, overprovision_ratio=float(len(sizes) + 2), layout=args.layout,
         ))
+        print(f"pool: {pool.fs}, layout {pool.layout.name}", flush=True)
         for label, size in sizes.items():
             if args.mounted:
                 pool.create_volume(label, size, mode=VolumeMode.FILESYSTEM, fs=FsType.XFS)

@@ -4,19 +4,19 @@ See ``bench/snapshot.py``'s docstring for what is measured. This module builds t
 filesystem itself (an image under the bench's home, loop-attached, mkfs, mounted), so that
 each candidate layout sits on the filesystem it needs:
 
-* ``file``: an engine directory pool on that filesystem; volumes, snapshots, deletion and
-  settling go through ``Pool`` exactly as the product does them;
-* ``subvolume``: the layout the engine does not have (docs/design/snapshots.md): the bench
-  makes ``sv/<name>/volume.img`` inside a btrfs subvolume per volume, attaches it as the
-  engine attaches volumes (``loop.attach``: direct I/O, 4096-byte sectors) and snapshots the
-  subvolume with the btrfs ioctls.
+* ``file``: an engine directory pool on that filesystem;
+* ``subvolume``: an engine directory pool of layout ``subvolume`` on btrfs
+  (``volumes/<name>/volume.img``, a subvolume per volume; a snapshot is a read-only
+  subvolume snapshot, frozen around the ioctl alone when mounted).
+
+Either way volumes, snapshots, deletion and settling go through ``Pool`` exactly as the
+product does them.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
 import random
@@ -28,11 +28,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from statehold.engine import freeze, fs, loop
+from statehold.engine import freeze, loop, subvolume
 from statehold.engine.fiemap import raw_extents
 from statehold.engine.names import parse_size
 from statehold.engine.node import Node
@@ -44,17 +43,6 @@ GOAL_MS = 50.0
 HOT = 64 * MiB
 """The probe rewrites this much at the start of the aged volume (a hot set: bounded growth
 of the extent count while the runs go on)."""
-
-# linux/btrfs.h: _IOW(0x94, 23, struct btrfs_ioctl_vol_args_v2) (4096 bytes), _IOW(0x94,
-# 15, struct btrfs_ioctl_vol_args) (4096 bytes), _IO(0x94, 14) create, _IO(0x94, 8) sync
-BTRFS_IOC_SNAP_CREATE_V2 = 0x50009417
-BTRFS_IOC_SNAP_DESTROY = 0x5000940F
-BTRFS_IOC_SUBVOL_CREATE = 0x5000940E
-BTRFS_IOC_SYNC = 0x9408
-BTRFS_SUBVOL_RDONLY = 1 << 1
-_VOL_ARGS_V2 = struct.Struct("=qQQ32x")  # fd, transid, flags, the union; then name[4040]
-_VOL_ARGS = struct.Struct("=q")          # fd; then name[4088]
-
 
 def add_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("fragmented case (issue 14)")
@@ -102,16 +90,18 @@ class Layout:
         """Release what :meth:`make` and :meth:`attach` made."""
 
 
-class FileLayout(Layout):
-    """Today's layout, through the engine (a directory pool on the bench's filesystem)."""
+class EngineLayout(Layout):
+    """A directory pool of the engine on the bench's filesystem, of either pool layout."""
 
-    def __init__(self, home: Path, root: Path, *, filesystem: bool) -> None:
+    def __init__(self, home: Path, root: Path, *, filesystem: bool, layout: str,
+                 presync: bool) -> None:
         self.node = Node(home / "node")
         self.pool: Pool | None = None
         self.pool = self.node.create_pool(PoolSpec(name="bench", directory=str(root),
-                                                   overprovision_ratio=4.0))
+                                                   overprovision_ratio=4.0, layout=layout))
         self.names: list[str] = []
         self.filesystem = filesystem
+        self.presync = presync
         self.mounted = {}
 
     def make(self, name: str, size: int) -> Path:
@@ -133,7 +123,11 @@ class FileLayout(Layout):
         return self.pool.attach(name)
 
     def snapshot(self, volume: str, snap: str) -> None:
+        """(``--presync``: commit the pool's transaction first, timed); the engine's
+        snapshot (a mounted volume: flush, pool sync, freeze around the ioctl, thaw)."""
         assert self.pool is not None
+        if self.presync:
+            subvolume.sync(self.pool.mountpoint)
         self.pool.create_snapshot(volume, snap, freeze=True)
 
     def delete(self, snap: str) -> None:
@@ -142,6 +136,9 @@ class FileLayout(Layout):
 
     def settle(self) -> None:
         assert self.pool is not None
+        if self.pool.layout.name == "subvolume":
+            # wait until the cleaner has dropped deleted subvolumes (and commit)
+            run(["btrfs", "subvolume", "sync", str(self.pool.mountpoint)], timeout=1800)
         freeze.syncfs(str(self.pool.mountpoint))
 
     def close(self) -> None:
@@ -157,92 +154,6 @@ class FileLayout(Layout):
                 self.node.destroy_pool(self.pool.name)
         finally:
             self.node.close()
-
-
-class SubvolumeLayout(Layout):
-    """A btrfs subvolume per volume; a snapshot is a read-only snapshot of it."""
-
-    def __init__(self, root: Path, *, presync: bool) -> None:
-        self.root = root
-        self.presync = presync
-        (root / "sv").mkdir()
-        (root / "svsnap").mkdir()
-        self.paths: dict[str, Path] = {}
-        self.mounted = {}
-
-    def make(self, name: str, size: int) -> Path:
-        _subvol_create(self.root / "sv", name)
-        path = self.root / "sv" / name / "volume.img"
-        with open(path, "wb") as f:
-            f.truncate(size)
-        self.paths[name] = path
-        return path
-
-    def attach(self, name: str) -> str:
-        return loop.attach(self.paths[name])
-
-    def mount(self, name: str, target: Path) -> None:
-        device = loop.attach(self.paths[name])
-        fs.mkfs(device, FsType.XFS)
-        target.mkdir(parents=True)
-        fs.mount(device, target, "xfs")
-        self.mounted[name] = target
-
-    def snapshot(self, volume: str, snap: str) -> None:
-        """Presync (optional), then, for a mounted volume, freeze around the snapshot."""
-        if self.presync:
-            with _opendir(self.root) as fd:
-                fcntl.ioctl(fd, BTRFS_IOC_SYNC, 0)
-        target = self.mounted.get(volume)
-        if target is not None:
-            freeze.syncfs(str(target))
-        arg = bytearray(4096)
-        with _opendir(self.root / "sv" / volume) as src, _opendir(self.root / "svsnap") as dst, \
-                freeze.frozen(str(target) if target is not None else None):
-            _VOL_ARGS_V2.pack_into(arg, 0, src, 0, BTRFS_SUBVOL_RDONLY)
-            arg[_VOL_ARGS_V2.size:_VOL_ARGS_V2.size + len(snap)] = snap.encode()
-            fcntl.ioctl(dst, BTRFS_IOC_SNAP_CREATE_V2, arg)
-
-    def delete(self, snap: str) -> None:
-        _subvol_destroy(self.root / "svsnap", snap)
-
-    def settle(self) -> None:
-        # wait until the cleaner has dropped deleted subvolumes (and commit)
-        run(["btrfs", "subvolume", "sync", str(self.root)], timeout=1800)
-        freeze.syncfs(str(self.root))
-
-    def close(self) -> None:
-        for target in self.mounted.values():
-            fs.umount(target)
-        for path in self.paths.values():
-            for dev in loop.find(path):
-                loop.detach(dev)
-
-
-@contextlib.contextmanager
-def _opendir(path: Path) -> Iterator[int]:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def _name_arg(parent_fd: int, name: str) -> bytearray:
-    arg = bytearray(4096)
-    _VOL_ARGS.pack_into(arg, 0, parent_fd)
-    arg[_VOL_ARGS.size:_VOL_ARGS.size + len(name)] = name.encode()
-    return arg
-
-
-def _subvol_create(parent: Path, name: str) -> None:
-    with _opendir(parent) as fd:
-        fcntl.ioctl(fd, BTRFS_IOC_SUBVOL_CREATE, _name_arg(0, name))
-
-
-def _subvol_destroy(parent: Path, name: str) -> None:
-    with _opendir(parent) as fd:
-        fcntl.ioctl(fd, BTRFS_IOC_SNAP_DESTROY, _name_arg(0, name))
 
 
 # -- the pool filesystem -----------------------------------------------------------------------
@@ -370,9 +281,8 @@ def main(args: argparse.Namespace) -> None:
     ratio = float("nan")
     try:
         with PoolFs(home, fstype, 4 * size + 4 * GiB) as poolfs:
-            layout = (SubvolumeLayout(poolfs.root, presync=args.presync)
-                      if args.layout == "subvolume"
-                      else FileLayout(home, poolfs.root, filesystem=args.mounted))
+            layout = EngineLayout(home, poolfs.root, filesystem=args.mounted,
+                                  layout=args.layout, presync=args.presync)
             paths: dict[str, Path] = {}
             devices: dict[str, str] = {}  # what fio and the probe write: device or data file
             io_size = size

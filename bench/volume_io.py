@@ -13,9 +13,15 @@ runs as many short volume/baseline pairs, adjacent in time with alternating orde
 the job's ratio is the median of the pair ratios. Prints both sides (medians), every pair
 ratio, and last ``ratio=<min of the job ratios>``.
 
+With ``--layout subvolume`` the pool is btrfs on two images, of the opt-in ``subvolume``
+layout (the volume's file alone in a btrfs subvolume, engine/layouts.py); the baseline is
+still a plain file in that (btrfs) pool filesystem, and a second baseline, a plain file in
+an XFS pool beside it (what the default layout's volumes sit on), is run in the same
+rounds: ``vs XFS file`` is what choosing the layout costs.
+
 Usage: ``.venv/bin/python bench/volume_io.py [--runtime 2] [--pairs 9] [--image-dir DIR]
-[--no-tune]``. Runs as root; everything lives under its own home in /var/tmp (and the
-pool image in ``--image-dir`` when given) and is removed at the end.
+[--no-tune] [--layout file|subvolume]``. Runs as root; everything lives under its own home
+in /var/tmp (and the pool images in ``--image-dir`` when given) and is removed at the end.
 """
 
 from __future__ import annotations
@@ -102,46 +108,72 @@ def main() -> None:
         "/dev/shm takes the host disk's noise out and leaves the CPU cost of the layers)",
     )
     parser.add_argument("--no-tune", action="store_true", help="leave queue settings as attached")
+    parser.add_argument("--layout", choices=("file", "subvolume"), default="file",
+                        help="the pool layout of the volume (subvolume: btrfs on two images)")
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="statehold-bench-io-", dir="/var/tmp"))
     node = Node(home)
     pool = None
+    xfs_pool = None
+    ratios: dict[str, float] = {}
     try:
         image_dir = Path(args.image_dir) if args.image_dir else home / "disks"
-        image = image_dir / f"{home.name}-pool.img"  # unique: named after our own home
-        pool = node.create_pool(PoolSpec(name="bench", images=(str(image),), image_size=4 * GiB))
-        print(f"pool: XFS on {image} (sparse image, loop-attached by the engine)")
+        count = 2 if args.layout == "subvolume" else 1
+        images = tuple(str(image_dir / f"{home.name}-pool{i}.img") for i in range(count))
+        pool = node.create_pool(PoolSpec(name="bench", images=images, image_size=4 * GiB,
+                                         layout=args.layout))
+        print(f"pool: {pool.fs} on {', '.join(images)} (sparse images, loop-attached by the "
+              f"engine), layout {pool.layout.name}")
         pool.create_volume("io", SIZE, mode=VolumeMode.BLOCK, fs=None)
         device = pool.attach("io")
         settings = {} if args.no_tune else tune(device)
-        baseline = str(pool.mountpoint / "baseline.img")
+        baselines = {"baseline": str(pool.mountpoint / "baseline.img")}
         print(f"volume: {device} (block-mode volume, direct I/O, 4096-byte sectors) {settings}")
-        print(f"baseline: {baseline} (plain file in the pool filesystem, O_DIRECT)")
-        for target in (device, baseline):
+        print(f"baseline: {baselines['baseline']} (plain file in the pool filesystem, O_DIRECT)")
+        if args.layout == "subvolume":
+            xfs_pool = node.create_pool(PoolSpec(
+                name="benchxfs", images=(str(image_dir / f"{home.name}-xfs.img"),),
+                image_size=4 * GiB))
+            baselines["xfs file"] = str(xfs_pool.mountpoint / "baseline.img")
+            print(f"xfs file: {baselines['xfs file']} (plain file in an XFS pool, O_DIRECT)")
+        for target in (device, *baselines.values()):
             fill(target)
 
-        ratios: dict[str, float] = {}
-        print(f"{'job':<20}{'volume':>14}{'baseline':>14}{'ratio':>8}   (median of {args.pairs} pairs)")
+        print(f"{'job':<20}{'volume':>14}" + "".join(f"{n:>14}{'ratio':>8}" for n in baselines)
+              + f"   (median of {args.pairs} rounds)")
         for job in JOBS:
-            vols, bases, pair_ratios = [], [], []
+            got_all: dict[str, list[float]] = {t: [] for t in (device, *baselines.values())}
+            round_ratios: dict[str, list[float]] = {n: [] for n in baselines}
+            targets = [device, *baselines.values()]
             for i in range(args.pairs):
-                # adjacent in time, order alternating: drift of the host disk cancels out
-                order = (device, baseline) if i % 2 == 0 else (baseline, device)
+                # adjacent in time, order rotating: drift of the host disk cancels out
+                order = targets[i % len(targets):] + targets[:i % len(targets)]
                 got = {t: fio(t, job, args.runtime) for t in order}
-                vols.append(got[device])
-                bases.append(got[baseline])
-                pair_ratios.append(got[device] / got[baseline])
-            vol, base = statistics.median(vols), statistics.median(bases)
-            ratios[job.name] = statistics.median(pair_ratios)
+                for t, v in got.items():
+                    got_all[t].append(v)
+                for n, t in baselines.items():
+                    round_ratios[n].append(got[device] / got[t])
             unit = "IOPS" if job.metric == "iops" else "MiB/s"
             scale = 1.0 if job.metric == "iops" else 1 / 1024
-            print(f"{job.name:<20}{vol * scale:>9.0f} {unit:<5}{base * scale:>8.0f} {unit:<5}"
-                  f"{ratios[job.name]:>8.3f}   pairs: "
-                  + " ".join(f"{r:.2f}" for r in pair_ratios), flush=True)
+            line = f"{job.name:<20}{statistics.median(got_all[device]) * scale:>9.0f} {unit:<5}"
+            for n, t in baselines.items():
+                r = statistics.median(round_ratios[n])
+                if n == "baseline":
+                    ratios[job.name] = r
+                else:
+                    ratios[f"{job.name} vs {n}"] = r
+                line += f"{statistics.median(got_all[t]) * scale:>8.0f} {unit:<5}{r:>8.3f}"
+            print(line + "   rounds: " + " ".join(f"{r:.2f}" for r in round_ratios["baseline"]),
+                  flush=True)
     finally:
+        if xfs_pool is not None:
+            node.destroy_pool(xfs_pool.name)
         cleanup(node, pool, home, ["io"])
-    print(f"ratio={min(ratios.values()):.3f}")
+    if args.layout == "subvolume":
+        print("vs XFS file: " + ", ".join(f"{k.split(' vs ')[0]} {v:.3f}"
+                                          for k, v in ratios.items() if " vs " in k))
+    print(f"ratio={min(v for k, v in ratios.items() if ' vs ' not in k):.3f}")
 
 
 
