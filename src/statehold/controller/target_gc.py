@@ -4,14 +4,15 @@ Pruning and forgetting remove manifests; the chunks only they named stay until a
 deletes them (format §9). In a cluster, gc runs on the target's own cron schedule:
 
 * **Cluster side** (:func:`schedule_gc`, the operator, on a change of the target and every
-  30 s): when a slot is due (slots missed since the last one, or since the target was
-  created when ``spec.gc`` is added later, collapse into one), it chooses one node agent
-  (a node with a Ready StoragePool or our CSI driver, the same one while it stays) and
-  writes the request into ``status.gc``: ``phase: Pending``, ``node``, ``scheduledTime``.
-  The operator cannot do it itself: a directory target is mounted on the nodes only.
-  Missed slots collapse into one; a slot that finds the previous run still Pending or
-  Running is skipped, unless that run looks abandoned (:data:`PENDING_STALE`,
-  :data:`RUNNING_STALE`): then it goes to a node again.
+  30 s; :func:`.target_jobs.schedule`, shared with the scheduled verify): when a slot is
+  due (slots missed since the last one, or since the target was created when ``spec.gc``
+  is added later, collapse into one), it chooses one node agent (a node with a Ready
+  StoragePool or our CSI driver, the same one while it stays) and writes the request into
+  ``status.gc``: ``phase: Pending``, ``node``, ``scheduledTime``. The operator cannot do it
+  itself: a directory target is mounted on the nodes only. A slot that finds the previous
+  run still Pending or Running is skipped, unless that run looks abandoned
+  (:data:`.target_jobs.PENDING_STALE`, :data:`.target_jobs.RUNNING_STALE`): then it goes to
+  a node again.
 * **Node side** (:func:`gc_pass`, every agent, every 30 s): the agent named by a Pending
   (or, after a restart, Running) request runs :func:`statehold.backup.collecting.gc`,
   which holds the repository's exclusive lock, so it never runs beside a backup, a
@@ -25,84 +26,29 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
 from typing import Any
 
 from statehold.backup.collecting import GcResult
-from statehold.controller import backup_runner
+from statehold.controller import backup_runner, target_jobs
 from statehold.controller.problems import Problem
 from statehold.controller.report import Clock, Reporter
-from statehold.controller.schedules import due, parse_cron, parse_time
-from statehold.controller.shared_locate import choose_node, driver_nodes
+from statehold.controller.target_jobs import Job
 from statehold.controller.targets import TargetConfig, target_from
 from statehold.errors import Aborted, NotFound, StateholdError
 from statehold.kube.events import rfc3339
 from statehold.kube.facade import Kube, Obj
-from statehold.kube.kinds import BACKUP_TARGET, CSI_NODE, STORAGE_POOL
 
 log = logging.getLogger("statehold.controller.gc")
 
-CONDITION = "GarbageCollection"
-PENDING_STALE = timedelta(minutes=10)
-"""A request no agent has started for this long goes to a node again at the next slot."""
-RUNNING_STALE = timedelta(hours=24)
-"""A run reported Running for this long (its agent died mid-way) is requested again."""
-ACTIVE = ("Pending", "Running")
-
-
-def gc_status(obj: Obj) -> dict[str, Any]:
-    return dict((obj.get("status") or {}).get("gc") or {})
-
-
-def candidate_nodes(kube: Kube) -> list[str]:
-    """Nodes running an agent: a Ready StoragePool's node, or a CSINode with our driver."""
-    pools = {str(p["spec"].get("node")) for p in kube.list(STORAGE_POOL)
-             if (p.get("status") or {}).get("phase") == "Ready" and p["spec"].get("node")}
-    return sorted(pools | set(driver_nodes(kube.list(CSI_NODE))))
-
-
-def _abandoned(st: dict[str, Any], now: datetime) -> bool:
-    if st.get("phase") == "Pending":
-        asked = parse_time(st.get("scheduledTime"))
-        return asked is None or now - asked > PENDING_STALE
-    started = parse_time(st.get("startTime")) or parse_time(st.get("scheduledTime"))
-    return started is None or now - started > RUNNING_STALE
+GC = Job("gc", "GarbageCollection", "GarbageCollectionScheduled")
+"""Where the cluster gc lives in a BackupTarget and how its schedule is reported."""
 
 
 def schedule_gc(kube: Kube, rep: Reporter) -> None:
     """Cluster side: note the next slot, and hand a due one to a node. Problems (a bad cron
     line, no node to run it) go into the ``GarbageCollection`` condition and an Event; the
     target itself stays usable."""
-    obj = rep.obj
-    spec = (obj.get("spec") or {}).get("gc")
-    if not spec:
-        return
-    st = gc_status(obj)
-    t = rep.now()
-    try:
-        expr = parse_cron(str(spec["schedule"]))
-        last = (parse_time(st.get("lastScheduleTime"))
-                or parse_time(obj["metadata"].get("creationTimestamp")) or t)
-        timing = due(expr, last, t)
-        fields: dict[str, Any] = {"nextScheduleTime": rfc3339(timing.next_at)}
-        asked = None
-        if timing.run_at is not None:
-            fields["lastScheduleTime"] = rfc3339(timing.run_at)
-            if st.get("phase") not in ACTIVE or _abandoned(st, t):
-                prefer = st.get("node") if st.get("phase") not in ACTIVE else None
-                node = choose_node(obj["metadata"]["uid"], candidate_nodes(kube), prefer)
-                asked = node
-                fields.update(phase="Pending", node=node, scheduledTime=rfc3339(timing.run_at),
-                              message=f"requested of the agent on {node}")
-    except Problem as p:
-        rep.update(condition=(CONDITION, False, p.reason, p.message))
-        rep.event("Warning", p.reason, p.message)
-        return
-    rep.update({"gc": fields}, condition=(CONDITION, True, "Scheduled",
-                                          f"next run {fields['nextScheduleTime']}"))
-    if asked:
-        rep.event("Normal", "GarbageCollectionScheduled",
-                  f"gc of {obj['metadata']['name']} requested of the agent on {asked}")
+    target_jobs.schedule(kube, rep, GC)
 
 
 def tick(kube: Kube, obj: Obj, now: Clock) -> None:
@@ -114,38 +60,16 @@ def tick(kube: Kube, obj: Obj, now: Clock) -> None:
 
 def tick_all(kube: Kube, now: Clock) -> None:
     """:func:`tick` for every BackupTarget; one failing does not stop the others."""
-    for obj in kube.list(BACKUP_TARGET):
-        try:
-            tick(kube, obj, now)
-        except StateholdError as exc:
-            log.warning("gc schedule of %s/%s: %s", obj["metadata"].get("namespace"),
-                        obj["metadata"]["name"], exc)
+    target_jobs.tick_all(kube, now, GC)
 
 
 # -- node side --------------------------------------------------------------------------------
 
-def requested_pass(kube: Kube, node_name: str, field: str,
-                   run: Callable[[Kube, Obj], str]) -> dict[str, str]:
-    """Run every job (``status.<field>``: gc, verify) that the operator asked of this node;
-    target -> outcome. One target failing (e.g. its status write) waits for the next pass."""
-    done = {}
-    for obj in kube.list(BACKUP_TARGET):
-        st = ((obj.get("status") or {}).get(field)) or {}
-        if st.get("node") == node_name and st.get("phase") in ACTIVE:
-            key = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
-            try:
-                done[key] = run(kube, obj)
-            except StateholdError as exc:
-                log.warning("%s target=%s: %s", field, key, exc)
-                done[key] = "Error"
-    return done
-
-
 def gc_pass(kube: Kube, node_name: str, now: Clock,
             clock: Callable[[], float] = time.monotonic) -> dict[str, str]:
     """Run every gc requested of this node; target -> outcome."""
-    return requested_pass(kube, node_name, "gc",
-                          lambda k, obj: run_gc(k, obj, node_name, now, clock))
+    return target_jobs.requested_pass(kube, node_name, GC,
+                                      lambda k, obj: run_gc(k, obj, node_name, now, clock))
 
 
 def run_gc(kube: Kube, obj: Obj, node_name: str, now: Clock,
@@ -154,7 +78,7 @@ def run_gc(kube: Kube, obj: Obj, node_name: str, now: Clock,
     or the target's Secrets are missing, ``Failed``) is written into ``status.gc``."""
     rep = Reporter(kube, obj, now, component=f"statehold-agent/{node_name}")
     name = obj["metadata"]["name"]
-    spec = (obj.get("spec") or {}).get("gc") or {}
+    spec = GC.spec(obj)
     grace = float(spec.get("graceSeconds", 3600))
     try:
         target = target_from(kube, obj)

@@ -4,7 +4,8 @@ A backup that cannot be restored is found when it is needed, unless something re
 repository before. ``spec.verify: {schedule, readDataSubset}`` runs ``backup verify`` on
 the target's own cron schedule, split like the cluster gc (:mod:`.target_gc`):
 
-* **Cluster side** (:func:`schedule_verify`, the operator, every 30 s): a due slot (missed
+* **Cluster side** (:func:`schedule_verify`, the operator, every 30 s, through
+  :func:`.target_jobs.schedule` as the gc's): a due slot (missed
   slots collapse into one) picks one node agent (a node with a Ready StoragePool or our
   CSI driver; the same one while it stays) and writes the request into ``status.verify``:
   ``phase: Pending``, ``node``, ``scheduledTime``, and the ``subset`` this run reads. A
@@ -30,7 +31,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -39,12 +39,11 @@ from prometheus_client.registry import Collector
 from statehold.backup.repository import Repository
 from statehold.backup.sampling import Subset
 from statehold.backup.verifying import VerifyReport, verify
-from statehold.controller import backup_runner
+from statehold.controller import backup_runner, target_jobs
 from statehold.controller.problems import Problem
 from statehold.controller.report import Clock, Reporter
-from statehold.controller.schedules import due, parse_cron, parse_time
-from statehold.controller.shared_locate import choose_node
-from statehold.controller.target_gc import candidate_nodes, requested_pass
+from statehold.controller.schedules import parse_time
+from statehold.controller.target_jobs import Job
 from statehold.controller.targets import TargetConfig, target_from
 from statehold.errors import Aborted, InvalidArgument, NotFound, StateholdError
 from statehold.kube.events import rfc3339
@@ -53,27 +52,9 @@ from statehold.kube.kinds import BACKUP_TARGET
 
 log = logging.getLogger("statehold.controller.verify")
 
-CONDITION = "Verification"
-PENDING_STALE = timedelta(minutes=10)
-"""A request no agent has started for this long goes to a node again at the next slot."""
-RUNNING_STALE = timedelta(hours=24)
-"""A run reported Running for this long (its agent died mid-way) is requested again."""
-ACTIVE = ("Pending", "Running")
 MAX_DAMAGE = 20
 """Damaged objects listed in the status (all are counted in ``problems``)."""
 MAX_DETAIL = 300
-
-
-def verify_status(obj: Obj) -> dict[str, Any]:
-    return dict((obj.get("status") or {}).get("verify") or {})
-
-
-def _abandoned(st: dict[str, Any], now: datetime) -> bool:
-    if st.get("phase") == "Pending":
-        asked = parse_time(st.get("scheduledTime"))
-        return asked is None or now - asked > PENDING_STALE
-    started = parse_time(st.get("startTime")) or parse_time(st.get("scheduledTime"))
-    return started is None or now - started > RUNNING_STALE
 
 
 def subset_for_run(spec: dict[str, Any], st: dict[str, Any]) -> str:
@@ -93,54 +74,26 @@ def subset_for_run(spec: dict[str, Any], st: dict[str, Any]) -> str:
     return f"{part}/{subset.parts}"
 
 
+def _request(spec: dict[str, Any], st: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """A request's own field: the ``subset`` its run reads (and the Event's words)."""
+    subset = subset_for_run(spec, st)
+    return {"subset": subset}, f"read data subset {subset}" if subset else ""
+
+
+VERIFY = Job("verify", "Verification", "VerifyScheduled", _request)
+"""Where the scheduled verify lives in a BackupTarget and how its schedule is reported."""
+
+
 def schedule_verify(kube: Kube, rep: Reporter) -> None:
     """Cluster side: note the next slot, and hand a due one to a node. A bad cron line, a
     bad subset or no node to run it go into the ``Verification`` condition and an Event."""
-    obj = rep.obj
-    spec = (obj.get("spec") or {}).get("verify")
-    if not spec:
-        return
-    st = verify_status(obj)
-    t = rep.now()
-    try:
-        expr = parse_cron(str(spec["schedule"]))
-        subset = subset_for_run(spec, st)
-        last = (parse_time(st.get("lastScheduleTime"))
-                or parse_time(obj["metadata"].get("creationTimestamp")) or t)
-        timing = due(expr, last, t)
-        fields: dict[str, Any] = {"nextScheduleTime": rfc3339(timing.next_at)}
-        asked = None
-        if timing.run_at is not None:
-            fields["lastScheduleTime"] = rfc3339(timing.run_at)
-            if st.get("phase") not in ACTIVE or _abandoned(st, t):
-                prefer = st.get("node") if st.get("phase") not in ACTIVE else None
-                node = choose_node(obj["metadata"]["uid"], candidate_nodes(kube), prefer)
-                asked = node
-                fields.update(phase="Pending", node=node, scheduledTime=rfc3339(timing.run_at),
-                              subset=subset, message=f"requested of the agent on {node}")
-    except Problem as p:
-        rep.update(condition=(CONDITION, False, p.reason, p.message))
-        rep.event("Warning", p.reason, p.message)
-        return
-    rep.update({"verify": fields}, condition=(CONDITION, True, "Scheduled",
-                                              f"next run {fields['nextScheduleTime']}"))
-    if asked:
-        rep.event("Normal", "VerifyScheduled", f"verify of {obj['metadata']['name']}"
-                  + (f" (read data subset {subset})" if subset else "")
-                  + f" requested of the agent on {asked}")
+    target_jobs.schedule(kube, rep, VERIFY)
 
 
 def tick_all(kube: Kube, now: Clock) -> None:
     """:func:`schedule_verify` for every BackupTarget with ``spec.verify``; one failing does
     not stop the others."""
-    for obj in kube.list(BACKUP_TARGET):
-        if not (obj.get("spec") or {}).get("verify"):
-            continue
-        try:
-            schedule_verify(kube, Reporter(kube, obj, now))
-        except StateholdError as exc:
-            log.warning("verify schedule of %s/%s: %s", obj["metadata"].get("namespace"),
-                        obj["metadata"]["name"], exc)
+    target_jobs.tick_all(kube, now, VERIFY)
 
 
 # -- node side --------------------------------------------------------------------------------
@@ -148,8 +101,8 @@ def tick_all(kube: Kube, now: Clock) -> None:
 def verify_pass(kube: Kube, node_name: str, now: Clock,
                 clock: Callable[[], float] = time.monotonic) -> dict[str, str]:
     """Run every verify requested of this node; target -> outcome."""
-    return requested_pass(kube, node_name, "verify",
-                          lambda k, obj: run_verify(k, obj, node_name, now, clock))
+    return target_jobs.requested_pass(kube, node_name, VERIFY,
+                                      lambda k, obj: run_verify(k, obj, node_name, now, clock))
 
 
 def run_verify(kube: Kube, obj: Obj, node_name: str, now: Clock,
@@ -158,8 +111,8 @@ def run_verify(kube: Kube, obj: Obj, node_name: str, now: Clock,
     exclusive holder has it or the Secrets are missing, ``Failed`` when it could not be
     read at all) goes into ``status.verify``, damage into a ``VerifyFailed`` Event."""
     rep = Reporter(kube, obj, now, component=f"statehold-agent/{node_name}")
-    st = verify_status(obj)
-    spec = (obj.get("spec") or {}).get("verify") or {}
+    st = VERIFY.status(obj)
+    spec = VERIFY.spec(obj)
     try:
         target = target_from(kube, obj)
         text = str(st.get("subset") or "")
@@ -267,7 +220,7 @@ class VerifyMetrics(Collector):
         except StateholdError:
             targets = []
         for t in targets:
-            st = verify_status(t)
+            st = VERIFY.status(t)
             done = parse_time(st.get("completionTime"))
             if done is None or st.get("outcome") not in ("Clean", "Damaged"):
                 continue

@@ -15,7 +15,8 @@ from statehold.backup.retention import Policy
 from statehold.controller.conditions import find
 from statehold.controller.pruning import origin_of, pending, policy_from, retention_doc
 from statehold.controller.schedules import failed_to_prune, reconcile_schedule
-from statehold.controller.target_gc import candidate_nodes, gc_pass, tick
+from statehold.controller.target_gc import gc_pass, tick
+from statehold.controller.target_jobs import candidate_nodes
 from statehold.controller.target_status import reconcile_target
 from statehold.errors import InvalidArgument
 from statehold.kube.kinds import (
