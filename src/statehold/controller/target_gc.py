@@ -34,13 +34,13 @@ from statehold.controller.problems import Problem
 from statehold.controller.report import Clock, Reporter
 from statehold.controller.target_jobs import Job
 from statehold.controller.targets import TargetConfig, target_from
-from statehold.errors import Aborted, NotFound, StateholdError
+from statehold.errors import NotFound
 from statehold.kube.events import rfc3339
 from statehold.kube.facade import Kube, Obj
 
 log = logging.getLogger("statehold.controller.gc")
 
-GC = Job("gc", "GarbageCollection", "GarbageCollectionScheduled")
+GC = Job("gc", "GarbageCollection", "GarbageCollectionScheduled", "GarbageCollectionFailed")
 """Where the cluster gc lives in a BackupTarget and how its schedule is reported."""
 
 
@@ -83,23 +83,13 @@ def run_gc(kube: Kube, obj: Obj, node_name: str, now: Clock,
     try:
         target = target_from(kube, obj)
     except Problem as p:
-        rep.update({"gc": {"phase": "Pending", "message": p.message}})
-        rep.event("Warning", p.reason, p.message)
-        return "Pending"
-    rep.update({"gc": {"phase": "Running", "startTime": rfc3339(now()),
-                       "message": f"collecting {target.describe()}"}})
-    started = clock()
-    try:
-        result = collect(target, grace)
-    except Aborted as exc:  # a backup, restore, prune or gc holds the repository
-        rep.update({"gc": {"phase": "Pending", "message": f"repository busy, retried: {exc}"}})
-        return "Pending"
-    except StateholdError as exc:
-        message = f"gc of {target.describe()} failed: {exc}"
-        rep.update({"gc": {"phase": "Failed", "completionTime": rfc3339(now()), "message": message}})
-        rep.event("Warning", "GarbageCollectionFailed", message)
-        return "Failed"
-    took = round(max(0.0, clock() - started), 3)
+        return target_jobs.waiting(rep, GC, p)
+    # Aborted: a backup, restore, prune or gc holds the repository
+    ran = target_jobs.attempt(rep, GC, now, clock, target.describe(), f"collecting {target.describe()}",
+                              lambda: collect(target, grace))
+    if isinstance(ran, str):
+        return ran
+    result, took = ran.value, ran.seconds
     damaged = len(result.damaged) if result else 0
     fields: dict[str, Any] = {
         "phase": "Completed", "completionTime": rfc3339(now()), "durationSeconds": took,

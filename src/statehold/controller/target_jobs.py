@@ -14,8 +14,10 @@ split lives here once:
   then it goes to a node again. A bad cron line (or a bad job field) or no node to run it
   goes into the job's condition and a Warning Event; the target itself stays usable.
 * **Node side** (:func:`requested_pass`, every agent): the agent named by a Pending (or,
-  after a restart, Running) request runs the job and writes its result into the same
-  ``status.<field>``.
+  after a restart, Running) request runs the job (:func:`attempt`) and writes its result
+  into the same ``status.<field>``: Running while it runs; Pending again while the
+  target's Secrets are missing (:func:`waiting`) or another holder has the repository's
+  lock (tried at the next pass); Failed with a Warning Event (:func:`failed`).
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from statehold.controller.problems import Problem
 from statehold.controller.report import Clock, Reporter
 from statehold.controller.schedules import due, parse_cron, parse_time
 from statehold.controller.shared_locate import choose_node, driver_nodes
-from statehold.errors import StateholdError
+from statehold.errors import Aborted, StateholdError
 from statehold.kube.events import rfc3339
 from statehold.kube.facade import Kube, Obj
 from statehold.kube.kinds import BACKUP_TARGET, CSI_NODE, STORAGE_POOL
@@ -60,6 +62,8 @@ class Job:
     """The target's condition that says whether the schedule is usable."""
     scheduled: str
     """Reason of the Normal Event when a slot is handed to a node."""
+    failed: str
+    """Reason of the Warning Event when a run fails."""
     request: Request = _no_fields
 
     @property
@@ -155,3 +159,46 @@ def requested_pass(kube: Kube, node_name: str, job: Job,
                 job.log.warning("%s target=%s: %s", job.field, key, exc)
                 done[key] = "Error"
     return done
+
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Ran(Generic[R]):
+    """What a job's work returned, and how long it took (seconds, rounded to ms)."""
+
+    value: R
+    seconds: float
+
+
+def waiting(rep: Reporter, job: Job, p: Problem) -> str:
+    """The target cannot be used yet (e.g. its Secrets are missing): the request stays
+    Pending, a Warning Event says why."""
+    rep.update({job.field: {"phase": "Pending", "message": p.message}})
+    rep.event("Warning", p.reason, p.message)
+    return "Pending"
+
+
+def failed(rep: Reporter, job: Job, now: Clock, message: str) -> str:
+    """The run ended without a result: Failed, with a Warning Event of the job's reason."""
+    rep.update({job.field: {"phase": "Failed", "completionTime": rfc3339(now()), "message": message}})
+    rep.event("Warning", job.failed, message)
+    return "Failed"
+
+
+def attempt(rep: Reporter, job: Job, now: Clock, clock: Callable[[], float], target: str,
+            running: str, work: Callable[[], R]) -> Ran[R] | str:
+    """Node side: mark the run Running (``running`` as its message), then ``work()``. Its
+    value and duration, or the outcome already written: ``Pending`` when another holder has
+    the repository's lock (Aborted: the next pass tries again), ``Failed`` otherwise."""
+    rep.update({job.field: {"phase": "Running", "startTime": rfc3339(now()), "message": running}})
+    started = clock()
+    try:
+        value = work()
+    except Aborted as exc:
+        rep.update({job.field: {"phase": "Pending", "message": f"repository busy, retried: {exc}"}})
+        return "Pending"
+    except StateholdError as exc:
+        return failed(rep, job, now, f"{job.field} of {target} failed: {exc}")
+    return Ran(value, round(max(0.0, clock() - started), 3))

@@ -45,7 +45,7 @@ from statehold.controller.report import Clock, Reporter
 from statehold.controller.schedules import parse_time
 from statehold.controller.target_jobs import Job
 from statehold.controller.targets import TargetConfig, target_from
-from statehold.errors import Aborted, InvalidArgument, NotFound, StateholdError
+from statehold.errors import InvalidArgument, NotFound, StateholdError
 from statehold.kube.events import rfc3339
 from statehold.kube.facade import Kube, Obj
 from statehold.kube.kinds import BACKUP_TARGET
@@ -80,7 +80,7 @@ def _request(spec: dict[str, Any], st: dict[str, Any]) -> tuple[dict[str, Any], 
     return {"subset": subset}, f"read data subset {subset}" if subset else ""
 
 
-VERIFY = Job("verify", "Verification", "VerifyScheduled", _request)
+VERIFY = Job("verify", "Verification", "VerifyScheduled", "VerifyFailed", _request)
 """Where the scheduled verify lives in a BackupTarget and how its schedule is reported."""
 
 
@@ -118,29 +118,16 @@ def run_verify(kube: Kube, obj: Obj, node_name: str, now: Clock,
         text = str(st.get("subset") or "")
         subset = Subset.parse(text).resolved() if text else None
     except Problem as p:
-        rep.update({"verify": {"phase": "Pending", "message": p.message}})
-        rep.event("Warning", p.reason, p.message)
-        return "Pending"
+        return target_jobs.waiting(rep, VERIFY, p)
     except InvalidArgument as exc:
-        message = f"status.verify.subset {text!r}: {exc}"
-        rep.update({"verify": {"phase": "Failed", "completionTime": rfc3339(now()), "message": message}})
-        rep.event("Warning", "VerifyFailed", message)
-        return "Failed"
-    rep.update({"verify": {"phase": "Running", "startTime": rfc3339(now()),
-                           "message": f"verifying {target.describe()}"
-                           + (f", reading {subset.describe()}" if subset else "")}})
-    started = clock()
-    try:
-        report = check(target, subset)
-    except Aborted as exc:  # prune, gc or migrate holds the repository exclusively
-        rep.update({"verify": {"phase": "Pending", "message": f"repository busy, retried: {exc}"}})
-        return "Pending"
-    except StateholdError as exc:
-        message = f"verify of {target.describe()} failed: {exc}"
-        rep.update({"verify": {"phase": "Failed", "completionTime": rfc3339(now()), "message": message}})
-        rep.event("Warning", "VerifyFailed", message)
-        return "Failed"
-    took = round(max(0.0, clock() - started), 3)
+        return target_jobs.failed(rep, VERIFY, now, f"status.verify.subset {text!r}: {exc}")
+    # Aborted: prune, gc or migrate holds the repository exclusively
+    ran = target_jobs.attempt(rep, VERIFY, now, clock, target.describe(), f"verifying {target.describe()}"
+                              + (f", reading {subset.describe()}" if subset else ""),
+                              lambda: check(target, subset))
+    if isinstance(ran, str):
+        return ran
+    report, took = ran.value, ran.seconds
     fields = result_fields(report, took)
     fields.update(phase="Completed", completionTime=rfc3339(now()), node=node_name)
     fields["nextSlice"] = _next_slice(spec, subset)

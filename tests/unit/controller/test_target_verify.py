@@ -16,6 +16,8 @@ from statehold.backup.dirstore import DirectoryStore
 from statehold.backup.imagebackup import create_backup
 from statehold.backup.locks import Lock
 from statehold.backup.repository import Repository
+from statehold.controller.target_gc import gc_pass
+from statehold.controller.target_gc import tick_all as gc_tick_all
 from statehold.controller.target_verify import VerifyMetrics, tick_all, verify_pass
 from statehold.errors import InvalidArgument
 from statehold.kube.kinds import BACKUP_TARGET
@@ -129,3 +131,38 @@ def test_a_percentage_records_its_seed_and_an_exclusive_holder_defers_the_run(
     assert st["subset"].startswith("50% (seed ") and "nextSlice" not in st
     total = len(list(repo.store.list("packs/")))
     assert st["objectsRead"] == round(total / 2) and st["objectsTotal"] == total
+
+
+def test_gc_and_verify_of_an_unreadable_repository_fail_and_say_so(memory_kube: MemoryKube, fake_clock: Any,
+                                                                   tmp_path: Path) -> None:
+    """Both jobs of one target through the node side they share (target_jobs): missing
+    Secrets leave each Pending with a Warning; a repository whose ``config`` is garbage fails
+    each with its own Warning reason; a request naming a subset no verify reads fails."""
+    agent_node(memory_kube, "n1")
+    repository(tmp_path / "repo")
+    memory_kube.create({"apiVersion": "statehold.io/v1alpha1", "kind": "BackupTarget",
+                        "metadata": {"name": "t", "namespace": NS},
+                        "spec": {"path": {"path": str(tmp_path / "repo")},
+                                 "passwordSecretRef": {"name": "pw"},
+                                 "verify": {"schedule": "0 3 * * *"}, "gc": {"schedule": "0 4 * * *"}}})
+    fake_clock.t = fake_clock.t.replace(day=6, hour=4, minute=1)
+    tick_all(memory_kube, fake_clock)
+    gc_tick_all(memory_kube, fake_clock)
+    both = {"verify": verify_pass, "gc": gc_pass}
+    for field, run in both.items():  # no password Secret yet
+        assert run(memory_kube, "n1", fake_clock) == {f"{NS}/t": "Pending"}
+        assert memory_kube.get(BACKUP_TARGET, "t", NS)["status"][field]["phase"] == "Pending"
+    secret(memory_kube, "pw", password="x")
+    (tmp_path / "repo" / "config").write_bytes(b"{not json")
+    for field, run in both.items():
+        assert run(memory_kube, "n1", fake_clock) == {f"{NS}/t": "Failed"}
+        st = memory_kube.get(BACKUP_TARGET, "t", NS)["status"][field]
+        assert st["phase"] == "Failed" and st["completionTime"] == "2026-01-06T04:01:00Z"
+        assert st["message"].startswith(f"{field} of ")
+    events = memory_kube.events_for(memory_kube.get(BACKUP_TARGET, "t", NS))
+    reasons = [(e["type"], e["reason"]) for e in events]
+    assert ("Warning", "VerifyFailed") in reasons and ("Warning", "GarbageCollectionFailed") in reasons
+
+    memory_kube.patch_status(BACKUP_TARGET, "t", {"verify": {"phase": "Pending", "subset": "9/2"}}, NS)
+    assert verify_pass(memory_kube, "n1", fake_clock) == {f"{NS}/t": "Failed"}
+    assert status(memory_kube)["message"].startswith("status.verify.subset '9/2'")
