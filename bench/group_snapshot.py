@@ -18,13 +18,22 @@ running throughout), ``runs`` times each, alternating:
   in a loop; no keeper, so not SIGKILL-safe). Same window, same clock; for 10 volumes only
   every 5th run (it holds ten volumes frozen for seconds).
 
+``--layout subvolume`` (the opt-in pool layout, engine/layouts.py): the pool is btrfs on two
+images (loop devices), every volume's file alone in a btrfs subvolume; fragmentation, load
+and runs are the same. A snapshot there is a read-only subvolume snapshot: the group's
+window holds FIFREEZE and one ``BTRFS_IOC_SNAP_CREATE_V2`` per member, nothing that reads
+the volume's extents (the pool's transaction is committed just before the freeze). Its
+baseline: freeze each member one after the other, one subvolume snapshot each, thaw each.
+After each group's deletion (untimed) the bench waits for btrfs's cleaner to drop the
+deleted subvolumes (``btrfs subvolume sync``), as bench/snapshot.py does.
+
 Prints extents before and after, p50/p99/max per case, and last
 ``ratio=<p99 freeze window of the 3-volume group / 100 ms>`` (goal <= 1).
 
 Usage: ``.venv/bin/python bench/group_snapshot.py [--size 1Gi] [--extents 20000]
-[--runs 50] [--iops 50] [--hot 32Mi]``. Runs as root; everything lives under its own home
-in /var/tmp and is removed at the end (every filesystem is thawed first, whatever happens;
-SIGINT and SIGTERM stop it through that cleanup).
+[--runs 50] [--iops 50] [--hot 32Mi] [--layout file|subvolume]``. Runs as root; everything
+lives under its own home in /var/tmp and is removed at the end (every filesystem is thawed
+first, whatever happens; SIGINT and SIGTERM stop it through that cleanup).
 """
 
 from __future__ import annotations
@@ -43,7 +52,7 @@ from pathlib import Path
 
 from benchhome import cleanup
 
-from statehold.engine import freeze
+from statehold.engine import freeze, subvolume
 from statehold.engine.ficlone import reflink
 from statehold.engine.fiemap import file_extents
 from statehold.engine.names import parse_size
@@ -125,26 +134,46 @@ def writer(data: dict[str, Path], iops: int, hot: int) -> subprocess.Popen[bytes
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def subvolumes(pool: Pool) -> bool:
+    return pool.layout.name == "subvolume"
+
+
+def settle(pool: Pool) -> None:
+    """Untimed: the background work a deletion left (XFS freeing a reflinked file's extents,
+    btrfs's cleaner dropping a deleted subvolume's tree) must not land in the next run."""
+    if subvolumes(pool):
+        run(["btrfs", "subvolume", "sync", str(pool.mountpoint)], timeout=1800)
+    freeze.syncfs(str(pool.mountpoint))
+
+
 def baseline(pool: Pool, names: list[str], targets: dict[str, str], i: int) -> float:
-    """Sequential freeze, reflink, thaw in this process: the window in seconds."""
+    """Sequential freeze, copy (a whole reflink, or a subvolume snapshot for layout
+    subvolume), thaw in this process: the window in seconds."""
     scratch = pool.mountpoint / "bench-baseline"
     scratch.mkdir(exist_ok=True)
     frozen: list[str] = []
+    made: list[Path] = []
     try:
         start = time.monotonic()
         for name in names:
             freeze.freeze(targets[name])
             frozen.append(targets[name])
         for name in names:
-            reflink(pool.get_volume(name).path, scratch / f"{name}-{i}.img")
+            if subvolumes(pool):
+                made.append(scratch / f"{name}-{i}")
+                subvolume.snapshot(pool.layout.volume_entry(name), made[-1], readonly=True)
+            else:
+                reflink(pool.get_volume(name).path, scratch / f"{name}-{i}.img")
         while frozen:
             freeze.thaw(frozen.pop())
         return time.monotonic() - start
     finally:
         while frozen:
             freeze.thaw(frozen.pop())
+        for entry in made:
+            subvolume.destroy(entry)
         shutil.rmtree(scratch, ignore_errors=True)
-        freeze.syncfs(str(pool.mountpoint))
+        settle(pool)
 
 
 def main() -> None:
@@ -161,6 +190,8 @@ def main() -> None:
     parser.add_argument("--hot", default="32Mi",
                         help="the write load rewrites this much at the start of each data file")
     parser.add_argument("--timeout", type=float, default=60.0, help="freeze timeout, seconds")
+    parser.add_argument("--layout", choices=("file", "subvolume"), default="file",
+                        help="pool layout (subvolume: btrfs on two images, a subvolume per volume)")
     args = parser.parse_args()
     size = parse_size(args.size)
     # stop through the cleanup below, also when started in the background (SIGINT ignored)
@@ -175,9 +206,11 @@ def main() -> None:
     load: subprocess.Popen[bytes] | None = None
     ratio = float("nan")
     try:
+        count = 2 if args.layout == "subvolume" else 1  # several disks: btrfs
         pool = node.create_pool(PoolSpec(
-            name="bench", images=(str(home / "disks" / "bench-0.img"),),
-            image_size=VOLUMES * size * 3 + 8 * GiB, overprovision_ratio=2.0))
+            name="bench", images=tuple(str(home / "disks" / f"bench-{i}.img") for i in range(count)),
+            image_size=VOLUMES * size * 3 + 8 * GiB, overprovision_ratio=2.0, layout=args.layout))
+        print(f"pool: {pool.fs} on {count} image(s), layout {pool.layout.name}", flush=True)
         data: dict[str, Path] = {}
         for name in names:
             pool.create_volume(name, size, fs=FsType.XFS)
@@ -212,7 +245,7 @@ def main() -> None:
                 parts.setdefault(f"group of {n}", []).append(
                     (group.freezing, group.window - group.freezing))
                 node.delete_snapshot_group(f"b{n}-{i}")
-                freeze.syncfs(str(pool.mountpoint))
+                settle(pool)
                 if n == GROUPS[0] or i % BASELINE_EVERY == 0:
                     windows.setdefault(f"baseline of {n}", []).append(
                         baseline(pool, names[:n], targets, i))
@@ -238,22 +271,23 @@ def main() -> None:
             ms = [v * 1000 for v in vals]
             print(f"{'call, ' + label:<22}{len(ms):>6}{statistics.median(ms):>9.1f}"
                   f"{pct(ms, 99):>9.1f}{max(ms):>9.1f}")
+        rest = "snapshot ioctls + thaw" if subvolumes(pool) else "catch-up + thaw"
         for label, pairs in parts.items():
             print(f"{label}: of the window, FIFREEZE p50 {statistics.median(f for f, _ in pairs) * 1000:.1f} "
-                  f"ms, catch-up + thaw p50 {statistics.median(r for _, r in pairs) * 1000:.1f} ms")
+                  f"ms, {rest} p50 {statistics.median(r for _, r in pairs) * 1000:.1f} ms")
         ratio = pct(windows["group of 3"], 99) / 0.100
     finally:
         if load is not None and load.poll() is None:
-            for target in targets.values():  # a writer blocked on a frozen fs cannot stop
-                freeze.thaw(target)
+            for mnt in targets.values():  # a writer blocked on a frozen fs cannot stop
+                freeze.thaw(mnt)
             load.send_signal(signal.SIGTERM)
             try:
                 load.wait(60)
             except subprocess.TimeoutExpired:
                 load.kill()
                 load.wait()
-        for target in targets.values():
-            freeze.thaw(target)
+        for mnt in targets.values():
+            freeze.thaw(mnt)
         if pool is not None:
             for snap in pool.list_snapshots():
                 pool.delete_snapshot(snap.name)
