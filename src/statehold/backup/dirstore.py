@@ -169,6 +169,29 @@ class DirectoryStore:
         finally:
             os.close(fd)
 
+    def get_range_into(self, key: str, offset: int, buf: memoryview) -> int:
+        """:meth:`get_range` of ``len(buf)`` bytes read straight into ``buf`` (a restore's
+        reused pack buffers: no fresh 16 MiB object per pack left in the threads' malloc
+        arenas); the count read, fewer at the object's end."""
+        check_range(offset, len(buf))
+        path = self._path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _translate(exc, f"object {key} in {self.describe()}") from exc
+        try:
+            got = 0
+            while got < len(buf):
+                n = os.preadv(fd, [buf[got:]], offset + got)
+                if not n:
+                    break
+                got += n
+            return got
+        except OSError as exc:
+            raise _translate(exc, f"object {key} in {self.describe()}") from exc
+        finally:
+            os.close(fd)
+
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 

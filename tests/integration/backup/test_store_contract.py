@@ -191,3 +191,35 @@ def test_get_range_past_the_end_is_cut_short_and_a_missing_key_is_not_found(stor
         store.get_range("packs/ab/missing", 0, 4)
     with pytest.raises(InvalidArgument):
         store.get_range("packs/ab/short", -1, 4)
+
+
+@pytest.fixture(params=["directory", "s3"])
+def range_store(request: pytest.FixtureRequest, scratch: Path) -> Store:
+    """The stores that also read ranges into a caller's buffer (restores use it)."""
+    if request.param == "directory":
+        return DirectoryStore(scratch / "repo")
+    config: S3Config = request.getfixturevalue("s3_config")
+    return S3Store(config)
+
+
+def test_get_range_into_fills_the_callers_buffer_like_get_range(range_store: Store) -> None:
+    into = range_store.get_range_into  # type: ignore[attr-defined]
+    data = os.urandom(3 << 20)
+    range_store.put("packs/ab/abcd", data)
+    buf = bytearray(4 << 20)
+    for off, n in ((0, 10), (1 << 20, 5000), (len(data) - 7, 7), (0, len(data))):
+        buf[:] = bytes(len(buf))
+        assert into("packs/ab/abcd", off, memoryview(buf)[:n]) == n
+        assert buf[:n] == data[off : off + n] and not any(buf[n : n + 64])
+    # past the end: cut short; then empty; the connection is still good for the next read
+    range_store.put("packs/ab/short", b"0123456789")
+    assert into("packs/ab/short", 6, memoryview(buf)[:100]) == 4 and buf[:4] == b"6789"
+    assert into("packs/ab/short", 50, memoryview(buf)[:5]) == 0
+    assert range_store.get_range("packs/ab/abcd", 5, 3) == data[5:8]
+    with pytest.raises(NotFound):
+        into("packs/ab/missing", 0, memoryview(buf)[:4])
+    with ThreadPoolExecutor(8) as pool:  # many at once through the shared connection pool
+        bufs = [bytearray(1 << 20) for _ in range(8)]
+        got = list(pool.map(lambda i: into("packs/ab/abcd", i << 18, memoryview(bufs[i])), range(8)))
+    assert got == [1 << 20] * 8
+    assert all(bufs[i] == data[i << 18 : (i << 18) + (1 << 20)] for i in range(8))
