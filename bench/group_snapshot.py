@@ -24,8 +24,9 @@ and runs are the same. A snapshot there is a read-only subvolume snapshot: the g
 window holds FIFREEZE and one ``BTRFS_IOC_SNAP_CREATE_V2`` per member, nothing that reads
 the volume's extents (the pool's transaction is committed just before the freeze). Its
 baseline: freeze each member one after the other, one subvolume snapshot each, thaw each.
-After each group's deletion (untimed) the bench waits for btrfs's cleaner to drop the
-deleted subvolumes (``btrfs subvolume sync``), as bench/snapshot.py does.
+After each group's deletion (untimed) the bench commits the pool (``BTRFS_IOC_SYNC``, which
+wakes btrfs's cleaner) and waits for the cleaner to drop the deleted subvolumes (``btrfs
+subvolume sync``), as bench/snapshot.py does.
 
 Prints extents before and after, p50/p99/max per case, and last
 ``ratio=<p99 freeze window of the 3-volume group / 100 ms>`` (goal <= 1).
@@ -142,6 +143,9 @@ def settle(pool: Pool) -> None:
     """Untimed: the background work a deletion left (XFS freeing a reflinked file's extents,
     btrfs's cleaner dropping a deleted subvolume's tree) must not land in the next run."""
     if subvolumes(pool):
+        # BTRFS_IOC_SYNC commits and wakes the transaction thread, which pokes the cleaner;
+        # otherwise it starts on the next periodic commit (up to 30 s later)
+        subvolume.sync(pool.mountpoint)
         run(["btrfs", "subvolume", "sync", str(pool.mountpoint)], timeout=1800)
     freeze.syncfs(str(pool.mountpoint))
 
