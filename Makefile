@@ -6,6 +6,13 @@ APT_PACKAGES := xfsprogs btrfs-progs e2fsprogs util-linux fio restic sqlite3 ipr
                 glusterfs-server glusterfs-client postgresql etcd-server golang-1.19-go \
                 golang-github-modern-go-reflect2-dev dpkg-dev samba smbnetfs smbclient chromium chromium-driver
 PYTEST_ARGS ?=
+# The suite runs in parallel workers, whole files to one worker (module fixtures set up
+# once), the shared-filesystem tests (GlusterFS and Samba run one per host) all on one
+# (tests/fixtures/workers.py). Most of the suite's time is waiting on real servers,
+# devices and processes, not CPU; every test names its own devices, paths, ports and
+# namespaces, so workers never meet.
+PYTEST_WORKERS ?= 3
+PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadfile --durations=25
 
 .PHONY: demo test deps apt venv proto proto-check lint unit integration bench clean-venv kube-bins
 
@@ -13,7 +20,7 @@ demo: deps
 	$(VENV)/bin/statehold demo
 
 test: deps proto-check lint kube-bins
-	@bash scripts/pytest-strict.sh $(PY) -m pytest $(PYTEST_ARGS)
+	@bash scripts/pytest-strict.sh $(PY) -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 deps: apt venv
 

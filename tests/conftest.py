@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.fixtures.kube",
     "tests.fixtures.netns",
     "tests.fixtures.controlplane",
+    "tests.fixtures.workers",
 ]
 
 
