@@ -16,7 +16,7 @@ so the comparison is of the backup pipelines, not of the disk. Measured:
   up the reflinked snapshot; ours diffs extents against the parent snapshot, restic rescans
   the changed file (it has no other way): ratio ours / restic;
 * restore of the full backup into a new file: ratio restic / ours;
-* restore of a 2 GiB image through a SeaweedFS S3 server on 127.0.0.1 (both tools; three
+* restore of a 2 GiB image through a SeaweedFS S3 server on 127.0.0.1 (both tools; five
   restic-then-ours pairs, the median of their ratios: single restores of a few seconds
   swing with the host's load);
 * repository sizes, and our peak RSS (each of our runs is a child process: wait4's rusage).
@@ -49,7 +49,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 MiB = 1 << 20
 GiB = 1 << 30
 PASSWORD = "bench-password"
-S3_RESTORE_PAIRS = 3
+S3_RESTORE_PAIRS = 5
 
 
 # ---- fixture: an XFS (reflink) filesystem on a loop device, ours alone ------------------
@@ -390,7 +390,7 @@ def s3_comparison(targets: Path) -> float:
         r_b, _ = restic(restic_repo, "backup", "-q", str(img), cache=cache)
         warm(img)
         o_b, res, rss = ours("backup", target, str(img), "bench/s3vol")
-        # The restores are short (seconds) on a shared host whose load swings: three pairs,
+        # The restores are short (seconds) on a shared host whose load swings: five pairs,
         # each restic then ours back to back, and the median of the pairs' ratios.
         pairs = []
         rss_r = 0

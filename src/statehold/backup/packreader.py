@@ -153,6 +153,8 @@ def fetch_views(repo: Repository, wanted: Iterable[tuple[bytes, int, T]], delive
     bufs_lock = threading.Lock()
     tls = threading.local()
 
+    n_decoders = decoders or default_decoders()
+
     def pooled(n: int) -> bool:
         """Ranges over half a buffer (whole packs, in a restore) are read into a reused
         buffer of ``max_range`` bytes, charged in full; smaller ones into their own."""
@@ -178,7 +180,11 @@ def fetch_views(repo: Repository, wanted: Iterable[tuple[bytes, int, T]], delive
         def __init__(self, r: _Range, held: int) -> None:
             self.r = r
             self.held = held
-            self.left = len(r.wants)
+            # a few tasks per range, not one per blob: each task costs the GIL, and every
+            # decoder still gets a share of a whole-pack range
+            per = max(1, -(-len(r.wants) // n_decoders))
+            self.batches = [r.wants[i : i + per] for i in range(0, len(r.wants), per)]
+            self.left = len(self.batches)
             self.lock = threading.Lock()
             self.data: memoryview | None = None
             self.buf: bytearray | None = None
@@ -205,19 +211,21 @@ def fetch_views(repo: Repository, wanted: Iterable[tuple[bytes, int, T]], delive
             failure.append(exc)
         bytes_held.wake()
 
-    def decode(job: _Job, w: _Want) -> None:
+    def decode(job: _Job, batch: list[_Want]) -> None:
         try:
-            if failure or job.data is None:
-                return
-            at = w.offset - job.r.start
-            blob = job.data[at : at + w.blob_len]
-            try:
-                plain = check_blob_into(repo, w.cid, w.length, blob, scratch(w.blob_len))
-            except Corrupt as exc:
-                fail(w.cid, exc)
-                return
-            for dest in w.dests:
-                deliver(dest, plain)  # type: ignore[arg-type]
+            data = job.data
+            for w in batch:
+                if failure or data is None:
+                    return
+                at = w.offset - job.r.start
+                try:
+                    plain = check_blob_into(repo, w.cid, w.length, data[at : at + w.blob_len],
+                                            scratch(w.blob_len))
+                except Corrupt as exc:
+                    fail(w.cid, exc)
+                    continue
+                for dest in w.dests:
+                    deliver(dest, plain)  # type: ignore[arg-type]
         except BaseException as exc:
             record(exc)
         finally:
@@ -250,10 +258,9 @@ def fetch_views(repo: Repository, wanted: Iterable[tuple[bytes, int, T]], delive
             record(exc)
             job.close()
             return
-        for w in r.wants:
-            decode_pool.submit(decode, job, w)
+        for batch in job.batches:
+            decode_pool.submit(decode, job, batch)
 
-    n_decoders = decoders or default_decoders()
     with ThreadPoolExecutor(n_decoders, thread_name_prefix="pack-decode") as decode_pool, \
             ThreadPoolExecutor(max(1, parallel), thread_name_prefix="pack-read") as fetch_pool:
         try:
