@@ -23,6 +23,7 @@ whole listing), each worker holds one ranged read of at most :data:`MAX_RANGE` b
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import re
@@ -187,21 +188,30 @@ def read_subset(repo: Repository, subset: Subset, users: Mapping[bytes, Sequence
     def backups(cid: bytes) -> tuple[str, ...]:
         return tuple(sorted(set(users.get(cid, ()))))
 
-    def check(cid: bytes, blob: bytes | memoryview, where: str) -> int:
-        """One chunk blob: decrypted, re-hashed; its plaintext length, or -1 if damaged."""
+    def check(cid: bytes, blob: bytes | memoryview, where: str, live: Callable[[], bool]) -> int:
+        """One chunk blob: decrypted, re-hashed; its plaintext length, DAMAGED, or DEAD for
+        a damaged copy that no index entry places here. No backup reads a dead copy (one
+        whose entry a quarantine dropped, the chunk since stored again elsewhere, or a
+        duplicate): reporting it would name backups that restore fine and fail every
+        verify until gc happened to rewrite its pack."""
+        problem = ""
         try:
             data = repo.codec.decode(blob_key(cid), bytes(blob))
         except Corrupt as exc:
-            found("corrupt", cid.hex(), f"{where}: {exc}", backups(cid), "")
-            return -1
-        got = repo.codec.chunk_id(data)
-        want = lengths.get(cid)
-        if got != cid or (want is not None and len(data) != want):
-            found("corrupt", cid.hex(), f"{where}: content does not match its id: expected "
-                  f"{want if want is not None else 'any'} bytes with id {cid.hex()}, got "
-                  f"{len(data)} bytes with id {got.hex()}", backups(cid), "")
-            return -1
-        return len(data)
+            problem = f"{where}: {exc}"
+        else:
+            got = repo.codec.chunk_id(data)
+            want = lengths.get(cid)
+            if got != cid or (want is not None and len(data) != want):
+                problem = (f"{where}: content does not match its id: expected "
+                           f"{want if want is not None else 'any'} bytes with id {cid.hex()}, got "
+                           f"{len(data)} bytes with id {got.hex()}")
+        if not problem:
+            return len(data)
+        if not live():
+            return DEAD
+        found("corrupt", cid.hex(), problem, backups(cid), "")
+        return DAMAGED
 
     def one_chunk(item: Item) -> None:
         cid, info = item
@@ -250,11 +260,12 @@ def read_subset(repo: Repository, subset: Subset, users: Mapping[bytes, Sequence
                 found("pack", pid.hex(), f"{key} vanished while verifying", (), "")
                 break
             for e in group:
-                n = check(e.cid, data[e.offset - start : e.offset - start + e.length], f"pack {key}")
+                n = check(e.cid, data[e.offset - start : e.offset - start + e.length], f"pack {key}",
+                          live=functools.partial(_indexed_here, repo, pid, e))
                 if n >= 0:
                     chunks += 1
                     plain += n
-                elif on_damaged_blob is not None:
+                elif n == DAMAGED and on_damaged_blob is not None:
                     on_damaged_blob(e)
         tally.add(size, chunks, plain)
 
@@ -324,6 +335,17 @@ def _check_index(repo: Repository, pid: bytes, key: str, entries: list[Entry], f
             if row_pack == pid and (off, length) != (e.offset, e.length):
                 found("index", f"index/{name}", f"places chunk {e.cid.hex()} at [{off}, +{length}) "
                       f"of {key}, whose header says [{e.offset}, +{e.length})", backups(e.cid), "")
+
+
+DAMAGED, DEAD = -1, -2
+"""What ``read_subset``'s blob check returns for a damaged copy the index places where it
+was read, and for one it does not (dead data, not reported)."""
+
+
+def _indexed_here(repo: Repository, pid: bytes, entry: Entry) -> bool:
+    """Whether the index places ``entry``'s chunk at this very copy (pack, offset)."""
+    return bool(chunkstore.index_of(repo).execute(
+        "SELECT 1 FROM chunks WHERE id=? AND pack=? AND off=? LIMIT 1", (entry.cid, pid, entry.offset)))
 
 
 def _indexed_chunks(repo: Repository, pid: bytes) -> list[bytes]:

@@ -119,3 +119,9 @@ def test_a_subset_verify_with_quarantine_unindexes_a_damaged_blob_of_a_pack_it_r
         restore_image(reader, m.backup_id, out)
         assert same_bytes(img, out)
     assert verify(reader, deep=True).ok
+    # the damaged copy is still in its pack (gc has not run), but no index entry places the
+    # chunk there any more: no backup reads it, so reading every pack again reports nothing
+    assert any(i.key == pack_key(loc.pack) for i in store.list(PACK_PREFIX))
+    again = verify(_fresh(repo, tmp_path / "c5"), subset=Subset.parse("100%"))
+    assert again.subset is not None and again.subset.read == again.subset.total
+    assert again.ok, again.problems
