@@ -279,8 +279,9 @@ def verify_cmd(
     seed: int | None = typer.Option(None, "--seed", help="With P%: pick the same packs as an "
                                     "earlier run with this seed (the seed used is printed)."),
     quarantine: bool = typer.Option(
-        False, "--quarantine", help="Move damaged manifests (and with --deep, damaged chunks) to "
-        "quarantine/; a damaged chunk inside a pack (format 2) loses its index entry instead. "
+        False, "--quarantine", help="Move damaged manifests (and the damaged chunks that --deep "
+        "or --read-data-subset reads) to quarantine/; a damaged chunk inside a pack (format 2) "
+        "loses its index entry instead. "
         "The next backup of the same data stores the chunk again (takes the exclusive lock)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     password_file: Path | None = PasswordFileOption,
