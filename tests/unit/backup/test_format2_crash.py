@@ -3,12 +3,7 @@ and no visible backup of its own; the next run completes and reuses what was ind
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,25 +16,13 @@ from statehold.backup.restoring import restore_image
 from statehold.backup.verifying import verify
 
 from .helpers import MiB, same_bytes, write_image
+from .killing import kill_at
 
-CHILD = textwrap.dedent("""
-    import os, signal, sys
-    from pathlib import Path
-    from statehold.backup.dirstore import DirectoryStore
-    from statehold.backup.repository import Repository
+CHILD = """
     from statehold.backup.imagebackup import create_backup
-    point, nth = sys.argv[3], int(sys.argv[4])
-    seen = 0
-    def fault(p):
-        global seen
-        if p == point:
-            seen += 1
-            if seen == nth:
-                os.kill(os.getpid(), signal.SIGKILL)
-    repo = Repository.open(DirectoryStore(Path(sys.argv[1])), "pw")
-    create_backup(repo, Path(sys.argv[2]), volume="p/v", workers=2, fault=fault, commit_every=1,
+    create_backup(repo, Path(args[0]), volume="p/v", workers=2, fault=fault, commit_every=1,
                   uploads=2)
-""")
+"""
 
 
 def _image(path: Path, seed: int) -> Path:
@@ -56,10 +39,7 @@ def test_a_killed_backup_loses_nothing_and_the_rerun_completes(tmp_path: Path, p
     earlier_img = _image(tmp_path / "earlier.img", 1)
     earlier = create_backup(repo, earlier_img, volume="p/v")
     img = _image(tmp_path / "v.img", 2)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "repo"), str(img), point, str(nth)],
-                          capture_output=True, timeout=120, check=False, env=env)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    kill_at(point, nth, tmp_path / "repo", CHILD, str(img))
     assert repo.backup_ids() == [earlier.backup_id]  # the killed one is not visible
     restore_image(repo, earlier.backup_id, tmp_path / "earlier.out")
     assert same_bytes(earlier_img, tmp_path / "earlier.out")

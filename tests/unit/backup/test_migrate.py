@@ -5,13 +5,8 @@ a repeated one finishes, and a writer that opened the repository as format 1 sto
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import signal
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -29,6 +24,7 @@ from statehold.backup.verifying import verify
 from statehold.errors import Aborted
 
 from .helpers import MiB, mixed_image, same_bytes, write_image
+from .killing import kill_at
 
 
 def _v1_with_backups(tmp_path: Path) -> tuple[DirectoryStore, list[tuple[Manifest, Path]], Manifest]:
@@ -80,22 +76,10 @@ def test_migrate_keeps_every_backup_restorable_bit_for_bit(tmp_path: Path) -> No
     assert not second.converted and second.chunks_packed == 0
 
 
-CHILD = textwrap.dedent("""
-    import os, signal, sys
-    from pathlib import Path
-    from statehold.backup.dirstore import DirectoryStore
+CHILD = """
     from statehold.backup.migrate import migrate
-    from statehold.backup.repository import Repository
-    point, nth = sys.argv[2], int(sys.argv[3])
-    seen = 0
-    def fault(p):
-        global seen
-        if p == point:
-            seen += 1
-            if seen == nth:
-                os.kill(os.getpid(), signal.SIGKILL)
-    migrate(Repository.open(DirectoryStore(Path(sys.argv[1])), "pw"), pack_size=1 << 20, fault=fault)
-""")
+    migrate(repo, pack_size=1 << 20, fault=fault)
+"""
 
 
 @pytest.mark.parametrize(("point", "nth", "version"), [("pack-stored", 2, 1), ("index-stored", 1, 1),
@@ -103,10 +87,7 @@ CHILD = textwrap.dedent("""
 def test_a_killed_migration_leaves_a_readable_repository_and_a_rerun_finishes(
         tmp_path: Path, point: str, nth: int, version: int) -> None:
     store, images, mt = _v1_with_backups(tmp_path)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "repo"), point, str(nth)],
-                          capture_output=True, timeout=120, check=False, env=env)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    kill_at(point, nth, tmp_path / "repo", CHILD)
     repo = Repository.open(store, "pw")
     assert repo.config.version == version
     _all_restore(repo, images, mt, tmp_path / "out1")

@@ -6,12 +6,7 @@ repository that a rerun mends."""
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -31,6 +26,7 @@ from statehold.errors import FailedPrecondition, NotFound
 
 from .damage import flip_byte
 from .helpers import MiB, same_bytes, write_image
+from .killing import kill_at
 
 CS = 64 << 10
 
@@ -174,25 +170,12 @@ def test_a_format_1_repository_has_no_index_to_rebuild(tmp_path: Path) -> None:
         rebuild_index(repo)
 
 
-CHILD = textwrap.dedent("""
-    import os, signal, sys
-    from pathlib import Path
+CHILD = """
     from statehold.backup import chunkstore
-    from statehold.backup.dirstore import DirectoryStore
     from statehold.backup.rebuildindex import rebuild_index
-    from statehold.backup.repository import Repository
-    point, nth = sys.argv[3], int(sys.argv[4])
-    seen = 0
-    def fault(p):
-        global seen
-        if p == point:
-            seen += 1
-            if seen == nth:
-                os.kill(os.getpid(), signal.SIGKILL)
-    repo = Repository.open(DirectoryStore(Path(sys.argv[1])), "pw")
-    chunkstore.use_cache(repo, Path(sys.argv[2]))
+    chunkstore.use_cache(repo, Path(args[0]))
     rebuild_index(repo, fault=fault, index_every=1, parallel=2)
-""")
+"""
 
 
 @pytest.mark.parametrize(("point", "nth"), [("pack-read", 1), ("pack-read", 5), ("index-stored", 1),
@@ -203,10 +186,7 @@ def test_a_killed_rebuild_leaves_a_repository_a_rerun_mends(tmp_path: Path, poin
     packs = {i.key for i in store.list(PACK_PREFIX)}
     for info in list(store.list(INDEX_PREFIX)):
         store.delete(info.key)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "repo"), str(tmp_path / "child-cache"),
-                           point, str(nth)], capture_output=True, timeout=300, check=False, env=env)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    kill_at(point, nth, tmp_path / "repo", CHILD, str(tmp_path / "child-cache"))
     left = len(list(store.list(INDEX_PREFIX)))
     if point == "index-stored":
         assert left == nth  # the kill came after that many index objects were put
