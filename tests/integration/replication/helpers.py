@@ -7,14 +7,14 @@ import hashlib
 import itertools
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from statehold.engine.node import Node
 from statehold.engine.pool import Pool
 from statehold.engine.types import MiB, VolumeMode
-from statehold.replication import Ack, Receiver, Sender, decode, encode, roles
+from statehold.replication import Ack, Extent, Receiver, Sender, decode, encode, roles
 from statehold.replication.points import SNAPSHOT_PREFIX
 from statehold.replication.wire import Frame
 
@@ -78,6 +78,17 @@ def wire(frames: Iterator[Frame]) -> Iterator[Frame]:
     """What a transport does: every frame encoded, carried as one message, decoded."""
     for frame in frames:
         yield decode(encode(frame))
+
+
+def until(frames: Iterable[Frame], limit: int) -> Iterator[Frame]:
+    """The frames of a stream until ``limit`` data bytes went by: then the link drops."""
+    sent = 0
+    for frame in frames:
+        if isinstance(frame, Extent):
+            sent += frame.length
+            if sent > limit:
+                return
+        yield frame
 
 
 def sync(sender: Sender, receiver: Receiver, epoch: int, peer: str = "b") -> Ack:

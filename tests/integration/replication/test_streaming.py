@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -19,6 +19,7 @@ from tests.integration.replication.helpers import (
     scribble,
     sha,
     sync,
+    until,
     wire,
 )
 
@@ -101,17 +102,6 @@ def _cut_inside(frames: list[Frame], index: int) -> Iterator[Frame]:
     yield decode(raw[: len(raw) // 2])
 
 
-def _until(frames: Iterable[Frame], limit: int) -> Iterator[Frame]:
-    """The frames of a stream until ``limit`` data bytes went by: then the link drops."""
-    sent = 0
-    for frame in frames:
-        if isinstance(frame, Extent):
-            sent += frame.length
-            if sent > limit:
-                return
-        yield frame
-
-
 def test_an_interrupted_seed_resumes_from_its_persisted_offset(pair: Pair) -> None:
     name = make_copies(pair, 64 * MiB)
     a, b = pair.a.pool, pair.b.pool
@@ -122,7 +112,7 @@ def test_an_interrupted_seed_resumes_from_its_persisted_offset(pair: Pair) -> No
     plan = sender.plan(receiver.state(), peer="b")
     assert plan.base is None and plan.resume_from == 0
     with pytest.raises(Unavailable):
-        receiver.apply(_until(sender.open(epoch=1, base=None, peer="b"), 40 * MiB))
+        receiver.apply(until(sender.open(epoch=1, base=None, peer="b"), 40 * MiB))
     seed = receiver.state().seed
     assert seed is not None and 32 * MiB <= seed.offset <= 40 * MiB
     plan = sender.plan(receiver.state(), peer="b")

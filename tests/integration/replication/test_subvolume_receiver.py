@@ -13,10 +13,9 @@ from statehold.engine import subvolume
 from statehold.engine.node import Node
 from statehold.engine.types import GiB, MiB, PoolSpec
 from statehold.errors import Unavailable
-from statehold.replication import Extent, Receiver, Sender
-from statehold.replication.wire import Frame
+from statehold.replication import Receiver, Sender
 from tests.fixtures.engine import close_node, engine_home_at
-from tests.integration.replication.helpers import Pair, Site, make_copies, scribble, sha, sync
+from tests.integration.replication.helpers import Pair, Site, make_copies, scribble, sha, sync, until
 
 pytestmark = pytest.mark.root
 
@@ -37,17 +36,6 @@ def pair() -> Iterator[Pair]:
             close_node(node_b)
 
 
-def _until(frames: Iterator[Frame], limit: int) -> Iterator[Frame]:
-    """The frames of a stream until ``limit`` data bytes went by: then the link drops."""
-    sent = 0
-    for frame in frames:
-        if isinstance(frame, Extent):
-            sent += frame.length
-            if sent > limit:
-                return
-        yield frame
-
-
 def test_a_replica_in_a_subvolume_pool_receives_seed_resume_and_incrementals(pair: Pair) -> None:
     name = make_copies(pair, 64 * MiB)
     a, b = pair.a.pool, pair.b.pool
@@ -57,7 +45,7 @@ def test_a_replica_in_a_subvolume_pool_receives_seed_resume_and_incrementals(pai
         fh.write(random.Random(5).randbytes(64 * MiB))
     sender, receiver = Sender(a, name), Receiver(b, name, checkpoint=4 * MiB)
     with pytest.raises(Unavailable):
-        receiver.apply(_until(sender.open(epoch=1, base=None, peer="b"), 24 * MiB))
+        receiver.apply(until(sender.open(epoch=1, base=None, peer="b"), 24 * MiB))
     # the seed in progress is made beside the backing file, in the volume's subvolume
     assert receiver.store.work_path(name) == entry / ".work"
     assert (entry / ".work").stat().st_size == 64 * MiB
