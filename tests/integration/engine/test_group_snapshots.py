@@ -25,7 +25,6 @@ import pytest
 
 from statehold.engine import freeze, groups
 from statehold.engine.node import Node
-from statehold.engine.pool import Pool
 from statehold.engine.steps import STEPS
 from statehold.engine.types import FsType, GiB, MiB, PoolSpec, Source, SourceKind, VolumeMode
 from statehold.errors import (
@@ -37,6 +36,7 @@ from statehold.errors import (
     Unavailable,
 )
 from tests.fixtures.engine import close_node, engine_home_at
+from tests.integration.engine import crashing
 from tests.integration.engine.frozen import (
     children_running,
     frozen_targets,
@@ -52,20 +52,12 @@ MOUNTED = {"gx": FsType.XFS, "ge": FsType.EXT4}
 BLOCK = "gb"
 
 
-class Env:
+class Env(crashing.Env):
+    """The crash harness's home and Node, plus where the mounted members are mounted."""
+
     def __init__(self, home: Path) -> None:
-        self.home = home
-        self.node = Node(home)
+        super().__init__(home, POOL)
         self.targets: dict[str, str] = {}
-
-    @property
-    def pool(self) -> Pool:
-        return self.node.pool(POOL)
-
-    def restart(self) -> list[str]:
-        self.node.close()
-        self.node = Node(self.home)
-        return self.node.recovered.get(POOL, [])
 
     def members(self, group: str, volumes: tuple[str, ...] = ("gx", "ge", BLOCK)
                 ) -> list[tuple[str, str, str]]:
