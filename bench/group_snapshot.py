@@ -28,7 +28,7 @@ After each group's deletion (untimed) the bench commits the pool (``BTRFS_IOC_SY
 wakes btrfs's cleaner) and waits for the cleaner to drop the deleted subvolumes (``btrfs
 subvolume sync``), as bench/snapshot.py does.
 
-Prints extents before and after, p50/p99/max per case, and last
+Prints extents before and after, p50/p99/max (and p90, the 5 largest) per case, and last
 ``ratio=<p99 freeze window of the 3-volume group / 100 ms>`` (goal <= 1).
 
 Usage: ``.venv/bin/python bench/group_snapshot.py [--size 1Gi] [--extents 20000]
@@ -270,7 +270,8 @@ def main() -> None:
         for label, vals in sorted(windows.items()):
             ms = [v * 1000 for v in vals]
             print(f"{label:<22}{len(ms):>6}{statistics.median(ms):>9.1f}{pct(ms, 99):>9.1f}"
-                  f"{max(ms):>9.1f}")
+                  f"{max(ms):>9.1f}   p90 {pct(ms, 90):.1f}, largest "
+                  + " ".join(f"{v:.0f}" for v in sorted(ms)[-5:]))
         for label, vals in calls.items():
             ms = [v * 1000 for v in vals]
             print(f"{'call, ' + label:<22}{len(ms):>6}{statistics.median(ms):>9.1f}"
