@@ -113,16 +113,8 @@ class Codec:
                                             MAGIC + key.encode())
         except InvalidTag:
             raise Corrupt(f"object {key}: authentication failed (modified, truncated or misplaced)") from None
-        codec = plain[0]
-        if codec == CODEC_STORED:
-            return plain[1:]
-        if codec == CODEC_ZSTD:
-            try:
-                out: bytes = ctx.zd.decompress(plain[1:], max_output_size=max_size)
-                return out
-            except zstandard.ZstdError as exc:
-                raise Corrupt(f"object {key}: zstd frame does not decode: {exc}") from exc
-        raise Corrupt(f"object {key}: unknown codec {codec}")
+        body = _body(key, plain, ctx.zd, max_size)
+        return body if isinstance(body, bytes) else bytes(body)
 
     def decode_into(self, key: str, blob: bytes | memoryview, out: bytearray, *,
                     max_size: int = 1 << 31) -> memoryview:
@@ -139,12 +131,21 @@ class Codec:
             ctx.aead.decrypt_into(blob[4 : 4 + NONCE_LEN], blob[4 + NONCE_LEN :], MAGIC + key.encode(), plain)
         except InvalidTag:
             raise Corrupt(f"object {key}: authentication failed (modified, truncated or misplaced)") from None
-        codec = plain[0]
-        if codec == CODEC_STORED:
-            return plain[1:]
-        if codec == CODEC_ZSTD:
-            try:
-                return memoryview(ctx.zd.decompress(plain[1:], max_output_size=max_size))
-            except zstandard.ZstdError as exc:
-                raise Corrupt(f"object {key}: zstd frame does not decode: {exc}") from exc
-        raise Corrupt(f"object {key}: unknown codec {codec}")
+        body = _body(key, plain, ctx.zd, max_size)
+        return body if isinstance(body, memoryview) else memoryview(body)
+
+
+def _body(key: str, plain: bytes | memoryview, zd: zstandard.ZstdDecompressor,
+          max_size: int) -> bytes | memoryview:
+    """The body of a decrypted blob ``plain`` (codec byte + body), by its codec: a slice of
+    ``plain`` (stored; the caller's type, so no copy) or the decompressed bytes (zstd)."""
+    codec = plain[0]
+    if codec == CODEC_STORED:
+        return plain[1:]
+    if codec == CODEC_ZSTD:
+        try:
+            out: bytes = zd.decompress(plain[1:], max_output_size=max_size)
+            return out
+        except zstandard.ZstdError as exc:
+            raise Corrupt(f"object {key}: zstd frame does not decode: {exc}") from exc
+    raise Corrupt(f"object {key}: unknown codec {codec}")
