@@ -261,18 +261,25 @@ class S3Store:
 
         return self._call(f"get {key}", fetch)
 
+    def _ranged_get(self, key: str, offset: int, length: int) -> Any:
+        """One ranged GET's response, or None when the range starts past the object's end
+        (nothing there: the store contract). Called inside :meth:`_call`'s retries."""
+        check_range(offset, length)
+        try:
+            return self._client.get_object(Bucket=self.config.bucket, Key=self._key(key),
+                                           Range=f"bytes={offset}-{offset + length - 1}")
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                return None
+            raise
+
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         check_range(offset, length)
-        full = self._key(key)
-        span = f"bytes={offset}-{offset + length - 1}"
 
         def fetch() -> bytes:
-            try:
-                resp = self._client.get_object(Bucket=self.config.bucket, Key=full, Range=span)
-            except botocore.exceptions.ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") == "InvalidRange":
-                    return b""  # the range starts past the end: nothing there (the contract)
-                raise
+            resp = self._ranged_get(key, offset, length)
+            if resp is None:
+                return b""
             data: bytes = resp["Body"].read()
             if not resp.get("ContentRange"):  # a server that ignored Range sent it all
                 return data[offset : offset + length]
@@ -286,16 +293,11 @@ class S3Store:
         fewer at the object's end."""
         length = len(buf)
         check_range(offset, length)
-        full = self._key(key)
-        span = f"bytes={offset}-{offset + length - 1}"
 
         def fetch() -> int:
-            try:
-                resp = self._client.get_object(Bucket=self.config.bucket, Key=full, Range=span)
-            except botocore.exceptions.ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") == "InvalidRange":
-                    return 0
-                raise
+            resp = self._ranged_get(key, offset, length)
+            if resp is None:
+                return 0
             body = resp["Body"]
             if not resp.get("ContentRange"):  # a server that ignored Range sent it all
                 data = body.read()[offset : offset + length]
