@@ -8,6 +8,7 @@ object, the new one, or a stray temporary that ``list`` ignores.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -147,14 +148,25 @@ class DirectoryStore:
         except OSError as exc:
             raise _translate(exc, f"object {key} in {self.describe()}") from exc
 
+    @contextlib.contextmanager
+    def _reading(self, key: str) -> Iterator[int]:
+        """A read-only descriptor of ``key``'s file for ranged reads; an OSError opening or
+        reading it becomes the store's error for that object."""
+        where = f"object {key} in {self.describe()}"
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _translate(exc, where) from exc
+        try:
+            yield fd
+        except OSError as exc:
+            raise _translate(exc, where) from exc
+        finally:
+            os.close(fd)
+
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         check_range(offset, length)
-        path = self._path(key)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise _translate(exc, f"object {key} in {self.describe()}") from exc
-        try:
+        with self._reading(key) as fd:
             parts = []
             got = 0
             while got < length:
@@ -164,22 +176,13 @@ class DirectoryStore:
                 parts.append(piece)
                 got += len(piece)
             return b"".join(parts)
-        except OSError as exc:
-            raise _translate(exc, f"object {key} in {self.describe()}") from exc
-        finally:
-            os.close(fd)
 
     def get_range_into(self, key: str, offset: int, buf: memoryview) -> int:
         """:meth:`get_range` of ``len(buf)`` bytes read straight into ``buf`` (a restore's
         reused pack buffers: no fresh 16 MiB object per pack left in the threads' malloc
         arenas); the count read, fewer at the object's end."""
         check_range(offset, len(buf))
-        path = self._path(key)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise _translate(exc, f"object {key} in {self.describe()}") from exc
-        try:
+        with self._reading(key) as fd:
             got = 0
             while got < len(buf):
                 n = os.preadv(fd, [buf[got:]], offset + got)
@@ -187,10 +190,6 @@ class DirectoryStore:
                     break
                 got += n
             return got
-        except OSError as exc:
-            raise _translate(exc, f"object {key} in {self.describe()}") from exc
-        finally:
-            os.close(fd)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
