@@ -13,6 +13,7 @@ import pytest
 from statehold.backup import chunkstore
 from statehold.backup.dirstore import DirectoryStore
 from statehold.backup.imagebackup import Parent, create_backup
+from statehold.backup.manifest import Manifest
 from statehold.backup.packs import INDEX_PREFIX, PACK_PREFIX, decode_index, pack_id_of, pack_key
 from statehold.backup.repository import Repository
 from statehold.backup.restoring import restore_image
@@ -28,6 +29,27 @@ def _fresh(repo: Repository, cache: Path) -> Repository:
     other = Repository.open(repo.store, "pw")
     chunkstore.use_cache(other, cache)
     return other
+
+
+def _assert_unindexed_then_mended(repo: Repository, store: DirectoryStore, tmp_path: Path, img: Path,
+                                  victim: bytes, first: Manifest, second: Manifest) -> None:
+    """After the quarantine: no index object places ``victim``; every other chunk is still
+    indexed (a quick verify finds only it missing); the next backup of the same data stores
+    exactly that chunk again, and every backup then restores bit for bit."""
+    assert victim not in {c for info in store.list(INDEX_PREFIX)
+                          for c, _p, _o, _n in decode_index(repo.get_blob(info.key), info.key)}
+    # every other chunk is still indexed: the quick verify finds only this one missing
+    quick = verify(_fresh(repo, tmp_path / "c2"))
+    assert [(p.what, p.name) for p in quick.problems] == [("missing", victim.hex())]
+
+    third = create_backup(_fresh(repo, tmp_path / "c3"), img, volume="p/v", parent=Parent(second, img))
+    assert third.stats.chunks_new == 1  # only the unindexed chunk is stored again
+    reader = _fresh(repo, tmp_path / "c4")
+    for m in (first, second, third):
+        out = tmp_path / f"{m.backup_id}.img"
+        restore_image(reader, m.backup_id, out)
+        assert same_bytes(img, out)
+    assert verify(reader, deep=True).ok
 
 
 def test_a_damaged_chunk_in_a_pack_is_unindexed_and_the_next_backup_mends_it(tmp_path: Path) -> None:
@@ -55,20 +77,7 @@ def test_a_damaged_chunk_in_a_pack_is_unindexed_and_the_next_backup_mends_it(tmp
     # the index objects naming it were replaced; no index object places the chunk anywhere now
     index_after = {i.key for i in store.list(INDEX_PREFIX)}
     assert index_before - index_after and index_after - index_before
-    assert victim not in {c for info in store.list(INDEX_PREFIX)
-                          for c, _p, _o, _n in decode_index(repo.get_blob(info.key), info.key)}
-    # every other chunk is still indexed: the quick verify finds only this one missing
-    quick = verify(_fresh(repo, tmp_path / "c2"))
-    assert [(p.what, p.name) for p in quick.problems] == [("missing", victim.hex())]
-
-    third = create_backup(_fresh(repo, tmp_path / "c3"), img, volume="p/v", parent=Parent(second, img))
-    assert third.stats.chunks_new == 1  # only the unindexed chunk is stored again
-    reader = _fresh(repo, tmp_path / "c4")
-    for m in (first, second, third):
-        out = tmp_path / f"{m.backup_id}.img"
-        restore_image(reader, m.backup_id, out)
-        assert same_bytes(img, out)
-    assert verify(reader, deep=True).ok
+    _assert_unindexed_then_mended(repo, store, tmp_path, img, victim, first, second)
 
 
 def test_a_subset_verify_with_quarantine_unindexes_a_damaged_blob_of_a_pack_it_reads(tmp_path: Path) -> None:
@@ -106,19 +115,7 @@ def test_a_subset_verify_with_quarantine_unindexes_a_damaged_blob_of_a_pack_it_r
     assert problem.quarantined.startswith("unindexed") and pack_key(loc.pack) in problem.quarantined
     index_after = {i.key for i in store.list(INDEX_PREFIX)}
     assert index_before - index_after and index_after - index_before
-    assert victim not in {c for info in store.list(INDEX_PREFIX)
-                          for c, _p, _o, _n in decode_index(repo.get_blob(info.key), info.key)}
-    quick = verify(_fresh(repo, tmp_path / "c2"))
-    assert [(p.what, p.name) for p in quick.problems] == [("missing", victim.hex())]
-
-    third = create_backup(_fresh(repo, tmp_path / "c3"), img, volume="p/v", parent=Parent(second, img))
-    assert third.stats.chunks_new == 1  # only the unindexed chunk is stored again
-    reader = _fresh(repo, tmp_path / "c4")
-    for m in (first, second, third):
-        out = tmp_path / f"{m.backup_id}.img"
-        restore_image(reader, m.backup_id, out)
-        assert same_bytes(img, out)
-    assert verify(reader, deep=True).ok
+    _assert_unindexed_then_mended(repo, store, tmp_path, img, victim, first, second)
     # the damaged copy is still in its pack (gc has not run), but no index entry places the
     # chunk there any more: no backup reads it, so reading every pack again reports nothing
     assert any(i.key == pack_key(loc.pack) for i in store.list(PACK_PREFIX))
