@@ -33,10 +33,11 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -70,6 +71,41 @@ RBAC_KINDS = ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"
               "RoleBinding")
 ACCOUNTS = ("statehold-operator", "statehold-agent")
 TIMEOUT = 60.0
+T = TypeVar("T")
+
+
+def allowed(call: Callable[[], T]) -> T:
+    """``call()``'s answer once RBAC lets it through. The API server's authorizer reads
+    Roles from an informer, so a Role written a moment ago is enforced a moment later
+    (under load, seconds): poll for the grant instead of assuming it is already there."""
+    answer: list[T] = []
+
+    def attempt() -> bool:
+        try:
+            answer.append(call())
+        except PermissionDenied:
+            return False
+        return True
+
+    wait_for(attempt, TIMEOUT, "RBAC to allow the call")
+    return answer[0]
+
+
+def refused(call: Callable[[], object]) -> None:
+    """Returns once RBAC refuses ``call`` (403); the same informer lag as :func:`allowed`
+    applies to a grant that was just taken away. Until then the call may still pass RBAC
+    and get the server's own answer (the object, or 404 for a deleted one); a 403 that
+    never comes fails the test."""
+    def attempt() -> bool:
+        try:
+            call()
+        except PermissionDenied:
+            return True
+        except NotFound:
+            return False
+        return False
+
+    wait_for(attempt, TIMEOUT, "RBAC to refuse the call")
 
 
 @dataclass
@@ -150,7 +186,7 @@ def test_agents_get_the_node_certificates_and_no_secret_that_mints_an_identity(
     mine = {node_secret_name(n) for n in nodes}
     assert mine <= set(c.granted()) and CA_SECRET not in c.granted()
     for n in nodes:
-        bundle = read_secret_certs(c.agent, c.ns, n)
+        bundle = allowed(lambda n=n: read_secret_certs(c.agent, c.ns, n))
         assert bundle.ca == ca.cert
         assert pki.identify(bundle.own.cert, ca.cert) == pki.Identity(n, "node")
 
@@ -195,21 +231,20 @@ def test_a_deleted_nodes_secret_leaves_the_role(cluster: Cluster, nodes: list[st
     assert node_secret_name(kept) in c.granted()
     with pytest.raises(NotFound):
         c.kube.get(SECRET, node_secret_name(gone), c.ns)
-    with pytest.raises(PermissionDenied):  # refused by RBAC, before the server looks
-        c.agent.get(SECRET, node_secret_name(gone), c.ns)
-    assert read_secret_certs(c.agent, c.ns, kept).own.cert
+    # refused by RBAC, before the server looks (403, not 404)
+    refused(lambda: c.agent.get(SECRET, node_secret_name(gone), c.ns))
+    assert allowed(lambda: read_secret_certs(c.agent, c.ns, kept)).own.cert
 
 
 def test_a_role_naming_no_secret_grants_none(cluster: Cluster, nodes: list[str]) -> None:
     c = cluster
     c.reconcile()
-    assert read_secret_certs(c.agent, c.ns, nodes[0])
+    assert allowed(lambda: read_secret_certs(c.agent, c.ns, nodes[0]))
     ensure_agent_role(c.operator, c.ns, [])  # what the operator writes when no Node is left
     assert c.kube.get(ROLE, AGENT_ROLE, c.ns).get("rules") in (None, [])
-    with pytest.raises(PermissionDenied):
-        c.agent.get(SECRET, node_secret_name(nodes[0]), c.ns)
+    refused(lambda: c.agent.get(SECRET, node_secret_name(nodes[0]), c.ns))
     c.reconcile()
-    assert read_secret_certs(c.agent, c.ns, nodes[0])
+    assert allowed(lambda: read_secret_certs(c.agent, c.ns, nodes[0]))
 
 
 @contextlib.contextmanager
