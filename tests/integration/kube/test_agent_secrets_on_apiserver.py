@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -186,7 +187,7 @@ def test_agents_get_the_node_certificates_and_no_secret_that_mints_an_identity(
     mine = {node_secret_name(n) for n in nodes}
     assert mine <= set(c.granted()) and CA_SECRET not in c.granted()
     for n in nodes:
-        bundle = allowed(lambda n=n: read_secret_certs(c.agent, c.ns, n))
+        bundle = allowed(functools.partial(read_secret_certs, c.agent, c.ns, n))
         assert bundle.ca == ca.cert
         assert pki.identify(bundle.own.cert, ca.cert) == pki.Identity(n, "node")
 
