@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import struct
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,11 @@ from statehold.backup.crypto import ID_LEN
 from statehold.errors import Corrupt, FailedPrecondition
 
 FORMAT = "statehold-manifest"
-VERSION = 1
+VERSION = 2
+"""The newest manifest version this release reads. Version 2 is written only by tree
+backups cut by content (a ``chunking`` header, chunk entries with their lengths, format
+§11.8); every other manifest is still written as version 1, so older releases keep
+reading them and refuse only what they would misread."""
 _ENTRY = struct.Struct(">Q32s")
 
 
@@ -55,6 +59,11 @@ class Manifest:
     BackupSchedule; empty for a backup made by hand (the CLI, a VolumeBackup written by a
     user) and for every manifest written before the field existed. A schedule's retention
     only ever considers the backups of its own origin."""
+    chunking: dict[str, Any] | None = None
+    """How a tree backup's files were cut (format §11.8): None for fixed, aligned
+    ``chunk_size`` slices (§6.3); ``{"method": "fastcdc-2020", "min", "avg", "max"}`` for
+    content-defined chunks. A child backup reuses a parent's chunk lists only when both
+    were cut the same way."""
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -68,15 +77,26 @@ class Manifest:
         for i in range(len(self.offsets)):
             yield self.ids[i * ID_LEN : (i + 1) * ID_LEN]
         for entry in self.tree or ():
-            for _off, hexid in entry.get("chunks", ()):
-                yield bytes.fromhex(hexid)
+            for c in entry.get("chunks", ()):
+                yield bytes.fromhex(c[1])
+
+    def file_chunks(self, entry: Mapping[str, Any]) -> Iterator[tuple[int, bytes, int]]:
+        """``(offset, chunk id, length)`` of each stored chunk of a tree file entry. Fixed
+        chunking (§6.3) implies the length (aligned ``chunk_size`` slices); content-defined
+        chunking (§11.8) records it as the entry's third element."""
+        size = int(entry["size"])
+        for c in entry.get("chunks", ()):
+            off = int(c[0])
+            length = int(c[2]) if self.chunking else min(self.chunk_size, size - off)
+            yield off, bytes.fromhex(c[1]), length
 
     def chunk_length(self, offset: int) -> int:
         return min(self.chunk_size, self.size - offset)
 
     def header(self) -> dict[str, Any]:
         head: dict[str, Any] = {
-            "format": FORMAT, "version": VERSION, "kind": self.kind, "backup_id": self.backup_id,
+            "format": FORMAT, "version": 2 if self.chunking else 1, "kind": self.kind,
+            "backup_id": self.backup_id,
             "volume": self.volume, "size": self.size, "chunk_size": self.chunk_size,
             "created": self.created, "parent": self.parent, "snapshot": self.snapshot,
             "host": self.host, "labels": self.labels,
@@ -86,6 +106,8 @@ class Manifest:
         }
         if self.tree is not None:
             head["entries"] = self.tree
+        if self.chunking:  # absent means fixed chunking, as in every version 1 manifest
+            head["chunking"] = self.chunking
         if self.origin:  # absent means made by hand, as in manifests from before the field
             head["origin"] = self.origin
         return head
@@ -126,6 +148,21 @@ def decode(data: bytes, key: str) -> Manifest:
             labels=dict(head.get("labels") or {}),
             stats=Stats(**{k: int(st.get(k, 0)) for k in Stats.__dataclass_fields__}),
             tree=head.get("entries"), origin=str(head.get("origin") or ""),
+            chunking=_chunking(head.get("chunking"), key),
         )
     except (struct.error, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise Corrupt(f"{key}: manifest does not parse: {exc}") from exc
+
+
+CHUNKING_METHODS = frozenset({"fastcdc-2020"})
+
+
+def _chunking(raw: Any, key: str) -> dict[str, Any] | None:
+    """The ``chunking`` header checked: None (fixed) or a known method with its sizes."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or raw.get("method") not in CHUNKING_METHODS:
+        raise FailedPrecondition(f"{key}: chunking {raw!r} is not one this Statehold knows; "
+                                 "upgrade")
+    return {"method": raw["method"], "min": int(raw["min"]), "avg": int(raw["avg"]),
+            "max": int(raw["max"])}

@@ -1,10 +1,13 @@
 """File-tree backups (manifest kind "tree", format §6.3): for shared volumes, which are
 directories on a shared filesystem rather than block images.
 
-File content is cut like images (aligned ``chunk_size`` slices, zero slices omitted), so it
-deduplicates with everything else in the repository. With a parent tree backup, a regular
-file whose size, mtime and inode did not change reuses the parent's chunk list unread.
-Hard links are stored as separate files; sockets, fifos and devices are skipped.
+In a version 2 repository file content is cut by content (FastCDC 2020, average
+``chunk_size``, format §11.8): bytes inserted or removed in the middle of a file shift only
+the chunks around the edit, and the rest still deduplicate. In a version 1 repository it
+is cut like images (aligned ``chunk_size`` slices, §6.3). Either way all-zero chunks are
+omitted, and with a parent tree backup cut the same way a regular file whose size, mtime
+and inode did not change reuses the parent's chunk list unread. Hard links are stored as
+separate files; sockets, fifos and devices are skipped.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from pyfastcdc import FastCDC
+
 from statehold.backup import chunkstore
 from statehold.backup.locks import Lock
 from statehold.backup.manifest import Manifest, Stats
@@ -32,6 +37,45 @@ from statehold.errors import AlreadyExists, InvalidArgument, NotFound, Unavailab
 log = logging.getLogger("statehold.backup.tree")
 
 Progress = Callable[[int, int], None]
+
+CDC_METHOD = "fastcdc-2020"
+CDC_READ = 8 << 20
+"""Bytes read per call while cutting a file by content: the reader's buffer, so memory
+stays flat whatever the file's size."""
+
+
+def chunking_for(repo: Repository) -> dict[str, Any] | None:
+    """How a new tree backup in ``repo`` cuts its files (format §11.8): by content in a
+    version 2 repository (minimum a quarter, maximum four times ``chunk_size``), fixed
+    aligned slices (None) in version 1, whose readers know no other way."""
+    if repo.config.version < 2:
+        return None
+    cs = repo.chunk_size
+    return {"method": CDC_METHOD, "min": max(64, cs // 4), "avg": cs, "max": cs * 4}
+
+
+def _is_zero(data: bytes) -> bool:
+    """All zero bytes; a chunk whose first byte is not zero costs nothing to rule out."""
+    return data[:1] == b"\0" and data.count(0) == len(data)
+
+
+class _Bounded:
+    """A raw file read through ``readinto`` that stops at ``size`` bytes: a file that grows
+    while it is read is backed up at the size it was listed with."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.left = size
+        self.read = 0
+
+    def readinto(self, buf: memoryview) -> int:
+        want = min(len(buf), self.left, CDC_READ)
+        if want <= 0:
+            return 0
+        n = os.readv(self.fd, [buf[:want]])
+        self.left -= n
+        self.read += n
+        return n
 
 
 def _walk(root: Path) -> list[tuple[str, os.stat_result]]:
@@ -62,8 +106,10 @@ def backup_tree(repo: Repository, root: Path, *, volume: str, parent: Manifest |
         raise NotFound(f"directory {root} does not exist")
     cs = repo.chunk_size
     codec = repo.codec
+    chunking = chunking_for(repo)
     previous: dict[str, dict[str, Any]] = {}
-    if parent is not None and parent.kind == "tree" and parent.chunk_size == cs:
+    if parent is not None and parent.kind == "tree" and parent.chunk_size == cs \
+            and parent.chunking == chunking:
         previous = {e["path"]: e for e in parent.tree or ()}
     with Lock(repo, "shared") as lock:
         known = chunkstore.known_chunks(repo)
@@ -80,8 +126,10 @@ def backup_tree(repo: Repository, root: Path, *, volume: str, parent: Manifest |
 
         def process(data: bytes) -> bytes | None:
             try:
+                if chunking is not None and _is_zero(data):
+                    return None  # variable lengths: a zero id per length would cost a hash each
                 cid = codec.chunk_id(data)
-                if cid == codec.zero_id(len(data)):
+                if chunking is None and cid == codec.zero_id(len(data)):
                     return None
                 if sink.claim(cid):
                     blob = codec.encode(blob_key(cid), data)
@@ -99,7 +147,7 @@ def backup_tree(repo: Repository, root: Path, *, volume: str, parent: Manifest |
                 slots.release()
 
         with ThreadPoolExecutor(workers, thread_name_prefix="tree") as pool:
-            files: list[tuple[dict[str, Any], list[tuple[int, Future[bytes | None]]]]] = []
+            files: list[tuple[dict[str, Any], list[tuple[int, int, Future[bytes | None]]]]] = []
             for rel, st in listing:
                 entry: dict[str, Any] = {
                     "path": rel, "mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid,
@@ -121,15 +169,20 @@ def backup_tree(repo: Repository, root: Path, *, volume: str, parent: Manifest |
                         with mutex:
                             state["done"] += st.st_size
                     else:
-                        files.append((entry, _read_file(root / rel, st.st_size, cs, pool, process, slots,
-                                                        state, mutex)))
+                        read = _read_file if chunking is None else _cut_file
+                        files.append((entry, read(root / rel, st.st_size, cs, chunking, pool, process,
+                                                  slots, state, mutex)))
                 else:
                     log.info("tree backup skips special file path=%s", rel)
                     continue
                 entries.append(entry)
             for entry, futures in files:
-                chunks = [(off, f.result()) for off, f in futures]
-                entry["chunks"] = [[off, cid.hex()] for off, cid in chunks if cid is not None]
+                done = [(off, length, f.result()) for off, length, f in futures]
+                if chunking is None:
+                    entry["chunks"] = [[off, cid.hex()] for off, _, cid in done if cid is not None]
+                else:
+                    entry["chunks"] = [[off, cid.hex(), length] for off, length, cid in done
+                                       if cid is not None]
         m = Manifest(
             backup_id=new_backup_id(), volume=volume, size=total, chunk_size=cs, created=time.time(),
             offsets=array("Q"), ids=b"", kind="tree",
@@ -137,7 +190,7 @@ def backup_tree(repo: Repository, root: Path, *, volume: str, parent: Manifest |
             host=socket.gethostname(), labels=dict(labels or {}), tree=entries,
             stats=Stats(bytes_read=state["read"], bytes_new=state["new"], stored_new=state["stored"],
                         chunks=sum(len(e["chunks"]) for e in entries), chunks_new=state["chunks_new"]),
-            origin=origin,
+            origin=origin, chunking=chunking,
         )
         try:
             sink.finish()  # every chunk stored and findable before the manifest
@@ -148,14 +201,22 @@ def backup_tree(repo: Repository, root: Path, *, volume: str, parent: Manifest |
         return m
 
 
-def _read_file(path: Path, size: int, cs: int, pool: ThreadPoolExecutor,
-               process: Callable[[bytes], bytes | None], slots: threading.Semaphore,
-               state: dict[str, int], mutex: threading.Lock) -> list[tuple[int, Future[bytes | None]]]:
-    futures: list[tuple[int, Future[bytes | None]]] = []
+_Futures = list[tuple[int, int, Future[bytes | None]]]
+
+
+def _open(path: Path) -> int:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError as exc:
         raise Unavailable(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _read_file(path: Path, size: int, cs: int, chunking: dict[str, Any] | None, pool: ThreadPoolExecutor,
+               process: Callable[[bytes], bytes | None], slots: threading.Semaphore,
+               state: dict[str, int], mutex: threading.Lock) -> _Futures:
+    """Fixed chunking: aligned ``cs`` slices, each handed to ``process`` as it is read."""
+    futures: _Futures = []
+    fd = _open(path)
     try:
         for off in range(0, size, cs):
             want = min(cs, size - off)
@@ -165,7 +226,34 @@ def _read_file(path: Path, size: int, cs: int, pool: ThreadPoolExecutor,
             with mutex:
                 state["read"] += len(data)
             slots.acquire()
-            futures.append((off, pool.submit(process, data)))
+            futures.append((off, want, pool.submit(process, data)))
+    finally:
+        os.close(fd)
+    return futures
+
+
+def _cut_file(path: Path, size: int, cs: int, chunking: dict[str, Any] | None,
+              pool: ThreadPoolExecutor, process: Callable[[bytes], bytes | None],
+              slots: threading.Semaphore, state: dict[str, int], mutex: threading.Lock) -> _Futures:
+    """Content-defined chunking: the file streamed through FastCDC ``CDC_READ`` bytes at a
+    time, each chunk copied out and handed to ``process``. A file that shrank while it was
+    read keeps its listed size; its missing tail restores as zeros, as with fixed slices."""
+    assert chunking is not None
+    cutter = FastCDC(int(chunking["avg"]), min_size=int(chunking["min"]),
+                     max_size=int(chunking["max"]))
+    futures: _Futures = []
+    fd = _open(path)
+    try:
+        reader = _Bounded(fd, size)
+        try:
+            for chunk in cutter.cut_stream(reader):
+                data = bytes(chunk.data)  # the view is reused for the next chunk
+                with mutex:
+                    state["read"] += len(data)
+                slots.acquire()
+                futures.append((int(chunk.offset), len(data), pool.submit(process, data)))
+        except OSError as exc:
+            raise Unavailable(f"cannot read {path}: {exc.strerror}") from exc
     finally:
         os.close(fd)
     return futures
@@ -201,9 +289,8 @@ def restore_tree(repo: Repository, backup_id: str, target: Path, *, parallel: in
                         # by path, not ftruncate: smbnetfs (SMB) answers EIO to ftruncate
                         dest.touch(exist_ok=False)
                         os.truncate(dest, int(e["size"]))
-                        jobs.extend(pool.submit(_restore_chunk, repo, dest, int(off), bytes.fromhex(cid),
-                                                min(m.chunk_size, int(e["size"]) - int(off)))
-                                    for off, cid in e["chunks"])
+                        jobs.extend(pool.submit(_restore_chunk, repo, dest, off, cid, length)
+                                    for off, cid, length in m.file_chunks(e))
                 for job in jobs:
                     job.result()
             for e in entries:  # durable before the rename publishes the tree

@@ -117,10 +117,9 @@ def verify(repo: Repository, *, deep: bool = False, parallel: int = 8,
                 users.setdefault(cid, []).append(m.backup_id)
                 lengths[cid] = m.chunk_length(off)
             for entry in m.tree or ():
-                for off, hexid in entry.get("chunks", ()):
-                    cid = bytes.fromhex(hexid)
+                for _off, cid, length in m.file_chunks(entry):
                     users.setdefault(cid, []).append(m.backup_id)
-                    lengths[cid] = min(m.chunk_size, int(entry["size"]) - int(off))
+                    lengths[cid] = length
         if chunkstore.packed(repo):
             checked = _verify_packed(repo, users, lengths, problems, deep=deep, parallel=parallel,
                                      progress=progress, quarantine=quarantine)

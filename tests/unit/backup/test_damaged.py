@@ -17,7 +17,7 @@ from statehold.backup import extents
 from statehold.backup.collecting import forget, gc, prune
 from statehold.backup.dirstore import DirectoryStore
 from statehold.backup.imagebackup import Parent, create_backup
-from statehold.backup.manifest import Manifest
+from statehold.backup.manifest import VERSION, Manifest
 from statehold.backup.repository import Damaged, Repository, chunk_key, manifest_key, quarantine_key
 from statehold.backup.restoring import restore_image
 from statehold.backup.retention import Policy
@@ -116,7 +116,8 @@ def test_a_newer_manifest_is_not_quarantined_and_keeps_every_chunk(repo: Reposit
                                                                    tmp_path: Path) -> None:
     a = create_backup(repo, image(tmp_path, "a"), volume="p/a")
     forget(repo, a.backup_id)
-    head = json.dumps({"format": "statehold-manifest", "version": 2, "backup_id": "x"}).encode()
+    head = json.dumps({"format": "statehold-manifest", "version": VERSION + 1,
+                       "backup_id": "x"}).encode()
     newer = "20990101T000000Z-00000000"
     repo.put_blob(manifest_key(newer), struct.pack(">I", len(head)) + head)
     r = gc(repo, grace=0)
