@@ -132,9 +132,10 @@ class Installation:
             time.sleep(0.1)
 
     def remove(self, timeout: float = 120.0) -> None:
-        """Undo, last first, and wait until the CRDs made here are gone (a CRD is removed
-        after every object of its kind: a module that installs it next must not find it
-        still terminating). Carries on past failures and raises the first at the end."""
+        """Undo, last first, and wait until the CRDs and namespaces made here are gone (a
+        CRD is removed after every object of its kind: a module that installs it next must
+        not find it still terminating; a namespace after everything in it). Carries on past
+        failures and raises the first at the end."""
         errors: list[Exception] = []
         for obj in reversed(self.created):
             try:
@@ -143,12 +144,16 @@ class Installation:
                 errors.append(exc)
         deadline = time.monotonic() + timeout
         for obj in self.created:
-            if obj["kind"] != "CustomResourceDefinition":
+            # a terminating namespace is not gone: a later test's operator (it watches every
+            # namespace) still sees what is left in it and is refused when it writes there
+            if obj["kind"] not in ("CustomResourceDefinition", "Namespace"):
                 continue
-            while self.admin.get(obj) is not None:
+            while (left := self.admin.get(obj)) is not None:
                 if time.monotonic() > deadline:
-                    errors.append(AssertionError(f"CRD {obj['metadata']['name']} still there "
-                                                 f"{timeout:.0f}s after its deletion"))
+                    conds = (left.get("status") or {}).get("conditions") or []
+                    errors.append(AssertionError(
+                        f"{obj['kind']} {obj['metadata']['name']} still there {timeout:.0f}s "
+                        f"after its deletion: {[c.get('message') for c in conds]}"))
                     break
                 time.sleep(0.2)
         for old in reversed(self.replaced):

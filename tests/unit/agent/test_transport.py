@@ -5,7 +5,6 @@ errors as codes, the replication loop's status and metrics."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -14,8 +13,9 @@ from statehold import errors
 from statehold.agent import pki
 from statehold.agent.book import Peer
 from statehold.agent.client import AgentClient
-from statehold.agent.copies import CopyView, VolumeRef
+from statehold.agent.copies import Applied, CopyView, VolumeRef
 from statehold.agent.server import AgentServer
+from tests.fixtures.netns import wait_for
 from tests.unit.agent.memory_copies import MemoryCopies
 
 DATA = bytes(range(256)) * 4096  # 1 MiB: 16 data frames of 64 KiB
@@ -97,13 +97,6 @@ def frames_then(fail_after: int, source: Iterator[bytes], applied: Callable[[], 
         yield data
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met"
-        time.sleep(0.01)
-
-
 def test_cut_stream_keeps_the_previous_point_and_resumes_next_time(agents, bundle_for) -> None:  # type: ignore[no-untyped-def]
     primary, replica = MemoryCopies(), MemoryCopies()
     vol = primary.add("pool/db", "primary", DATA, epoch=1)
@@ -116,12 +109,21 @@ def test_cut_stream_keeps_the_previous_point_and_resumes_next_time(agents, bundl
             c.replicate(vol, frames_then(6, out.frames, lambda: replica.copies[vol].applied_frames == 5))
         copy = replica.copies[vol]
         assert (copy.data, copy.point) == (b"old", "p0")
-        # the replica kept what it staged; the next stream resumes there
-        state, _ = c.state(vol)
-        assert state is not None
-        assert state.point == "p0" and 0 < state.resume_offset < len(DATA)
-        out = primary.stream(vol, epoch=1, remote=state, peer="n2")
-        ack = c.replicate(vol, out.frames)
+
+        def resume() -> tuple[CopyView, Applied] | None:
+            """The replica kept what it staged; the next stream resumes there. The client
+            sees the cut before the replica has unwound it, and until then a new stream
+            is refused (Aborted), as a primary that retries at once would see."""
+            state, _ = c.state(vol)
+            assert state is not None
+            assert state.point == "p0" and 0 < state.resume_offset < len(DATA)
+            out = primary.stream(vol, epoch=1, remote=state, peer="n2")
+            try:
+                return state, c.replicate(vol, out.frames)
+            except errors.Aborted:
+                return None
+
+        state, ack = wait_for(resume, 30.0, "the replica to release the cut stream")
     assert replica.copies[vol].data == DATA and ack.point == replica.copies[vol].point
     assert ack.bytes == len(DATA) - state.resume_offset
 
