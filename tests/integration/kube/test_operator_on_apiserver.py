@@ -112,6 +112,9 @@ class Process:
         env = {k: v for k, v in os.environ.items()
                if k not in ("KUBECONFIG", "POD_NAMESPACE") and not k.startswith("STATEHOLD_")}
         env.update(self.env, PYTHONUNBUFFERED="1")
+        # a pod's index cache lives and dies with its container; here, with the test's
+        # directory (not in root's ~/.cache, where the chart's default would put it)
+        env.setdefault("STATEHOLD_BACKUP_CACHE", str(self.log.with_name(f"{self.name}-backup-cache")))
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "statehold.cli.main", *self.argv],
