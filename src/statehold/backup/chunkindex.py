@@ -31,6 +31,7 @@ log = logging.getLogger("statehold.backup.chunkindex")
 
 CACHE_ENV = "STATEHOLD_BACKUP_CACHE"
 PAGE_CACHE_KIB = 16 * 1024
+_IN_BATCH = 500  # ids per IN (...) query: under SQLite's oldest host-parameter limit (999)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS indexes(idx INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, n INTEGER NOT NULL);
@@ -132,6 +133,20 @@ class ChunkIndex:
             return False
         with self._lock:
             return self._db.execute("SELECT 1 FROM chunks WHERE id=? LIMIT 1", (cid,)).fetchone() is not None
+
+    def present(self, ids: Iterable[bytes]) -> set[bytes]:
+        """Which of ``ids`` the index holds: one query per ``_IN_BATCH`` ids rather than
+        one per id (an incremental backup checks every chunk its parent names, tens of
+        thousands, and a query each cost it a tenth of its time)."""
+        wanted = list(dict.fromkeys(ids))
+        found: set[bytes] = set()
+        with self._lock:
+            for i in range(0, len(wanted), _IN_BATCH):
+                batch = wanted[i : i + _IN_BATCH]
+                marks = ",".join("?" * len(batch))
+                found.update(r[0] for r in self._db.execute(
+                    f"SELECT DISTINCT id FROM chunks WHERE id IN ({marks})", batch))
+        return found
 
     def names(self) -> set[str]:
         with self._lock:

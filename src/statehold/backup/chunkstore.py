@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import weakref
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -67,6 +67,14 @@ def known_chunks(repo: Repository) -> Container[bytes]:
     idx = index_of(repo)
     idx.sync(repo)
     return idx
+
+
+def stored(known: Container[bytes], ids: Iterable[bytes]) -> set[bytes]:
+    """Which of ``ids`` are in ``known`` (what :func:`known_chunks` returned): in bulk
+    from the index cache of a version 2 repository, one by one from a version 1 set."""
+    if isinstance(known, ChunkIndex):
+        return known.present(ids)
+    return {cid for cid in ids if cid in known}
 
 
 def _still_version_1(repo: Repository) -> None:

@@ -78,11 +78,12 @@ def keep_only_stored(p: Plan, known: Container[bytes]) -> Plan:
     chunk the parent names can be gone: quarantined as damaged, or collected after the
     parent was pruned or forgotten between parent choice and the lock. Reading it again
     stores it again, which also mends every older backup that names the same id."""
-    lost = [i for i, cid in p.copied.items() if cid not in known]
+    here = chunkstore.stored(known, p.copied.values())
+    lost = [i for i, cid in p.copied.items() if cid not in here]
     if not lost:
         return p
     log.warning("backup parent names %d chunks no longer stored: reading them again", len(lost))
-    return Plan(sorted({*p.read, *lost}), {i: c for i, c in p.copied.items() if c in known})
+    return Plan(sorted({*p.read, *lost}), {i: c for i, c in p.copied.items() if c in here})
 
 
 def create_backup(repo: Repository, image: Path, *, volume: str, parent: Parent | None = None,

@@ -116,6 +116,22 @@ def test_chunks_go_into_few_packs_named_by_index_objects(repo: Repository, tmp_p
     assert again.stats.chunks_new == 0 and len(list(repo.store.list(PACK_PREFIX))) == len(packs)
 
 
+def test_the_cache_answers_which_ids_it_holds_in_bulk(repo: Repository, tmp_path: Path) -> None:
+    """``present`` (what an incremental backup asks of every chunk its parent names) agrees
+    with one-by-one membership across several query batches, duplicates and strangers."""
+    img = write_image(tmp_path / "v.img", 40 * MiB, [(0, _bytes(3, 40 * MiB))])
+    m = create_backup(repo, img, volume="p/v")
+    idx = chunkstore.index_of(repo)
+    ids = [cid for _, cid in m.entries()]
+    strangers = [i.to_bytes(2, "big") * 16 for i in range(1000)]
+    asked = ids + strangers + ids[:10]
+    assert len(asked) > 2 * 500  # more than two batches
+    assert idx.present(asked) == set(ids) == {cid for cid in asked if cid in idx}
+    assert chunkstore.stored(idx, asked) == set(ids)
+    assert chunkstore.stored(set(ids[:5]), asked) == set(ids[:5])  # a version 1 known set
+    assert idx.present([]) == set()
+
+
 def test_a_deleted_cache_is_rebuilt_from_the_index_objects(repo: Repository, tmp_path: Path) -> None:
     img = mixed_image(tmp_path / "v.img")
     m = create_backup(repo, img, volume="p/v")
