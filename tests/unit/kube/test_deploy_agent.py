@@ -61,6 +61,7 @@ def test_agents_run_on_the_host_network_at_the_nodes_address(docs: list[dict[str
     assert spec.get("tolerations") == node_pods.get("tolerations")
     operator = containers(one(docs, "Deployment", "statehold-operator"))["operator"]
     assert "--agent-port=7443" in operator["args"] and "--no-replication" not in operator["args"]
+    assert "--no-move-on-cordon" not in operator["args"]  # moves on cordon by default
     assert "--cluster" in containers(one(docs, "DaemonSet", "statehold-node"))["statehold-plugin"]["args"]
 
 
@@ -74,6 +75,14 @@ def test_other_agent_values_render_valid_objects() -> None:
             "--metrics-listen=$(NODE_IP):9444"} <= set(agent["args"])
     operator = containers(one(docs, "Deployment", "statehold-operator"))["operator"]
     assert "--agent-port=9443" in operator["args"]
+
+
+def test_move_on_cordon_can_be_turned_off_for_the_whole_cluster() -> None:
+    docs = render.render_chart({"agent": {"moveOnCordon": False}}, name="sh", namespace=RELEASE_NS)
+    for doc in docs:
+        validate_object(doc)
+    operator = containers(one(docs, "Deployment", "statehold-operator"))["operator"]
+    assert "--no-move-on-cordon" in operator["args"] and "--agent-port=7443" in operator["args"]
 
 
 def test_without_agents_the_operator_runs_no_replication() -> None:
