@@ -44,14 +44,20 @@ CDC_READ = 8 << 20
 stays flat whatever the file's size."""
 
 
+CDC_MAX_AVG = 4 << 20
+"""The largest average FastCDC takes (its table of masks ends there); a repository with
+larger chunks (up to 16 MiB) cuts its trees at this average."""
+
+
 def chunking_for(repo: Repository) -> dict[str, Any] | None:
     """How a new tree backup in ``repo`` cuts its files (format §11.8): by content in a
-    version 2 repository (minimum a quarter, maximum four times ``chunk_size``), fixed
-    aligned slices (None) in version 1, whose readers know no other way."""
+    version 2 repository (average ``chunk_size`` up to 4 MiB, minimum a quarter of it,
+    maximum four times it), fixed aligned slices (None) in version 1, whose readers know
+    no other way."""
     if repo.config.version < 2:
         return None
-    cs = repo.chunk_size
-    return {"method": CDC_METHOD, "min": max(64, cs // 4), "avg": cs, "max": cs * 4}
+    avg = min(repo.chunk_size, CDC_MAX_AVG)
+    return {"method": CDC_METHOD, "min": avg // 4, "avg": avg, "max": avg * 4}
 
 
 def _is_zero(data: bytes) -> bool:

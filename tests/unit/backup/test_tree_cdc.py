@@ -66,6 +66,22 @@ def test_a_version_2_tree_is_cut_by_content_and_says_so(tmp_path: Path) -> None:
     assert verify(repo, deep=True).ok
 
 
+@pytest.mark.parametrize("chunk_size", [64 * KiB, 4 * MiB, 16 * MiB])
+def test_every_chunk_size_a_repository_may_have_cuts_by_content(tmp_path: Path,
+                                                               chunk_size: int) -> None:
+    """64 KiB..16 MiB are valid repository chunk sizes (format §5); FastCDC's own bounds
+    (average at most 4 MiB, maximum at most 16 MiB) must not make any of them fail."""
+    repo = Repository.init(MemoryStore(), "pw", version=2, chunk_size=chunk_size, pack_size=MiB)
+    src = tmp_path / "src"
+    src.mkdir()
+    body = _random(9 * MiB + 5, 8)
+    (src / "f").write_bytes(body)
+    m = backup_tree(repo, src, volume="shared/a")
+    assert m.chunking is not None and m.chunking["avg"] == min(chunk_size, 4 * MiB)
+    restore_tree(repo, m.backup_id, tmp_path / "out")
+    assert (tmp_path / "out" / "f").read_bytes() == body
+
+
 def test_bytes_inserted_in_the_middle_cost_only_the_chunks_around_them(tmp_path: Path) -> None:
     """The reason for content-defined chunking; version 1's fixed slices are the contrast."""
     body = _random(8 * MiB, 2)
