@@ -68,6 +68,7 @@ COLUMNS = [
 WIDE = [
     ("FS", lambda v: v["fs"] or "-"),
     ("PROFILE", lambda v: v["profile"] or "-"),
+    ("LAYOUT", lambda v: v["layout"] or "file"),
     ("ALLOCATABLE", lambda v: human(v["capacity"]["allocatable"])),
     ("RATIO", lambda v: f"{v['capacity']['overprovisionRatio']:g}"),
     ("SPACE", lambda v: str(v["space"]["level"])),
@@ -155,6 +156,9 @@ def describe_cmd(
             ("Name", name),
             ("UUID", v["uuid"]),
             ("Filesystem", f"{v['fs']} ({v['profile']})"),
+            ("Layout", (f"{v['layout'] or 'file'} (snapshots are btrfs subvolume snapshots)"
+                        if v["layout"] == "subvolume" else
+                        f"{v['layout'] or 'file'} (snapshots are reflink copies)")),
             ("Disks", v["sources"]),
             ("Mountpoint", v["mountpoint"]),
             ("Total", human(c["total"])),

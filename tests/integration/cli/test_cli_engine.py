@@ -25,14 +25,19 @@ def test_pool_create_is_idempotent_and_get_shows_capacity(home: Path) -> None:
     table = ok(home, "pool", "get").splitlines()
     assert table[0].split() == ["NAME", "TOTAL", "USED", "PROVISIONED", "FREE"]
     assert table[1].split()[0] == "p"
-    assert "MOUNTPOINT" in ok(home, "pool", "get", "-o", "wide")
+    wide = ok(home, "pool", "get", "-o", "wide").splitlines()
+    assert "MOUNTPOINT" in wide[0]
+    heads = wide[0].split()
+    assert wide[1].split()[heads.index("LAYOUT")] == "file"
     items = as_json(home, "pool", "get")["items"]
     assert [i["name"] for i in items] == ["p"]
     cap = items[0]["capacity"]
     assert 0 < cap["free"] <= cap["total"] <= 2 << 30 and cap["provisioned"] == 0
     one = yaml.safe_load(ok(home, "pool", "get", "p", "-o", "yaml"))
     assert one["name"] == "p" and one["mountpoint"] == str(home / "pools" / "p")
-    assert "Overprovision ratio:" in ok(home, "pool", "describe", "p")
+    described = ok(home, "pool", "describe", "p")
+    assert "Overprovision ratio:" in described
+    assert "Layout:" in described and "file (snapshots are reflink copies)" in described
 
 
 def test_pool_create_with_another_spec_is_already_exists(home: Path) -> None:

@@ -105,6 +105,10 @@ def test_pool_create_with_layout_subvolume_needs_btrfs_and_shows_its_layout(
     made = as_json(engine_home, "pool", "create", "sv", "--images", "2", "--image-size", "1Gi",
                    "--layout", "subvolume")
     assert made["layout"] == "subvolume" and made["fs"] == "btrfs"
+    wide = ok(engine_home, "pool", "get", "-o", "wide").splitlines()
+    assert wide[1].split()[wide[0].split().index("LAYOUT")] == "subvolume"
+    assert "subvolume (snapshots are btrfs subvolume snapshots)" in ok(
+        engine_home, "pool", "describe", "sv")
     ok(engine_home, "volume", "create", "data", "--size", "64Mi", "--mode", "block")
     ok(engine_home, "snapshot", "create", "data-1", "--volume", "data")
     assert (engine_home / "pools" / "sv" / "snapshots" / "data-1" / "volume.img").exists()
