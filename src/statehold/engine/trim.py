@@ -20,8 +20,8 @@ Four details make that reliable rather than eventual (each measured here, kernel
   on loaded cores, found nothing in flight right after ``FITRIM`` while the holes were
   still being punched (a quarter of the 128 MiB had come back when the trim
   measured, all of it moments later). So the trim measures once the backing file's
-  allocation has also stopped changing (:func:`settled_allocation`), which costs it a few
-  tens of milliseconds.
+  allocation has also stopped changing for 0.2 s (:func:`settled_allocation`), which a
+  trim, a maintenance pass, can afford.
 * What a trim achieved is measured where it matters, on the pool: the backing file's
   allocated bytes (``st_blocks``) before and after. The count a filesystem returns from
   ``FITRIM`` is not that (XFS reports the whole range it looked at).
@@ -172,8 +172,8 @@ IDLE_TIMEOUT = 30.0
 :func:`statehold.engine.loop.wait_idle`)."""
 
 
-SETTLE_POLL = 0.02
-SETTLE_READS = 3
+SETTLE_POLL = 0.05
+SETTLE_READS = 5
 
 
 def settled_allocation(backing: Path, device: str, timeout: float = IDLE_TIMEOUT) -> int:
