@@ -147,10 +147,13 @@ def test_a_schedules_prune_keeps_manual_backups_and_deletes_exactly_the_objects_
     ids = set(repo.backup_ids())
     # calendar retention on real manifests made seconds apart: keepDaily 2 keeps the newest
     # of the (at most two) UTC days they span; the engine's decision, recomputed here from
-    # the ids' instants, is what the repository and the objects both show
+    # the ids' instants, is what the repository and the objects both show. An id names its
+    # second only, and two runs can fall in one second: they were made in list order, so
+    # the order breaks the tie as the manifests' exact creation times did
     wanted = set(apply(Policy(daily=2), [
         Item(m["status"]["backupId"], "v", calendar.timegm(time.strptime(
-            m["status"]["backupId"][:16], "%Y%m%dT%H%M%SZ"))) for m in made]).keep)
+            m["status"]["backupId"][:16], "%Y%m%dT%H%M%SZ")) + i / 1000)
+        for i, m in enumerate(made)]).keep)
     newest = made[-1]
     assert newest["status"]["backupId"] in wanted and len(wanted) <= 2
     assert {m["status"]["backupId"] for m in made} & ids == wanted
