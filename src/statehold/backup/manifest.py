@@ -154,7 +154,8 @@ def decode(data: bytes, key: str) -> Manifest:
         raise Corrupt(f"{key}: manifest does not parse: {exc}") from exc
 
 
-CHUNKING_METHODS = frozenset({"fastcdc-2020"})
+FASTCDC_2020 = "fastcdc-2020"
+CHUNKING_METHODS = frozenset({FASTCDC_2020})
 
 
 def _chunking(raw: Any, key: str) -> dict[str, Any] | None:

@@ -29,7 +29,7 @@ from pyfastcdc import FastCDC
 
 from statehold.backup import chunkstore
 from statehold.backup.locks import Lock
-from statehold.backup.manifest import Manifest, Stats
+from statehold.backup.manifest import FASTCDC_2020, Manifest, Stats
 from statehold.backup.packs import blob_key
 from statehold.backup.repository import Repository, new_backup_id
 from statehold.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
@@ -38,7 +38,6 @@ log = logging.getLogger("statehold.backup.tree")
 
 Progress = Callable[[int, int], None]
 
-CDC_METHOD = "fastcdc-2020"
 CDC_READ = 8 << 20
 """Bytes read per call while cutting a file by content: the reader's buffer, so memory
 stays flat whatever the file's size."""
@@ -57,7 +56,7 @@ def chunking_for(repo: Repository) -> dict[str, Any] | None:
     if repo.config.version < 2:
         return None
     avg = min(repo.chunk_size, CDC_MAX_AVG)
-    return {"method": CDC_METHOD, "min": avg // 4, "avg": avg, "max": avg * 4}
+    return {"method": FASTCDC_2020, "min": avg // 4, "avg": avg, "max": avg * 4}
 
 
 def _is_zero(data: bytes) -> bool:
@@ -72,7 +71,6 @@ class _Bounded:
     def __init__(self, fd: int, size: int) -> None:
         self.fd = fd
         self.left = size
-        self.read = 0
 
     def readinto(self, buf: memoryview) -> int:
         want = min(len(buf), self.left, CDC_READ)
@@ -80,7 +78,6 @@ class _Bounded:
             return 0
         n = os.readv(self.fd, [buf[:want]])
         self.left -= n
-        self.read += n
         return n
 
 
