@@ -125,9 +125,11 @@ class AgentClient:
         reply: pb.RoleReply = self._call("Demote", pb.RoleRequest(volume=str(volume), epoch=epoch))
         return reply
 
-    def set_replicas(self, volume: VolumeRef, replicas: list[Peer]) -> None:
+    def set_replicas(self, volume: VolumeRef, replicas: list[Peer], *, rpo_seconds: int = 0) -> None:
+        """The replicas the primary streams to, and the volume's RPO (0: not said)."""
         peers = [pb.Peer(node=p.node, address=p.address, pool=p.pool) for p in replicas]
-        self._call("SetReplicas", pb.SetReplicasRequest(volume=str(volume), replicas=peers))
+        self._call("SetReplicas", pb.SetReplicasRequest(volume=str(volume), replicas=peers,
+                                                        rpo_seconds=rpo_seconds))
 
     def release(self, volume: VolumeRef, *, whole: bool = False) -> None:
         """Delete the peer's copy (a copy already gone is fine); ``whole``: even a primary

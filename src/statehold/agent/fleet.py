@@ -134,7 +134,8 @@ class AgentFleet:
         spec = VolumeSpec(max(size, src.size), src.mode, src.fs)
         self._client(node).create_copy(VolumeRef(pool, VolumeRef.parse(volume).name), spec)
 
-    def set_replicas(self, primary: str, volume: str, replicas: Sequence[CopyTarget]) -> None:
+    def set_replicas(self, primary: str, volume: str, replicas: Sequence[CopyTarget], *,
+                     rpo_seconds: int = 0) -> None:
         client, ref, _r = self._find(primary, volume)
         peers = []
         for target in replicas:
@@ -143,7 +144,7 @@ class AgentFleet:
             except StateholdError as exc:  # listed again at the next pass
                 log.warning("event=replica_without_address volume=%s node=%s error=%s", volume,
                             target.node, exc)
-        client.set_replicas(ref, peers)
+        client.set_replicas(ref, peers, rpo_seconds=rpo_seconds)
 
     def promote(self, node: str, volume: str, epoch: int) -> None:
         client, ref, _r = self._find(node, volume)

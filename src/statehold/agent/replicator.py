@@ -110,7 +110,7 @@ class Replicator:
         self.prefetch = prefetch
         self.pauser = pauser
         self.clock = clock
-        self.metrics = AgentMetrics(self._lags)
+        self.metrics = AgentMetrics(self._lags, self._rpos)
         self._lock = threading.Lock()
         self._progress: dict[tuple[VolumeRef, str], _Progress] = {}
         self._volume_locks: dict[VolumeRef, threading.Lock] = {}
@@ -237,6 +237,9 @@ class Replicator:
                                          p.taken_at, lag,
                                          p.sent_bytes, p.last_error, p.syncing))
         return out
+
+    def _rpos(self) -> list[tuple[str, int]]:
+        return [(str(v), rpo) for v, _peers in self.book.items() if (rpo := self.book.rpo(v))]
 
     def _lags(self) -> list[tuple[str, str, float]]:
         now = self.clock()

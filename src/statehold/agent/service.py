@@ -260,7 +260,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             raise InvalidArgument("every replica needs a node and an address")
         if any(p.node == self.node for p in peers):
             raise InvalidArgument(f"{self.node} cannot be a replica of its own volume")
-        self.book.set(volume, peers)
+        self.book.set(volume, peers, rpo_seconds=request.rpo_seconds)
         return pb.SetReplicasReply()
 
     @answer

@@ -288,13 +288,17 @@ def sync(volume: str = typer.Argument(..., help="pool/volume"), address: str = A
 
 def replicas(volume: str = typer.Argument(..., help="pool/volume"),
              peer: list[str] = typer.Argument(None, help="NODE[:POOL]@IP:PORT; none: no replicas"),
+             rpo: str = typer.Option("", "--rpo", help="the volume's RPO (15s, 1m30s, 2h), exported "
+                                     "as statehold_replication_rpo_seconds; empty: none"),
              address: str = AddressOption, certs: Path = CertsOption) -> None:
     """Set the replicas a primary volume of the agent's node streams to."""
     from statehold.agent.book import Peer
     from statehold.agent.copies import VolumeRef
+    from statehold.csi.backend_local import parse_rpo
 
     with failures(), _client(address, certs) as c:
-        c.set_replicas(VolumeRef.parse(volume), [Peer.parse(p) for p in peer or []])
+        c.set_replicas(VolumeRef.parse(volume), [Peer.parse(p) for p in peer or []],
+                       rpo_seconds=parse_rpo(rpo) if rpo else 0)
 
 
 def promote(volume: str = typer.Argument(..., help="pool/volume"),

@@ -48,8 +48,10 @@ class Agents(Protocol):
         """Make an empty copy (seeding, epoch 0) of ``size`` bytes in ``pool`` of ``node``."""
         ...
 
-    def set_replicas(self, primary: str, volume: str, replicas: Sequence[CopyTarget]) -> None:
-        """The copies the primary on ``primary`` streams to (replaces the list)."""
+    def set_replicas(self, primary: str, volume: str, replicas: Sequence[CopyTarget], *,
+                     rpo_seconds: int = 0) -> None:
+        """The copies the primary on ``primary`` streams to (replaces the list), and the
+        volume's RPO, which the primary's agent exports beside their lag."""
         ...
 
     def promote(self, node: str, volume: str, epoch: int) -> None:

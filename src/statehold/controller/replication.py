@@ -52,6 +52,7 @@ from statehold.controller.replication_policy import (
     primary_state,
 )
 from statehold.controller.replication_records import (
+    DEFAULT_RPO,
     ClusterFacts,
     ensure_records,
     first_primary,
@@ -458,7 +459,8 @@ class VolumePass:
                 keep = [CopyTarget(c.node, c.pool) for c in before.copies
                         if c.node != before.primary and c.node not in set(release)]
                 try:
-                    self.agents.set_replicas(before.primary, self.volume, keep)
+                    self.agents.set_replicas(before.primary, self.volume, keep,
+                                             rpo_seconds=self.rpo_seconds)
                 except StateholdError as exc:
                     log.info("event=set_replicas_failed volume=%s error=%s (release waits)",
                              self.volume, exc)
@@ -480,12 +482,17 @@ class VolumePass:
         targets = [CopyTarget(c.node, c.pool) for c in rec.copies
                    if c.node != rec.primary and c.node not in gone]
         try:
-            self.agents.set_replicas(rec.primary, self.volume, targets)
+            self.agents.set_replicas(rec.primary, self.volume, targets, rpo_seconds=self.rpo_seconds)
         except StateholdError as exc:
             log.info("event=set_replicas_failed volume=%s error=%s", self.volume, exc)
 
+    @property
+    def rpo_seconds(self) -> int:
+        """The volume's RPO (``spec.rpoSeconds``; the CRD's default when absent)."""
+        return int(self.rv["spec"].get("rpoSeconds") or DEFAULT_RPO)
+
     def write_copies(self, rec: Record) -> None:
-        rpo = int(self.rv["spec"].get("rpoSeconds") or 15)
+        rpo = self.rpo_seconds
         entries, lags = [], []
         for c in rec.copies:
             rep, old = self.reports.get(c.node), self._entry(c.node)

@@ -57,6 +57,11 @@ def test_replication_cycle_copies_the_volume_and_reports_lag_and_bytes(agents, b
     assert registry.get_sample_value("statehold_replication_lag_seconds", labels) >= 0
     assert registry.get_sample_value("statehold_replication_sent_bytes_total", labels) == r.sent_bytes
     assert b"statehold_replication_lag_seconds" in a.replicator.metrics.exposition()
+    # no RPO given (an older controller): none exported, so no alert compares with a guess
+    assert registry.get_sample_value("statehold_replication_rpo_seconds", {"volume": "pool/db"}) is None
+    with client_of(a, bundle_for("ctl", role="controller")) as ctl:
+        ctl.set_replicas(vol, [Peer("n2", f"127.0.0.1:{b.port}")], rpo_seconds=45)
+    assert registry.get_sample_value("statehold_replication_rpo_seconds", {"volume": "pool/db"}) == 45
 
 
 def test_one_cycle_brings_every_replica_to_the_same_point(agents, bundle_for) -> None:  # type: ignore[no-untyped-def]

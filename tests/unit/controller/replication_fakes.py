@@ -39,6 +39,7 @@ class FakeAgents:
     pools: dict[str, set[str]] = field(default_factory=dict)  # node -> pools it still has
     busy_pools: set[str] = field(default_factory=set)          # ExportPool refuses these
     replicas: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    rpo: dict[tuple[str, str], int] = field(default_factory=dict)
     sync_error: Exception | None = None
     refuse_promote: set[str] = field(default_factory=set)  # Promote on these does not answer
     now: float = 1767607200.0   # 2026-01-05T10:00:00Z, the tests' fake clock
@@ -65,8 +66,10 @@ class FakeAgents:
             raise Unavailable(node)
         self.copies.setdefault((node, volume), FakeCopy(pool))
 
-    def set_replicas(self, primary: str, volume: str, replicas: Sequence[CopyTarget]) -> None:
+    def set_replicas(self, primary: str, volume: str, replicas: Sequence[CopyTarget], *,
+                     rpo_seconds: int = 0) -> None:
         self.replicas[(primary, volume)] = tuple(sorted(r.node for r in replicas))
+        self.rpo[(primary, volume)] = rpo_seconds
 
     def promote(self, node: str, volume: str, epoch: int) -> None:
         self.log.append(("promote", node, epoch))
@@ -221,7 +224,8 @@ def pool(kube: MemoryKube, name: str, node_name: str, free: int = 100 * GiB) -> 
 
 
 def replicated_pv(kube: MemoryKube, name: str = "pvc-1", *, handle: str = HANDLE,
-                  node_name: str = "n1", replicas: int = 2, size: str = "10Gi") -> Obj:
+                  node_name: str = "n1", replicas: int = 2, size: str = "10Gi",
+                  rpo: int = 15) -> Obj:
     from statehold.replication.points import node_label
 
     return kube.create({
@@ -231,7 +235,7 @@ def replicated_pv(kube: MemoryKube, name: str = "pvc-1", *, handle: str = HANDLE
                  "csi": {"driver": "csi.statehold.io", "volumeHandle": handle, "fsType": "xfs",
                          "volumeAttributes": {"statehold.io/type": "local",
                                               "statehold.io/replicas": str(replicas),
-                                              "statehold.io/rpo-seconds": "15",
+                                              "statehold.io/rpo-seconds": str(rpo),
                                               "statehold.io/node": node_name}},
                  "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
                      {"key": node_label(handle), "operator": "In", "values": ["true"]}]}]}}}})

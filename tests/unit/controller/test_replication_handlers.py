@@ -77,6 +77,7 @@ def test_a_replicated_pv_gets_a_record_epoch_1_a_label_and_a_replica(
     assert agents.log.index(("cas", 1, "n1", None)) < agents.log.index(("promote", "n1", 1))
     assert agents.calls("create_copy") == [("create_copy", "n2", "p2")]  # the most free
     assert agents.replicas[("n1", HANDLE)] == ("n2",)
+    assert agents.rpo[("n1", HANDLE)] == 15  # the primary exports it beside the lag
     assert labelled(kube) == ["n1"]          # a seeding copy cannot serve: no label yet
     by_node = {c["node"]: c for c in got["status"]["copies"]}
     assert by_node["n1"]["state"] == "Serving" and by_node["n2"]["role"] == "seeding"
@@ -152,6 +153,27 @@ def test_out_of_service_primary_fails_over_with_the_record_written_before_promot
     assert tail.index(("cas", 2, "n2", None)) < tail.index(("promote", "n2", 2))
     assert "FailedOver" in reasons(kube)
     assert agents.writable(HANDLE, 2) == ["n2"]
+
+
+def test_the_new_primary_is_given_the_volume_s_own_rpo_with_its_replicas(
+        kube: LoggingKube, agents: FakeAgents, fake_clock: Any) -> None:
+    agents.made_by_create_volume("n1")
+    replicated_pv(kube, rpo=45)
+    replication_pass(kube, agents, fake_clock)
+    agents.replicate()
+    replication_pass(kube, agents, fake_clock)
+    assert (rv(kube)["spec"]["rpoSeconds"], agents.rpo[("n1", HANDLE)]) == (45, 45)
+    agents.down.add("n1")
+    set_ready(kube, "n1", False)
+    taint_out_of_service(kube, "n1")
+    replication_pass(kube, agents, fake_clock)
+    assert rv(kube)["status"]["primary"] == "n2"
+    agents.down.discard("n1")  # back, fenced, resynced from n2
+    set_ready(kube, "n1", True)
+    taint_out_of_service(kube, "n1", on=False)
+    replication_pass(kube, agents, fake_clock)
+    assert agents.replicas[("n2", HANDLE)] == ("n1",)
+    assert agents.rpo[("n2", HANDLE)] == 45  # the alert follows the volume to its new primary
 
 
 def test_the_old_primary_returning_is_fenced_and_never_writable(

@@ -93,9 +93,19 @@ def test_service_monitor_and_alerts_name_only_metrics_that_exist(tmp_path: Path)
     assert expr["StateholdPoolUsageWarning"] == 'statehold_pool_space_state{state="warning"} == 1'
     assert expr["StateholdPoolUsageCritical"] == 'statehold_pool_space_state{state=~"critical|full"} == 1'
     assert expr["StateholdBackupTooOld"].endswith("> 8 * 3600")
-    assert expr["StateholdReplicaLagAboveRPO"].endswith("> 60")
+    assert expr["StateholdReplicaLagAboveRPO"].endswith("> 60")  # one threshold, as asked
     assert "{{ $labels.pool }}" in next(r for r in rules if r["alert"] == "StateholdPoolUsageWarning"
                                         )["annotations"]["summary"]
+
+
+def test_by_default_each_replica_is_compared_with_its_own_volume_s_rpo(tmp_path: Path) -> None:
+    docs = render.render_chart({"metrics": {"enabled": True, "prometheusRule": {"enabled": True}}})
+    rules = by(docs, "PrometheusRule", "statehold")["spec"]["groups"][0]["rules"]
+    rule = next(r for r in rules if r["alert"] == "StateholdReplicaLagAboveRPO")
+    assert rule["expr"] == ("statehold_replication_lag_seconds > on (job, instance, volume) "
+                            "group_left statehold_replication_rpo_seconds")
+    assert names_in(rule["expr"]) <= known_names(tmp_path)
+    assert "the volume's RPO" in rule["annotations"]["summary"]
 
 
 @pytest.mark.parametrize("bad", [{"prometheusRule": {"poolWarningPercent": 80}},  # gone: per pool

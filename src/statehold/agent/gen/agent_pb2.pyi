@@ -226,12 +226,14 @@ class Peer(_message.Message):
     def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., pool: _Optional[str] = ...) -> None: ...
 
 class SetReplicasRequest(_message.Message):
-    __slots__ = ("volume", "replicas")
+    __slots__ = ("volume", "replicas", "rpo_seconds")
     VOLUME_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    RPO_SECONDS_FIELD_NUMBER: _ClassVar[int]
     volume: str
     replicas: _containers.RepeatedCompositeFieldContainer[Peer]
-    def __init__(self, volume: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ...) -> None: ...
+    rpo_seconds: int
+    def __init__(self, volume: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., rpo_seconds: _Optional[int] = ...) -> None: ...
 
 class SetReplicasReply(_message.Message):
     __slots__ = ()
