@@ -167,8 +167,10 @@ def _read_text(path: Path) -> str | None:
             return None
         except OSError as exc:
             # Another node replaced the file (rename): a FUSE client may hold the old
-            # handle for a moment. A fresh lookup soon succeeds.
-            if exc.errno == errno.ESTALE and time.monotonic() < deadline:
+            # handle for a moment (ESTALE), or on SMB the old file, removed while another
+            # client still has it open, stays "delete pending" and refuses new opens
+            # (EBUSY). Either way a fresh open soon finds the new file, or its ``.next``.
+            if exc.errno in (errno.ESTALE, errno.EBUSY) and time.monotonic() < deadline:
                 time.sleep(0.05)
                 continue
             raise Unavailable(f"cannot read {path}: {exc}") from exc
@@ -337,7 +339,10 @@ def _lock_dir(lock: Path) -> Iterator[None]:
                     f"shared root lock {lock} is held by {who}; if that process is gone (its "
                     f"node died), remove {lock} and retry") from None
         except OSError as exc:
-            raise Unavailable(f"cannot take lock {lock}: {exc}") from exc
+            # EBUSY: the last holder's lock.d is still open on another SMB client while it
+            # is removed (delete pending): it is about to be free, so wait as for a holder
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise Unavailable(f"cannot take lock {lock}: {exc}") from exc
         time.sleep(delay)
         delay = min(delay * 2, 0.25)
     try:

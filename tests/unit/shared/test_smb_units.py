@@ -1,15 +1,20 @@
 """SMB pieces that need no server: native ``cifs`` mount options (this kernel has no cifs
 module, so the mount itself is not tested anywhere here: the command line is), metadata
-replaced in steps, and names that clash on a case-insensitive share."""
+replaced in steps, names that clash on a case-insensitive share, and the EBUSY a kernel SMB
+client answers for a file or directory removed while another client has it open ("delete
+pending"; smbnetfs, the FUSE client the integration tests use, retries it internally and
+never shows it, so the errno is injected here)."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from statehold.errors import FailedPrecondition, InvalidArgument
+from statehold.errors import FailedPrecondition, InvalidArgument, Unavailable
 from statehold.shared import metadata as md
 from statehold.shared.names import case_clashes
 from statehold.shared.registry import RootSpec
@@ -102,3 +107,65 @@ def test_case_clashes_are_found_per_directory() -> None:
     assert case_clashes(["README", "readme", "docs", "Docs/a", "docs/a", "x/y", "X"]) == [
         ("Docs/a", "docs/a"), ("README", "readme")]
     assert case_clashes(["a", "b", "a/b", "b/a"]) == []
+
+
+def _busy_first(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, target: Path,
+               times: int) -> list[int]:
+    """``owner.name`` refuses ``target`` with EBUSY ``times`` times, then behaves."""
+    real = getattr(owner, name)
+    seen = [0]
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        path = args[0]
+        if Path(path) == target and seen[0] < times:
+            seen[0] += 1
+            raise OSError(errno.EBUSY, "Device or resource busy", str(path))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapped)
+    return seen
+
+
+def test_a_sidecar_delete_pending_on_the_server_is_read_once_replaced(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "v.json"
+    md.write_json(path, {"version": 1, "n": 2}, atomic_replace=False)
+    seen = _busy_first(monkeypatch, Path, "read_text", path, 3)
+    assert md.read_json(path) == {"version": 1, "n": 2}  # not Unavailable, not None
+    assert seen == [3]
+
+
+def test_a_sidecar_that_stays_busy_is_unavailable_not_missing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "v.json"
+    md.write_json(path, {"version": 1, "n": 2}, atomic_replace=False)
+    monkeypatch.setattr(md, "STALE_RETRY_SECONDS", 0.05)
+    _busy_first(monkeypatch, Path, "read_text", path, 10**9)
+    with pytest.raises(Unavailable):
+        md.read_json(path)
+
+
+def test_a_lock_directory_still_being_removed_is_waited_for(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / md.META_DIR).mkdir()
+    lock = md.meta_dir(tmp_path) / md.LOCK_DIR
+    seen = _busy_first(monkeypatch, os, "mkdir", lock, 2)
+    with md.locked(tmp_path, shared_locks=False):
+        assert (lock / "owner.json").exists()
+    assert seen == [2] and not lock.exists()
+
+
+def test_a_lock_directory_refused_otherwise_fails_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / md.META_DIR).mkdir()
+    lock = md.meta_dir(tmp_path) / md.LOCK_DIR
+    real = os.mkdir
+
+    def refuse(path: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(path) == lock:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", refuse)
+    with pytest.raises(Unavailable, match="cannot take lock"), md.locked(tmp_path, shared_locks=False):
+        pass
