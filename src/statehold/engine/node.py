@@ -25,22 +25,19 @@ import shutil
 import tempfile
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 from statehold.engine import (
     capacity,
     fs,
     groups,
     holders,
-    layouts,
     lifecycle,
     loop,
     mounts,
-    pooldir,
+    poolcreate,
     pooldisk,
     poolexport,
     subvolume,
@@ -53,11 +50,11 @@ from statehold.engine.hostregistry import (
     is_exporting,
     spec_to_dict,
 )
-from statehold.engine.metadata import Metadata, PoolRecord
-from statehold.engine.names import check_size, validate_name
-from statehold.engine.pool import LOCK_TIMEOUT, META_DIR, SNAPSHOTS_DIR, VOLUMES_DIR, Pool
+from statehold.engine.metadata import Metadata
+from statehold.engine.names import validate_name
+from statehold.engine.pool import LOCK_TIMEOUT, META_DB, META_DIR, SNAPSHOTS_DIR, VOLUMES_DIR, Pool
 from statehold.engine.steps import FaultHook, no_fault
-from statehold.engine.types import FsType, PoolSpec, RaidProfile
+from statehold.engine.types import PoolSpec, RaidProfile
 from statehold.errors import (
     Aborted,
     AlreadyExists,
@@ -70,7 +67,6 @@ from statehold.errors import (
 
 log = logging.getLogger("statehold.engine.node")
 
-META_DB = "meta.db"
 WATCH_INTERVAL = 1.0
 """Seconds between two looks of a Node's watcher at the registry's export marks."""
 EXPORT_WAIT = 20.0
@@ -329,15 +325,6 @@ class Node:
             groups.delete(pools, name)
 
     # -- create / import -------------------------------------------------------------------
-    def _sources_for(self, spec: PoolSpec) -> tuple[list[str], bool]:
-        if sum(map(bool, (spec.devices, spec.images, spec.directory))) > 1:
-            raise InvalidArgument("a pool is made of devices, images or a directory: one kind")
-        if spec.devices:
-            return [str(d) for d in spec.devices], False
-        images = list(spec.images) or [str(self.disks_dir / f"{spec.name}-0.img")]
-        return [os.path.abspath(self.disks_dir / i) if not os.path.isabs(i) else i
-                for i in images], True
-
     def create_pool(self, spec: PoolSpec) -> Pool:
         """Create (or, for the same name and spec, return) a pool."""
         with self._exclusive():
@@ -357,107 +344,28 @@ class Node:
                 if pool.capacity().overprovision_ratio != wanted["overprovision_ratio"]:
                     pool.set_overprovision_ratio(wanted["overprovision_ratio"])
                 return pool
-            sources, images = self._sources_for(spec)
+            sources, images = poolcreate.sources_for(spec, self.disks_dir)
             if spec.directory:
                 if profile is not RaidProfile.SINGLE:
                     raise InvalidArgument("a directory pool has no RAID profile")
-                return self._build_directory(spec, wanted)
-            layouts.check(spec.layout, pooldisk.XFS if len(sources) == 1 else pooldisk.BTRFS)
-            if len(sources) == 1 and profile is not RaidProfile.SINGLE:
-                raise InvalidArgument(f"profile {profile} needs at least two devices")
-            if len(sources) < pooldisk.MIN_DEVICES[profile]:
-                raise InvalidArgument(f"profile {profile} needs at least "
-                                      f"{pooldisk.MIN_DEVICES[profile]} devices")
-            if len(set(sources)) != len(sources):
-                raise InvalidArgument("a device or image is listed twice")
-            minimum = fs.MIN_SIZE[FsType.XFS if len(sources) == 1 else FsType.BTRFS]
-            if images:
-                size = check_size(spec.image_size, what="image_size")
-                if size < minimum:
-                    raise InvalidArgument(f"image_size must be at least {minimum} bytes")
-                for image in sources:
-                    pooldisk.check_image(Path(image), force=spec.force)
+                pool = poolcreate.build_directory(spec, wanted, self.registry,
+                                                  fault_hook=self.fault_hook)
             else:
-                for dev in sources:
-                    pooldisk.check_device(dev, force=spec.force)
-            return self._build(spec, profile, sources, images, wanted)
+                poolcreate.check_disks(spec, profile, sources, images)
+                pool = poolcreate.build(spec, profile, sources, images, wanted, self.registry,
+                                        self.pools_dir / spec.name, adopt=self._adopt,
+                                        fault_hook=self.fault_hook)
+            self._pools[spec.name] = pool
+            return pool
 
-    def _build(self, spec: PoolSpec, profile: RaidProfile, sources: list[str], images: bool,
-               wanted: dict[str, Any]) -> Pool:
-        mountpoint = self.pools_dir / spec.name
-        # intent first (in the registry: there is no pool database yet): a crash from here
-        # on is rolled back by the next Node, so no loop device or mount is leaked
-        intent = {"sources": sources, "images": images,
-                  "new_images": [i for i in sources if images and not os.path.exists(i)]}
-        data = self.registry.load()
-        data.setdefault("creating", {})[spec.name] = intent
-        self.registry.save(data)
-        fault = self.fault_hook or (lambda step: None)
-        db: Metadata | None = None
-        pool: Pool | None = None
-        try:
-            fault("create_pool.intent")
-            if images:
-                size = check_size(spec.image_size)
-                for image in sources:
-                    pooldisk.make_image(Path(image), size, force=spec.force)
-            devices = pooldisk.attach_sources(sources)
-            fault("create_pool.attached")
-            fstype = pooldisk.mkfs(devices, profile)
-            pooldisk.mount(devices, mountpoint)
-            fault("create_pool.mounted")
-            for sub in (META_DIR, VOLUMES_DIR, SNAPSHOTS_DIR):
-                (mountpoint / sub).mkdir(exist_ok=True)
-            db = Metadata(mountpoint / META_DIR / META_DB, create=True)
-            db.init_pool(PoolRecord(spec.name, str(uuid.uuid4()), fstype, str(profile),
-                                    float(spec.overprovision_ratio), wanted, time.time(),
-                                    str(spec.layout)))
-            pool = Pool(spec.name, mountpoint, db, fault_hook=self.fault_hook,
-                        devices=devices, sources=sources)
-            fault("create_pool.database")
-            data = self.registry.load()
-            data["pools"][spec.name] = {"sources": list(sources), "spec": wanted, "kind": DISKS,
-                                        "registered_at": time.time()}
-            data["creating"].pop(spec.name, None)
-            self.registry.save(data)
-            fault("create_pool.commit")
-        except BaseException:
-            if spec.name in self.registry.load()["pools"] and pool is not None:
-                self._pools[spec.name] = pool  # committed: only the step after failed
-                raise
-            if pool is not None:
-                pool.close()
-            elif db is not None:
-                db.close()
-            self._roll_back_create(spec.name, intent)
-            raise
-        self._pools[spec.name] = pool
-        log.info("pool created pool=%s fs=%s sources=%s", spec.name, fstype, ",".join(sources))
-        return pool
-
-    def _roll_back_create(self, name: str, intent: dict[str, Any]) -> None:
-        """Undo an unfinished pool creation: unmount, detach its images, delete new ones."""
-        mountpoint = self.pools_dir / name
-        try:
-            fs.umount(mountpoint)
-        except StateholdError as exc:
-            log.error("pool rollback cannot unmount pool=%s error=%s", name, exc)
-        if intent.get("images"):
-            for image in intent.get("sources", []):
-                loop.detach_file(image)
-        for image in intent.get("new_images", []):
-            Path(image).unlink(missing_ok=True)
-        if mountpoint.is_dir() and not os.path.ismount(mountpoint):
-            shutil.rmtree(mountpoint, ignore_errors=True)
-        data = self.registry.load()
-        data.get("creating", {}).pop(name, None)
-        self.registry.save(data)
-        log.warning("pool creation rolled back pool=%s", name)
+    def _adopt(self, pool: Pool) -> None:
+        """Hold a pool whose creation is committed even though a later step failed."""
+        self._pools[pool.name] = pool
 
     def _recover_registry(self) -> None:
         """Roll back pool creations and imports a crash interrupted (before opening pools)."""
         for name, intent in list(self.registry.load().get("creating", {}).items()):
-            self._roll_back_create(name, intent)
+            poolcreate.roll_back(self.registry, self.pools_dir / name, name, intent)
             self.recovered.setdefault(name, []).append(f"rolled back creation of pool {name}")
         if not self.pools_dir.is_dir():
             return
@@ -471,31 +379,6 @@ class Node:
                     loop.detach(current.source)
             shutil.rmtree(probe, ignore_errors=True)
             log.warning("removed interrupted import probe path=%s", probe)
-
-    def _build_directory(self, spec: PoolSpec, wanted: dict[str, Any]) -> Pool:
-        directory = Path(os.path.abspath(spec.directory))
-        layouts.check(spec.layout, "btrfs")  # the name first, the filesystem below
-        fstype = pooldir.check(directory)
-        layouts.check(spec.layout, fstype)
-        made = [directory / sub for sub in (META_DIR, VOLUMES_DIR, SNAPSHOTS_DIR)
-                if not (directory / sub).exists()]
-        try:
-            for sub in made:
-                sub.mkdir()
-            db = Metadata(directory / META_DIR / META_DB, create=True)
-            db.init_pool(PoolRecord(spec.name, str(uuid.uuid4()), fstype, "single",
-                                    float(spec.overprovision_ratio), wanted, time.time(),
-                                    str(spec.layout)))
-            pool = Pool(spec.name, directory, db, fault_hook=self.fault_hook,
-                        sources=[str(directory)], directory=True)
-            self.registry.register(spec.name, [str(directory)], wanted, DIRECTORY)
-        except BaseException:
-            for sub in made:
-                shutil.rmtree(sub, ignore_errors=True)
-            raise
-        self._pools[spec.name] = pool
-        log.info("pool created pool=%s fs=%s directory=%s", spec.name, fstype, directory)
-        return pool
 
     def _import_directory(self, directory: Path, name: str | None) -> Pool:
         if not (directory / META_DIR / META_DB).exists():

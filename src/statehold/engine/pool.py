@@ -50,6 +50,8 @@ from statehold.errors import Aborted, FailedPrecondition, NotFound, Unavailable
 log = logging.getLogger("statehold.engine.pool")
 
 META_DIR = ".statehold"
+META_DB = "meta.db"
+"""The pool database, in ``META_DIR``."""
 VOLUMES_DIR = layouts.VOLUMES_DIR
 SNAPSHOTS_DIR = layouts.SNAPSHOTS_DIR
 LOCK_FILE = "lock"
