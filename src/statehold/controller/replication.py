@@ -52,7 +52,6 @@ from statehold.controller.replication_policy import (
     primary_state,
 )
 from statehold.controller.replication_records import (
-    DEFAULT_RPO,
     ClusterFacts,
     ensure_records,
     first_primary,
@@ -66,6 +65,7 @@ from statehold.kube.events import rfc3339
 from statehold.kube.facade import Kube, Obj
 from statehold.kube.kinds import PV, REPLICATED_VOLUME
 from statehold.replication.cluster import record_of
+from statehold.replication.context import DEFAULT_RPO_SECONDS
 from statehold.replication.points import node_label
 
 log = logging.getLogger("statehold.operator.replication")
@@ -489,7 +489,7 @@ class VolumePass:
     @property
     def rpo_seconds(self) -> int:
         """The volume's RPO (``spec.rpoSeconds``; the CRD's default when absent)."""
-        return int(self.rv["spec"].get("rpoSeconds") or DEFAULT_RPO)
+        return int(self.rv["spec"].get("rpoSeconds") or DEFAULT_RPO_SECONDS)
 
     def write_copies(self, rec: Record) -> None:
         rpo = self.rpo_seconds

@@ -27,17 +27,10 @@ from statehold.errors import InvalidArgument, NotFound, StateholdError
 from statehold.kube.facade import Kube, Obj
 from statehold.kube.kinds import NODE, PV, REPLICATED_VOLUME, STORAGE_POOL
 from statehold.kube.nodes import NodeHealth, node_health
+from statehold.replication.context import DEFAULT_RPO_SECONDS, NODE_KEY, REPLICAS_KEY, RPO_KEY
 from statehold.replication.points import node_label
 
 log = logging.getLogger("statehold.operator.replication")
-
-ATTR_REPLICAS = "statehold.io/replicas"
-ATTR_RPO = "statehold.io/rpo-seconds"
-ATTR_NODE = "statehold.io/node"
-"""Volume context keys the CSI plugin sets for a replicated volume (a test checks they
-match ``statehold.csi.backend_local``)."""
-
-DEFAULT_RPO = 15
 
 MOVE_ON_CORDON = "statehold.io/move-on-cordon"
 """Annotation of a ReplicatedVolume: ``"false"`` keeps its primary where it is when its node
@@ -85,7 +78,7 @@ def replicas_of(pv: Obj) -> int:
     if csi.get("driver") != DRIVER:
         return 1
     try:
-        return max(1, int(_attrs(pv).get(ATTR_REPLICAS, 1)))
+        return max(1, int(_attrs(pv).get(REPLICAS_KEY, 1)))
     except (TypeError, ValueError):
         return 1
 
@@ -98,7 +91,7 @@ def moves_on_cordon(rv: Obj) -> bool:
 
 def first_primary(pv: Obj) -> str | None:
     """The node that made the volume's first copy (CreateVolume ran there)."""
-    node = _attrs(pv).get(ATTR_NODE)
+    node = _attrs(pv).get(NODE_KEY)
     return str(node) if node else None
 
 
@@ -110,7 +103,7 @@ def record_for_pv(pv: Obj) -> Obj | None:
     spec = pv.get("spec") or {}
     attrs = _attrs(pv)
     try:
-        rpo = int(attrs.get(ATTR_RPO, DEFAULT_RPO))
+        rpo = int(attrs.get(RPO_KEY, DEFAULT_RPO_SECONDS))
         size = parse_size(str((spec.get("capacity") or {}).get("storage", "0")))
     except (InvalidArgument, ValueError):
         log.warning("event=bad_replicated_pv pv=%s attrs=%s", pv["metadata"]["name"], attrs)

@@ -47,6 +47,7 @@ from statehold.errors import (
     OutOfRange,
     StateholdError,
 )
+from statehold.replication.context import DEFAULT_RPO_SECONDS, NODE_KEY, REPLICAS_KEY, RPO_KEY
 from statehold.replication.points import node_label
 
 log = logging.getLogger("statehold.csi")
@@ -63,14 +64,7 @@ REPLICAS_PARAMETER = "replicas"
 RPO_PARAMETER = "rpo"
 
 MAX_REPLICAS = 16
-DEFAULT_RPO_SECONDS = 15
 MAX_RPO_SECONDS = 24 * 3600
-REPLICAS_KEY = "statehold.io/replicas"
-RPO_KEY = "statehold.io/rpo-seconds"
-NODE_KEY = "statehold.io/node"
-"""A replicated volume carries its replica count and RPO as engine volume labels (so a
-retried CreateVolume, GetVolume and ListVolumes answer the same), and in its volume context
-with the node that made it: the operator reads them from the PV (replication.md §8)."""
 
 _DURATION = re.compile(r"(?:([0-9]{1,6})h)?(?:([0-9]{1,6})m)?(?:([0-9]{1,6})s)?")
 

@@ -54,12 +54,11 @@ from statehold.replication.cluster import (
     record_of,
     stage_decision,
 )
+from statehold.replication.context import REPLICAS_KEY
 from statehold.replication.state import Role, StateStore
 
 log = logging.getLogger("statehold.csi")
 
-REPLICAS_KEY = "statehold.io/replicas"
-"""The volume context key CreateVolume sets for a replicated volume (backend_local)."""
 
 
 def replicated(context: Mapping[str, str]) -> bool:

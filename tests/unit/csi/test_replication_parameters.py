@@ -63,9 +63,16 @@ def test_a_replicated_volume_is_reachable_through_its_copy_label() -> None:
 
 
 def test_the_operator_reads_the_keys_the_plugin_writes() -> None:
-    assert backend_local.REPLICAS_KEY == replication_records.ATTR_REPLICAS
-    assert backend_local.RPO_KEY == replication_records.ATTR_RPO
-    assert backend_local.NODE_KEY == replication_records.ATTR_NODE
+    pv = {"spec": {"capacity": {"storage": "1Gi"},
+                   "csi": {"driver": "csi.statehold.io", "volumeHandle": "fast/pvc-1",
+                           "volumeAttributes": backend_local.replicated_view(
+                               "fast/pvc-1", backend_local.replication_labels(
+                                   {"replicas": "3", "rpo": "1m"}), "n1")[1]}},  # type: ignore[index]
+          "metadata": {"name": "pvc-1"}}
+    record = replication_records.record_for_pv(pv)
+    assert record is not None and record["spec"]["replicas"] == 3
+    assert record["spec"]["rpoSeconds"] == 60
+    assert replication_records.first_primary(pv) == "n1"
 
 
 def test_the_user_guide_storage_class_is_valid_and_accepted() -> None:
