@@ -166,9 +166,12 @@ def open_sink(repo: Repository, known: Container[bytes], *, commit_every: int = 
 
 
 def read_chunk(repo: Repository, cid: bytes, length: int) -> bytes:
-    """One chunk's plaintext from a version 2 repository, checked against its id and
-    length (format §4): one ranged read of its pack. The first read of a process syncs the
-    index cache (the caller holds a lock: tree restores read chunk by chunk)."""
+    """One chunk's plaintext, checked against its id and length (Corrupt otherwise): in a
+    version 2 repository one ranged read of its pack (format §4), whose first read in a
+    process syncs the index cache (the caller holds a lock: tree restores read chunk by
+    chunk); in version 1 its own object."""
+    if not packed(repo):
+        return repo.read_loose_chunk(cid, length)
     idx = index_of(repo)
     if not idx.synced:
         idx.sync(repo)

@@ -183,12 +183,10 @@ class Repository:
     def get_blob(self, key: str) -> bytes:
         return self.codec.decode(key, self.store.get(key))
 
-    def read_chunk(self, cid: bytes, length: int) -> bytes:
-        """A chunk's plaintext, checked against its id and expected length (Corrupt otherwise)."""
-        if self.config.version >= 2:  # in a pack, found through the index (format §11)
-            from statehold.backup import chunkstore
-
-            return chunkstore.read_chunk(self, cid, length)
+    def read_loose_chunk(self, cid: bytes, length: int) -> bytes:
+        """A format 1 chunk's plaintext (one object per chunk), checked against its id and
+        expected length (Corrupt otherwise). Readers call ``chunkstore.read_chunk``, which
+        also finds a format 2 chunk in its pack (format §11)."""
         key = chunk_key(cid)
         try:
             data = self.get_blob(key)

@@ -3,7 +3,7 @@
 Sparse: chunks absent from the manifest are zeros and are never written. Format 2 reads
 several chunks of a pack per request (:mod:`.packreader`), format 1 one object per chunk;
 chunks arrive in any order and are written at their offsets. Every chunk is
-decrypted, re-hashed and length-checked before it is written (``Repository.read_chunk``);
+decrypted, re-hashed and length-checked before it is written (``chunkstore.read_chunk``);
 the first mismatch stops the restore with Corrupt naming the chunk, and the target is
 removed (new file) or blanked (existing file): a restore either completes or leaves
 nothing that could be mistaken for the data.
@@ -138,7 +138,8 @@ def _write_all(repo: Repository, m: Manifest, path: Path, parallel: int, progres
                     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
         def one(off: int, cid: bytes) -> None:
-            put(off, repo.read_chunk(cid, m.chunk_length(off)))  # Corrupt / NotFound name the chunk
+            # Corrupt / NotFound name the chunk
+            put(off, chunkstore.read_chunk(repo, cid, m.chunk_length(off)))
 
         if chunkstore.packed(repo):
             chunkstore.known_chunks(repo)  # the index cache synced under our lock

@@ -319,7 +319,7 @@ def restore_tree(repo: Repository, backup_id: str, target: Path, *, parallel: in
 
 
 def _restore_chunk(repo: Repository, dest: Path, off: int, cid: bytes, length: int) -> None:
-    data = repo.read_chunk(cid, length)
+    data = chunkstore.read_chunk(repo, cid, length)
     fd = os.open(dest, os.O_WRONLY | os.O_CLOEXEC)
     try:
         view = memoryview(data)

@@ -143,7 +143,7 @@ def verify(repo: Repository, *, deep: bool = False, parallel: int = 8,
             def check(cid: bytes) -> None:
                 nonlocal done
                 try:
-                    repo.read_chunk(cid, lengths[cid])
+                    chunkstore.read_chunk(repo, cid, lengths[cid])
                 except (Corrupt, NotFound) as exc:
                     kind = "missing" if isinstance(exc, NotFound) else "corrupt"
                     moved = ""

@@ -7,6 +7,7 @@ from array import array
 
 import pytest
 
+from statehold.backup import chunkstore
 from statehold.backup import manifest as manifest_mod
 from statehold.backup.dirstore import DirectoryStore
 from statehold.backup.manifest import Manifest, Stats
@@ -103,11 +104,11 @@ def test_read_chunk_checks_content_against_the_id(repo: Repository) -> None:
     wrong = os.urandom(4096)
     repo.put_blob(chunk_key(cid), wrong)  # a validly encrypted blob with the wrong content
     with pytest.raises(Corrupt, match=cid.hex()):
-        repo.read_chunk(cid, 4096)
+        chunkstore.read_chunk(repo, cid, 4096)
     repo.put_blob(chunk_key(cid), data)
-    assert repo.read_chunk(cid, 4096) == data
+    assert chunkstore.read_chunk(repo, cid, 4096) == data
     with pytest.raises(NotFound, match="missing"):
-        repo.read_chunk(bytes(32), 4096)
+        chunkstore.read_chunk(repo, bytes(32), 4096)
 
 
 def test_manifest_round_trips_through_its_encoding() -> None:
