@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Protocol
 
 from statehold.backup.chunkindex import ChunkIndex
-from statehold.backup.packs import blob_key, pack_key
-from statehold.backup.repository import CONFIG_KEY, Repository, chunk_key
+from statehold.backup.packer import Packer
+from statehold.backup.packs import blob_key, chunk_key, pack_key
+from statehold.backup.repository import CONFIG_KEY, Repository
 from statehold.backup.store import BatchingStore
 from statehold.errors import Aborted, Corrupt, NotFound
 
@@ -160,8 +161,6 @@ def open_sink(repo: Repository, known: Container[bytes], *, commit_every: int = 
     if not packed(repo):
         assert isinstance(known, set)
         return V1Sink(repo, known, commit_every=commit_every)
-    from statehold.backup.packer import Packer
-
     return Packer(repo, index_of(repo), index_every=commit_every, fault=fault, uploads=uploads)
 
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from statehold.backup.crypto import Codec
-from statehold.errors import Corrupt, FailedPrecondition
+from statehold.errors import Corrupt, FailedPrecondition, InvalidArgument
 
 PACK_PREFIX = "packs/"
 INDEX_PREFIX = "index/"
@@ -83,15 +83,19 @@ def index_name_of(key: str) -> str:
     return name
 
 
-def blob_key(cid: bytes) -> str:
-    """The associated-data key of a chunk blob: its version 1 key (format §11.2)."""
+def chunk_key(cid: bytes) -> str:
+    """A chunk's object key in a version 1 repository (format §2)."""
     h = cid.hex()
     return f"chunks/{h[:2]}/{h}"
 
 
-def check_pack_size(pack_size: int) -> int:
-    from statehold.errors import InvalidArgument
+def blob_key(cid: bytes) -> str:
+    """The associated-data key of a chunk blob: its version 1 key (format §11.2), so a blob
+    decodes the same in a pack as it did as its own object."""
+    return chunk_key(cid)
 
+
+def check_pack_size(pack_size: int) -> int:
     if not MIN_PACK_SIZE <= pack_size <= MAX_PACK_SIZE:
         raise InvalidArgument(f"pack size {pack_size} must be between 1 MiB and 256 MiB")
     return pack_size

@@ -25,6 +25,7 @@ from typing import Literal
 from statehold.backup import manifest as manifest_mod
 from statehold.backup.crypto import Codec, ScryptParams, derive_kek, unwrap, wrap
 from statehold.backup.manifest import Manifest
+from statehold.backup.packs import DEFAULT_PACK_SIZE, check_pack_size, chunk_key
 from statehold.backup.store import Store
 from statehold.errors import AlreadyExists, Corrupt, FailedPrecondition, InvalidArgument, NotFound
 
@@ -39,11 +40,6 @@ V2_CHUNK_SIZE = 256 << 10
 CONFIG_KEY = "config"
 QUARANTINE = "quarantine/"
 """Prefix a damaged object is moved under, keeping its key and bytes (format §2, §9.1)."""
-
-
-def chunk_key(cid: bytes) -> str:
-    h = cid.hex()
-    return f"chunks/{h[:2]}/{h}"
 
 
 def manifest_key(backup_id: str) -> str:
@@ -119,8 +115,6 @@ class Repository:
     @classmethod
     def init(cls, store: Store, password: str, *, chunk_size: int | None = None,
              scrypt_n: int = 1 << 15, version: int = 1, pack_size: int | None = None) -> Repository:
-        from statehold.backup.packs import DEFAULT_PACK_SIZE, check_pack_size
-
         if version not in (1, 2):
             raise InvalidArgument(f"repository format {version} is not 1 or 2")
         if chunk_size is None:

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 
 from statehold.backup import chunkstore, packreader, sampling
 from statehold.backup.locks import Lock
-from statehold.backup.packs import PACK_PREFIX, Entry, pack_id_of, pack_key
+from statehold.backup.packs import PACK_PREFIX, Entry, chunk_key, pack_id_of, pack_key
 from statehold.backup.rebuildindex import drop_entries
-from statehold.backup.repository import Repository, chunk_key
+from statehold.backup.repository import Repository
 from statehold.errors import Corrupt, InvalidArgument, NotFound, StateholdError
 
 Progress = Callable[[int, int], None]

@@ -10,7 +10,8 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from statehold.backup.dirstore import DirectoryStore
-from statehold.backup.repository import Repository, chunk_key
+from statehold.backup.packs import chunk_key
+from statehold.backup.repository import Repository
 from statehold.cli.main import build_app
 
 pytestmark = pytest.mark.root

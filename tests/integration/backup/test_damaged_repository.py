@@ -15,7 +15,8 @@ import pytest
 
 from statehold.backup.dirstore import DirectoryStore
 from statehold.backup.locks import Lock
-from statehold.backup.repository import Repository, chunk_key, manifest_key
+from statehold.backup.packs import chunk_key
+from statehold.backup.repository import Repository, manifest_key
 from statehold.backup.retention import Policy
 from statehold.backup.volumes import backup_volume, restore_volume
 from statehold.controller.backups import assign_backup, run_backup

@@ -13,7 +13,8 @@ import pytest
 from statehold.backup import extents
 from statehold.backup.collecting import forget, gc, prune
 from statehold.backup.imagebackup import Parent, create_backup
-from statehold.backup.repository import Repository, chunk_key, manifest_key, quarantine_key
+from statehold.backup.packs import chunk_key
+from statehold.backup.repository import Repository, manifest_key, quarantine_key
 from statehold.backup.restoring import restore_image
 from statehold.backup.retention import Policy
 from statehold.backup.s3store import S3Config, S3Store

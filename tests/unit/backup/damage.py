@@ -3,7 +3,8 @@ contract only, so the same helpers serve the memory, directory and S3 stores."""
 
 from __future__ import annotations
 
-from statehold.backup.repository import Repository, chunk_key, manifest_key
+from statehold.backup.packs import chunk_key
+from statehold.backup.repository import Repository, manifest_key
 from statehold.backup.store import Store
 
 

@@ -12,7 +12,8 @@ from statehold.backup.collecting import gc, prune
 from statehold.backup.dirstore import DirectoryStore
 from statehold.backup.imagebackup import create_backup, latest_backup
 from statehold.backup.locks import Lock
-from statehold.backup.repository import Repository, chunk_key
+from statehold.backup.packs import chunk_key
+from statehold.backup.repository import Repository
 from statehold.backup.restoring import restore_image
 from statehold.backup.retention import Policy
 from statehold.backup.store import MemoryStore

@@ -18,7 +18,8 @@ from statehold.backup.collecting import forget, gc, prune
 from statehold.backup.dirstore import DirectoryStore
 from statehold.backup.imagebackup import Parent, create_backup
 from statehold.backup.manifest import VERSION, Manifest
-from statehold.backup.repository import Damaged, Repository, chunk_key, manifest_key, quarantine_key
+from statehold.backup.packs import chunk_key
+from statehold.backup.repository import Damaged, Repository, manifest_key, quarantine_key
 from statehold.backup.restoring import restore_image
 from statehold.backup.retention import Policy
 from statehold.backup.store import MemoryStore

@@ -11,7 +11,8 @@ from statehold.backup import chunkstore
 from statehold.backup import manifest as manifest_mod
 from statehold.backup.dirstore import DirectoryStore
 from statehold.backup.manifest import Manifest, Stats
-from statehold.backup.repository import Repository, chunk_key
+from statehold.backup.packs import chunk_key
+from statehold.backup.repository import Repository
 from statehold.backup.store import MemoryStore
 from statehold.errors import AlreadyExists, Corrupt, InvalidArgument, NotFound, PermissionDenied
 

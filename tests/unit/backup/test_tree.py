@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from statehold.backup.collecting import gc
-from statehold.backup.repository import Repository, chunk_key
+from statehold.backup.packs import chunk_key
+from statehold.backup.repository import Repository
 from statehold.backup.store import MemoryStore
 from statehold.backup.tree import backup_tree, restore_tree
 from statehold.backup.verifying import verify
