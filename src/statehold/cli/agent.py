@@ -296,9 +296,11 @@ def replicas(volume: str = typer.Argument(..., help="pool/volume"),
     from statehold.agent.copies import VolumeRef
     from statehold.csi.backend_local import parse_rpo
 
+    with failures():  # bad arguments are refused before anything is reached
+        ref, peers = VolumeRef.parse(volume), [Peer.parse(p) for p in peer or []]
+        seconds = parse_rpo(rpo) if rpo else 0
     with failures(), _client(address, certs) as c:
-        c.set_replicas(VolumeRef.parse(volume), [Peer.parse(p) for p in peer or []],
-                       rpo_seconds=parse_rpo(rpo) if rpo else 0)
+        c.set_replicas(ref, peers, rpo_seconds=seconds)
 
 
 def promote(volume: str = typer.Argument(..., help="pool/volume"),

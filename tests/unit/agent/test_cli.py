@@ -34,3 +34,11 @@ def test_an_unknown_role_is_bad_input(tmp_path: Path) -> None:
                                               "--ca-dir", str(tmp_path / "ca"), "--node", "x",
                                               "--role", "admin"])
     assert result.exit_code == 2 and not (tmp_path / "x").exists()
+
+
+def test_replicas_with_a_bad_rpo_is_refused_before_any_agent_is_reached(tmp_path: Path) -> None:
+    # no certificates exist at --certs: reaching for the agent would fail differently
+    result = CliRunner().invoke(build_app(), ["agent", "replicas", "pool/vol", "n2@127.0.0.1:1",
+                                              "--rpo", "5x", "--address", "127.0.0.1:1",
+                                              "--certs", str(tmp_path / "none")])
+    assert result.exit_code == 2 and "duration" in result.stderr
