@@ -2,7 +2,9 @@
 process never collide).
 
 * ``statehold_replication_lag_seconds{volume,replica}``: age of the newest point the replica
-  acknowledged, computed at scrape time (it grows between cycles, as the RPO it measures);
+  acknowledged, computed at scrape time (it grows between cycles, as the RPO it measures),
+  for the replicas this node's primaries stream to now (a released replica, or a volume
+  demoted here, drops out instead of ageing for ever);
 * ``statehold_replication_rpo_seconds{volume}``: the volume's RPO as the controller gave it
   (``SetReplicas``), so an alert compares each volume's lag with its own objective
   (``lag > on (job, instance, volume) group_left rpo``) instead of one chart-wide number;

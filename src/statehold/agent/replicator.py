@@ -147,6 +147,7 @@ class Replicator:
             local = self.copies.state(volume)
             if local.role != "primary":
                 if only_primary:  # a replica, or a fenced old primary: nothing to send
+                    self._forget(volume)  # and no lag of its own to report any more
                     return 0
                 raise FailedPrecondition(f"{volume} is a {local.role} here, not the primary")
             ok, point = 0, None
@@ -238,11 +239,20 @@ class Replicator:
                                          p.sent_bytes, p.last_error, p.syncing))
         return out
 
+    def _forget(self, volume: VolumeRef) -> None:
+        with self._lock:
+            for key in [k for k in self._progress if k[0] == volume]:
+                del self._progress[key]
+
     def _rpos(self) -> list[tuple[str, int]]:
         return [(str(v), rpo) for v, _peers in self.book.items() if (rpo := self.book.rpo(v))]
 
     def _lags(self) -> list[tuple[str, str, float]]:
+        """Lag of each replica the book lists now: a replica released, or a volume no longer
+        streamed from here, stops being reported (its age would grow forever and alert)."""
         now = self.clock()
+        listed = {(v, p.node) for v, peers in self.book.items() for p in peers}
         with self._lock:
             items = sorted(self._progress.items(), key=lambda kv: (str(kv[0][0]), kv[0][1]))
-            return [(str(v), node, max(0.0, now - p.taken_at)) for (v, node), p in items if p.taken_at]
+            return [(str(v), node, max(0.0, now - p.taken_at)) for (v, node), p in items
+                    if p.taken_at and (v, node) in listed]

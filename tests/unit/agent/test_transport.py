@@ -26,6 +26,30 @@ def client_of(server: AgentServer, bundle: pki.Bundle) -> AgentClient:
     return AgentClient(f"127.0.0.1:{server.port}", bundle)
 
 
+def test_lag_is_reported_only_for_replicas_streamed_from_here_now(agents, bundle_for) -> None:  # type: ignore[no-untyped-def]
+    primary = MemoryCopies()
+    vol = primary.add("pool/db", "primary", DATA, epoch=3)
+    a = agents("n1", primary)
+    b, c = agents("n2", MemoryCopies()), agents("n3", MemoryCopies())
+    with client_of(a, bundle_for("ctl", role="controller")) as ctl:
+        ctl.set_replicas(vol, [Peer("n2", f"127.0.0.1:{b.port}"), Peer("n3", f"127.0.0.1:{c.port}")],
+                         rpo_seconds=15)
+        assert a.replicator.cycle() == 2
+        registry = a.replicator.metrics.registry
+
+        def lag(node: str) -> float | None:
+            value: float | None = registry.get_sample_value(
+                "statehold_replication_lag_seconds", {"volume": "pool/db", "replica": node})
+            return value
+
+        assert lag("n2") is not None and lag("n3") is not None
+        ctl.set_replicas(vol, [Peer("n2", f"127.0.0.1:{b.port}")], rpo_seconds=15)
+        assert lag("n3") is None and lag("n2") is not None  # a released replica: no growing age
+        primary.demote(vol, 4)  # fenced: another node is the primary now
+        assert a.replicator.cycle() == 0
+        assert lag("n2") is None  # the new primary reports its replicas' lag, not this node
+
+
 def test_ping_names_the_agent_and_the_verified_caller(agents, bundle_for) -> None:  # type: ignore[no-untyped-def]
     server = agents("n1", MemoryCopies())
     with client_of(server, bundle_for("n2")) as c:
