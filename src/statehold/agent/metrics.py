@@ -6,7 +6,8 @@ process never collide).
   for the replicas this node's primaries stream to now (a released replica, or a volume
   demoted here, drops out instead of ageing for ever);
 * ``statehold_replication_rpo_seconds{volume}``: the volume's RPO as the controller gave it
-  (``SetReplicas``), so an alert compares each volume's lag with its own objective
+  (``SetReplicas``), for the volumes streamed from here (beside their lag), so an alert
+  compares each volume's lag with its own objective
   (``lag > on (job, instance, volume) group_left rpo``) instead of one chart-wide number;
 * ``statehold_replication_sent_bytes_total{volume,replica}``: frame bytes streamed;
 * ``statehold_replication_cycles_total{volume,replica,outcome}``: streams by ``ok``/``failed``.

@@ -245,7 +245,11 @@ class Replicator:
                 del self._progress[key]
 
     def _rpos(self) -> list[tuple[str, int]]:
-        return [(str(v), rpo) for v, _peers in self.book.items() if (rpo := self.book.rpo(v))]
+        """The RPO of each volume streamed from here (as its lag is): not of one demoted here."""
+        with self._lock:
+            streamed = {v for v, _node in self._progress}
+        return [(str(v), rpo) for v, _peers in self.book.items()
+                if v in streamed and (rpo := self.book.rpo(v))]
 
     def _lags(self) -> list[tuple[str, str, float]]:
         """Lag of each replica the book lists now: a replica released, or a volume no longer

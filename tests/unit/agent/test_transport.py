@@ -48,6 +48,7 @@ def test_lag_is_reported_only_for_replicas_streamed_from_here_now(agents, bundle
         primary.demote(vol, 4)  # fenced: another node is the primary now
         assert a.replicator.cycle() == 0
         assert lag("n2") is None  # the new primary reports its replicas' lag, not this node
+        assert registry.get_sample_value("statehold_replication_rpo_seconds", {"volume": "pool/db"}) is None
 
 
 def test_ping_names_the_agent_and_the_verified_caller(agents, bundle_for) -> None:  # type: ignore[no-untyped-def]
