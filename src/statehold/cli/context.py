@@ -97,6 +97,11 @@ def target_book(ctx: typer.Context, home: Path | None, *, create: bool = False) 
     return TargetBook(home_dir(ctx, home, create=create))
 
 
+PasswordFileOption = typer.Option(
+    None, "--password-file", help="File holding the repository password (default: $STATEHOLD_REPO_PASSWORD)."
+)
+
+
 def repo_password(ctx: typer.Context, password_file: Path | None) -> str:
     """The repository password: ``--password-file``, else $STATEHOLD_REPO_PASSWORD."""
     if password_file is not None:

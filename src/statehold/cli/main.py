@@ -23,6 +23,7 @@ AREAS = (
     "statehold.cli.snapshot",
     "statehold.cli.demo",
     "statehold.cli.backup",
+    "statehold.cli.targets",
     "statehold.cli.csi",
     "statehold.cli.kubectl",
     "statehold.cli.operator",
