@@ -27,6 +27,7 @@ in /var/tmp (and the pool images in ``--image-dir`` when given) and is removed a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import tempfile
@@ -79,8 +80,26 @@ def fill(target: str) -> None:
         timeout=600)
 
 
-def tune(device: str) -> dict[str, str]:
-    """Queue settings the engine controls on its loop devices; returns what was set."""
+def _queue_value(text: str) -> str:
+    """A queue knob's value as it can be written back (``[none] mq-deadline`` -> ``none``)."""
+    text = text.strip()
+    if "[" in text:
+        return text[text.index("[") + 1:text.index("]")]
+    return text
+
+
+def untune(device: str, previous: dict[str, str]) -> None:
+    """Put the device's queue settings back: they outlive the detach, and the next volume
+    on this loop device must not inherit them (iostats=0 would freeze its I/O counters)."""
+    queue = Path("/sys/block") / device.removeprefix("/dev/") / "queue"
+    for knob, value in previous.items():
+        with contextlib.suppress(OSError):  # a knob this kernel refuses stays as it is
+            (queue / knob).write_text(value)
+
+
+def tune(device: str, previous: dict[str, str] | None = None) -> dict[str, str]:
+    """Queue settings the engine controls on its loop devices; returns what was set and
+    records the settings it replaced in ``previous`` (for :func:`untune`)."""
     queue = Path("/sys/block") / device.removeprefix("/dev/") / "queue"
     done: dict[str, str] = {}
     # no elevator (the pool filesystem below schedules), no merge attempts for what the
@@ -89,6 +108,8 @@ def tune(device: str) -> dict[str, str]:
     for knob, value in knobs:
         path = queue / knob
         try:
+            if previous is not None:
+                previous[knob] = _queue_value(path.read_text())
             path.write_text(value)
             done[knob] = path.read_text().strip()
         except OSError as exc:
@@ -116,6 +137,8 @@ def main() -> None:
     node = Node(home)
     pool = None
     xfs_pool = None
+    device: str | None = None
+    tuned: dict[str, str] = {}
     ratios: dict[str, float] = {}
     try:
         image_dir = Path(args.image_dir) if args.image_dir else home / "disks"
@@ -127,7 +150,7 @@ def main() -> None:
               f"engine), layout {pool.layout.name}")
         pool.create_volume("io", SIZE, mode=VolumeMode.BLOCK, fs=None)
         device = pool.attach("io")
-        settings = {} if args.no_tune else tune(device)
+        settings = {} if args.no_tune else tune(device, tuned)
         baselines = {"baseline": str(pool.mountpoint / "baseline.img")}
         print(f"volume: {device} (block-mode volume, direct I/O, 4096-byte sectors) {settings}")
         print(f"baseline: {baselines['baseline']} (plain file in the pool filesystem, O_DIRECT)")
@@ -167,6 +190,8 @@ def main() -> None:
             print(line + "   rounds: " + " ".join(f"{r:.2f}" for r in round_ratios["baseline"]),
                   flush=True)
     finally:
+        if device is not None and tuned:
+            untune(device, tuned)
         if xfs_pool is not None:
             node.destroy_pool(xfs_pool.name)
         cleanup(node, pool, home, ["io"])

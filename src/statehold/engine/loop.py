@@ -9,12 +9,15 @@ nothing here ever acts on a device it did not find that way.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
 
 from statehold.errors import CommandError, FailedPrecondition, StateholdError
 from statehold.runner import run
+
+log = logging.getLogger("statehold.engine.loop")
 
 SYS_BLOCK = Path("/sys/block")
 SECTOR_SIZE = 4096
@@ -87,7 +90,21 @@ def attach(path: Path | str, *, readonly: bool = False) -> str:
         # a read-only flag set by BLKROSET (a fenced copy's seal, engine/readonly.py)
         # outlives the detach: this device's previous user may have left it
         run(["blockdev", "--setrw", device], timeout=30)
+    _account_io(device)
     return device
+
+
+def _account_io(device: str) -> None:
+    """Turn the device's I/O accounting on. Queue settings outlive the detach too, and a
+    previous user (a benchmark, an administrator) may have set ``queue/iostats`` to 0: the
+    volume's I/O counters (``statehold_volume_device_*``, read from its ``stat``) would then
+    never move, and its metrics say it is idle while it is written."""
+    knob = SYS_BLOCK / device.removeprefix("/dev/") / "queue" / "iostats"
+    try:
+        if knob.read_text().strip() != "1":
+            knob.write_text("1")
+    except OSError as exc:  # no such knob on this kernel: nothing to turn back on
+        log.warning("cannot turn I/O accounting on device=%s error=%s", device, exc)
 
 
 def refresh_capacity(device: str) -> None:
