@@ -151,20 +151,26 @@ def test_scheduled_verify_reads_its_slices_and_names_a_damaged_pack(
         "path": {"path": str(d.root / "repo")}, "passwordSecretRef": {"name": "pw"},
         "verify": {"schedule": "*/1 * * * *", "readDataSubset": "1/2"}}))
 
+    # the first run the test sees complete: slice 1, or slice 2 when a late first slot and
+    # the next one ran back to back on a loaded host (slice 1's status then lasted moments)
     first = d.wait("the first verify Completed", lambda: (
         v := verify_status(d)).get("phase") == "Completed" and v, timeout=SLOT_TIMEOUT)
     assert first["node"] == node and first["outcome"] == "Clean", first
-    assert first["subset"] == "1/2" and first["nextSlice"] == 2 and first["objects"] == "packs"
+    k = int(str(first["subset"]).partition("/")[0])
+    assert first["subset"] in ("1/2", "2/2") and first["nextSlice"] == 3 - k, first
+    assert first["objects"] == "packs"
     assert first["objectsTotal"] == len(packs) and first["problems"] == 0 and first["damage"] == []
     slice_of = Subset(parts=2).slice_of
-    in_first = [p for p in packs if slice_of(pack_id_of(f"{PACK_PREFIX}{p.parent.name}/{p.name}")) == 1]
-    assert first["objectsRead"] == len(in_first)
-    assert first["bytesRead"] == sum(p.stat().st_size for p in in_first)
+    in_slice = {n: [p for p in packs if slice_of(pack_id_of(f"{PACK_PREFIX}{p.parent.name}/{p.name}")) == n]
+                for n in (1, 2)}
+    assert in_slice[1] and in_slice[2]  # both slices hold packs: each run reads only its own
+    assert first["objectsRead"] == len(in_slice[k])
+    assert first["bytesRead"] == sum(p.stat().st_size for p in in_slice[k])
     assert first["backups"] == 2 and first["durationSeconds"] >= 0 and first["completionTime"]
     assert d.wait("the Verified Event", lambda: events(d, "Verified"))[0]["type"] == "Normal"
 
     # a flipped byte in the first chunk blob of a pack the next slice holds
-    victim = next(p for p in packs if p not in in_first)
+    victim = in_slice[2][0]
     with open(victim, "r+b") as f:
         f.seek(100)
         b = f.read(1)
@@ -178,7 +184,7 @@ def test_scheduled_verify_reads_its_slices_and_names_a_damaged_pack(
         timeout=3 * SLOT_TIMEOUT)
     assert second["outcome"] == "Damaged" and second["problems"] == 1, second
     assert second["nextSlice"] == 1
-    assert first["objectsRead"] + second["objectsRead"] == len(packs)  # every pack, once
+    assert second["objectsRead"] == len(in_slice[2])  # slice 2's packs, the damaged one among them
     (damage,) = second["damage"]
     assert damage["what"] == "corrupt" and victim.name in damage["detail"]
     assert damage["backups"] and set(damage["backups"]) <= set(ids)
