@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 Lags = Callable[[], Iterable[tuple[str, str, float]]]
 """(volume, replica node, lag seconds) for every replica with an acknowledged point."""
 Rpos = Callable[[], Iterable[tuple[str, int]]]
-"""(volume, RPO seconds) for every primary volume whose RPO the controller gave."""
+"""(volume, RPO seconds) for every volume streamed from here whose RPO the controller gave."""
 
 
 class _LagCollector(Collector):

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import typer
 
-from statehold.controller.locate import DRIVER
+from statehold.controller.locate import is_statehold_pv
 from statehold.kube import connect as kube_connect
 from statehold.kube.facade import Kube, Obj
 from statehold.kube.kinds import PV
@@ -18,6 +18,7 @@ Column = tuple[str, Callable[[Obj], str]]
 KubeconfigOption = typer.Option(None, "--kubeconfig", help="Path to a kubeconfig file.")
 NamespaceOption = typer.Option("default", "--namespace", "-n", help="Namespace.")
 AllNamespacesOption = typer.Option(False, "--all-namespaces", "-A", help="Every namespace.")
+
 
 def connect(kubeconfig: str | None) -> Kube:
     return kube_connect(kubeconfig)
@@ -31,7 +32,7 @@ def claim_of(pv: Obj) -> str:
 
 def statehold_pvs(kube: Kube, namespace: str | None) -> list[Obj]:
     """The PVs of Statehold's driver, those claimed from ``namespace`` when one is given."""
-    items = [o for o in kube.list(PV) if ((o.get("spec") or {}).get("csi") or {}).get("driver") == DRIVER]
+    items = [o for o in kube.list(PV) if is_statehold_pv(o)]
     if namespace is not None:
         items = [o for o in items if ((o["spec"].get("claimRef") or {}).get("namespace") == namespace)]
     return items

@@ -25,7 +25,7 @@ from statehold.cli.kubeshared import (
     statehold_pvs,
 )
 from statehold.cli.output import Format, OutputOption, failures
-from statehold.controller.locate import DRIVER, pv_node
+from statehold.controller.locate import is_statehold_pv, pv_node
 from statehold.errors import FailedPrecondition, InvalidArgument, NotFound
 from statehold.kube.facade import Kube, Obj
 from statehold.kube.kinds import NODE, PV, PVC, REPLICATED_VOLUME, STORAGE_POOL
@@ -44,7 +44,7 @@ def pvc_volume(kube: Kube, pvc: str, namespace: str) -> tuple[Obj, Obj | None]:
     if not pv_name:
         raise FailedPrecondition(f"PVC {namespace}/{pvc} is not bound to a volume yet")
     pv = kube.get(PV, pv_name)
-    if ((pv.get("spec") or {}).get("csi") or {}).get("driver") != DRIVER:
+    if not is_statehold_pv(pv):
         raise InvalidArgument(f"PVC {namespace}/{pvc} is not a Statehold volume")
     try:
         return pv, kube.get(REPLICATED_VOLUME, pv_name)

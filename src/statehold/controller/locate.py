@@ -7,7 +7,9 @@ match ``statehold.csi``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from statehold.controller.problems import Problem
 from statehold.engine.names import parse_size
@@ -30,6 +32,11 @@ class VolumeLocation:
     @property
     def handle(self) -> str:
         return f"{self.pool}/{self.volume}"
+
+
+def is_statehold_pv(pv: Mapping[str, Any]) -> bool:
+    """Whether a PV (raw or typed) was provisioned by Statehold's CSI driver."""
+    return bool(((pv.get("spec") or {}).get("csi") or {}).get("driver") == DRIVER)
 
 
 def pv_node(pv: PersistentVolume) -> str | None:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from statehold.controller.locate import DRIVER
+from statehold.controller.locate import is_statehold_pv
 from statehold.controller.replicas import Agents
 from statehold.controller.replication_policy import PoolRoom
 from statehold.engine.names import parse_size
@@ -74,8 +74,7 @@ def _attrs(pv: Obj) -> dict[str, Any]:
 
 def replicas_of(pv: Obj) -> int:
     """Copies a PV asks for (1 when it is not ours or says nothing)."""
-    csi = (pv.get("spec") or {}).get("csi") or {}
-    if csi.get("driver") != DRIVER:
+    if not is_statehold_pv(pv):
         return 1
     try:
         return max(1, int(_attrs(pv).get(REPLICAS_KEY, 1)))

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 
 from statehold.controller.conditions import set_condition
-from statehold.controller.locate import DRIVER
+from statehold.controller.locate import is_statehold_pv
 from statehold.controller.replicas import Agents
 from statehold.controller.replication_policy import CopyPlan
 from statehold.controller.replication_records import ClusterFacts, replicas_of
@@ -57,7 +57,7 @@ def single_copy_volumes(pvs: list[Obj], pool: str) -> list[str]:
     for pv in pvs:
         csi = (pv.get("spec") or {}).get("csi") or {}
         handle = str(csi.get("volumeHandle") or "")
-        if csi.get("driver") == DRIVER and handle.split("/", 1)[0] == pool and replicas_of(pv) <= 1:
+        if is_statehold_pv(pv) and handle.split("/", 1)[0] == pool and replicas_of(pv) <= 1:
             out.append(str(pv["metadata"]["name"]))
     return sorted(out)
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from statehold.controller.locate import DRIVER, SHARED_PREFIX
+from statehold.controller.locate import DRIVER, SHARED_PREFIX, is_statehold_pv
 from statehold.controller.problems import Problem
 from statehold.engine.names import parse_size
 from statehold.kube.objects import PersistentVolume, PersistentVolumeClaim
@@ -48,7 +48,7 @@ def handle_kind(handle: str) -> VolumeKind:
 
 def is_shared_pv(pv: PersistentVolume) -> bool:
     csi = (pv.get("spec") or {}).get("csi") or {}
-    return csi.get("driver") == DRIVER and handle_kind(str(csi.get("volumeHandle") or "")) == "shared"
+    return is_statehold_pv(pv) and handle_kind(str(csi.get("volumeHandle") or "")) == "shared"
 
 
 def locate_shared(pvc: PersistentVolumeClaim, pv: PersistentVolume) -> SharedLocation:
