@@ -12,6 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from statehold.errors import InvalidArgument
+
+_FLAGS = {"1": True, "true": True, "yes": True, "on": True,
+          "0": False, "false": False, "no": False, "off": False}
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -27,10 +32,21 @@ class Settings:
     ``/var/lib/kubelet`` and ``--allowed-root`` (``STATEHOLD_CSI_ALLOWED_ROOTS=a:b``; for
     conformance suites that use their own directories)."""
 
+    freeze_expedite_rcu: bool = True
+    """Expedite the kernel's RCU grace periods while filesystems are being frozen, which
+    makes a FIFREEZE ~25x shorter (``STATEHOLD_FREEZE_EXPEDITE_RCU=0`` turns it off;
+    ``statehold.engine.rcu`` says what it touches)."""
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         s = cls()
+        if "STATEHOLD_FREEZE_EXPEDITE_RCU" in env:
+            flag = env["STATEHOLD_FREEZE_EXPEDITE_RCU"].strip().lower()
+            if flag not in _FLAGS:
+                raise InvalidArgument(f"STATEHOLD_FREEZE_EXPEDITE_RCU must be one of "
+                                 f"{', '.join(sorted(_FLAGS))}, got {flag!r}")
+            s = replace(s, freeze_expedite_rcu=_FLAGS[flag])
         if "STATEHOLD_HOME" in env:
             s = replace(s, home=Path(env["STATEHOLD_HOME"]))
         if "STATEHOLD_LOG_LEVEL" in env:

@@ -15,6 +15,9 @@ import typer
 
 from statehold import __version__
 from statehold.cli.context import CliConfig
+from statehold.cli.output import exit_code
+from statehold.engine import freezekeeper, rcu
+from statehold.errors import StateholdError
 
 # Each module exposes ``register(app: typer.Typer) -> None``.
 AREAS = (
@@ -57,10 +60,15 @@ def build_app() -> typer.Typer:
 
 
 def main() -> None:
-    config = CliConfig.from_env()
+    try:
+        config = CliConfig.from_env()
+    except StateholdError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(exit_code(exc))
     logging.basicConfig(
         level=config.settings.log_level, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s"
     )
+    freezekeeper.configure(rcu.Expedite() if config.settings.freeze_expedite_rcu else None)
     build_app()(obj=config)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from statehold.engine import freeze, groups
+from statehold.engine import freeze, freezekeeper, groups, rcu
 from statehold.engine.node import Node
 from statehold.engine.steps import STEPS
 from statehold.engine.types import FsType, GiB, MiB, PoolSpec, Source, SourceKind, VolumeMode
@@ -315,6 +315,38 @@ def test_a_member_frozen_by_someone_else_fails_the_group_and_thaws_the_rest(env:
             freeze.thaw(env.targets["ge"])
         assert not any(s.name.startswith(name) for s in env.pool.list_snapshots())
         assert env.pool.db.intents() == []
+
+
+# -- expedited grace periods (engine/rcu.py) ----------------------------------------------------
+
+def test_a_group_expedites_its_freezes_and_puts_the_knob_back(env: Env, tmp_path: Path) -> None:
+    """On a stand-in knob (the real one is host-wide and other workers freeze too): the
+    keeper wrote it while freezing the members, and left it as it found it."""
+    knob = tmp_path / "rcu_expedited"
+    knob.write_text("0\n")
+    os.utime(knob, ns=(0, 0))
+    policy = rcu.Expedite(knob, tmp_path / "rcu-expedited.json")
+    name = "rcu"
+    freezekeeper.configure(policy)
+    try:
+        with _cleanup(env, name):
+            group = env.node.snapshot_group(name, env.members(name), timeout=30)
+            assert group.frozen == 2
+    finally:
+        freezekeeper.configure(rcu.Expedite())
+    assert knob.stat().st_mtime_ns > 0  # written: turned on for the freeze
+    assert knob.read_text().strip() == "0"  # and put back
+    assert json.loads(policy.registry.read_text()) == {"holders": []}
+
+
+def test_a_keeper_on_the_real_knob_leaves_no_holder_behind(env: Env) -> None:
+    with freezekeeper.FreezeKeeper(10.0) as keeper:
+        keeper.freeze([env.targets["gx"]])
+        pid = keeper.pid
+        keeper.thaw()
+    raw = json.loads(rcu.REGISTRY.read_text())  # as written, dead holders not yet pruned
+    assert pid not in raw["holders"]
+    assert frozen_targets([env.targets["gx"]]) == []
 
 
 # -- SIGKILL at every step ---------------------------------------------------------------------
