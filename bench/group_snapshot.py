@@ -19,6 +19,9 @@ running throughout), ``runs`` times each, alternating:
   one after the other, reflink each whole, thaw each (what a single-volume snapshot does,
   in a loop; no keeper, so not SIGKILL-safe). Same window, same clock; for 10 volumes only
   every 5th run (it holds ten volumes frozen for seconds).
+* the previous version (unless ``--no-compare``): the same ``Node.snapshot_group`` with the
+  keeper's expedited RCU grace periods turned off (engine/rcu.py), right after the group of
+  3 in every run and the group of 10 in every 5th, so both see the same moment's load.
 
 ``--layout subvolume`` (the opt-in pool layout, engine/layouts.py): the pool is btrfs on two
 images (loop devices), every volume's file alone in a btrfs subvolume; fragmentation, load
@@ -55,7 +58,7 @@ from pathlib import Path
 
 from benchhome import cleanup
 
-from statehold.engine import freeze, subvolume
+from statehold.engine import freeze, freezekeeper, rcu, subvolume
 from statehold.engine.ficlone import reflink
 from statehold.engine.fiemap import file_extents
 from statehold.engine.names import parse_size
@@ -196,6 +199,8 @@ def main() -> None:
     parser.add_argument("--hot", default="32Mi",
                         help="the write load rewrites this much at the start of each data file")
     parser.add_argument("--timeout", type=float, default=60.0, help="freeze timeout, seconds")
+    parser.add_argument("--no-compare", dest="compare", action="store_false",
+                        help="skip the same groups taken without expedited RCU grace periods")
     parser.add_argument("--layout", choices=("file", "subvolume"), default="file",
                         help="pool layout (subvolume: btrfs on two images, a subvolume per volume)")
     args = parser.parse_args()
@@ -253,6 +258,20 @@ def main() -> None:
                     (group.freezing, group.window - group.freezing))
                 node.delete_snapshot_group(f"b{n}-{i}")
                 settle(pool)
+                if args.compare and (n == GROUPS[0] or i % BASELINE_EVERY == 0):
+                    # the previous version, same moment: FIFREEZE without expedited RCU
+                    freezekeeper.configure(None)
+                    try:
+                        plain = node.snapshot_group(f"p{n}-{i}", [
+                            ("bench", v, f"p{n}-{i}-{v}") for v in names[:n]], timeout=args.timeout)
+                    finally:
+                        freezekeeper.configure(rcu.Expedite())
+                    assert plain.window is not None and plain.freezing is not None
+                    windows.setdefault(f"not expedited, {n}", []).append(plain.window)
+                    parts.setdefault(f"not expedited, {n}", []).append(
+                        (plain.freezing, plain.window - plain.freezing))
+                    node.delete_snapshot_group(f"p{n}-{i}")
+                    settle(pool)
                 if n == GROUPS[0] or i % BASELINE_EVERY == 0:
                     windows.setdefault(f"baseline of {n}", []).append(
                         baseline(pool, names[:n], targets, i))
@@ -284,6 +303,12 @@ def main() -> None:
         for label, pairs in parts.items():
             print(f"{label}: of the window, FIFREEZE p50 {statistics.median(f for f, _ in pairs) * 1000:.1f} "
                   f"ms, {rest} p50 {statistics.median(r for _, r in pairs) * 1000:.1f} ms")
+        if args.compare:
+            for n in GROUPS:
+                was, now = windows[f"not expedited, {n}"], windows[f"group of {n}"]
+                print(f"group of {n}: window p50 expedited / not expedited = "
+                      f"{statistics.median(now) / statistics.median(was):.3f}, p99 "
+                      f"{pct(now, 99) / pct(was, 99):.3f}")
         ratio = pct(windows["group of 3"], 99) / 0.100
     finally:
         if load is not None and load.poll() is None:

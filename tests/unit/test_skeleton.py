@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,14 @@ def test_settings_read_the_freeze_expedite_flag_and_refuse_a_bad_one() -> None:
     assert Settings.from_env({"STATEHOLD_FREEZE_EXPEDITE_RCU": " Yes"}).freeze_expedite_rcu
     with pytest.raises(InvalidArgument, match="STATEHOLD_FREEZE_EXPEDITE_RCU"):
         Settings.from_env({"STATEHOLD_FREEZE_EXPEDITE_RCU": "maybe"})
+
+
+def test_a_bad_freeze_expedite_flag_fails_the_command_with_exit_code_2() -> None:
+    env = {**os.environ, "STATEHOLD_FREEZE_EXPEDITE_RCU": "maybe"}
+    done = subprocess.run([sys.executable, "-m", "statehold.cli.main", "version"], env=env,
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 2 and done.stdout == ""
+    assert "STATEHOLD_FREEZE_EXPEDITE_RCU" in done.stderr
 
 
 def test_runner_raises_command_error_with_exit_code_and_stderr() -> None:
