@@ -28,9 +28,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from statehold.agent.pause import NO_PAUSE, Pauser
-from statehold.engine import capacity, groups
+from statehold.engine import capacity, groupparts, groups
 from statehold.engine.freezekeeper import check_timeout
-from statehold.engine.groups import HeldPart, Member
+from statehold.engine.groupparts import HeldPart
+from statehold.engine.groups import Member
 from statehold.engine.node import Node
 from statehold.engine.pool import Pool
 from statehold.errors import (
@@ -210,7 +211,7 @@ class GroupFreezes:
         if not name:
             raise InvalidArgument("a group snapshot needs a name")
         pools = self._pools_with(name)
-        doc = next((d for d in (groups.read_part(p, name) for p in pools.values()) if d), None)
+        doc = next((d for d in (groupparts.read_part(p, name) for p in pools.values()) if d), None)
         if doc is None:
             return Part(name, found=False)
         nodes = tuple(str(n) for n in doc.get("nodes") or ())
@@ -221,7 +222,7 @@ class GroupFreezes:
             with contextlib.ExitStack() as held:
                 for n in sorted(pools):
                     held.enter_context(pools[n].exclusive())
-                groups.discard_part(pools, name)
+                groupparts.discard_part(pools, name)
             return Part(name, True, str(doc.get("attempt", "")), members, (),
                         float(doc["created_at"]), nodes)
         whole = groups.with_missing(groups.GroupSnapshot(name, members, float(doc["created_at"])),
@@ -242,7 +243,7 @@ class GroupFreezes:
         try:
             with contextlib.ExitStack() as locks:
                 pools = self._lock_pools(attempt, locks)
-                part = groups.prepare(pools, attempt.name, attempt.members, timeout=attempt.lease)
+                part = groupparts.prepare(pools, attempt.name, attempt.members, timeout=attempt.lease)
                 with attempt.cond:
                     attempt.deadline = part.frozen_at + attempt.lease
                     attempt.frozen = part.frozen
@@ -330,7 +331,7 @@ class GroupFreezes:
     def _unknown(self, attempt_id: str, name: str) -> Phase:
         """An id this agent does not know (it restarted): DONE if a part records it."""
         for pool in self._pools_with(name).values():
-            doc = groups.read_part(pool, name)
+            doc = groupparts.read_part(pool, name)
             if doc is not None and doc.get("attempt") == attempt_id:
                 return Phase(attempt_id, DONE)
         return Phase(attempt_id, ABORTED, "unknown attempt")
@@ -340,7 +341,7 @@ class GroupFreezes:
         with contextlib.ExitStack() as held:
             for n in sorted(pools):
                 held.enter_context(pools[n].exclusive())
-            groups.discard_part(pools, name, attempt_id)
+            groupparts.discard_part(pools, name, attempt_id)
 
     def _pools_with(self, name: str) -> dict[str, Pool]:
         """Every open pool of this node holding a record of ``name`` (NotFound: none open)."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from statehold.csi import naming
 from statehold.csi.backend import SHARED_PREFIX, SnapshotInfo
 from statehold.csi.remote_groups import GroupsAcrossNodes, PoolNodes
-from statehold.engine import groups
+from statehold.engine import groupparts, groups
 from statehold.engine.node import Node
 from statehold.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
@@ -175,7 +175,7 @@ class LocalGroups:
         """The nodes of a group across nodes recorded in this node's ``pool`` ([]: a local
         group, or no record here)."""
         try:
-            doc = groups.read_part(self.node.pool(pool), name)
+            doc = groupparts.read_part(self.node.pool(pool), name)
         except (NotFound, Unavailable):
             return []
         nodes = [str(n) for n in (doc or {}).get("nodes") or ()]

@@ -42,7 +42,7 @@ from statehold.engine.freezekeeper import FreezeKeeper, Window, check_timeout
 from statehold.engine.metadata import Metadata, SnapshotRecord
 from statehold.engine.names import validate_name
 from statehold.engine.poolcontext import PoolContext
-from statehold.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Temporary
+from statehold.errors import AlreadyExists, InvalidArgument, NotFound, Temporary
 
 log = logging.getLogger("statehold.engine.groups")
 
@@ -90,7 +90,7 @@ class GroupSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
-class _Plan:
+class Plan:
     member: Member
     pool: PoolContext
     size: int
@@ -103,15 +103,15 @@ class _Plan:
 
 # -- records ---------------------------------------------------------------------------------
 
-def _key(name: str) -> str:
+def record_key(name: str) -> str:
     return KEY_PREFIX + name
 
 
 def read(pool: PoolContext, name: str) -> GroupSnapshot | None:
     """The group's record in this pool (members not checked), or None."""
     with pool.db.transaction() as db:
-        row = db.execute("SELECT value FROM meta WHERE key=?", (_key(name),)).fetchone()
-    return None if row is None else _decode(name, row[0])
+        row = db.execute("SELECT value FROM meta WHERE key=?", (record_key(name),)).fetchone()
+    return None if row is None else decode(name, row[0])
 
 
 def names(pool: PoolContext) -> list[str]:
@@ -122,7 +122,7 @@ def names(pool: PoolContext) -> list[str]:
     return [r[0].removeprefix(KEY_PREFIX) for r in rows]
 
 
-def _decode(name: str, raw: str) -> GroupSnapshot:
+def decode(name: str, raw: str) -> GroupSnapshot:
     doc = json.loads(raw)
     if int(doc.get("version", 0)) > RECORD_VERSION:
         raise InvalidArgument(f"group snapshot {name!r} has record version {doc['version']}; "
@@ -165,7 +165,7 @@ def check_members(name: str, members: Sequence[Member]) -> tuple[Member, ...]:
     return tuple(members)
 
 
-def _plan(pools: Mapping[str, PoolContext], members: Sequence[Member]) -> list[_Plan]:
+def plan_members(pools: Mapping[str, PoolContext], members: Sequence[Member]) -> list[Plan]:
     plans = []
     for m in members:
         pool = pools[m.pool]
@@ -174,7 +174,7 @@ def _plan(pools: Mapping[str, PoolContext], members: Sequence[Member]) -> list[_
             raise NotFound(f"volume {m.volume!r} not found in pool {pool.name!r}")
         devices = loop.find(pool.volume_path(m.volume))
         targets = [t for dev in devices for t in mounts.writable_targets(dev)]
-        plans.append(_Plan(m, pool, rec.size, rec.mode, rec.fs, rec.formatted,
+        plans.append(Plan(m, pool, rec.size, rec.mode, rec.fs, rec.formatted,
                            devices[0] if devices else None, targets[0] if targets else None))
     return plans
 
@@ -208,7 +208,7 @@ def _existing(pools: Mapping[str, PoolContext], name: str,
     # not one instant with anything new: remove it and take the whole group again.
     log.warning("group snapshot torn, taking it again group=%s missing=%d pools_with_record=%d/%d",
                 name, len(group.missing), len(held), len(pools))
-    _remove(pools, name, members)
+    remove_members(pools, name, members)
     return None
 
 
@@ -231,7 +231,7 @@ def create(pools: Mapping[str, PoolContext], name: str, members: Sequence[Member
     done = _existing(involved, name, wanted)  # first: a retry needs no source any more
     if done is not None:
         return done
-    plans = _plan(involved, wanted)
+    plans = plan_members(involved, wanted)
     first = next(iter(involved.values()))
     fault = first.fault
     to_freeze = [p for p in plans if p.target is not None]
@@ -246,10 +246,10 @@ def create(pools: Mapping[str, PoolContext], name: str, members: Sequence[Member
         fault("group.intent")
         before: dict[Member, catchup.Prepared] = {}
         for p in to_freeze:  # the slow part, outside the window: the volume still runs
-            _precopy(p, before)
+            precopy(p, before)
             fault("group.member_precloned")
         for p in plans:  # outside the window: most dirty data goes now, so freezing is short
-            _flush(p)
+            flush_member(p)
         for pool in involved.values():
             pool.layout.before_window()
         if holder is not None:
@@ -261,8 +261,8 @@ def create(pools: Mapping[str, PoolContext], name: str, members: Sequence[Member
         fault("group.frozen")
         for p in plans:
             if p.target is None:
-                _flush(p)  # a block writer's buffered data up to the instant
-        _side_by_side([functools.partial(_clone, p, before.get(p.member), fault) for p in plans])
+                flush_member(p)  # a block writer's buffered data up to the instant
+        side_by_side([functools.partial(clone_member, p, before.get(p.member), fault) for p in plans])
         fault("group.cloned")
         if holder is not None:
             window = holder.thaw()
@@ -293,14 +293,14 @@ def create(pools: Mapping[str, PoolContext], name: str, members: Sequence[Member
                          freezing=window.freezing if window is not None else None)
 
 
-def _precopy(p: _Plan, before: dict[Member, catchup.Prepared]) -> None:
+def precopy(p: Plan, before: dict[Member, catchup.Prepared]) -> None:
     """Outside the window: the member's early copy, if its pool's layout makes one."""
     prepared = p.pool.layout.precopy(p.member.volume, p.member.snapshot)
     if prepared is not None:
         before[p.member] = prepared
 
 
-def _clone(p: _Plan, before: catchup.Prepared | None, fault: Callable[[str], None]) -> None:
+def clone_member(p: Plan, before: catchup.Prepared | None, fault: Callable[[str], None]) -> None:
     """Inside the window: catch a frozen member's early copy up; copy a live one whole
     (one FICLONE: the only atomic copy of a live block volume), or, in a subvolume pool,
     snapshot the member's subvolume."""
@@ -308,7 +308,7 @@ def _clone(p: _Plan, before: catchup.Prepared | None, fault: Callable[[str], Non
     fault("group.member_cloned")
 
 
-def _side_by_side(jobs: Sequence[Callable[[], None]]) -> None:
+def side_by_side(jobs: Sequence[Callable[[], None]]) -> None:
     """Run the members' clones on a few threads: their ioctls (FIEMAP, FICLONE) spend
     their time in the kernel, without the GIL. Every job finishes before an error is
     raised (the first one), so nothing still writes a member's file during rollback."""
@@ -323,14 +323,14 @@ def _side_by_side(jobs: Sequence[Callable[[], None]]) -> None:
         future.result()
 
 
-def _flush(p: _Plan) -> None:
+def flush_member(p: Plan) -> None:
     if p.target is not None:
         freezing.syncfs(p.target)
     elif p.device is not None:
         freezing.flush_device(p.device)
 
 
-def _commit(pools: Mapping[str, PoolContext], plans: Sequence[_Plan],
+def _commit(pools: Mapping[str, PoolContext], plans: Sequence[Plan],
             intents: Sequence[tuple[PoolContext, int]], name: str, members: Sequence[Member],
             created_at: float) -> None:
     """Per pool, one transaction: its members' rows, the group record, its intents ended."""
@@ -345,7 +345,7 @@ def _commit(pools: Mapping[str, PoolContext], plans: Sequence[_Plan],
                     mode=p.mode, fs=p.fs, formatted=p.formatted or p.target is not None,
                     frozen=p.target is not None, created_at=created_at))
             db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                       (_key(name), record))
+                       (record_key(name), record))
             for owner, intent in intents:
                 if owner is pool:
                     Metadata.end_intent(db, intent)
@@ -358,225 +358,15 @@ def delete(pools: Mapping[str, PoolContext], name: str) -> None:
     records = [rec for rec in (read(pool, name) for pool in pools.values()) if rec is not None]
     if not records:
         raise NotFound(f"group snapshot {name!r} not found")
-    _remove(pools, name, records[0].members)
+    remove_members(pools, name, records[0].members)
     log.info("group snapshot deleted group=%s", name)
 
 
-def _remove(pools: Mapping[str, PoolContext], name: str, members: Iterable[Member]) -> None:
+def remove_members(pools: Mapping[str, PoolContext], name: str, members: Iterable[Member]) -> None:
     for m in members:
         pool = pools.get(m.pool)
         if pool is not None and pool.db.snapshot(m.snapshot) is not None:
             snapshotting.delete(pool, m.snapshot)
     for pool in pools.values():
         with pool.db.transaction() as db:
-            db.execute("DELETE FROM meta WHERE key=?", (_key(name),))
-
-
-# -- one node's part of a group across nodes (docs/design/group-snapshots.md) ----------------
-
-def read_part(pool: PoolContext, name: str) -> dict[str, Any] | None:
-    """The group's raw record in this pool (with a cross-node part's ``attempt`` and
-    ``nodes`` keys), or None."""
-    with pool.db.transaction() as db:
-        row = db.execute("SELECT value FROM meta WHERE key=?", (_key(name),)).fetchone()
-    if row is None:
-        return None
-    _decode(name, row[0])  # refuses a newer version
-    doc: dict[str, Any] = json.loads(row[0])
-    return doc
-
-
-def discard_part(pools: Mapping[str, PoolContext], name: str, attempt: str | None = None) -> bool:
-    """Delete this node's part of group ``name`` (member snapshots, then records); with
-    ``attempt``, only a part that attempt committed. True if something was deleted."""
-    docs = [d for d in (read_part(p, name) for p in pools.values()) if d is not None]
-    if not docs or (attempt is not None and all(d.get("attempt") != attempt for d in docs)):
-        return False
-    members = [Member(str(p), str(v), str(s)) for d in docs for p, v, s in d["members"]]
-    _remove(pools, name, dict.fromkeys(members))
-    log.info("group snapshot part deleted group=%s attempt=%s", name, attempt or "-")
-    return True
-
-
-class HeldPart:
-    """This node's members of a cross-node group, frozen and waiting for the decision.
-
-    Made by :func:`prepare`; exactly one of :meth:`commit` or :meth:`abort` ends it (abort
-    after commit is a no-op here: deleting a committed part is :func:`discard_part`). The
-    caller holds the member pools' locks from :func:`prepare` until then."""
-
-    def __init__(self, pools: Mapping[str, PoolContext], name: str, members: tuple[Member, ...],
-                 plans: list[_Plan], intents: list[tuple[PoolContext, int]],
-                 holder: FreezeKeeper | None, before: dict[Member, catchup.Prepared],
-                 timeout: float) -> None:
-        self.pools = pools
-        self.name = name
-        self.members = members
-        self._plans = plans
-        self._intents = intents
-        self._holder = holder
-        self._before = before
-        self.timeout = timeout
-        self.frozen = sum(1 for p in plans if p.target is not None)
-        self.frozen_at = time.monotonic()
-        """When every member of this node was frozen (CLOCK_MONOTONIC): the lease ends
-        ``timeout`` seconds after the first FIFREEZE began, a little before this + timeout."""
-        self._ended = False
-
-    @property
-    def lease_left(self) -> float:
-        return max(0.0, self.frozen_at + self.timeout - time.monotonic())
-
-    def commit(self, created_at: float, *, attempt: str, nodes: Sequence[str]) -> GroupSnapshot:
-        """Catch up, thaw, keep. Temporary (and everything rolled back) if the lease had
-        ended (the keeper's watchdog thawed first): the part is then not of the instant."""
-        if self._ended:
-            raise InvalidArgument(f"group snapshot {self.name!r}: this part was already decided")
-        self._ended = True
-        fault = next(iter(self.pools.values())).fault
-        window: Window | None = None
-        try:
-            jobs = [functools.partial(_clone, p, self._before.get(p.member), fault)
-                    for p in self._plans if p.target is not None]
-            _side_by_side(jobs)
-            fault("group.cloned")
-            if self._holder is not None:
-                window = self._holder.thaw()
-                if window.expired:
-                    raise Temporary(f"group snapshot {self.name!r}: the lease of {self.timeout:g} s "
-                                    "ended before the commit, so the watchdog thawed first; "
-                                    "nothing was kept", retry_after=1.0)
-            fault("group.thawed")
-            for p in self._plans:
-                p.pool.layout.seal(p.member.snapshot)
-            for pool in self.pools.values():
-                fsync_dir(pool.snapshots_dir)
-            record = json.dumps({"version": RECORD_VERSION, "created_at": created_at,
-                                 "members": [[m.pool, m.volume, m.snapshot] for m in self.members],
-                                 "attempt": attempt, "nodes": sorted(nodes)})
-            _commit_part(self.pools, self._plans, self._intents, self.name, record, created_at)
-        except BaseException:
-            self._rollback()
-            raise
-        finally:
-            if self._holder is not None:
-                self._holder.close()
-        fault("group.commit")
-        seconds = window.seconds if window is not None else None
-        log.info("group snapshot part committed group=%s attempt=%s members=%d frozen=%d "
-                 "window_ms=%s", self.name, attempt, len(self.members), self.frozen,
-                 "-" if seconds is None else f"{seconds * 1000:.1f}")
-        return GroupSnapshot(self.name, self.members, created_at, frozen=self.frozen,
-                             window=seconds, freezing=window.freezing if window else None)
-
-    def abort(self) -> None:
-        """Thaw and roll back (idempotent; nothing once committed)."""
-        if self._ended:
-            return
-        self._ended = True
-        self._rollback()
-
-    def _rollback(self) -> None:
-        if self._holder is not None:
-            self._holder.close()  # thaw before anything else
-        for pool, intent in self._intents:
-            pool.settle(intent)
-        self._intents = []
-
-
-def prepare(pools: Mapping[str, PoolContext], name: str, members: Sequence[Member], *,
-            timeout: float = DEFAULT_TIMEOUT, keeper: catchup.Keeper = FreezeKeeper) -> HeldPart:
-    """Phase 1 of a group across nodes on this node: early copies, then every mounted
-    member frozen by a keeper whose watchdog ends the lease (``timeout``); returns the
-    held part. A part of this group already here (an earlier attempt) is deleted first.
-
-    NotFound: a pool or volume; AlreadyExists: the name with other members, or a member's
-    snapshot name taken outside the group; FailedPrecondition: a member attached but not
-    mounted (a block volume in use: nothing would stop its writers); InvalidArgument: bad
-    names or timeout. The caller holds the pools' locks until the part is decided.
-    """
-    wanted = check_members(name, members)
-    check_timeout(timeout, most=MAX_TIMEOUT)
-    missing_pools = sorted({m.pool for m in wanted} - set(pools))
-    if missing_pools:
-        raise NotFound(f"pool {missing_pools[0]!r} not found")
-    involved = {p: pools[p] for p in sorted({m.pool for m in wanted})}
-    if _existing_part(involved, name, wanted):
-        discard_part(involved, name)
-    plans = _plan(involved, wanted)
-    busy = [p.member for p in plans if p.target is None and p.device is not None]
-    if busy:
-        raise FailedPrecondition(
-            f"volume {busy[0].pool}/{busy[0].volume} is attached but not mounted here (a block "
-            "volume in use): a group across nodes can only hold filesystems it can freeze")
-    fault = next(iter(involved.values())).fault
-    to_freeze = [p for p in plans if p.target is not None]
-    holder = keeper(timeout, wait_ready=False) if to_freeze else None
-    intents: list[tuple[PoolContext, int]] = []
-    try:
-        for p in plans:
-            payload: dict[str, Any] = {"volume": p.member.volume, "frozen": p.target,
-                                       "group": name}
-            intents.append((p.pool, p.pool.db.begin_intent("snapshot", p.member.snapshot, payload)))
-        fault("group.intent")
-        before: dict[Member, catchup.Prepared] = {}
-        for p in to_freeze:
-            _precopy(p, before)
-            fault("group.member_precloned")
-        for p in to_freeze:
-            _flush(p)
-        for p in plans:
-            if p.target is None:  # not attached: no writer (the pool lock keeps it so)
-                p.pool.layout.window_copy(p.member.volume, p.member.snapshot, None)
-        for pool in involved.values():
-            pool.layout.before_window()
-        if holder is not None:
-            holder.freeze([p.target for p in to_freeze if p.target is not None],
-                          sent=lambda: fault("group.freezing"))
-            for _ in to_freeze:
-                fault("group.member_frozen")
-        fault("group.frozen")
-    except BaseException:
-        if holder is not None:
-            holder.close()
-        for pool, intent in intents:
-            pool.settle(intent)
-        raise
-    return HeldPart(involved, name, wanted, plans, intents, holder, before, timeout)
-
-
-def _existing_part(pools: Mapping[str, PoolContext], name: str, members: tuple[Member, ...]) -> bool:
-    """Whether a part of this group is here (to be replaced); AlreadyExists when the name
-    holds other members or a member's snapshot name is taken outside the group."""
-    docs = {p: read_part(pool, name) for p, pool in pools.items()}
-    for doc in docs.values():
-        if doc is not None and tuple(Member(str(p), str(v), str(s))
-                                     for p, v, s in doc["members"]) != members:
-            raise AlreadyExists(f"group snapshot {name!r} exists with other members")
-    held = {p for p, doc in docs.items() if doc is not None}
-    for m in members:
-        snap = pools[m.pool].db.snapshot(m.snapshot)
-        if snap is not None and (snap.source_volume != m.volume or m.pool not in held):
-            raise AlreadyExists(f"snapshot {m.pool}/{m.snapshot} already exists "
-                                f"(of volume {snap.source_volume!r}), outside group {name!r}")
-    return bool(held)
-
-
-def _commit_part(pools: Mapping[str, PoolContext], plans: Sequence[_Plan],
-                 intents: Sequence[tuple[PoolContext, int]], name: str, record: str,
-                 created_at: float) -> None:
-    """As :func:`_commit`, with the part's own record."""
-    for pool_name, pool in pools.items():
-        with pool.db.transaction() as db:
-            for p in plans:
-                if p.member.pool != pool_name:
-                    continue
-                Metadata.insert_snapshot(db, SnapshotRecord(
-                    name=p.member.snapshot, source_volume=p.member.volume, size=p.size,
-                    mode=p.mode, fs=p.fs, formatted=p.formatted or p.target is not None,
-                    frozen=p.target is not None, created_at=created_at))
-            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                       (_key(name), record))
-            for owner, intent in intents:
-                if owner is pool:
-                    Metadata.end_intent(db, intent)
+            db.execute("DELETE FROM meta WHERE key=?", (record_key(name),))

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from statehold.engine import groups
+from statehold.engine import groupparts, groups
 from statehold.engine.node import Node
 from statehold.engine.types import FsType, MiB, Source, SourceKind
 from tests.fixtures.netns import Cluster, NetNode, wait_for
@@ -178,7 +178,7 @@ def test_a_group_across_two_nodes_is_one_instant_under_a_cross_node_writer(
         assert a > 0 and b <= a <= b + 1, (name, a, b)
         for node in ("n1", "n2"):
             pool = world.engines[node].pool(world.node(node).pool)
-            doc = groups.read_part(pool, name)
+            doc = groupparts.read_part(pool, name)
             assert doc is not None and doc["attempt"] == result["attempt"]
             assert doc["nodes"] == ["n1", "n2"]
     # a retry of a taken group answers it as it is: nothing frozen, nothing new

@@ -30,7 +30,7 @@ from statehold.controller.schemas import validate_custom_resource
 from statehold.csi import naming
 from statehold.csi.gen import csi_pb2 as pb
 from statehold.csi.gen import csi_pb2_grpc as rpc
-from statehold.engine import groups
+from statehold.engine import groupparts
 from statehold.engine.node import Node
 from statehold.engine.types import FsType, MiB
 from statehold.kube.kinds import NODE
@@ -161,7 +161,7 @@ def test_the_node_plugin_takes_reads_and_deletes_a_group_across_nodes_through_it
     member_ids = sorted(s.snapshot_id for s in taken.snapshots)
     # each node keeps its member and the part's record, naming both nodes
     for node, pool in (("n1", "pa"), ("n2", "pb")):
-        part = groups.read_part(w.engines[node].pool(pool), group)
+        part = groupparts.read_part(w.engines[node].pool(pool), group)
         assert part is not None and part["nodes"] == ["n1", "n2"], (node, part)
         assert any(i.startswith(f"{pool}/") for i in member_ids)
     w.thawed()
