@@ -56,7 +56,10 @@ class Expedite:
     registry: Path = REGISTRY
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: object) -> bool:
+    """Whether ``pid`` names a live process (anything else in the registry does not)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 2**22 + 1:
+        return False  # pid_max is at most 2**22: a larger number, 0 or -1 is no holder
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -83,8 +86,9 @@ def _registry(path: Path) -> Iterator[dict[str, Any]]:
         if not isinstance(state, dict):
             state = {}
         holders = state.get("holders")
-        state["holders"] = [p for p in holders if isinstance(p, int) and _alive(p)] \
-            if isinstance(holders, list) else []
+        state["holders"] = [p for p in holders if _alive(p)] if isinstance(holders, list) else []
+        if not (isinstance(state.get("saved"), str) and state["saved"].isdigit()):
+            state.pop("saved", None)  # only a value this module saved is ever written back
         yield state
         data = json.dumps(state, sort_keys=True).encode()
         os.lseek(fd, 0, os.SEEK_SET)

@@ -64,9 +64,15 @@ def test_no_policy_or_an_unwritable_knob_changes_nothing(tmp_path: Path) -> None
     assert raw == "" or json.loads(raw)["holders"] == []  # nobody registered
 
 
-def test_a_corrupt_registry_is_read_as_empty(policy: rcu.Expedite) -> None:
+@pytest.mark.parametrize("content", [
+    "[not json", "[1, 2]", '{"holders": "x"}',
+    '{"holders": [0, -1, true, 99999999999999999999, "7"], "saved": "0"}',
+])
+def test_a_corrupt_registry_is_read_as_empty(policy: rcu.Expedite, content: str) -> None:
+    """Nothing in it names a live holder (0 and -1 would signal whole process groups, true
+    would be pid 1), so the knob is put back when this holder leaves."""
     policy.registry.parent.mkdir(parents=True)
-    policy.registry.write_text("[not json")
+    policy.registry.write_text(content)
     with rcu.expedited(policy) as held:
         assert held
     assert policy.knob.read_text().strip() == "0"
