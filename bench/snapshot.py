@@ -53,6 +53,10 @@ With ``--mounted`` the two volumes are XFS filesystems, mounted, and fio, the fr
 and the probe write a data file filling each; snapshots then freeze (the engine: early copy,
 keeper-held freeze for the catch-up only; the subvolume layout: freeze around the ioctl).
 
+``--compare-expedite`` (with ``--mounted``): a third series, ``aged-plain``, the aged volume
+snapshotted with the freeze keeper's expedited RCU grace periods off (engine/rcu.py): the
+previous version at the same moment, for the stall.
+
 Last line ``ratio=<p99 snapshot of the aged volume / 50 ms>`` (goal <= 1); the fresh
 figures are printed beside it.
 

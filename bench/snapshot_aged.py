@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from statehold.engine import freeze, loop, subvolume
+from statehold.engine import freeze, freezekeeper, loop, rcu, subvolume
 from statehold.engine.fiemap import raw_extents
 from statehold.engine.names import parse_size
 from statehold.engine.node import Node
@@ -58,6 +58,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--per-round", type=int, default=50_000,
                        help="random 4 KiB writes per fragmentation round")
     group.add_argument("--frag-runs", type=int, default=30)
+    group.add_argument("--compare-expedite", action="store_true",
+                       help="with --mounted: a third series, the aged volume snapshotted with "
+                       "the freeze keeper's expedited RCU grace periods off (engine/rcu.py)")
 
 
 # -- layouts ---------------------------------------------------------------------------------
@@ -272,6 +275,7 @@ def main(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     size = parse_size(args.size)
+    compare = args.compare_expedite and args.mounted  # block volumes are never frozen
     fstype = "btrfs" if args.layout == "subvolume" else args.pool_fs
     label = args.layout + ("" if args.layout == "subvolume" else f" on {fstype}") + \
         (" + presync" if args.presync else "") + (", mounted XFS volumes" if args.mounted else "")
@@ -309,15 +313,22 @@ def main(args: argparse.Namespace) -> None:
             probe = subprocess.Popen([sys.executable, "-c", PROBE, devices["aged"], str(log),
                                       str(HOT)])
             rng = random.Random(14)
-            times: dict[str, list[float]] = {"fresh": [], "aged": []}
-            spans: dict[str, list[tuple[float, float]]] = {"fresh": [], "aged": [], "none": []}
+            series = ("fresh", "aged") + (("aged-plain",) if compare else ())
+            times: dict[str, list[float]] = {n: [] for n in series}
+            spans: dict[str, list[tuple[float, float]]] = {n: [] for n in (*series, "none")}
             for i in range(args.frag_runs):
-                for name in (("fresh", "aged") if i % 2 == 0 else ("aged", "fresh")):
+                for name in (series if i % 2 == 0 else series[::-1]):
                     time.sleep(0.2 + rng.random() * 0.2)  # pacing: let the probe run alone
                     snap = f"{name}-m{i}"
-                    t0 = time.monotonic()
-                    layout.snapshot(name, snap)
-                    t1 = time.monotonic()
+                    volume = "aged" if name == "aged-plain" else name
+                    if name == "aged-plain":
+                        freezekeeper.configure(None)  # the previous version, same moment
+                    try:
+                        t0 = time.monotonic()
+                        layout.snapshot(volume, snap)
+                        t1 = time.monotonic()
+                    finally:
+                        freezekeeper.configure(rcu.Expedite())
                     times[name].append((t1 - t0) * 1000)
                     spans[name].append((t0, t1))
                     time.sleep(0.2 + rng.random() * 0.2)
@@ -341,9 +352,9 @@ def main(args: argparse.Namespace) -> None:
                   f"writes; aged extents during the runs {extents['aged']} -> {extents_after}")
             print(f"{'volume':<8}{'extents':>9}{'snap p50':>10}{'p99':>9}{'max':>9}"
                   f"{'stall p50':>11}{'p99':>9}{'max':>9}   (ms, {args.frag_runs} runs, {label})")
-            for name in ("fresh", "aged"):
+            for name in series:
                 t, st = times[name], stalls[name]
-                print(f"{name:<8}{extents[name]:>9}{statistics.median(t):>10.1f}{pct(t, 99):>9.1f}"
+                print(f"{name:<8}{extents[name.split('-')[0]]:>9}{statistics.median(t):>10.1f}{pct(t, 99):>9.1f}"
                       f"{max(t):>9.1f}{statistics.median(st):>11.1f}{pct(st, 99):>9.1f}"
                       f"{max(st):>9.1f}")
             st = stalls["none"]
