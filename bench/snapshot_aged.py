@@ -354,7 +354,8 @@ def main(args: argparse.Namespace) -> None:
                   f"{'stall p50':>11}{'p99':>9}{'max':>9}   (ms, {args.frag_runs} runs, {label})")
             for name in series:
                 t, st = times[name], stalls[name]
-                print(f"{name:<8}{extents[name.split('-')[0]]:>9}{statistics.median(t):>10.1f}{pct(t, 99):>9.1f}"
+                count = extents[name.split("-")[0]]
+                print(f"{name:<8}{count:>9}{statistics.median(t):>10.1f}{pct(t, 99):>9.1f}"
                       f"{max(t):>9.1f}{statistics.median(st):>11.1f}{pct(st, 99):>9.1f}"
                       f"{max(st):>9.1f}")
             st = stalls["none"]
