@@ -350,16 +350,16 @@ def main(args: argparse.Namespace) -> None:
             stalls = {k: [stall(writes, a, b) * 1000 for a, b in v] for k, v in spans.items()}
             print(f"host load average (1 min) {os.getloadavg()[0]:.1f}; probe {len(writes)} "
                   f"writes; aged extents during the runs {extents['aged']} -> {extents_after}")
-            print(f"{'volume':<8}{'extents':>9}{'snap p50':>10}{'p99':>9}{'max':>9}"
+            print(f"{'volume':<11}{'extents':>9}{'snap p50':>10}{'p99':>9}{'max':>9}"
                   f"{'stall p50':>11}{'p99':>9}{'max':>9}   (ms, {args.frag_runs} runs, {label})")
             for name in series:
                 t, st = times[name], stalls[name]
                 count = extents[name.split("-")[0]]
-                print(f"{name:<8}{count:>9}{statistics.median(t):>10.1f}{pct(t, 99):>9.1f}"
+                print(f"{name:<11}{count:>9}{statistics.median(t):>10.1f}{pct(t, 99):>9.1f}"
                       f"{max(t):>9.1f}{statistics.median(st):>11.1f}{pct(st, 99):>9.1f}"
                       f"{max(st):>9.1f}")
             st = stalls["none"]
-            print(f"{'(none)':<8}{'':>9}{'':>10}{'':>9}{'':>9}{statistics.median(st):>11.1f}"
+            print(f"{'(none)':<11}{'':>9}{'':>10}{'':>9}{'':>9}{statistics.median(st):>11.1f}"
                   f"{pct(st, 99):>9.1f}{max(st):>9.1f}   <- probe alone, same intervals")
             print(f"4k randwrite qd32 IOPS (a snapshot retained): fresh {iops_after['fresh']:.0f}, "
                   f"aged {iops_after['aged']:.0f}")
