@@ -22,7 +22,6 @@ from typing import Any
 from statehold.engine import catchup, groups
 from statehold.engine.files import fsync_dir
 from statehold.engine.freezekeeper import FreezeKeeper, Window, check_timeout
-from statehold.engine.metadata import Metadata, SnapshotRecord
 from statehold.engine.poolcontext import PoolContext
 from statehold.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Temporary
 
@@ -109,7 +108,8 @@ class HeldPart:
             record = json.dumps({"version": groups.RECORD_VERSION, "created_at": created_at,
                                  "members": [[m.pool, m.volume, m.snapshot] for m in self.members],
                                  "attempt": attempt, "nodes": sorted(nodes)})
-            _commit_part(self.pools, self._plans, self._intents, self.name, record, created_at)
+            groups.commit_records(self.pools, self._plans, self._intents, self.name, record,
+                                  created_at)
         except BaseException:
             self._rollback()
             raise
@@ -183,13 +183,7 @@ def prepare(pools: Mapping[str, PoolContext], name: str, members: Sequence[group
         for p in plans:
             if p.target is None:  # not attached: no writer (the pool lock keeps it so)
                 p.pool.layout.window_copy(p.member.volume, p.member.snapshot, None)
-        for pool in involved.values():
-            pool.layout.before_window()
-        if holder is not None:
-            holder.freeze([p.target for p in to_freeze if p.target is not None],
-                          sent=lambda: fault("group.freezing"))
-            for _ in to_freeze:
-                fault("group.member_frozen")
+        groups.freeze_members(involved, holder, to_freeze, fault)
         fault("group.frozen")
     except BaseException:
         if holder is not None:
@@ -215,23 +209,3 @@ def _existing_part(pools: Mapping[str, PoolContext], name: str, members: tuple[g
             raise AlreadyExists(f"snapshot {m.pool}/{m.snapshot} already exists "
                                 f"(of volume {snap.source_volume!r}), outside group {name!r}")
     return bool(held)
-
-
-def _commit_part(pools: Mapping[str, PoolContext], plans: Sequence[groups.Plan],
-                 intents: Sequence[tuple[PoolContext, int]], name: str, record: str,
-                 created_at: float) -> None:
-    """As :func:`_commit`, with the part's own record."""
-    for pool_name, pool in pools.items():
-        with pool.db.transaction() as db:
-            for p in plans:
-                if p.member.pool != pool_name:
-                    continue
-                Metadata.insert_snapshot(db, SnapshotRecord(
-                    name=p.member.snapshot, source_volume=p.member.volume, size=p.size,
-                    mode=p.mode, fs=p.fs, formatted=p.formatted or p.target is not None,
-                    frozen=p.target is not None, created_at=created_at))
-            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                       (groups.record_key(name), record))
-            for owner, intent in intents:
-                if owner is pool:
-                    Metadata.end_intent(db, intent)

@@ -250,13 +250,7 @@ def create(pools: Mapping[str, PoolContext], name: str, members: Sequence[Member
             fault("group.member_precloned")
         for p in plans:  # outside the window: most dirty data goes now, so freezing is short
             flush_member(p)
-        for pool in involved.values():
-            pool.layout.before_window()
-        if holder is not None:
-            holder.freeze([p.target for p in to_freeze if p.target is not None],
-                          sent=lambda: fault("group.freezing"))
-            for _ in to_freeze:
-                fault("group.member_frozen")
+        freeze_members(involved, holder, to_freeze, fault)
         created_at = time.time()  # the instant: every member is frozen now
         fault("group.frozen")
         for p in plans:
@@ -291,6 +285,19 @@ def create(pools: Mapping[str, PoolContext], name: str, members: Sequence[Member
              len(plans), len(to_freeze), "-" if seconds is None else f"{seconds * 1000:.1f}")
     return GroupSnapshot(name, wanted, created_at, frozen=len(to_freeze), window=seconds,
                          freezing=window.freezing if window is not None else None)
+
+
+def freeze_members(pools: Mapping[str, PoolContext], holder: FreezeKeeper | None,
+                   to_freeze: Sequence[Plan], fault: Callable[[str], None]) -> None:
+    """Open the window: each pool layout's last flush, then every mounted member frozen at
+    once by ``holder``."""
+    for pool in pools.values():
+        pool.layout.before_window()
+    if holder is not None:
+        holder.freeze([p.target for p in to_freeze if p.target is not None],
+                      sent=lambda: fault("group.freezing"))
+        for _ in to_freeze:
+            fault("group.member_frozen")
 
 
 def precopy(p: Plan, before: dict[Member, catchup.Prepared]) -> None:
@@ -333,8 +340,14 @@ def flush_member(p: Plan) -> None:
 def _commit(pools: Mapping[str, PoolContext], plans: Sequence[Plan],
             intents: Sequence[tuple[PoolContext, int]], name: str, members: Sequence[Member],
             created_at: float) -> None:
-    """Per pool, one transaction: its members' rows, the group record, its intents ended."""
-    record = _encode(members, created_at)
+    commit_records(pools, plans, intents, name, _encode(members, created_at), created_at)
+
+
+def commit_records(pools: Mapping[str, PoolContext], plans: Sequence[Plan],
+                   intents: Sequence[tuple[PoolContext, int]], name: str, record: str,
+                   created_at: float) -> None:
+    """Per pool, one transaction: its members' rows, the group ``record`` (a whole group's,
+    or one node's part of a group across nodes), its intents ended."""
     for pool_name, pool in pools.items():
         with pool.db.transaction() as db:
             for p in plans:
