@@ -169,10 +169,7 @@ def prepare(pools: Mapping[str, PoolContext], name: str, members: Sequence[group
     holder = keeper(timeout, wait_ready=False) if to_freeze else None
     intents: list[tuple[PoolContext, int]] = []
     try:
-        for p in plans:
-            payload: dict[str, Any] = {"volume": p.member.volume, "frozen": p.target,
-                                       "group": name}
-            intents.append((p.pool, p.pool.db.begin_intent("snapshot", p.member.snapshot, payload)))
+        groups.begin_intents(plans, name, intents)
         fault("group.intent")
         before: dict[groups.Member, catchup.Prepared] = {}
         for p in to_freeze:

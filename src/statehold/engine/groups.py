@@ -239,10 +239,7 @@ def create(pools: Mapping[str, PoolContext], name: str, members: Sequence[Member
     intents: list[tuple[PoolContext, int]] = []
     window: Window | None = None
     try:
-        for p in plans:
-            payload: dict[str, Any] = {"volume": p.member.volume, "frozen": p.target,
-                                       "group": name}
-            intents.append((p.pool, p.pool.db.begin_intent("snapshot", p.member.snapshot, payload)))
+        begin_intents(plans, name, intents)
         fault("group.intent")
         before: dict[Member, catchup.Prepared] = {}
         for p in to_freeze:  # the slow part, outside the window: the volume still runs
@@ -285,6 +282,15 @@ def create(pools: Mapping[str, PoolContext], name: str, members: Sequence[Member
              len(plans), len(to_freeze), "-" if seconds is None else f"{seconds * 1000:.1f}")
     return GroupSnapshot(name, wanted, created_at, frozen=len(to_freeze), window=seconds,
                          freezing=window.freezing if window is not None else None)
+
+
+def begin_intents(plans: Sequence[Plan], name: str,
+                  intents: list[tuple[PoolContext, int]]) -> None:
+    """One ``snapshot`` intent per member (``frozen``: what recovery must thaw), appended to
+    ``intents`` as each is begun, so a failure part way still settles those begun."""
+    for p in plans:
+        payload: dict[str, Any] = {"volume": p.member.volume, "frozen": p.target, "group": name}
+        intents.append((p.pool, p.pool.db.begin_intent("snapshot", p.member.snapshot, payload)))
 
 
 def freeze_members(pools: Mapping[str, PoolContext], holder: FreezeKeeper | None,
