@@ -344,8 +344,10 @@ def test_a_keeper_on_the_real_knob_leaves_no_holder_behind(env: Env) -> None:
         keeper.freeze([env.targets["gx"]])
         pid = keeper.pid
         keeper.thaw()
-    raw = json.loads(rcu.REGISTRY.read_text())  # as written, dead holders not yet pruned
-    assert pid not in raw["holders"]
+    # as written (dead holders not yet pruned); empty or absent where the knob or /run
+    # cannot be written (an unprivileged container): then nobody registered at all
+    raw = rcu.REGISTRY.read_text() if rcu.REGISTRY.exists() else ""
+    assert pid not in (json.loads(raw)["holders"] if raw.strip() else [])
     assert frozen_targets([env.targets["gx"]]) == []
 
 
