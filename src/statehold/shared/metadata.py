@@ -69,6 +69,9 @@ BUSY_RETRY_SECONDS = 10.0
 readers of metadata hold a file for one read."""
 LOCK_WAIT_SECONDS = 120.0
 """How long a caller waits for a lock directory held by another host before failing."""
+LOCK_OPEN_ATTEMPTS = 20
+"""Opens of the lock file that may meet GlusterFS's EEXIST (see ``_open_lock``): each one
+after the first finds the file another client just made, so two are enough in practice."""
 NEXT = ".next"
 LOCK_DIR = "lock.d"
 _BUSY = (errno.EBUSY, errno.EACCES, errno.EEXIST, errno.ETXTBSY)
@@ -258,10 +261,7 @@ def locked(root: Path, *, shared_locks: bool = True) -> Iterator[None]:
     SMB the flock still orders this node's own callers (and the breaking of dead holders).
     """
     path = meta_dir(root) / "lock"
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise Unavailable(f"cannot open lock {path}: {exc}") from exc
+    fd = _open_lock(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         if shared_locks:
@@ -273,6 +273,23 @@ def locked(root: Path, *, shared_locks: bool = True) -> Iterator[None]:
         with contextlib.suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _open_lock(path: Path) -> int:
+    """Open (creating if need be) the lock file.
+
+    GlusterFS's FUSE client answers EEXIST to an open with O_CREAT but without O_EXCL when
+    another client created the file between this one's lookup and its create (two nodes
+    taking a new root's lock for the first time). The file is then there: open it again."""
+    last: OSError | None = None
+    for _ in range(LOCK_OPEN_ATTEMPTS):
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except FileExistsError as exc:
+            last = exc
+        except OSError as exc:
+            raise Unavailable(f"cannot open lock {path}: {exc}") from exc
+    raise Unavailable(f"cannot open lock {path}: {last}") from last
 
 
 def _boot_id() -> str:

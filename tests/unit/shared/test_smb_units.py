@@ -3,7 +3,8 @@ module, so the mount itself is not tested anywhere here: the command line is), m
 replaced in steps, names that clash on a case-insensitive share, and the EBUSY a kernel SMB
 client answers for a file or directory removed while another client has it open ("delete
 pending"; smbnetfs, the FUSE client the integration tests use, retries it internally and
-never shows it, so the errno is injected here)."""
+never shows it, so the errno is injected here). Also GlusterFS's EEXIST for a lock file two
+clients create at once, seen once in about twenty full runs, injected the same way."""
 
 from __future__ import annotations
 
@@ -168,4 +169,38 @@ def test_a_lock_directory_refused_otherwise_fails_at_once(
 
     monkeypatch.setattr(os, "mkdir", refuse)
     with pytest.raises(Unavailable, match="cannot take lock"), md.locked(tmp_path, shared_locks=False):
+        pass
+
+
+def _exists_first(monkeypatch: pytest.MonkeyPatch, target: Path, times: int) -> list[int]:
+    """``os.open`` of ``target`` with O_CREAT answers EEXIST ``times`` times, as GlusterFS's
+    FUSE client does when another client created the file between lookup and create."""
+    real = os.open
+    seen = [0]
+
+    def wrapped(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if Path(path) == target and flags & os.O_CREAT and seen[0] < times:
+            seen[0] += 1
+            real(path, flags, *args, **kwargs)  # the other client's create
+            raise FileExistsError(errno.EEXIST, "File exists", str(path))
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", wrapped)
+    return seen
+
+
+def test_a_lock_file_created_by_another_client_meanwhile_is_opened(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / md.META_DIR).mkdir()
+    seen = _exists_first(monkeypatch, md.meta_dir(tmp_path) / "lock", 2)
+    with md.locked(tmp_path):
+        pass
+    assert seen == [2]
+
+
+def test_a_lock_file_that_never_opens_is_unavailable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / md.META_DIR).mkdir()
+    _exists_first(monkeypatch, md.meta_dir(tmp_path) / "lock", 10**9)
+    with pytest.raises(Unavailable, match="cannot open lock"), md.locked(tmp_path):
         pass
