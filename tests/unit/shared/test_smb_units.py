@@ -4,7 +4,7 @@ replaced in steps, names that clash on a case-insensitive share, and the EBUSY a
 client answers for a file or directory removed while another client has it open ("delete
 pending"; smbnetfs, the FUSE client the integration tests use, retries it internally and
 never shows it, so the errno is injected here). Also GlusterFS's EEXIST for a lock file two
-clients create at once, seen once in about twenty full runs, injected the same way."""
+clients create at once (seen once in a full run), injected the same way."""
 
 from __future__ import annotations
 
