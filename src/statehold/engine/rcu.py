@@ -23,7 +23,10 @@ that value. Rules that keep a mistake harmless:
   leaves finds its pid gone; the knob stays on until then, which costs interrupts, never
   correctness;
 * a knob that cannot be written (read-only ``/sys`` in an unprivileged container, an old
-  kernel) means a normal freeze, just slower.
+  kernel) means a normal freeze, just slower;
+* a registry whose lock stays taken for more than ``LOCK_WAIT`` (a holder stopped in the
+  middle of its few microseconds under it) means a normal freeze too: this optimisation
+  never makes a freeze wait.
 
 Registry (JSON, one object, rewritten in place under an exclusive ``flock``, never removed
 so that every process locks the same inode): ``{"holders": [pid, ...], "saved": "0"}``;
@@ -33,10 +36,12 @@ so that every process locks the same inode): ``{"holders": [pid, ...], "saved": 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,13 +74,31 @@ def _alive(pid: object) -> bool:
     return True
 
 
+LOCK_WAIT = 0.2
+"""Seconds to wait for the registry's lock. Holders keep it for microseconds; one stopped
+while holding it (SIGSTOP) must not stall a freeze, which then runs without expediting."""
+
+
+def _lock(fd: int, path: Path) -> None:
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise OSError(errno.EWOULDBLOCK, f"{path} stayed locked for {LOCK_WAIT} s") \
+                    from None
+            time.sleep(0.001)
+
+
 @contextlib.contextmanager
 def _registry(path: Path) -> Iterator[dict[str, Any]]:
     """The registry's content, locked; what the block leaves in the dict is written back."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _lock(fd, path)
         raw = b""
         while chunk := os.read(fd, 65536):
             raw += chunk

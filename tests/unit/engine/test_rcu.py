@@ -6,6 +6,7 @@ file of their own; tests/integration/engine/test_group_snapshots.py checks the r
 
 from __future__ import annotations
 
+import fcntl
 import json
 import subprocess
 import sys
@@ -123,3 +124,14 @@ def test_a_live_holder_in_another_process_keeps_the_knob_on(policy: rcu.Expedite
     rcu.settle(policy)
     assert policy.knob.read_text().strip() == "0"
     assert _registry(policy) == {"holders": []}
+
+
+def test_a_registry_locked_too_long_means_a_plain_freeze(policy: rcu.Expedite) -> None:
+    """A holder stopped while it holds the registry's lock must not stall anyone's freeze."""
+    policy.registry.parent.mkdir(parents=True)
+    with policy.registry.open("a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # another open file: a conflicting lock
+        with rcu.expedited(policy) as held:
+            assert not held
+        rcu.settle(policy)
+    assert policy.knob.read_text().strip() == "0"
