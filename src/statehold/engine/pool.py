@@ -24,7 +24,6 @@ import functools
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -33,6 +32,7 @@ from statehold.engine import capacity as fullness
 from statehold.engine import fs, layouts, lifecycle, loop, mounts, recovery, snapshotting
 from statehold.engine import trim as trimming
 from statehold.engine.exclusive import SpaceUse, space_use
+from statehold.engine.files import flock_within
 from statehold.engine.metadata import Metadata, SnapshotRecord, VolumeRecord
 from statehold.engine.steps import FaultHook, no_fault
 from statehold.engine.types import (
@@ -65,15 +65,8 @@ LOCK_TIMEOUT = 300.0
 
 
 def _flock(fd: int, name: str) -> None:
-    deadline = time.monotonic() + LOCK_TIMEOUT
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise Aborted(f"pool {name!r} is busy with another process's operation") from None
-            time.sleep(0.05)
+    if not flock_within(fd, LOCK_TIMEOUT, poll=0.05):
+        raise Aborted(f"pool {name!r} is busy with another process's operation")
 
 
 def _locked(method: Callable[P, R]) -> Callable[P, R]:

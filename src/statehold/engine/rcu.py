@@ -37,15 +37,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import logging
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from statehold.engine.files import flock_within
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +80,8 @@ while holding it (SIGSTOP) must not stall a freeze, which then runs without expe
 
 
 def _lock(fd: int, path: Path) -> None:
-    deadline = time.monotonic() + LOCK_WAIT
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise OSError(errno.EWOULDBLOCK, f"{path} stayed locked for {LOCK_WAIT} s") \
-                    from None
-            time.sleep(0.001)
+    if not flock_within(fd, LOCK_WAIT, poll=0.001):
+        raise OSError(errno.EWOULDBLOCK, f"{path} stayed locked for {LOCK_WAIT} s")
 
 
 @contextlib.contextmanager
