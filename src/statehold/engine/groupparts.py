@@ -31,12 +31,11 @@ log = logging.getLogger(__name__)
 def read_part(pool: PoolContext, name: str) -> dict[str, Any] | None:
     """The group's raw record in this pool (with a cross-node part's ``attempt`` and
     ``nodes`` keys), or None."""
-    with pool.db.transaction() as db:
-        row = db.execute("SELECT value FROM meta WHERE key=?", (groups.record_key(name),)).fetchone()
-    if row is None:
+    raw = groups.raw_record(pool, name)
+    if raw is None:
         return None
-    groups.decode(name, row[0])  # refuses a newer version
-    doc: dict[str, Any] = json.loads(row[0])
+    groups.decode(name, raw)  # refuses a newer version
+    doc: dict[str, Any] = json.loads(raw)
     return doc
 
 
@@ -105,9 +104,7 @@ class HeldPart:
                 p.pool.layout.seal(p.member.snapshot)
             for pool in self.pools.values():
                 fsync_dir(pool.snapshots_dir)
-            record = json.dumps({"version": groups.RECORD_VERSION, "created_at": created_at,
-                                 "members": [[m.pool, m.volume, m.snapshot] for m in self.members],
-                                 "attempt": attempt, "nodes": sorted(nodes)})
+            record = groups.encode(self.members, created_at, attempt=attempt, nodes=sorted(nodes))
             groups.commit_records(self.pools, self._plans, self._intents, self.name, record,
                                   created_at)
         except BaseException:

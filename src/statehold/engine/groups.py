@@ -107,11 +107,17 @@ def record_key(name: str) -> str:
     return KEY_PREFIX + name
 
 
-def read(pool: PoolContext, name: str) -> GroupSnapshot | None:
-    """The group's record in this pool (members not checked), or None."""
+def raw_record(pool: PoolContext, name: str) -> str | None:
+    """The group's record in this pool as stored (JSON), or None."""
     with pool.db.transaction() as db:
         row = db.execute("SELECT value FROM meta WHERE key=?", (record_key(name),)).fetchone()
-    return None if row is None else decode(name, row[0])
+    return None if row is None else str(row[0])
+
+
+def read(pool: PoolContext, name: str) -> GroupSnapshot | None:
+    """The group's record in this pool (members not checked), or None."""
+    raw = raw_record(pool, name)
+    return None if raw is None else decode(name, raw)
 
 
 def names(pool: PoolContext) -> list[str]:
@@ -131,9 +137,11 @@ def decode(name: str, raw: str) -> GroupSnapshot:
     return GroupSnapshot(name=name, members=members, created_at=float(doc["created_at"]))
 
 
-def _encode(members: Sequence[Member], created_at: float) -> str:
+def encode(members: Sequence[Member], created_at: float, **extra: Any) -> str:
+    """A group record; ``extra`` keys follow the common ones (a cross-node part's
+    ``attempt`` and ``nodes``)."""
     return json.dumps({"version": RECORD_VERSION, "created_at": created_at,
-                       "members": [[m.pool, m.volume, m.snapshot] for m in members]})
+                       "members": [[m.pool, m.volume, m.snapshot] for m in members], **extra})
 
 
 def with_missing(group: GroupSnapshot, pools: Mapping[str, PoolContext]) -> GroupSnapshot:
@@ -266,7 +274,7 @@ def create(pools: Mapping[str, PoolContext], name: str, members: Sequence[Member
             p.pool.layout.seal(p.member.snapshot)
         for pool in involved.values():
             fsync_dir(pool.snapshots_dir)
-        _commit(involved, plans, intents, name, wanted, created_at)
+        commit_records(involved, plans, intents, name, encode(wanted, created_at), created_at)
     except BaseException:
         if holder is not None:
             holder.close()  # thaw before anything else
@@ -341,12 +349,6 @@ def flush_member(p: Plan) -> None:
         freezing.syncfs(p.target)
     elif p.device is not None:
         freezing.flush_device(p.device)
-
-
-def _commit(pools: Mapping[str, PoolContext], plans: Sequence[Plan],
-            intents: Sequence[tuple[PoolContext, int]], name: str, members: Sequence[Member],
-            created_at: float) -> None:
-    commit_records(pools, plans, intents, name, _encode(members, created_at), created_at)
 
 
 def commit_records(pools: Mapping[str, PoolContext], plans: Sequence[Plan],
