@@ -106,9 +106,10 @@ def _registry(path: Path) -> Iterator[dict[str, Any]]:
             state.pop("saved", None)  # only a value this module saved is ever written back
         yield state
         data = json.dumps(state, sort_keys=True).encode()
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.ftruncate(fd, 0)
-        os.write(fd, data)
+        if data != raw:  # every keeper's start reads it: rewrite only what changed
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.ftruncate(fd, 0)
+            os.write(fd, data)
     finally:
         os.close(fd)  # releases the flock
 
@@ -137,15 +138,21 @@ def _enter(policy: Expedite) -> bool:
     return True
 
 
+def _release(policy: Expedite, pid: int | None) -> None:
+    """Drop ``pid`` from the holders (dead ones are dropped on reading); when none is left,
+    put the saved value back."""
+    with _registry(policy.registry) as state:
+        holders: list[int] = state["holders"]
+        if pid in holders:
+            holders.remove(pid)
+        if not holders and "saved" in state:
+            _write(policy.knob, str(state.pop("saved")))
+
+
 def _leave(policy: Expedite) -> None:
     """Drop this process from the holders; the last one puts the saved value back."""
     try:
-        with _registry(policy.registry) as state:
-            holders: list[int] = state["holders"]
-            if os.getpid() in holders:
-                holders.remove(os.getpid())
-            if not holders and "saved" in state:
-                _write(policy.knob, str(state.pop("saved")))
+        _release(policy, os.getpid())
     except OSError as exc:
         log.warning("event=rcu_expedite_restore_failed knob=%s error=%s", policy.knob, exc)
 
@@ -168,8 +175,5 @@ def expedited(policy: Expedite | None) -> Iterator[bool]:
 def settle(policy: Expedite) -> None:
     """Put the knob back if every holder has died (a SIGKILLed keeper); else nothing."""
     with contextlib.suppress(OSError):
-        if not policy.registry.exists():
-            return
-        with _registry(policy.registry) as state:
-            if not state["holders"] and "saved" in state:
-                _write(policy.knob, str(state.pop("saved")))
+        if policy.registry.exists():
+            _release(policy, None)
