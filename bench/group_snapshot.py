@@ -246,32 +246,31 @@ def main() -> None:
         windows: dict[str, list[float]] = {}
         calls: dict[str, list[float]] = {}
         parts: dict[str, list[tuple[float, float]]] = {}
+
+        def take(label: str, name: str, n: int) -> float:
+            """A group of the first ``n`` volumes: its window recorded under ``label``, then
+            deleted and the pool settled (untimed); returns the call's seconds."""
+            t0 = time.monotonic()
+            group = node.snapshot_group(name, [("bench", v, f"{name}-{v}") for v in names[:n]],
+                                        timeout=args.timeout)
+            took = time.monotonic() - t0
+            assert group.window is not None and group.freezing is not None
+            windows.setdefault(label, []).append(group.window)
+            parts.setdefault(label, []).append((group.freezing, group.window - group.freezing))
+            node.delete_snapshot_group(name)
+            settle(pool)
+            return took
+
         for i in range(args.runs):
             for n in (GROUPS if i % 2 == 0 else GROUPS[::-1]):
-                members = [("bench", v, f"b{n}-{i}-{v}") for v in names[:n]]
-                t0 = time.monotonic()
-                group = node.snapshot_group(f"b{n}-{i}", members, timeout=args.timeout)
-                calls.setdefault(f"group of {n}", []).append(time.monotonic() - t0)
-                assert group.window is not None and group.freezing is not None
-                windows.setdefault(f"group of {n}", []).append(group.window)
-                parts.setdefault(f"group of {n}", []).append(
-                    (group.freezing, group.window - group.freezing))
-                node.delete_snapshot_group(f"b{n}-{i}")
-                settle(pool)
+                calls.setdefault(f"group of {n}", []).append(take(f"group of {n}", f"b{n}-{i}", n))
                 if args.compare and (n == GROUPS[0] or i % BASELINE_EVERY == 0):
                     # the previous version, same moment: FIFREEZE without expedited RCU
                     freezekeeper.configure(None)
                     try:
-                        plain = node.snapshot_group(f"p{n}-{i}", [
-                            ("bench", v, f"p{n}-{i}-{v}") for v in names[:n]], timeout=args.timeout)
+                        take(f"not expedited, {n}", f"p{n}-{i}", n)
                     finally:
                         freezekeeper.configure(rcu.Expedite())
-                    assert plain.window is not None and plain.freezing is not None
-                    windows.setdefault(f"not expedited, {n}", []).append(plain.window)
-                    parts.setdefault(f"not expedited, {n}", []).append(
-                        (plain.freezing, plain.window - plain.freezing))
-                    node.delete_snapshot_group(f"p{n}-{i}")
-                    settle(pool)
                 if n == GROUPS[0] or i % BASELINE_EVERY == 0:
                     windows.setdefault(f"baseline of {n}", []).append(
                         baseline(pool, names[:n], targets, i))

@@ -80,6 +80,10 @@ def fill(target: str) -> None:
         timeout=600)
 
 
+def _queue_dir(device: str) -> Path:
+    return Path("/sys/block") / device.removeprefix("/dev/") / "queue"
+
+
 def _queue_value(text: str) -> str:
     """A queue knob's value as it can be written back (``[none] mq-deadline`` -> ``none``)."""
     text = text.strip()
@@ -91,7 +95,7 @@ def _queue_value(text: str) -> str:
 def untune(device: str, previous: dict[str, str]) -> None:
     """Put the device's queue settings back: they outlive the detach, and the next volume
     on this loop device must not inherit them (iostats=0 would freeze its I/O counters)."""
-    queue = Path("/sys/block") / device.removeprefix("/dev/") / "queue"
+    queue = _queue_dir(device)
     for knob, value in previous.items():
         with contextlib.suppress(OSError):  # a knob this kernel refuses stays as it is
             (queue / knob).write_text(value)
@@ -100,7 +104,7 @@ def untune(device: str, previous: dict[str, str]) -> None:
 def tune(device: str, previous: dict[str, str] | None = None) -> dict[str, str]:
     """Queue settings the engine controls on its loop devices; returns what was set and
     records the settings it replaced in ``previous`` (for :func:`untune`)."""
-    queue = Path("/sys/block") / device.removeprefix("/dev/") / "queue"
+    queue = _queue_dir(device)
     done: dict[str, str] = {}
     # no elevator (the pool filesystem below schedules), no merge attempts for what the
     # filesystem above already sized, no per-device accounting, completions on the submitter
