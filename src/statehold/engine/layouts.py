@@ -33,7 +33,7 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from statehold.engine import catchup, subvolume
+from statehold.engine import catchup, nocow, subvolume
 from statehold.engine import freeze as freezing
 from statehold.engine.ficlone import reflink
 from statehold.engine.files import fsync_dir
@@ -294,6 +294,8 @@ class SubvolumeLayout(Layout):
         entry = self.volume_entry(name)
         subvolume.destroy(entry, commit=False)  # a crashed attempt's leftover: no row names it
         subvolume.create(entry)
+        if not nocow.data_redundant(self.root):  # written in place (nocow.py explains)
+            nocow.set_flag(entry)
         _new_sparse_file(entry / BACKING_FILE, size)
         self._commit()
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from statehold.engine import subvolume
+from statehold.engine import nocow, subvolume
 from statehold.engine.node import Node
 from statehold.engine.types import GiB, MiB, PoolSpec
 from statehold.errors import Unavailable
@@ -60,5 +60,7 @@ def test_a_replica_in_a_subvolume_pool_receives_seed_resume_and_incrementals(pai
         sync(sender, receiver, 1)
         assert sha(b.volume_path(name)) == sha(a.volume_path(name))
         assert sorted(p.name for p in entry.iterdir()) == ["volume.img"]
+    # the work files were made in the volume's NOCOW subvolume: the replica writes in place
+    assert nocow.is_set(b.volume_path(name))
     held = b.list_snapshots(name)
     assert held and all(subvolume.readonly(b.snapshots_dir / s.name) for s in held)
