@@ -55,7 +55,10 @@ keeper-held freeze for the catch-up only; the subvolume layout: freeze around th
 
 ``--compare-expedite`` (with ``--mounted``): a third series, ``aged-plain``, the aged volume
 snapshotted with the freeze keeper's expedited RCU grace periods off (engine/rcu.py): the
-previous version at the same moment, for the stall.
+previous version at the same moment, for the stall. ``--compare-spare`` (with
+``--mounted``): a series ``aged-cold``, the aged volume snapshotted after the idle spare
+keeper is dropped, so its keeper starts cold (engine/spare.py): the call as it was before
+spares, at the same moments.
 
 Last line ``ratio=<p99 snapshot of the aged volume / 50 ms>`` (goal <= 1); the fresh
 figures are printed beside it.

@@ -61,6 +61,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--compare-expedite", action="store_true",
                        help="with --mounted: a third series, the aged volume snapshotted with "
                        "the freeze keeper's expedited RCU grace periods off (engine/rcu.py)")
+    group.add_argument("--compare-spare", action="store_true",
+                       help="with --mounted: a series more, the aged volume snapshotted with "
+                       "a freeze keeper started cold (no idle spare, engine/spare.py)")
 
 
 # -- layouts ---------------------------------------------------------------------------------
@@ -276,6 +279,7 @@ def main(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     size = parse_size(args.size)
     compare = args.compare_expedite and args.mounted  # block volumes are never frozen
+    cold = args.compare_spare and args.mounted
     fstype = "btrfs" if args.layout == "subvolume" else args.pool_fs
     label = args.layout + ("" if args.layout == "subvolume" else f" on {fstype}") + \
         (" + presync" if args.presync else "") + (", mounted XFS volumes" if args.mounted else "")
@@ -313,16 +317,19 @@ def main(args: argparse.Namespace) -> None:
             probe = subprocess.Popen([sys.executable, "-c", PROBE, devices["aged"], str(log),
                                       str(HOT)])
             rng = random.Random(14)
-            series = ("fresh", "aged") + (("aged-plain",) if compare else ())
+            series = ("fresh", "aged") + (("aged-plain",) if compare else ()) + \
+                (("aged-cold",) if cold else ())
             times: dict[str, list[float]] = {n: [] for n in series}
             spans: dict[str, list[tuple[float, float]]] = {n: [] for n in (*series, "none")}
             for i in range(args.frag_runs):
                 for name in (series if i % 2 == 0 else series[::-1]):
                     time.sleep(0.2 + rng.random() * 0.2)  # pacing: let the probe run alone
                     snap = f"{name}-m{i}"
-                    volume = "aged" if name == "aged-plain" else name
+                    volume = "aged" if name.startswith("aged") else name
                     if name == "aged-plain":
                         freezekeeper.configure(None)  # the previous version, same moment
+                    if name == "aged-cold":
+                        freezekeeper.drop_spare()  # a keeper started now, as before spares
                     try:
                         t0 = time.monotonic()
                         layout.snapshot(volume, snap)

@@ -19,8 +19,13 @@ still a plain file in that (btrfs) pool filesystem, and a second baseline, a pla
 an XFS pool beside it (what the default layout's volumes sit on), is run in the same
 rounds: ``vs XFS file`` is what choosing the layout costs.
 
+With ``--snapshots`` every round starts with a fresh snapshot of each target (the engine's
+snapshot of the volume, a reflink of each baseline file; the previous one deleted): the
+shape of a volume under scheduled snapshots, where a write to a block the snapshot shares
+copies it first, on XFS and on btrfs alike.
+
 Usage: ``.venv/bin/python bench/volume_io.py [--runtime 2] [--pairs 9] [--image-dir DIR]
-[--no-tune] [--layout file|subvolume]``. Runs as root; everything lives under its own home
+[--no-tune] [--layout file|subvolume] [--snapshots]``. Runs as root; everything lives under its own home
 in /var/tmp (and the pool images in ``--image-dir`` when given) and is removed at the end.
 """
 
@@ -36,7 +41,9 @@ from pathlib import Path
 
 from benchhome import cleanup
 
+from statehold.engine.ficlone import reflink
 from statehold.engine.node import Node
+from statehold.engine.pool import Pool
 from statehold.engine.types import GiB, PoolSpec, VolumeMode
 from statehold.runner import run
 
@@ -121,6 +128,24 @@ def tune(device: str, previous: dict[str, str] | None = None) -> dict[str, str]:
     return done
 
 
+SNAPSHOT = "io-snap"
+
+
+def resnapshot(pool: Pool, baselines: dict[str, str]) -> None:
+    """Replace the volume's snapshot and each baseline file's reflink copy with new ones."""
+    drop_snapshots(pool, baselines)
+    pool.create_snapshot("io", SNAPSHOT, freeze=False)
+    for path in baselines.values():
+        reflink(Path(path), Path(path + ".snap"))
+
+
+def drop_snapshots(pool: Pool, baselines: dict[str, str]) -> None:
+    if any(s.name == SNAPSHOT for s in pool.list_snapshots("io")):
+        pool.delete_snapshot(SNAPSHOT)
+    for path in baselines.values():
+        Path(path + ".snap").unlink(missing_ok=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -135,6 +160,8 @@ def main() -> None:
     parser.add_argument("--no-tune", action="store_true", help="leave queue settings as attached")
     parser.add_argument("--layout", choices=("file", "subvolume"), default="file",
                         help="the pool layout of the volume (subvolume: btrfs on two images)")
+    parser.add_argument("--snapshots", action="store_true",
+                        help="a fresh snapshot of every target before each round")
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="statehold-bench-io-", dir="/var/tmp"))
@@ -144,6 +171,7 @@ def main() -> None:
     device: str | None = None
     tuned: dict[str, str] = {}
     ratios: dict[str, float] = {}
+    baselines: dict[str, str] = {}
     try:
         image_dir = Path(args.image_dir) if args.image_dir else home / "disks"
         count = 2 if args.layout == "subvolume" else 1
@@ -155,7 +183,7 @@ def main() -> None:
         pool.create_volume("io", SIZE, mode=VolumeMode.BLOCK, fs=None)
         device = pool.attach("io")
         settings = {} if args.no_tune else tune(device, tuned)
-        baselines = {"baseline": str(pool.mountpoint / "baseline.img")}
+        baselines["baseline"] = str(pool.mountpoint / "baseline.img")
         print(f"volume: {device} (block-mode volume, direct I/O, 4096-byte sectors) {settings}")
         print(f"baseline: {baselines['baseline']} (plain file in the pool filesystem, O_DIRECT)")
         if args.layout == "subvolume":
@@ -167,6 +195,8 @@ def main() -> None:
         for target in (device, *baselines.values()):
             fill(target)
 
+        if args.snapshots:
+            print("each round starts with a fresh snapshot of every target (--snapshots)")
         print(f"{'job':<20}{'volume':>14}" + "".join(f"{n:>14}{'ratio':>8}" for n in baselines)
               + f"   (median of {args.pairs} rounds)")
         for job in JOBS:
@@ -176,6 +206,8 @@ def main() -> None:
             for i in range(args.pairs):
                 # adjacent in time, order rotating: drift of the host disk cancels out
                 order = targets[i % len(targets):] + targets[:i % len(targets)]
+                if args.snapshots:
+                    resnapshot(pool, baselines)
                 got = {t: fio(t, job, args.runtime) for t in order}
                 for t, v in got.items():
                     got_all[t].append(v)
@@ -194,6 +226,9 @@ def main() -> None:
             print(line + "   rounds: " + " ".join(f"{r:.2f}" for r in round_ratios["baseline"]),
                   flush=True)
     finally:
+        if pool is not None and args.snapshots:
+            with contextlib.suppress(Exception):  # cleanup reports what stays behind
+                drop_snapshots(pool, baselines)
         if device is not None and tuned:
             untune(device, tuned)
         if xfs_pool is not None:

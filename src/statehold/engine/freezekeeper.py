@@ -2,9 +2,10 @@
 
 A frozen filesystem stays frozen when the process that froze it dies: the kernel keeps no
 owner, and every writer of that filesystem blocks until someone thaws it. So a group
-snapshot never freezes in the engine's own process. It starts a keeper (one small process
-per group snapshot) and asks it, over two pipes, to freeze each member; the keeper thaws
-everything it froze, last frozen first, as soon as one of these happens:
+snapshot never freezes in the engine's own process. It takes a keeper (one small process
+per snapshot or group snapshot, started ahead of need: below) and asks it, over two pipes,
+to freeze each member; the keeper thaws everything it froze, last frozen first, as soon as
+one of these happens:
 
 * the parent asks (``thaw``);
 * its deadline passes, ``timeout`` seconds after the first FIFREEZE began (the watchdog):
@@ -25,8 +26,15 @@ Protocol, one line each way, request then answer (times are CLOCK_MONOTONIC seco
 same clock in every process of the host)::
 
     (start)                    -> ready
+    timeout <seconds>          -> ok | error failed <text>   (before the first freeze only)
     freeze <path>[\0<path>...] -> frozen <began> <done>   | error <busy|expired|failed> <text>
     thaw                       -> thawed <first> <last> <expired>   (then the keeper exits)
+
+Starting an interpreter costs more than the rest of a subvolume pool's frozen snapshot, so
+a process that used a keeper keeps the next one started and idle (:mod:`spare`); ``timeout``
+gives a spare started for another caller this caller's window. A keeper leaves with
+``os._exit`` once it has thawed and answered, without the interpreter's clean-up: the
+parent waits for its exit.
 
 The paths of one ``freeze`` are frozen side by side, one thread each: a FIFREEZE waits for
 RCU grace periods (tens of milliseconds here), and those overlap. While they run, the keeper
@@ -55,8 +63,12 @@ from types import FrameType, TracebackType
 
 from statehold.engine import freeze as freezing
 from statehold.engine import rcu
+from statehold.engine.spare import Spare
 from statehold.errors import FailedPrecondition, InvalidArgument, StateholdError, Temporary, Unavailable
 
+STARTED_WITH = 10.0
+"""The watchdog timeout a keeper starts with; a caller that wants another sends ``timeout``
+before its first freeze (a spare is started before anyone knows what it will be asked)."""
 ANSWER_GRACE = 60.0
 """Seconds beyond the freeze timeout the parent waits for any one answer before it gives
 the keeper up (kills it and thaws by itself): a FIFREEZE stuck in the kernel."""
@@ -118,6 +130,19 @@ def serve(timeout: float, rfd: int = 0, wfd: int = 1,
     deadline: float | None = None
     expired = False
     pending = b""
+
+    def retime(arg: str) -> str:
+        nonlocal timeout
+        if deadline is not None:
+            return "error failed the window has begun: its timeout is set"
+        try:
+            value = float(arg)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value <= 0:
+            return f"error failed not a timeout: {_one_line(arg)!r}"
+        timeout = value
+        return "ok"
 
     def thaw_all() -> None:
         nonlocal last
@@ -186,6 +211,8 @@ def serve(timeout: float, rfd: int = 0, wfd: int = 1,
                 verb, _, arg = raw.decode(errors="replace").partition(" ")
                 if verb == "freeze":
                     answer(freeze(arg.split("\0")))
+                elif verb == "timeout":
+                    answer(retime(arg))
                 elif verb == "thaw":
                     thaw_all()
                     answer(f"thawed {first:.9f} {last:.9f} {int(expired)}")
@@ -231,38 +258,66 @@ class FreezeKeeper:
     """A running keeper. Use as a context manager: leaving the block thaws everything."""
 
     def __init__(self, timeout: float, *, wait_ready: bool = True) -> None:
-        """Start the keeper. ``wait_ready=False`` returns at once and waits for its
-        ``ready`` before the first request instead: the ~0.1 s an interpreter takes to start
-        then overlaps the caller's own work (a single snapshot's early copy)."""
+        """Take the idle spare keeper, or start one. ``wait_ready=False`` returns at once
+        and waits for its ``ready`` before the first request instead: when there was no
+        spare, the 60-140 ms an interpreter takes to start then overlap the caller's own
+        work (a single snapshot's early copy, a subvolume pool's flushes)."""
         self.timeout = float(timeout)
         self._asked: list[str] = []
         self._window: Window | None = None
         self._all_frozen = 0.0
         self._pending = b""
-        argv = [sys.executable, "-m", __name__, repr(self.timeout)]
+        self._key: tuple[str, ...] = ()
         if _EXPEDITE is not None:
-            argv += [str(_EXPEDITE.knob), str(_EXPEDITE.registry)]
-        self._proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
-        )
-        assert self._proc.stdin is not None and self._proc.stdout is not None
-        self._to = self._proc.stdin.fileno()
-        self._from = self._proc.stdout.fileno()
-        self._ready = False
+            self._key = (str(_EXPEDITE.knob), str(_EXPEDITE.registry))
+        self._start(*_SPARE.take(self._key))
         if wait_ready:
             self._wait_ready()
+
+    def _start(self, proc: subprocess.Popen[bytes], spare: bool) -> None:
+        self._proc = proc
+        self._spare = spare
+        assert proc.stdin is not None and proc.stdout is not None
+        self._to = proc.stdin.fileno()
+        self._from = proc.stdout.fileno()
+        self._ready = False
 
     def _wait_ready(self) -> None:
         if self._ready:
             return
         try:
             self._expect("ready")
+        except StateholdError:
+            if not self._spare:
+                self._give_up()
+                raise
+            # a spare that died while idle: a fresh keeper, once
+            self._give_up()
+            self._start(_spawn(self._key), False)
+            try:
+                self._expect("ready")
+            except BaseException:
+                self._give_up()
+                raise
         except BaseException:
-            self._proc.kill()  # nothing was asked of it yet: nothing to thaw
-            self._reap()
+            self._give_up()
             raise
+        if self.timeout != STARTED_WITH:
+            try:
+                verb, rest = self._ask(f"timeout {self.timeout!r}")
+            except BaseException:
+                self._give_up()
+                raise
+            if verb != "ok":
+                self._give_up()
+                raise StateholdError(f"freeze keeper {self.pid} refused timeout "
+                                     f"{self.timeout:g}: {rest}")
         self._ready = True
+
+    def _give_up(self) -> None:
+        """Kill a keeper that was asked nothing yet (nothing to thaw) and reap it."""
+        self._proc.kill()
+        self._reap(restock=False)
 
     @property
     def pid(self) -> int:
@@ -284,6 +339,7 @@ class FreezeKeeper:
         for target in targets:
             if not target or "\n" in target or "\0" in target:
                 raise InvalidArgument(f"cannot freeze {target!r}: not a usable path")
+        targets = [os.path.abspath(t) for t in targets]  # the keeper runs in "/"
         self._wait_ready()
         self._asked += targets  # first: if the keeper dies now, we thaw them ourselves
         verb, rest = self._ask("freeze " + "\0".join(targets), sent)
@@ -365,7 +421,7 @@ class FreezeKeeper:
         while self._asked:
             freezing.thaw(self._asked.pop())
 
-    def _reap(self) -> None:
+    def _reap(self, *, restock: bool = True) -> None:
         for stream in (self._proc.stdin, self._proc.stdout):
             if stream is not None and not stream.closed:
                 stream.close()  # EOF: a keeper still waiting thaws and exits
@@ -374,6 +430,29 @@ class FreezeKeeper:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
+        if restock:
+            _SPARE.restock(self._key)
+
+
+def _spawn(key: tuple[str, ...]) -> subprocess.Popen[bytes]:
+    # cwd "/": an idle spare must not pin whatever directory its parent was in (a mount
+    # point would stay busy); every path it is given is absolute (FreezeKeeper.freeze)
+    return subprocess.Popen([sys.executable, "-m", __name__, repr(STARTED_WITH), *key],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
+                            cwd="/")
+
+
+_SPARE = Spare(_spawn)
+
+
+def spare_pid() -> int | None:
+    """The pid of the idle keeper this process keeps started, if any."""
+    return _SPARE.pid()
+
+
+def drop_spare() -> None:
+    """End the idle keeper, if any: the next keeper starts cold (a benchmark's baseline)."""
+    _SPARE.drop()
 
 
 def main(argv: list[str]) -> int:
@@ -382,4 +461,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    os._exit(main(sys.argv))  # thawed and answered: nothing left worth a clean-up

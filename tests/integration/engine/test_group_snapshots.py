@@ -287,7 +287,9 @@ def test_a_keeper_killed_mid_group_is_replaced_by_a_thaw_here(env: Env) -> None:
             return
         with once:
             if not killed:
-                (pid,) = children_running("statehold.engine.freezekeeper")
+                # the group's keeper: not the idle spare a previous keeper left started
+                (pid,) = [p for p in children_running("statehold.engine.freezekeeper")
+                          if p != freezekeeper.spare_pid()]
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
 
@@ -349,6 +351,24 @@ def test_a_keeper_on_the_real_knob_leaves_no_holder_behind(env: Env) -> None:
     raw = rcu.REGISTRY.read_text() if rcu.REGISTRY.exists() else ""
     assert pid not in (json.loads(raw)["holders"] if raw.strip() else [])
     assert frozen_targets([env.targets["gx"]]) == []
+
+
+def test_a_spare_keeper_is_taken_and_freezes_for_the_callers_timeout(env: Env) -> None:
+    """After one keeper the next is already started (the snapshot's call does not wait for
+    an interpreter); it was started for 10 s, this caller asks 1 s: the caller's holds."""
+    with freezekeeper.FreezeKeeper(10.0) as keeper:
+        keeper.thaw()
+    spare = freezekeeper.spare_pid()
+    assert spare is not None and spare in children_running("statehold.engine.freezekeeper")
+    with freezekeeper.FreezeKeeper(1.0) as keeper:
+        assert keeper.pid == spare
+        keeper.freeze([env.targets["gx"]])
+        # this write waits for the watchdog: nothing else thaws the member now
+        assert frozen_targets([env.targets["gx"]], deadline=60) == []
+        window = keeper.thaw()
+    assert window.expired and window.seconds < freezekeeper.STARTED_WITH
+    assert frozen_targets(list(env.targets.values())) == []
+    assert freezekeeper.spare_pid() not in (None, spare)  # the next one is waiting
 
 
 # -- SIGKILL at every step ---------------------------------------------------------------------
