@@ -4,7 +4,8 @@ What a user relies on: the bytes a volume held when it was snapshotted come back
 clone of the snapshot (a restore), a snapshot of a volume with many extents is a subvolume
 snapshot (its cost does not depend on them), nothing is left behind by a deletion, an
 unrecorded subvolume is moved to the orphans and never deleted, a ``file`` pool on btrfs
-still works as before, and a build that reads only format 1 refuses a subvolume pool.
+still works as before, and a build that reads only format 1 refuses a subvolume pool;
+volumes are written in place (NOCOW) unless the pool mirrors its data (last section).
 """
 
 from __future__ import annotations
@@ -23,13 +24,22 @@ from pathlib import Path
 
 import pytest
 
-from statehold.engine import loop, subvolume
+from statehold.engine import loop, nocow, subvolume
 from statehold.engine.fiemap import raw_extents
 from statehold.engine.groups import Member
 from statehold.engine.node import Node
 from statehold.engine.pool import Pool
-from statehold.engine.types import FsType, GiB, MiB, PoolSpec, Source, SourceKind, VolumeMode
-from statehold.errors import FailedPrecondition, InvalidArgument
+from statehold.engine.types import (
+    FsType,
+    GiB,
+    MiB,
+    PoolSpec,
+    RaidProfile,
+    Source,
+    SourceKind,
+    VolumeMode,
+)
+from statehold.errors import FailedPrecondition, InvalidArgument, StateholdError
 from tests.fixtures.engine import close_node, engine_home_at
 
 pytestmark = pytest.mark.root
@@ -331,3 +341,103 @@ def test_a_format_1_reader_refuses_a_subvolume_pool_and_reads_a_file_pool(
         reader.close()
     finally:
         node.destroy_pool("plain")
+
+
+# -- volumes written in place (NOCOW, engine/nocow.py) ------------------------------------------
+# What a user relies on: a snapshot still holds the bytes it was taken with although the
+# volume is overwritten in place (btrfs copies a shared block once, NOCOW or not); a clone
+# keeps writing in place; a pool that mirrors its data keeps btrfs's copy-on-write and the
+# checksums that let btrfs repair a bad copy. ``pool`` keeps one copy of data.
+
+NOCOW_BLOCK = 4096
+OFFSET = 8 * MiB
+
+
+@pytest.fixture(scope="module")
+def mirrored(node: Node, home: Path) -> Pool:
+    return node.create_pool(PoolSpec(
+        name="two", images=(str(home / "disks" / "two-0.img"), str(home / "disks" / "two-1.img")),
+        image_size=2 * GiB, layout="subvolume", profile=RaidProfile.RAID1))
+
+
+def _overwrite(path: Path, fill: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.pwrite(fd, bytes([fill]) * NOCOW_BLOCK, OFFSET)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _where(path: Path) -> int:
+    """The filesystem address of the block at OFFSET (btrfs's logical address)."""
+    for logical, physical, length, _r1, _r2, _flags in raw_extents(path):
+        if logical <= OFFSET < logical + length:
+            return physical + OFFSET - logical
+    raise AssertionError(f"{path} has no extent at {OFFSET}")
+
+
+def _block(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(OFFSET)
+        return fh.read(NOCOW_BLOCK)
+
+
+def test_a_single_copy_pool_writes_in_place_and_a_snapshot_keeps_its_bytes(pool: Pool) -> None:
+    assert not nocow.data_redundant(pool.mountpoint)
+    pool.create_volume("db", 64 * MiB, mode=VolumeMode.BLOCK, fs=None)
+    path = pool.volume_path("db")
+    assert nocow.is_set(path) and nocow.is_set(path.parent)
+
+    _overwrite(path, 1)
+    first = _where(path)
+    _overwrite(path, 2)
+    assert _where(path) == first  # in place: no new extent per write
+
+    snap = pool.create_snapshot("db", "db-s1")
+    assert nocow.is_set(snap.path)
+    _overwrite(path, 3)  # the block is shared with the snapshot: copied once
+    moved = _where(path)
+    assert moved != first
+    assert _block(snap.path) == bytes([2]) * NOCOW_BLOCK
+    assert _block(path) == bytes([3]) * NOCOW_BLOCK
+    _overwrite(path, 4)  # no longer shared: in place again
+    assert _where(path) == moved
+    assert _block(snap.path) == bytes([2]) * NOCOW_BLOCK
+
+    # a restore (a writable snapshot of the snapshot) writes in place as well
+    pool.create_volume("db-restored", 64 * MiB, mode=VolumeMode.BLOCK, fs=None,
+                     source=Source(SourceKind.SNAPSHOT, "db-s1"))
+    restored = pool.volume_path("db-restored")
+    assert nocow.is_set(restored)
+    assert _block(restored) == bytes([2]) * NOCOW_BLOCK
+
+    pool.delete_volume("db-restored")
+    pool.delete_snapshot("db-s1")
+    pool.delete_volume("db")
+    assert not os.path.lexists(path.parent)
+
+
+def test_a_mirrored_pool_keeps_copy_on_write(mirrored: Pool) -> None:
+    assert nocow.data_redundant(mirrored.mountpoint)
+    mirrored.create_volume("db", 64 * MiB, mode=VolumeMode.BLOCK, fs=None)
+    path = mirrored.volume_path("db")
+    assert not nocow.is_set(path) and not nocow.is_set(path.parent)
+    _overwrite(path, 1)
+    first = _where(path)
+    _overwrite(path, 2)
+    assert _where(path) != first  # copy-on-write: checksummed, and a new place each time
+    mirrored.delete_volume("db")
+
+
+def test_the_flag_is_only_set_on_an_empty_directory(pool: Pool) -> None:
+    directory = pool.mountpoint / "scratch"
+    directory.mkdir()
+    try:
+        (directory / "data").write_bytes(b"x")
+        with pytest.raises(StateholdError, match="not empty"):
+            nocow.set_flag(directory)
+        assert not nocow.is_set(directory)
+    finally:
+        (directory / "data").unlink()
+        directory.rmdir()
