@@ -286,32 +286,23 @@ class FreezeKeeper:
         if self._ready:
             return
         try:
-            self._expect("ready")
-        except StateholdError:
-            if not self._spare:
-                self._give_up()
-                raise
-            # a spare that died while idle: a fresh keeper, once
-            self._give_up()
-            self._start(_spawn(self._key), False)
             try:
                 self._expect("ready")
-            except BaseException:
+            except StateholdError:
+                if not self._spare:
+                    raise
+                # a spare that died while idle: a fresh keeper, once
                 self._give_up()
-                raise
-        except BaseException:
-            self._give_up()
-            raise
-        if self.timeout != STARTED_WITH:
-            try:
+                self._start(_spawn(self._key), False)
+                self._expect("ready")
+            if self.timeout != STARTED_WITH:
                 verb, rest = self._ask(f"timeout {self.timeout!r}")
-            except BaseException:
-                self._give_up()
-                raise
-            if verb != "ok":
-                self._give_up()
-                raise StateholdError(f"freeze keeper {self.pid} refused timeout "
-                                     f"{self.timeout:g}: {rest}")
+                if verb != "ok":
+                    raise StateholdError(f"freeze keeper {self.pid} refused timeout "
+                                         f"{self.timeout:g}: {rest}")
+        except BaseException:
+            self._give_up()  # the keeper in hand: asked nothing yet, nothing to thaw
+            raise
         self._ready = True
 
     def _give_up(self) -> None:

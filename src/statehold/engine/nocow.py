@@ -59,17 +59,22 @@ def _open(path: Path) -> int:
     return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
 
 
+def _flags(fd: int) -> int:
+    buf = bytearray(_FLAGS.size)
+    fcntl.ioctl(fd, FS_IOC_GETFLAGS, buf)
+    flags: int = _FLAGS.unpack(buf)[0]
+    return flags
+
+
 def is_set(path: Path) -> bool:
     """Whether ``path`` (a file or directory on btrfs) carries the NOCOW flag."""
     fd = _open(path)
     try:
-        buf = bytearray(_FLAGS.size)
-        fcntl.ioctl(fd, FS_IOC_GETFLAGS, buf)
+        return bool(_flags(fd) & FS_NOCOW_FL)
     except OSError as exc:
         raise StateholdError(f"cannot read the inode flags of {path}: {exc}") from exc
     finally:
         os.close(fd)
-    return bool(_FLAGS.unpack(buf)[0] & FS_NOCOW_FL)
 
 
 def set_flag(directory: Path) -> None:
@@ -83,9 +88,7 @@ def set_flag(directory: Path) -> None:
             empty = next(entries, None) is None
         if not empty:
             raise StateholdError(f"{directory} is not empty: NOCOW is set before any file")
-        buf = bytearray(_FLAGS.size)
-        fcntl.ioctl(fd, FS_IOC_GETFLAGS, buf)
-        flags = _FLAGS.unpack(buf)[0]
+        flags = _flags(fd)
         if not flags & FS_NOCOW_FL:
             fcntl.ioctl(fd, FS_IOC_SETFLAGS, _FLAGS.pack(flags | FS_NOCOW_FL))
     except OSError as exc:
