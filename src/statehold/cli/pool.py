@@ -93,9 +93,9 @@ def create(
     force: bool = typer.Option(False, "--force", help="Use devices holding a filesystem."),
     layout: PoolLayout = typer.Option(
         PoolLayout.FILE, "--layout",
-        help="file (default): a reflinked file per volume. subvolume (btrfs: two or more "
-        "disks): a btrfs subvolume per volume, snapshots that stay fast on fragmented "
-        "volumes, slower 4 KiB random writes."),
+        help="file (default): a reflinked file per volume. subvolume (the disks or images "
+        "are formatted btrfs, one or several): a btrfs subvolume per volume, snapshots "
+        "that stay fast on fragmented volumes, slower writes."),
     home: Path | None = HomeOption,
     output: Format = OutputOption,
 ) -> None:

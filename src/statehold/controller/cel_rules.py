@@ -27,7 +27,8 @@ RULES: dict[str, Rule] = {
     crds.DIRECTORY_NEEDS_SIZE: lambda s, _: ("directory" not in s or bool(s["importExisting"])
                                              or "imageSize" in s),
     crds.FS_MATCHES_DISKS: lambda s, _: (s["filesystem"] == "btrfs") == (
-        len(s["devices"]) > 1 if "devices" in s else s["imageCount"] > 1),
+        (len(s["devices"]) > 1 if "devices" in s else s["imageCount"] > 1)
+        or s["layout"] == "subvolume"),
     crds.ONE_OF_S3_PATH: lambda s, _: ("s3" in s) != ("path" in s),
     crds.SELECTOR_NOT_EMPTY: lambda s, _: _nonempty(s, "matchLabels")
     or _nonempty(s, "matchExpressions"),

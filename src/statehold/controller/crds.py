@@ -48,7 +48,8 @@ RAID_NEEDS_BTRFS = "self.profile == 'single' || self.filesystem == 'btrfs'"
 SUBVOLUME_NEEDS_BTRFS = "self.layout == 'file' || self.filesystem == 'btrfs'"
 DIRECTORY_NEEDS_SIZE = "!has(self.directory) || self.importExisting || has(self.imageSize)"
 FS_MATCHES_DISKS = ("(self.filesystem == 'btrfs') == "
-                    "(has(self.devices) ? size(self.devices) > 1 : self.imageCount > 1)")
+                    "((has(self.devices) ? size(self.devices) > 1 : self.imageCount > 1) "
+                    "|| self.layout == 'subvolume')")
 ONE_OF_S3_PATH = "has(self.s3) != has(self.path)"
 SELECTOR_NOT_EMPTY = (
     "(has(self.matchLabels) && size(self.matchLabels) > 0) || "
@@ -77,7 +78,8 @@ def storage_pool_schema() -> Schema:
         "imageSize": quantity("Size of each disk image in directory mode."),
         "imageCount": integer("How many images in directory mode (RAID needs >1).",
                               minimum=1, maximum=16, default=1),
-        "filesystem": string("Pool filesystem: xfs (reflink) or btrfs (several disks, RAID).",
+        "filesystem": string("Pool filesystem: xfs (reflink) or btrfs (several disks, RAID, "
+                             "or layout subvolume).",
                              enum=["xfs", "btrfs"], default="xfs"),
         "profile": string("RAID profile across the disks (btrfs only for anything but "
                           "single).", enum=["single", "raid0", "raid1", "raid10"],
@@ -112,7 +114,8 @@ def storage_pool_schema() -> Schema:
         (RAID_NEEDS_BTRFS, "RAID profiles other than single need filesystem btrfs"),
         (SUBVOLUME_NEEDS_BTRFS, "layout subvolume needs filesystem btrfs"),
         (DIRECTORY_NEEDS_SIZE, "directory pools need imageSize (unless importExisting)"),
-        (FS_MATCHES_DISKS, "filesystem must be xfs for one disk and btrfs for several"),
+        (FS_MATCHES_DISKS, "filesystem must be btrfs for several disks or layout subvolume, "
+                           "xfs otherwise"),
     ))
     st = status({
         "phase": string(enum=["Pending", "Ready", "Failed"]),

@@ -61,8 +61,8 @@ def check(layout: str, fstype: str) -> str:
         raise InvalidArgument(f"unknown pool layout {layout!r}: use {' or '.join(LAYOUTS)}")
     if layout == LAYOUT_SUBVOLUME and fstype != "btrfs":
         raise InvalidArgument(
-            f"pool layout subvolume needs a btrfs pool (two or more disks, or a directory on "
-            f"btrfs); this pool would be {fstype}")
+            f"pool layout subvolume needs a btrfs pool (disks or images, which it formats "
+            f"btrfs, or a directory on btrfs); this pool would be {fstype}")
     return layout
 
 

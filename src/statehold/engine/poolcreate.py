@@ -46,7 +46,8 @@ def sources_for(spec: PoolSpec, disks_dir: Path) -> tuple[list[str], bool]:
 
 def check_disks(spec: PoolSpec, profile: RaidProfile, sources: list[str], images: bool) -> None:
     """Refuse, before anything is touched, a disk pool that cannot be built as asked."""
-    layouts.check(spec.layout, pooldisk.XFS if len(sources) == 1 else pooldisk.BTRFS)
+    fstype = pooldisk.fs_for(len(sources), spec.layout)
+    layouts.check(spec.layout, fstype)
     if len(sources) == 1 and profile is not RaidProfile.SINGLE:
         raise InvalidArgument(f"profile {profile} needs at least two devices")
     if len(sources) < pooldisk.MIN_DEVICES[profile]:
@@ -54,7 +55,7 @@ def check_disks(spec: PoolSpec, profile: RaidProfile, sources: list[str], images
                               f"{pooldisk.MIN_DEVICES[profile]} devices")
     if len(set(sources)) != len(sources):
         raise InvalidArgument("a device or image is listed twice")
-    minimum = fs.MIN_SIZE[FsType.XFS if len(sources) == 1 else FsType.BTRFS]
+    minimum = fs.MIN_SIZE[FsType(fstype)]
     if images:
         size = check_size(spec.image_size, what="image_size")
         if size < minimum:
@@ -91,7 +92,7 @@ def build(spec: PoolSpec, profile: RaidProfile, sources: list[str], images: bool
                 pooldisk.make_image(Path(image), size, force=spec.force)
         devices = pooldisk.attach_sources(sources)
         fault("create_pool.attached")
-        fstype = pooldisk.mkfs(devices, profile)
+        fstype = pooldisk.mkfs(devices, profile, pooldisk.fs_for(len(devices), spec.layout))
         pooldisk.mount(devices, mountpoint)
         fault("create_pool.mounted")
         for sub in (META_DIR, VOLUMES_DIR, SNAPSHOTS_DIR):

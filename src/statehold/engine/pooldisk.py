@@ -1,8 +1,9 @@
 """The disks under a pool: checking, image files, mkfs, mount and unmount of the pool fs.
 
 One device (or image) becomes XFS with ``reflink=1``; several become one btrfs filesystem
-with the chosen data profile. A device that already carries a filesystem or a partition
-table is refused unless the caller forces it (then its signatures are wiped), and a device
+with the chosen data profile. A pool of layout ``subvolume`` is btrfs on one device too
+(metadata ``dup``: two copies on the one disk). A device that already carries a filesystem
+or a partition table is refused unless the caller forces it (then its signatures are wiped), and a device
 that the kernel reports busy (mounted, held by another driver) is always refused.
 """
 
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from statehold.engine import fs, loop, mounts
-from statehold.engine.types import RaidProfile
+from statehold.engine.types import PoolLayout, RaidProfile
 from statehold.errors import CommandError, FailedPrecondition, InvalidArgument, NotFound
 from statehold.runner import run
 
@@ -111,13 +112,19 @@ def make_image(path: Path, size: int, *, force: bool) -> bool:
     return True
 
 
-def mkfs(devices: Sequence[str], profile: RaidProfile) -> str:
-    """Format the pool filesystem; returns its type."""
-    if len(devices) == 1:
+def fs_for(count: int, layout: str) -> str:
+    """The pool filesystem of ``count`` devices: btrfs for several, or for a subvolume
+    layout (which only btrfs has); XFS for one."""
+    return BTRFS if count > 1 or layout == PoolLayout.SUBVOLUME else XFS
+
+
+def mkfs(devices: Sequence[str], profile: RaidProfile, fstype: str) -> str:
+    """Format the pool filesystem ``fstype`` (:func:`fs_for`); returns it."""
+    if fstype == XFS:
         run(["mkfs.xfs", "-q", "-f", "-m", "reflink=1", devices[0]], timeout=600)
         return XFS
-    run(["mkfs.btrfs", "-q", "-f", "-d", profile.value, "-m", METADATA_PROFILE[profile],
-         *devices], timeout=600)
+    metadata = METADATA_PROFILE[profile] if len(devices) > 1 else "dup"
+    run(["mkfs.btrfs", "-q", "-f", "-d", profile.value, "-m", metadata, *devices], timeout=600)
     return BTRFS
 
 
