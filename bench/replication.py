@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
 import json
 import math
 import os
@@ -72,6 +71,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' harness
+
+from pgcluster import Postgres
 
 from statehold.engine.names import parse_size
 from tests.fixtures.netns import Cluster, NetNode, wait_for
@@ -402,65 +403,6 @@ class Bench:
         print(f"(c) ratio_c={worst:.2f} (largest lag p99 / rpo; goal <= 1: "
               f"{'met' if worst <= 1 else 'not met'})", flush=True)
         return worst
-
-
-class Postgres:
-    """A PostgreSQL cluster on a mounted volume, as the ``postgres`` user, unix socket
-    only; stopped (its postmaster killed by pid if need be) by :meth:`close`."""
-
-    def __init__(self, root: Path) -> None:
-        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-        if not bins:
-            raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
-        self.bin = Path(bins[-1])
-        self.root = root
-        self.sockdir = root / "pgsock"
-        self.data: Path | None = None
-        self.env = {**os.environ, "LC_ALL": "C"}
-
-    def _as_postgres(self, tool: str, *args: str) -> list[str]:
-        return ["runuser", "-u", "postgres", "--", str(self.bin / tool), *args]
-
-    def run(self, tool: str, *args: str) -> str:
-        """A server tool (initdb, pg_ctl) as the postgres user (the server refuses root)."""
-        done = subprocess.run(self._as_postgres(tool, *args), capture_output=True, text=True,
-                              env=self.env, timeout=1800, stdin=subprocess.DEVNULL, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"{tool} failed: {done.stderr[-2000:]}")
-        return done.stdout
-
-    def setup(self, mnt: Path) -> None:
-        self.sockdir.mkdir(parents=True, exist_ok=True)
-        for path in (mnt, self.sockdir):  # the postgres user walks down to both from our root
-            for p in [path, *path.parents]:
-                p.chmod(p.stat().st_mode | 0o011)
-                if p == self.root:
-                    break
-        shutil.chown(self.sockdir, "postgres", "postgres")
-        shutil.chown(mnt, "postgres", "postgres")
-        self.data = mnt / "pgdata"
-        self.run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
-        self.run("pg_ctl", "-D", str(self.data), "-l", str(self.sockdir / "server.log"), "-w",
-                 "-t", "120", "-o", f"-c listen_addresses='' -k {self.sockdir} -p 5432", "start")
-
-    def pgbench(self, *args: str) -> subprocess.Popen[str]:
-        """pgbench itself (our child: its pid is the one to kill), as the database user
-        postgres over the socket (trust)."""
-        argv = [str(self.bin / "pgbench"), *args, "-h", str(self.sockdir), "-p", "5432", "-U",
-                "postgres", "postgres"]
-        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=self.env, stdin=subprocess.DEVNULL)
-
-    def close(self) -> None:
-        if self.data is None:
-            return
-        pidfile = self.data / "postmaster.pid"
-        subprocess.run(self._as_postgres("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w",
-                                         "stop"), capture_output=True, timeout=120, check=False)
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            pid = int(pidfile.read_text().splitlines()[0])
-            os.kill(pid, signal.SIGKILL)  # only if it did not stop: that exact postmaster
-        self.data = None
 
 
 @contextlib.contextmanager
