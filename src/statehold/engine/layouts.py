@@ -49,6 +49,9 @@ WORKING = 0o600
 BACKING_FILE = "volume.img"
 """The backing file's name inside its subvolume (subvolume layout)."""
 LAYOUTS = (LAYOUT_FILE, LAYOUT_SUBVOLUME)
+CLEANER_WAIT = 30.0
+"""Longest a subvolume pool's snapshot or clone waits for btrfs's cleaner to finish dropping
+deleted subvolumes before it flushes and freezes (subvolume.wait_cleaned)."""
 
 
 def _nothing() -> None:
@@ -314,6 +317,7 @@ class SubvolumeLayout(Layout):
                  flush: Callable[[], None], timeout: float, keeper: catchup.Keeper,
                  frozen: Callable[[], None], cloned: Callable[[], None]) -> Window | None:
         src, dst = self.volume_entry(volume), self.snapshot_entry(name)
+        subvolume.wait_cleaned(self.root, CLEANER_WAIT)
         if target is None:
             flush()
             frozen()
@@ -349,6 +353,7 @@ class SubvolumeLayout(Layout):
               frozen: Callable[[], None]) -> None:
         src = source.parent  # the source's subvolume
         dst = self.volume_entry(name)
+        subvolume.wait_cleaned(self.root, CLEANER_WAIT)
         if target is None:
             frozen()
             self._snap(src, dst, readonly=False)
@@ -371,6 +376,7 @@ class SubvolumeLayout(Layout):
         return None  # nothing here costs time per extent
 
     def before_window(self) -> None:
+        subvolume.wait_cleaned(self.root, CLEANER_WAIT)
         subvolume.sync(self.root)
 
     def window_copy(self, volume: str, snapshot: str, before: catchup.Prepared | None) -> None:

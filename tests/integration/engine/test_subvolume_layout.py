@@ -231,6 +231,64 @@ def test_group_snapshot_of_a_subvolume_pool(node: Node, pool: Pool, home: Path) 
             _release(pool, name, mnts[name])
 
 
+def test_wait_cleaned_returns_once_the_cleaner_dropped_every_deleted_subvolume(
+        pool: Pool) -> None:
+    """Deleted without a commit, a subvolume waits for btrfs's cleaner, which sleeps until
+    the next periodic commit: ``dropping`` counts it, and ``wait_cleaned`` wakes the
+    cleaner and returns only once it is gone."""
+    root = pool.mountpoint
+    subvolume.wait_cleaned(root, 60)  # whatever earlier tests deleted
+    for name in ("gone-a", "gone-b"):
+        subvolume.create(root / name)
+        subvolume.destroy(root / name, commit=False)
+    assert subvolume.dropping(root) == 2
+    subvolume.wait_cleaned(root, 60)
+    assert subvolume.dropping(root) == 0
+    assert subvolume.wait_cleaned(root, 60) == 0.0  # nothing left: no wait, no commit
+
+
+@pytest.mark.parametrize("mounted", [False, True], ids=["block", "mounted"])
+def test_a_snapshot_and_a_clone_wait_for_the_cleaner_before_they_are_taken(
+        pool: Pool, home: Path, mounted: bool) -> None:
+    """A deleted subvolume still being dropped makes the snapshot ioctl's commit carry the
+    cleaner's work (a long freeze): the engine lets the cleaner finish first, so after the
+    call no deleted subvolume is left, and the snapshot and clone hold the volume's bytes."""
+    root = pool.mountpoint
+    name = f"cw-{'m' if mounted else 'b'}"
+    if mounted:
+        pool.create_volume(name, 320 * MiB, mode=VolumeMode.FILESYSTEM, fs=FsType.XFS)
+        target = home / "mnt" / name
+        pool.mount(name, target)
+    else:
+        pool.create_volume(name, 32 * MiB, mode=VolumeMode.BLOCK, fs=None)
+    try:
+        expected = _write(pool.volume_path(name), name, 8 * MiB) if not mounted else None
+        if mounted:
+            (target / "f").write_bytes(b"kept" * 1024)
+        for step in ("snapshot", "clone"):
+            stray = root / f"stray-{name}-{step}"
+            subvolume.snapshot(pool.volume_path(name).parent, stray, readonly=True)
+            subvolume.destroy(stray, commit=False)  # left to the cleaner, which sleeps
+            assert subvolume.dropping(root) >= 1
+            if step == "snapshot":
+                pool.create_snapshot(name, f"{name}-s", freeze=mounted)
+            else:
+                pool.create_volume(f"{name}-c", pool.get_volume(name).size,
+                                   mode=pool.get_volume(name).mode, fs=pool.get_volume(name).fs,
+                                   source=Source(SourceKind.SNAPSHOT, f"{name}-s"))
+            assert subvolume.dropping(root) == 0
+        if expected is not None:
+            assert _digest(pool.snapshot_path(f"{name}-s")) == expected
+            assert _digest(pool.volume_path(f"{name}-c")) == expected
+        pool.delete_volume(f"{name}-c")
+        pool.delete_snapshot(f"{name}-s")
+    finally:
+        if mounted:
+            pool.unmount(name, target)
+            pool.detach(name)
+        pool.delete_volume(name)
+
+
 def test_recovery_moves_unrecorded_subvolumes_to_the_orphans_and_keeps_them(pool: Pool) -> None:
     stray_vol = pool.volumes_dir / "stray"
     subvolume.create(stray_vol)
