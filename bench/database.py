@@ -144,7 +144,7 @@ def main() -> None:
             mnt = home / "mnt" / layout
             mnt.mkdir(parents=True)
             pool.mount(VOLUME, mnt)
-            pg = Postgres(home / "pg" / layout, port=5440 + i)
+            pg = Postgres(home, port=5440 + i)
             pgs[layout] = pg
             pg.setup(mnt, "checkpoint_timeout=30s", "max_wal_size=1GB")
             t0 = time.monotonic()

@@ -23,7 +23,7 @@ class Postgres:
             raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
         self.bin = Path(bins[-1])
         self.root = root
-        self.sockdir = root / "pgsock"
+        self.sockdir = root / f"pgsock-{port}"  # and the server's log: one per cluster
         self.port = str(port)
         self.data: Path | None = None
         self.env = {**os.environ, "LC_ALL": "C"}
@@ -40,8 +40,10 @@ class Postgres:
         return done.stdout
 
     def setup(self, mnt: Path, *settings: str) -> None:
-        """initdb on ``mnt``/pgdata and start the server; ``settings`` are ``name=value``
-        server settings (``-c``)."""
+        """initdb on ``mnt``/pgdata (``mnt`` under our root) and start the server;
+        ``settings`` are ``name=value`` server settings (``-c``)."""
+        if not mnt.is_relative_to(self.root):
+            raise ValueError(f"{mnt} is not under {self.root}")
         extra = " ".join(f"-c {s}" for s in settings)
         self.sockdir.mkdir(parents=True, exist_ok=True)
         for path in (mnt, self.sockdir):  # the postgres user walks down to both from our root

@@ -3,8 +3,9 @@
 One device (or image) becomes XFS with ``reflink=1``; several become one btrfs filesystem
 with the chosen data profile. A pool of layout ``subvolume`` is btrfs on one device too
 (metadata ``dup``: two copies on the one disk). A device that already carries a filesystem
-or a partition table is refused unless the caller forces it (then its signatures are wiped), and a device
-that the kernel reports busy (mounted, held by another driver) is always refused.
+or a partition table is refused unless the caller forces it (then its signatures are
+wiped), and a device that the kernel reports busy (mounted, held by another driver) is
+always refused.
 """
 
 from __future__ import annotations
