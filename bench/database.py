@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=20, help="pgbench -T per run")
     parser.add_argument("--clients", type=int, default=8, help="pgbench -c")
     parser.add_argument("--no-snapshots", action="store_true",
-                        help="no snapshot before the rounds: fresh volumes, never shared")
+                        help="no snapshot during the runs: the volumes are never shared")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 

@@ -152,10 +152,7 @@ def destroy(path: Path, *, commit: bool = True) -> bool:
         except OSError as exc:
             raise _fail("delete subvolume", path, exc) from exc
         if commit:
-            try:
-                fcntl.ioctl(parent, BTRFS_IOC_SYNC, 0)
-            except OSError as exc:
-                raise _fail("commit the deletion of", path, exc) from exc
+            _sync_fd(parent, "commit the deletion of", path)
     return True
 
 
@@ -187,10 +184,14 @@ def sync(path: Path) -> None:
     """``BTRFS_IOC_SYNC`` on the filesystem holding ``path``: flush and commit now, so that
     a snapshot taken right after has (almost) no transaction left to commit."""
     with _opendir(path) as fd:
-        try:
-            fcntl.ioctl(fd, BTRFS_IOC_SYNC, 0)
-        except OSError as exc:
-            raise _fail("sync", path, exc) from exc
+        _sync_fd(fd, "sync", path)
+
+
+def _sync_fd(fd: int, what: str, path: Path) -> None:
+    try:
+        fcntl.ioctl(fd, BTRFS_IOC_SYNC, 0)
+    except OSError as exc:
+        raise _fail(what, path, exc) from exc
 
 
 def dropping(path: Path) -> int:
